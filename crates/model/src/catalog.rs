@@ -1,0 +1,529 @@
+//! The global catalog: what one cluster sees, from its own snapshot and the
+//! exports of its peers (G8, G9, G11, G12, S1-S7, T1, K1-K3, C4).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterSnapshot;
+use crate::diag::{self, Diagnostic, ObjectRef, Rule, Severity};
+use crate::export::{ClusterInfo, Export, ExportedService, exports};
+use crate::labels;
+use crate::links::{self, PeerLink};
+use crate::objects::is_managed;
+use crate::ports::{self, ServicePort};
+use crate::scope::{Scope, TrafficDistribution};
+use crate::segments;
+use crate::vip::{self, Cidr};
+
+/// ServiceEntry endpoints are capped at this many by the Istio CRD.
+pub const MAX_RENDERED_ENDPOINTS: usize = 4096;
+
+/// Settings of a catalog computation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogConfig {
+    /// Range VIPs are allocated from (G11). Default `240.240.0.0/16`.
+    pub vip_range: Cidr,
+    /// VIPs handed out before (hostname -> address). A service that still
+    /// exists keeps its address. Addresses found on meshpeer's own
+    /// ServiceEntries in the snapshot are added to these.
+    #[serde(default)]
+    pub previous_vips: BTreeMap<String, IpAddr>,
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig {
+            vip_range: Cidr::default_vip_range(),
+            previous_vips: BTreeMap::new(),
+        }
+    }
+}
+
+/// How a cluster reaches a contribution's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    /// This cluster's own endpoints.
+    Local,
+    /// Another cluster in the same network: endpoint addresses are routable.
+    Direct,
+    /// Another network: through that cluster's east-west gateway (HBONE).
+    Gateway,
+}
+
+/// One cluster's part of a global service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contribution {
+    pub cluster: String,
+    pub network: String,
+    pub reach: Reach,
+    pub service: Arc<ExportedService>,
+}
+
+/// The local name and addresses of a taken-over Service (K1).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalTakeover {
+    /// `<name>.<namespace>.svc.cluster.local`
+    pub hostname: String,
+    /// The Service's cluster IPs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+/// A global service as one cluster sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalService {
+    pub hostname: String,
+    pub namespace: String,
+    pub name: String,
+    /// Segment of the exporting clusters; `None` is the default segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// `segment` when every visible contribution is segment-scoped.
+    pub scope: Scope,
+    /// This cluster's VIP for the service (G11).
+    pub vip: IpAddr,
+    pub ports: Vec<ServicePort>,
+    /// Effective traffic distribution (T1-T5, K3).
+    pub distribution: TrafficDistribution,
+    /// Some contributing cluster takes over its local name (K1).
+    pub taken_over: bool,
+    /// Set when this cluster's own Service is taken over (K1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<LocalTakeover>,
+    /// Contributions, sorted by cluster name (G8).
+    pub contributions: Vec<Contribution>,
+}
+
+impl GlobalService {
+    /// Names of the contributing clusters.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        self.contributions.iter().map(|c| c.cluster.as_str())
+    }
+
+    /// Ready endpoints over all contributions.
+    pub fn endpoint_count(&self) -> usize {
+        self.contributions
+            .iter()
+            .map(|c| c.service.endpoint_count())
+            .sum()
+    }
+
+    /// The port of a given number.
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// Everything one cluster sees of the mesh.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalCatalog {
+    /// The cluster whose view this is.
+    pub cluster: ClusterInfo,
+    /// Clusters this one links to (C3, C4), sorted by name.
+    pub links: Vec<PeerLink>,
+    /// Global services visible here, sorted by hostname.
+    pub services: Vec<GlobalService>,
+    /// Findings about this cluster's input and its view.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl GlobalCatalog {
+    pub fn service(&self, hostname: &str) -> Option<&GlobalService> {
+        self.services
+            .binary_search_by(|s| s.hostname.as_str().cmp(hostname))
+            .ok()
+            .map(|i| &self.services[i])
+    }
+
+    /// Hostname -> VIP, to feed the next computation (G11).
+    pub fn vips(&self) -> BTreeMap<String, IpAddr> {
+        self.services
+            .iter()
+            .map(|s| (s.hostname.clone(), s.vip))
+            .collect()
+    }
+}
+
+/// Computes what cluster `own` sees, given its peers' exports.
+pub fn catalog<'a>(
+    own: &ClusterSnapshot,
+    peers: impl IntoIterator<Item = &'a Export>,
+    config: &CatalogConfig,
+) -> GlobalCatalog {
+    let own_export = exports(own);
+    catalog_with(own, &own_export, peers, config)
+}
+
+/// Like [`catalog`], with this cluster's export already computed.
+pub fn catalog_with<'a>(
+    own: &ClusterSnapshot,
+    own_export: &Export,
+    peers: impl IntoIterator<Item = &'a Export>,
+    config: &CatalogConfig,
+) -> GlobalCatalog {
+    let me = own_export.cluster.clone();
+    let mut diags = own_export.diagnostics.clone();
+    // Link diagnostics are part of the export's already.
+    let links = links::peer_links(own, &me.network, &mut Vec::new());
+
+    type Key<'k> = (Option<&'k str>, &'k str, &'k str);
+    let mut merged: BTreeMap<Key<'_>, Vec<Contribution>> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, Vec<&Export>> = BTreeMap::new();
+    for p in peers {
+        by_name.entry(p.cluster.name.as_str()).or_default().push(p);
+    }
+    let mut accepted: Vec<(&Export, Reach)> = vec![(own_export, Reach::Local)];
+    for (name, exps) in by_name {
+        let obj = ObjectRef::cluster(name);
+        let mut report = |rule: Rule, sev: Severity, msg: String| {
+            diags.push(Diagnostic::new(&me.name, rule, sev, obj.clone(), msg));
+        };
+        if name == me.name {
+            report(
+                Rule::C4,
+                Severity::Error,
+                "a peer presents this cluster's own name; its export is ignored".into(),
+            );
+            continue;
+        }
+        if exps.len() > 1 {
+            report(
+                Rule::C4,
+                Severity::Error,
+                format!(
+                    "{} peers present the name {name}; cluster names must be unique; none of their exports is used",
+                    exps.len()
+                ),
+            );
+            continue;
+        }
+        let exp = exps[0];
+        let Some(link) = links.iter().find(|l| l.cluster == name) else {
+            report(
+                Rule::C4,
+                Severity::Info,
+                format!(
+                    "not linked from this cluster (no Gateway {}/{}{name}); its services are not imported",
+                    labels::ISTIO_EASTWEST,
+                    labels::PEER_GATEWAY_PREFIX
+                ),
+            );
+            continue;
+        };
+        if link.trust_domain != exp.cluster.trust_domain {
+            report(
+                Rule::C1,
+                Severity::Warning,
+                format!(
+                    "trust domain is {} but gateway {} expects {} (annotation {})",
+                    exp.cluster.trust_domain,
+                    link.gateway,
+                    link.trust_domain,
+                    labels::TRUST_DOMAIN
+                ),
+            );
+        }
+        if link.network != exp.cluster.network {
+            report(
+                Rule::C3,
+                Severity::Warning,
+                format!(
+                    "network is {} but gateway {} says {} (label {}); the peer's own value is used",
+                    exp.cluster.network,
+                    link.gateway,
+                    link.network,
+                    labels::NETWORK
+                ),
+            );
+        }
+        segments::compare(
+            &me.name,
+            &own_export.segments,
+            name,
+            &exp.segments,
+            &mut diags,
+        );
+        let reach = if exp.cluster.network == me.network {
+            Reach::Direct
+        } else {
+            Reach::Gateway
+        };
+        accepted.push((exp, reach));
+    }
+
+    for (exp, reach) in &accepted {
+        let exporter_segment = exp.cluster.segment_name();
+        let same_segment = exporter_segment == me.segment_name();
+        for svc in &exp.services {
+            // S6, S7: segment scope is visible only within the segment.
+            if svc.scope == Scope::Segment && !same_segment {
+                continue;
+            }
+            merged
+                .entry((exporter_segment, &svc.namespace, &svc.name))
+                .or_default()
+                .push(Contribution {
+                    cluster: exp.cluster.name.clone(),
+                    network: exp.cluster.network.clone(),
+                    reach: *reach,
+                    service: Arc::clone(svc),
+                });
+        }
+    }
+
+    let mut services = Vec::with_capacity(merged.len());
+    let mut hostnames: BTreeMap<String, (Option<&str>, &str, &str)> = BTreeMap::new();
+    for ((segment, namespace, name), mut contributions) in merged {
+        contributions.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+        let svc = merge(&me, segment, namespace, name, contributions, &mut diags);
+        if let Some((seg2, ns2, n2)) = hostnames.get(&svc.hostname) {
+            diags.push(Diagnostic::new(
+                &me.name,
+                Rule::S1,
+                Severity::Error,
+                ObjectRef::service(namespace, name),
+                format!(
+                    "hostname {} is claimed by segment {} and by segment {} (service {ns2}/{n2}); two segments share a domain; only the first is used",
+                    svc.hostname,
+                    seg2.unwrap_or("(default)"),
+                    segment.unwrap_or("(default)")
+                ),
+            ));
+            continue;
+        }
+        hostnames.insert(svc.hostname.clone(), (segment, namespace, name));
+        services.push(svc);
+    }
+
+    // VIPs (G11): previous allocation, including what our own ServiceEntries
+    // carry, so that restarts keep addresses; user-written entries' addresses
+    // are reserved.
+    let mut previous = BTreeMap::new();
+    let mut reserved = BTreeSet::new();
+    for se in own.service_entries.values() {
+        let addrs = se
+            .spec
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok());
+        if is_managed(&se.metadata) {
+            if let (Some(host), Some(ip)) = (se.spec.hosts.first(), addrs.clone().next()) {
+                previous.insert(host.clone(), ip);
+            }
+        } else {
+            reserved.extend(addrs);
+        }
+    }
+    previous.extend(config.previous_vips.iter().map(|(k, v)| (k.clone(), *v)));
+    let wanted: BTreeSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
+    let alloc = vip::allocate(&config.vip_range, &wanted, &previous, &reserved);
+    for host in &alloc.exhausted {
+        diags.push(Diagnostic::new(
+            &me.name,
+            Rule::G11,
+            Severity::Error,
+            ObjectRef::new("globalservice", None, host),
+            format!(
+                "no VIP left in range {} ({} global services); the service gets no address and is not rendered; use a larger range",
+                config.vip_range,
+                wanted.len()
+            ),
+        ));
+    }
+    services.retain_mut(|s| match alloc.vips.get(&s.hostname) {
+        Some(ip) => {
+            s.vip = *ip;
+            true
+        }
+        None => false,
+    });
+    services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    diag::normalize(&mut diags);
+    GlobalCatalog {
+        cluster: me,
+        links,
+        services,
+        diagnostics: diags,
+    }
+}
+
+/// Builds one global service from its contributions (sorted by cluster).
+fn merge(
+    me: &ClusterInfo,
+    segment: Option<&str>,
+    namespace: &str,
+    name: &str,
+    contributions: Vec<Contribution>,
+    diags: &mut Vec<Diagnostic>,
+) -> GlobalService {
+    let obj = ObjectRef::service(namespace, name);
+    let mut report = |rule: Rule, sev: Severity, msg: String| {
+        diags.push(Diagnostic::new(&me.name, rule, sev, obj.clone(), msg));
+    };
+
+    // Hostname: contributions of one segment agree unless their Segment
+    // definitions differ (S1, reported when comparing definitions).
+    let host_votes: Vec<(&str, &str)> = contributions
+        .iter()
+        .map(|c| (c.cluster.as_str(), c.service.hostname.as_str()))
+        .collect();
+    let hostname = pick(&host_votes)
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or_default();
+
+    let merged_ports = ports::merge(
+        contributions
+            .iter()
+            .map(|c| (c.cluster.as_str(), c.service.ports.as_slice())),
+    );
+    for conflict in merged_ports.conflicts {
+        report(Rule::G9, Severity::Warning, conflict);
+    }
+
+    let taken_over = contributions.iter().any(|c| c.service.takeover);
+    let dist_votes: Vec<(&str, TrafficDistribution)> = contributions
+        .iter()
+        .filter_map(|c| {
+            c.service
+                .traffic_distribution
+                .map(|d| (c.cluster.as_str(), d))
+        })
+        .collect();
+    let mut distribution = match pick(&dist_votes) {
+        Some((d, disagreed)) => {
+            if disagreed {
+                let seen: Vec<String> =
+                    dist_votes.iter().map(|(c, d)| format!("{c}={d}")).collect();
+                report(
+                    Rule::T1,
+                    Severity::Warning,
+                    format!(
+                        "clusters disagree on annotation {}: {}; using {d} (most clusters, ties to the cluster whose name sorts first)",
+                        labels::TRAFFIC_DISTRIBUTION,
+                        seen.join(", ")
+                    ),
+                );
+            }
+            d
+        }
+        None => TrafficDistribution::default(),
+    };
+    if taken_over && distribution == TrafficDistribution::PreferNetwork {
+        // A cluster that asks for PreferNetwork on its own taken-over service
+        // was told so by its own export; here the conflict is between clusters.
+        let asking: Vec<&str> = contributions
+            .iter()
+            .filter(|c| {
+                c.service.traffic_distribution == Some(TrafficDistribution::PreferNetwork)
+                    && !c.service.takeover
+            })
+            .map(|c| c.cluster.as_str())
+            .collect();
+        if !asking.is_empty() {
+            let takers: Vec<&str> = contributions
+                .iter()
+                .filter(|c| c.service.takeover)
+                .map(|c| c.cluster.as_str())
+                .collect();
+            report(
+                Rule::K3,
+                Severity::Warning,
+                format!(
+                    "{} ask for PreferNetwork, which is not allowed for a taken-over service (takeover in {}); PreferClose is used",
+                    asking.join(", "),
+                    takers.join(", ")
+                ),
+            );
+        }
+        distribution = TrafficDistribution::PreferClose;
+    }
+
+    let scope = if contributions
+        .iter()
+        .all(|c| c.service.scope == Scope::Segment)
+    {
+        Scope::Segment
+    } else {
+        Scope::Global
+    };
+
+    let takeover = contributions
+        .iter()
+        .find(|c| c.reach == Reach::Local && c.service.takeover)
+        .map(|c| LocalTakeover {
+            hostname: format!("{name}.{namespace}.{}", labels::CLUSTER_LOCAL_SUFFIX),
+            cluster_ips: c.service.cluster_ips.clone(),
+        });
+
+    let rendered: usize = contributions
+        .iter()
+        .map(|c| match c.reach {
+            Reach::Local | Reach::Direct => c.service.endpoint_count(),
+            Reach::Gateway => c.service.locality_groups().count(),
+        })
+        .sum();
+    if rendered > MAX_RENDERED_ENDPOINTS {
+        report(
+            Rule::G7,
+            Severity::Error,
+            format!(
+                "{rendered} endpoints exceed the {MAX_RENDERED_ENDPOINTS} a ServiceEntry may hold; only the first {MAX_RENDERED_ENDPOINTS} are rendered (the data plane still uses all)"
+            ),
+        );
+    }
+
+    GlobalService {
+        hostname,
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        segment: segment.map(str::to_owned),
+        scope,
+        vip: IpAddr::from([0, 0, 0, 0]),
+        ports: merged_ports.ports,
+        distribution,
+        taken_over,
+        takeover,
+        contributions,
+    }
+}
+
+/// The value most clusters chose; on a tie, the one of the cluster whose name
+/// sorts first. Also says whether clusters disagreed.
+pub(crate) fn pick<T: Ord + Clone>(votes: &[(&str, T)]) -> Option<(T, bool)> {
+    let mut tally: BTreeMap<&T, (usize, &str)> = BTreeMap::new();
+    for (cluster, v) in votes {
+        let e = tally.entry(v).or_insert((0, cluster));
+        e.0 += 1;
+        if *cluster < e.1 {
+            e.1 = cluster;
+        }
+    }
+    let disagreed = tally.len() > 1;
+    let (v, _) = tally
+        .iter()
+        .max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.1.1.cmp(a.1.1)))?;
+    Some(((*v).clone(), disagreed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_majority_then_first_cluster() {
+        assert_eq!(pick::<u8>(&[]), None);
+        assert_eq!(pick(&[("a", 1)]), Some((1, false)));
+        assert_eq!(pick(&[("b", 1), ("a", 2)]), Some((2, true)));
+        assert_eq!(pick(&[("a", 1), ("b", 2), ("c", 2)]), Some((2, true)));
+        assert_eq!(pick(&[("c", 2), ("b", 1), ("a", 2)]), Some((2, true)));
+    }
+}

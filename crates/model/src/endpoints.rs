@@ -1,0 +1,409 @@
+//! Ready endpoints of a Service, from EndpointSlices or Pods (G10), with their
+//! locality (C1).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterSnapshot;
+use crate::labels;
+use crate::objects::{NsName, label};
+use crate::ports::{ServicePort, TargetPort};
+
+/// Where a workload runs: region / zone / subzone. Empty parts are unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Locality {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subzone: String,
+}
+
+impl Locality {
+    pub fn new(region: &str, zone: &str) -> Self {
+        Locality {
+            region: region.to_owned(),
+            zone: zone.to_owned(),
+            subzone: String::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+
+    /// Istio's locality string `region/zone/subzone`, trailing empty parts dropped.
+    pub fn to_istio(&self) -> String {
+        let parts = [&self.region, &self.zone, &self.subzone];
+        let last = parts.iter().rposition(|p| !p.is_empty());
+        match last {
+            None => String::new(),
+            Some(i) => parts[..=i]
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("/"),
+        }
+    }
+
+    /// Fills unknown parts from `fallback`.
+    fn or(mut self, fallback: &Locality) -> Locality {
+        if self.region.is_empty() {
+            self.region.clone_from(&fallback.region);
+        }
+        if self.zone.is_empty() {
+            self.zone.clone_from(&fallback.zone);
+        }
+        if self.subzone.is_empty() {
+            self.subzone.clone_from(&fallback.subzone);
+        }
+        self
+    }
+
+    fn from_labels(meta: &ObjectMeta) -> Locality {
+        Locality {
+            region: label(meta, labels::REGION).unwrap_or_default().to_owned(),
+            zone: label(meta, labels::ZONE).unwrap_or_default().to_owned(),
+            subzone: label(meta, labels::SUBZONE).unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Locality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.to_istio();
+        if s.is_empty() {
+            f.write_str("(unknown)")
+        } else {
+            f.write_str(&s)
+        }
+    }
+}
+
+/// Which endpoint port serves a service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortTarget {
+    /// The service port number.
+    pub port: u16,
+    /// The port on the endpoint.
+    pub target: u16,
+}
+
+/// One ready endpoint of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    /// Pod name (or EndpointSlice target / hostname) for display.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Service ports this endpoint serves, sorted by service port. Shared by
+    /// the endpoints that serve the same ports (most of them).
+    pub ports: Arc<[PortTarget]>,
+}
+
+impl Endpoint {
+    /// The endpoint port serving a service port, if it serves it.
+    pub fn target(&self, port: u16) -> Option<u16> {
+        self.ports.iter().find(|p| p.port == port).map(|p| p.target)
+    }
+}
+
+/// The ready endpoints of a service in one locality, sorted by address. The
+/// locality is held once per group, not per endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LocalityGroup {
+    #[serde(default, skip_serializing_if = "Locality::is_empty")]
+    pub locality: Locality,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// EndpointSlices of each Service, built once per snapshot.
+pub(crate) struct SliceIndex<'a> {
+    /// namespace -> service name -> slices
+    by_service: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub(crate) fn new(snap: &'a ClusterSnapshot) -> Self {
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
+        for (key, slice) in &snap.endpoint_slices {
+            if let Some(svc) = label(&slice.metadata, labels::ENDPOINTSLICE_SERVICE_NAME) {
+                by_service
+                    .entry(key.namespace.as_str())
+                    .or_default()
+                    .entry(svc)
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        SliceIndex { by_service }
+    }
+
+    fn slices(&self, svc: &NsName) -> &[&'a EndpointSlice] {
+        self.by_service
+            .get(svc.namespace.as_str())
+            .and_then(|m| m.get(svc.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// Where a Service's endpoints came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    EndpointSlices,
+    Pods,
+    /// No selector and no EndpointSlice: the Service has no endpoints.
+    None,
+}
+
+/// The ready endpoints of a Service grouped by locality, in locality order.
+/// When the Service has EndpointSlices they are authoritative (as for
+/// kube-proxy); otherwise the Pods its selector matches are used.
+pub(crate) fn ready_endpoints(
+    snap: &ClusterSnapshot,
+    slices: &SliceIndex<'_>,
+    key: &NsName,
+    svc: &Service,
+    ports: &[ServicePort],
+    default_locality: &Locality,
+) -> (Vec<LocalityGroup>, Source) {
+    let svc_slices = slices.slices(key);
+    let (mut eps, source) = if !svc_slices.is_empty() {
+        (
+            from_slices(snap, svc_slices, ports, default_locality),
+            Source::EndpointSlices,
+        )
+    } else {
+        let selector = svc
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| !s.is_empty());
+        match selector {
+            Some(sel) => (
+                from_pods(snap, &key.namespace, sel, ports, default_locality),
+                Source::Pods,
+            ),
+            None => (Vec::new(), Source::None),
+        }
+    };
+    eps.sort_by(|a, b| (&a.0, a.1.address).cmp(&(&b.0, b.1.address)));
+    let mut groups: Vec<LocalityGroup> = Vec::new();
+    for (locality, ep) in eps {
+        match groups.last_mut() {
+            Some(g) if g.locality == locality => g.endpoints.push(ep),
+            _ => groups.push(LocalityGroup {
+                locality,
+                endpoints: vec![ep],
+            }),
+        }
+    }
+    // Exports are held for as long as a peer is connected: no spare capacity.
+    for g in &mut groups {
+        g.endpoints.shrink_to_fit();
+    }
+    groups.shrink_to_fit();
+    (groups, source)
+}
+
+fn node_locality(snap: &ClusterSnapshot, node: Option<&str>) -> Locality {
+    node.and_then(|n| snap.nodes.get(n))
+        .map(|n: &Node| Locality::from_labels(&n.metadata))
+        .unwrap_or_default()
+}
+
+fn from_slices(
+    snap: &ClusterSnapshot,
+    slices: &[&EndpointSlice],
+    ports: &[ServicePort],
+    default_locality: &Locality,
+) -> Vec<(Locality, Endpoint)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let slice_ports = slice.ports.as_deref().unwrap_or_default();
+        let targets: Arc<[PortTarget]> = ports
+            .iter()
+            .filter_map(|sp| {
+                if slice_ports.is_empty() {
+                    return Some(PortTarget {
+                        port: sp.number,
+                        target: sp.target_number().unwrap_or(sp.number),
+                    });
+                }
+                slice_ports
+                    .iter()
+                    .find(|p| p.name.as_deref().unwrap_or_default() == sp.source_name())
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p != 0)
+                    .map(|target| PortTarget {
+                        port: sp.number,
+                        target,
+                    })
+            })
+            .collect();
+        for ep in &slice.endpoints {
+            let cond = ep.conditions.as_ref();
+            // A nil `ready` means unknown, which consumers treat as ready.
+            let ready = cond.and_then(|c| c.ready).unwrap_or(true)
+                && !cond.and_then(|c| c.terminating).unwrap_or(false);
+            if !ready {
+                continue;
+            }
+            let Some(address) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            if !seen.insert(address) {
+                continue;
+            }
+            let mut locality = node_locality(snap, ep.node_name.as_deref());
+            if locality.zone.is_empty()
+                && let Some(z) = &ep.zone
+            {
+                locality.zone.clone_from(z);
+            }
+            let name = ep
+                .target_ref
+                .as_ref()
+                .and_then(|r| r.name.clone())
+                .or_else(|| ep.hostname.clone())
+                .unwrap_or_default();
+            out.push((
+                locality.or(default_locality),
+                Endpoint {
+                    address,
+                    name,
+                    ports: Arc::clone(&targets),
+                },
+            ));
+        }
+    }
+    out
+}
+
+fn from_pods(
+    snap: &ClusterSnapshot,
+    namespace: &str,
+    selector: &std::collections::BTreeMap<String, String>,
+    ports: &[ServicePort],
+    default_locality: &Locality,
+) -> Vec<(Locality, Endpoint)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    // Pods of one Service nearly always serve the same ports: share them.
+    let mut last: Option<Arc<[PortTarget]>> = None;
+    for (key, pod) in snap.pods_in(namespace) {
+        let pod_labels = pod.metadata.labels.as_ref();
+        let matches = selector
+            .iter()
+            .all(|(k, v)| pod_labels.and_then(|l| l.get(k)) == Some(v));
+        if !matches || !pod_ready(pod) {
+            continue;
+        }
+        let Some(address) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        if !seen.insert(address) {
+            continue;
+        }
+        let targets: Vec<PortTarget> = ports
+            .iter()
+            .filter_map(|sp| {
+                let target = match &sp.target {
+                    None => Some(sp.number),
+                    Some(TargetPort::Number(n)) => Some(*n),
+                    Some(TargetPort::Named(name)) => container_port(pod, name),
+                }?;
+                Some(PortTarget {
+                    port: sp.number,
+                    target,
+                })
+            })
+            .collect();
+        let targets = match &last {
+            Some(prev) if **prev == *targets => Arc::clone(prev),
+            _ => {
+                let t: Arc<[PortTarget]> = targets.into();
+                last = Some(Arc::clone(&t));
+                t
+            }
+        };
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        let locality = node_locality(snap, node)
+            .or(&Locality::from_labels(&pod.metadata))
+            .or(default_locality);
+        out.push((
+            locality,
+            Endpoint {
+                address,
+                name: key.name.clone(),
+                ports: targets,
+            },
+        ));
+    }
+    out
+}
+
+/// Ready = the Ready condition is True, the pod has an IP, it is not being
+/// deleted and has not finished.
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return false;
+    }
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return false;
+    }
+    status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn container_port(pod: &Pod, name: &str) -> Option<u16> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.as_deref().unwrap_or_default())
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locality_strings() {
+        assert_eq!(
+            Locality::new("us-east", "us-east-1").to_istio(),
+            "us-east/us-east-1"
+        );
+        assert_eq!(Locality::new("us-east", "").to_istio(), "us-east");
+        assert_eq!(Locality::new("", "z").to_istio(), "/z");
+        assert_eq!(Locality::default().to_istio(), "");
+    }
+}

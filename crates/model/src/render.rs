@@ -1,0 +1,270 @@
+//! Rendering a catalog as the Istio objects an operator finds with
+//! `kubectl get serviceentry -n istio-system` (G7, S3), and the output formats
+//! of `meshpeer render`.
+//!
+//! Endpoints are inline in the ServiceEntry (no WorkloadEntries): one object
+//! per global service, updated atomically.
+//! - Endpoints this cluster can address directly (its own, and those of peers
+//!   in the same network) are listed one by one: address, ports (by the
+//!   ServiceEntry's port names), locality, network, cluster label.
+//! - Each group of endpoints of a peer in another network that share a
+//!   locality is one entry with `network`, `locality`, and `weight` = the
+//!   number of ready endpoints, and no address: as in Istio's multi-network
+//!   model, such an endpoint is reached through that network's east-west
+//!   gateway (the catalog's links say where it is).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::catalog::{GlobalCatalog, GlobalService, MAX_RENDERED_ENDPOINTS, Reach};
+use crate::labels;
+use crate::objects::{ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntrySpec};
+
+/// `autogen.<namespace>.<name>`, or `autogen.<segment>.<namespace>.<name>`.
+pub fn service_entry_name(svc: &GlobalService) -> String {
+    match &svc.segment {
+        Some(seg) => format!("autogen.{seg}.{}.{}", svc.namespace, svc.name),
+        None => format!("autogen.{}.{}", svc.namespace, svc.name),
+    }
+}
+
+/// The ServiceEntries of a catalog, in hostname order.
+pub fn render(catalog: &GlobalCatalog) -> Vec<ServiceEntry> {
+    catalog.services.iter().map(service_entry).collect()
+}
+
+/// The ServiceEntry of one global service.
+pub fn service_entry(svc: &GlobalService) -> ServiceEntry {
+    let mut labels_map = BTreeMap::from([
+        (
+            labels::MANAGED_BY.to_owned(),
+            labels::MANAGED_BY_VALUE.to_owned(),
+        ),
+        (labels::GEN_SERVICE_NAME.to_owned(), svc.name.clone()),
+        (
+            labels::GEN_SERVICE_NAMESPACE.to_owned(),
+            svc.namespace.clone(),
+        ),
+        (labels::GEN_SCOPE.to_owned(), svc.scope.to_string()),
+    ]);
+    if let Some(seg) = &svc.segment {
+        labels_map.insert(labels::GEN_SEGMENT.to_owned(), seg.clone());
+    }
+    let clusters: Vec<&str> = svc.clusters().collect();
+    let mut annotations = BTreeMap::from([
+        (labels::GEN_CLUSTERS.to_owned(), clusters.join(",")),
+        (
+            labels::TRAFFIC_DISTRIBUTION.to_owned(),
+            svc.distribution.to_string(),
+        ),
+    ]);
+    if let Some(t) = &svc.takeover {
+        annotations.insert(labels::GEN_TAKEOVER.to_owned(), t.hostname.clone());
+    }
+
+    let port_names: BTreeMap<u16, &str> = svc
+        .ports
+        .iter()
+        .map(|p| (p.number, p.name.as_str()))
+        .collect();
+    let mut endpoints = Vec::new();
+    for c in &svc.contributions {
+        let cluster_label = BTreeMap::from([(labels::CLUSTER.to_owned(), c.cluster.clone())]);
+        match c.reach {
+            Reach::Local | Reach::Direct => {
+                for (locality, ep) in c.service.endpoints() {
+                    endpoints.push(WorkloadEntrySpec {
+                        address: Some(ep.address.to_string()),
+                        ports: ep
+                            .ports
+                            .iter()
+                            .filter_map(|p| {
+                                port_names
+                                    .get(&p.port)
+                                    .map(|n| ((*n).to_owned(), u32::from(p.target)))
+                            })
+                            .collect(),
+                        labels: cluster_label.clone(),
+                        network: Some(c.network.clone()),
+                        locality: non_empty(locality.to_istio()),
+                        weight: None,
+                        service_account: None,
+                    });
+                }
+            }
+            Reach::Gateway => {
+                for (locality, eps) in c.service.locality_groups() {
+                    endpoints.push(WorkloadEntrySpec {
+                        address: None,
+                        ports: BTreeMap::new(),
+                        labels: cluster_label.clone(),
+                        network: Some(c.network.clone()),
+                        locality: non_empty(locality.to_istio()),
+                        weight: Some(u32::try_from(eps.len()).unwrap_or(u32::MAX)),
+                        service_account: None,
+                    });
+                }
+            }
+        }
+    }
+    endpoints.truncate(MAX_RENDERED_ENDPOINTS);
+
+    ServiceEntry {
+        metadata: ObjectMeta {
+            name: Some(service_entry_name(svc)),
+            namespace: Some(labels::ISTIO_SYSTEM.to_owned()),
+            labels: Some(labels_map),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: ServiceEntrySpec {
+            hosts: vec![svc.hostname.clone()],
+            addresses: vec![svc.vip.to_string()],
+            ports: svc
+                .ports
+                .iter()
+                .map(|p| ServiceEntryPort {
+                    number: u32::from(p.number),
+                    protocol: Some(p.protocol.clone()),
+                    name: p.name.clone(),
+                    target_port: None,
+                })
+                .collect(),
+            location: Some("MESH_INTERNAL".to_owned()),
+            resolution: Some("STATIC".to_owned()),
+            endpoints,
+            ..Default::default()
+        },
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Multi-document YAML that `kubectl apply -f -` accepts.
+pub fn to_yaml(entries: &[ServiceEntry]) -> String {
+    let mut out = String::new();
+    for (i, se) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        let v = serde_json::to_value(se).unwrap_or_default();
+        out.push_str(&serde_saphyr::to_string(&v).unwrap_or_default());
+    }
+    out
+}
+
+/// `{"apiVersion":"v1","kind":"List","items":[...]}`, pretty-printed.
+pub fn to_json_list(entries: &[ServiceEntry]) -> String {
+    let list = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": entries,
+    });
+    serde_json::to_string_pretty(&list).unwrap_or_default()
+}
+
+/// The `kubectl get serviceentry` table: `NAME HOSTS LOCATION RESOLUTION AGE`.
+/// Ages are computed against `now`; without a creation time (objects not
+/// created yet) the age is `<unknown>`, as kubectl shows it.
+pub fn table(entries: &[ServiceEntry], now: Option<Timestamp>) -> String {
+    let mut rows = vec![[
+        "NAME".to_owned(),
+        "HOSTS".to_owned(),
+        "LOCATION".to_owned(),
+        "RESOLUTION".to_owned(),
+        "AGE".to_owned(),
+    ]];
+    for se in entries {
+        let created = se.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let age = match (created, now) {
+            (Some(c), Some(n)) => human_age(n.as_second() - c.as_second()),
+            _ => "<unknown>".to_owned(),
+        };
+        rows.push([
+            se.metadata.name.clone().unwrap_or_default(),
+            serde_json::to_string(&se.spec.hosts).unwrap_or_default(),
+            se.spec.location.clone().unwrap_or_default(),
+            se.spec.resolution.clone().unwrap_or_default(),
+            age,
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i] + 3 - cell.chars().count();
+                line.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// kubectl's short human duration: `16s`, `5m12s`, `3h`, `2d4h`, `45d`.
+pub fn human_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86400);
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        let rem = s % 60;
+        if rem == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{rem}s")
+        }
+    } else if h < 3 {
+        format!("{m}m")
+    } else if h < 8 {
+        let rem = m % 60;
+        if rem == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{rem}m")
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if d < 8 {
+        let rem = h % 24;
+        if rem == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{rem}h")
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else {
+        format!("{}y", d / 365)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_like_kubectl() {
+        assert_eq!(human_age(16), "16s");
+        assert_eq!(human_age(119), "119s");
+        assert_eq!(human_age(312), "5m12s");
+        assert_eq!(human_age(3600), "60m");
+        assert_eq!(human_age(4 * 3600 + 60), "4h1m");
+        assert_eq!(human_age(20 * 3600), "20h");
+        assert_eq!(human_age(3 * 86400 + 3600), "3d1h");
+        assert_eq!(human_age(40 * 86400), "40d");
+    }
+}

@@ -1,0 +1,334 @@
+//! Virtual IPs for global services (G11).
+//!
+//! A hostname's VIP is chosen by hashing the hostname (FNV-1a, stable across
+//! releases and platforms) into the range and probing linearly past taken
+//! addresses. Given the previous allocation, a hostname that still exists
+//! keeps its address; new hostnames are placed in name order. So the result
+//! is a function of (hostnames, previous allocation, range): the same after a
+//! restart when the previous allocation is read back from the generated
+//! ServiceEntries, unchanged for a service while it exists, and independent of
+//! the order events arrived in, except when two new hostnames hash to the same
+//! address in different batches (the first one keeps it).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An IPv4 or IPv6 prefix, e.g. `240.240.0.0/16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    base: IpAddr,
+    prefix: u8,
+}
+
+/// A CIDR string that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid CIDR {input:?}: {reason}")]
+pub struct CidrError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl Cidr {
+    pub fn new(base: IpAddr, prefix: u8) -> Result<Self, CidrError> {
+        Self::from_str(&format!("{base}/{prefix}"))
+    }
+
+    /// The default VIP range (G11).
+    pub fn default_vip_range() -> Self {
+        Cidr {
+            base: IpAddr::V4(Ipv4Addr::new(240, 240, 0, 0)),
+            prefix: 16,
+        }
+    }
+
+    pub fn base(&self) -> IpAddr {
+        self.base
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn bits(&self) -> u8 {
+        match self.base {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        }
+    }
+
+    /// Number of addresses in the range (saturating at `u128::MAX`).
+    pub fn size(&self) -> u128 {
+        let host_bits = u32::from(self.bits() - self.prefix);
+        if host_bits >= 128 {
+            u128::MAX
+        } else {
+            1u128 << host_bits
+        }
+    }
+
+    fn base_u128(&self) -> u128 {
+        match self.base {
+            IpAddr::V4(a) => u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    fn at(&self, offset: u128) -> IpAddr {
+        let v = self.base_u128() + offset;
+        match self.base {
+            // Offsets stay inside the range, which fits in 32 bits for IPv4.
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(v).unwrap_or(u32::MAX))),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(v)),
+        }
+    }
+
+    /// Offset of an address inside the range.
+    pub fn offset_of(&self, ip: IpAddr) -> Option<u128> {
+        let v = match (self.base, ip) {
+            (IpAddr::V4(_), IpAddr::V4(a)) => u128::from(u32::from(a)),
+            (IpAddr::V6(_), IpAddr::V6(a)) => u128::from(a),
+            _ => return None,
+        };
+        let off = v.checked_sub(self.base_u128())?;
+        (off < self.size() || self.size() == u128::MAX).then_some(off)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.offset_of(ip).is_some()
+    }
+
+    /// Offsets VIPs may use: the first (network) and last (broadcast)
+    /// addresses are left out when the range has more than two.
+    fn usable(&self) -> (u128, u128) {
+        let size = self.size();
+        if size <= 2 { (0, size) } else { (1, size - 2) }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| CidrError {
+            input: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| err("expected ADDRESS/PREFIX, e.g. 240.240.0.0/16"))?;
+        let base: IpAddr = addr
+            .parse()
+            .map_err(|_| err("the address part is not an IP address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| err("the prefix is not a number"))?;
+        let bits = match base {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        if prefix > bits {
+            return Err(err(&format!("the prefix must be at most {bits}")));
+        }
+        let c = Cidr { base, prefix };
+        let host_mask = if c.size() == u128::MAX {
+            u128::MAX
+        } else {
+            c.size() - 1
+        };
+        if c.base_u128() & host_mask != 0 {
+            let masked = c.at(0);
+            let base_masked = c.base_u128() & !host_mask;
+            let fixed = match base {
+                IpAddr::V4(_) => {
+                    IpAddr::V4(Ipv4Addr::from(u32::try_from(base_masked).unwrap_or(0)))
+                }
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(base_masked)),
+            };
+            let _ = masked;
+            return Err(err(&format!(
+                "host bits are set; did you mean {fixed}/{prefix}?"
+            )));
+        }
+        Ok(c)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Result of an allocation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipAllocation {
+    pub vips: BTreeMap<String, IpAddr>,
+    /// Hostnames that got no address because the range is full.
+    pub exhausted: Vec<String>,
+}
+
+/// Allocates one VIP per hostname from `range`, keeping previous addresses
+/// and avoiding `reserved` ones.
+pub fn allocate(
+    range: &Cidr,
+    hostnames: &BTreeSet<&str>,
+    previous: &BTreeMap<String, IpAddr>,
+    reserved: &BTreeSet<IpAddr>,
+) -> VipAllocation {
+    let (first, count) = range.usable();
+    let mut taken: HashSet<u128> = reserved
+        .iter()
+        .filter_map(|ip| range.offset_of(*ip))
+        .collect();
+    let mut out = VipAllocation::default();
+    // Keep previous addresses, in hostname order so that a (corrupt) previous
+    // table with two hostnames on one address resolves deterministically.
+    for (host, ip) in previous {
+        if !hostnames.contains(host.as_str()) {
+            continue;
+        }
+        let Some(off) = range.offset_of(*ip) else {
+            continue;
+        };
+        if off < first || off >= first + count || !taken.insert(off) {
+            continue;
+        }
+        out.vips.insert(host.clone(), *ip);
+    }
+    for host in hostnames {
+        if out.vips.contains_key(*host) {
+            continue;
+        }
+        if taken.len() as u128 >= count {
+            out.exhausted.push((*host).to_owned());
+            continue;
+        }
+        let mut slot = hash(host) % count;
+        loop {
+            let off = first + slot;
+            if taken.insert(off) {
+                out.vips.insert((*host).to_owned(), range.at(off));
+                break;
+            }
+            slot = (slot + 1) % count;
+        }
+    }
+    out
+}
+
+/// 128 bits of FNV-1a over the hostname (two 64-bit passes with different
+/// offsets), so that IPv6 ranges larger than 2^64 are covered too.
+fn hash(s: &str) -> u128 {
+    fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+        let mut h = seed;
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    }
+    let lo = fnv1a(0xcbf2_9ce4_8422_2325, s.as_bytes());
+    let hi = fnv1a(0x6c62_272e_07bb_0142, s.as_bytes());
+    (u128::from(hi) << 64) | u128::from(lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set<'a>(h: &[&'a str]) -> BTreeSet<&'a str> {
+        h.iter().copied().collect()
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        let c: Cidr = "240.240.0.0/16".parse().unwrap();
+        assert_eq!(c.size(), 65536);
+        assert!(c.contains("240.240.3.4".parse().unwrap()));
+        assert!(!c.contains("240.241.0.1".parse().unwrap()));
+        let e = "240.240.1.0/16".parse::<Cidr>().unwrap_err();
+        assert!(e.to_string().contains("did you mean 240.240.0.0/16"), "{e}");
+        assert!("240.240.0.0".parse::<Cidr>().is_err());
+        assert!("1.2.3.0/33".parse::<Cidr>().is_err());
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn g11_allocation_is_deterministic_and_skips_network_and_broadcast() {
+        let range: Cidr = "10.0.0.0/30".parse().unwrap();
+        let hosts = set(&["a", "b"]);
+        let a1 = allocate(&range, &hosts, &BTreeMap::new(), &BTreeSet::new());
+        let a2 = allocate(&range, &hosts, &BTreeMap::new(), &BTreeSet::new());
+        assert_eq!(a1, a2);
+        let ips: BTreeSet<IpAddr> = a1.vips.values().copied().collect();
+        assert_eq!(
+            ips,
+            ["10.0.0.1", "10.0.0.2"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect()
+        );
+        let full = allocate(
+            &range,
+            &set(&["a", "b", "c"]),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(full.exhausted, vec!["c".to_owned()]);
+    }
+
+    #[test]
+    fn g11_previous_addresses_are_kept_and_reserved_avoided() {
+        let range = Cidr::default_vip_range();
+        let prev: BTreeMap<String, IpAddr> =
+            [("a".to_owned(), "240.240.9.9".parse().unwrap())].into();
+        let reserved: BTreeSet<IpAddr> = [hash_ip(&range, "b")].into();
+        let a = allocate(&range, &set(&["a", "b"]), &prev, &reserved);
+        assert_eq!(a.vips["a"], "240.240.9.9".parse::<IpAddr>().unwrap());
+        assert_ne!(a.vips["b"], hash_ip(&range, "b"));
+        // Out-of-range previous addresses are replaced.
+        let prev: BTreeMap<String, IpAddr> = [("a".to_owned(), "10.0.0.1".parse().unwrap())].into();
+        let a = allocate(&range, &set(&["a"]), &prev, &BTreeSet::new());
+        assert!(range.contains(a.vips["a"]));
+    }
+
+    fn hash_ip(range: &Cidr, host: &str) -> IpAddr {
+        let (first, count) = range.usable();
+        range.at(first + hash(host) % count)
+    }
+
+    #[test]
+    fn g11_hash_is_stable_across_releases() {
+        // Pinned: changing the hash would move every VIP on upgrade.
+        let range = Cidr::default_vip_range();
+        let a = allocate(
+            &range,
+            &set(&["in-ambient.httpbin.mesh.internal"]),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(
+            a.vips["in-ambient.httpbin.mesh.internal"],
+            hash_ip(&range, "in-ambient.httpbin.mesh.internal")
+        );
+        assert_eq!(hash("") as u64, 0xcbf2_9ce4_8422_2325);
+        assert_eq!(hash("a") as u64, 0xaf63_dc4c_8601_ec8c);
+    }
+}
