@@ -11,6 +11,9 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, Namespace, Node, Pod, PodCondition, PodSpec, PodStatus, Service,
     ServicePort as K8sServicePort, ServiceSpec,
 };
+use k8s_openapi::api::discovery::v1::{
+    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -88,6 +91,39 @@ pub fn pod(
             }]),
             ..Default::default()
         }),
+    }
+}
+
+/// An IPv4 EndpointSlice `name` of Service `ns/svc` with port `http` 8080.
+pub fn endpoint_slice(
+    ns: &str,
+    svc: &str,
+    name: &str,
+    endpoints: Vec<SliceEndpoint>,
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(Some(ns), name, &[(labels::ENDPOINTSLICE_SERVICE_NAME, svc)]),
+        address_type: "IPv4".into(),
+        endpoints,
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    }
+}
+
+/// An EndpointSlice endpoint with the given conditions.
+pub fn slice_endpoint(ip: &str, ready: Option<bool>, terminating: Option<bool>) -> SliceEndpoint {
+    SliceEndpoint {
+        addresses: vec![ip.into()],
+        conditions: Some(EndpointConditions {
+            ready,
+            serving: ready,
+            terminating,
+        }),
+        ..Default::default()
     }
 }
 

@@ -2,17 +2,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::discovery::v1::{
-    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
-};
+use k8s_openapi::api::discovery::v1::Endpoint as SliceEndpoint;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use meshpeer_model::objects::{ServiceEntry, ServiceEntrySpec};
 use meshpeer_model::render::render;
-use meshpeer_model::testing::{ClusterBuilder, namespace, pod, svc};
+use meshpeer_model::testing::{
+    ClusterBuilder, endpoint_slice, namespace, pod, slice_endpoint, svc,
+};
 use meshpeer_model::{
     CatalogConfig, Cidr, ClusterSnapshot, Diagnostic, Export, GlobalCatalog, NsName, Object, Reach,
     Rule, Scope, Severity, TrafficDistribution, catalog, exports, labels,
@@ -53,37 +52,7 @@ fn pair(
 }
 
 fn slice(ns: &str, svc: &str, name: &str, eps: Vec<SliceEndpoint>) -> Object {
-    Object::EndpointSlice(EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(ns.into()),
-            labels: Some(BTreeMap::from([(
-                labels::ENDPOINTSLICE_SERVICE_NAME.to_owned(),
-                svc.to_owned(),
-            )])),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        endpoints: eps,
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            port: Some(8080),
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
-    })
-}
-
-fn slice_ep(ip: &str, ready: Option<bool>, terminating: Option<bool>) -> SliceEndpoint {
-    SliceEndpoint {
-        addresses: vec![ip.into()],
-        conditions: Some(EndpointConditions {
-            ready,
-            serving: ready,
-            terminating,
-        }),
-        ..Default::default()
-    }
+    Object::EndpointSlice(endpoint_slice(ns, svc, name, eps))
 }
 
 // ------------------------------------------------------------------ C: clusters and links
@@ -603,10 +572,10 @@ fn g10_only_ready_endpoints_are_advertised() {
             "sliced",
             "sliced-abc",
             vec![
-                slice_ep("10.1.0.1", Some(true), None),
-                slice_ep("10.1.0.2", Some(false), None),
-                slice_ep("10.1.0.3", None, None),
-                slice_ep("10.1.0.4", Some(true), Some(true)),
+                slice_endpoint("10.1.0.1", Some(true), None),
+                slice_endpoint("10.1.0.2", Some(false), None),
+                slice_endpoint("10.1.0.3", None, None),
+                slice_endpoint("10.1.0.4", Some(true), Some(true)),
             ],
         ))
         .build();

@@ -4,14 +4,9 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::discovery::v1::{
-    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort, EndpointSlice,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshpeer_model::testing::{ClusterBuilder, svc};
+use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointConditions};
+use meshpeer_model::testing::{ClusterBuilder, endpoint_slice, svc};
 use meshpeer_model::{ClusterSnapshot, Export, Object, exports, labels};
 
 pub(crate) const NAMESPACES: usize = 20;
@@ -64,25 +59,12 @@ pub(crate) fn cluster(
                 }
             })
             .collect();
-        b = b.object(Object::EndpointSlice(EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(format!("{svc_name}-abcde")),
-                namespace: Some(ns),
-                labels: Some(BTreeMap::from([(
-                    labels::ENDPOINTSLICE_SERVICE_NAME.to_owned(),
-                    svc_name,
-                )])),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            endpoints: eps,
-            ports: Some(vec![EndpointPort {
-                name: Some("http".into()),
-                port: Some(8080),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-        }));
+        b = b.object(Object::EndpointSlice(endpoint_slice(
+            &ns,
+            &svc_name,
+            &format!("{svc_name}-abcde"),
+            eps,
+        )));
     }
     b.build()
 }
