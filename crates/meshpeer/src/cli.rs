@@ -1,6 +1,8 @@
 //! Command-line interface: every flag of every role, parsed into typed values.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use meshpeer_model::Cidr;
@@ -28,6 +30,172 @@ pub(crate) enum Command {
     /// are treated as running and linked as their remote-peer Gateways say.
     /// Diagnostics go to stderr, one per line.
     Render(RenderArgs),
+    /// Print a cluster's east-west gateway (SPEC C2), or write it into its folder.
+    Expose(ExposeArgs),
+    /// Link clusters: remote-peer Gateways, both ways between every pair of
+    /// DIRs, or one way with --from/--to (SPEC C3, C4).
+    Link(LinkArgs),
+    /// Remove the remote-peer Gateways `link` created.
+    Unlink(LinkArgs),
+    /// Run a cluster's controller: read the cluster, peer with the clusters
+    /// its remote-peer Gateways name, keep the global catalog, publish it.
+    Controller(Box<ControllerArgs>),
+    /// Show a running controller's peers (connected since, last sync,
+    /// versions, staleness) and who it serves.
+    Status(StatusArgs),
+    /// Make the shared root CA and per-cluster intermediates (cacerts layout).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    meshpeer::duration::parse(s)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ControllerArgs {
+    /// File mode: the cluster folder (manifests and cluster.yaml), watched:
+    /// edits apply live.
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub(crate) cluster_dir: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server of the kube context and write
+    /// ServiceEntries and Gateway status with server-side apply.
+    #[arg(long)]
+    pub(crate) kubernetes: bool,
+    /// Kubernetes mode: the kubeconfig context (default: the current one).
+    #[arg(long, value_name = "NAME", requires = "kubernetes")]
+    pub(crate) context: Option<String>,
+    /// Kubernetes mode: this cluster's name.
+    #[arg(
+        long,
+        env = "MESHPEER_CLUSTER_NAME",
+        value_name = "NAME",
+        required_if_eq("kubernetes", "true")
+    )]
+    pub(crate) cluster_name: Option<String>,
+    /// Kubernetes mode: network (default: the istio-system label, else the name).
+    #[arg(long, env = "MESHPEER_NETWORK", requires = "kubernetes")]
+    pub(crate) network: Option<String>,
+    /// Kubernetes mode: locality of workloads whose node has none.
+    #[arg(long, env = "MESHPEER_REGION", requires = "kubernetes")]
+    pub(crate) region: Option<String>,
+    #[arg(long, env = "MESHPEER_ZONE", requires = "kubernetes")]
+    pub(crate) zone: Option<String>,
+    /// Kubernetes mode: SPIFFE trust domain (default: the cluster name).
+    #[arg(long, env = "MESHPEER_TRUST_DOMAIN", requires = "kubernetes")]
+    pub(crate) trust_domain: Option<String>,
+    /// The cluster's intermediate CA in the cacerts layout (ca-cert.pem,
+    /// ca-key.pem, root-cert.pem, cert-chain.pem); see `meshpeer certs`.
+    #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
+    pub(crate) cacerts: PathBuf,
+    /// Where peers connect. Default in file mode: the address of the
+    /// cluster's east-west Gateway and its xds-tls port; else 0.0.0.0:15012.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) peering_listen: Option<SocketAddr>,
+    /// The local API: status, catalog (and its stream), metrics.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15014")]
+    pub(crate) api_listen: SocketAddr,
+    /// File mode: where generated ServiceEntries and peer status go
+    /// (default: DIR/.meshpeer/out).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output_dir: Option<PathBuf>,
+    /// How long a lost peer's last export is kept (marked stale).
+    #[arg(long, default_value = "2m", value_parser = duration)]
+    pub(crate) grace: Duration,
+    /// Heartbeat interval of peering streams (silent for 3: dropped).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub(crate) heartbeat: Duration,
+    /// Lifetime of the controller's own certificate (renewed at 2/3).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub(crate) cert_lifetime: Duration,
+    /// Range global-service VIPs are allocated from.
+    #[arg(long, value_name = "CIDR", default_value = "240.240.0.0/16")]
+    pub(crate) vip_cidr: Cidr,
+    /// Log format (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The controller's API address.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15014")]
+    pub(crate) controller: String,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = StatusOutput::Table)]
+    pub(crate) output: StatusOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusOutput {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertsCommand {
+    /// Make the root CA every linked cluster shares.
+    RootCa {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value = "10y", value_parser = duration)]
+        validity: Duration,
+    },
+    /// Make a cluster's intermediate CA, signed by the root, in the cacerts layout.
+    Cluster {
+        /// Cluster name.
+        name: String,
+        /// Folder of the root CA (from `certs root-ca`).
+        #[arg(long, value_name = "DIR")]
+        root: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value = "1y", value_parser = duration)]
+        validity: Duration,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExposeArgs {
+    /// Cluster folder.
+    #[arg(value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+    /// Address peers reach the gateway at (file mode; in Kubernetes the load
+    /// balancer assigns it). An IP address or a hostname.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) address: Option<String>,
+    /// Write the Gateway into DIR/istio-eastwest.yaml instead of printing it.
+    #[arg(long)]
+    pub(crate) write: bool,
+    #[arg(long, default_value_t = 15008, value_name = "PORT")]
+    pub(crate) hbone_port: u16,
+    #[arg(long, default_value_t = 15012, value_name = "PORT")]
+    pub(crate) xds_port: u16,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LinkArgs {
+    /// Cluster folders to link both ways.
+    #[arg(value_name = "DIR")]
+    pub(crate) dirs: Vec<PathBuf>,
+    /// Link one way: this cluster learns the other's services and may send to it.
+    #[arg(long, value_name = "DIR", requires = "to")]
+    pub(crate) from: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", requires = "from")]
+    pub(crate) to: Option<PathBuf>,
+    /// Print the Gateways as YAML instead of writing them.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]

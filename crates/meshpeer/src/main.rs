@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    meshpeer_identity::install_default_provider();
     let cli = cli::Cli::parse();
     match cmd::run(cli) {
         Ok(code) => code,

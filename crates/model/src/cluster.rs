@@ -101,6 +101,26 @@ impl ClusterConfig {
     }
 }
 
+/// One change to a cluster's input, as sources report them. A batch of
+/// changes is applied under one lock by the controller.
+// Changes are transient: moved into the snapshot as soon as they arrive.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// An object was added or changed.
+    Apply(Object),
+    /// An object was removed.
+    Delete(ObjectKey),
+    /// Every object of a kind is replaced by these (a watcher's re-list, a
+    /// folder reload).
+    Replace(Kind, Vec<Object>),
+    /// The cluster config changed (file mode: `cluster.yaml`).
+    Config(ClusterConfig),
+    /// The source's own findings (unreadable documents ...), replacing the
+    /// ones it reported before.
+    SourceDiagnostics(Vec<Diagnostic>),
+}
+
 /// Everything meshpeer reads from one cluster, keyed for deterministic
 /// iteration. Built from a folder (file mode) or from watchers (Kubernetes
 /// mode); the model never cares which.
@@ -220,6 +240,54 @@ impl ClusterSnapshot {
         }
     }
 
+    /// Applies one change; says whether the snapshot changed.
+    pub fn apply_change(&mut self, change: Change) -> bool {
+        match change {
+            Change::Apply(obj) => {
+                let after = obj.clone();
+                self.apply(obj).as_ref() != Some(&after)
+            }
+            Change::Delete(key) => self.delete(&key).is_some(),
+            Change::Replace(kind, objects) => self.replace_kind(kind, objects),
+            Change::Config(config) => {
+                let changed = self.config != config;
+                self.config = config;
+                changed
+            }
+            Change::SourceDiagnostics(diags) => {
+                let changed = self.diagnostics != diags;
+                self.diagnostics = diags;
+                changed
+            }
+        }
+    }
+
+    /// Replaces every object of `kind`; says whether anything changed.
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) -> bool {
+        let mut fresh = ClusterSnapshot::new(self.config.clone());
+        for o in objects.into_iter().filter(|o| o.kind() == kind) {
+            fresh.apply(o);
+        }
+        macro_rules! swap {
+            ($field:ident) => {{
+                let changed = self.$field != fresh.$field;
+                self.$field = fresh.$field;
+                changed
+            }};
+        }
+        match kind {
+            Kind::Namespace => swap!(namespaces),
+            Kind::Node => swap!(nodes),
+            Kind::Service => swap!(services),
+            Kind::Pod => swap!(pods),
+            Kind::EndpointSlice => swap!(endpoint_slices),
+            Kind::Segment => swap!(segments),
+            Kind::Gateway => swap!(gateways),
+            Kind::ServiceEntry => swap!(service_entries),
+            Kind::WorkloadEntry => swap!(workload_entries),
+        }
+    }
+
     /// Every object, in key order.
     pub fn objects(&self) -> Vec<Object> {
         let mut out = Vec::new();
@@ -303,6 +371,26 @@ mod tests {
         assert!(e.to_string().contains("trustDomain"), "{e}");
         let e = ClusterConfig::from_yaml("c.yaml", "network: x\n").unwrap_err();
         assert!(e.to_string().contains("name"), "{e}");
+    }
+
+    #[test]
+    fn changes_apply_and_say_whether_anything_changed() {
+        use crate::testing_support::ns;
+        let mut snap = ClusterSnapshot::new(ClusterConfig::new("c"));
+        assert!(snap.apply_change(Change::Apply(ns("a"))));
+        assert!(
+            !snap.apply_change(Change::Apply(ns("a"))),
+            "same object again"
+        );
+        assert!(snap.apply_change(Change::Replace(Kind::Namespace, vec![ns("b"), ns("c")])));
+        assert_eq!(snap.namespaces.keys().collect::<Vec<_>>(), ["b", "c"]);
+        assert!(!snap.apply_change(Change::Replace(Kind::Namespace, vec![ns("c"), ns("b")])));
+        assert!(!snap.apply_change(Change::Replace(Kind::Service, vec![])));
+        let key = ns("b").key();
+        assert!(snap.apply_change(Change::Delete(key.clone())));
+        assert!(!snap.apply_change(Change::Delete(key)));
+        assert!(snap.apply_change(Change::Config(ClusterConfig::new("d"))));
+        assert!(!snap.apply_change(Change::SourceDiagnostics(vec![])));
     }
 
     #[test]

@@ -125,14 +125,31 @@ pub struct LocalityGroup {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// EndpointSlices of each Service, built once per snapshot.
+/// Pods of one namespace carrying one label value, in name order.
+type PodsByLabel<'a> = HashMap<(&'a str, &'a str), Vec<(&'a NsName, &'a Pod)>>;
+
+/// EndpointSlices of each Service and Pods by label, built once per
+/// snapshot, so that finding a Service's endpoints does not scan every Pod
+/// of its namespace.
 pub(crate) struct SliceIndex<'a> {
     /// namespace -> service name -> slices
     by_service: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+    /// namespace -> (label key, value) -> pods
+    pods: HashMap<&'a str, PodsByLabel<'a>>,
 }
 
 impl<'a> SliceIndex<'a> {
     pub(crate) fn new(snap: &'a ClusterSnapshot) -> Self {
+        let mut pods: HashMap<&str, PodsByLabel<'_>> = HashMap::new();
+        for (key, pod) in &snap.pods {
+            for (k, v) in pod.metadata.labels.iter().flatten() {
+                pods.entry(key.namespace.as_str())
+                    .or_default()
+                    .entry((k.as_str(), v.as_str()))
+                    .or_default()
+                    .push((key, pod));
+            }
+        }
         let mut by_service: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
         for (key, slice) in &snap.endpoint_slices {
             if let Some(svc) = label(&slice.metadata, labels::ENDPOINTSLICE_SERVICE_NAME) {
@@ -144,7 +161,27 @@ impl<'a> SliceIndex<'a> {
                     .push(slice);
             }
         }
-        SliceIndex { by_service }
+        SliceIndex { by_service, pods }
+    }
+
+    /// Pods of `namespace` whose labels match `selector` (non-empty), in name order.
+    fn pods_matching<'s>(
+        &'s self,
+        namespace: &str,
+        selector: &'s std::collections::BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'a NsName, &'a Pod)> + 's {
+        // Candidates: the pods carrying the selector's first label; then the rest must match.
+        let first = selector.iter().next();
+        let candidates = first
+            .and_then(|(k, v)| self.pods.get(namespace)?.get(&(k.as_str(), v.as_str())))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        candidates.iter().copied().filter(move |(_, pod)| {
+            let labels = pod.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
     }
 
     fn slices(&self, svc: &NsName) -> &[&'a EndpointSlice] {
@@ -190,7 +227,12 @@ pub(crate) fn ready_endpoints(
             .filter(|s| !s.is_empty());
         match selector {
             Some(sel) => (
-                from_pods(snap, &key.namespace, sel, ports, default_locality),
+                from_pods(
+                    snap,
+                    slices.pods_matching(&key.namespace, sel),
+                    ports,
+                    default_locality,
+                ),
                 Source::Pods,
             ),
             None => (Vec::new(), Source::None),
@@ -294,10 +336,9 @@ fn from_slices(
     out
 }
 
-fn from_pods(
+fn from_pods<'p>(
     snap: &ClusterSnapshot,
-    namespace: &str,
-    selector: &std::collections::BTreeMap<String, String>,
+    pods: impl Iterator<Item = (&'p NsName, &'p Pod)>,
     ports: &[ServicePort],
     default_locality: &Locality,
 ) -> Vec<(Locality, Endpoint)> {
@@ -305,12 +346,8 @@ fn from_pods(
     let mut seen = BTreeSet::new();
     // Pods of one Service nearly always serve the same ports: share them.
     let mut last: Option<Arc<[PortTarget]>> = None;
-    for (key, pod) in snap.pods_in(namespace) {
-        let pod_labels = pod.metadata.labels.as_ref();
-        let matches = selector
-            .iter()
-            .all(|(k, v)| pod_labels.and_then(|l| l.get(k)) == Some(v));
-        if !matches || !pod_ready(pod) {
+    for (key, pod) in pods {
+        if !pod_ready(pod) {
             continue;
         }
         let Some(address) = pod

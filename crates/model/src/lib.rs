@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod diag;
 pub mod endpoints;
 pub mod export;
+pub mod gateways;
 pub mod labels;
 pub mod links;
 pub mod objects;
@@ -24,6 +25,8 @@ pub mod scope;
 pub mod segments;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(test)]
+mod testing_support;
 mod validate;
 pub mod vip;
 
@@ -31,7 +34,7 @@ pub use catalog::{
     CatalogConfig, Contribution, GlobalCatalog, GlobalService, LocalTakeover, Reach, catalog,
     catalog_with,
 };
-pub use cluster::{ClusterConfig, ClusterSnapshot, ConfigError};
+pub use cluster::{Change, ClusterConfig, ClusterSnapshot, ConfigError};
 pub use diag::{Diagnostic, ObjectRef, Rule, Severity};
 pub use endpoints::{Endpoint, Locality, LocalityGroup, PortTarget};
 pub use export::{ClusterInfo, Export, ExportedService, exports};

@@ -32,12 +32,13 @@ pub(crate) enum TargetPort {
 }
 
 impl ServicePort {
+    /// A port as peers see it (no Service-local details).
     pub fn new(name: &str, number: u16, protocol: &str) -> Self {
         ServicePort {
             name: name.to_owned(),
             number,
             protocol: protocol.to_owned(),
-            source: name.to_owned(),
+            source: String::new(),
             target: None,
         }
     }

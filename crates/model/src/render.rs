@@ -145,9 +145,9 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 /// Multi-document YAML that `kubectl apply -f -` accepts.
-pub fn to_yaml(entries: &[ServiceEntry]) -> String {
+pub fn to_yaml<T: serde::Serialize>(objects: &[T]) -> String {
     let mut out = String::new();
-    for (i, se) in entries.iter().enumerate() {
+    for (i, se) in objects.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }

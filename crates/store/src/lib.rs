@@ -1,8 +1,23 @@
 //! Where meshpeer's cluster snapshots come from and where its output goes.
 //!
-//! File mode: a cluster is a folder of Kubernetes manifests plus a
-//! `cluster.yaml` ([`file`]).
+//! Sources ([`ClusterSource`]) report a cluster's objects as batches of
+//! [`meshpeer_model::Change`]s; the controller applies each batch to its
+//! snapshot under one short lock. Sinks ([`Sink`]) make the outside world
+//! hold exactly the ServiceEntries the catalog renders, and write peer status.
+//!
+//! - File mode: a cluster is a folder of manifests plus `cluster.yaml`
+//!   ([`file`], [`file_source`], [`file_sink`]).
+//! - Kubernetes mode: kube-rs watchers and server-side apply
+//!   ([`kube_source`], [`kube_sink`]).
 
 pub mod file;
+pub mod file_sink;
+pub mod file_source;
+pub mod kube_sink;
+pub mod kube_source;
+mod sink;
+mod source;
 
 pub use file::{CLUSTER_FILE, LoadError, load_cluster_dir};
+pub use sink::{PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+pub use source::{ClusterSource, SourceError, Update};

@@ -1,6 +1,10 @@
 //! One module per subcommand.
 
+mod certs;
+mod controller;
+mod links;
 mod render;
+mod status;
 
 use std::process::ExitCode;
 
@@ -9,5 +13,11 @@ use crate::cli::{Cli, Command};
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Render(args) => render::run(&args),
+        Command::Expose(args) => links::expose(&args),
+        Command::Link(args) => links::link(&args),
+        Command::Unlink(args) => links::unlink(&args),
+        Command::Controller(args) => controller::run(*args),
+        Command::Status(args) => status::run(&args),
+        Command::Certs(c) => certs::run(c),
     }
 }

@@ -1,0 +1,291 @@
+//! A cluster's intermediate CA and the leaves it issues.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+
+use super::{
+    CA_CERT_FILE, CA_EXPIRED_HINT, CA_KEY_FILE, CACERTS_HINT, CERT_CHAIN_FILE, CaError,
+    LEAF_BACKDATE, ROOT_CERT_FILE, ROOT_EXPIRED_HINT, TrustRoot, check_issuer, check_key,
+    check_window, generate_key, issuer_from, to_offset, window,
+};
+use crate::cert::{self, CertFacts, rfc3339};
+use crate::pem_files::{self, NewFile};
+use crate::spiffe::SpiffeId;
+use crate::verify;
+
+/// One cluster's intermediate CA, with the shared root it chains to.
+pub struct ClusterCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    cert_pem: String,
+    key_pem: String,
+    chain_pem: String,
+    /// Certificates of `cert-chain.pem` after the intermediate that are not
+    /// self-signed: the intermediates between ours and the root.
+    chain_tail: Vec<CertificateDer<'static>>,
+    facts: CertFacts,
+    root: TrustRoot,
+}
+
+/// A leaf certificate and its key, as issued by [`ClusterCa::issue_leaf`].
+#[derive(Debug)]
+pub struct Leaf {
+    /// The leaf, then the intermediate (then any further certificates of
+    /// `cert-chain.pem` short of the root): what a TLS peer is sent.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key (PKCS#8, ECDSA P-256).
+    pub key: PrivateKeyDer<'static>,
+    /// The leaf's notBefore (whole seconds).
+    pub not_before: SystemTime,
+    /// The leaf's notAfter (whole seconds).
+    pub not_after: SystemTime,
+}
+
+impl Leaf {
+    /// When the leaf should be replaced: once two thirds of its lifetime have passed.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before)
+            .unwrap_or_default();
+        self.not_before + lifetime * 2 / 3
+    }
+
+    /// Whether less than a third of the lifetime remains at `now` (or it has expired).
+    pub fn is_due(&self, now: SystemTime) -> bool {
+        now >= self.renew_at()
+    }
+}
+
+impl ClusterCa {
+    /// Wraps an intermediate just issued by the root from `params` and `key`.
+    pub(super) fn issued(
+        cert: rcgen::Certificate,
+        params: CertificateParams,
+        key: KeyPair,
+        root: &TrustRoot,
+    ) -> Result<Self, CaError> {
+        let cert_pem = cert.pem();
+        let facts = cert::facts(cert.der()).map_err(|detail| CaError::BadCertificate {
+            path: PathBuf::from(CA_CERT_FILE),
+            detail,
+        })?;
+        Ok(ClusterCa {
+            chain_pem: format!("{cert_pem}{}", root.pem),
+            cert: cert.der().clone(),
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+            chain_tail: Vec::new(),
+            facts,
+            root: root.clone(),
+        })
+    }
+
+    /// Writes the `cacerts` layout into `dir`, creating it if needed:
+    /// `ca-cert.pem`, `ca-key.pem` (mode 0600), `root-cert.pem` and
+    /// `cert-chain.pem` (intermediate, then root). Refuses to overwrite existing files.
+    pub fn write(&self, dir: &Path) -> Result<(), CaError> {
+        pem_files::write_new(
+            dir,
+            &[
+                NewFile {
+                    name: CA_CERT_FILE,
+                    contents: &self.cert_pem,
+                    secret: false,
+                },
+                NewFile {
+                    name: CA_KEY_FILE,
+                    contents: &self.key_pem,
+                    secret: true,
+                },
+                NewFile {
+                    name: ROOT_CERT_FILE,
+                    contents: &self.root.pem,
+                    secret: false,
+                },
+                NewFile {
+                    name: CERT_CHAIN_FILE,
+                    contents: &self.chain_pem,
+                    secret: false,
+                },
+            ],
+        )
+    }
+
+    /// Loads a `cacerts` directory and checks, in this order, with a distinct
+    /// [`CaError`] for each: all four files exist and parse; `ca-key.pem`
+    /// matches `ca-cert.pem`; `cert-chain.pem` starts with `ca-cert.pem`;
+    /// `root-cert.pem` and `ca-cert.pem` are valid at `now`; `ca-cert.pem`
+    /// chains to `root-cert.pem` (through any further certificates of
+    /// `cert-chain.pem`) such that leaves it issues verify.
+    pub fn load(dir: &Path, now: SystemTime) -> Result<Self, CaError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let root_path = dir.join(ROOT_CERT_FILE);
+        let chain_path = dir.join(CERT_CHAIN_FILE);
+        let cert = pem_files::read_cert(&cert_path, CACERTS_HINT)?;
+        let key = pem_files::read_key(&key_path, CACERTS_HINT)?;
+        let root = pem_files::read_cert(&root_path, CACERTS_HINT)?;
+        let chain = pem_files::read_certs(&chain_path, CACERTS_HINT)?;
+
+        let facts = cert::facts(&cert.value).map_err(|detail| CaError::BadCertificate {
+            path: cert_path.clone(),
+            detail,
+        })?;
+        let root = TrustRoot::new(root.value, root.text, &root_path)?;
+        check_key(&facts, &key.value, &key_path, &cert_path)?;
+        if chain.value.first() != Some(&cert.value) {
+            return Err(CaError::ChainMismatch {
+                chain_path,
+                cert_path,
+            });
+        }
+        check_window(&root.facts, &root_path, now, ROOT_EXPIRED_HINT)?;
+        check_window(&facts, &cert_path, now, CA_EXPIRED_HINT)?;
+        let chain_tail = chain
+            .value
+            .iter()
+            .skip(1)
+            .filter(|c| !is_self_signed(c))
+            .cloned()
+            .collect();
+        let ca = ClusterCa {
+            issuer: issuer_from(&cert.value, key.value, &cert_path)?,
+            cert: cert.value,
+            cert_pem: cert.text,
+            key_pem: key.text,
+            chain_pem: chain.text,
+            chain_tail,
+            facts,
+            root,
+        };
+        ca.check_issues_verifiable_leaves(now, cert_path, root_path)?;
+        Ok(ca)
+    }
+
+    /// Issues a probe leaf and verifies it the way a peer would.
+    fn check_issues_verifiable_leaves(
+        &self,
+        now: SystemTime,
+        cert_path: PathBuf,
+        root_path: PathBuf,
+    ) -> Result<(), CaError> {
+        let probe_id =
+            SpiffeId::new("probe.invalid", "probe", "probe").map_err(|err| CaError::Unusable {
+                cert_path: cert_path.clone(),
+                detail: err.to_string(),
+            })?;
+        let probe = self.issue_leaf(&probe_id, Duration::from_secs(60), now)?;
+        let Some((end_entity, intermediates)) = probe.chain.split_first() else {
+            return Ok(());
+        };
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(
+            cert::to_unix(now).max(0).unsigned_abs(),
+        ));
+        match verify::verify_chain(&self.root, end_entity, intermediates, time, true) {
+            Ok(()) => Ok(()),
+            Err(err) if verify::is_wrong_root(&err) => Err(CaError::NotSignedByRoot {
+                cert_path,
+                root_path,
+                root_sha256: self.root.sha256_fingerprint().to_owned(),
+            }),
+            Err(err) => Err(CaError::Unusable {
+                cert_path,
+                detail: err.to_string(),
+            }),
+        }
+    }
+
+    /// The shared root this intermediate chains to (`root-cert.pem`).
+    pub fn trust_root(&self) -> &TrustRoot {
+        &self.root
+    }
+
+    /// The intermediate certificate (`ca-cert.pem`).
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// The intermediate's notAfter.
+    pub fn not_after(&self) -> SystemTime {
+        self.facts.not_after
+    }
+
+    /// Issues a leaf for `id`: ECDSA P-256, empty subject, the SPIFFE ID as
+    /// its only SAN (a URI, marked critical), not a CA, key usage
+    /// digitalSignature, extended key usages serverAuth and clientAuth.
+    ///
+    /// Valid from `now` minus [`LEAF_BACKDATE`] until `now + validity`, but
+    /// never past the intermediate's notAfter. Fails if the intermediate has
+    /// expired at `now`.
+    pub fn issue_leaf(
+        &self,
+        id: &SpiffeId,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Leaf, CaError> {
+        check_issuer(&self.facts, now)?;
+        let (not_before, mut not_after) = window(now, LEAF_BACKDATE, validity)?;
+        let ca_not_after = to_offset(cert::to_unix(self.facts.not_after), now, validity)?;
+        not_after = not_after.min(ca_not_after);
+        let uri = id
+            .to_string()
+            .try_into()
+            .map_err(|source| CaError::Generate {
+                what: "leaf URI SAN",
+                source,
+            })?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let key = generate_key("leaf key")?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| CaError::Generate {
+                what: "leaf certificate",
+                source,
+            })?;
+        let mut chain = Vec::with_capacity(2 + self.chain_tail.len());
+        chain.push(cert.der().clone());
+        chain.push(self.cert.clone());
+        chain.extend(self.chain_tail.iter().cloned());
+        Ok(Leaf {
+            chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_before: cert::from_unix(not_before.unix_timestamp()),
+            not_after: cert::from_unix(not_after.unix_timestamp()),
+        })
+    }
+}
+
+impl fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("subject", &self.facts.subject)
+            .field("not_after", &rfc3339(self.facts.not_after))
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Roots are self-signed; they are never sent as part of a chain.
+fn is_self_signed(der: &CertificateDer<'_>) -> bool {
+    cert::parse(der).is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
+}

@@ -1,0 +1,265 @@
+//! Verifying peers: the chain must lead to the shared root and the leaf must
+//! carry exactly one SPIFFE URI whose trust domain we accept. rustls never
+//! looks at URI SANs, so both rustls verifier traits are implemented here.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tracing::debug;
+
+use crate::ca::TrustRoot;
+use crate::cert;
+use crate::refusal::Refusal;
+use crate::spiffe::SpiffeId;
+
+/// Which SPIFFE trust domains a server accepts from clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerPolicy {
+    /// Any trust domain, as long as the chain leads to the shared root.
+    AnyTrustDomain,
+    /// Only these trust domains (an empty set refuses every client).
+    TrustDomains(BTreeSet<String>),
+}
+
+/// The SPIFFE ID of a verified peer's leaf (`certs[0]`), e.g. from
+/// `tokio_rustls` `get_ref().1.peer_certificates()` after the handshake.
+///
+/// Only parses: it does not verify the chain, which the handshake did.
+/// Fails with [`Refusal::NoSpiffeId`] if `certs` is empty or the leaf does
+/// not carry exactly one URI SAN that is a valid SPIFFE ID.
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, Refusal> {
+    let leaf = certs.first().ok_or_else(|| Refusal::NoSpiffeId {
+        detail: "the peer presented no certificate".to_owned(),
+    })?;
+    cert::spiffe_id_of(leaf).map_err(|detail| Refusal::NoSpiffeId { detail })
+}
+
+/// Verifies `end_entity` through `intermediates` to `root` at `now`, for
+/// server authentication (`server_auth`) or client authentication.
+pub(crate) fn verify_chain(
+    root: &TrustRoot,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    server_auth: bool,
+) -> Result<(), webpki::Error> {
+    let cert = webpki::EndEntityCert::try_from(end_entity)?;
+    let usage = if server_auth {
+        webpki::KeyUsage::server_auth()
+    } else {
+        webpki::KeyUsage::client_auth()
+    };
+    cert.verify_for_usage(
+        algorithms().all,
+        std::slice::from_ref(&root.anchor),
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+}
+
+/// Whether a chain failure means "not issued under this root" (as opposed
+/// to a malformed or misused certificate).
+pub(crate) fn is_wrong_root(err: &webpki::Error) -> bool {
+    matches!(
+        err,
+        webpki::Error::UnknownIssuer
+            | webpki::Error::InvalidSignatureForPublicKey
+            | webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)
+            | webpki::Error::CertDistrusted
+    )
+}
+
+/// aws-lc-rs' signature algorithms (rustls keeps its table private).
+static ALGORITHMS: LazyLock<WebPkiSupportedAlgorithms> = LazyLock::new(|| {
+    rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+});
+
+fn algorithms() -> WebPkiSupportedAlgorithms {
+    *ALGORITHMS
+}
+
+/// The check both sides run; the two rustls traits below only adapt it.
+#[derive(Debug)]
+pub(crate) struct PeerVerifier {
+    root: TrustRoot,
+    /// Accepted trust domains; `None` accepts any.
+    trust_domains: Option<BTreeSet<String>>,
+    root_subjects: Vec<DistinguishedName>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl PeerVerifier {
+    pub(crate) fn new(root: &TrustRoot, policy: PeerPolicy) -> Self {
+        let root_subjects = vec![DistinguishedName::in_sequence(root.anchor.subject.as_ref())];
+        PeerVerifier {
+            root: root.clone(),
+            trust_domains: match policy {
+                PeerPolicy::AnyTrustDomain => None,
+                PeerPolicy::TrustDomains(set) => Some(set),
+            },
+            root_subjects,
+            algorithms: algorithms(),
+        }
+    }
+
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        server_auth: bool,
+    ) -> Result<SpiffeId, TlsError> {
+        let result = self.check(end_entity, intermediates, now, server_auth);
+        if let Err(err) = &result {
+            let refusal = crate::refusal::refusal_reason(err);
+            debug!(reason = refusal.reason(), %refusal, "refusing peer certificate");
+        }
+        result
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        server_auth: bool,
+    ) -> Result<SpiffeId, TlsError> {
+        verify_chain(&self.root, end_entity, intermediates, now, server_auth).map_err(|err| {
+            match err {
+                webpki::Error::CertExpired { time, not_after } => {
+                    TlsError::InvalidCertificate(CertificateError::ExpiredContext {
+                        time,
+                        not_after,
+                    })
+                }
+                webpki::Error::CertNotValidYet { time, not_before } => {
+                    TlsError::InvalidCertificate(CertificateError::NotValidYetContext {
+                        time,
+                        not_before,
+                    })
+                }
+                err if is_wrong_root(&err) => refuse(Refusal::UnknownRoot {
+                    our_root_sha256: Some(self.root.sha256_fingerprint().to_owned()),
+                }),
+                err => refuse(Refusal::Other(format!(
+                    "peer certificate chain is not acceptable: {err}"
+                ))),
+            }
+        })?;
+        let id = cert::spiffe_id_of(end_entity)
+            .map_err(|detail| refuse(Refusal::NoSpiffeId { detail }))?;
+        if let Some(allowed) = &self.trust_domains
+            && !allowed.contains(id.trust_domain())
+        {
+            return Err(refuse(Refusal::WrongTrustDomain {
+                expected: allowed.iter().cloned().collect(),
+                got: id.trust_domain().to_owned(),
+            }));
+        }
+        Ok(id)
+    }
+}
+
+fn refuse(refusal: Refusal) -> TlsError {
+    TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(refusal))))
+}
+
+impl ClientCertVerifier for PeerVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.root_subjects
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        self.verify(end_entity, intermediates, now, false)
+            .map(|_| ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The client side: the server name is ignored, since our certificates
+/// carry only SPIFFE URIs.
+impl ServerCertVerifier for PeerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        self.verify(end_entity, intermediates, now, true)
+            .map(|_| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[DistinguishedName]> {
+        Some(&self.root_subjects)
+    }
+}

@@ -1,0 +1,153 @@
+//! The controller's local HTTP API.
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /healthz` | `ok` once the controller runs |
+//! | `GET /v1/status` | [`Status`] as JSON: peers, served peers, counts, diagnostics |
+//! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog}` |
+//! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane |
+//! | `GET /metrics` | Prometheus text format |
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use meshpeer_peering::PeeringService;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::WatchStream;
+
+use crate::controller::view::{RefusedView, ServedView, View};
+
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub(crate) view: watch::Receiver<Arc<View>>,
+    pub(crate) service: PeeringService,
+    pub(crate) registry: Arc<Registry>,
+}
+
+/// Serves the API until `shutdown` completes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/status", get(status))
+        .route("/v1/catalog", get(catalog))
+        .route("/v1/catalog/watch", get(watch_catalog))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The view with the peering server's live view of who it serves.
+pub(crate) fn with_live_status(view: &View, service: &PeeringService) -> View {
+    let mut v = view.clone();
+    v.status.served = service
+        .served()
+        .into_iter()
+        .map(|p| ServedView {
+            cluster: p.cluster,
+            segment: p.segment,
+            spiffe_id: p.spiffe_id,
+            remote: p.remote,
+            connected_since: Some(p.connected_since),
+            acked_version: p.acked_version,
+            last_ack: p.last_ack,
+            resources: p.resources,
+            last_error: p.last_error,
+        })
+        .collect();
+    v.status.refused = service
+        .refusals()
+        .into_iter()
+        .map(|r| RefusedView {
+            at: Some(r.at),
+            remote: r.remote,
+            reason: r.reason.to_owned(),
+            message: r.message,
+        })
+        .collect();
+    v
+}
+
+fn json<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn status(State(s): State<ApiState>) -> Response {
+    let v = s.view.borrow().clone();
+    json(&with_live_status(&v, &s.service).status)
+}
+
+#[derive(Serialize)]
+struct CatalogDoc<'a> {
+    version: u64,
+    catalog: &'a meshpeer_model::GlobalCatalog,
+}
+
+async fn catalog(State(s): State<ApiState>) -> Response {
+    let v = s.view.borrow().clone();
+    json(&CatalogDoc {
+        version: v.version,
+        catalog: &v.catalog,
+    })
+}
+
+async fn watch_catalog(State(s): State<ApiState>) -> Response {
+    let stream = WatchStream::new(s.view.clone()).map(|v| {
+        let mut line = serde_json::to_vec(&CatalogDoc {
+            version: v.version,
+            catalog: &v.catalog,
+        })
+        .unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(line)
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// How long ago `t` was, as kubectl prints ages (`16s`, `5m12s`).
+pub fn age(t: SystemTime) -> String {
+    let secs = SystemTime::now()
+        .duration_since(t)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    meshpeer_model::render::human_age(secs)
+}

@@ -1,0 +1,188 @@
+//! `meshpeer controller`: one cluster's control plane.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use meshpeer::controller::{Controller, ControllerConfig};
+use meshpeer_identity::{ClusterCa, Identity, SpiffeId};
+use meshpeer_model::{ClusterConfig, exports, labels};
+use meshpeer_store::file_sink::FileSink;
+use meshpeer_store::file_source::{DEFAULT_DEBOUNCE, FileSource};
+use meshpeer_store::kube_sink::KubeSink;
+use meshpeer_store::kube_source::KubeSource;
+use meshpeer_store::{ClusterSource, Sink, load_cluster_dir};
+use tracing::info;
+
+use crate::cli::{ControllerArgs, LogFormat};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+/// The cluster's name, trust domain and default peering address.
+struct Cluster {
+    name: String,
+    trust_domain: String,
+    peering: Option<SocketAddr>,
+}
+
+async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let (source, sink, cluster): (Box<dyn ClusterSource>, Box<dyn Sink>, Cluster) = match &args
+        .cluster_dir
+    {
+        Some(dir) => {
+            // Read once up front: a bad folder is an error now, not later.
+            let snap = load_cluster_dir(dir).context("cannot load cluster folder")?;
+            let export = exports(&snap);
+            let peering = snap
+                .gateways
+                .values()
+                .find(|g| g.spec.gateway_class_name == labels::EASTWEST_CLASS)
+                .and_then(|g| {
+                    let ip: IpAddr = g.status.as_ref()?.addresses.first()?.value.parse().ok()?;
+                    let port = g
+                        .spec
+                        .listeners
+                        .iter()
+                        .find(|l| l.name == "xds-tls")
+                        .and_then(|l| u16::try_from(l.port).ok())
+                        .unwrap_or(labels::XDS_PORT);
+                    Some(SocketAddr::new(ip, port))
+                });
+            let out = args
+                .output_dir
+                .clone()
+                .unwrap_or_else(|| dir.join(".meshpeer").join("out"));
+            (
+                Box::new(FileSource::new(dir.clone(), DEFAULT_DEBOUNCE)),
+                Box::new(FileSink::new(out)),
+                Cluster {
+                    name: export.cluster.name,
+                    trust_domain: export.cluster.trust_domain,
+                    peering,
+                },
+            )
+        }
+        None => {
+            let name = args
+                .cluster_name
+                .clone()
+                .context("--cluster-name is required in Kubernetes mode")?;
+            let config = ClusterConfig {
+                name: name.clone(),
+                network: args.network.clone(),
+                region: args.region.clone(),
+                zone: args.zone.clone(),
+                trust_domain: args.trust_domain.clone(),
+            };
+            config
+                .check()
+                .map_err(|e| anyhow::anyhow!("cluster flags: {e}"))?;
+            let kube_config = match &args.context {
+                Some(ctx) => kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                    context: Some(ctx.clone()),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot load kubeconfig context {ctx}"))?,
+                None => kube::Config::infer()
+                    .await
+                    .context("cannot find a Kubernetes config (in-cluster or kubeconfig)")?,
+            };
+            let client = kube::Client::try_from(kube_config)
+                .context("cannot build the Kubernetes client")?;
+            let trust_domain = config.trust_domain().to_owned();
+            (
+                Box::new(KubeSource::new(client.clone(), config)),
+                Box::new(KubeSink::new(client, "meshpeer")),
+                Cluster {
+                    name,
+                    trust_domain,
+                    peering: None,
+                },
+            )
+        }
+    };
+
+    let now = SystemTime::now();
+    let ca = ClusterCa::load(&args.cacerts, now).with_context(|| {
+        format!(
+            "cannot load cluster {}'s CA from {} (make one: meshpeer certs cluster {} --root ROOT_DIR --out {})",
+            cluster.name,
+            args.cacerts.display(),
+            cluster.name,
+            args.cacerts.display()
+        )
+    })?;
+    let trust_root = ca.trust_root().clone();
+    let id = SpiffeId::new(cluster.trust_domain.as_str(), "istio-system", "meshpeer")?;
+    let identity = Arc::new(Identity::new(ca, id, args.cert_lifetime, now)?);
+
+    let peering_listen = args
+        .peering_listen
+        .or(cluster.peering)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], labels::XDS_PORT)));
+    let mut cfg = ControllerConfig::new(source, sink, identity, trust_root, peering_listen);
+    cfg.api_listen = Some(args.api_listen);
+    cfg.vip_range = args.vip_cidr;
+    cfg.grace = args.grace;
+    cfg.heartbeat = args.heartbeat;
+    let controller = Controller::start(cfg).await?;
+    let api = controller
+        .api_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(
+        cluster = %cluster.name,
+        peering = %controller.peering_addr,
+        api = %api,
+        "controller running; status: meshpeer status --controller {api}"
+    );
+    shutdown_signal().await;
+    info!("shutting down");
+    controller.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

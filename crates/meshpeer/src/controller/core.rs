@@ -1,0 +1,318 @@
+//! The controller's state and its one writer: source updates and peer events
+//! come in, are applied in batches, and each batch ends with one recompute
+//! that publishes the export to peers, the catalog to readers and the
+//! rendered objects to the output.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use meshpeer_model::render::render;
+use meshpeer_model::{
+    CatalogConfig, Cidr, ClusterSnapshot, Export, GlobalCatalog, PeerLink, Reach, catalog_with,
+    exports,
+};
+use meshpeer_peering::{
+    Backoff, Connector, ExportPublisher, LinkConfig, LocalInfo, Metrics as PeeringMetrics,
+    PeerUpdate, PeeringService, run_link,
+};
+use meshpeer_store::{PeerStatus, Update};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::metrics::ControllerMetrics;
+use super::peers::PeerState;
+use super::sink_task::SinkJob;
+use super::view::{RefusedView, ServedView, Status, View};
+
+/// Settings the core needs.
+pub(crate) struct CoreSettings {
+    pub(crate) vip_range: Cidr,
+    pub(crate) heartbeat: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) peering_address: String,
+}
+
+pub(crate) struct Core {
+    pub(crate) settings: CoreSettings,
+    pub(crate) snapshot: ClusterSnapshot,
+    /// The source delivered its complete state.
+    pub(crate) ready: bool,
+    pub(crate) own_export: Export,
+    pub(crate) catalog: GlobalCatalog,
+    pub(crate) vips: BTreeMap<String, IpAddr>,
+    pub(crate) peers: BTreeMap<String, PeerState>,
+    pub(crate) link_tasks: BTreeMap<String, (PeerLink, JoinHandle<()>)>,
+    pub(crate) publisher: ExportPublisher,
+    pub(crate) service: PeeringService,
+    pub(crate) local_info: watch::Sender<LocalInfo>,
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) peer_events: mpsc::Sender<PeerUpdate>,
+    pub(crate) peering_metrics: Arc<PeeringMetrics>,
+    pub(crate) metrics: Arc<ControllerMetrics>,
+    pub(crate) view_tx: watch::Sender<Arc<View>>,
+    pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
+    pub(crate) output_error: watch::Receiver<Option<String>>,
+    pub(crate) snapshot_dirty: bool,
+    pub(crate) catalog_dirty: bool,
+    pub(crate) version: u64,
+}
+
+impl Core {
+    /// Applies a batch from the source.
+    pub(crate) fn on_update(&mut self, update: Update) {
+        self.metrics.source_updates.inc();
+        for change in update.changes {
+            if self.snapshot.apply_change(change) {
+                self.snapshot_dirty = true;
+            }
+        }
+        if !self.ready {
+            info!(cluster = %self.snapshot.config.name, objects = self.snapshot.len(), "cluster state loaded");
+            self.ready = true;
+            self.snapshot_dirty = true;
+        }
+    }
+
+    /// Applies an event about a peer.
+    pub(crate) fn on_peer(&mut self, update: PeerUpdate) {
+        let Some(peer) = self.peers.get_mut(&update.peer) else {
+            return;
+        };
+        if peer.on_event(update.at, update.event, self.settings.grace) {
+            self.catalog_dirty = true;
+        }
+    }
+
+    /// Recomputes and publishes this cluster's export, if its input changed.
+    /// Done apart from the catalog so that the peering streams, woken by the
+    /// new export, get to run before the catalog is computed.
+    pub(crate) fn publish_export(&mut self) {
+        if !self.ready || !self.snapshot_dirty {
+            return;
+        }
+        self.own_export = exports(&self.snapshot);
+        let version = self.publisher.publish(&self.own_export);
+        debug!(
+            version,
+            services = self.own_export.services.len(),
+            "export published"
+        );
+        let info = LocalInfo {
+            cluster: self.own_export.cluster.name.clone(),
+            segment: self.own_export.cluster.segment_name().map(str::to_owned),
+            trust_domain: self.own_export.cluster.trust_domain.clone(),
+        };
+        self.local_info.send_if_modified(|cur| {
+            let changed = *cur != info;
+            *cur = info;
+            changed
+        });
+        self.snapshot_dirty = false;
+        self.catalog_dirty = true;
+    }
+
+    /// Recomputes the catalog if anything changed, and publishes it.
+    pub(crate) fn recompute(&mut self) {
+        if !self.ready {
+            return;
+        }
+        self.publish_export();
+        let started = Instant::now();
+        if self.catalog_dirty {
+            self.compute_catalog();
+            if self.reconcile_links() {
+                // A removed link's services leave the catalog now.
+                self.compute_catalog();
+            }
+            self.metrics
+                .recompute_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.snapshot_dirty = false;
+        self.catalog_dirty = false;
+        self.publish();
+    }
+
+    fn compute_catalog(&mut self) {
+        let config = CatalogConfig {
+            vip_range: self.settings.vip_range,
+            previous_vips: self.vips.clone(),
+        };
+        let peers: Vec<&Export> = self
+            .peers
+            .values()
+            .filter_map(|p| p.export.as_deref())
+            .collect();
+        self.catalog = catalog_with(&self.snapshot, &self.own_export, peers, &config);
+        self.vips = self.catalog.vips();
+    }
+
+    /// Starts, restarts and stops link tasks to match the catalog's links;
+    /// says whether a peer's export was dropped with its link.
+    fn reconcile_links(&mut self) -> bool {
+        let wanted: BTreeMap<&str, &PeerLink> = self
+            .catalog
+            .links
+            .iter()
+            .map(|l| (l.cluster.as_str(), l))
+            .collect();
+        let stale: Vec<String> = self
+            .link_tasks
+            .iter()
+            .filter(|(name, (link, _))| wanted.get(name.as_str()) != Some(&link))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut removed_any = false;
+        for name in stale {
+            if let Some((_, task)) = self.link_tasks.remove(&name) {
+                task.abort();
+            }
+            if self.peers.remove(&name).is_some_and(|p| p.export.is_some()) {
+                removed_any = true;
+            }
+            info!(peer = %name, "link removed or changed");
+        }
+        for (name, link) in wanted {
+            if self.link_tasks.contains_key(name) {
+                continue;
+            }
+            info!(peer = %name, addresses = ?link.addresses.iter().map(|a| &a.value).collect::<Vec<_>>(), port = link.xds_port, "linking to peer");
+            let cfg = LinkConfig {
+                link: link.clone(),
+                local: self.local_info.subscribe(),
+                heartbeat: self.settings.heartbeat,
+                grace: self.settings.grace,
+                backoff: Backoff::default(),
+            };
+            let task = tokio::spawn(run_link(
+                cfg,
+                Arc::clone(&self.connector),
+                self.peer_events.clone(),
+                Arc::clone(&self.peering_metrics),
+            ));
+            self.peers
+                .insert(name.to_owned(), PeerState::new(link.clone()));
+            self.link_tasks
+                .insert(name.to_owned(), (link.clone(), task));
+        }
+        removed_any
+    }
+
+    /// Publishes the view and the output job.
+    fn publish(&mut self) {
+        let now = SystemTime::now();
+        // Peers whose export is in the catalog.
+        let in_catalog: Vec<String> = self
+            .catalog
+            .services
+            .iter()
+            .flat_map(|s| s.contributions.iter())
+            .filter(|c| c.reach != Reach::Local)
+            .map(|c| c.cluster.clone())
+            .collect();
+        let mut statuses = Vec::new();
+        for (name, peer) in &mut self.peers {
+            let generation = self
+                .snapshot
+                .gateways
+                .get(&peer.link.gateway)
+                .and_then(|g| g.metadata.generation);
+            let listed = in_catalog.contains(name)
+                || peer.export.as_ref().is_some_and(|e| e.services.is_empty());
+            peer.update_conditions(listed, generation, now);
+            statuses.push(PeerStatus {
+                gateway: peer.link.gateway.clone(),
+                conditions: peer.conditions.clone(),
+            });
+        }
+        self.metrics
+            .catalog_services
+            .set(self.catalog.services.len() as i64);
+        self.metrics
+            .exported_services
+            .set(self.own_export.services.len() as i64);
+        self.version += 1;
+        // Readers (data plane, API) first; rendering for the output after.
+        let status = self.status();
+        self.view_tx.send_replace(Arc::new(View {
+            version: self.version,
+            catalog: self.catalog.clone(),
+            status,
+        }));
+        self.sink_tx.send_replace(Arc::new(SinkJob {
+            version: self.version,
+            entries: render(&self.catalog),
+            statuses,
+        }));
+    }
+
+    fn status(&self) -> Status {
+        let imported = self
+            .catalog
+            .services
+            .iter()
+            .filter(|s| s.contributions.iter().any(|c| c.reach != Reach::Local))
+            .count();
+        Status {
+            cluster: self.catalog.cluster.clone(),
+            peering_address: self.settings.peering_address.clone(),
+            export_version: self.publisher.current().version,
+            exported_services: self.own_export.services.len(),
+            imported_services: imported,
+            global_services: self.catalog.services.len(),
+            peers: self.peers.values().map(PeerState::view).collect(),
+            served: self
+                .service
+                .served()
+                .into_iter()
+                .map(|p| ServedView {
+                    cluster: p.cluster,
+                    segment: p.segment,
+                    spiffe_id: p.spiffe_id,
+                    remote: p.remote,
+                    connected_since: Some(p.connected_since),
+                    acked_version: p.acked_version,
+                    last_ack: p.last_ack,
+                    resources: p.resources,
+                    last_error: p.last_error,
+                })
+                .collect(),
+            refused: self
+                .service
+                .refusals()
+                .into_iter()
+                .map(|r| RefusedView {
+                    at: Some(r.at),
+                    remote: r.remote,
+                    reason: r.reason.to_owned(),
+                    message: r.message,
+                })
+                .collect(),
+            output_error: self.output_error.borrow().clone(),
+            diagnostics: self.catalog.diagnostics.clone(),
+        }
+    }
+
+    /// Stops every link task.
+    pub(crate) fn stop_links(&mut self) {
+        for (_, (_, task)) in std::mem::take(&mut self.link_tasks) {
+            task.abort();
+        }
+    }
+
+    /// Logs diagnostics that are new since the last batch.
+    pub(crate) fn log_new_diagnostics(&self, before: &[meshpeer_model::Diagnostic]) {
+        for d in &self.catalog.diagnostics {
+            if !before.contains(d) {
+                match d.severity {
+                    meshpeer_model::Severity::Error => warn!(rule = %d.rule, "{d}"),
+                    meshpeer_model::Severity::Warning => warn!(rule = %d.rule, "{d}"),
+                    meshpeer_model::Severity::Info => info!(rule = %d.rule, "{d}"),
+                }
+            }
+        }
+    }
+}

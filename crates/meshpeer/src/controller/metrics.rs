@@ -1,0 +1,66 @@
+//! Controller metrics, under the `controller` prefix.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    pub(crate) result: String,
+}
+
+#[derive(Debug)]
+pub(crate) struct ControllerMetrics {
+    /// Global services in this cluster's catalog.
+    pub(crate) catalog_services: Gauge,
+    /// Services this cluster exports.
+    pub(crate) exported_services: Gauge,
+    /// Time to recompute the export and the catalog.
+    pub(crate) recompute_seconds: Histogram,
+    /// Batches received from the source.
+    pub(crate) source_updates: Counter,
+    /// Output writes, by result.
+    pub(crate) output_applies: Family<ResultLabels, Counter>,
+}
+
+impl ControllerMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> std::sync::Arc<Self> {
+        let m = ControllerMetrics {
+            catalog_services: Gauge::default(),
+            exported_services: Gauge::default(),
+            recompute_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            source_updates: Counter::default(),
+            output_applies: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("controller");
+        r.register(
+            "catalog_services",
+            "Global services in this cluster's catalog",
+            m.catalog_services.clone(),
+        );
+        r.register(
+            "exported_services",
+            "Services this cluster exports",
+            m.exported_services.clone(),
+        );
+        r.register(
+            "recompute_seconds",
+            "Time to recompute the export and the catalog",
+            m.recompute_seconds.clone(),
+        );
+        r.register(
+            "source_updates",
+            "Batches of changes received from the source",
+            m.source_updates.clone(),
+        );
+        r.register(
+            "output_applies",
+            "Output writes, by result",
+            m.output_applies.clone(),
+        );
+        std::sync::Arc::new(m)
+    }
+}

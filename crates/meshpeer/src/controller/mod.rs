@@ -1,0 +1,356 @@
+//! The controller role: reads one cluster (a [`ClusterSource`]), peers with
+//! the clusters its remote-peer Gateways name, keeps the global catalog, and
+//! publishes it: to peers (its export), to the output ([`Sink`]: generated
+//! ServiceEntries and peer status), and to local readers (the API: status,
+//! catalog, a catalog stream for the data plane, metrics).
+
+mod core;
+mod metrics;
+mod peers;
+mod sink_task;
+pub mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, server_config};
+use meshpeer_model::{Cidr, ClusterConfig, ClusterSnapshot, Export, GlobalCatalog};
+use meshpeer_peering::{
+    Connector, ExportPublisher, LocalInfo, Metrics as PeeringMetrics, PeeringService,
+    ServerSettings, TlsConnector,
+};
+use meshpeer_store::{ClusterSource, Sink};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use self::core::{Core, CoreSettings};
+use self::metrics::ControllerMetrics;
+pub use self::view::{LinkState, PeerView, Status, View};
+
+/// Everything a controller needs.
+pub struct ControllerConfig {
+    pub source: Box<dyn ClusterSource>,
+    pub sink: Box<dyn Sink>,
+    /// This controller's identity (`spiffe://<td>/ns/istio-system/sa/meshpeer`).
+    pub identity: Arc<Identity>,
+    /// The shared root all peers chain to.
+    pub trust_root: TrustRoot,
+    /// Where the peering server listens (the east-west gateway's `xds-tls`).
+    pub peering_listen: SocketAddr,
+    /// Where the local API listens (status, catalog, metrics); `None`: off.
+    pub api_listen: Option<SocketAddr>,
+    pub vip_range: Cidr,
+    /// Heartbeat interval of peering streams.
+    pub heartbeat: Duration,
+    /// How long a lost peer's export is kept (stale).
+    pub grace: Duration,
+    /// How peers are dialled; `None`: mutual TLS with `identity`.
+    pub connector: Option<Arc<dyn Connector>>,
+}
+
+impl ControllerConfig {
+    /// Defaults: API off, default VIP range, 10 s heartbeats, 2 min grace.
+    pub fn new(
+        source: Box<dyn ClusterSource>,
+        sink: Box<dyn Sink>,
+        identity: Arc<Identity>,
+        trust_root: TrustRoot,
+        peering_listen: SocketAddr,
+    ) -> Self {
+        ControllerConfig {
+            source,
+            sink,
+            identity,
+            trust_root,
+            peering_listen,
+            api_listen: None,
+            vip_range: Cidr::default_vip_range(),
+            heartbeat: Duration::from_secs(10),
+            grace: Duration::from_secs(120),
+            connector: None,
+        }
+    }
+}
+
+/// A running controller.
+pub struct Controller {
+    /// The address the peering server listens on.
+    pub peering_addr: SocketAddr,
+    /// The address of the local API, when enabled.
+    pub api_addr: Option<SocketAddr>,
+    view: watch::Receiver<Arc<View>>,
+    applied: watch::Receiver<u64>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    service: PeeringService,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("peering_addr", &self.peering_addr)
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Starts every task of a controller.
+    pub async fn start(cfg: ControllerConfig) -> anyhow::Result<Controller> {
+        let mut registry = Registry::with_prefix("meshpeer");
+        let peering_metrics = PeeringMetrics::register(&mut registry);
+        let metrics = ControllerMetrics::register(&mut registry);
+        let ControllerConfig {
+            source,
+            mut sink,
+            identity,
+            trust_root,
+            peering_listen,
+            api_listen,
+            vip_range,
+            heartbeat,
+            grace,
+            connector,
+        } = cfg;
+
+        // VIPs handed out before a restart (G11).
+        let existing = sink
+            .existing()
+            .await
+            .with_context(|| format!("cannot read the existing output ({})", sink.describe()))?;
+        let vips = existing
+            .iter()
+            .filter_map(|se| {
+                let host = se.spec.hosts.first()?;
+                let ip = se.spec.addresses.first()?.parse().ok()?;
+                Some((host.clone(), ip))
+            })
+            .collect();
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        // Peering server.
+        let publisher = ExportPublisher::new();
+        let cluster_name = identity.spiffe_id().trust_domain().to_owned();
+        let mut settings = ServerSettings::new(&cluster_name);
+        settings.heartbeat = heartbeat;
+        let service = PeeringService::new(settings, &publisher, Arc::clone(&peering_metrics));
+        let tls = server_config(
+            Arc::clone(&identity),
+            &trust_root,
+            PeerPolicy::AnyTrustDomain,
+            &[ALPN_H2],
+        )?;
+        let listener = TcpListener::bind(peering_listen)
+            .await
+            .with_context(|| format!("cannot listen for peers on {peering_listen}"))?;
+        let peering_addr = listener.local_addr()?;
+        info!(address = %peering_addr, id = %identity.spiffe_id(), "peering server listening");
+        let mut stop = shutdown_rx.clone();
+        let server_service = service.clone();
+        tasks.push(tokio::spawn(async move {
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = meshpeer_peering::serve(listener, tls, server_service, signal).await {
+                error!(error = %e, "peering server failed");
+            }
+        }));
+        tasks.push(tokio::spawn(Arc::clone(&identity).run_rotation()));
+
+        let connector: Arc<dyn Connector> = match connector {
+            Some(c) => c,
+            None => {
+                let id = Arc::clone(&identity);
+                let root = trust_root.clone();
+                Arc::new(TlsConnector::new(Arc::new(move |td: &str| {
+                    client_config(Arc::clone(&id), &root, td, &[ALPN_H2]).map_err(|e| e.to_string())
+                })))
+            }
+        };
+
+        // Source.
+        let (update_tx, mut updates) = mpsc::channel(64);
+        let what = source.describe();
+        tasks.push(tokio::spawn(async move {
+            match source.run(update_tx).await {
+                Ok(()) => info!(source = %what, "source stopped"),
+                Err(e) => {
+                    error!(source = %what, error = %e, "source failed; the last state read is kept")
+                }
+            }
+        }));
+
+        // Output.
+        let (sink_tx, sink_rx) = watch::channel(Arc::new(sink_task::SinkJob::default()));
+        let (error_tx, error_rx) = watch::channel(None);
+        let (applied_tx, applied) = watch::channel(0);
+        tasks.push(tokio::spawn(sink_task::run(
+            sink,
+            sink_rx,
+            error_tx,
+            applied_tx,
+            Arc::clone(&metrics),
+        )));
+
+        // The core.
+        let (view_tx, view) = watch::channel(Arc::new(View::default()));
+        let (peer_tx, mut peer_rx) = mpsc::channel(256);
+        let (local_info, _) = watch::channel(LocalInfo {
+            cluster: String::new(),
+            segment: None,
+            trust_domain: String::new(),
+        });
+        let mut core = Core {
+            settings: CoreSettings {
+                vip_range,
+                heartbeat,
+                grace,
+                peering_address: peering_addr.to_string(),
+            },
+            snapshot: ClusterSnapshot::new(ClusterConfig::default()),
+            ready: false,
+            own_export: Export::default(),
+            catalog: GlobalCatalog::default(),
+            vips,
+            peers: Default::default(),
+            link_tasks: Default::default(),
+            publisher,
+            service: service.clone(),
+            local_info,
+            connector,
+            peer_events: peer_tx,
+            peering_metrics,
+            metrics,
+            view_tx,
+            sink_tx,
+            output_error: error_rx,
+            snapshot_dirty: false,
+            catalog_dirty: false,
+            version: 0,
+        };
+        let mut stop = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut source_open = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|s| *s) => break,
+                    u = updates.recv(), if source_open => match u {
+                        Some(u) => {
+                            core.on_update(u);
+                            while let Ok(u) = updates.try_recv() {
+                                core.on_update(u);
+                            }
+                        }
+                        None => {
+                            source_open = false;
+                            warn!("the source is gone; serving its last state");
+                            continue;
+                        }
+                    },
+                    Some(ev) = peer_rx.recv() => {
+                        core.on_peer(ev);
+                        while let Ok(ev) = peer_rx.try_recv() {
+                            core.on_peer(ev);
+                        }
+                    }
+                }
+                core.publish_export();
+                // Let the peering streams send the new export first.
+                tokio::task::yield_now().await;
+                let before = core.catalog.diagnostics.clone();
+                core.recompute();
+                core.log_new_diagnostics(&before);
+            }
+            core.stop_links();
+        }));
+
+        // Local API.
+        let api_addr = match api_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for the API on {addr}"))?;
+                let addr = listener.local_addr()?;
+                info!(address = %addr, "API listening (status, catalog, metrics)");
+                let state = crate::api::ApiState {
+                    view: view.clone(),
+                    service: service.clone(),
+                    registry: Arc::new(registry),
+                };
+                let mut stop = shutdown_rx.clone();
+                tasks.push(tokio::spawn(async move {
+                    let signal = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = crate::api::serve(listener, state, signal).await {
+                        error!(error = %e, "API server failed");
+                    }
+                }));
+                Some(addr)
+            }
+            None => None,
+        };
+
+        Ok(Controller {
+            peering_addr,
+            api_addr,
+            view,
+            applied,
+            shutdown,
+            tasks,
+            service,
+        })
+    }
+
+    /// The latest view; `changed()` on the receiver waits for the next.
+    pub fn view(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+
+    /// The latest view, with live server-side status.
+    pub fn current(&self) -> Arc<View> {
+        let v = self.view.borrow().clone();
+        Arc::new(crate::api::with_live_status(&v, &self.service))
+    }
+
+    /// Waits until the view satisfies `pred` and its output is written.
+    pub async fn wait_for(
+        &self,
+        within: Duration,
+        mut pred: impl FnMut(&View) -> bool,
+    ) -> anyhow::Result<Arc<View>> {
+        let mut view = self.view.clone();
+        let mut applied = self.applied.clone();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let v = view.borrow_and_update().clone();
+            if v.version > 0 && pred(&v) && *applied.borrow_and_update() >= v.version {
+                return Ok(v);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    anyhow::bail!("condition not met within {within:?}; last view version {}", v.version)
+                }
+                r = view.changed() => r.context("controller stopped")?,
+                r = applied.changed() => r.context("controller stopped")?,
+            }
+        }
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! What the controller knows of each linked peer, and the conditions it
+//! writes on the peer's remote-peer Gateway (SPEC C5).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::jiff::Timestamp;
+use meshpeer_model::objects::Condition;
+use meshpeer_model::{Export, PeerLink};
+use meshpeer_peering::PeerEvent;
+
+use super::view::{LinkState, PeerView};
+
+pub(crate) const ACCEPTED: &str = "Accepted";
+pub(crate) const PROGRAMMED: &str = "Programmed";
+pub(crate) const PEER_CONNECTED: &str = "gloo.solo.io/PeerConnected";
+pub(crate) const PEERING_SUCCEEDED: &str = "gloo.solo.io/PeeringSucceeded";
+pub(crate) const DATA_PLANE_PROGRAMMED: &str = "gloo.solo.io/PeerDataPlaneProgrammed";
+
+/// One linked peer.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerState {
+    pub(crate) link: PeerLink,
+    pub(crate) state: LinkState,
+    pub(crate) remote: Option<String>,
+    pub(crate) connected_since: Option<SystemTime>,
+    pub(crate) last_sync: Option<SystemTime>,
+    pub(crate) version: Option<u64>,
+    /// The peer's export: current, or kept while stale.
+    pub(crate) export: Option<Arc<Export>>,
+    pub(crate) stale_until: Option<SystemTime>,
+    pub(crate) last_error: Option<String>,
+    /// Conditions as last computed, to keep transition times.
+    pub(crate) conditions: Vec<Condition>,
+}
+
+impl PeerState {
+    pub(crate) fn new(link: PeerLink) -> Self {
+        PeerState {
+            link,
+            state: LinkState::Connecting,
+            remote: None,
+            connected_since: None,
+            last_sync: None,
+            version: None,
+            export: None,
+            stale_until: None,
+            last_error: None,
+            conditions: Vec::new(),
+        }
+    }
+
+    /// Applies an event; says whether the peer's export changed.
+    pub(crate) fn on_event(&mut self, at: SystemTime, event: PeerEvent, grace: Duration) -> bool {
+        match event {
+            PeerEvent::Connecting { .. } => {
+                if self.state != LinkState::Failed && self.state != LinkState::Disconnected {
+                    self.state = LinkState::Connecting;
+                }
+                false
+            }
+            PeerEvent::ConnectFailed { message, .. } => {
+                self.state = LinkState::Failed;
+                self.remote = None;
+                self.connected_since = None;
+                self.last_error = Some(message);
+                false
+            }
+            PeerEvent::Connected { remote } => {
+                self.state = LinkState::Connected;
+                self.remote = Some(remote);
+                self.connected_since = Some(at);
+                false
+            }
+            PeerEvent::Synced {
+                export, version, ..
+            } => {
+                self.state = LinkState::Synced;
+                self.last_sync = Some(at);
+                self.version = Some(version);
+                self.stale_until = None;
+                self.last_error = None;
+                let changed = self.export.as_ref() != Some(&export);
+                self.export = Some(export);
+                changed
+            }
+            PeerEvent::Rejected { version, error } => {
+                self.last_error = Some(format!("rejected version {version}: {error}"));
+                false
+            }
+            PeerEvent::Disconnected { reason, stale, .. } => {
+                self.state = LinkState::Disconnected;
+                self.remote = None;
+                self.connected_since = None;
+                self.last_error = Some(reason);
+                if stale {
+                    self.stale_until = Some(at + grace);
+                }
+                false
+            }
+            PeerEvent::Expired => {
+                self.stale_until = None;
+                self.export.take().is_some()
+            }
+        }
+    }
+
+    pub(crate) fn stale(&self) -> bool {
+        self.stale_until.is_some() && self.export.is_some()
+    }
+
+    pub(crate) fn view(&self) -> PeerView {
+        PeerView {
+            cluster: self.link.cluster.clone(),
+            gateway: self.link.gateway.to_string(),
+            network: self.link.network.clone(),
+            addresses: self
+                .link
+                .addresses
+                .iter()
+                .map(|a| format!("{}:{}", a.value, self.link.xds_port))
+                .collect(),
+            state: self.state,
+            remote: self.remote.clone(),
+            connected_since: self.connected_since,
+            last_sync: self.last_sync,
+            version: self.version,
+            stale: self.stale(),
+            stale_until: self.stale_until,
+            services: self.export.as_ref().map_or(0, |e| e.services.len()),
+            last_error: self.last_error.clone(),
+            conditions: self.conditions.clone(),
+        }
+    }
+
+    /// Recomputes the C5 conditions. `in_catalog`: the peer's current export
+    /// is part of the catalog the output was last built from.
+    pub(crate) fn update_conditions(
+        &mut self,
+        in_catalog: bool,
+        generation: Option<i64>,
+        now: SystemTime,
+    ) {
+        let addresses: Vec<String> = self.view().addresses;
+        let mut fresh = Vec::new();
+        let mut push = |type_: &str, ok: bool, reason: &str, message: String| {
+            fresh.push(Condition {
+                type_: type_.to_owned(),
+                status: if ok { "True" } else { "False" }.to_owned(),
+                reason: Some(reason.to_owned()),
+                message: Some(message),
+                last_transition_time: None,
+                observed_generation: generation,
+            });
+        };
+        push(
+            ACCEPTED,
+            true,
+            "Accepted",
+            format!(
+                "link to cluster {} (network {}, trust domain {})",
+                self.link.cluster, self.link.network, self.link.trust_domain
+            ),
+        );
+        if addresses.is_empty() {
+            push(
+                PROGRAMMED,
+                false,
+                "AddressNotUsable",
+                "spec.addresses holds no usable address of the peer's east-west gateway".into(),
+            );
+        } else {
+            push(
+                PROGRAMMED,
+                true,
+                "Programmed",
+                format!("peer control plane at {}", addresses.join(", ")),
+            );
+        }
+        let error = self.last_error.clone().unwrap_or_default();
+        match self.state {
+            LinkState::Connected | LinkState::Synced => push(
+                PEER_CONNECTED,
+                true,
+                "Connected",
+                format!(
+                    "connected to {}",
+                    self.remote.as_deref().unwrap_or("the peer")
+                ),
+            ),
+            LinkState::Connecting => push(
+                PEER_CONNECTED,
+                false,
+                "Connecting",
+                "connecting to the peer".into(),
+            ),
+            LinkState::Failed => push(PEER_CONNECTED, false, "ConnectFailed", error.clone()),
+            LinkState::Disconnected => push(PEER_CONNECTED, false, "Disconnected", error.clone()),
+        }
+        match (self.state, self.stale()) {
+            (LinkState::Synced, _) => push(
+                PEERING_SUCCEEDED,
+                true,
+                "Synced",
+                format!(
+                    "version {} of the peer's export applied ({} services)",
+                    self.version.unwrap_or(0),
+                    self.export.as_ref().map_or(0, |e| e.services.len())
+                ),
+            ),
+            (_, true) => push(
+                PEERING_SUCCEEDED,
+                false,
+                "Stale",
+                format!(
+                    "the peer's last export is kept until {} ({error})",
+                    self.stale_until.map(rfc3339).unwrap_or_default()
+                ),
+            ),
+            _ => push(
+                PEERING_SUCCEEDED,
+                false,
+                "NotSynced",
+                if error.is_empty() {
+                    "the peer's state has not been received yet".into()
+                } else {
+                    error.clone()
+                },
+            ),
+        }
+        if in_catalog && self.export.is_some() {
+            push(
+                DATA_PLANE_PROGRAMMED,
+                true,
+                "Programmed",
+                format!(
+                    "the peer's {} services are in this cluster's catalog",
+                    self.export.as_ref().map_or(0, |e| e.services.len())
+                ),
+            );
+        } else {
+            push(
+                DATA_PLANE_PROGRAMMED,
+                false,
+                "NotProgrammed",
+                "the peer's services are not in this cluster's catalog".into(),
+            );
+        }
+        // Keep transition times of conditions whose status did not change.
+        let old: BTreeMap<&str, &Condition> = self
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c))
+            .collect();
+        for c in &mut fresh {
+            c.last_transition_time = match old.get(c.type_.as_str()) {
+                Some(o) if o.status == c.status => o.last_transition_time.clone(),
+                _ => Some(rfc3339(now)),
+            };
+        }
+        self.conditions = fresh;
+    }
+}
+
+/// `2026-11-22T03:12:52Z`, as Kubernetes writes times.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    Timestamp::try_from(t)
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,131 @@
+//! What a controller shows of itself: its catalog and its status. Served as
+//! JSON by the local API and printed by `meshpeer status`.
+
+use std::time::SystemTime;
+
+use meshpeer_model::objects::Condition;
+use meshpeer_model::{ClusterInfo, Diagnostic, GlobalCatalog};
+use serde::{Deserialize, Serialize};
+
+/// The latest catalog and status, replaced as a whole on every change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct View {
+    /// Increases with every published change.
+    pub version: u64,
+    pub catalog: GlobalCatalog,
+    pub status: Status,
+}
+
+/// A controller's status (SPEC O5).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub cluster: ClusterInfo,
+    /// Address the peering server listens on.
+    pub peering_address: String,
+    /// Version of this cluster's export sent to peers.
+    pub export_version: u64,
+    /// Services this cluster exports.
+    pub exported_services: usize,
+    /// Global services visible here that another cluster contributes to.
+    pub imported_services: usize,
+    /// Global services visible here.
+    pub global_services: usize,
+    /// Linked peers (this cluster learns from them).
+    pub peers: Vec<PeerView>,
+    /// Peers that learn from this cluster.
+    pub served: Vec<ServedView>,
+    /// Recent connections refused before reaching the peering service.
+    pub refused: Vec<RefusedView>,
+    /// The last output write, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error: Option<String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Connection state of a link.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkState {
+    #[default]
+    Connecting,
+    Connected,
+    Synced,
+    Disconnected,
+    Failed,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Connecting => "Connecting",
+            LinkState::Connected => "Connected",
+            LinkState::Synced => "Synced",
+            LinkState::Disconnected => "Disconnected",
+            LinkState::Failed => "Failed",
+        }
+    }
+}
+
+/// A linked peer, as this cluster sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    pub cluster: String,
+    /// `namespace/name` of the remote-peer Gateway.
+    pub gateway: String,
+    pub network: String,
+    /// Where the peer is dialled (addresses of its east-west gateway).
+    pub addresses: Vec<String>,
+    pub state: LinkState,
+    /// The peer address of the current stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_since: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<SystemTime>,
+    /// Version of the peer's export last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The export is kept from a lost stream, until `stale_until`.
+    pub stale: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_until: Option<SystemTime>,
+    /// Services the peer exports to this cluster.
+    pub services: usize,
+    /// Why the last attempt or stream failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The conditions written on the remote-peer Gateway (SPEC C5).
+    pub conditions: Vec<Condition>,
+}
+
+/// A peer served by this cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedView {
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    pub spiffe_id: String,
+    pub remote: String,
+    pub connected_since: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked_version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ack: Option<SystemTime>,
+    pub resources: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A refused connection attempt.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RefusedView {
+    pub at: Option<SystemTime>,
+    pub remote: String,
+    pub reason: String,
+    pub message: String,
+}

@@ -1,0 +1,6 @@
+//! meshpeer's roles as a library, so that tests run them in-process; the
+//! `meshpeer` binary is the CLI over them.
+
+pub mod api;
+pub mod controller;
+pub mod duration;

@@ -1,0 +1,180 @@
+//! The real binary: `certs`, two `controller`s on the httpbin example, and
+//! `status` showing the peers connected (SPEC O1, O5).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshpeer")
+}
+
+fn meshpeer(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run meshpeer")
+}
+
+/// A controller process, killed when dropped; `api` read from its log.
+struct Running {
+    child: Child,
+    api: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller(dir: &Path, cacerts: &Path) -> Running {
+    let mut child = Command::new(bin())
+        .args(["controller", "--cluster-dir"])
+        .arg(dir)
+        .arg("--cacerts")
+        .arg(cacerts)
+        .args(["--api-listen", "127.0.0.1:0", "--log-format", "json"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start controller");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["fields"]["message"] == "API listening (status, catalog, metrics)"
+            {
+                let _ = tx.send(
+                    v["fields"]["address"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
+            }
+        }
+    });
+    let api = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the controller reports its API address");
+    Running { child, api }
+}
+
+fn copy_example(to: &Path) -> (PathBuf, PathBuf) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/httpbin");
+    for c in ["cluster1", "cluster2"] {
+        std::fs::create_dir_all(to.join(c)).unwrap();
+        for e in std::fs::read_dir(from.join(c)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(c).join(e.file_name())).unwrap();
+        }
+    }
+    (to.join("cluster1"), to.join("cluster2"))
+}
+
+#[test]
+fn o1_o5_controllers_on_the_example_connect_and_status_shows_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, c2) = copy_example(tmp.path());
+    let certs = tmp.path().join("certs");
+    let root = certs.join("root");
+    let o = meshpeer(&["certs", "root-ca", "--out", root.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("SHA-256"));
+    for c in ["cluster1", "cluster2"] {
+        let out = certs.join(c);
+        let o = meshpeer(&[
+            "certs",
+            "cluster",
+            c,
+            "--root",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(out.join("ca-key.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "keys are private");
+        }
+    }
+    // Writing over existing certificates is refused.
+    let o = meshpeer(&["certs", "root-ca", "--out", root.to_str().unwrap()]);
+    assert!(!o.status.success());
+
+    let r1 = controller(&c1, &certs.join("cluster1"));
+    let r2 = controller(&c2, &certs.join("cluster2"));
+    for (r, peer) in [(&r1, "cluster2"), (&r2, "cluster1")] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = meshpeer(&["status", "--controller", &r.api]);
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            let synced = out
+                .lines()
+                .any(|l| l.starts_with(peer) && l.contains("Synced"));
+            let served = out
+                .lines()
+                .any(|l| l.starts_with(peer) && l.contains("spiffe://"));
+            if o.status.success() && synced && served {
+                assert!(out.contains("Exports 2 services"), "{out}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {peer} synced:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The generated ServiceEntries are in the output folder, as render prints them.
+    let out = c1.join(".meshpeer/out");
+    assert!(out.join("autogen.httpbin.in-ambient.yaml").exists());
+    assert!(
+        out.join("status/istio-eastwest.istio-remote-peer-cluster2.yaml")
+            .exists()
+    );
+    // JSON status for tools.
+    let o = meshpeer(&["status", "--controller", &r1.api, "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["peers"][0]["cluster"], "cluster2");
+    assert_eq!(v["peers"][0]["state"], "synced");
+    drop(r2);
+    drop(r1);
+}
+
+#[test]
+fn controller_and_status_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c1, _) = copy_example(tmp.path());
+    let o = meshpeer(&[
+        "controller",
+        "--cluster-dir",
+        c1.to_str().unwrap(),
+        "--cacerts",
+        "/nonexistent",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot load cluster cluster1's CA from /nonexistent"),
+        "{err}"
+    );
+    assert!(err.contains("meshpeer certs cluster cluster1"), "{err}");
+
+    let o = meshpeer(&["status", "--controller", "127.0.0.1:1"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot reach the controller at 127.0.0.1:1"),
+        "{err}"
+    );
+}

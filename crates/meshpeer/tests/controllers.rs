@@ -1,0 +1,436 @@
+//! Two and three controllers in one process, file mode, peering over mutual
+//! TLS on 127.0.0.1: edits in one cluster's folder reach the others' catalogs
+//! and output folders (C4, G8, G12, S7, C5), and churn converges.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use meshpeer::controller::LinkState;
+use meshpeer_model::{CatalogConfig, ClusterSnapshot, Export, catalog, exports};
+use meshpeer_peering::wire::ResourceSet;
+use support::{Mesh, contributors, hosts, namespace, segments, service};
+
+const WEB: &str = "web.shop.mesh.internal";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn g8_labelling_a_service_makes_it_appear_in_the_other_cluster_and_unlabelling_removes_it() {
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    let c1 = mesh.cluster("cluster1");
+    c1.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", None, "10.1.0.5")
+        ),
+    );
+    let c2 = mesh.cluster("cluster2");
+    c2.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", None, "10.2.0.5")
+        ),
+    );
+    mesh.start().await;
+    mesh.link_all().await;
+    let (c1, c2) = (mesh.cluster("cluster1"), mesh.cluster("cluster2"));
+    c1.wait("peer synced", |v| {
+        v.status.peers.iter().any(|p| p.state == LinkState::Synced)
+    })
+    .await;
+    c2.wait("peer synced", |v| {
+        v.status.peers.iter().any(|p| p.state == LinkState::Synced)
+    })
+    .await;
+    assert!(hosts(&c1.controller().current()).is_empty());
+
+    // Label cluster1's service: both clusters see it, from cluster1 only.
+    c1.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", Some("global"), "10.1.0.5")
+        ),
+    );
+    for c in [c1, c2] {
+        c.wait("web from cluster1", |v| {
+            contributors(v, WEB) == Some(vec!["cluster1".into()])
+        })
+        .await;
+        assert_eq!(
+            c.output().get(WEB).map(String::as_str),
+            Some("cluster1"),
+            "{} output",
+            c.name
+        );
+    }
+    // Label cluster2's too: one service, both clusters' endpoints.
+    c2.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", Some("global"), "10.2.0.5")
+        ),
+    );
+    for c in [c1, c2] {
+        let v = c
+            .wait("web from both", |v| {
+                contributors(v, WEB) == Some(vec!["cluster1".into(), "cluster2".into()])
+            })
+            .await;
+        assert_eq!(v.catalog.service(WEB).unwrap().endpoint_count(), 2);
+        assert_eq!(c.output()[WEB], "cluster1,cluster2");
+    }
+    // Remove the labels: gone everywhere, output files too (G12).
+    c1.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", None, "10.1.0.5")
+        ),
+    );
+    c2.remove("shop.yaml");
+    for c in [c1, c2] {
+        c.wait("web gone", |v| v.catalog.services.is_empty()).await;
+        assert!(c.output().is_empty(), "{} output: {:?}", c.name, c.output());
+    }
+    // Peer conditions (C5) were written for the link.
+    let status = std::fs::read_to_string(
+        c1.out
+            .join("status/istio-eastwest.istio-remote-peer-cluster2.yaml"),
+    )
+    .unwrap();
+    for t in [
+        "gloo.solo.io/PeerConnected",
+        "gloo.solo.io/PeeringSucceeded",
+        "gloo.solo.io/PeerDataPlaneProgrammed",
+    ] {
+        assert!(status.contains(t), "{status}");
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_an_asymmetric_link_only_teaches_the_linking_cluster() {
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.cluster("cluster1").write(
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("a", &[]),
+            service("a", "one", Some("global"), "10.1.0.1")
+        ),
+    );
+    mesh.cluster("cluster2").write(
+        "b.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("b", &[]),
+            service("b", "two", Some("global"), "10.2.0.1")
+        ),
+    );
+    mesh.start().await;
+    mesh.link("cluster1", "cluster2").await;
+    let (c1, c2) = (mesh.cluster("cluster1"), mesh.cluster("cluster2"));
+    c1.wait("sees two", |v| {
+        hosts(v) == ["one.a.mesh.internal", "two.b.mesh.internal"]
+    })
+    .await;
+    // cluster2 serves cluster1 but never learns cluster1's service.
+    let v2 = c2
+        .wait("serves cluster1", |v| v.status.peers.is_empty())
+        .await;
+    assert_eq!(hosts(&v2), ["two.b.mesh.internal"]);
+    let deadline = tokio::time::Instant::now() + support::WITHIN;
+    while c2.controller().current().status.served.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cluster2 never served cluster1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c2.controller().current().status.served[0].cluster,
+        "cluster1"
+    );
+    // Unlinking drops cluster2's service from cluster1 at once.
+    mesh.unlink("cluster1", "cluster2");
+    mesh.cluster("cluster1")
+        .wait("unlinked", |v| hosts(v) == ["one.a.mesh.internal"])
+        .await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_segment_scope_reaches_only_the_clusters_of_the_segment() {
+    let mut mesh = Mesh::new(&["cluster1", "cluster2", "cluster3"]);
+    mesh.cluster("cluster1")
+        .write("istio-system.yaml", &segments(Some("dev")));
+    mesh.cluster("cluster2")
+        .write("istio-system.yaml", &segments(Some("prod")));
+    mesh.cluster("cluster3")
+        .write("istio-system.yaml", &segments(Some("prod")));
+    mesh.cluster("cluster2").write(
+        "h.yaml",
+        &format!(
+            "{}---\n{}---\n{}",
+            namespace("h", &[]),
+            service("h", "private", Some("segment"), "10.2.0.1"),
+            service("h", "open", Some("global"), "10.2.0.2")
+        ),
+    );
+    mesh.start().await;
+    mesh.link_all().await;
+    mesh.cluster("cluster3")
+        .wait("prod sees both", |v| {
+            hosts(v) == ["open.h.cluster.prod", "private.h.cluster.prod"]
+        })
+        .await;
+    let v1 = mesh
+        .cluster("cluster1")
+        .wait("dev sees the global one", |v| {
+            hosts(v) == ["open.h.cluster.prod"]
+        })
+        .await;
+    // cluster2 did not even send it to cluster1.
+    let peer = v1
+        .status
+        .peers
+        .iter()
+        .find(|p| p.cluster == "cluster2")
+        .unwrap();
+    assert_eq!(peer.services, 1);
+    // cluster1 moves to prod: it reconnects with a new segment and gets both.
+    mesh.cluster("cluster1")
+        .write("istio-system.yaml", &segments(Some("prod")));
+    mesh.cluster("cluster1")
+        .wait("now in prod", |v| {
+            hosts(v) == ["open.h.cluster.prod", "private.h.cluster.prod"]
+        })
+        .await;
+    mesh.shutdown().await;
+}
+
+/// What a cluster should see, computed from scratch from the folders: its
+/// own snapshot, and each linked peer's export as the wire carries it
+/// (filtered for this cluster's segment).
+fn from_scratch(
+    mesh: &Mesh,
+    name: &str,
+    previous: &meshpeer_model::GlobalCatalog,
+) -> meshpeer_model::GlobalCatalog {
+    let read = |dir: &std::path::Path| -> ClusterSnapshot {
+        meshpeer_store::file::FolderState::load(dir)
+            .unwrap()
+            .snapshot()
+    };
+    let own = read(&mesh.cluster(name).dir);
+    let own_segment = exports(&own).cluster.segment_name().map(str::to_owned);
+    let peers: Vec<Export> = mesh
+        .clusters
+        .iter()
+        .filter(|c| c.name != name)
+        .map(|c| {
+            let e = exports(&read(&c.dir));
+            let wire = ResourceSet::from_export(&e)
+                .visible_to(e.cluster.segment_name(), own_segment.as_deref());
+            wire.to_export().unwrap()
+        })
+        .collect();
+    let config = CatalogConfig {
+        previous_vips: previous.vips(),
+        ..CatalogConfig::default()
+    };
+    catalog(&own, &peers, &config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_with_disconnects_converges_to_the_catalog_computed_from_scratch() {
+    let names = ["cluster1", "cluster2", "cluster3"];
+    let mut mesh = Mesh::new(&names);
+    mesh.start().await;
+    mesh.link_all().await;
+    let mut rng = fastrand_like(7);
+    for step in 0..60u32 {
+        let c = names[rng.next(3)];
+        match rng.next(10) {
+            // Network trouble between two clusters.
+            0 => {
+                let to = names[rng.next(3)];
+                if let Some(r) = mesh.relays.get(&(c.to_owned(), to.to_owned())) {
+                    r.cut();
+                }
+            }
+            1 => {
+                let to = names[rng.next(3)];
+                if let Some(r) = mesh.relays.get(&(c.to_owned(), to.to_owned())) {
+                    r.set_up(false);
+                }
+            }
+            // A cluster changes segment.
+            2 => {
+                let seg = [None, Some("dev"), Some("prod")][rng.next(3)];
+                mesh.cluster(c).write("istio-system.yaml", &segments(seg));
+            }
+            // Services come, change scope, go.
+            _ => {
+                let ns = ["shop", "pay"][rng.next(2)];
+                let svc = ["web", "api", "db"][rng.next(3)];
+                let file = format!("{ns}-{svc}.yaml");
+                match rng.next(4) {
+                    0 => mesh.cluster(c).remove(&file),
+                    n => {
+                        let scope = [None, Some("global"), Some("segment")][n - 1];
+                        let ip = format!("10.{}.{}.{}", rng.next(200), rng.next(200), step + 1);
+                        mesh.cluster(c).write(
+                            &file,
+                            &format!(
+                                "{}---\n{}",
+                                namespace(ns, &[]),
+                                service(ns, svc, scope, &ip)
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.next(40) as u64)).await;
+    }
+    // Quiescence: the network heals, nothing changes any more.
+    for r in mesh.relays.values() {
+        r.set_up(true);
+    }
+    for name in names {
+        let cluster = mesh.cluster(name);
+        let mut last = String::new();
+        let ok = cluster
+            .controller()
+            .wait_for(support::WITHIN, |v| {
+                let want = from_scratch(&mesh, name, &v.catalog);
+                if v.catalog == want {
+                    return true;
+                }
+                last = first_difference(
+                    &serde_json::to_value(&v.catalog).unwrap(),
+                    &serde_json::to_value(&want).unwrap(),
+                    "catalog",
+                );
+                false
+            })
+            .await;
+        assert!(ok.is_ok(), "{name} did not converge: {last}");
+    }
+    mesh.shutdown().await;
+}
+
+/// Where two JSON values first differ, for failure messages.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> String {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys()) {
+                let (xa, yb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                if xa != yb {
+                    return first_difference(xa, yb, &format!("{path}.{k}"));
+                }
+            }
+            String::new()
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (xa, yb)) in x.iter().zip(y).enumerate() {
+                if xa != yb {
+                    return first_difference(xa, yb, &format!("{path}[{i}]"));
+                }
+            }
+            String::new()
+        }
+        _ => format!("{path}: have {a}, want {b}"),
+    }
+}
+
+/// A tiny seeded generator (xorshift), so the churn is the same every run.
+struct Rng(u64);
+fn fastrand_like(seed: u64) -> Rng {
+    Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+}
+impl Rng {
+    fn next(&mut self, n: u32) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % u64::from(n)) as usize
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c6_a_peer_under_another_root_is_refused_and_the_reason_is_shown() {
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.start().await;
+    // cluster3 is a controller from another mesh (another root).
+    let mut other = Mesh::new(&["cluster3"]);
+    other.start().await;
+    let target = other.cluster("cluster3").controller().peering_addr;
+    let relay = support::Relay::start(target).await;
+    mesh.cluster("cluster1").write(
+        "peer-cluster3.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: istio-remote-peer-cluster3\n  namespace: istio-eastwest\n  annotations: {{gateway.istio.io/trust-domain: cluster3}}\nspec:\n  gatewayClassName: istio-remote\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n  - {{name: xds-tls, port: {}, protocol: TLS, tls: {{mode: Passthrough}}}}\n",
+            relay.addr.port()
+        ),
+    );
+    let v = mesh
+        .cluster("cluster1")
+        .wait("refused", |v| {
+            v.status.peers.iter().any(|p| p.state == LinkState::Failed)
+        })
+        .await;
+    let p = &v.status.peers[0];
+    let err = p.last_error.clone().unwrap();
+    assert!(err.contains("does not lead to the shared root"), "{err}");
+    let connected = p
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "gloo.solo.io/PeerConnected")
+        .unwrap();
+    assert_eq!(connected.status, "False");
+    assert!(
+        connected
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("shared root")
+    );
+    // And the other side logged and counted why.
+    let deadline = tokio::time::Instant::now() + support::WITHIN;
+    loop {
+        let refused = other
+            .cluster("cluster3")
+            .controller()
+            .current()
+            .status
+            .refused
+            .clone();
+        if let Some(r) = refused.first() {
+            // TLS 1.3: the client checks the server first, so cluster1 refuses
+            // cluster3's certificate and cluster3 only hears the alert.
+            assert_eq!(r.reason, "refused_by_peer", "{}", r.message);
+            assert!(r.message.contains("TLS alert"), "{}", r.message);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.shutdown().await;
+    other.shutdown().await;
+}

@@ -1,0 +1,425 @@
+//! The linking side: one task per remote-peer Gateway that connects to the
+//! peer, receives its export and reports what happens as [`PeerEvent`]s.
+//!
+//! The task is a loop over connection attempts:
+//!
+//! ```text
+//!   connect --ok--> session (deltas, ACK/NACK, heartbeats) --ends--> back off --> connect
+//!      \--fails----------------------------------------------------> back off --/
+//! ```
+//!
+//! Delays come from [`Backoff`] (reset once a stream delivers the full state).
+//! When a stream ends, the last export the peer sent is kept, marked stale,
+//! for the grace period; a reconnect that syncs replaces it with exactly the
+//! peer's current state; if the grace period ends first, it is dropped
+//! ([`PeerEvent::Expired`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::{Stream, StreamExt};
+use meshpeer_model::{Export, PeerLink};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::Status;
+use tracing::{debug, info, warn};
+
+use crate::PROTOCOL_VERSION;
+use crate::backoff::Backoff;
+use crate::metrics::Metrics;
+use crate::proto::{self, PeerRequest, PeerResponse, peer_request, peer_response};
+use crate::wire::ResourceSet;
+
+/// What this cluster tells its peers about itself (the Hello).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalInfo {
+    pub cluster: String,
+    /// This cluster's segment; `None` is the default segment.
+    pub segment: Option<String>,
+    pub trust_domain: String,
+}
+
+impl LocalInfo {
+    pub(crate) fn hello(&self) -> proto::Hello {
+        proto::Hello {
+            cluster: self.cluster.clone(),
+            segment: self.segment.clone().unwrap_or_default(),
+            trust_domain: self.trust_domain.clone(),
+            protocol: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// An open peering stream.
+pub struct Connection {
+    /// Where we are connected to (for status).
+    pub remote: String,
+    pub inbound: Pin<Box<dyn Stream<Item = Result<PeerResponse, Status>> + Send>>,
+    /// Requests to the peer; the Hello was already sent.
+    pub outbound: mpsc::Sender<PeerRequest>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("remote", &self.remote)
+            .finish()
+    }
+}
+
+/// A connection attempt that failed, with why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    /// Metric label: `unreachable`, `unknown_root`, `expired`,
+    /// `wrong_trust_domain`, `no_spiffe_id`, `tls`, `refused` (by the peer,
+    /// after the handshake), `protocol`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Opens peering streams (mutual TLS in production, in-memory in tests).
+pub trait Connector: Send + Sync + 'static {
+    /// Connects to the peer of `link`, sends `hello` and opens the stream.
+    fn connect(
+        &self,
+        link: &PeerLink,
+        hello: proto::Hello,
+    ) -> Pin<Box<dyn Future<Output = Result<Connection, ConnectError>> + Send + 'static>>;
+}
+
+/// Settings of one link.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub link: PeerLink,
+    pub local: watch::Receiver<LocalInfo>,
+    /// Heartbeat interval; a stream silent for three is dropped.
+    pub heartbeat: Duration,
+    /// How long a disconnected peer's last export is kept (marked stale).
+    pub grace: Duration,
+    pub backoff: Backoff,
+}
+
+/// What happened on a link.
+#[derive(Clone, Debug)]
+pub enum PeerEvent {
+    /// A connection attempt starts.
+    Connecting { attempt: u32 },
+    /// The attempt failed; the next one is in `retry_in`.
+    ConnectFailed {
+        reason: &'static str,
+        message: String,
+        retry_in: Duration,
+    },
+    /// The stream is open (transport up, Hello accepted).
+    Connected { remote: String },
+    /// The peer's export after a delta was applied; `full_state` on the
+    /// first of a stream.
+    Synced {
+        export: Arc<Export>,
+        version: u64,
+        full_state: bool,
+    },
+    /// A delta was rejected (NACKed); the last good export stays.
+    Rejected { version: u64, error: String },
+    /// The stream ended. `stale`: an export is kept until the grace period
+    /// ends or a reconnect syncs.
+    Disconnected {
+        reason: String,
+        retry_in: Duration,
+        stale: bool,
+    },
+    /// The grace period ended without a reconnect: the export is dropped.
+    Expired,
+}
+
+/// An event about one peer.
+#[derive(Clone, Debug)]
+pub struct PeerUpdate {
+    pub peer: String,
+    pub at: SystemTime,
+    pub event: PeerEvent,
+}
+
+struct Link {
+    cfg: LinkConfig,
+    connector: Arc<dyn Connector>,
+    events: mpsc::Sender<PeerUpdate>,
+    metrics: Arc<Metrics>,
+    /// Export held from the last stream, while stale.
+    held: bool,
+    stale_until: Option<Instant>,
+}
+
+enum SessionEnd {
+    /// Reconnect after a back-off.
+    Retry(String),
+    /// Reconnect at once (our own Hello changed).
+    Now(String),
+}
+
+/// Runs one link until the event receiver is dropped.
+pub async fn run_link(
+    cfg: LinkConfig,
+    connector: Arc<dyn Connector>,
+    events: mpsc::Sender<PeerUpdate>,
+    metrics: Arc<Metrics>,
+) {
+    let mut link = Link {
+        cfg,
+        connector,
+        events,
+        metrics,
+        held: false,
+        stale_until: None,
+    };
+    link.run().await;
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Link {
+    fn peer(&self) -> &str {
+        &self.cfg.link.cluster
+    }
+
+    /// Sends an event; false when nobody listens any more.
+    async fn emit(&self, event: PeerEvent) -> bool {
+        self.events
+            .send(PeerUpdate {
+                peer: self.peer().to_owned(),
+                at: SystemTime::now(),
+                event,
+            })
+            .await
+            .is_ok()
+    }
+
+    async fn expire(&mut self) -> bool {
+        self.stale_until = None;
+        if std::mem::take(&mut self.held) {
+            info!(peer = %self.peer(), "grace period over: the peer's export is dropped");
+            self.metrics
+                .peer_stale
+                .get_or_create(&Metrics::peer(self.peer()))
+                .set(0);
+            return self.emit(PeerEvent::Expired).await;
+        }
+        true
+    }
+
+    async fn run(&mut self) {
+        let labels = Metrics::peer(self.peer());
+        let mut backoff = self.cfg.backoff.clone();
+        loop {
+            let hello = self.cfg.local.borrow_and_update().hello();
+            if !self
+                .emit(PeerEvent::Connecting {
+                    attempt: backoff.failures() + 1,
+                })
+                .await
+            {
+                return;
+            }
+            let connect = self.connector.connect(&self.cfg.link, hello);
+            let attempt = tokio::select! {
+                r = connect => Some(r),
+                _ = sleep_until_opt(self.stale_until) => None,
+            };
+            let retry_now = match attempt {
+                None => {
+                    if !self.expire().await {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Err(e)) => {
+                    let retry_in = backoff.next_delay();
+                    warn!(peer = %self.peer(), reason = e.reason, retry_in = ?retry_in, "cannot connect to peer: {}", e.message);
+                    self.metrics.reject(self.peer(), e.reason);
+                    if !self
+                        .emit(PeerEvent::ConnectFailed {
+                            reason: e.reason,
+                            message: e.message,
+                            retry_in,
+                        })
+                        .await
+                    {
+                        return;
+                    }
+                    Some(retry_in)
+                }
+                Some(Ok(conn)) => {
+                    info!(peer = %self.peer(), remote = %conn.remote, "connected to peer");
+                    self.metrics.peer_connected.get_or_create(&labels).set(1);
+                    if !self
+                        .emit(PeerEvent::Connected {
+                            remote: conn.remote.clone(),
+                        })
+                        .await
+                    {
+                        return;
+                    }
+                    let end = self.session(conn, &mut backoff).await;
+                    self.metrics.peer_connected.get_or_create(&labels).set(0);
+                    self.metrics.peer_synced.get_or_create(&labels).set(0);
+                    let (reason, retry_in) = match end {
+                        None => return,
+                        Some(SessionEnd::Retry(r)) => (r, backoff.next_delay()),
+                        Some(SessionEnd::Now(r)) => (r, Duration::ZERO),
+                    };
+                    if self.held && self.stale_until.is_none() {
+                        self.stale_until = Some(Instant::now() + self.cfg.grace);
+                        self.metrics.peer_stale.get_or_create(&labels).set(1);
+                    }
+                    warn!(peer = %self.peer(), reason = %reason, retry_in = ?retry_in, stale = self.held, "peer stream ended");
+                    if !self
+                        .emit(PeerEvent::Disconnected {
+                            reason,
+                            retry_in,
+                            stale: self.held,
+                        })
+                        .await
+                    {
+                        return;
+                    }
+                    Some(retry_in)
+                }
+            };
+            // Wait before the next attempt; the grace period may end meanwhile,
+            // and a change of our own Hello (segment) retries at once.
+            if let Some(delay) = retry_now {
+                let until = Instant::now() + delay;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        _ = sleep_until_opt(self.stale_until) => {
+                            if !self.expire().await {
+                                return;
+                            }
+                        }
+                        changed = self.cfg.local.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                            break;
+                        }
+                        _ = self.events.closed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One stream. `None` when nobody listens to events any more.
+    async fn session(&mut self, mut conn: Connection, backoff: &mut Backoff) -> Option<SessionEnd> {
+        let labels = Metrics::peer(self.peer());
+        let heartbeat = self.cfg.heartbeat;
+        let mut state = ResourceSet::default();
+        let mut synced = false;
+        let mut last_heard = Instant::now();
+        let mut last_sent = Instant::now();
+        let mut tick = tokio::time::interval(heartbeat);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = conn.inbound.next() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Some(Ok(PeerResponse { kind: Some(peer_response::Kind::Delta(d)) })) => {
+                            let mut next = state.clone();
+                            let applied = next.apply(&d).and_then(|export| {
+                                if export.cluster.name == self.cfg.link.cluster {
+                                    Ok(export)
+                                } else {
+                                    Err(crate::wire::WireError {
+                                        resource: crate::wire::CLUSTER_RESOURCE.into(),
+                                        message: format!(
+                                            "the peer says it is cluster {}, but this link is to cluster {}",
+                                            export.cluster.name, self.cfg.link.cluster
+                                        ),
+                                    })
+                                }
+                            });
+                            match applied {
+                                Ok(export) => {
+                                    state = next;
+                                    let ack = proto::Ack { nonce: d.nonce.clone() };
+                                    if conn.outbound.send(PeerRequest { kind: Some(peer_request::Kind::Ack(ack)) }).await.is_err() {
+                                        return Some(SessionEnd::Retry("peer stream closed".into()));
+                                    }
+                                    last_sent = Instant::now();
+                                    self.metrics.resources_received.get_or_create(&labels).inc_by(d.resources.len() as u64);
+                                    if !synced {
+                                        synced = true;
+                                        backoff.reset();
+                                        self.metrics.peer_synced.get_or_create(&labels).set(1);
+                                    }
+                                    self.held = true;
+                                    if self.stale_until.take().is_some() {
+                                        self.metrics.peer_stale.get_or_create(&labels).set(0);
+                                    }
+                                    debug!(peer = %self.peer(), version = d.version, full = d.full_state, services = export.services.len(), "applied peer delta");
+                                    if !self.emit(PeerEvent::Synced { export: Arc::new(export), version: d.version, full_state: d.full_state }).await {
+                                        return None;
+                                    }
+                                }
+                                Err(e) => {
+                                    warn!(peer = %self.peer(), version = d.version, error = %e, "rejecting peer delta; keeping the last good state");
+                                    self.metrics.reject(self.peer(), "nack_sent");
+                                    let nack = proto::Nack { nonce: d.nonce.clone(), error: e.to_string() };
+                                    if conn.outbound.send(PeerRequest { kind: Some(peer_request::Kind::Nack(nack)) }).await.is_err() {
+                                        return Some(SessionEnd::Retry("peer stream closed".into()));
+                                    }
+                                    last_sent = Instant::now();
+                                    if !self.emit(PeerEvent::Rejected { version: d.version, error: e.to_string() }).await {
+                                        return None;
+                                    }
+                                }
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(status)) => {
+                            return Some(SessionEnd::Retry(format!("peer ended the stream: {}", status.message())));
+                        }
+                        None => return Some(SessionEnd::Retry("peer closed the stream".into())),
+                    }
+                }
+                _ = tick.tick() => {
+                    if last_heard.elapsed() > heartbeat * 3 {
+                        return Some(SessionEnd::Retry(format!("no message from the peer for {:?}", last_heard.elapsed())));
+                    }
+                    if last_sent.elapsed() >= heartbeat {
+                        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                        let hb = proto::Heartbeat { sent_unix_ms: now_ms };
+                        if conn.outbound.send(PeerRequest { kind: Some(peer_request::Kind::Heartbeat(hb)) }).await.is_err() {
+                            return Some(SessionEnd::Retry("peer stream closed".into()));
+                        }
+                        last_sent = Instant::now();
+                    }
+                }
+                changed = self.cfg.local.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    return Some(SessionEnd::Now("this cluster's segment or identity changed; reconnecting with a new Hello".into()));
+                }
+                _ = self.events.closed() => return None,
+                // Expiry cannot happen while connected: a synced stream
+                // cleared it, and before the first delta it keeps running.
+                _ = sleep_until_opt(if synced { None } else { self.stale_until }) => {
+                    if !self.expire().await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

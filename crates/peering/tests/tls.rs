@@ -1,0 +1,280 @@
+//! Peering over real mutual TLS on 127.0.0.1: a peer under the shared root
+//! syncs; a peer from another root, with an expired certificate, or with an
+//! unexpected trust domain is refused, and the reason is reported (C6, O7).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use meshpeer_identity::{
+    ALPN_H2, ClusterCa, Identity, PeerPolicy, RootCa, SpiffeId, client_config, server_config,
+};
+use meshpeer_model::objects::GatewayAddress;
+use meshpeer_model::testing::{ClusterBuilder, svc};
+use meshpeer_model::{NsName, PeerLink, exports};
+use meshpeer_peering::{
+    Backoff, ExportPublisher, LinkConfig, LocalInfo, Metrics, PeerEvent, PeerUpdate,
+    PeeringService, ServerSettings, TlsConnector, run_link, serve,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn root(name: &str) -> RootCa {
+    RootCa::generate(name, DAY * 3650, SystemTime::now()).unwrap()
+}
+
+fn identity(
+    ca: &RootCa,
+    cluster: &str,
+    td: &str,
+    leaf_validity: Duration,
+    now: SystemTime,
+) -> Arc<Identity> {
+    let cluster_ca: ClusterCa = ca
+        .issue_intermediate(cluster, DAY * 365, now - DAY)
+        .unwrap();
+    let id = SpiffeId::new(td, "istio-system", "meshpeer").unwrap();
+    Arc::new(Identity::new(cluster_ca, id, leaf_validity, now).unwrap())
+}
+
+/// cluster2's peering server on 127.0.0.1:0; returns its port.
+async fn server2(ca: &RootCa, id: Arc<Identity>) -> (u16, PeeringService, ExportPublisher) {
+    let publisher = ExportPublisher::new();
+    publisher.publish(&exports(
+        &ClusterBuilder::new("cluster2")
+            .service(svc("shop", "web").global().ready(2))
+            .build(),
+    ));
+    let service = PeeringService::new(
+        ServerSettings::new("cluster2"),
+        &publisher,
+        Arc::new(Metrics::default()),
+    );
+    let tls = server_config(id, ca.trust_root(), PeerPolicy::AnyTrustDomain, &[ALPN_H2]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve(
+        listener,
+        tls,
+        service.clone(),
+        std::future::pending(),
+    ));
+    (port, service, publisher)
+}
+
+fn link(port: u16, trust_domain: &str) -> PeerLink {
+    PeerLink {
+        cluster: "cluster2".into(),
+        gateway: NsName::new("istio-eastwest", "istio-remote-peer-cluster2"),
+        network: "cluster2".into(),
+        trust_domain: trust_domain.into(),
+        service_account: None,
+        addresses: vec![GatewayAddress::ip("127.0.0.1")],
+        hbone_port: 15008,
+        xds_port: port,
+        locality: Default::default(),
+    }
+}
+
+fn start_link(link: PeerLink, ca: &RootCa, id: Arc<Identity>) -> mpsc::Receiver<PeerUpdate> {
+    let root = ca.trust_root().clone();
+    let connector = TlsConnector::new(Arc::new(move |td: &str| {
+        client_config(id.clone(), &root, td, &[ALPN_H2]).map_err(|e| e.to_string())
+    }));
+    let (_tx, local) = watch::channel(LocalInfo {
+        cluster: "cluster1".into(),
+        segment: None,
+        trust_domain: "cluster1".into(),
+    });
+    // Keep the sender alive for the test's duration.
+    std::mem::forget(_tx);
+    let (tx, rx) = mpsc::channel(64);
+    let cfg = LinkConfig {
+        link,
+        local,
+        heartbeat: Duration::from_secs(10),
+        grace: Duration::from_secs(120),
+        backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1), 3),
+    };
+    tokio::spawn(run_link(
+        cfg,
+        Arc::new(connector),
+        tx,
+        Arc::new(Metrics::default()),
+    ));
+    rx
+}
+
+async fn first_outcome(rx: &mut mpsc::Receiver<PeerUpdate>) -> PeerEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no outcome within 10s")
+            .expect("link ended");
+        if matches!(
+            ev.event,
+            PeerEvent::Synced { .. } | PeerEvent::ConnectFailed { .. }
+        ) {
+            return ev.event;
+        }
+    }
+}
+
+#[tokio::test]
+async fn c6_peers_under_the_shared_root_sync_over_mutual_tls() {
+    let ca = root("shared");
+    let now = SystemTime::now();
+    let (port, service, publisher) =
+        server2(&ca, identity(&ca, "cluster2", "cluster2", DAY, now)).await;
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let PeerEvent::Synced { export, .. } = first_outcome(&mut rx).await else {
+        panic!("expected a sync")
+    };
+    assert_eq!(export.services[0].hostname, "web.shop.mesh.internal");
+    assert_eq!(export.services[0].endpoint_count(), 2);
+    // The server knows who it serves, from the certificate.
+    let served = service.served();
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].cluster, "cluster1");
+    assert_eq!(
+        served[0].spiffe_id,
+        "spiffe://cluster1/ns/istio-system/sa/meshpeer"
+    );
+    // Changes flow as deltas.
+    publisher.publish(&exports(&ClusterBuilder::new("cluster2").build()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let PeerEvent::Synced {
+            export, full_state, ..
+        } = ev.event
+        {
+            assert!(!full_state);
+            assert!(export.services.is_empty());
+            break;
+        }
+    }
+}
+
+fn refused(ev: PeerEvent) -> (&'static str, String) {
+    match ev {
+        PeerEvent::ConnectFailed {
+            reason, message, ..
+        } => (reason, message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn c6_a_peer_from_another_root_is_refused() {
+    let ca = root("shared");
+    let other = root("other");
+    let now = SystemTime::now();
+    let (port, service, _p) = server2(&ca, identity(&ca, "cluster2", "cluster2", DAY, now)).await;
+    // cluster1's certificate comes from another root.
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&other, "cluster1", "cluster1", DAY, now),
+    );
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "refused_by_peer", "{message}");
+    // The server says why, in its status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while service.refusals().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = &service.refusals()[0];
+    assert_eq!(r.reason, "unknown_root");
+    assert!(
+        r.message.contains("does not lead to the shared root"),
+        "{}",
+        r.message
+    );
+
+    // The other way round: the server's certificate from another root.
+    let (port, _s, _p) = server2(&other, identity(&other, "cluster2", "cluster2", DAY, now)).await;
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "unknown_root", "{message}");
+    assert!(message.contains("peer cluster2 at 127.0.0.1"), "{message}");
+    assert!(
+        message.contains("does not lead to the shared root"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn c6_an_expired_certificate_is_refused() {
+    let ca = root("shared");
+    let now = SystemTime::now();
+    // The server's leaf expired an hour ago.
+    let expired = identity(
+        &ca,
+        "cluster2",
+        "cluster2",
+        Duration::from_secs(3600),
+        now - 2 * Duration::from_secs(3600),
+    );
+    let (port, _s, _p) = server2(&ca, expired).await;
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "expired", "{message}");
+    assert!(message.contains("expired"), "{message}");
+}
+
+#[tokio::test]
+async fn c6_an_unexpected_trust_domain_is_refused() {
+    let ca = root("shared");
+    let now = SystemTime::now();
+    // The gateway annotation says cluster2, but the server is cluster3.
+    let (port, _s, _p) = server2(&ca, identity(&ca, "cluster2", "cluster3", DAY, now)).await;
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "wrong_trust_domain", "{message}");
+    assert!(
+        message.contains("trust domain is cluster3, expected cluster2"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_peer_is_reported_as_such() {
+    let ca = root("shared");
+    let now = SystemTime::now();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "unreachable");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+}

@@ -1,0 +1,369 @@
+//! The file-mode sink: ServiceEntries and peer status as YAML files.
+//!
+//! `<out>/<name>.yaml` holds one ServiceEntry; `<out>/status/<namespace>.<name>.yaml`
+//! holds meshpeer's part of a remote-peer Gateway's status. Files are written
+//! atomically (temporary file in the same folder, fsync, rename), only when
+//! their content changes, and only files holding meshpeer-managed objects are
+//! ever replaced or deleted.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use meshpeer_model::objects::{Condition, ServiceEntry, is_managed};
+use meshpeer_model::render::to_yaml;
+use meshpeer_model::{Object, parse_documents};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::sink::{PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+
+/// Subfolder of the output folder holding Gateway status files.
+pub const STATUS_DIR: &str = "status";
+
+/// Writes the catalog's ServiceEntries into a folder (see the module docs).
+#[derive(Clone, Debug)]
+pub struct FileSink {
+    out_dir: PathBuf,
+    /// What the last successful `apply` made the folder hold, by name: an
+    /// entry equal to it is neither serialized nor compared again. (The
+    /// output folder is meshpeer's; after a restart the first `apply`
+    /// compares every file.)
+    applied: std::collections::HashMap<String, ServiceEntry>,
+}
+
+impl FileSink {
+    /// The folder (and its `status/` subfolder) is created when first written.
+    pub fn new(out_dir: PathBuf) -> Self {
+        FileSink {
+            out_dir,
+            applied: std::collections::HashMap::new(),
+        }
+    }
+
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+}
+
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        format!("folder {}", self.out_dir.display())
+    }
+
+    /// The meshpeer-managed ServiceEntries of `<out>/*.yaml`, in file name
+    /// order. Files that cannot be read are skipped (and logged).
+    fn existing(&mut self) -> SinkFuture<'_, Vec<ServiceEntry>> {
+        let dir = self.out_dir.clone();
+        Box::pin(blocking(move || read_existing(&dir)))
+    }
+
+    /// Writes `<out>/<metadata.name>.yaml` for each desired entry (rendered
+    /// with [`to_yaml`]) unless it already holds exactly that, and deletes
+    /// the `<out>/*.yaml` files holding only meshpeer-managed ServiceEntries
+    /// that are not wanted. A file in the way that holds anything else is
+    /// left alone (logged, not counted).
+    fn apply<'a>(&'a mut self, desired: &'a [ServiceEntry]) -> SinkFuture<'a, SinkReport> {
+        let dir = self.out_dir.clone();
+        let changed: Vec<ServiceEntry> = desired
+            .iter()
+            .filter(|se| {
+                let name = se.metadata.name.as_deref().unwrap_or_default();
+                self.applied.get(name) != Some(*se)
+            })
+            .cloned()
+            .collect();
+        let skipped = desired.len() - changed.len();
+        let all = file_names(desired);
+        let wanted = wanted_files(&changed);
+        Box::pin(async move {
+            let all = all?;
+            let mut report = blocking(move || apply_files(&dir, wanted, &all)).await?;
+            report.unchanged += skipped;
+            self.applied = desired
+                .iter()
+                .map(|se| (se.metadata.name.clone().unwrap_or_default(), se.clone()))
+                .collect();
+            Ok(report)
+        })
+    }
+
+    /// Writes `<out>/status/<namespace>.<name>.yaml` per Gateway and removes
+    /// the status files of Gateways not listed.
+    fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()> {
+        let dir = self.out_dir.join(STATUS_DIR);
+        let wanted = status_files(statuses);
+        Box::pin(async move { blocking(move || write_status_files(&dir, wanted?)).await })
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SinkError> + Send + 'static,
+) -> Result<T, SinkError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SinkError::Other(format!("writing files failed: {e}")))?
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SinkError + '_ {
+    move |source| SinkError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A file name made of an object name: one path component, not hidden.
+fn file_name(stem: &str, what: &str) -> Result<String, SinkError> {
+    if stem.is_empty() || stem.starts_with('.') || stem.contains(['/', '\\', '\0']) {
+        return Err(SinkError::Other(format!(
+            "{what} {stem:?} cannot be used as a file name"
+        )));
+    }
+    Ok(format!("{stem}.yaml"))
+}
+
+/// The file names of the desired ServiceEntries: usable, and one per entry.
+fn file_names(desired: &[ServiceEntry]) -> Result<BTreeSet<String>, SinkError> {
+    let mut names = BTreeSet::new();
+    for se in desired {
+        let name = se.metadata.name.as_deref().unwrap_or_default();
+        if !names.insert(file_name(name, "ServiceEntry name")?) {
+            return Err(SinkError::Other(format!(
+                "two ServiceEntries are named {name:?}; a folder holds one file per name"
+            )));
+        }
+    }
+    Ok(names)
+}
+
+/// `(file name, content)` of each ServiceEntry (names checked before).
+fn wanted_files(entries: &[ServiceEntry]) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .map(|se| {
+            let name = se.metadata.name.as_deref().unwrap_or_default();
+            (format!("{name}.yaml"), to_yaml(std::slice::from_ref(se)))
+        })
+        .collect()
+}
+
+/// Whether a file holds nothing but meshpeer-managed ServiceEntries.
+fn holds_only_managed(path: &Path, bytes: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    let parsed = parse_documents(&path.display().to_string(), text);
+    parsed.errors.is_empty()
+        && parsed.skipped.is_empty()
+        && !parsed.objects.is_empty()
+        && parsed
+            .objects
+            .iter()
+            .all(|o| matches!(o, Object::ServiceEntry(se) if is_managed(&se.metadata)))
+}
+
+/// `*.yaml` files directly in `dir`, not hidden, in name order (none when
+/// the folder does not exist).
+fn yaml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, SinkError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.') || !name.ends_with(".yaml") || !path.is_file() {
+            continue;
+        }
+        files.push((name, path));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
+    let mut out = Vec::new();
+    for (_, path) in yaml_files(dir)? {
+        let text = match fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read output file; skipped");
+                continue;
+            }
+        };
+        let parsed = parse_documents(&path.display().to_string(), &text);
+        if let Some(e) = parsed.errors.first() {
+            warn!(file = %path.display(), error = %e, "unreadable output file; skipped");
+            continue;
+        }
+        out.extend(parsed.objects.into_iter().filter_map(|o| match o {
+            Object::ServiceEntry(se) if is_managed(&se.metadata) => Some(se),
+            _ => None,
+        }));
+    }
+    Ok(out)
+}
+
+/// Writes `wanted` (the entries that may have changed) and deletes managed
+/// files whose name is not in `names` (every desired file).
+fn apply_files(
+    dir: &Path,
+    wanted: Vec<(String, String)>,
+    names: &BTreeSet<String>,
+) -> Result<SinkReport, SinkError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut report = SinkReport::default();
+    for (name, content) in wanted {
+        let path = dir.join(&name);
+        match fs::read(&path) {
+            Ok(current) if current == content.as_bytes() => {
+                report.unchanged += 1;
+                continue;
+            }
+            Ok(current) if !holds_only_managed(&path, &current) => {
+                warn!(
+                    file = %path.display(),
+                    "file holds objects meshpeer does not manage; not overwritten"
+                );
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+        write_atomic(&path, content.as_bytes())?;
+        debug!(file = %path.display(), "ServiceEntry written");
+        report.applied += 1;
+    }
+    for (name, path) in yaml_files(dir)? {
+        if names.contains(&name) {
+            continue;
+        }
+        let Ok(current) = fs::read(&path) else {
+            continue;
+        };
+        if holds_only_managed(&path, &current) {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            debug!(file = %path.display(), "ServiceEntry deleted");
+            report.deleted += 1;
+        }
+    }
+    if report.applied + report.deleted > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(report)
+}
+
+/// `kubectl get gateway -o yaml`, reduced to meshpeer's part.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayStatusDoc<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: StatusMeta<'a>,
+    status: StatusConditions<'a>,
+}
+
+#[derive(Serialize)]
+struct StatusMeta<'a> {
+    name: &'a str,
+    namespace: &'a str,
+}
+
+#[derive(Serialize)]
+struct StatusConditions<'a> {
+    conditions: &'a [Condition],
+}
+
+fn status_files(statuses: &[PeerStatus]) -> Result<Vec<(String, String)>, SinkError> {
+    let mut out = Vec::with_capacity(statuses.len());
+    for st in statuses {
+        let stem = format!("{}.{}", st.gateway.namespace, st.gateway.name);
+        let file = file_name(&stem, "Gateway")?;
+        let doc = GatewayStatusDoc {
+            api_version: "gateway.networking.k8s.io/v1",
+            kind: "Gateway",
+            metadata: StatusMeta {
+                name: &st.gateway.name,
+                namespace: &st.gateway.namespace,
+            },
+            status: StatusConditions {
+                conditions: &st.conditions,
+            },
+        };
+        let yaml = serde_saphyr::to_string(&doc)
+            .map_err(|e| SinkError::Other(format!("status of Gateway {stem}: {e}")))?;
+        out.push((file, yaml));
+    }
+    Ok(out)
+}
+
+fn write_status_files(dir: &Path, wanted: Vec<(String, String)>) -> Result<(), SinkError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut changed = false;
+    let names: BTreeSet<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
+    for (name, content) in wanted {
+        let path = dir.join(&name);
+        if fs::read(&path).is_ok_and(|current| current == content.as_bytes()) {
+            continue;
+        }
+        write_atomic(&path, content.as_bytes())?;
+        changed = true;
+    }
+    for (name, path) in yaml_files(dir)? {
+        if !names.contains(&name) {
+            fs::remove_file(&path).map_err(io_err(&path))?;
+            changed = true;
+        }
+    }
+    if changed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `bytes` so that readers see the old or the new
+/// content, never a part: a hidden temporary file in the same folder,
+/// written and synced, then renamed over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(io_err(path))
+}
+
+/// Makes renames and removals in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    #[cfg(unix)]
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}

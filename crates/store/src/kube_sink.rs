@@ -1,0 +1,511 @@
+//! Kubernetes mode, output side: generated ServiceEntries and remote-peer
+//! Gateway status, written with server-side apply.
+//!
+//! Decisions:
+//! - The sink owns ServiceEntries in `istio-system` only (G7 puts every
+//!   generated one there): it lists and prunes there, so it needs no
+//!   cluster-wide RBAC on ServiceEntries. A desired object in another
+//!   namespace is refused with an error naming it.
+//! - An object is rewritten only when it differs from what this sink last
+//!   applied, or when the server's copy changed since (its resourceVersion
+//!   moved: someone else edited it) or vanished. Every `apply` lists the
+//!   managed objects once, which catches both.
+//! - Deletes carry the listed object's uid as a precondition, so an object
+//!   recreated in between (perhaps without meshpeer's label) is never
+//!   deleted.
+//! - Writes use `fieldValidation=Strict`: a field the installed CRD does
+//!   not know fails the write, naming the object, instead of being dropped
+//!   silently (which would leave the cluster different from what the sink
+//!   believes it applied).
+//! - One object's failure does not stop the others; the error lists every
+//!   object that failed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::{Api, Client};
+use meshpeer_model::NsName;
+use meshpeer_model::labels;
+use meshpeer_model::objects::{Condition, Gateway, ServiceEntry, is_managed};
+use tracing::{debug, info, info_span};
+
+use crate::sink::{PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+
+/// The namespace whose ServiceEntries the sink manages.
+pub const NAMESPACE: &str = labels::ISTIO_SYSTEM;
+
+/// Gateway status conditions are a list of at most this many (Gateway CRD).
+const MAX_CONDITIONS: usize = 8;
+
+/// Writes meshpeer's output to a Kubernetes API server.
+pub struct KubeSink {
+    client: Client,
+    field_manager: String,
+    /// What this sink last applied, by name, with the resourceVersion the
+    /// server answered.
+    applied: BTreeMap<String, Applied>,
+    /// Conditions last written per Gateway, as given to `write_status`.
+    statuses: BTreeMap<NsName, Vec<Condition>>,
+    clock: fn() -> String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct Applied {
+    object: ServiceEntry,
+    resource_version: Option<String>,
+}
+
+impl KubeSink {
+    /// `field_manager` (`meshpeer`) names meshpeer in `managedFields`; every
+    /// write forces ownership of the fields it sets.
+    pub fn new(client: Client, field_manager: &str) -> Self {
+        KubeSink {
+            client,
+            field_manager: field_manager.to_owned(),
+            applied: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            clock: now_rfc3339,
+        }
+    }
+
+    /// Replaces the clock that stamps `lastTransitionTime` on conditions that
+    /// carry none (tests pin it). It returns an RFC 3339 time in UTC.
+    pub fn with_clock(mut self, clock: fn() -> String) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn service_entries(&self) -> Api<ServiceEntry> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    fn apply_params(&self) -> PatchParams {
+        PatchParams::apply(&self.field_manager)
+            .force()
+            .validation_strict()
+    }
+
+    /// Managed ServiceEntries as the server holds them, by name.
+    async fn list_managed(&self) -> Result<BTreeMap<String, ServiceEntry>, SinkError> {
+        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+        let list = self
+            .service_entries()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| {
+                SinkError::Other(format!(
+                    "listing ServiceEntries in {NAMESPACE} with label {selector}: {e}"
+                ))
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            // The selector already says so; checked again because deleting
+            // an object meshpeer does not own must never happen.
+            .filter(|se| is_managed(&se.metadata))
+            .filter_map(|se| Some((se.metadata.name.clone()?, se)))
+            .collect())
+    }
+
+    async fn apply_all(&mut self, desired: &[ServiceEntry]) -> Result<SinkReport, SinkError> {
+        let live = self.list_managed().await?;
+        let mut report = SinkReport::default();
+        let mut failed = Vec::new();
+        let mut wanted = BTreeSet::new();
+        let api = self.service_entries();
+        let params = self.apply_params();
+
+        for se in desired {
+            let object = match apply_body(se) {
+                Ok(o) => o,
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            };
+            let name = object.metadata.name.clone().unwrap_or_default();
+            wanted.insert(name.clone());
+            let server_rv = live.get(&name).map(|l| &l.metadata.resource_version);
+            let unchanged = self
+                .applied
+                .get(&name)
+                .is_some_and(|a| a.object == object && server_rv == Some(&a.resource_version));
+            if unchanged {
+                report.unchanged += 1;
+                continue;
+            }
+            match api.patch(&name, &params, &Patch::Apply(&object)).await {
+                Ok(written) => {
+                    debug!(serviceentry = %name, "applied");
+                    let resource_version = written.metadata.resource_version;
+                    self.applied.insert(
+                        name,
+                        Applied {
+                            object,
+                            resource_version,
+                        },
+                    );
+                    report.applied += 1;
+                }
+                Err(e) => {
+                    self.applied.remove(&name);
+                    failed.push(format!(
+                        "server-side apply of ServiceEntry {NAMESPACE}/{name}: {e}"
+                    ));
+                }
+            }
+        }
+
+        for (name, stale) in live.iter().filter(|(n, _)| !wanted.contains(*n)) {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: stale.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => {
+                    debug!(serviceentry = %name, "deleted");
+                    report.deleted += 1;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    debug!(serviceentry = %name, reason = %s.reason, "already gone or replaced; not deleted");
+                }
+                Err(e) => failed.push(format!(
+                    "deleting stale ServiceEntry {NAMESPACE}/{name}: {e}"
+                )),
+            }
+            self.applied.remove(name);
+        }
+        // Forget what neither the server nor the caller has any more.
+        self.applied
+            .retain(|n, _| wanted.contains(n) || live.contains_key(n));
+
+        if failed.is_empty() {
+            info!(
+                applied = report.applied,
+                unchanged = report.unchanged,
+                deleted = report.deleted,
+                "ServiceEntries written"
+            );
+            Ok(report)
+        } else {
+            Err(SinkError::Other(failed.join("; ")))
+        }
+    }
+
+    async fn existing_managed(&mut self) -> Result<Vec<ServiceEntry>, SinkError> {
+        let live = self.list_managed().await?;
+        self.applied = live
+            .iter()
+            .filter_map(|(name, se)| {
+                let object = apply_body(se).ok()?;
+                let resource_version = se.metadata.resource_version.clone();
+                Some((
+                    name.clone(),
+                    Applied {
+                        object,
+                        resource_version,
+                    },
+                ))
+            })
+            .collect();
+        Ok(live
+            .into_values()
+            .map(|mut se| {
+                se.metadata.managed_fields = None;
+                se
+            })
+            .collect())
+    }
+
+    async fn write_all_status(&mut self, statuses: &[PeerStatus]) -> Result<(), SinkError> {
+        // `statuses` is the full set: a Gateway left out is forgotten, so if
+        // it comes back (deleted and recreated) it is written again.
+        self.statuses
+            .retain(|gw, _| statuses.iter().any(|s| &s.gateway == gw));
+        let mut failed = Vec::new();
+        for status in statuses {
+            if self.statuses.get(&status.gateway) == Some(&status.conditions) {
+                continue;
+            }
+            match self.write_one_status(status).await {
+                Ok(true) => {
+                    self.statuses
+                        .insert(status.gateway.clone(), status.conditions.clone());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.statuses.remove(&status.gateway);
+                    failed.push(e);
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(SinkError::Other(failed.join("; ")))
+        }
+    }
+
+    /// Ok(false): the Gateway does not exist (any more).
+    async fn write_one_status(&self, status: &PeerStatus) -> Result<bool, String> {
+        let gw = &status.gateway;
+        let what = || format!("status of Gateway {gw}");
+        check_conditions(&status.conditions).map_err(|e| format!("{}: {e}", what()))?;
+        let api: Api<Gateway> = Api::namespaced(self.client.clone(), &gw.namespace);
+
+        // Fill what the caller left out: the Gateway's generation, and the
+        // transition time of a condition whose status did not change.
+        let mut conditions = status.conditions.clone();
+        for c in &mut conditions {
+            // Required by the schema, may be empty.
+            c.message.get_or_insert_with(String::new);
+        }
+        let incomplete = conditions
+            .iter()
+            .any(|c| c.last_transition_time.is_none() || c.observed_generation.is_none());
+        if incomplete {
+            let current = match api.get(&gw.name).await {
+                Ok(current) => current,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    debug!(gateway = %gw, "Gateway not found; status not written");
+                    return Ok(false);
+                }
+                Err(e) => return Err(format!("reading Gateway {gw} to write its status: {e}")),
+            };
+            let now = (self.clock)();
+            fill_conditions(&mut conditions, &current, &now);
+        }
+
+        let body = serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": { "name": gw.name, "namespace": gw.namespace },
+            "status": { "conditions": conditions },
+        });
+        match api
+            .patch_status(&gw.name, &self.apply_params(), &Patch::Apply(&body))
+            .await
+        {
+            Ok(_) => {
+                debug!(gateway = %gw, "status written");
+                Ok(true)
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                debug!(gateway = %gw, "Gateway not found; status not written");
+                Ok(false)
+            }
+            Err(e) => Err(format!("server-side apply of {}: {e}", what())),
+        }
+    }
+}
+
+impl Sink for KubeSink {
+    fn describe(&self) -> String {
+        format!(
+            "Kubernetes {NAMESPACE} (field manager {})",
+            self.field_manager
+        )
+    }
+
+    /// Lists the managed ServiceEntries and remembers them as applied, so an
+    /// `apply` of the same objects after a restart writes nothing.
+    fn existing(&mut self) -> SinkFuture<'_, Vec<ServiceEntry>> {
+        Box::pin(self.existing_managed())
+    }
+
+    fn apply<'a>(&'a mut self, desired: &'a [ServiceEntry]) -> SinkFuture<'a, SinkReport> {
+        let span = info_span!("kube_sink_apply", desired = desired.len());
+        Box::pin(tracing::Instrument::instrument(
+            self.apply_all(desired),
+            span,
+        ))
+    }
+
+    /// `statuses` is every remote-peer Gateway's status. A condition without
+    /// `observedGeneration` or `lastTransitionTime` gets the Gateway's
+    /// generation and, if its status is unchanged on the server, the
+    /// server's transition time, else now. Unchanged statuses are not
+    /// rewritten; a Gateway that does not exist is skipped.
+    fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()> {
+        Box::pin(self.write_all_status(statuses))
+    }
+}
+
+/// What is applied for a desired ServiceEntry: name, namespace, labels,
+/// annotations and spec, nothing a server sets; meshpeer's managed-by label
+/// always (an object without it could never be pruned).
+fn apply_body(se: &ServiceEntry) -> Result<ServiceEntry, String> {
+    let meta = &se.metadata;
+    let name = meta.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        return Err("a desired ServiceEntry has no metadata.name".to_owned());
+    }
+    if let Some(ns) = &meta.namespace
+        && ns != NAMESPACE
+    {
+        return Err(format!(
+            "ServiceEntry {ns}/{name}: namespace {ns} is not managed; generated ServiceEntries live in {NAMESPACE}"
+        ));
+    }
+    let mut obj_labels = meta.labels.clone().unwrap_or_default();
+    obj_labels.insert(
+        labels::MANAGED_BY.to_owned(),
+        labels::MANAGED_BY_VALUE.to_owned(),
+    );
+    Ok(ServiceEntry {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(NAMESPACE.to_owned()),
+            labels: Some(obj_labels),
+            annotations: meta.annotations.clone().filter(|a| !a.is_empty()),
+            ..Default::default()
+        },
+        spec: se.spec.clone(),
+    })
+}
+
+/// The checks of the Gateway CRD's `status.conditions` schema that the
+/// caller can get wrong (time and generation are filled in here).
+fn check_conditions(conditions: &[Condition]) -> Result<(), String> {
+    if conditions.len() > MAX_CONDITIONS {
+        return Err(format!(
+            "{} conditions; a Gateway holds at most {MAX_CONDITIONS}",
+            conditions.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for c in conditions {
+        let t = &c.type_;
+        if !valid_condition_type(t) {
+            return Err(format!(
+                "condition type {t:?} is not CamelCase or domain/CamelCase"
+            ));
+        }
+        if !seen.insert(t) {
+            return Err(format!("condition type {t} is given twice"));
+        }
+        if !matches!(c.status.as_str(), "True" | "False" | "Unknown") {
+            return Err(format!(
+                "condition {t}: status {:?} is not True, False or Unknown",
+                c.status
+            ));
+        }
+        let reason = c.reason.as_deref().unwrap_or_default();
+        if !valid_reason(reason) {
+            return Err(format!(
+                "condition {t}: reason {reason:?} must be a CamelCase word (letters, digits, _ , :), 1-1024 characters"
+            ));
+        }
+        if c.message.as_ref().is_some_and(|m| m.len() > 32768) {
+            return Err(format!("condition {t}: message longer than 32768 bytes"));
+        }
+    }
+    Ok(())
+}
+
+/// `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, at most 1024 characters.
+fn valid_reason(r: &str) -> bool {
+    let b = r.as_bytes();
+    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':');
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            b.len() <= 1024
+                && first.is_ascii_alphabetic()
+                && (b.len() == 1 || last.is_ascii_alphanumeric() || *last == b'_')
+                && b.iter().all(inner)
+        }
+        _ => false,
+    }
+}
+
+/// `^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$`,
+/// at most 316 characters.
+fn valid_condition_type(t: &str) -> bool {
+    let (prefix, name) = match t.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, t),
+    };
+    let dns_label = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    };
+    let nb = name.as_bytes();
+    t.len() <= 316
+        && prefix.is_none_or(|p| p.split('.').all(dns_label))
+        && !nb.is_empty()
+        && nb[0].is_ascii_alphanumeric()
+        && nb[nb.len() - 1].is_ascii_alphanumeric()
+        && nb
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Completes conditions from the Gateway as the server holds it.
+fn fill_conditions(conditions: &mut [Condition], current: &Gateway, now: &str) {
+    let on_server = current
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    for c in conditions {
+        if c.observed_generation.is_none() {
+            c.observed_generation = current.metadata.generation;
+        }
+        if c.last_transition_time.is_none() {
+            let same = on_server
+                .iter()
+                .find(|s| s.type_ == c.type_ && s.status == c.status)
+                .and_then(|s| s.last_transition_time.clone());
+            c.last_transition_time = Some(same.unwrap_or_else(|| now.to_owned()));
+        }
+    }
+}
+
+/// Now, as Kubernetes writes times: RFC 3339, UTC, whole seconds.
+fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let secs = i64::try_from(secs).unwrap_or_default();
+    k8s_openapi::jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn condition_fields_follow_the_gateway_crd_patterns() {
+        for ok in ["Accepted", "gloo.solo.io/PeerConnected", "a", "A-b_c.d"] {
+            assert!(valid_condition_type(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Gloo.io/X", "x/", "/X", "a b"] {
+            assert!(!valid_condition_type(bad), "{bad}");
+        }
+        for ok in ["Programmed", "A", "No_Peer", "a,b:c"] {
+            assert!(valid_reason(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a,", "a:", "a b", "a-b"] {
+            assert!(!valid_reason(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn now_is_rfc3339_in_whole_seconds() {
+        let now = now_rfc3339();
+        assert_eq!(now.len(), "2026-01-01T00:00:00Z".len(), "{now}");
+        assert!(now.ends_with('Z'), "{now}");
+    }
+}

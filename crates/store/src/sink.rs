@@ -1,0 +1,64 @@
+//! The contract every output sink keeps.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use meshpeer_model::NsName;
+use meshpeer_model::objects::{Condition, ServiceEntry};
+
+/// The status conditions of one remote-peer Gateway (SPEC C5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The remote-peer Gateway (`istio-eastwest/istio-remote-peer-<cluster>`).
+    pub gateway: NsName,
+    /// Conditions meshpeer owns on it (`Accepted`, `Programmed`,
+    /// `gloo.solo.io/PeerConnected`, ...). Other conditions are left alone.
+    pub conditions: Vec<Condition>,
+}
+
+/// What one `apply` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    /// Objects created or changed.
+    pub applied: usize,
+    /// Objects already as wanted (not rewritten).
+    pub unchanged: usize,
+    /// meshpeer-managed objects removed because they are no longer wanted.
+    pub deleted: usize,
+}
+
+/// Output that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
+
+/// Where the rendered catalog goes.
+pub trait Sink: Send + 'static {
+    /// For logs: `folder out/cluster1`, `Kubernetes istio-system`.
+    fn describe(&self) -> String;
+
+    /// meshpeer-managed ServiceEntries the output holds now (read back on
+    /// start, so VIPs survive restarts).
+    fn existing(&mut self) -> SinkFuture<'_, Vec<ServiceEntry>>;
+
+    /// Makes the output hold exactly `desired` among meshpeer-managed
+    /// objects: creates and updates what differs, deletes managed objects no
+    /// longer wanted, never touches objects without meshpeer's managed-by
+    /// label.
+    fn apply<'a>(&'a mut self, desired: &'a [ServiceEntry]) -> SinkFuture<'a, SinkReport>;
+
+    /// Writes the peer conditions of remote-peer Gateways.
+    fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()>;
+}

@@ -1,0 +1,254 @@
+//! The file-mode sink on a real folder.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use meshpeer_model::NsName;
+use meshpeer_model::objects::{Condition, ServiceEntry, ServiceEntrySpec};
+use meshpeer_model::render::to_yaml;
+use meshpeer_store::file_sink::FileSink;
+use meshpeer_store::{PeerStatus, Sink, SinkReport};
+
+fn entry(name: &str, vip: &str) -> ServiceEntry {
+    ServiceEntry {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("istio-system".to_owned()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                "meshpeer".to_owned(),
+            )])),
+            ..Default::default()
+        },
+        spec: ServiceEntrySpec {
+            hosts: vec![format!("{name}.mesh.internal")],
+            addresses: vec![vip.to_owned()],
+            location: Some("MESH_INTERNAL".to_owned()),
+            resolution: Some("STATIC".to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+fn unmanaged(name: &str) -> String {
+    let mut se = entry(name, "10.9.9.9");
+    se.metadata.labels = None;
+    to_yaml(&[se])
+}
+
+/// Inode and modification time: changes when a file is rewritten.
+fn identity(path: &Path) -> (u64, i64, i64) {
+    let m = fs::metadata(path).unwrap();
+    (m.ino(), m.mtime(), m.mtime_nsec())
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut sink = FileSink::new(out.clone());
+    assert_eq!(sink.describe(), format!("folder {}", out.display()));
+    assert!(sink.existing().await.unwrap().is_empty(), "no folder yet");
+
+    let a = entry("autogen.shop.web", "240.0.0.1");
+    let b = entry("autogen.shop.api", "240.0.0.2");
+    let report = sink.apply(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(
+        report,
+        SinkReport {
+            applied: 2,
+            unchanged: 0,
+            deleted: 0
+        }
+    );
+    let a_path = out.join("autogen.shop.web.yaml");
+    assert_eq!(
+        fs::read_to_string(&a_path).unwrap(),
+        to_yaml(std::slice::from_ref(&a))
+    );
+
+    // Files that are not meshpeer's: never touched.
+    let user = out.join("user.yaml");
+    fs::write(&user, unmanaged("user-entry")).unwrap();
+    fs::write(out.join("notes.txt"), "x").unwrap();
+    fs::write(out.join("broken.yaml"), "kind: [").unwrap();
+    let user_id = identity(&user);
+
+    // Same input again: nothing rewritten.
+    let before = identity(&a_path);
+    let report = sink.apply(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(
+        report,
+        SinkReport {
+            applied: 0,
+            unchanged: 2,
+            deleted: 0
+        }
+    );
+    assert_eq!(identity(&a_path), before);
+
+    // One changed, one gone.
+    let a2 = entry("autogen.shop.web", "240.0.0.9");
+    let report = sink.apply(std::slice::from_ref(&a2)).await.unwrap();
+    assert_eq!(
+        report,
+        SinkReport {
+            applied: 1,
+            unchanged: 0,
+            deleted: 1
+        }
+    );
+    assert_ne!(identity(&a_path), before, "replaced by rename");
+    assert_eq!(
+        names(&out),
+        [
+            "autogen.shop.web.yaml",
+            "broken.yaml",
+            "notes.txt",
+            "user.yaml"
+        ],
+        "no temporary files left, foreign files kept"
+    );
+    assert_eq!(identity(&user), user_id);
+
+    // A wanted name held by a user's file: left alone.
+    let report = sink
+        .apply(&[a2.clone(), entry("user", "240.0.0.3")])
+        .await
+        .unwrap();
+    assert_eq!(report.unchanged, 1);
+    assert_eq!(report.applied, 0);
+    assert_eq!(identity(&user), user_id);
+    assert_eq!(fs::read_to_string(&user).unwrap(), unmanaged("user-entry"));
+
+    // Nothing wanted: only meshpeer's files go.
+    let report = sink.apply(&[]).await.unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(names(&out), ["broken.yaml", "notes.txt", "user.yaml"]);
+    assert_eq!(identity(&user), user_id);
+}
+
+#[tokio::test]
+async fn sink_existing_reads_back_what_it_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = FileSink::new(tmp.path().to_owned());
+    let mut desired = vec![
+        entry("autogen.b.svc", "240.0.0.2"),
+        entry("autogen.a.svc", "240.0.0.1"),
+    ];
+    desired[0].spec.ports = vec![meshpeer_model::objects::ServiceEntryPort {
+        number: 80,
+        protocol: Some("HTTP".into()),
+        name: "http".into(),
+        target_port: None,
+    }];
+    sink.apply(&desired).await.unwrap();
+    fs::write(tmp.path().join("user.yaml"), unmanaged("user")).unwrap();
+    fs::write(tmp.path().join("broken.yaml"), "kind: [").unwrap();
+    let back = sink.existing().await.unwrap();
+    desired.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    assert_eq!(back, desired);
+
+    // A fresh sink on the same folder (a restart) sees the same.
+    let mut again = FileSink::new(tmp.path().to_owned());
+    assert_eq!(again.existing().await.unwrap(), desired);
+}
+
+#[tokio::test]
+async fn sink_rejects_names_that_are_not_file_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = FileSink::new(tmp.path().to_owned());
+    for bad in ["../escape", ".hidden", ""] {
+        let e = sink.apply(&[entry(bad, "240.0.0.1")]).await.unwrap_err();
+        assert!(e.to_string().contains("file name"), "{e}");
+    }
+    let e = sink
+        .apply(&[entry("x", "240.0.0.1"), entry("x", "240.0.0.2")])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("two ServiceEntries"), "{e}");
+    assert!(names(tmp.path()).is_empty());
+}
+
+#[tokio::test]
+async fn sink_writes_and_removes_gateway_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = FileSink::new(tmp.path().to_owned());
+    let status_dir = tmp.path().join("status");
+    let cond = |t: &str, s: &str| Condition {
+        type_: t.to_owned(),
+        status: s.to_owned(),
+        reason: Some("Connected".to_owned()),
+        message: None,
+        last_transition_time: Some("2025-01-01T00:00:00Z".to_owned()),
+        observed_generation: None,
+    };
+    let c2 = PeerStatus {
+        gateway: NsName::new("istio-eastwest", "istio-remote-peer-c2"),
+        conditions: vec![
+            cond("Accepted", "True"),
+            cond("gloo.solo.io/PeerConnected", "True"),
+        ],
+    };
+    let c3 = PeerStatus {
+        gateway: NsName::new("istio-eastwest", "istio-remote-peer-c3"),
+        conditions: vec![cond("Accepted", "False")],
+    };
+    sink.write_status(&[c2.clone(), c3.clone()]).await.unwrap();
+    assert_eq!(
+        names(&status_dir),
+        [
+            "istio-eastwest.istio-remote-peer-c2.yaml",
+            "istio-eastwest.istio-remote-peer-c3.yaml"
+        ]
+    );
+    let c2_path = status_dir.join("istio-eastwest.istio-remote-peer-c2.yaml");
+    let text = fs::read_to_string(&c2_path).unwrap();
+    let doc: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(
+        doc,
+        serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": {"name": "istio-remote-peer-c2", "namespace": "istio-eastwest"},
+            "status": {"conditions": [
+                {"type": "Accepted", "status": "True", "reason": "Connected",
+                 "lastTransitionTime": "2025-01-01T00:00:00Z"},
+                {"type": "gloo.solo.io/PeerConnected", "status": "True", "reason": "Connected",
+                 "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            ]},
+        })
+    );
+    assert!(
+        text.starts_with("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n"),
+        "{text}"
+    );
+
+    // Unchanged status is not rewritten; a gateway no longer listed goes.
+    let before = identity(&c2_path);
+    sink.write_status(std::slice::from_ref(&c2)).await.unwrap();
+    assert_eq!(identity(&c2_path), before);
+    assert_eq!(
+        names(&status_dir),
+        ["istio-eastwest.istio-remote-peer-c2.yaml"]
+    );
+    sink.write_status(&[]).await.unwrap();
+    assert!(names(&status_dir).is_empty());
+
+    // Status files are not ServiceEntries.
+    assert!(sink.existing().await.unwrap().is_empty());
+}

@@ -1,0 +1,804 @@
+//! `KubeSink` against a mocked API server (tower-test). Each test runs the
+//! sink call next to a script of the exact exchanges a real API server
+//! would see, in order: method, path, query, content type, body, answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Client;
+use kube::client::Body;
+use meshpeer_model::NsName;
+use meshpeer_model::objects::{
+    Condition, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntrySpec,
+};
+use meshpeer_store::kube_sink::KubeSink;
+use meshpeer_store::{PeerStatus, Sink, SinkReport};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+type Responder = SendResponse<Response<Body>>;
+
+const SE_PATH: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/serviceentries";
+const MANAGED: &str = "labelSelector=app.kubernetes.io%2Fmanaged-by%3Dmeshpeer";
+const APPLY_QUERY: &str = "force=true&fieldManager=meshpeer&fieldValidation=Strict";
+const PEER_GW_PATH: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways/istio-remote-peer-cluster2";
+
+fn mock_api() -> (Client, ApiHandle) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(svc, "default"), handle)
+}
+
+/// One request as the API server sees it.
+struct Seen {
+    method: Method,
+    /// Path and query; kube-rs's leading empty query parameter (`?&`) dropped.
+    target: String,
+    content_type: Option<String>,
+    body: Option<Value>,
+    responder: Responder,
+}
+
+async fn next(api: &mut ApiHandle) -> Seen {
+    let (req, responder) = tokio::time::timeout(Duration::from_secs(10), api.next_request())
+        .await
+        .expect("a request in time")
+        .expect("client alive");
+    let (parts, body) = req.into_parts();
+    let query: Vec<&str> = parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .collect();
+    let target = if query.is_empty() {
+        parts.uri.path().to_owned()
+    } else {
+        format!("{}?{}", parts.uri.path(), query.join("&"))
+    };
+    let bytes = body.collect_bytes().await.unwrap();
+    Seen {
+        method: parts.method,
+        target,
+        content_type: parts
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        body: (!bytes.is_empty()).then(|| serde_json::from_slice(&bytes).unwrap()),
+        responder,
+    }
+}
+
+fn answer(responder: Responder, status: StatusCode, body: Value) {
+    responder.send_response(
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&body).unwrap()))
+            .unwrap(),
+    );
+}
+
+/// Nothing more was sent: every request of the finished call was answered.
+fn assert_quiet(api: &mut ApiHandle) {
+    if let Some(Some((req, _))) = api.next_request().now_or_never() {
+        panic!("unexpected request {} {}", req.method(), req.uri());
+    }
+}
+
+/// A call expected to finish without any request (none is answered).
+async fn quick<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("finished without waiting for the API server")
+}
+
+fn has_null(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Array(a) => a.iter().any(has_null),
+        Value::Object(o) => o.values().any(has_null),
+        _ => false,
+    }
+}
+
+fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The generated ServiceEntry of httpbin/in-ambient (G7), as rendered.
+fn in_ambient(vip: &str) -> ServiceEntry {
+    ServiceEntry {
+        metadata: ObjectMeta {
+            name: Some("autogen.httpbin.in-ambient".into()),
+            namespace: Some("istio-system".into()),
+            labels: Some(strings(&[
+                ("app.kubernetes.io/managed-by", "meshpeer"),
+                ("meshpeer.io/scope", "global"),
+                ("meshpeer.io/service-name", "in-ambient"),
+                ("meshpeer.io/service-namespace", "httpbin"),
+            ])),
+            annotations: Some(strings(&[
+                ("meshpeer.io/clusters", "cluster1,cluster2"),
+                ("networking.istio.io/traffic-distribution", "PreferNetwork"),
+            ])),
+            ..Default::default()
+        },
+        spec: ServiceEntrySpec {
+            hosts: vec!["in-ambient.httpbin.mesh.internal".into()],
+            addresses: vec![vip.into()],
+            ports: vec![ServiceEntryPort {
+                number: 8000,
+                protocol: Some("HTTP".into()),
+                name: "http".into(),
+                target_port: None,
+            }],
+            location: Some("MESH_INTERNAL".into()),
+            resolution: Some("STATIC".into()),
+            endpoints: vec![WorkloadEntrySpec {
+                address: Some("10.244.0.12".into()),
+                ports: BTreeMap::from([("http".to_owned(), 8080)]),
+                labels: strings(&[("topology.istio.io/cluster", "cluster1")]),
+                network: Some("cluster1".into()),
+                locality: Some("us-east/us-east-1".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    }
+}
+
+/// The exact SSA body for [`in_ambient`]: apiVersion and kind, only the
+/// fields meshpeer owns, no nulls.
+fn in_ambient_body(vip: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {
+            "name": "autogen.httpbin.in-ambient",
+            "namespace": "istio-system",
+            "labels": {
+                "app.kubernetes.io/managed-by": "meshpeer",
+                "meshpeer.io/scope": "global",
+                "meshpeer.io/service-name": "in-ambient",
+                "meshpeer.io/service-namespace": "httpbin",
+            },
+            "annotations": {
+                "meshpeer.io/clusters": "cluster1,cluster2",
+                "networking.istio.io/traffic-distribution": "PreferNetwork",
+            },
+        },
+        "spec": {
+            "hosts": ["in-ambient.httpbin.mesh.internal"],
+            "addresses": [vip],
+            "ports": [{"number": 8000, "protocol": "HTTP", "name": "http"}],
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "endpoints": [{
+                "address": "10.244.0.12",
+                "ports": {"http": 8080},
+                "labels": {"topology.istio.io/cluster": "cluster1"},
+                "network": "cluster1",
+                "locality": "us-east/us-east-1",
+            }],
+        },
+    })
+}
+
+/// `body` as the API server holds it after the apply: server fields added.
+fn stored(mut body: Value, uid: &str, resource_version: &str) -> Value {
+    let meta = body["metadata"].as_object_mut().unwrap();
+    meta.insert("uid".into(), json!(uid));
+    meta.insert("resourceVersion".into(), json!(resource_version));
+    meta.insert("generation".into(), json!(1));
+    meta.insert("creationTimestamp".into(), json!("2026-11-22T09:00:00Z"));
+    meta.insert(
+        "managedFields".into(),
+        json!([{
+            "manager": "meshpeer",
+            "operation": "Apply",
+            "apiVersion": "networking.istio.io/v1",
+            "time": "2026-11-22T09:00:00Z",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:spec": {"f:hosts": {}}},
+        }]),
+    );
+    body
+}
+
+fn se_list(resource_version: &str, items: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntryList",
+        "metadata": {"resourceVersion": resource_version},
+        "items": items,
+    })
+}
+
+/// LIST of the managed ServiceEntries in istio-system.
+async fn expect_list(api: &mut ApiHandle, items: Vec<Value>) {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::GET);
+    assert_eq!(req.target, format!("{SE_PATH}?{MANAGED}"));
+    answer(req.responder, StatusCode::OK, se_list("2000", items));
+}
+
+/// Server-side apply of one ServiceEntry; answers with the stored object.
+async fn expect_apply(api: &mut ApiHandle, name: &str, body: &Value, resource_version: &str) {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::PATCH);
+    assert_eq!(req.target, format!("{SE_PATH}/{name}?{APPLY_QUERY}"));
+    assert_eq!(
+        req.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    let sent = req.body.unwrap();
+    assert!(!has_null(&sent), "no nulls in an apply body: {sent:#}");
+    assert_eq!(&sent, body);
+    answer(
+        req.responder,
+        StatusCode::OK,
+        stored(
+            sent,
+            "2d6a1c8e-0000-4000-8000-000000000001",
+            resource_version,
+        ),
+    );
+}
+
+#[tokio::test]
+async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_resent() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    assert_eq!(
+        sink.describe(),
+        "Kubernetes istio-system (field manager meshpeer)"
+    );
+    let desired = vec![in_ambient("240.240.0.10")];
+
+    // First apply: nothing managed yet -> one PATCH (apply-patch), forced.
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        expect_apply(
+            &mut api,
+            "autogen.httpbin.in-ambient",
+            &in_ambient_body("240.240.0.10"),
+            "2001",
+        )
+        .await;
+    });
+    assert_eq!(
+        report.unwrap(),
+        SinkReport {
+            applied: 1,
+            unchanged: 0,
+            deleted: 0
+        }
+    );
+    assert_quiet(&mut api);
+
+    // Second apply of the same: the server still holds what was applied
+    // (same resourceVersion) -> LIST only, no PATCH.
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        let held = stored(
+            in_ambient_body("240.240.0.10"),
+            "2d6a1c8e-0000-4000-8000-000000000001",
+            "2001",
+        );
+        expect_list(&mut api, vec![held]).await;
+    });
+    assert_eq!(
+        report.unwrap(),
+        SinkReport {
+            applied: 0,
+            unchanged: 1,
+            deleted: 0
+        }
+    );
+    assert_quiet(&mut api);
+
+    // A changed object is applied again.
+    let changed = vec![in_ambient("240.240.0.11")];
+    let (report, ()) = tokio::join!(sink.apply(&changed), async {
+        let held = stored(
+            in_ambient_body("240.240.0.10"),
+            "2d6a1c8e-0000-4000-8000-000000000001",
+            "2001",
+        );
+        expect_list(&mut api, vec![held]).await;
+        expect_apply(
+            &mut api,
+            "autogen.httpbin.in-ambient",
+            &in_ambient_body("240.240.0.11"),
+            "2002",
+        )
+        .await;
+    });
+    assert_eq!(report.unwrap().applied, 1);
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn g12_apply_deletes_only_stale_managed_objects_and_never_unlabelled_ones() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    let desired = vec![in_ambient("240.240.0.10")];
+
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        let mut gone = stored(
+            in_ambient_body("240.240.0.12"),
+            "2d6a1c8e-0000-4000-8000-0000000000ff",
+            "1500",
+        );
+        gone["metadata"]["name"] = json!("autogen.httpbin.gone");
+        // A user's ServiceEntry. A real server would not list it under the
+        // selector; the sink checks the label itself all the same.
+        let mut users = stored(
+            in_ambient_body("240.240.0.13"),
+            "2d6a1c8e-0000-4000-8000-0000000000aa",
+            "1400",
+        );
+        users["metadata"]["name"] = json!("httpbin-bar-global");
+        users["metadata"]["labels"] = json!({"app": "httpbin"});
+        expect_list(&mut api, vec![gone, users]).await;
+
+        expect_apply(
+            &mut api,
+            "autogen.httpbin.in-ambient",
+            &in_ambient_body("240.240.0.10"),
+            "2001",
+        )
+        .await;
+
+        // Stale: deleted, only if it is still the object that was listed.
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::DELETE);
+        assert_eq!(req.target, format!("{SE_PATH}/autogen.httpbin.gone"));
+        assert_eq!(
+            req.body,
+            Some(json!({"preconditions": {"uid": "2d6a1c8e-0000-4000-8000-0000000000ff"}}))
+        );
+        answer(
+            req.responder,
+            StatusCode::OK,
+            json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": "autogen.httpbin.gone",
+                    "group": "networking.istio.io",
+                    "kind": "serviceentries",
+                    "uid": "2d6a1c8e-0000-4000-8000-0000000000ff"
+                }
+            }),
+        );
+    });
+    assert_eq!(
+        report.unwrap(),
+        SinkReport {
+            applied: 1,
+            unchanged: 0,
+            deleted: 1
+        }
+    );
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn g11_existing_reads_managed_objects_back_so_a_restart_rewrites_nothing() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    let held = stored(
+        in_ambient_body("240.240.0.10"),
+        "2d6a1c8e-0000-4000-8000-000000000001",
+        "2001",
+    );
+
+    let (existing, ()) = tokio::join!(sink.existing(), async {
+        expect_list(&mut api, vec![held.clone()]).await;
+    });
+    let existing = existing.unwrap();
+    assert_eq!(existing.len(), 1);
+    assert_eq!(existing[0].spec.addresses, ["240.240.0.10"]);
+    assert_eq!(existing[0].metadata.managed_fields, None);
+
+    let desired = vec![in_ambient("240.240.0.10")];
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![held]).await;
+    });
+    assert_eq!(report.unwrap().unchanged, 1);
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn g12_objects_edited_or_deleted_by_someone_else_are_applied_again() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    let desired = vec![in_ambient("240.240.0.10")];
+    let body = in_ambient_body("240.240.0.10");
+    let name = "autogen.httpbin.in-ambient";
+    let uid = "2d6a1c8e-0000-4000-8000-000000000001";
+
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        expect_apply(&mut api, name, &body, "2001").await;
+    });
+    assert_eq!(report.unwrap().applied, 1);
+
+    // Edited (resourceVersion moved) -> applied again.
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![stored(body.clone(), uid, "2007")]).await;
+        expect_apply(&mut api, name, &body, "2008").await;
+    });
+    assert_eq!(report.unwrap().applied, 1);
+
+    // Deleted -> applied again.
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        expect_apply(&mut api, name, &body, "2010").await;
+    });
+    assert_eq!(report.unwrap().applied, 1);
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn failed_writes_name_the_object_and_do_not_stop_the_others() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut elsewhere = in_ambient("240.240.0.20");
+    elsewhere.metadata.name = Some("autogen.default.other".into());
+    elsewhere.metadata.namespace = Some("default".into());
+    let mut second = in_ambient("240.240.0.21");
+    second.metadata.name = Some("autogen.httpbin.second".into());
+    let mut second_body = in_ambient_body("240.240.0.21");
+    second_body["metadata"]["name"] = json!("autogen.httpbin.second");
+    let desired = vec![elsewhere, in_ambient("240.240.0.10"), second];
+
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        // The object outside istio-system is refused without a request.
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::PATCH);
+        assert_eq!(
+            req.target,
+            format!("{SE_PATH}/autogen.httpbin.in-ambient?{APPLY_QUERY}")
+        );
+        answer(
+            req.responder,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": "ServiceEntry.networking.istio.io \"autogen.httpbin.in-ambient\" is invalid: spec: Invalid value: \"object\": only one of WorkloadSelector or Endpoints is allowed in Service Entry",
+                "reason": "Invalid",
+                "code": 422
+            }),
+        );
+        expect_apply(&mut api, "autogen.httpbin.second", &second_body, "2003").await;
+    });
+    let err = report.unwrap_err().to_string();
+    assert!(
+        err.contains("ServiceEntry istio-system/autogen.httpbin.in-ambient"),
+        "{err}"
+    );
+    assert!(
+        err.contains("only one of WorkloadSelector or Endpoints"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ServiceEntry default/autogen.default.other"),
+        "{err}"
+    );
+    assert!(err.contains("not managed"), "{err}");
+    assert_quiet(&mut api);
+}
+
+// ------------------------------------------------------------------ status
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_transition_time: Some("2026-11-22T09:30:00Z".into()),
+        observed_generation: Some(1),
+    }
+}
+
+fn peer_status(conditions: Vec<Condition>) -> Vec<PeerStatus> {
+    vec![PeerStatus {
+        gateway: NsName::new("istio-eastwest", "istio-remote-peer-cluster2"),
+        conditions,
+    }]
+}
+
+/// The five conditions SPEC C5 asks for, complete.
+fn c5_conditions() -> Vec<Condition> {
+    vec![
+        condition("Accepted", "True", "Accepted", "Resource accepted"),
+        condition(
+            "Programmed",
+            "True",
+            "Programmed",
+            "Peer gateway 172.18.255.2 is reachable",
+        ),
+        condition(
+            "gloo.solo.io/PeerConnected",
+            "True",
+            "Connected",
+            "Connected to cluster2 at 172.18.255.2:15012",
+        ),
+        condition(
+            "gloo.solo.io/PeeringSucceeded",
+            "True",
+            "Synced",
+            "Received 3 global services from cluster2",
+        ),
+        condition(
+            "gloo.solo.io/PeerDataPlaneProgrammed",
+            "True",
+            "Programmed",
+            "Endpoints of cluster2 are in the local data plane",
+        ),
+    ]
+}
+
+/// Required fields of a Gateway status condition, read from the CRD.
+fn required_condition_fields() -> (Vec<String>, usize) {
+    let path = format!(
+        "{}/../../schemas/gateways.gateway.networking.k8s.io.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let crd: Value = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v1 = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "v1")
+        .unwrap();
+    let conditions =
+        &v1["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+    let required = conditions["items"]["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let max = usize::try_from(conditions["maxItems"].as_u64().unwrap()).unwrap();
+    (required, max)
+}
+
+fn status_body(conditions: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "istio-remote-peer-cluster2", "namespace": "istio-eastwest"},
+        "status": {"conditions": conditions},
+    })
+}
+
+/// Server-side apply of the peer Gateway's status; returns the body sent.
+async fn expect_status_apply(api: &mut ApiHandle, answer_with: StatusCode) -> Value {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::PATCH);
+    assert_eq!(req.target, format!("{PEER_GW_PATH}/status?{APPLY_QUERY}"));
+    assert_eq!(
+        req.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    let sent = req.body.unwrap();
+    assert!(!has_null(&sent), "{sent:#}");
+    let (required, max) = required_condition_fields();
+    let conditions = sent["status"]["conditions"].as_array().unwrap();
+    assert!(conditions.len() <= max);
+    for c in conditions {
+        for field in required
+            .iter()
+            .map(String::as_str)
+            .chain(["observedGeneration"])
+        {
+            assert!(c.get(field).is_some(), "condition without {field}: {c}");
+        }
+    }
+    if answer_with == StatusCode::OK {
+        answer(req.responder, StatusCode::OK, peer_gateway(1, json!([])));
+    } else {
+        answer(req.responder, answer_with, not_found());
+    }
+    sent
+}
+
+fn peer_gateway(generation: i64, conditions: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": "istio-remote-peer-cluster2",
+            "namespace": "istio-eastwest",
+            "uid": "1b2c3d4e-5f6a-4b7c-8d9e-0f1a2b3c4d02",
+            "resourceVersion": "618",
+            "generation": generation,
+        },
+        "spec": {
+            "gatewayClassName": "istio-remote",
+            "addresses": [{"type": "IPAddress", "value": "172.18.255.2"}],
+            "listeners": [
+                {"name": "cross-network", "port": 15008, "protocol": "HBONE", "tls": {"mode": "Passthrough"}},
+                {"name": "xds-tls", "port": 15012, "protocol": "TLS", "tls": {"mode": "Passthrough"}},
+            ],
+        },
+        "status": {"conditions": conditions},
+    })
+}
+
+fn not_found() -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "gateways.gateway.networking.k8s.io \"istio-remote-peer-cluster2\" not found",
+        "reason": "NotFound",
+        "details": {"name": "istio-remote-peer-cluster2", "group": "gateway.networking.k8s.io", "kind": "gateways"},
+        "code": 404
+    })
+}
+
+#[tokio::test]
+async fn c5_peer_conditions_are_server_side_applied_to_the_gateway_status() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    let statuses = peer_status(c5_conditions());
+
+    let (result, sent) = tokio::join!(
+        sink.write_status(&statuses),
+        expect_status_apply(&mut api, StatusCode::OK)
+    );
+    result.unwrap();
+    let conditions = serde_json::to_value(c5_conditions()).unwrap();
+    assert_eq!(sent, status_body(conditions));
+    assert_eq!(
+        sent["status"]["conditions"][2],
+        json!({
+            "type": "gloo.solo.io/PeerConnected",
+            "status": "True",
+            "reason": "Connected",
+            "message": "Connected to cluster2 at 172.18.255.2:15012",
+            "lastTransitionTime": "2026-11-22T09:30:00Z",
+            "observedGeneration": 1,
+        })
+    );
+    assert_quiet(&mut api);
+
+    // The same status again: nothing to write.
+    quick(sink.write_status(&statuses)).await.unwrap();
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn c5_missing_generation_and_times_are_filled_from_the_gateway() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_clock(|| "2026-11-22T10:00:00Z".into());
+    let bare = |type_: &str, status: &str, reason: &str| Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        ..Default::default()
+    };
+    let statuses = peer_status(vec![
+        bare("Accepted", "True", "Accepted"),
+        bare("gloo.solo.io/PeerConnected", "True", "Connected"),
+    ]);
+
+    let (result, sent) = tokio::join!(sink.write_status(&statuses), async {
+        // The Gateway is read for its generation and current conditions.
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::GET);
+        assert_eq!(req.target, PEER_GW_PATH);
+        answer(
+            req.responder,
+            StatusCode::OK,
+            peer_gateway(
+                3,
+                json!([
+                    {"type": "Accepted", "status": "Unknown", "reason": "Pending", "message": "Waiting for controller", "lastTransitionTime": "1970-01-01T00:00:00Z"},
+                    {"type": "gloo.solo.io/PeerConnected", "status": "True", "reason": "Connected", "message": "", "lastTransitionTime": "2026-11-22T08:00:00Z", "observedGeneration": 2},
+                ]),
+            ),
+        );
+        expect_status_apply(&mut api, StatusCode::OK).await
+    });
+    result.unwrap();
+    assert_eq!(
+        sent,
+        status_body(json!([
+            // Status changed (Unknown -> True): the transition is now.
+            {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+             "lastTransitionTime": "2026-11-22T10:00:00Z", "observedGeneration": 3},
+            // Status unchanged: the transition time stays.
+            {"type": "gloo.solo.io/PeerConnected", "status": "True", "reason": "Connected", "message": "",
+             "lastTransitionTime": "2026-11-22T08:00:00Z", "observedGeneration": 3},
+        ]))
+    );
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn c5_status_of_a_gateway_that_no_longer_exists_is_skipped() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+
+    // Incomplete conditions: the GET answers 404, nothing is patched.
+    let mut bare = c5_conditions();
+    bare[0].observed_generation = None;
+    let statuses = peer_status(bare);
+    let (result, ()) = tokio::join!(sink.write_status(&statuses), async {
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::GET);
+        assert_eq!(req.target, PEER_GW_PATH);
+        answer(req.responder, StatusCode::NOT_FOUND, not_found());
+    });
+    result.unwrap();
+    assert_quiet(&mut api);
+
+    // Complete conditions: the status PATCH answers 404; not an error, and
+    // not remembered: the next call tries again.
+    let statuses = peer_status(c5_conditions());
+    for _ in 0..2 {
+        let (result, _) = tokio::join!(
+            sink.write_status(&statuses),
+            expect_status_apply(&mut api, StatusCode::NOT_FOUND)
+        );
+        result.unwrap();
+    }
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn c5_conditions_a_server_would_reject_are_refused_naming_the_gateway() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut no_reason = c5_conditions();
+    no_reason[2].reason = None;
+    let err = quick(sink.write_status(&peer_status(no_reason)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Gateway istio-eastwest/istio-remote-peer-cluster2"),
+        "{err}"
+    );
+    assert!(err.contains("gloo.solo.io/PeerConnected"), "{err}");
+
+    let mut bad_status = c5_conditions();
+    bad_status[0].status = "true".into();
+    assert!(
+        quick(sink.write_status(&peer_status(bad_status)))
+            .await
+            .is_err()
+    );
+
+    let too_many: Vec<Condition> = (0..9)
+        .map(|i| condition(&format!("Cond{i}"), "True", "Ok", ""))
+        .collect();
+    let err = quick(sink.write_status(&peer_status(too_many)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("at most 8"), "{err}");
+    assert_quiet(&mut api);
+}
