@@ -147,8 +147,62 @@ fn o1_o5_controllers_on_the_example_connect_and_status_shows_it() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["peers"][0]["cluster"], "cluster2");
     assert_eq!(v["peers"][0]["state"], "synced");
+    // The catalog stream for the data plane: one JSON document per line.
+    let first = http_first_line_of_body(&r1.api, "/v1/catalog/watch");
+    let doc: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let hosts: Vec<&str> = doc["catalog"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["hostname"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["client-in-ambient.httpbin.mesh.internal", "in-ambient.httpbin.mesh.internal"]);
+    // Metrics.
+    let metrics = http_get(&r1.api, "/metrics");
+    for m in [
+        "meshpeer_peering_peer_connected{peer=\"cluster2\"} 1",
+        "meshpeer_controller_catalog_services 2",
+        "meshpeer_peering_delta_ack_seconds_bucket",
+    ] {
+        assert!(metrics.contains(m), "{m} missing:\n{metrics}");
+    }
     drop(r2);
     drop(r1);
+}
+
+/// A whole HTTP/1.1 GET response (connection closed by the server).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The first line of a streamed (chunked) body.
+fn http_first_line_of_body(addr: &str, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    // Headers, then the chunk size line, then the chunk's data.
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        assert!(!line.is_empty(), "connection closed in the headers");
+    }
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
 }
 
 #[test]
