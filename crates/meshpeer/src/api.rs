@@ -57,31 +57,8 @@ pub(crate) async fn serve(
 /// The view with the peering server's live view of who it serves.
 pub(crate) fn with_live_status(view: &View, service: &PeeringService) -> View {
     let mut v = view.clone();
-    v.status.served = service
-        .served()
-        .into_iter()
-        .map(|p| ServedView {
-            cluster: p.cluster,
-            segment: p.segment,
-            spiffe_id: p.spiffe_id,
-            remote: p.remote,
-            connected_since: Some(p.connected_since),
-            acked_version: p.acked_version,
-            last_ack: p.last_ack,
-            resources: p.resources,
-            last_error: p.last_error,
-        })
-        .collect();
-    v.status.refused = service
-        .refusals()
-        .into_iter()
-        .map(|r| RefusedView {
-            at: Some(r.at),
-            remote: r.remote,
-            reason: r.reason.to_owned(),
-            message: r.message,
-        })
-        .collect();
+    v.status.served = ServedView::of(service);
+    v.status.refused = RefusedView::of(service);
     v
 }
 

@@ -156,7 +156,13 @@ fn o1_o5_controllers_on_the_example_connect_and_status_shows_it() {
         .iter()
         .map(|s| s["hostname"].as_str().unwrap())
         .collect();
-    assert_eq!(hosts, ["client-in-ambient.httpbin.mesh.internal", "in-ambient.httpbin.mesh.internal"]);
+    assert_eq!(
+        hosts,
+        [
+            "client-in-ambient.httpbin.mesh.internal",
+            "in-ambient.httpbin.mesh.internal"
+        ]
+    );
     // Metrics.
     let metrics = http_get(&r1.api, "/metrics");
     for m in [
@@ -175,7 +181,11 @@ fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out

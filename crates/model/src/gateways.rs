@@ -15,7 +15,8 @@ use crate::objects::{
     Gateway, GatewayAddress, GatewaySpec, GatewayStatus, Listener, ListenerTls, label,
 };
 
-fn listeners(hbone_port: u16, xds_port: u16) -> Vec<Listener> {
+/// The two listeners of an east-west or remote-peer Gateway (C2, C3).
+pub(crate) fn listeners(hbone_port: u16, xds_port: u16) -> Vec<Listener> {
     vec![
         Listener {
             name: "cross-network".into(),

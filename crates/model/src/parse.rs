@@ -297,7 +297,8 @@ impl DocContext<'_> {
                 let line = serde_saphyr::from_str_with_options::<T>(self.text, yaml_options())
                     .err()
                     .and_then(|e| e.location())
-                    .map(|l| l.line() as usize);
+                    .map(|l| l.line() as usize)
+                    .or_else(|| locate(self.text, &path));
                 let msg = e.into_inner().to_string();
                 let msg = if path.is_empty() || path == "." {
                     msg
@@ -309,6 +310,35 @@ impl DocContext<'_> {
             }
         }
     }
+}
+
+/// Best-effort line of a field path (`metadata.labels.team`,
+/// `spec.ports[0].port`) in a document: each key is looked for after the
+/// previous one. `None` when a key is not found.
+fn locate(text: &str, path: &str) -> Option<usize> {
+    let keys: Vec<&str> = path
+        .split('.')
+        .map(|k| k.split('[').next().unwrap_or(k))
+        .filter(|k| !k.is_empty())
+        .collect();
+    if keys.is_empty() {
+        return None;
+    }
+    let mut from = 0;
+    let mut found = None;
+    let lines: Vec<&str> = text.lines().collect();
+    for key in keys {
+        let i = (from..lines.len()).find(|&i| {
+            let t = lines[i].trim_start().trim_start_matches("- ");
+            t.strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(':'))
+                || t.strip_prefix(&format!("{key:?}"))
+                    .is_some_and(|rest| rest.starts_with(':'))
+        })?;
+        found = Some(i + 1);
+        from = i + 1;
+    }
+    found
 }
 
 fn yaml_options() -> serde_saphyr::Options {
@@ -360,6 +390,16 @@ mod tests {
             shown.starts_with("svc.yaml document 2 (line 13), Service shop/web: "),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn f1_a_wrongly_typed_label_is_reported_at_its_line() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n  labels:\n    app: web\n    team: true\n";
+        let parsed = parse_documents("ns.yaml", text);
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.objects);
+        let e = &parsed.errors[0];
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.contains("metadata.labels.team"), "{e}");
     }
 
     #[test]

@@ -19,9 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::cluster::{ClusterConfig, ClusterSnapshot};
 use crate::labels;
-use crate::objects::{
-    Gateway, GatewayAddress, GatewaySpec, Listener, ListenerTls, Object, Segment, SegmentSpec,
-};
+use crate::objects::{Gateway, GatewayAddress, GatewaySpec, Object, Segment, SegmentSpec};
 
 fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     ObjectMeta {
@@ -137,29 +135,6 @@ pub fn segment(name: &str, domain: &str) -> Segment {
     }
 }
 
-fn listeners() -> Vec<Listener> {
-    vec![
-        Listener {
-            name: "cross-network".into(),
-            port: i32::from(labels::HBONE_PORT),
-            protocol: "HBONE".into(),
-            hostname: None,
-            tls: Some(ListenerTls {
-                mode: Some("Passthrough".into()),
-            }),
-        },
-        Listener {
-            name: "xds-tls".into(),
-            port: i32::from(labels::XDS_PORT),
-            protocol: "TLS".into(),
-            hostname: None,
-            tls: Some(ListenerTls {
-                mode: Some("Passthrough".into()),
-            }),
-        },
-    ]
-}
-
 /// The remote-peer Gateway `istio-remote-peer-<peer>` (C3).
 pub fn peer_gateway(peer: &str, network: &str, trust_domain: &str, address: &str) -> Gateway {
     let mut m = meta(
@@ -179,7 +154,7 @@ pub fn peer_gateway(peer: &str, network: &str, trust_domain: &str, address: &str
         spec: GatewaySpec {
             gateway_class_name: labels::REMOTE_CLASS.into(),
             addresses: vec![GatewayAddress::ip(address)],
-            listeners: listeners(),
+            listeners: crate::gateways::listeners(labels::HBONE_PORT, labels::XDS_PORT),
         },
         status: None,
     }

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::PROTOCOL_VERSION;
 use crate::backoff::Backoff;
+use crate::machine::{Decision, Input, LinkMachine, Phase};
 use crate::metrics::Metrics;
 use crate::proto::{self, PeerRequest, PeerResponse, peer_request, peer_response};
 use crate::wire::ResourceSet;
@@ -148,9 +149,7 @@ struct Link {
     connector: Arc<dyn Connector>,
     events: mpsc::Sender<PeerUpdate>,
     metrics: Arc<Metrics>,
-    /// Export held from the last stream, while stale.
-    held: bool,
-    stale_until: Option<Instant>,
+    machine: LinkMachine,
 }
 
 enum SessionEnd {
@@ -167,15 +166,22 @@ pub async fn run_link(
     events: mpsc::Sender<PeerUpdate>,
     metrics: Arc<Metrics>,
 ) {
+    let machine = LinkMachine::new(cfg.backoff.clone(), cfg.grace);
     let mut link = Link {
         cfg,
         connector,
         events,
         metrics,
-        held: false,
-        stale_until: None,
+        machine,
     };
     link.run().await;
+}
+
+fn wait_of(d: Decision) -> Duration {
+    match d {
+        Decision::Wait { delay, .. } => delay,
+        _ => Duration::ZERO,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -202,9 +208,10 @@ impl Link {
             .is_ok()
     }
 
+    /// Drops the stale export if the grace period is over; false when
+    /// nobody listens any more.
     async fn expire(&mut self) -> bool {
-        self.stale_until = None;
-        if std::mem::take(&mut self.held) {
+        if self.machine.expire(Instant::now()) {
             info!(peer = %self.peer(), "grace period over: the peer's export is dropped");
             self.metrics
                 .peer_stale
@@ -217,23 +224,21 @@ impl Link {
 
     async fn run(&mut self) {
         let labels = Metrics::peer(self.peer());
-        let mut backoff = self.cfg.backoff.clone();
         loop {
+            let attempt = match self.machine.phase() {
+                Phase::Connecting { attempt } => attempt,
+                _ => 1,
+            };
             let hello = self.cfg.local.borrow_and_update().hello();
-            if !self
-                .emit(PeerEvent::Connecting {
-                    attempt: backoff.failures() + 1,
-                })
-                .await
-            {
+            if !self.emit(PeerEvent::Connecting { attempt }).await {
                 return;
             }
             let connect = self.connector.connect(&self.cfg.link, hello);
-            let attempt = tokio::select! {
+            let result = tokio::select! {
                 r = connect => Some(r),
-                _ = sleep_until_opt(self.stale_until) => None,
+                _ = sleep_until_opt(self.machine.expires_at()) => None,
             };
-            let retry_now = match attempt {
+            let decision = match result {
                 None => {
                     if !self.expire().await {
                         return;
@@ -241,7 +246,8 @@ impl Link {
                     continue;
                 }
                 Some(Err(e)) => {
-                    let retry_in = backoff.next_delay();
+                    let d = self.machine.step(Input::ConnectFailed, Instant::now());
+                    let retry_in = wait_of(d);
                     warn!(peer = %self.peer(), reason = e.reason, retry_in = ?retry_in, "cannot connect to peer: {}", e.message);
                     self.metrics.reject(self.peer(), e.reason);
                     if !self
@@ -254,10 +260,11 @@ impl Link {
                     {
                         return;
                     }
-                    Some(retry_in)
+                    d
                 }
                 Some(Ok(conn)) => {
                     info!(peer = %self.peer(), remote = %conn.remote, "connected to peer");
+                    self.machine.step(Input::ConnectOk, Instant::now());
                     self.metrics.peer_connected.get_or_create(&labels).set(1);
                     if !self
                         .emit(PeerEvent::Connected {
@@ -267,59 +274,63 @@ impl Link {
                     {
                         return;
                     }
-                    let end = self.session(conn, &mut backoff).await;
+                    let end = self.session(conn).await;
                     self.metrics.peer_connected.get_or_create(&labels).set(0);
                     self.metrics.peer_synced.get_or_create(&labels).set(0);
-                    let (reason, retry_in) = match end {
+                    let (reason, at_once) = match end {
                         None => return,
-                        Some(SessionEnd::Retry(r)) => (r, backoff.next_delay()),
-                        Some(SessionEnd::Now(r)) => (r, Duration::ZERO),
+                        Some(SessionEnd::Retry(r)) => (r, false),
+                        Some(SessionEnd::Now(r)) => (r, true),
                     };
-                    if self.held && self.stale_until.is_none() {
-                        self.stale_until = Some(Instant::now() + self.cfg.grace);
-                        self.metrics.peer_stale.get_or_create(&labels).set(1);
-                    }
-                    warn!(peer = %self.peer(), reason = %reason, retry_in = ?retry_in, stale = self.held, "peer stream ended");
+                    let d = self
+                        .machine
+                        .step(Input::StreamEnded { now: at_once }, Instant::now());
+                    let retry_in = wait_of(d);
+                    let stale = self.machine.stale();
+                    self.metrics
+                        .peer_stale
+                        .get_or_create(&labels)
+                        .set(i64::from(stale));
+                    warn!(peer = %self.peer(), reason = %reason, retry_in = ?retry_in, stale, "peer stream ended");
                     if !self
                         .emit(PeerEvent::Disconnected {
                             reason,
                             retry_in,
-                            stale: self.held,
+                            stale,
                         })
                         .await
                     {
                         return;
                     }
-                    Some(retry_in)
+                    d
                 }
             };
             // Wait before the next attempt; the grace period may end meanwhile,
             // and a change of our own Hello (segment) retries at once.
-            if let Some(delay) = retry_now {
-                let until = Instant::now() + delay;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break,
-                        _ = sleep_until_opt(self.stale_until) => {
-                            if !self.expire().await {
-                                return;
-                            }
+            let until = Instant::now() + wait_of(decision);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = sleep_until_opt(self.machine.expires_at()) => {
+                        if !self.expire().await {
+                            return;
                         }
-                        changed = self.cfg.local.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                            break;
-                        }
-                        _ = self.events.closed() => return,
                     }
+                    changed = self.cfg.local.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ = self.events.closed() => return,
                 }
             }
+            self.machine.step(Input::WaitOver, Instant::now());
         }
     }
 
     /// One stream. `None` when nobody listens to events any more.
-    async fn session(&mut self, mut conn: Connection, backoff: &mut Backoff) -> Option<SessionEnd> {
+    async fn session(&mut self, mut conn: Connection) -> Option<SessionEnd> {
         let labels = Metrics::peer(self.peer());
         let heartbeat = self.cfg.heartbeat;
         let mut state = ResourceSet::default();
@@ -359,13 +370,12 @@ impl Link {
                                     self.metrics.resources_received.get_or_create(&labels).inc_by(d.resources.len() as u64);
                                     if !synced {
                                         synced = true;
-                                        backoff.reset();
                                         self.metrics.peer_synced.get_or_create(&labels).set(1);
                                     }
-                                    self.held = true;
-                                    if self.stale_until.take().is_some() {
+                                    if self.machine.stale() {
                                         self.metrics.peer_stale.get_or_create(&labels).set(0);
                                     }
+                                    self.machine.step(Input::Applied, Instant::now());
                                     debug!(peer = %self.peer(), version = d.version, full = d.full_state, services = export.services.len(), "applied peer delta");
                                     if !self.emit(PeerEvent::Synced { export: Arc::new(export), version: d.version, full_state: d.full_state }).await {
                                         return None;
@@ -412,9 +422,9 @@ impl Link {
                     return Some(SessionEnd::Now("this cluster's segment or identity changed; reconnecting with a new Hello".into()));
                 }
                 _ = self.events.closed() => return None,
-                // Expiry cannot happen while connected: a synced stream
-                // cleared it, and before the first delta it keeps running.
-                _ = sleep_until_opt(if synced { None } else { self.stale_until }) => {
+                // A stream that has not delivered yet does not stop the
+                // grace period of the previous one.
+                _ = sleep_until_opt(self.machine.expires_at()) => {
                     if !self.expire().await {
                         return None;
                     }

@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod machine;
 pub mod metrics;
 pub mod server;
 #[cfg(any(test, feature = "testing"))]

@@ -264,33 +264,8 @@ impl Core {
             imported_services: imported,
             global_services: self.catalog.services.len(),
             peers: self.peers.values().map(PeerState::view).collect(),
-            served: self
-                .service
-                .served()
-                .into_iter()
-                .map(|p| ServedView {
-                    cluster: p.cluster,
-                    segment: p.segment,
-                    spiffe_id: p.spiffe_id,
-                    remote: p.remote,
-                    connected_since: Some(p.connected_since),
-                    acked_version: p.acked_version,
-                    last_ack: p.last_ack,
-                    resources: p.resources,
-                    last_error: p.last_error,
-                })
-                .collect(),
-            refused: self
-                .service
-                .refusals()
-                .into_iter()
-                .map(|r| RefusedView {
-                    at: Some(r.at),
-                    remote: r.remote,
-                    reason: r.reason.to_owned(),
-                    message: r.message,
-                })
-                .collect(),
+            served: ServedView::of(&self.service),
+            refused: RefusedView::of(&self.service),
             output_error: self.output_error.borrow().clone(),
             diagnostics: self.catalog.diagnostics.clone(),
         }

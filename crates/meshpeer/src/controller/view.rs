@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use meshpeer_model::objects::Condition;
 use meshpeer_model::{ClusterInfo, Diagnostic, GlobalCatalog};
+use meshpeer_peering::PeeringService;
 use serde::{Deserialize, Serialize};
 
 /// The latest catalog and status, replaced as a whole on every change.
@@ -128,4 +129,41 @@ pub struct RefusedView {
     pub remote: String,
     pub reason: String,
     pub message: String,
+}
+
+impl ServedView {
+    /// The peers a peering server serves right now.
+    pub(crate) fn of(service: &PeeringService) -> Vec<ServedView> {
+        service
+            .served()
+            .into_iter()
+            .map(|p| ServedView {
+                cluster: p.cluster,
+                segment: p.segment,
+                spiffe_id: p.spiffe_id,
+                remote: p.remote,
+                connected_since: Some(p.connected_since),
+                acked_version: p.acked_version,
+                last_ack: p.last_ack,
+                resources: p.resources,
+                last_error: p.last_error,
+            })
+            .collect()
+    }
+}
+
+impl RefusedView {
+    /// The connections a peering server refused recently.
+    pub(crate) fn of(service: &PeeringService) -> Vec<RefusedView> {
+        service
+            .refusals()
+            .into_iter()
+            .map(|r| RefusedView {
+                at: Some(r.at),
+                remote: r.remote,
+                reason: r.reason.to_owned(),
+                message: r.message,
+            })
+            .collect()
+    }
 }
