@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | `ok` once the controller runs |
 //! | `GET /v1/status` | [`Status`] as JSON: peers, served peers, counts, diagnostics |
-//! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog}` |
+//! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog, "callers": [...]}` (the data plane's feed) |
 //! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane |
 //! | `GET /metrics` | Prometheus text format |
 
@@ -28,10 +28,12 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::controller::view::{RefusedView, ServedView, View};
+use meshpeer_dataplane::feed::CatalogFeed;
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub(crate) view: watch::Receiver<Arc<View>>,
+    pub(crate) feed: watch::Receiver<Arc<CatalogFeed>>,
     pub(crate) service: PeeringService,
     pub(crate) registry: Arc<Registry>,
 }
@@ -74,30 +76,19 @@ async fn status(State(s): State<ApiState>) -> Response {
     json(&with_live_status(&v, &s.service).status)
 }
 
-#[derive(Serialize)]
-struct CatalogDoc<'a> {
-    version: u64,
-    catalog: &'a meshpeer_model::GlobalCatalog,
-}
-
 async fn catalog(State(s): State<ApiState>) -> Response {
-    let v = s.view.borrow().clone();
-    json(&CatalogDoc {
-        version: v.version,
-        catalog: &v.catalog,
-    })
+    let f = s.feed.borrow().clone();
+    json(&*f)
 }
 
 async fn watch_catalog(State(s): State<ApiState>) -> Response {
-    let stream = WatchStream::new(s.view.clone()).map(|v| {
-        let mut line = serde_json::to_vec(&CatalogDoc {
-            version: v.version,
-            catalog: &v.catalog,
-        })
-        .unwrap_or_default();
-        line.push(b'\n');
-        Ok::<_, Infallible>(line)
-    });
+    let stream = WatchStream::new(s.feed.clone())
+        .filter(|f| std::future::ready(f.version > 0))
+        .map(|f| {
+            let mut line = serde_json::to_vec(&*f).unwrap_or_default();
+            line.push(b'\n');
+            Ok::<_, Infallible>(line)
+        });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(stream),

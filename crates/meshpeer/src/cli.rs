@@ -40,6 +40,12 @@ pub(crate) enum Command {
     /// Run a cluster's controller: read the cluster, peer with the clusters
     /// its remote-peer Gateways name, keep the global catalog, publish it.
     Controller(Box<ControllerArgs>),
+    /// Run a cluster's proxy: DNS for the global names and one listener per
+    /// VIP:port, following the controller's catalog (SPEC D1, D2).
+    Proxy(Box<ProxyArgs>),
+    /// Run a cluster's east-west gateway: HBONE tunnels from linked clusters
+    /// to local endpoints, following the controller's catalog (SPEC D3).
+    Gateway(Box<GatewayArgs>),
     /// Show a running controller's peers (connected since, last sync,
     /// versions, staleness) and who it serves.
     Status(StatusArgs),
@@ -122,6 +128,87 @@ pub(crate) struct ControllerArgs {
     /// Range global-service VIPs are allocated from.
     #[arg(long, value_name = "CIDR", default_value = "240.240.0.0/16")]
     pub(crate) vip_cidr: Cidr,
+    /// Log format (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+/// `HOST:PORT`, as `--controller` takes it.
+fn host_port(s: &str) -> Result<String, String> {
+    match s.parse::<http::uri::Authority>() {
+        Ok(a) if a.port_u16().is_some() && !a.host().is_empty() && !s.contains('@') => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!("{s:?} is not HOST:PORT")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProxyArgs {
+    /// The local API of the cluster's controller (its --api-listen).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        env = "MESHPEER_CONTROLLER",
+        default_value = "127.0.0.1:15014",
+        value_parser = host_port
+    )]
+    pub(crate) controller: String,
+    /// The cluster's intermediate CA (cacerts layout), to issue the proxy's
+    /// certificate for spiffe://<trust domain>/ns/istio-system/sa/meshpeer-proxy.
+    #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
+    pub(crate) cacerts: PathBuf,
+    /// Where the DNS server answers (UDP and TCP).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15053")]
+    pub(crate) dns_listen: SocketAddr,
+    /// Where other names are forwarded (default: none, they are refused).
+    /// Only the first is used today.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) dns_upstream: Vec<SocketAddr>,
+    /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).
+    #[arg(long)]
+    pub(crate) capture_cluster_ips: bool,
+    /// Locality of the workloads this proxy serves (default: the cluster's).
+    #[arg(long, value_name = "REGION", requires = "zone")]
+    pub(crate) region: Option<String>,
+    /// Zone of the workloads this proxy serves (with --region).
+    #[arg(long, value_name = "ZONE", requires = "region")]
+    pub(crate) zone: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and GET /healthz here.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<SocketAddr>,
+    /// Lifetime of the proxy's certificate (renewed at 2/3).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub(crate) cert_lifetime: Duration,
+    /// Log format (level from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// The local API of the cluster's controller (its --api-listen).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        env = "MESHPEER_CONTROLLER",
+        default_value = "127.0.0.1:15014",
+        value_parser = host_port
+    )]
+    pub(crate) controller: String,
+    /// The cluster's intermediate CA (cacerts layout), to issue the gateway's
+    /// certificate for spiffe://<trust domain>/ns/istio-eastwest/sa/istio-eastwest.
+    #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
+    pub(crate) cacerts: PathBuf,
+    /// Where HBONE tunnels arrive (the east-west Gateway's cross-network port).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:15008")]
+    pub(crate) listen: SocketAddr,
+    /// Serve Prometheus metrics (GET /metrics) and GET /healthz here.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) metrics: Option<SocketAddr>,
+    /// Lifetime of the gateway's certificate (renewed at 2/3).
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub(crate) cert_lifetime: Duration,
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

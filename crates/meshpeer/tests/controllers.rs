@@ -247,7 +247,7 @@ fn from_scratch(
         .collect();
     let config = CatalogConfig {
         previous_vips: previous.vips(),
-        ..CatalogConfig::default()
+        vip_range: mesh.cluster(name).vip_range(),
     };
     catalog(&own, &peers, &config)
 }

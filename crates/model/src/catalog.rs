@@ -129,8 +129,15 @@ pub struct GlobalCatalog {
     pub cluster: ClusterInfo,
     /// Clusters this one links to (C3, C4), sorted by name.
     pub links: Vec<PeerLink>,
+    /// This cluster's Segment definitions: the DNS is authoritative for
+    /// their domains and `mesh.internal` (D1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<crate::segments::SegmentDef>,
     /// Global services visible here, sorted by hostname.
     pub services: Vec<GlobalService>,
+    /// User-written ServiceEntries the data plane honours (D4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub manual: Vec<crate::manual::ManualEntry>,
     /// Findings about this cluster's input and its view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
@@ -142,6 +149,16 @@ impl GlobalCatalog {
             .binary_search_by(|s| s.hostname.as_str().cmp(hostname))
             .ok()
             .map(|i| &self.services[i])
+    }
+
+    /// Domains whose names this cluster's DNS answers itself (D1):
+    /// `mesh.internal` and the domains of its Segment definitions.
+    pub fn global_domains(&self) -> Vec<String> {
+        let mut d = vec![labels::DEFAULT_DOMAIN.to_owned()];
+        d.extend(self.segments.iter().map(|s| s.domain.clone()));
+        d.sort();
+        d.dedup();
+        d
     }
 
     /// Hostname -> VIP, to feed the next computation (G11).
@@ -326,6 +343,7 @@ pub fn catalog_with<'a>(
     previous.extend(config.previous_vips.iter().map(|(k, v)| (k.clone(), *v)));
     let wanted: BTreeSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let alloc = vip::allocate(&config.vip_range, &wanted, &previous, &reserved);
+    let manual = crate::manual::manual_entries(own, &mut diags);
     for host in &alloc.exhausted {
         diags.push(Diagnostic::new(
             &me.name,
@@ -351,7 +369,9 @@ pub fn catalog_with<'a>(
     GlobalCatalog {
         cluster: me,
         links,
+        segments: own_export.segments.clone(),
         services,
+        manual,
         diagnostics: diags,
     }
 }

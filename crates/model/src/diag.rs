@@ -43,6 +43,8 @@ pub enum Rule {
     K2,
     K3,
     K4,
+    /// A user-written ServiceEntry the data plane cannot use as written.
+    D4,
     /// A manifest document that cannot be read.
     F1,
     /// A cluster config (`cluster.yaml`) problem.
@@ -83,6 +85,7 @@ impl Rule {
             Rule::K2 => "K2",
             Rule::K3 => "K3",
             Rule::K4 => "K4",
+            Rule::D4 => "D4",
             Rule::F1 => "F1",
             Rule::F2 => "F2",
         }

@@ -1244,3 +1244,44 @@ fn k3_prefer_network_from_a_cluster_without_takeover_conflicts_with_one_with_it(
     );
     assert!(d[0].message.contains("takeover in cluster1"), "{}", d[0]);
 }
+
+#[test]
+fn d4_user_written_service_entries_are_carried_for_the_data_plane() {
+    let text = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: httpbin-bar, namespace: foo}
+spec:
+  hosts: [httpbin.bar.global]
+  location: MESH_INTERNAL
+  ports: [{name: http1, number: 8000, protocol: http}]
+  resolution: DNS
+  addresses: [127.255.0.2]
+  endpoints:
+  - address: 192.0.2.10
+    ports: {http1: 15443}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: no-address, namespace: foo}
+spec:
+  hosts: [x.example]
+  ports: [{name: tcp, number: 9}]
+"#;
+    let parsed = meshpeer_model::parse_documents("se.yaml", text);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let snap = ClusterSnapshot::from_objects(
+        meshpeer_model::ClusterConfig::new("cluster1"),
+        parsed.objects,
+    );
+    let v = view(&snap, &[]);
+    assert_eq!(v.manual.len(), 1);
+    let m = &v.manual[0];
+    assert_eq!(m.hosts, ["httpbin.bar.global"]);
+    assert_eq!(m.addresses, ["127.255.0.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(m.ports[0].number, 8000);
+    assert_eq!(m.endpoints[0].target(&m.ports[0]), 15443);
+    let d = with_rule(&v.diagnostics, Rule::D4);
+    assert_eq!(d.len(), 1);
+    assert!(d[0].message.contains("no IP address"), "{}", d[0]);
+}

@@ -96,6 +96,8 @@ pub struct ServedPeer {
     pub cluster: String,
     pub segment: Option<String>,
     pub spiffe_id: String,
+    /// Trust domain of its certificate.
+    pub trust_domain: String,
     pub remote: String,
     pub connected_since: SystemTime,
     /// Export version the peer last ACKed.
@@ -142,6 +144,8 @@ pub struct Refused {
 const MAX_REFUSALS: usize = 32;
 
 struct Shared {
+    /// Bumped whenever a peer starts or stops being served.
+    served_changed: watch::Sender<u64>,
     refused: Mutex<std::collections::VecDeque<Refused>>,
     settings: ServerSettings,
     exports: watch::Receiver<Published>,
@@ -174,6 +178,7 @@ impl PeeringService {
     ) -> Self {
         PeeringService {
             shared: Arc::new(Shared {
+                served_changed: watch::channel(0).0,
                 refused: Mutex::new(std::collections::VecDeque::new()),
                 settings,
                 exports: publisher.subscribe(),
@@ -191,6 +196,11 @@ impl PeeringService {
             .lock()
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Changes whenever a peer starts or stops being served.
+    pub fn served_changes(&self) -> watch::Receiver<u64> {
+        self.shared.served_changed.subscribe()
     }
 
     /// Recent refused connection attempts (newest last), for status.
@@ -281,6 +291,7 @@ impl PeeringService {
                     cluster: hello.cluster.clone(),
                     segment: segment.clone(),
                     spiffe_id: conn.spiffe_id.clone(),
+                    trust_domain: conn.trust_domain.clone(),
                     remote: conn.remote.clone(),
                     connected_since: SystemTime::now(),
                     acked_version: None,
@@ -291,6 +302,7 @@ impl PeeringService {
             );
         }
         s.metrics.served_peers.inc();
+        s.served_changed.send_modify(|n| *n += 1);
         info!(peer = %hello.cluster, remote = %conn.remote, id = %conn.spiffe_id, "serving peer");
         let (tx, rx) = mpsc::channel(8);
         let shared = Arc::clone(&self.shared);
@@ -308,6 +320,7 @@ impl PeeringService {
                 served.remove(&id);
             }
             shared.metrics.served_peers.dec();
+            shared.served_changed.send_modify(|n| *n += 1);
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }

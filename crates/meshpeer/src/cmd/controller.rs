@@ -16,29 +16,12 @@ use meshpeer_store::kube_source::KubeSource;
 use meshpeer_store::{ClusterSource, Sink, load_cluster_dir};
 use tracing::info;
 
-use crate::cli::{ControllerArgs, LogFormat};
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
+use super::common::{Signals, init_logging, keep_renewed, runtime};
+use crate::cli::ControllerArgs;
 
 pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args))
+    runtime()?.block_on(run_async(args))
 }
 
 /// The cluster's name, trust domain and default peering address.
@@ -49,6 +32,7 @@ struct Cluster {
 }
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
     let (source, sink, cluster): (Box<dyn ClusterSource>, Box<dyn Sink>, Cluster) = match &args
         .cluster_dir
     {
@@ -139,6 +123,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let trust_root = ca.trust_root().clone();
     let id = SpiffeId::new(cluster.trust_domain.as_str(), "istio-system", "meshpeer")?;
     let identity = Arc::new(Identity::new(ca, id, args.cert_lifetime, now)?);
+    let renew = keep_renewed(Arc::clone(&identity), args.cert_lifetime);
 
     let peering_listen = args
         .peering_listen
@@ -160,29 +145,9 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         api = %api,
         "controller running; status: meshpeer status --controller {api}"
     );
-    shutdown_signal().await;
-    info!("shutting down");
+    let why = signals.recv().await;
+    info!("{why} received; shutting down");
+    renew.abort();
     controller.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
 }

@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
 mod certs;
+mod common;
 mod controller;
+mod gateway;
 mod links;
+mod proxy;
 mod render;
 mod status;
 
@@ -17,6 +20,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Link(args) => links::link(&args),
         Command::Unlink(args) => links::unlink(&args),
         Command::Controller(args) => controller::run(*args),
+        Command::Proxy(args) => proxy::run(*args),
+        Command::Gateway(args) => gateway::run(*args),
         Command::Status(args) => status::run(&args),
         Command::Certs(c) => certs::run(c),
     }

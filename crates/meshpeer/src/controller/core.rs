@@ -26,6 +26,7 @@ use super::metrics::ControllerMetrics;
 use super::peers::PeerState;
 use super::sink_task::SinkJob;
 use super::view::{RefusedView, ServedView, Status, View};
+use meshpeer_dataplane::feed::{Caller, CatalogFeed};
 
 /// Settings the core needs.
 pub(crate) struct CoreSettings {
@@ -53,6 +54,10 @@ pub(crate) struct Core {
     pub(crate) peering_metrics: Arc<PeeringMetrics>,
     pub(crate) metrics: Arc<ControllerMetrics>,
     pub(crate) view_tx: watch::Sender<Arc<View>>,
+    pub(crate) feed_tx: watch::Sender<Arc<CatalogFeed>>,
+    /// Clusters that link here, by trust domain, with when their stream
+    /// went away (kept for the grace period).
+    pub(crate) callers: BTreeMap<String, (Caller, Option<SystemTime>)>,
     pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
     pub(crate) output_error: watch::Receiver<Option<String>>,
     pub(crate) snapshot_dirty: bool,
@@ -202,7 +207,7 @@ impl Core {
     }
 
     /// Publishes the view and the output job.
-    fn publish(&mut self) {
+    pub(crate) fn publish(&mut self) {
         let now = SystemTime::now();
         // Peers whose export is in the catalog.
         let in_catalog: Vec<String> = self
@@ -236,6 +241,12 @@ impl Core {
             .set(self.own_export.services.len() as i64);
         self.version += 1;
         // Readers (data plane, API) first; rendering for the output after.
+        self.refresh_callers(now);
+        self.feed_tx.send_replace(Arc::new(CatalogFeed {
+            version: self.version,
+            catalog: self.catalog.clone(),
+            callers: self.callers.values().map(|(c, _)| c.clone()).collect(),
+        }));
         let status = self.status();
         self.view_tx.send_replace(Arc::new(View {
             version: self.version,
@@ -269,6 +280,38 @@ impl Core {
             output_error: self.output_error.borrow().clone(),
             diagnostics: self.catalog.diagnostics.clone(),
         }
+    }
+
+    /// Updates the callers from the peering server; says whether they changed.
+    pub(crate) fn refresh_callers(&mut self, now: SystemTime) -> bool {
+        let served = self.service.served();
+        let before: Vec<(Caller, Option<SystemTime>)> = self.callers.values().cloned().collect();
+        for (_, (c, gone)) in self.callers.iter_mut() {
+            if !served.iter().any(|p| p.trust_domain == c.trust_domain) && c.connected {
+                c.connected = false;
+                *gone = Some(now);
+            }
+        }
+        for p in &served {
+            self.callers.insert(
+                p.trust_domain.clone(),
+                (
+                    Caller {
+                        cluster: p.cluster.clone(),
+                        trust_domain: p.trust_domain.clone(),
+                        segment: p.segment.clone(),
+                        connected: true,
+                    },
+                    None,
+                ),
+            );
+        }
+        let grace = self.settings.grace;
+        self.callers.retain(|_, (_, gone)| {
+            gone.is_none_or(|t| now.duration_since(t).unwrap_or_default() < grace)
+        });
+        let after: Vec<(Caller, Option<SystemTime>)> = self.callers.values().cloned().collect();
+        before != after
     }
 
     /// Stops every link task.

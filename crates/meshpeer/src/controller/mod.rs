@@ -84,6 +84,7 @@ pub struct Controller {
     /// The address of the local API, when enabled.
     pub api_addr: Option<SocketAddr>,
     view: watch::Receiver<Arc<View>>,
+    feed: watch::Receiver<Arc<meshpeer_dataplane::feed::CatalogFeed>>,
     applied: watch::Receiver<u64>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -201,6 +202,8 @@ impl Controller {
 
         // The core.
         let (view_tx, view) = watch::channel(Arc::new(View::default()));
+        let (feed_tx, feed) =
+            watch::channel(Arc::new(meshpeer_dataplane::feed::CatalogFeed::default()));
         let (peer_tx, mut peer_rx) = mpsc::channel(256);
         let (local_info, _) = watch::channel(LocalInfo {
             cluster: String::new(),
@@ -229,6 +232,8 @@ impl Controller {
             peering_metrics,
             metrics,
             view_tx,
+            feed_tx,
+            callers: Default::default(),
             sink_tx,
             output_error: error_rx,
             snapshot_dirty: false,
@@ -236,12 +241,29 @@ impl Controller {
             version: 0,
         };
         let mut stop = shutdown_rx.clone();
+        let mut served_changes = service.served_changes();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tasks.push(tokio::spawn(async move {
             let mut source_open = true;
             loop {
                 tokio::select! {
                     biased;
                     _ = stop.wait_for(|s| *s) => break,
+                    // Who links here changed, or a caller's grace may be over:
+                    // republish without recomputing the catalog.
+                    r = served_changes.changed() => {
+                        if r.is_ok() && core.ready {
+                            core.publish();
+                        }
+                        continue;
+                    }
+                    _ = tick.tick() => {
+                        if core.ready && core.refresh_callers(std::time::SystemTime::now()) {
+                            core.publish();
+                        }
+                        continue;
+                    }
                     u = updates.recv(), if source_open => match u {
                         Some(u) => {
                             core.on_update(u);
@@ -282,6 +304,7 @@ impl Controller {
                 info!(address = %addr, "API listening (status, catalog, metrics)");
                 let state = crate::api::ApiState {
                     view: view.clone(),
+                    feed: feed.clone(),
                     service: service.clone(),
                     registry: Arc::new(registry),
                 };
@@ -303,6 +326,7 @@ impl Controller {
             peering_addr,
             api_addr,
             view,
+            feed,
             applied,
             shutdown,
             tasks,
@@ -313,6 +337,11 @@ impl Controller {
     /// The latest view; `changed()` on the receiver waits for the next.
     pub fn view(&self) -> watch::Receiver<Arc<View>> {
         self.view.clone()
+    }
+
+    /// The catalog feed for this cluster's data plane.
+    pub fn feed(&self) -> watch::Receiver<Arc<meshpeer_dataplane::feed::CatalogFeed>> {
+        self.feed.clone()
     }
 
     /// The latest view, with live server-side status.

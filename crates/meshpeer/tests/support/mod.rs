@@ -12,9 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use meshpeer::controller::{Controller, ControllerConfig, View};
+use meshpeer::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
+use meshpeer_dataplane::gateway::GatewayConfig;
+use meshpeer_dataplane::proxy::ProxyConfig;
+use meshpeer_dataplane::state::DataplaneState;
 use meshpeer_identity::{Identity, RootCa, SpiffeId};
 use meshpeer_store::file_sink::FileSink;
 use meshpeer_store::file_source::FileSource;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -88,11 +94,95 @@ pub(crate) struct Cluster {
     pub(crate) dir: PathBuf,
     pub(crate) out: PathBuf,
     pub(crate) controller: Option<Controller>,
+    /// 127.<block>.0.0/16 is this cluster's: VIPs in 127.<block>.0.0/17,
+    /// pod addresses in 127.<block>.200.0/24 (see [`AddressBlock`]).
+    pub(crate) block: AddressBlock,
+    pub(crate) proxy: Option<ProxyRole>,
+    pub(crate) gateway: Option<GatewayRole>,
+    pub(crate) registry: Registry,
 }
 
 impl Cluster {
     pub(crate) fn controller(&self) -> &Controller {
         self.controller.as_ref().expect("controller running")
+    }
+
+    pub(crate) fn proxy(&self) -> &ProxyRole {
+        self.proxy.as_ref().expect("data plane running")
+    }
+
+    pub(crate) fn gateway(&self) -> &GatewayRole {
+        self.gateway.as_ref().expect("data plane running")
+    }
+
+    /// Where this cluster's VIPs come from.
+    pub(crate) fn vip_range(&self) -> meshpeer_model::Cidr {
+        format!("127.{}.0.0/17", self.block.octet).parse().unwrap()
+    }
+
+    /// The address of pod number `n` of this cluster.
+    pub(crate) fn pod_ip(&self, n: u8) -> String {
+        format!("127.{}.200.{n}", self.block.octet)
+    }
+
+    /// Waits until this cluster's proxy routes `host` with contributions
+    /// from exactly `clusters` (each with a ready endpoint) and listens on
+    /// its VIP; returns VIP:port.
+    pub(crate) async fn wait_route(&self, host: &str, port: u16, clusters: &[&str]) -> SocketAddr {
+        let mut want: Vec<String> = clusters.iter().map(|c| (*c).to_owned()).collect();
+        want.sort();
+        let mut state = self.proxy().state.clone();
+        let routed = |s: &DataplaneState| -> Option<SocketAddr> {
+            let svc = s.service_by_host(host)?;
+            let mut have: Vec<String> = svc
+                .contributions
+                .iter()
+                .filter(|c| c.service.endpoints().next().is_some())
+                .map(|c| c.cluster.clone())
+                .collect();
+            have.sort();
+            (have == want).then(|| SocketAddr::new(svc.vip, port))
+        };
+        let vip = tokio::time::timeout(WITHIN, async {
+            loop {
+                if let Some(v) = routed(&state.borrow_and_update()) {
+                    return v;
+                }
+                state.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let s = self.proxy().state.borrow().clone();
+            panic!(
+                "{}: {host} never routed to {want:?}; services: {:#?}",
+                self.name,
+                s.feed
+                    .catalog
+                    .services
+                    .iter()
+                    .map(|s| (&s.hostname, s.clusters().collect::<Vec<_>>()))
+                    .collect::<Vec<_>>()
+            )
+        });
+        let mut listening = self.proxy().proxy.listening();
+        tokio::time::timeout(WITHIN, listening.wait_for(|l| l.contains(&vip)))
+            .await
+            .unwrap_or_else(|_| panic!("{}: the proxy never listened on {vip}", self.name))
+            .unwrap();
+        vip
+    }
+
+    /// Waits until this cluster's gateway accepts tunnels from `caller`.
+    pub(crate) async fn wait_caller(&self, caller: &str) {
+        let mut feed = self.controller().feed();
+        tokio::time::timeout(
+            WITHIN,
+            feed.wait_for(|f| f.callers.iter().any(|c| c.cluster == caller && c.connected)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}: {caller} never became a caller", self.name))
+        .unwrap();
     }
 
     pub(crate) fn write(&self, file: &str, text: &str) {
@@ -208,17 +298,31 @@ pub(crate) fn segments(join: Option<&str>) -> String {
     )
 }
 
-fn peer_gateway(peer: &str, port: u16) -> String {
+fn peer_gateway(peer: &str, hbone: u16, port: u16) -> String {
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: istio-remote-peer-{peer}\n  namespace: istio-eastwest\n\
          \x20 labels: {{topology.istio.io/network: {peer}}}\n  annotations: {{gateway.istio.io/trust-domain: {peer}}}\n\
          spec:\n  gatewayClassName: istio-remote\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n\
-         \x20 - {{name: cross-network, port: 15008, protocol: HBONE, tls: {{mode: Passthrough}}}}\n\
+         \x20 - {{name: cross-network, port: {hbone}, protocol: HBONE, tls: {{mode: Passthrough}}}}\n\
          \x20 - {{name: xds-tls, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}\n"
     )
 }
 
 impl Mesh {
+    /// Clusters with their own regions and zones: `(name, region, zone)`.
+    pub(crate) fn with_localities(clusters: &[(&str, &str, &str)]) -> Mesh {
+        let names: Vec<&str> = clusters.iter().map(|c| c.0).collect();
+        let mesh = Mesh::new(&names);
+        for (name, region, zone) in clusters {
+            fs::write(
+                mesh.cluster(name).dir.join("cluster.yaml"),
+                format!("name: {name}\nregion: {region}\nzone: {zone}\n"),
+            )
+            .unwrap();
+        }
+        mesh
+    }
+
     /// Cluster folders (cluster.yaml + istio-system with the dev/prod Segments).
     pub(crate) fn new(names: &[&str]) -> Mesh {
         let tmp = tempfile::tempdir().unwrap();
@@ -244,6 +348,10 @@ impl Mesh {
                     out: dir.join(".meshpeer").join("out"),
                     dir,
                     controller: None,
+                    block: AddressBlock::lease(),
+                    proxy: None,
+                    gateway: None,
+                    registry: Registry::default(),
                 }
             })
             .collect();
@@ -279,17 +387,68 @@ impl Mesh {
             );
             cfg.heartbeat = Duration::from_secs(2);
             cfg.grace = Duration::from_secs(5);
+            cfg.vip_range = c.vip_range();
             c.controller = Some(Controller::start(cfg).await.unwrap());
+        }
+    }
+
+    /// Starts every cluster's east-west gateway (HBONE on 127.0.0.1:0) and
+    /// proxy (DNS on 127.0.0.1:0), following their controllers. Fast
+    /// ejection so that tests see recovery within a second.
+    pub(crate) async fn start_dataplane(&mut self) {
+        for c in &mut self.clusters {
+            let feed = c.controller().feed();
+            let now = SystemTime::now();
+            let identity = |ns: &str, sa: &str| {
+                let ca = self
+                    .root
+                    .issue_intermediate(&c.name, Duration::from_secs(86_400), now)
+                    .unwrap();
+                let id = SpiffeId::new(c.name.as_str(), ns, sa).unwrap();
+                Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap())
+            };
+            let gw_id = identity("istio-eastwest", "istio-eastwest");
+            let proxy_id = identity("istio-system", "meshpeer-proxy");
+            let root = gw_id.cluster_ca().trust_root().clone();
+            c.gateway = Some(
+                GatewayRole::start(
+                    feed.clone(),
+                    gw_id,
+                    root.clone(),
+                    "127.0.0.1:0".parse().unwrap(),
+                    GatewayConfig::default(),
+                    &mut c.registry,
+                )
+                .await
+                .unwrap(),
+            );
+            let mut cfg = ProxyRoleConfig::new("127.0.0.1:0".parse().unwrap());
+            cfg.state.capture_cluster_ips = true;
+            cfg.proxy = ProxyConfig {
+                ejection_base: Duration::from_millis(200),
+                ejection_cap: Duration::from_secs(1),
+                ..ProxyConfig::default()
+            };
+            c.proxy = Some(
+                ProxyRole::start(feed, proxy_id, root, cfg, &mut c.registry)
+                    .await
+                    .unwrap(),
+            );
         }
     }
 
     /// `from` links to `to` (a remote-peer Gateway in `from`, through a relay).
     pub(crate) async fn link(&mut self, from: &str, to: &str) {
         let target = self.cluster(to).controller().peering_addr;
+        let hbone = self
+            .cluster(to)
+            .gateway
+            .as_ref()
+            .map_or(15008, |g| g.addr.port());
         let relay = Relay::start(target).await;
         let port = relay.addr.port();
         self.cluster(from)
-            .write(&format!("peer-{to}.yaml"), &peer_gateway(to, port));
+            .write(&format!("peer-{to}.yaml"), &peer_gateway(to, hbone, port));
         self.relays.insert((from.to_owned(), to.to_owned()), relay);
     }
 
@@ -311,6 +470,12 @@ impl Mesh {
 
     pub(crate) async fn shutdown(mut self) {
         for c in &mut self.clusters {
+            if let Some(p) = c.proxy.take() {
+                p.shutdown().await;
+            }
+            if let Some(g) = c.gateway.take() {
+                g.shutdown().await;
+            }
             if let Some(ctl) = c.controller.take() {
                 ctl.shutdown().await;
             }
@@ -320,4 +485,204 @@ impl Mesh {
 
 pub(crate) fn path_of(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// A /16 of loopback (127.<octet>.0.0/16) this test process holds alone:
+/// concurrent test processes bind the same VIPs and pod addresses
+/// otherwise. Held by a listener on 127.<octet>.255.254:39999.
+pub(crate) struct AddressBlock {
+    pub(crate) octet: u8,
+    _lease: std::net::TcpListener,
+}
+
+impl AddressBlock {
+    pub(crate) fn lease() -> AddressBlock {
+        let start = fastrand::u8(100..250);
+        for i in 0..150u16 {
+            let octet = 100 + ((u16::from(start) - 100 + i) % 150) as u8;
+            if let Ok(l) = std::net::TcpListener::bind((format!("127.{octet}.255.254"), 39_999)) {
+                return AddressBlock { octet, _lease: l };
+            }
+        }
+        panic!("no free 127.x.0.0/16 block for the test");
+    }
+}
+
+/// A backend pod: answers each connection with its name and a newline,
+/// then echoes what it reads. `stop` closes the port (connections refused).
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
+    pub(crate) name: String,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    pub(crate) async fn start(addr: SocketAddr, name: &str) -> Backend {
+        let mut b = Backend {
+            addr,
+            name: name.to_owned(),
+            accept: None,
+        };
+        b.resume().await;
+        b
+    }
+
+    /// Listens again after `stop`.
+    pub(crate) async fn resume(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let name = self.name.clone();
+        self.accept = Some(tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let name = name.clone();
+                tokio::spawn(async move {
+                    if conn
+                        .write_all(format!("{name}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let (mut r, mut w) = conn.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        }));
+    }
+
+    /// Closes the port; returns once it is closed (connect is refused).
+    pub(crate) async fn stop(&mut self) {
+        if let Some(t) = self.accept.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(t) = self.accept.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Connects to `addr` and returns the first line the other end sends
+/// (a [`Backend`]'s name), or what went wrong.
+pub(crate) async fn ask(addr: SocketAddr) -> Result<String, String> {
+    let fut = async {
+        let conn = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(conn)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        if line.is_empty() {
+            return Err(format!("{addr} closed without answering"));
+        }
+        Ok(line.trim_end().to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| format!("{addr}: no answer within 10 s"))?
+}
+
+/// Asks `n` times; the answers counted by name.
+pub(crate) async fn tally(addr: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let who = ask(addr).await.unwrap_or_else(|e| panic!("{e}"));
+        *out.entry(who).or_default() += 1;
+    }
+    out
+}
+
+/// Asks until the answer satisfies `pred` (a deadline of [`WITHIN`]);
+/// every answer on the way must be a success.
+pub(crate) async fn ask_until(addr: SocketAddr, what: &str, mut pred: impl FnMut(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        last = ask(addr).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        if pred(&last) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: still answered by {last} after {WITHIN:?}");
+}
+
+/// A pod of [`service_with`]: name, address, labels.
+pub(crate) type Pod<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+/// A Service (port 8000 -> 8080) with ready Pods `(name, ip, labels)`,
+/// Service labels and annotations.
+pub(crate) fn service_with(
+    ns: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+    pods: &[Pod<'_>],
+) -> String {
+    let map = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| format!("{k}: \"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{{}}}\n  annotations: {{{}}}\n\
+         spec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: http, port: 8000, targetPort: 8080}}\n",
+        map(labels),
+        map(annotations)
+    );
+    for (pod, ip, pod_labels) in pods {
+        let mut l = vec![("app", name)];
+        l.extend_from_slice(pod_labels);
+        s.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels: {{{}}}\n\
+             spec:\n  containers: [{{name: app, image: x}}]\n\
+             status:\n  phase: Running\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+            map(&l)
+        ));
+    }
+    s
+}
+
+/// A-record lookup of `name` at a proxy's DNS server: the addresses, or
+/// the error (`NXDomain` in it when the name does not exist).
+pub(crate) async fn resolve(dns: SocketAddr, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    use hickory_resolver::TokioResolver;
+    use hickory_resolver::config::{
+        ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig,
+    };
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let mut connection = ConnectionConfig::udp();
+    connection.port = dns.port();
+    let ns = NameServerConfig::new(dns.ip(), true, vec![connection]);
+    let mut builder = TokioResolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    );
+    let options = builder.options_mut();
+    options.attempts = 1;
+    options.timeout = Duration::from_secs(5);
+    options.use_hosts_file = ResolveHosts::Never;
+    options.cache_size = 0;
+    let resolver = builder.build().unwrap();
+    match resolver.ipv4_lookup(name).await {
+        Ok(l) => Ok(l
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect()),
+        Err(e) => Err(format!("{e:?}")),
+    }
 }

@@ -1,0 +1,163 @@
+//! The DNS server of a cluster's proxy (SPEC D1).
+//!
+//! Answers A/AAAA queries for the global hostnames visible to this cluster (and the
+//! `*.svc.cluster.local` names of taken-over services) from a [`DnsTable`] with the
+//! cluster's VIPs, answers NXDOMAIN for invisible names under a global domain, and
+//! forwards everything else to the upstream resolver.
+//!
+//! - `table`: the table and how a name is classified (pure).
+//! - `handler`: hickory's request handler: local answers, negative answers, relaying.
+//! - `forward`: the exchange with the upstream over UDP/TCP.
+//! - `metrics`: `dns_queries_total{result}`.
+//!
+//! hickory-server's `Server` does the UDP and TCP framing; it also logs each response
+//! at `info` under the target `hickory_server::server` (filter it if that is noise).
+
+mod forward;
+mod handler;
+mod metrics;
+mod table;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use self::metrics::DnsMetrics;
+pub use self::table::DnsTable;
+
+use self::forward::Upstream;
+use self::handler::Handler;
+
+/// Responses queued per TCP connection before the connection pushes back.
+const TCP_RESPONSE_BUFFER: usize = 64;
+/// A TCP client that sends nothing for this long is disconnected (at least the
+/// upstream timeout plus a margin, so a pending forward is never cut off).
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many ports to try when port 0 was asked and the UDP port is taken for TCP.
+const BIND_ATTEMPTS: usize = 16;
+
+/// Configuration of the DNS server.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// UDP and TCP on the same address; port 0 picks one free port for both.
+    pub listen: SocketAddr,
+    /// Where other names are forwarded; None: answer REFUSED for them.
+    pub upstream: Option<SocketAddr>,
+    /// TTL of our answers, seconds (default 5).
+    pub ttl: u32,
+    /// How long to wait for the upstream (default 2 s): then SERVFAIL.
+    pub upstream_timeout: Duration,
+}
+
+impl DnsConfig {
+    /// Listens on `listen`, no upstream, TTL 5 s, upstream timeout 2 s.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            upstream: None,
+            ttl: 5,
+            upstream_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A running DNS server (UDP and TCP). Dropping it stops it too, without waiting.
+pub struct DnsServer {
+    server: Server<Handler>,
+    local_addr: SocketAddr,
+    /// Dropped on shutdown: forwards still waiting for the upstream stop.
+    _stop: watch::Sender<()>,
+}
+
+impl fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DnsServer")
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsServer {
+    /// Binds UDP and TCP on `config.listen` (the same port for both) and serves from
+    /// the current value of `table` at every query.
+    pub async fn start(
+        config: DnsConfig,
+        table: watch::Receiver<Arc<DnsTable>>,
+        metrics: Arc<DnsMetrics>,
+    ) -> io::Result<DnsServer> {
+        let (udp, tcp) = bind(config.listen).await?;
+        let local_addr = udp.local_addr()?;
+        let (stop_tx, stop) = watch::channel(());
+        let handler = Handler {
+            table,
+            ttl: config.ttl,
+            upstream: config.upstream.map(|addr| Upstream {
+                addr,
+                timeout: config.upstream_timeout,
+            }),
+            metrics,
+            stop,
+        };
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        let idle = TCP_IDLE_TIMEOUT.max(config.upstream_timeout + Duration::from_secs(1));
+        server.register_listener(tcp, idle, TCP_RESPONSE_BUFFER);
+        info!(
+            %local_addr,
+            upstream = ?config.upstream,
+            ttl = config.ttl,
+            upstream_timeout = ?config.upstream_timeout,
+            "dns server listening on udp and tcp"
+        );
+        Ok(DnsServer {
+            server,
+            local_addr,
+            _stop: stop_tx,
+        })
+    }
+
+    /// The address served, the same port for UDP and TCP.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting queries, drops in-flight forwards and waits for the sockets
+    /// to be closed.
+    pub async fn shutdown(mut self) {
+        if let Err(error) = self.server.shutdown_gracefully().await {
+            warn!(local_addr = %self.local_addr, %error, "dns server stopped with an error");
+        }
+        info!(local_addr = %self.local_addr, "dns server stopped");
+    }
+}
+
+/// A UDP socket and a TCP listener on the same address and port.
+async fn bind(listen: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let attempts = if listen.port() == 0 { BIND_ATTEMPTS } else { 1 };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let udp = UdpSocket::bind(listen).await.map_err(|error| {
+            io::Error::new(error.kind(), format!("dns: binding udp {listen}: {error}"))
+        })?;
+        let addr = udp.local_addr()?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            // The kernel picked a UDP port whose TCP twin is busy: pick another.
+            Err(error) if error.kind() == io::ErrorKind::AddrInUse && attempt < attempts => {}
+            Err(error) => {
+                return Err(io::Error::new(
+                    error.kind(),
+                    format!("dns: binding tcp {addr}: {error}"),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The east-west gateway's decisions (D3): which tunnels a verified caller
+//! may open, and to which local endpoint.
+//!
+//! A caller is known by its certificate's trust domain. It may reach this
+//! cluster only if it links here (it opened a peering stream to this
+//! cluster, now or within the grace period: C4). It may reach a service only
+//! if this cluster exports it (a local contribution), and a `segment`-scoped
+//! one only from the same segment (S7). Otherwise the tunnel is refused with
+//! an HTTP status and a message that says why; the refusal is logged and
+//! counted.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use meshpeer_model::{GlobalService, Reach, Scope};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::feed::Caller;
+use crate::hbone::{Refuse, TunnelHandler, TunnelRequest, Upstream};
+use crate::metrics::DataplaneMetrics;
+use crate::pick::{Dest, Health};
+use crate::state::DataplaneState;
+
+/// Settings of the gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub connect_timeout: Duration,
+    /// Local endpoints tried per tunnel.
+    pub max_attempts: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Decides and connects the tunnels of the east-west gateway.
+pub struct GatewayHandler {
+    state: watch::Receiver<Arc<DataplaneState>>,
+    health: Arc<Health>,
+    metrics: Arc<DataplaneMetrics>,
+    config: GatewayConfig,
+}
+
+impl GatewayHandler {
+    pub fn new(
+        state: watch::Receiver<Arc<DataplaneState>>,
+        config: GatewayConfig,
+        metrics: Arc<DataplaneMetrics>,
+    ) -> Self {
+        GatewayHandler {
+            state,
+            health: Arc::new(Health::default()),
+            metrics,
+            config,
+        }
+    }
+}
+
+/// A refused tunnel, with its metric label.
+struct Decline {
+    kind: &'static str,
+    status: StatusCode,
+    message: String,
+}
+
+fn decline(kind: &'static str, status: StatusCode, message: String) -> Decline {
+    Decline {
+        kind,
+        status,
+        message,
+    }
+}
+
+/// The local endpoints a caller may reach for `authority`, or why not.
+fn authorize(
+    state: &DataplaneState,
+    trust_domain: &str,
+    authority: &str,
+) -> Result<(Vec<SocketAddr>, String), Decline> {
+    let me = &state.feed.catalog.cluster;
+    // Clusters that share a trust domain cannot be told apart (D3): then
+    // only link direction is certain, and the segment check passes when
+    // any of them is in the service's segment.
+    let callers: Vec<&Caller> = state
+        .feed
+        .callers
+        .iter()
+        .filter(|c| c.trust_domain == trust_domain)
+        .collect();
+    let Some(caller) = callers.first().copied() else {
+        return Err(decline(
+            "not_linked",
+            StatusCode::FORBIDDEN,
+            format!(
+                "the cluster with trust domain {trust_domain} does not link to cluster {} (it holds no Gateway istio-remote-peer-{}, or its peering has been down longer than the grace period); link direction forbids this tunnel",
+                me.name, me.name
+            ),
+        ));
+    };
+    let (host, port) = authority
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_ascii_lowercase(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| {
+            decline(
+                "bad_request",
+                StatusCode::BAD_REQUEST,
+                format!("authority {authority:?} is not <hostname>:<port>"),
+            )
+        })?;
+    let svc = find_local(state, &host).ok_or_else(|| {
+        decline(
+            "not_exported",
+            StatusCode::NOT_FOUND,
+            format!(
+                "cluster {} exports no service {host} (it is not global here, or its endpoints are in other clusters)",
+                me.name
+            ),
+        )
+    })?;
+    let local = svc
+        .contributions
+        .iter()
+        .find(|c| c.reach == Reach::Local)
+        .ok_or_else(|| {
+            decline(
+                "not_exported",
+                StatusCode::NOT_FOUND,
+                format!("cluster {} does not export {host}", me.name),
+            )
+        })?;
+    if local.service.scope == Scope::Segment
+        && !callers
+            .iter()
+            .any(|c| c.segment.as_deref() == me.segment_name())
+    {
+        return Err(decline(
+            "segment",
+            StatusCode::FORBIDDEN,
+            format!(
+                "{host} is visible only in segment {} (solo.io/service-scope=segment); cluster {} is in segment {}",
+                me.segment_name().unwrap_or("(default)"),
+                caller.cluster,
+                caller.segment.as_deref().unwrap_or("(default)")
+            ),
+        ));
+    }
+    let endpoints: Vec<SocketAddr> = local
+        .service
+        .endpoints()
+        .filter_map(|(_, e)| e.target(port).map(|t| SocketAddr::new(e.address, t)))
+        .collect();
+    if endpoints.is_empty() {
+        return Err(decline(
+            "no_endpoint",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{host} has no ready endpoint for port {port} in cluster {}",
+                me.name
+            ),
+        ));
+    }
+    Ok((endpoints, caller.cluster.clone()))
+}
+
+/// The global service a tunnel asks for: by global hostname, or by
+/// `<name>.<namespace>.<any suffix>` for the names of manual entries
+/// (D4, e.g. `httpbin.bar.global`) when this cluster exports exactly that
+/// service.
+fn find_local<'a>(state: &'a DataplaneState, host: &str) -> Option<&'a GlobalService> {
+    if let Some(s) = state.service_by_host(host) {
+        return Some(s);
+    }
+    // Names under a global domain are global hostnames: no alias for them
+    // (a name of another segment must not reach this one's service).
+    if state.dns.authoritative.iter().any(|d| {
+        host.strip_suffix(d.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.ends_with('.'))
+    }) {
+        return None;
+    }
+    let mut labels = host.split('.');
+    let (name, ns) = (labels.next()?, labels.next()?);
+    labels.next()?;
+    let mut found = state.feed.catalog.services.iter().filter(|s| {
+        s.name == name
+            && s.namespace == ns
+            && s.contributions.iter().any(|c| c.reach == Reach::Local)
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+impl TunnelHandler for GatewayHandler {
+    fn open(
+        &self,
+        req: TunnelRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<Box<dyn Upstream>, Refuse>> + Send>> {
+        let state = self.state.borrow().clone();
+        let health = Arc::clone(&self.health);
+        let metrics = Arc::clone(&self.metrics);
+        let config = self.config.clone();
+        Box::pin(async move {
+            let caller = req.peer.to_string();
+            let (mut endpoints, cluster) = match authorize(
+                &state,
+                req.peer.trust_domain(),
+                &req.authority,
+            ) {
+                Ok(x) => x,
+                Err(d) => {
+                    metrics.refusal(d.kind);
+                    info!(caller = %caller, authority = %req.authority, status = d.status.as_u16(), reason = d.kind, "tunnel refused: {}", d.message);
+                    return Err(Refuse {
+                        status: d.status,
+                        message: d.message,
+                    });
+                }
+            };
+            fastrand::shuffle(&mut endpoints);
+            let now = Instant::now();
+            // Healthy endpoints first; ejected ones only if nothing else is left.
+            endpoints
+                .sort_by_key(|a| health.is_ejected(&crate::pick::HealthKey::Endpoint(*a), now));
+            let mut errors = Vec::new();
+            for addr in endpoints.into_iter().take(config.max_attempts) {
+                let dest = Dest::Direct {
+                    addr,
+                    cluster: cluster.clone(),
+                    name: String::new(),
+                };
+                match tokio::time::timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => {
+                        let _ = s.set_nodelay(true);
+                        health.succeeded(&dest);
+                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, "tunnel open");
+                        return Ok(Box::new(s) as Box<dyn Upstream>);
+                    }
+                    Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                    Err(_) => errors.push(format!("{addr}: timed out")),
+                }
+                health.failed(&dest, Instant::now());
+                metrics.ejection("endpoint");
+            }
+            metrics.refusal("no_endpoint");
+            let message = format!(
+                "no ready endpoint of {} in cluster {} answered: {}",
+                req.authority,
+                state.feed.catalog.cluster.name,
+                errors.join("; ")
+            );
+            warn!(caller = %caller, authority = %req.authority, "tunnel failed: {message}");
+            Err(Refuse {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message,
+            })
+        })
+    }
+}

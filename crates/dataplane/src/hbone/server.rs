@@ -1,0 +1,362 @@
+//! The east-west gateway's side: accepting tunnels from verified callers.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use meshpeer_identity::{SpiffeId, peer_identity, refusal_reason_io};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::{Instrument, debug, debug_span, info, warn};
+
+use super::metrics::{HboneMetrics, INBOUND};
+use super::splice::{Splice, SpliceError};
+use super::{TunnelMeta, wire};
+
+/// Bound on a caller's TLS and HTTP/2 handshakes.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after an accept error (e.g. out of file descriptors), so the loop
+/// does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// A verified caller's tunnel request, for [`TunnelHandler::open`].
+#[derive(Clone, Debug)]
+pub struct TunnelRequest {
+    /// The caller's SPIFFE ID, from its verified certificate.
+    pub peer: SpiffeId,
+    /// The caller's socket address.
+    pub remote: SocketAddr,
+    /// The `:authority` asked for, `host:port` (checked).
+    pub authority: String,
+    /// The tunnel's headers.
+    pub meta: TunnelMeta,
+}
+
+/// A handler's refusal: answered with `status` and `message` as a text body.
+/// A status below 400 is answered as 500.
+#[derive(Clone, Debug)]
+pub struct Refuse {
+    /// The HTTP status, e.g. 403 (not exported to the caller) or 503 (no
+    /// ready endpoint).
+    pub status: StatusCode,
+    /// Why, in words for the caller's logs.
+    pub message: String,
+}
+
+/// What a handler connects a tunnel to: any byte stream.
+pub trait Upstream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Upstream for T {}
+
+/// What [`TunnelHandler::open`] returns (spelled out, the same type).
+pub type OpenUpstream = Pin<Box<dyn Future<Output = Result<Box<dyn Upstream>, Refuse>> + Send>>;
+
+/// Decides where a tunnel goes.
+pub trait TunnelHandler: Send + Sync + 'static {
+    /// Connects the upstream for a verified caller; the 200 is sent only
+    /// after this succeeds. Dropped unfinished if the caller gives up.
+    fn open(&self, req: TunnelRequest) -> OpenUpstream;
+}
+
+/// Serves HBONE on `listener` until `shutdown` resolves.
+///
+/// Each connection's TLS handshake runs in its own task; `tls` (from
+/// meshpeer-identity's `server_config`, ALPN h2) decides who may call. A
+/// refused handshake is logged with the caller's address and reason and
+/// counted, and never reaches `handler`. Requests other than `CONNECT` get
+/// 405, a `CONNECT` whose `:authority` is not `host:port` gets 400.
+///
+/// On shutdown, stops accepting and sends GOAWAY on every connection; open
+/// tunnels run to their end. Accept errors are logged, not returned.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    handler: Arc<dyn TunnelHandler>,
+    metrics: Arc<HboneMetrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let local = listener.local_addr()?;
+    info!(%local, "serving HBONE");
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let span = debug_span!("hbone_conn", direction = INBOUND, %remote);
+                    let conn = serve_conn(
+                        acceptor.clone(),
+                        tcp,
+                        remote,
+                        handler.clone(),
+                        metrics.clone(),
+                        stop_rx.clone(),
+                    );
+                    tokio::spawn(conn.instrument(span));
+                }
+                Err(err) => {
+                    warn!(%local, error = %err, "cannot accept HBONE connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+    let _ = stop_tx.send(true);
+    info!(%local, "HBONE server stopped accepting; open tunnels run to their end");
+    Ok(())
+}
+
+/// What every stream of one connection shares.
+struct Caller {
+    peer: SpiffeId,
+    remote: SocketAddr,
+    handler: Arc<dyn TunnelHandler>,
+    metrics: Arc<HboneMetrics>,
+}
+
+/// The caller's TLS stream and verified identity, or `None` (logged, and
+/// counted if TLS refused it).
+async fn accept_caller(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    metrics: &HboneMetrics,
+) -> Option<(TlsStream<BufReader<TcpStream>>, SpiffeId)> {
+    let _ = tcp.set_nodelay(true);
+    let tcp = BufReader::with_capacity(wire::SOCKET_READ_BUFFER, tcp);
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) if wire::is_tls_error(&err) => {
+            let refusal = refusal_reason_io(&err);
+            warn!(%remote, reason = refusal.reason(), %refusal, "refused HBONE caller");
+            metrics.tls_refused(INBOUND, refusal.reason());
+            return None;
+        }
+        Ok(Err(err)) => {
+            debug!(error = %err, "connection ended during the TLS handshake");
+            return None;
+        }
+        Err(_) => {
+            debug!(timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+    match peer_identity(certs) {
+        Ok(peer) => Some((tls, peer)),
+        Err(refusal) => {
+            // The verifier already checked this; only a broken config gets here.
+            warn!(%remote, reason = refusal.reason(), %refusal, "refused HBONE caller");
+            metrics.tls_refused(INBOUND, refusal.reason());
+            None
+        }
+    }
+}
+
+async fn serve_conn(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    handler: Arc<dyn TunnelHandler>,
+    metrics: Arc<HboneMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some((tls, peer)) = accept_caller(&acceptor, tcp, remote, &metrics).await else {
+        return;
+    };
+    let handshake = wire::server_builder().handshake::<_, Bytes>(tls);
+    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(err)) => {
+            debug!(%peer, error = %err, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    debug!(%peer, "caller connected");
+    metrics.inbound_connections.inc();
+    let caller = Arc::new(Caller {
+        peer,
+        remote,
+        handler,
+        metrics: metrics.clone(),
+    });
+    let defaults = super::PoolConfig::default();
+    let ping_pong = conn.ping_pong();
+    let mut keepalive = std::pin::pin!(async move {
+        match ping_pong {
+            Some(ping_pong) => {
+                let (interval, timeout) = (defaults.keepalive_interval, defaults.keepalive_timeout);
+                wire::keepalive(ping_pong, interval, timeout).await
+            }
+            None => std::future::pending().await,
+        }
+    });
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(handle_stream(caller.clone(), request, respond).in_current_span());
+                }
+                Some(Err(err)) => {
+                    debug!(error = %err, "connection ended with an error");
+                    break;
+                }
+                None => break,
+            },
+            _ = stop.wait_for(|stop| *stop), if !draining => {
+                conn.graceful_shutdown();
+                draining = true;
+            }
+            () = &mut keepalive => {
+                info!(peer = %caller.peer, "caller did not answer a keepalive ping; closing");
+                break;
+            }
+        }
+    }
+    metrics.inbound_connections.dec();
+    debug!("caller disconnected");
+}
+
+async fn handle_stream(
+    caller: Arc<Caller>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let metrics = &caller.metrics;
+    if request.method() != Method::CONNECT {
+        debug!(method = %request.method(), "refusing a request that is not CONNECT");
+        reply(
+            &mut respond,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "HBONE accepts only CONNECT",
+        );
+        metrics.opened(INBOUND, "refused");
+        return;
+    }
+    let authority = match request.uri().authority() {
+        Some(authority) if wire::valid_target(authority) => authority.to_string(),
+        other => {
+            let got = other.map_or("nothing", |a| a.as_str());
+            debug!(authority = got, "refusing CONNECT without host:port");
+            let message = format!("CONNECT needs :authority host:port, got {got}");
+            reply(&mut respond, StatusCode::BAD_REQUEST, &message);
+            metrics.opened(INBOUND, "refused");
+            return;
+        }
+    };
+    let span = debug_span!(
+        "hbone_tunnel",
+        direction = INBOUND,
+        peer = %caller.peer,
+        remote = %caller.remote,
+        %authority,
+    );
+    tunnel(&caller, request, respond, authority)
+        .instrument(span)
+        .await;
+}
+
+async fn tunnel(
+    caller: &Caller,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    authority: String,
+) {
+    let metrics = &caller.metrics;
+    let meta = wire::take_meta(request.headers());
+    let recv = request.into_body();
+    let open = caller.handler.open(TunnelRequest {
+        peer: caller.peer.clone(),
+        remote: caller.remote,
+        authority: authority.clone(),
+        meta,
+    });
+    let opened = tokio::select! {
+        opened = open => opened,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => {
+            debug!("caller gave up before the upstream connected");
+            metrics.opened(INBOUND, "error");
+            return;
+        }
+    };
+    let upstream = match opened {
+        Ok(upstream) => upstream,
+        Err(refuse) => {
+            info!(
+                peer = %caller.peer,
+                %authority,
+                status = refuse.status.as_u16(),
+                message = %refuse.message,
+                "refused tunnel"
+            );
+            let status = if refuse.status.as_u16() < 400 {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                refuse.status
+            };
+            reply(&mut respond, status, &refuse.message);
+            metrics.opened(INBOUND, "refused");
+            return;
+        }
+    };
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(err) => {
+            debug!(error = %err, "caller went away before the 200");
+            metrics.opened(INBOUND, "error");
+            return;
+        }
+    };
+    metrics.opened(INBOUND, "ok");
+    debug!("tunnel opened");
+    let counters = metrics.tunnel(INBOUND);
+    let mut splice = Splice::new(upstream, send, recv, &counters);
+    let result = (&mut splice).await;
+    let (from_caller, to_caller) = splice.totals();
+    counters.closed(result.is_ok());
+    match result {
+        Ok(()) => debug!(from_caller, to_caller, "tunnel closed"),
+        Err(SpliceError::Caller(err)) => {
+            debug!(from_caller, to_caller, error = %err, "caller ended the tunnel");
+        }
+        Err(SpliceError::Upstream(err)) => {
+            splice.reset_caller();
+            debug!(from_caller, to_caller, error = %err, "upstream failed; tunnel reset");
+        }
+    }
+}
+
+/// Answers `status` with `message` as a text body.
+fn reply(respond: &mut SendResponse<Bytes>, status: StatusCode, message: &str) {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match respond.send_response(response, message.is_empty()) {
+        Ok(mut body) if !message.is_empty() => {
+            let _ = body.send_data(Bytes::copy_from_slice(message.as_bytes()), true);
+        }
+        Ok(_) => {}
+        Err(err) => debug!(error = %err, "caller went away before the answer"),
+    }
+}

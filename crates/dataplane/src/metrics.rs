@@ -1,0 +1,140 @@
+//! Proxy and gateway metrics, under the `dataplane` prefix.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnLabels {
+    /// `outbound` (proxy) or `inbound` (gateway).
+    pub direction: String,
+    /// `ok`, `reset`, `no_endpoint`, `refused`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByteLabels {
+    pub direction: String,
+    /// `sent` (to the destination) or `received` (from it).
+    pub way: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Counters of the proxy and the gateway.
+#[derive(Debug)]
+pub struct DataplaneMetrics {
+    /// Connections closed, by direction and outcome.
+    pub connections: Family<ConnLabels, Counter>,
+    pub bytes: Family<ByteLabels, Counter>,
+    /// Time from accepting a connection to its destination answering.
+    pub connect_seconds: Histogram,
+    /// Extra destinations tried after a failure (T6).
+    pub retries: Counter,
+    /// Destinations ejected by passive health checking, by kind
+    /// (`endpoint`, `gateway`).
+    pub ejections: Family<KindLabels, Counter>,
+    /// Tunnels the gateway refused, by reason (`not_linked`, `segment`,
+    /// `not_exported`, `no_endpoint`, `bad_request`).
+    pub refusals: Family<KindLabels, Counter>,
+    /// Captured addresses that could not be listened on.
+    pub listen_errors: Counter,
+}
+
+impl Default for DataplaneMetrics {
+    fn default() -> Self {
+        DataplaneMetrics {
+            connections: Family::default(),
+            bytes: Family::default(),
+            connect_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            retries: Counter::default(),
+            ejections: Family::default(),
+            refusals: Family::default(),
+            listen_errors: Counter::default(),
+        }
+    }
+}
+
+impl DataplaneMetrics {
+    pub fn register(registry: &mut Registry) -> std::sync::Arc<Self> {
+        let m = DataplaneMetrics::default();
+        let r = registry.sub_registry_with_prefix("dataplane");
+        r.register(
+            "connections",
+            "Connections closed, by direction and outcome",
+            m.connections.clone(),
+        );
+        r.register(
+            "bytes",
+            "Bytes relayed, by direction and way",
+            m.bytes.clone(),
+        );
+        r.register(
+            "connect_seconds",
+            "Time from accept to the destination answering",
+            m.connect_seconds.clone(),
+        );
+        r.register(
+            "retries",
+            "Extra destinations tried after a failure",
+            m.retries.clone(),
+        );
+        r.register(
+            "ejections",
+            "Destinations ejected by passive health checking",
+            m.ejections.clone(),
+        );
+        r.register(
+            "refusals",
+            "Tunnels refused by the gateway, by reason",
+            m.refusals.clone(),
+        );
+        r.register(
+            "listen_errors",
+            "Captured addresses that could not be listened on",
+            m.listen_errors.clone(),
+        );
+        std::sync::Arc::new(m)
+    }
+
+    pub(crate) fn connection(&self, direction: &str, outcome: &str) {
+        self.connections
+            .get_or_create(&ConnLabels {
+                direction: direction.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn bytes(&self, direction: &str, sent: u64, received: u64) {
+        for (way, n) in [("sent", sent), ("received", received)] {
+            self.bytes
+                .get_or_create(&ByteLabels {
+                    direction: direction.to_owned(),
+                    way: way.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub(crate) fn ejection(&self, kind: &str) {
+        self.ejections
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn refusal(&self, kind: &str) {
+        self.refusals
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+}

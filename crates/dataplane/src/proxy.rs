@@ -1,0 +1,482 @@
+//! The per-cluster proxy: one listener per (VIP, port) of every visible
+//! global service (and manual entry, and taken-over ClusterIP when asked),
+//! added and removed as the catalog changes; each connection goes to a
+//! destination picked at connect time (section 4), directly or through a
+//! peer's east-west gateway over HBONE (D2).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant};
+
+use meshpeer_model::ManualEntry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::hbone::{HboneClient, TunnelMeta};
+use crate::metrics::DataplaneMetrics;
+use crate::pick::{Dest, Health, plan};
+use crate::state::{DataplaneState, Target};
+
+/// Settings of a proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Time allowed for one connection attempt (direct, or through a gateway
+    /// to its endpoint).
+    pub connect_timeout: Duration,
+    /// At most this many destinations are tried for one connection.
+    pub max_attempts: usize,
+    /// Passive health: first ejection, and the cap it doubles up to.
+    pub ejection_base: Duration,
+    pub ejection_cap: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 5,
+            ejection_base: Duration::from_secs(1),
+            ejection_cap: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+struct Ctx {
+    state: watch::Receiver<Arc<DataplaneState>>,
+    hbone: HboneClient,
+    health: Health,
+    config: ProxyConfig,
+    metrics: Arc<DataplaneMetrics>,
+}
+
+/// A running proxy.
+pub struct Proxy {
+    bound: watch::Receiver<BTreeSet<SocketAddr>>,
+    manager: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("listening", &self.bound.borrow().len())
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// Starts listening for the state's captured addresses, following it.
+    pub fn start(
+        state: watch::Receiver<Arc<DataplaneState>>,
+        hbone: HboneClient,
+        config: ProxyConfig,
+        metrics: Arc<DataplaneMetrics>,
+    ) -> Proxy {
+        let ctx = Arc::new(Ctx {
+            state: state.clone(),
+            hbone,
+            health: Health::new(config.ejection_base, config.ejection_cap),
+            config,
+            metrics,
+        });
+        let (bound_tx, bound) = watch::channel(BTreeSet::new());
+        let manager = tokio::spawn(manage_listeners(state, ctx, bound_tx));
+        Proxy { bound, manager }
+    }
+
+    /// Addresses listened on now; `changed()` waits for the next change.
+    pub fn listening(&self) -> watch::Receiver<BTreeSet<SocketAddr>> {
+        self.bound.clone()
+    }
+
+    pub fn shutdown(self) {
+        self.manager.abort();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.manager.abort();
+    }
+}
+
+/// Keeps one accept loop per captured address.
+async fn manage_listeners(
+    mut state: watch::Receiver<Arc<DataplaneState>>,
+    ctx: Arc<Ctx>,
+    bound: watch::Sender<BTreeSet<SocketAddr>>,
+) {
+    struct Loops(BTreeMap<SocketAddr, JoinHandle<()>>);
+    impl Drop for Loops {
+        fn drop(&mut self) {
+            for t in self.0.values() {
+                t.abort();
+            }
+        }
+    }
+    let mut loops = Loops(BTreeMap::new());
+    let mut failed: BTreeSet<SocketAddr> = BTreeSet::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let wanted: BTreeSet<SocketAddr> = state
+            .borrow_and_update()
+            .listeners
+            .keys()
+            .copied()
+            .collect();
+        loops.0.retain(|addr, task| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                task.abort();
+                debug!(%addr, "stopped listening");
+            }
+            keep
+        });
+        failed.retain(|a| wanted.contains(a));
+        for addr in &wanted {
+            if loops.0.contains_key(addr) {
+                continue;
+            }
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    failed.remove(addr);
+                    debug!(%addr, "listening");
+                    loops.0.insert(
+                        *addr,
+                        tokio::spawn(accept_loop(listener, *addr, Arc::clone(&ctx))),
+                    );
+                }
+                Err(e) => {
+                    if failed.insert(*addr) {
+                        warn!(%addr, error = %e, "cannot listen on a VIP; connections to it will fail (is the VIP range bindable here? the demo uses 127.255.0.0/16)");
+                        ctx.metrics.listen_errors.inc();
+                    }
+                }
+            }
+        }
+        bound.send_replace(loops.0.keys().copied().collect());
+        tokio::select! {
+            r = state.changed() => if r.is_err() { return },
+            _ = retry.tick(), if !failed.is_empty() => {}
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, local: SocketAddr, ctx: Arc<Ctx>) {
+    loop {
+        match listener.accept().await {
+            Ok((conn, peer)) => {
+                let ctx = Arc::clone(&ctx);
+                let span = info_span!("conn", %peer, dst = %local);
+                tokio::spawn(handle(conn, peer, local, ctx).instrument(span));
+            }
+            Err(e) => {
+                warn!(%local, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What a connection was sent to, for the access log.
+struct Chosen {
+    dest: String,
+    cluster: String,
+    attempts: usize,
+}
+
+async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: Arc<Ctx>) {
+    let started = StdInstant::now();
+    let _ = inbound.set_nodelay(true);
+    let state = ctx.state.borrow().clone();
+    let (hostname, result) = match state.listeners.get(&local).cloned() {
+        Some(Target::Global { service, port }) => match state.service(service) {
+            Some(svc) => (
+                format!("{}:{port}", svc.hostname),
+                connect_global(&ctx, &state, service, port, peer).await,
+            ),
+            None => (local.to_string(), Err("the service is gone".to_owned())),
+        },
+        Some(Target::Manual { entry, port }) => match state.manual(entry) {
+            Some(m) => (
+                format!("{}:{port}", m.hosts.first().cloned().unwrap_or_default()),
+                connect_manual(&ctx, &state, m, port, peer).await,
+            ),
+            None => (local.to_string(), Err("the entry is gone".to_owned())),
+        },
+        None => (
+            local.to_string(),
+            Err("nothing is served here any more".to_owned()),
+        ),
+    };
+    let (mut upstream, chosen) = match result {
+        Ok(x) => x,
+        Err(why) => {
+            ctx.metrics.connection("outbound", "no_endpoint");
+            info!(
+                src = %peer,
+                dst = %hostname,
+                outcome = "failed",
+                duration_ms = started.elapsed().as_millis() as u64,
+                "connection refused: {why}"
+            );
+            return;
+        }
+    };
+    ctx.metrics
+        .connect_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut upstream, 64 * 1024, 64 * 1024)
+            .await;
+    let (sent, received, outcome) = match copied {
+        Ok((a, b)) => (a, b, "ok"),
+        Err(_) => (0, 0, "reset"),
+    };
+    ctx.metrics.bytes("outbound", sent, received);
+    ctx.metrics.connection("outbound", outcome);
+    info!(
+        src = %peer,
+        dst = %hostname,
+        endpoint = %chosen.dest,
+        cluster = %chosen.cluster,
+        attempts = chosen.attempts,
+        bytes_sent = sent,
+        bytes_received = received,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome,
+        "connection"
+    );
+}
+
+fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
+    TunnelMeta {
+        forwarded: Some(format!("for=\"{peer}\"")),
+        baggage: Some(format!("k8s.cluster.name={ctx_cluster}")),
+        traceparent: Some(format!(
+            "00-{:032x}-{:016x}-01",
+            fastrand::u128(..),
+            fastrand::u64(1..)
+        )),
+    }
+}
+
+async fn connect_dest(
+    ctx: &Ctx,
+    dest: &Dest,
+    meta: &TunnelMeta,
+) -> Result<Box<dyn Stream>, String> {
+    let timeout = ctx.config.connect_timeout;
+    match dest {
+        Dest::Direct { addr, .. } => {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Ok(Box::new(s))
+                }
+                Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                Err(_) => Err(format!("{addr}: timed out after {timeout:?}")),
+            }
+        }
+        Dest::Gateway {
+            gateways,
+            trust_domain,
+            authority,
+            cluster,
+        } => {
+            let mut last = format!("cluster {cluster} has no gateway address");
+            for (host, port) in gateways {
+                let addrs: Vec<SocketAddr> =
+                    match tokio::net::lookup_host((host.as_str(), *port)).await {
+                        Ok(a) => a.collect(),
+                        Err(e) => {
+                            last = format!("gateway {host}: {e}");
+                            continue;
+                        }
+                    };
+                for addr in addrs {
+                    match tokio::time::timeout(
+                        timeout,
+                        ctx.hbone.connect(addr, trust_domain, authority, meta),
+                    )
+                    .await
+                    {
+                        Ok(Ok(t)) => return Ok(Box::new(t)),
+                        Ok(Err(e)) => last = format!("gateway of {cluster} at {addr}: {e}"),
+                        Err(_) => {
+                            last = format!(
+                                "gateway of {cluster} at {addr}: timed out after {timeout:?}"
+                            )
+                        }
+                    }
+                }
+            }
+            Err(last)
+        }
+    }
+}
+
+/// Tries the planned destinations: the next of the same tier after a
+/// failure, then the next tier, at most `max_attempts` in all (T6).
+async fn connect_global(
+    ctx: &Ctx,
+    state: &DataplaneState,
+    service: usize,
+    port: u16,
+    peer: SocketAddr,
+) -> Result<(Box<dyn Stream>, Chosen), String> {
+    let svc = state.service(service).ok_or("the service is gone")?;
+    let tiers = {
+        let mut rng = fastrand::Rng::new();
+        plan(svc, port, state, &ctx.health, Instant::now(), &mut rng)
+    };
+    if tiers.is_empty() {
+        return Err(format!(
+            "{} has no ready endpoint for port {port}",
+            svc.hostname
+        ));
+    }
+    let meta = meta(&state.feed.catalog.cluster.name, peer);
+    let mut attempts = 0;
+    let mut errors = Vec::new();
+    for dest in tiers.iter().flatten() {
+        if attempts == ctx.config.max_attempts {
+            break;
+        }
+        attempts += 1;
+        match connect_dest(ctx, dest, &meta).await {
+            Ok(s) => {
+                ctx.health.succeeded(dest);
+                if attempts > 1 {
+                    ctx.metrics.retries.inc_by(attempts as u64 - 1);
+                }
+                let where_ = match dest {
+                    Dest::Direct { addr, name, .. } if !name.is_empty() => {
+                        format!("{addr} ({name})")
+                    }
+                    Dest::Direct { addr, .. } => addr.to_string(),
+                    Dest::Gateway { authority, .. } => format!("{authority} via gateway"),
+                };
+                return Ok((
+                    s,
+                    Chosen {
+                        dest: where_,
+                        cluster: dest.cluster().to_owned(),
+                        attempts,
+                    },
+                ));
+            }
+            Err(e) => {
+                let ejected = ctx.health.failed(dest, Instant::now());
+                ctx.metrics.ejection(match dest {
+                    Dest::Direct { .. } => "endpoint",
+                    Dest::Gateway { .. } => "gateway",
+                });
+                debug!(error = %e, ejected_for = ?ejected, "destination failed; trying the next");
+                errors.push(e);
+            }
+        }
+    }
+    Err(format!(
+        "no destination of {} answered after {attempts} attempts: {}",
+        svc.hostname,
+        errors.join("; ")
+    ))
+}
+
+/// A user-written entry (D4): its endpoints, reached directly when they are
+/// in this network, or over HBONE to a peer's gateway (an endpoint whose
+/// address is a linked gateway's, or whose network is a linked peer's).
+async fn connect_manual(
+    ctx: &Ctx,
+    state: &DataplaneState,
+    m: &ManualEntry,
+    port: u16,
+    peer: SocketAddr,
+) -> Result<(Box<dyn Stream>, Chosen), String> {
+    let sp = m
+        .ports
+        .iter()
+        .find(|p| p.number == port)
+        .ok_or("the entry no longer has this port")?;
+    let host = m.hosts.first().cloned().unwrap_or_default();
+    let own_network = &state.feed.catalog.cluster.network;
+    let meta = meta(&state.feed.catalog.cluster.name, peer);
+    let mut errors = Vec::new();
+    let mut order: Vec<&meshpeer_model::ManualEndpoint> = m.endpoints.iter().collect();
+    fastrand::shuffle(&mut order);
+    for (i, e) in order.into_iter().enumerate() {
+        if i == ctx.config.max_attempts {
+            break;
+        }
+        // A linked gateway at this address; when several peers' gateways
+        // share it (one host, several ports), the one on the endpoint's port.
+        let at_address: Vec<&meshpeer_model::PeerLink> = state
+            .links
+            .values()
+            .filter(|l| l.addresses.iter().any(|a| a.value == e.address))
+            .collect();
+        let on_port = at_address.iter().find(|l| l.hbone_port == e.target(sp));
+        let only = (at_address.len() == 1).then(|| at_address[0]);
+        let link = on_port.copied().or(only).or_else(|| {
+            e.network
+                .as_deref()
+                .filter(|n| *n != own_network)
+                .and_then(|n| state.link_by_network(n))
+        });
+        let dest = match link {
+            Some(l) => Dest::Gateway {
+                cluster: l.cluster.clone(),
+                gateways: vec![(e.address.clone(), l.hbone_port)],
+                trust_domain: l.trust_domain.clone(),
+                authority: format!("{host}:{}", sp.number),
+            },
+            None => {
+                let target = e.target(sp);
+                let addr = match e.address.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SocketAddr::new(ip, target),
+                    Err(_) => match tokio::net::lookup_host((e.address.as_str(), target))
+                        .await
+                        .ok()
+                        .and_then(|mut a| a.next())
+                    {
+                        Some(a) => a,
+                        None => {
+                            errors.push(format!("cannot resolve {}", e.address));
+                            continue;
+                        }
+                    },
+                };
+                Dest::Direct {
+                    addr,
+                    cluster: state.feed.catalog.cluster.name.clone(),
+                    name: m.name.to_string(),
+                }
+            }
+        };
+        match connect_dest(ctx, &dest, &meta).await {
+            Ok(s) => {
+                return Ok((
+                    s,
+                    Chosen {
+                        dest: e.address.clone(),
+                        cluster: dest.cluster().to_owned(),
+                        attempts: i + 1,
+                    },
+                ));
+            }
+            Err(err) => errors.push(err),
+        }
+    }
+    Err(format!(
+        "no endpoint of {host} answered: {}",
+        errors.join("; ")
+    ))
+}

@@ -1,0 +1,432 @@
+//! The east-west gateway's decisions (D3) through `TunnelHandler::open`:
+//! who may open a tunnel to what, with which status when not, and which
+//! local endpoint an allowed tunnel reaches (real sockets on loopback).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use meshpeer_dataplane::feed::{Caller, CatalogFeed};
+use meshpeer_dataplane::gateway::{GatewayConfig, GatewayHandler};
+use meshpeer_dataplane::hbone::{Refuse, TunnelHandler, TunnelMeta, TunnelRequest, Upstream};
+use meshpeer_dataplane::metrics::{DataplaneMetrics, KindLabels};
+use meshpeer_dataplane::state::{DataplaneState, StateOptions};
+use meshpeer_identity::SpiffeId;
+use meshpeer_model::testing::{ClusterBuilder, pod, svc};
+use meshpeer_model::{CatalogConfig, ClusterSnapshot, GlobalCatalog, Object, catalog, exports};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Bounds every wait: a hang fails instead of blocking.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A pod of `shop/<app>` at `ip`.
+fn app_pod(app: &str, name: &str, ip: &str, ready: bool) -> Object {
+    Object::Pod(pod("shop", name, &[("app", app)], ip, ready, None))
+}
+
+fn caller(cluster: &str, segment: Option<&str>) -> Caller {
+    Caller {
+        cluster: cluster.into(),
+        trust_domain: format!("{cluster}.td"),
+        segment: segment.map(str::to_owned),
+        connected: true,
+    }
+}
+
+/// The gateway of cluster1's view `catalog`, with `callers` linked here.
+struct Gw {
+    handler: GatewayHandler,
+    metrics: Arc<DataplaneMetrics>,
+}
+
+impl Gw {
+    fn new(catalog: GlobalCatalog, callers: Vec<Caller>) -> Self {
+        let feed = Arc::new(CatalogFeed {
+            version: 1,
+            catalog,
+            callers,
+        });
+        let state = Arc::new(DataplaneState::build(feed, &StateOptions::default()));
+        // The handler reads the state at each open; the sender may go.
+        let (_tx, rx) = watch::channel(state);
+        let metrics = Arc::new(DataplaneMetrics::default());
+        let config = GatewayConfig {
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 3,
+        };
+        Gw {
+            handler: GatewayHandler::new(rx, config, Arc::clone(&metrics)),
+            metrics,
+        }
+    }
+
+    async fn open(&self, from: &str, authority: &str) -> Result<Box<dyn Upstream>, Refuse> {
+        let req = TunnelRequest {
+            peer: SpiffeId::new(from, "sleep", "sleep").unwrap(),
+            remote: "198.51.100.7:40000".parse().unwrap(),
+            authority: authority.into(),
+            meta: TunnelMeta::default(),
+        };
+        tokio::time::timeout(DEADLINE, self.handler.open(req))
+            .await
+            .expect("open did not finish")
+    }
+
+    async fn refused(&self, from: &str, authority: &str) -> Refuse {
+        match self.open(from, authority).await {
+            Ok(_) => panic!("a tunnel from {from} to {authority} was opened"),
+            Err(r) => r,
+        }
+    }
+
+    fn refusals(&self, kind: &str) -> u64 {
+        self.metrics
+            .refusals
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .get()
+    }
+
+    fn ejections(&self) -> u64 {
+        self.metrics
+            .ejections
+            .get_or_create(&KindLabels {
+                kind: "endpoint".into(),
+            })
+            .get()
+    }
+}
+
+/// cluster1 (trust domain cluster1.td) exports `shop/web` (port 8000 ->
+/// `port`, pods at `ips`), `shop/idle` (no ready pod), and sees `shop/cart`
+/// that only cluster2 exports. It links to cluster2; cluster2 and cluster3
+/// link to it (they are its callers).
+fn mesh(port: u16, ips: &[&str]) -> GlobalCatalog {
+    let mut c1 = ClusterBuilder::new("cluster1")
+        .trust_domain("cluster1.td")
+        .link_with("cluster2", "cluster2", "cluster2.td")
+        .service(
+            svc("shop", "web")
+                .global()
+                .port("http", 8000, i32::from(port)),
+        )
+        .service(svc("shop", "idle").global().not_ready(1))
+        .service(svc("shop", "private").port("http", 8000, i32::from(port)));
+    for (i, ip) in ips.iter().enumerate() {
+        c1 = c1.object(app_pod("web", &format!("web-{i}"), ip, true));
+    }
+    c1 = c1.object(app_pod("private", "private-0", ips[0], true));
+    let c2: ClusterSnapshot = ClusterBuilder::new("cluster2")
+        .trust_domain("cluster2.td")
+        .service(svc("shop", "cart").global().ready(1))
+        .build();
+    let v = catalog(&c1.build(), &[exports(&c2)], &CatalogConfig::default());
+    assert!(v.service("web.shop.mesh.internal").is_some(), "{v:?}");
+    assert!(v.service("idle.shop.mesh.internal").is_some(), "{v:?}");
+    assert!(v.service("cart.shop.mesh.internal").is_some(), "{v:?}");
+    v
+}
+
+fn callers() -> Vec<Caller> {
+    vec![caller("cluster2", None), caller("cluster3", None)]
+}
+
+/// Proves `up` is a live connection accepted by `listener`: bytes go both ways.
+async fn relays(mut up: Box<dyn Upstream>, listener: &TcpListener) -> SocketAddr {
+    let (mut conn, _) = tokio::time::timeout(DEADLINE, listener.accept())
+        .await
+        .expect("the endpoint saw no connection")
+        .unwrap();
+    up.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    conn.write_all(b"pong").await.unwrap();
+    tokio::time::timeout(DEADLINE, up.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"pong");
+    conn.local_addr().unwrap()
+}
+
+async fn endpoint() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+#[tokio::test]
+async fn d3_an_allowed_caller_is_connected_to_a_ready_local_endpoint() {
+    let (listener, port) = endpoint().await;
+    let gw = Gw::new(mesh(port, &["127.0.0.1"]), callers());
+    let up = gw
+        .open("cluster2.td", "web.shop.mesh.internal:8000")
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+    let reached = relays(up, &listener).await;
+    assert_eq!(reached, SocketAddr::from(([127, 0, 0, 1], port)));
+    // The host name is matched without regard to case.
+    let up = gw
+        .open("cluster3.td", "WEB.shop.Mesh.Internal:8000")
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+    relays(up, &listener).await;
+    for kind in [
+        "not_linked",
+        "bad_request",
+        "not_exported",
+        "segment",
+        "no_endpoint",
+    ] {
+        assert_eq!(gw.refusals(kind), 0, "{kind}");
+    }
+}
+
+#[tokio::test]
+async fn d3_a_caller_that_does_not_link_here_is_refused_with_403() {
+    let (listener, port) = endpoint().await;
+    let gw = Gw::new(mesh(port, &["127.0.0.1"]), callers());
+    // cluster1 links to cluster4's trust domain? No: nobody presenting
+    // cluster4.td links to cluster1, and cluster1's own link to cluster2
+    // does not make cluster1.td a caller either.
+    for td in ["cluster4.td", "cluster1.td"] {
+        let r = gw.refused(td, "web.shop.mesh.internal:8000").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{td}: {}", r.message);
+        assert!(r.message.contains(td), "{}", r.message);
+        assert!(r.message.contains("link direction"), "{}", r.message);
+    }
+    assert_eq!(gw.refusals("not_linked"), 2);
+    // Nothing reached the endpoint.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), listener.accept())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn d3_an_authority_that_is_not_host_and_port_gets_400() {
+    let gw = Gw::new(mesh(9, &["127.0.0.1"]), callers());
+    for authority in [
+        "web.shop.mesh.internal",
+        "web.shop.mesh.internal:http",
+        "web.shop.mesh.internal:70000",
+    ] {
+        let r = gw.refused("cluster2.td", authority).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{authority}");
+        assert!(r.message.contains(authority), "{}", r.message);
+    }
+    assert_eq!(gw.refusals("bad_request"), 3);
+    assert_eq!(gw.refusals("not_linked"), 0);
+}
+
+#[tokio::test]
+async fn d3_a_host_this_cluster_does_not_export_gets_404() {
+    let gw = Gw::new(mesh(9, &["127.0.0.1"]), callers());
+    // Unknown anywhere; cluster-local only (not global); exported only by
+    // cluster2 (visible here, but the gateway relays only to its own).
+    for host in [
+        "nope.shop.mesh.internal",
+        "private.shop.mesh.internal",
+        "cart.shop.mesh.internal",
+        "nope.shop.global",
+    ] {
+        let r = gw.refused("cluster2.td", &format!("{host}:8000")).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{host}: {}", r.message);
+        assert!(r.message.contains(host), "{}", r.message);
+        assert!(r.message.contains("cluster1"), "{}", r.message);
+    }
+    assert_eq!(gw.refusals("not_exported"), 4);
+}
+
+#[tokio::test]
+async fn d3_a_service_without_ready_endpoints_gets_503() {
+    let gw = Gw::new(mesh(9, &["127.0.0.1"]), callers());
+    let r = gw
+        .refused("cluster2.td", "idle.shop.mesh.internal:8000")
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.message);
+    assert!(r.message.contains("no ready endpoint"), "{}", r.message);
+    // A port no endpoint serves is the same.
+    let r = gw
+        .refused("cluster2.td", "web.shop.mesh.internal:8001")
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.message);
+    assert_eq!(gw.refusals("no_endpoint"), 2);
+}
+
+#[tokio::test]
+async fn d3_when_an_endpoint_refuses_connections_the_next_one_is_used() {
+    // web-0 at 127.0.0.1 answers; web-1 at 127.0.0.2 on the same port does
+    // not (the listener holds 127.0.0.1 only). The gateway tries endpoints
+    // in random order: repeat with fresh gateways until the closed one was
+    // tried first (ejected once), each tunnel still reaching the open one.
+    let (listener, port) = endpoint().await;
+    let cat = mesh(port, &["127.0.0.1", "127.0.0.2"]);
+    let mut fell_over = false;
+    for _ in 0..64 {
+        let gw = Gw::new(cat.clone(), callers());
+        let up = gw
+            .open("cluster2.td", "web.shop.mesh.internal:8000")
+            .await
+            .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+        assert_eq!(
+            relays(up, &listener).await,
+            SocketAddr::from(([127, 0, 0, 1], port))
+        );
+        assert_eq!(gw.refusals("no_endpoint"), 0);
+        if gw.ejections() == 1 {
+            fell_over = true;
+            // The failed endpoint is ejected: the next tunnels go straight
+            // to the one that answers (it is tried last, and never needed).
+            for _ in 0..16 {
+                let up = gw
+                    .open("cluster2.td", "web.shop.mesh.internal:8000")
+                    .await
+                    .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+                relays(up, &listener).await;
+            }
+            assert_eq!(gw.ejections(), 1, "an ejected endpoint was tried again");
+            break;
+        }
+        assert_eq!(gw.ejections(), 0);
+    }
+    assert!(fell_over, "the closed endpoint was never tried first");
+}
+
+#[tokio::test]
+async fn d3_when_no_endpoint_answers_the_tunnel_gets_503_naming_them() {
+    let (listener, port) = endpoint().await;
+    let gw = Gw::new(mesh(port, &["127.0.0.2", "127.0.0.3"]), callers());
+    let r = gw
+        .refused("cluster2.td", "web.shop.mesh.internal:8000")
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.message);
+    for ep in ["127.0.0.2", "127.0.0.3"] {
+        assert!(r.message.contains(&format!("{ep}:{port}")), "{}", r.message);
+    }
+    assert_eq!(gw.ejections(), 2);
+    assert_eq!(gw.refusals("no_endpoint"), 1);
+    drop(listener);
+}
+
+/// cluster1 is in segment dev and exports `shop/web` with scope `segment`
+/// and `shop/api` with scope `global`, both at `127.0.0.1:<port>`.
+fn segmented(port: u16) -> GlobalCatalog {
+    let c1 = ClusterBuilder::new("cluster1")
+        .segment("dev", "cluster.dev")
+        .segment("prod", "cluster.prod")
+        .join("dev")
+        .service(
+            svc("shop", "web")
+                .scope("segment")
+                .port("http", 8000, i32::from(port)),
+        )
+        .service(
+            svc("shop", "api")
+                .global()
+                .port("http", 8000, i32::from(port)),
+        )
+        .object(app_pod("web", "web-0", "127.0.0.1", true))
+        .object(app_pod("api", "api-0", "127.0.0.1", true))
+        .build();
+    catalog(&c1, &[], &CatalogConfig::default())
+}
+
+#[tokio::test]
+async fn s7_a_segment_scoped_service_refuses_callers_from_another_segment() {
+    let (listener, port) = endpoint().await;
+    let gw = Gw::new(
+        segmented(port),
+        vec![
+            caller("cluster2", Some("prod")),
+            caller("cluster3", Some("dev")),
+            caller("cluster4", None),
+        ],
+    );
+    for (td, theirs) in [("cluster2.td", "prod"), ("cluster4.td", "(default)")] {
+        let r = gw.refused(td, "web.shop.cluster.dev:8000").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.message);
+        assert!(
+            r.message.contains("only in segment dev"),
+            "names the service's segment: {}",
+            r.message
+        );
+        assert!(
+            r.message.contains(&format!("is in segment {theirs}")),
+            "names the caller's segment: {}",
+            r.message
+        );
+    }
+    assert_eq!(gw.refusals("segment"), 2);
+    // Same segment: allowed.
+    let up = gw
+        .open("cluster3.td", "web.shop.cluster.dev:8000")
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+    relays(up, &listener).await;
+    // S6: a global service is reachable from any segment.
+    let up = gw
+        .open("cluster2.td", "api.shop.cluster.dev:8000")
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+    relays(up, &listener).await;
+    assert_eq!(gw.refusals("segment"), 2);
+    // Another segment's name for the same service is not an alias of it.
+    let r = gw
+        .refused("cluster3.td", "web.shop.cluster.prod:8000")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.message);
+}
+
+/// D3: clusters sharing a trust domain cannot be told apart; only link
+/// direction is enforced, so a segment-scoped service is open to the trust
+/// domain when any cluster holding it is in the segment.
+#[tokio::test]
+async fn d3_a_shared_trust_domain_only_enforces_link_direction() {
+    let (listener, port) = endpoint().await;
+    let mut prod = caller("cluster2", Some("prod"));
+    let mut dev = caller("cluster3", Some("dev"));
+    prod.trust_domain = "shared.td".into();
+    dev.trust_domain = "shared.td".into();
+    let gw = Gw::new(segmented(port), vec![prod, dev]);
+    let up = gw
+        .open("shared.td", "web.shop.cluster.dev:8000")
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+    relays(up, &listener).await;
+    // A trust domain nobody links with is still refused.
+    let r = gw.refused("other.td", "web.shop.cluster.dev:8000").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.message);
+}
+
+#[tokio::test]
+async fn d4_the_global_alias_reaches_the_exported_service() {
+    let (listener, port) = endpoint().await;
+    let gw = Gw::new(mesh(port, &["127.0.0.1"]), callers());
+    // `<name>.<namespace>.global`, as manual entries (seed 003) name it.
+    let up = gw
+        .open("cluster2.td", "web.shop.global:8000")
+        .await
+        .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+    assert_eq!(
+        relays(up, &listener).await,
+        SocketAddr::from(([127, 0, 0, 1], port))
+    );
+    // Not for a service this cluster does not export, nor for a bare name.
+    for authority in ["cart.shop.global:8000", "web.shop:8000"] {
+        let r = gw.refused("cluster2.td", authority).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{authority}: {}",
+            r.message
+        );
+    }
+    assert_eq!(gw.refusals("not_exported"), 2);
+}

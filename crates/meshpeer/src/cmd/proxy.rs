@@ -1,0 +1,114 @@
+//! `meshpeer proxy`: one cluster's data plane for its clients (SPEC D1, D2):
+//! DNS for the global names and one listener per VIP:port, following the
+//! controller's catalog.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshpeer::dataplane::{ProxyRole, ProxyRoleConfig};
+use meshpeer_model::Locality;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+use super::common::{
+    Signals, Telemetry, check_free, init_logging, issue_identity, keep_renewed, load_ca, runtime,
+    wait_or_stop,
+};
+use crate::cli::ProxyArgs;
+
+/// The proxy's workload identity: `spiffe://<td>/ns/istio-system/sa/meshpeer-proxy`.
+const PROXY_NAMESPACE: &str = "istio-system";
+const PROXY_ACCOUNT: &str = "meshpeer-proxy";
+
+/// How long the startup line waits for the VIP listeners to be bound.
+const LISTEN_SETTLE: Duration = Duration::from_secs(2);
+
+pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_format);
+    runtime()?.block_on(run_async(args))
+}
+
+async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::install()?;
+    let ca = load_ca(&args.cacerts)?;
+    // Fail now, not once the controller answers, when a port is taken.
+    check_free(args.dns_listen, "DNS", true).await?;
+    let telemetry = match args.metrics {
+        Some(addr) => Some(Telemetry::start(addr).await?),
+        None => None,
+    };
+    if args.dns_upstream.len() > 1 {
+        warn!(
+            upstreams = ?args.dns_upstream,
+            "only the first --dns-upstream is used; the others are ignored"
+        );
+    }
+
+    let Some((feed, follow)) = wait_or_stop(&args.controller, &mut signals).await? else {
+        Telemetry::stop(telemetry).await;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let cluster = feed.borrow().catalog.cluster.clone();
+    let identity = issue_identity(
+        ca,
+        &args.cacerts,
+        &cluster.trust_domain,
+        PROXY_NAMESPACE,
+        PROXY_ACCOUNT,
+        args.cert_lifetime,
+    )?;
+    let root = identity.cluster_ca().trust_root().clone();
+
+    let mut cfg = ProxyRoleConfig::new(args.dns_listen);
+    cfg.dns.upstream = args.dns_upstream.first().copied();
+    cfg.state.capture_cluster_ips = args.capture_cluster_ips;
+    cfg.state.locality = match (&args.region, &args.zone) {
+        (Some(region), Some(zone)) => Some(Locality::new(region, zone)),
+        _ => None,
+    };
+    let mut registry = Registry::default();
+    let role = ProxyRole::start(feed, Arc::clone(&identity), root, cfg, &mut registry).await?;
+    let renew = keep_renewed(Arc::clone(&identity), args.cert_lifetime);
+
+    // The startup line tells how many VIP:port listeners are up.
+    let mut state = role.state.clone();
+    let wanted = match state.wait_for(|s| s.feed.version > 0).await {
+        Ok(s) => s.listeners.len(),
+        Err(_) => 0,
+    };
+    let mut listening = role.proxy.listening();
+    let _ = tokio::time::timeout(LISTEN_SETTLE, listening.wait_for(|l| l.len() >= wanted)).await;
+    let bound = listening.borrow().len();
+    if let Some(t) = &telemetry {
+        t.ready(registry);
+    }
+    let dns = role.dns.local_addr();
+    let upstream = cfg_upstream(&args.dns_upstream);
+    info!(
+        cluster = %cluster.name,
+        identity = %identity.spiffe_id(),
+        dns = %dns,
+        dns_upstream = %upstream,
+        vips = wanted,
+        listening = bound,
+        metrics = %Telemetry::addr_of(telemetry.as_ref()),
+        "proxy running: DNS on {dns} (other names: {upstream}), {bound} of {wanted} VIP listeners bound"
+    );
+
+    let why = signals.recv().await;
+    info!("{why} received; shutting down");
+    renew.abort();
+    role.shutdown().await;
+    drop(follow);
+    Telemetry::stop(telemetry).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cfg_upstream(upstreams: &[SocketAddr]) -> String {
+    match upstreams.first() {
+        Some(a) => format!("forwarded to {a}"),
+        None => "refused, no --dns-upstream".to_owned(),
+    }
+}

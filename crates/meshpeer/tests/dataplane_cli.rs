@@ -1,0 +1,543 @@
+//! The real binary's data-plane roles: `meshpeer proxy` and `meshpeer
+//! gateway` next to a `meshpeer controller` on one file-mode cluster folder
+//! (SPEC D1, D2, D3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The global service of these tests, and its one backend (the pod).
+const NS: &str = "dpcli";
+const NAME: &str = "echo-cli";
+const POD_IP: &str = "127.1.42.5";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshpeer")
+}
+
+fn meshpeer(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run meshpeer")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A running `meshpeer` role, killed when dropped; its JSON log read line by line.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    lines: Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, args: &[&str]) -> Proc {
+        let mut child = Command::new(bin())
+            .args(args)
+            .args(["--log-format", "json"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meshpeer");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str::<Value>(&line).unwrap_or(Value::String(line));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            name,
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first log line (from now on) whose message satisfies `pred`.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["fields"]["message"].as_str().is_some_and(&pred) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{} never logged {what}; its log:\n{}",
+                        self.name,
+                        self.log()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "{} exited ({:?}) before logging {what}; its log:\n{}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        self.seen
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn field(v: &Value, name: &str) -> String {
+        v["fields"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no field {name} in {v}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A shared root and the cacerts of `cluster`, made by `meshpeer certs`.
+fn certs(tmp: &Path, cluster: &str) -> PathBuf {
+    let root = tmp.join("root");
+    let o = meshpeer(&["certs", "root-ca", "--out", s(&root)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = tmp.join(format!("cacerts-{cluster}"));
+    let o = meshpeer(&[
+        "certs",
+        "cluster",
+        cluster,
+        "--root",
+        s(&root),
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// Cluster `c1`'s folder: one global Service with one ready Pod at [`POD_IP`]
+/// (port 8000 -> 8080).
+fn cluster_dir(tmp: &Path) -> PathBuf {
+    let dir = tmp.join("c1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cluster.yaml"), "name: c1\nregion: r1\nzone: z1\n").unwrap();
+    std::fs::write(
+        dir.join("app.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata:\n  name: {NAME}\n  namespace: {NS}\n  labels:\n    solo.io/service-scope: global\n\
+             spec:\n  selector: {{app: {NAME}}}\n  ports:\n  - {{name: tcp, port: 8000, targetPort: 8080}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: {NAME}-0\n  namespace: {NS}\n  labels: {{app: {NAME}}}\n\
+             spec:\n  containers: [{{name: app, image: x}}]\n\
+             status:\n  phase: Running\n  podIP: {POD_IP}\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// A TCP backend at `addr` that writes `name` to every connection and closes it.
+fn backend(addr: SocketAddr, name: &'static str) {
+    let listener = std::net::TcpListener::bind(addr).expect("bind the backend");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let _ = conn.write_all(name.as_bytes());
+        }
+    });
+}
+
+/// `meshpeer controller` on `dir`; returns it and its API address.
+fn controller(dir: &Path, cacerts: &Path) -> (Proc, String) {
+    let mut p = Proc::spawn(
+        "controller",
+        &[
+            "controller",
+            "--cluster-dir",
+            s(dir),
+            "--cacerts",
+            s(cacerts),
+            "--api-listen",
+            "127.0.0.1:0",
+            "--peering-listen",
+            "127.0.0.1:0",
+            "--vip-cidr",
+            "127.253.0.0/16",
+        ],
+    );
+    let line = p.wait_for("its API address", |m| {
+        m == "API listening (status, catalog, metrics)"
+    });
+    let api = Proc::field(&line, "address");
+    (p, api)
+}
+
+/// A whole HTTP/1.1 GET response (connection closed by the server).
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The A records of `name` from the DNS server at `server` (UDP).
+fn resolve(server: SocketAddr, name: &str) -> Vec<IpAddr> {
+    use hickory_resolver::TokioResolver;
+    use hickory_resolver::config::{
+        ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig,
+    };
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut connection = ConnectionConfig::udp();
+        connection.port = server.port();
+        let name_server = NameServerConfig::new(server.ip(), true, vec![connection]);
+        let mut builder = TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![name_server]),
+            TokioRuntimeProvider::default(),
+        );
+        let options = builder.options_mut();
+        options.attempts = 2;
+        options.timeout = Duration::from_secs(5);
+        options.use_hosts_file = ResolveHosts::Never;
+        let resolver = builder.build().unwrap();
+        let lookup = tokio::time::timeout(DEADLINE, resolver.lookup_ip(name))
+            .await
+            .expect("lookup hung")
+            .unwrap_or_else(|e| panic!("cannot resolve {name}: {e}"));
+        lookup.iter().collect()
+    })
+}
+
+/// Everything `addr` sends on a new connection, until it closes.
+fn read_all_from(addr: SocketAddr) -> String {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = String::new();
+    conn.read_to_string(&mut out)
+        .unwrap_or_else(|e| panic!("reading from {addr}: {e}"));
+    out
+}
+
+#[test]
+fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_client_certs() {
+    meshpeer_identity::install_default_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+    let dir = cluster_dir(tmp.path());
+    backend(
+        SocketAddr::new(POD_IP.parse().unwrap(), 8080),
+        "backend-a\n",
+    );
+
+    let (_ctl, api) = controller(&dir, &cacerts);
+    let mut gw = Proc::spawn(
+        "gateway",
+        &[
+            "gateway",
+            "--controller",
+            &api,
+            "--cacerts",
+            s(&cacerts),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let mut proxy = Proc::spawn(
+        "proxy",
+        &[
+            "proxy",
+            "--controller",
+            &api,
+            "--cacerts",
+            s(&cacerts),
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+
+    let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
+    assert_eq!(
+        Proc::field(&up, "identity"),
+        "spiffe://c1/ns/istio-system/sa/meshpeer-proxy"
+    );
+    assert_eq!(up["fields"]["vips"], 1, "{up}");
+    assert_eq!(up["fields"]["listening"], 1, "{up}");
+    let dns: SocketAddr = Proc::field(&up, "dns").parse().unwrap();
+    let metrics = Proc::field(&up, "metrics");
+    let health = http_get(&metrics, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    // D1: the global name resolves to the VIP, in the range the controller was given.
+    let ips = resolve(dns, &format!("{NAME}.{NS}.mesh.internal."));
+    assert_eq!(ips.len(), 1, "{ips:?}");
+    let vip = ips[0];
+    match vip {
+        IpAddr::V4(v4) => assert_eq!(v4.octets()[..2], [127, 253], "{vip}"),
+        IpAddr::V6(_) => panic!("{vip} is not from 127.253.0.0/16"),
+    }
+
+    // D2: VIP:8000 leads to the pod's 8080.
+    assert_eq!(read_all_from(SocketAddr::new(vip, 8000)), "backend-a\n");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = http_get(&metrics, "/metrics");
+        let ok = text.lines().any(|l| {
+            l.starts_with("dataplane_connections_total{")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("outcome=\"ok\"")
+                && l.ends_with(" 1")
+        });
+        if ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ok outbound connection counted:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // D3: the gateway speaks mutual TLS only.
+    let up = gw.wait_for("its startup line", |m| m.starts_with("gateway running"));
+    assert_eq!(
+        Proc::field(&up, "identity"),
+        "spiffe://c1/ns/istio-eastwest/sa/istio-eastwest"
+    );
+    let hbone: SocketAddr = Proc::field(&up, "hbone").parse().unwrap();
+    let refused = h2_through_tls(hbone, no_client_cert(), false);
+    let err = refused.expect_err("a client without a certificate is refused");
+    assert!(
+        err.to_string().contains("CertificateRequired"),
+        "refused for another reason: {err}"
+    );
+    // ...and the same exchange with a certificate under the shared root works.
+    let frame = h2_through_tls(hbone, with_client_cert(&cacerts), true).expect("accepted");
+    assert_eq!(
+        frame[3], 0x4,
+        "the gateway's first frame is SETTINGS: {frame:?}"
+    );
+}
+
+/// Connects with TLS to `addr`; with `preface`, then sends the HTTP/2
+/// client preface and an empty SETTINGS frame. Returns the header of the
+/// first frame the server sends, or why the server ended the connection.
+fn h2_through_tls(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    preface: bool,
+) -> std::io::Result<[u8; 9]> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let name = rustls::pki_types::ServerName::try_from("gateway.test").unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    // In TLS 1.3 the client is done first; the server's verdict on the
+    // client certificate comes after.
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    if preface {
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")?;
+        tls.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0])?;
+        tls.flush()?;
+    }
+    let mut header = [0u8; 9];
+    tls.read_exact(&mut header)?;
+    Ok(header)
+}
+
+fn with_client_cert(cacerts: &Path) -> Arc<rustls::ClientConfig> {
+    use meshpeer_identity::{ALPN_H2, ClusterCa, Identity, SpiffeId, client_config};
+    let now = SystemTime::now();
+    let ca = ClusterCa::load(cacerts, now).unwrap();
+    let root = ca.trust_root().clone();
+    let id = SpiffeId::new("c1", "test", "client").unwrap();
+    let identity = Arc::new(Identity::new(ca, id, Duration::from_secs(600), now).unwrap());
+    client_config(identity, &root, "c1", &[ALPN_H2]).unwrap()
+}
+
+/// TLS 1.3 with ALPN h2 and no client certificate; any server certificate is
+/// accepted (what is tested is the server's side).
+fn no_client_cert() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &rustls::pki_types::CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[test]
+fn proxy_waits_for_an_unreachable_controller_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+    // Port 1 on loopback: nobody listens there.
+    let mut proxy = Proc::spawn(
+        "proxy",
+        &[
+            "proxy",
+            "--controller",
+            "127.0.0.1:1",
+            "--cacerts",
+            s(&cacerts),
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let line = proxy.wait_for("that it listens for metrics", |m| {
+        m.starts_with("metrics listening")
+    });
+    let metrics = Proc::field(&line, "address");
+    proxy.wait_for("that it waits", |m| {
+        m == "waiting for the controller's catalog at 127.0.0.1:1"
+    });
+    proxy.wait_for("why it waits", |m| {
+        m.starts_with("cannot follow the controller's catalog")
+    });
+    assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
+    // Not ready without a catalog.
+    let health = http_get(&metrics, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+
+    let pid = proxy.child.id().to_string();
+    let o = Command::new("kill").args(["-TERM", &pid]).output().unwrap();
+    assert!(o.status.success());
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the proxy ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    proxy.wait_for("that it exits", |m| m.starts_with("SIGTERM received"));
+}
+
+#[test]
+fn proxy_and_gateway_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+
+    // The CA folder is named, and the file missing in it.
+    let o = meshpeer(&["proxy", "--cacerts", "/nonexistent/cacerts"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("from /nonexistent/cacerts"), "{err}");
+    assert!(err.contains("/nonexistent/cacerts/ca-cert.pem"), "{err}");
+
+    // Bad flags: clap says so.
+    let o = meshpeer(&["gateway", "--cacerts", s(&cacerts), "--listen", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("invalid value 'nope' for '--listen"), "{err}");
+    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--controller", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--region", "r1"]);
+    assert_eq!(o.status.code(), Some(2));
+
+    // A busy port: one line naming the address.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = meshpeer(&["gateway", "--cacerts", s(&cacerts), "--listen", &addr]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen for HBONE on {addr}")),
+        "{err}"
+    );
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--dns-listen", &addr]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("cannot listen for DNS on {addr}")),
+        "{err}"
+    );
+}
