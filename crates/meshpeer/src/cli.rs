@@ -52,6 +52,103 @@ pub(crate) enum Command {
     /// Make the shared root CA and per-cluster intermediates (cacerts layout).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Check one or more clusters: configuration, certificates, controller,
+    /// data plane, gateways, peers, networks, segments, diagnostics (SPEC O4).
+    /// Exits 1 when a check fails (a warning alone exits 0).
+    Check(Box<CheckArgs>),
+    /// Run several clusters on this machine from an example scenario
+    /// (controllers, gateways, proxies, sample backends), or act on a
+    /// running demo (`curl`, `scale`).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct DemoArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<DemoCommand>,
+    /// The scenario: `httpbin` (seed 004) or `bookinfo` (seed 000).
+    #[arg(value_name = "SCENARIO", default_value = "httpbin")]
+    pub(crate) scenario: String,
+    #[command(flatten)]
+    pub(crate) state: DemoState,
+    /// Start from the example again (drops edits to the cluster folders;
+    /// keeps the certificates).
+    #[arg(long)]
+    pub(crate) reset: bool,
+    /// Start, wait until ready, print the summary and exit (for scripts).
+    #[arg(long, hide = true)]
+    pub(crate) check_only: bool,
+    /// Unpack the scenario and make the certificates, then exit.
+    #[arg(long)]
+    pub(crate) prepare_only: bool,
+    /// Run only this cluster of the scenario (one process per cluster, e.g.
+    /// each in its own network namespace).
+    #[arg(long, value_name = "CLUSTER")]
+    pub(crate) only: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DemoState {
+    /// Folder holding each scenario's cluster folders and certificates.
+    #[arg(
+        long = "state",
+        value_name = "DIR",
+        env = "MESHPEER_DEMO_STATE",
+        default_value = "meshpeer-demo",
+        global = true
+    )]
+    pub(crate) dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DemoCommand {
+    /// GET a URL as a pod of a cluster would: the name is resolved through
+    /// that cluster's DNS and the connection goes through its proxy.
+    Curl {
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        #[arg(value_name = "URL")]
+        url: String,
+        /// Print the status line and headers too.
+        #[arg(short = 'i', long)]
+        include: bool,
+        /// Give up after this long.
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Scale a Deployment of a cluster folder, as `kubectl scale` would:
+    /// its Pods leave (or come back to) the folder.
+    Scale {
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// `deployment/NAME` (or `NAME`).
+        #[arg(value_name = "deployment/NAME")]
+        target: String,
+        #[arg(long)]
+        replicas: usize,
+    },
+    /// Label an object of a cluster folder, as `kubectl label` would
+    /// (`KEY=VALUE` sets, `KEY-` removes).
+    Label {
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        #[arg(short = 'n', long, value_name = "NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// `svc/NAME`, `namespace/NAME`, ... or the type alone, then NAME first in LABELS.
+        #[arg(value_name = "TYPE[/NAME]")]
+        resource: String,
+        /// `[NAME] KEY=VALUE ... KEY- ...`
+        #[arg(value_name = "LABELS", required = true)]
+        labels: Vec<String>,
+        /// Replace a label's existing value.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Print a running demo's clusters: folders, DNS, API and gateway addresses.
+    Env,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -212,6 +309,52 @@ pub(crate) struct GatewayArgs {
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("clusters").required(true).multiple(true).args(["cluster", "context"])
+))]
+pub(crate) struct CheckArgs {
+    /// File mode: a cluster folder; repeat for each cluster.
+    #[arg(long, value_name = "DIR", conflicts_with = "context")]
+    pub(crate) cluster: Vec<PathBuf>,
+    /// Kubernetes mode: a kubeconfig context; repeat (or separate with
+    /// commas) for each cluster.
+    #[arg(long, visible_alias = "contexts", value_name = "CTX", value_delimiter = ',')]
+    pub(crate) context: Vec<String>,
+    /// A cluster's cacerts folder, once per cluster in the order of the
+    /// clusters (`-`: none). Default in file mode: DIR/../certs/<cluster name>.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cacerts: Vec<PathBuf>,
+    /// A cluster's controller API (its --api-listen), once per cluster in
+    /// order (`-`: default). Default in file mode: from DIR/.meshpeer/controller.json.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) controller: Vec<String>,
+    /// Kubernetes mode: the clusters' names, once per --context in order
+    /// (default: the context's name).
+    #[arg(long, value_name = "NAME", requires = "context")]
+    pub(crate) cluster_name: Vec<String>,
+    /// Only the checks that make sense before linking (configuration,
+    /// certificates, gateways, networks, trust domains, segments, diagnostics).
+    #[arg(long)]
+    pub(crate) precheck: bool,
+    /// Print each check's details and every line.
+    #[arg(short, long)]
+    pub(crate) verbose: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = CheckOutput::Text)]
+    pub(crate) output: CheckOutput,
+    /// How long each controller or health endpoint may take to answer.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub(crate) timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum CheckOutput {
+    /// ✅/⚠/❌ lines, as `istioctl multicluster check`.
+    Text,
+    /// The report as JSON.
+    Json,
 }
 
 #[derive(Debug, clap::Args)]

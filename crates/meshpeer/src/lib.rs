@@ -2,6 +2,8 @@
 //! `meshpeer` binary is the CLI over them.
 
 pub mod api;
+pub mod check;
 pub mod controller;
 pub mod dataplane;
+pub mod demo;
 pub mod duration;

@@ -393,7 +393,9 @@ impl Session {
         loop {
             if inflight.is_none() {
                 let current = exports.borrow_and_update().clone();
-                if nacked_version != Some(current.version) {
+                // Version 0: nothing published yet; the first export comes
+                // as a change (a peer must never see an empty state as ours).
+                if current.version > 0 && nacked_version != Some(current.version) {
                     let visible = current
                         .resources
                         .visible_to(current.segment.as_deref(), self.segment.as_deref());

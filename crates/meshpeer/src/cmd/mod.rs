@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
 mod certs;
+mod check;
 mod common;
 mod controller;
+mod demo;
 mod gateway;
 mod links;
 mod proxy;
@@ -24,5 +26,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gateway(args) => gateway::run(*args),
         Command::Status(args) => status::run(&args),
         Command::Certs(c) => certs::run(c),
+        Command::Check(args) => check::run(&args),
+        Command::Demo(args) => demo::run(args),
     }
 }

@@ -1,0 +1,300 @@
+//! Running a scenario: per cluster a controller (file mode, watching its
+//! folder), an east-west gateway (at the address its east-west Gateway
+//! declares), a proxy (DNS and VIPs) and the sample backends, all in this
+//! process, on loopback.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use meshpeer_dataplane::gateway::GatewayConfig;
+use meshpeer_identity::{ClusterCa, Identity, SpiffeId};
+use meshpeer_model::{ClusterSnapshot, exports, labels};
+use meshpeer_store::file_sink::FileSink;
+use meshpeer_store::file_source::{DEFAULT_DEBOUNCE, FileSource};
+use meshpeer_store::load_cluster_dir;
+use prometheus_client::registry::Registry;
+
+use super::app::Backends;
+use super::scenario::{ClusterRuntime, Layout, Runtime};
+use crate::controller::{Controller, ControllerConfig, LinkState};
+use crate::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
+
+/// One running cluster.
+pub struct DemoCluster {
+    pub name: String,
+    pub controller: Controller,
+    pub gateway: GatewayRole,
+    pub proxy: ProxyRole,
+    pub backends: Backends,
+    pub registry: Registry,
+    pub runtime: ClusterRuntime,
+}
+
+/// A running scenario (or one cluster of it).
+pub struct Demo {
+    pub layout: Layout,
+    pub clusters: Vec<DemoCluster>,
+    /// Running only this cluster (one process per cluster, e.g. one per
+    /// network namespace).
+    pub only: Option<String>,
+}
+
+/// The address and ports of a cluster's own east-west Gateway.
+fn eastwest(snap: &ClusterSnapshot) -> Option<(IpAddr, u16, u16)> {
+    let g = snap
+        .gateways
+        .values()
+        .find(|g| g.spec.gateway_class_name == labels::EASTWEST_CLASS)?;
+    let ip: IpAddr = g
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.first())
+        .or(g.spec.addresses.first())?
+        .value
+        .parse()
+        .ok()?;
+    let port = |name: &str, default: u16| {
+        g.spec
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| u16::try_from(l.port).ok())
+            .unwrap_or(default)
+    };
+    Some((
+        ip,
+        port("xds-tls", labels::XDS_PORT),
+        port("cross-network", labels::HBONE_PORT),
+    ))
+}
+
+/// The first `nameserver` of /etc/resolv.conf: where the demo's DNS sends
+/// names that are not the mesh's.
+fn system_resolver() -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+}
+
+fn identity(
+    layout: &Layout,
+    cluster: &str,
+    td: &str,
+    ns: &str,
+    sa: &str,
+) -> anyhow::Result<Arc<Identity>> {
+    let dir = layout.cacerts(cluster);
+    let now = SystemTime::now();
+    let ca = ClusterCa::load(&dir, now)
+        .with_context(|| format!("cannot load cluster {cluster}'s CA from {}", dir.display()))?;
+    let id = SpiffeId::new(td, ns, sa)?;
+    Ok(Arc::new(Identity::new(
+        ca,
+        id,
+        Duration::from_secs(30 * 86_400),
+        now,
+    )?))
+}
+
+impl Demo {
+    /// Starts every cluster of `layout`; `step` is told what is starting.
+    /// Starts every cluster of `layout`, or only the one named; `step` is
+    /// told what is starting. A cluster keeps the addresses of its place in
+    /// the scenario either way.
+    pub async fn start(
+        layout: Layout,
+        only: Option<&str>,
+        step: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Demo> {
+        if let Some(o) = only
+            && !layout.clusters.iter().any(|c| c == o)
+        {
+            anyhow::bail!(
+                "no cluster {o:?} in scenario {} (there are: {})",
+                layout.scenario,
+                layout.clusters.join(", ")
+            );
+        }
+        let mut clusters = Vec::new();
+        for (i, name) in layout.clusters.iter().enumerate() {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let n = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            let dir = layout.cluster_dir(name);
+            step(&format!("{name}: reading {}", dir.display()));
+            let snap = load_cluster_dir(&dir)
+                .with_context(|| format!("cannot load cluster folder {}", dir.display()))?;
+            let export = exports(&snap);
+            let td = export.cluster.trust_domain.clone();
+            let (gw_ip, xds, hbone) = eastwest(&snap).with_context(|| {
+                format!(
+                    "{}: no east-west Gateway with an address (make one: meshpeer expose {} --address 127.0.{n}.1 --write)",
+                    dir.display(),
+                    dir.display()
+                )
+            })?;
+
+            step(&format!("{name}: controller (peering on {gw_ip}:{xds})"));
+            let ctl_id = identity(&layout, name, &td, "istio-system", "meshpeer")?;
+            let trust_root = ctl_id.cluster_ca().trust_root().clone();
+            let mut cfg = ControllerConfig::new(
+                Box::new(FileSource::new(dir.clone(), DEFAULT_DEBOUNCE)),
+                Box::new(FileSink::new(dir.join(".meshpeer").join("out"))),
+                ctl_id,
+                trust_root.clone(),
+                SocketAddr::new(gw_ip, xds),
+            );
+            let api: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15_014 + 100 * n));
+            cfg.api_listen = Some(api);
+            let vip_range = format!("127.{}.0.0/16", 256 - u32::from(n).min(100));
+            cfg.vip_range = vip_range.parse()?;
+            let controller = Controller::start(cfg)
+                .await
+                .with_context(|| format!("cannot start cluster {name}'s controller"))?;
+            let mut registry = Registry::default();
+
+            step(&format!(
+                "{name}: east-west gateway (HBONE on {gw_ip}:{hbone})"
+            ));
+            let gateway = GatewayRole::start(
+                controller.feed(),
+                identity(&layout, name, &td, "istio-eastwest", "istio-eastwest")?,
+                trust_root.clone(),
+                SocketAddr::new(gw_ip, hbone),
+                GatewayConfig::default(),
+                &mut registry,
+            )
+            .await?;
+
+            let dns: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15_053 + 100 * n));
+            step(&format!(
+                "{name}: proxy (DNS on {dns}, VIPs in {vip_range})"
+            ));
+            let mut pcfg = ProxyRoleConfig::new(dns);
+            pcfg.dns.upstream = system_resolver();
+            pcfg.state.capture_cluster_ips = true;
+            let proxy = ProxyRole::start(
+                controller.feed(),
+                identity(&layout, name, &td, "istio-system", "meshpeer-proxy")?,
+                trust_root,
+                pcfg,
+                &mut registry,
+            )
+            .await?;
+
+            step(&format!("{name}: sample backends"));
+            let backends = Backends::start(dir.clone());
+            let runtime = ClusterRuntime {
+                folder: dir,
+                dns: proxy.dns.local_addr(),
+                api: controller.api_addr.unwrap_or(api),
+                gateway: gateway.addr,
+                vip_range,
+            };
+            clusters.push(DemoCluster {
+                name: name.clone(),
+                controller,
+                gateway,
+                proxy,
+                backends,
+                registry,
+                runtime,
+            });
+        }
+        let demo = Demo {
+            layout,
+            clusters,
+            only: only.map(str::to_owned),
+        };
+        let text = serde_json::to_string_pretty(&demo.runtime())?;
+        let path = demo.layout.runtime_file(demo.only.as_deref());
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(demo)
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        Runtime {
+            scenario: self.layout.scenario.clone(),
+            clusters: self
+                .clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.runtime.clone()))
+                .collect(),
+        }
+    }
+
+    /// Waits (up to `within`) until every cluster's peers are synced and
+    /// its proxy listens on every VIP of its catalog.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        for c in &self.clusters {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            c.controller
+                .wait_for(left, |v| {
+                    !v.status.peers.is_empty()
+                        && v.status.peers.iter().all(|p| p.state == LinkState::Synced)
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: peers not synced: {e}", c.name))?;
+            let mut state = c.proxy.state.clone();
+            let mut listening = c.proxy.proxy.listening();
+            let ready = async {
+                loop {
+                    let want = state.borrow_and_update().listeners.len();
+                    if want > 0 && listening.borrow_and_update().len() >= want {
+                        return;
+                    }
+                    tokio::select! {
+                        r = state.changed() => if r.is_err() { return },
+                        r = listening.changed() => if r.is_err() { return },
+                    }
+                }
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::timeout(left, ready).await.map_err(|_| {
+                anyhow::anyhow!("{}: the proxy does not listen on every VIP", c.name)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One line per cluster: peers, services, listeners, backends.
+    pub fn status_lines(&self) -> Vec<String> {
+        self.clusters
+            .iter()
+            .map(|c| {
+                let v = c.controller.current();
+                let peers: Vec<String> = v
+                    .status
+                    .peers
+                    .iter()
+                    .map(|p| format!("{} {}", p.cluster, p.state.as_str()))
+                    .collect();
+                format!(
+                    "{}: peers [{}], {} global services ({} exported), {} VIP listeners, {} backends",
+                    c.name,
+                    peers.join(", "),
+                    v.status.global_services,
+                    v.status.exported_services,
+                    c.proxy.proxy.listening().borrow().len(),
+                    *c.backends.running().borrow(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn shutdown(self) {
+        let _ = std::fs::remove_file(self.layout.runtime_file(self.only.as_deref()));
+        for c in self.clusters {
+            drop(c.backends);
+            c.proxy.shutdown().await;
+            c.gateway.shutdown().await;
+            c.controller.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! `meshpeer demo` end to end: the real binary runs a scenario, and the
+//! seed walkthroughs are replayed the way a user would, with `meshpeer demo
+//! curl`, `demo scale` and `demo label` against the running demo (SPEC R1).
+//!
+//! The demo listens on fixed addresses (the examples' gateways, DNS on
+//! 127.0.0.1:15153/15253), so these tests run one at a time (nextest group
+//! `fixed-ports`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+struct Demo {
+    child: Child,
+    state: PathBuf,
+    /// The demo's stdout lines, as they come.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Demo {
+    /// Runs `meshpeer demo SCENARIO --state STATE EXTRA...` until it is live.
+    fn start(state: &Path, scenario: &str, extra: &[&str]) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshpeer"))
+            .args(["demo", scenario, "--state"])
+            .arg(state)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let demo = Demo {
+            child,
+            state: state.to_owned(),
+            lines,
+        };
+        demo.wait_line("Live status");
+        demo
+    }
+
+    /// SIGTERM, and the demo's goodbye.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        self.wait_line("stopped; the cluster folders stay in");
+        assert!(self.child.wait().unwrap().success());
+    }
+
+    /// Waits for a stdout line containing `text`; returns the lines up to it.
+    fn wait_line(&self, text: &str) -> Vec<String> {
+        let deadline = Instant::now() + WITHIN;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = l.contains(text);
+                    seen.push(l);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(e) => panic!(
+                    "no line {text:?} from the demo ({e}); saw:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn meshpeer(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_meshpeer"))
+            .args(args)
+            .arg("--state")
+            .arg(&self.state)
+            .output()
+            .unwrap()
+    }
+
+    /// `meshpeer demo <args>` that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let mut all = vec!["demo"];
+        all.extend_from_slice(args);
+        let out = self.meshpeer(&all);
+        assert!(
+            out.status.success(),
+            "meshpeer {all:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `meshpeer demo curl --cluster C URL`: the body, or the exit code and stderr.
+    fn curl(&self, cluster: &str, url: &str) -> Result<String, (i32, String)> {
+        let out = self.meshpeer(&["demo", "curl", "--cluster", cluster, url]);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err((
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        }
+    }
+
+    /// The `hostname` httpbin's `/hostname` answered from `cluster`.
+    fn hostname(&self, cluster: &str, host: &str) -> Result<String, (i32, String)> {
+        let body = self.curl(cluster, &format!("http://{host}:8000/hostname"))?;
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("not httpbin's answer: {body:?}: {e}"));
+        Ok(v["hostname"].as_str().unwrap().to_owned())
+    }
+
+    /// Repeats `probe` until `pred` holds, within [`WITHIN`].
+    fn until<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        mut probe: impl FnMut() -> T,
+        pred: impl Fn(&T) -> bool,
+    ) {
+        let deadline = Instant::now() + WITHIN;
+        loop {
+            let v = probe();
+            if pred(&v) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{what}: still {v:?} after {WITHIN:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn folder(&self, scenario: &str, cluster: &str) -> std::path::PathBuf {
+        self.state.join(scenario).join(cluster)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // SIGTERM: the demo shuts down cleanly and removes its runtime file.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + WITHIN;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+const C1_POD: &str = "in-ambient-5c64bb49cd-m9kwm";
+const C2_POD: &str = "in-ambient-b86fbcb48-6rvhp";
+const MESH: &str = "in-ambient.httpbin.mesh.internal";
+const NXDOMAIN: i32 = 6;
+
+fn five(demo: &Demo, cluster: &str, host: &str) -> Vec<String> {
+    (0..5)
+        .map(|_| {
+            demo.hostname(cluster, host)
+                .unwrap_or_else(|e| panic!("{host}: {e:?}"))
+        })
+        .collect()
+}
+
+fn nxdomain(r: &Result<String, (i32, String)>) -> bool {
+    matches!(r, Err((NXDOMAIN, e)) if e.contains("NXDOMAIN"))
+}
+
+#[test]
+fn r1_httpbin_replays_seed_004() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = Demo::start(tmp.path(), "httpbin", &[]);
+    assert!(
+        demo.folder("httpbin", "cluster1")
+            .join("httpbin.yaml")
+            .exists()
+    );
+    assert!(tmp.path().join("httpbin/certs/root/root-cert.pem").exists());
+
+    // Step 5: the global names; PreferNetwork keeps cluster1's clients local.
+    assert_eq!(five(&demo, "cluster1", MESH), vec![C1_POD; 5]);
+    assert_eq!(five(&demo, "cluster2", MESH), vec![C2_POD; 5]);
+
+    // Scale to zero in cluster1: its clients are served by cluster2.
+    let out = demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "httpbin",
+        "deployment/in-ambient",
+        "--replicas",
+        "0",
+    ]);
+    assert!(out.contains("deployment.apps/in-ambient scaled"), "{out}");
+    demo.until(
+        "cluster2 serves",
+        || demo.hostname("cluster1", MESH),
+        |r| r.as_deref() == Ok(C2_POD),
+    );
+    assert_eq!(five(&demo, "cluster1", MESH), vec![C2_POD; 5]);
+    demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "httpbin",
+        "deployment/in-ambient",
+        "--replicas",
+        "1",
+    ]);
+    demo.until(
+        "back to cluster1",
+        || demo.hostname("cluster1", MESH),
+        |r| r.as_deref() == Ok(C1_POD),
+    );
+
+    // Segments: cluster1 joins dev, cluster2 prod. mesh.internal is gone;
+    // the segment names answer, across segments while the scope is global.
+    demo.ok(&[
+        "label",
+        "--cluster",
+        "cluster1",
+        "namespace",
+        "istio-system",
+        "admin.solo.io/segment=dev-segment",
+        "--overwrite",
+    ]);
+    demo.ok(&[
+        "label",
+        "--cluster",
+        "cluster2",
+        "namespace",
+        "istio-system",
+        "admin.solo.io/segment=prod-segment",
+        "--overwrite",
+    ]);
+    demo.until(
+        "mesh.internal gone",
+        || demo.hostname("cluster1", MESH),
+        nxdomain,
+    );
+    let dev = "in-ambient.httpbin.cluster.dev";
+    let prod = "in-ambient.httpbin.cluster.prod";
+    demo.until(
+        "cluster.dev",
+        || demo.hostname("cluster1", dev),
+        |r| r.as_deref() == Ok(C1_POD),
+    );
+    demo.until(
+        "cluster.prod from dev",
+        || demo.hostname("cluster1", prod),
+        |r| r.as_deref() == Ok(C2_POD),
+    );
+    assert_eq!(five(&demo, "cluster1", prod), vec![C2_POD; 5]);
+
+    // Segment scope: the prod name no longer resolves from dev.
+    for c in ["cluster1", "cluster2"] {
+        demo.ok(&[
+            "label",
+            "--cluster",
+            c,
+            "-n",
+            "httpbin",
+            "svc",
+            "in-ambient",
+            "solo.io/service-scope=segment",
+            "--overwrite",
+        ]);
+    }
+    demo.until(
+        "prod hidden from dev",
+        || demo.hostname("cluster1", prod),
+        nxdomain,
+    );
+    assert_eq!(five(&demo, "cluster1", dev), vec![C1_POD; 5]);
+    assert_eq!(demo.hostname("cluster2", prod).unwrap(), C2_POD);
+
+    // Takeover: both clusters in dev; the cluster-local name spans both.
+    demo.ok(&[
+        "label",
+        "--cluster",
+        "cluster2",
+        "namespace",
+        "istio-system",
+        "admin.solo.io/segment=dev-segment",
+        "--overwrite",
+    ]);
+    for c in ["cluster1", "cluster2"] {
+        demo.ok(&[
+            "label",
+            "--cluster",
+            c,
+            "-n",
+            "httpbin",
+            "svc/in-ambient",
+            "solo.io/service-takeover=true",
+        ]);
+    }
+    let local = "in-ambient.httpbin.svc.cluster.local";
+    demo.until(
+        "takeover",
+        || demo.hostname("cluster1", local),
+        |r| r.as_deref() == Ok(C1_POD),
+    );
+    demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "httpbin",
+        "deployment/in-ambient",
+        "--replicas",
+        "0",
+    ]);
+    demo.until(
+        "takeover spans cluster2",
+        || demo.hostname("cluster1", local),
+        |r| r.as_deref() == Ok(C2_POD),
+    );
+    assert_eq!(five(&demo, "cluster1", local), vec![C2_POD; 5]);
+
+    // A name nobody has: NXDOMAIN, curl's exit code 6.
+    assert!(nxdomain(
+        &demo.hostname("cluster1", "nope.httpbin.cluster.dev")
+    ));
+}
+
+#[test]
+fn r1_bookinfo_productpage_of_seed_000_from_both_clusters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = Demo::start(tmp.path(), "bookinfo", &[]);
+    let url = "http://productpage.bookinfo.mesh.internal:9080/productpage";
+    for from in ["cluster1", "cluster2"] {
+        // `Any`: both clusters' productpages answer, 200 with the title.
+        let mut seen = std::collections::BTreeSet::new();
+        demo.until(
+            "both clusters' productpage",
+            || {
+                let body = demo
+                    .curl(from, url)
+                    .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+                assert!(
+                    body.contains("<title>Simple Bookstore App</title>"),
+                    "{body}"
+                );
+                let cluster = body
+                    .rsplit(" in ")
+                    .next()
+                    .unwrap_or("")
+                    .split('<')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                seen.insert(cluster);
+                seen.clone()
+            },
+            |s| s.contains("cluster1") && s.contains("cluster2"),
+        );
+    }
+    // Cluster-local services stay local: no global name for reviews.
+    let r = demo.curl("cluster1", "http://reviews.bookinfo.mesh.internal:9080/");
+    assert!(nxdomain(&r), "{r:?}");
+}
+
+#[test]
+fn r1_demo_state_survives_a_restart_and_reset_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path();
+    let demo = Demo::start(state, "httpbin", &[]);
+    demo.ok(&[
+        "label",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "httpbin",
+        "svc",
+        "in-ambient",
+        "solo.io/service-scope-",
+    ]);
+    demo.until(
+        "unlabelled",
+        || demo.hostname("cluster1", MESH),
+        |r| r.as_deref() == Ok(C2_POD),
+    );
+    let root = std::fs::read(state.join("httpbin/certs/root/root-cert.pem")).unwrap();
+    demo.stop();
+    assert!(
+        !state.join("httpbin/demo.json").exists(),
+        "runtime file removed"
+    );
+    let e = Command::new(env!("CARGO_BIN_EXE_meshpeer"))
+        .args([
+            "demo",
+            "curl",
+            "--cluster",
+            "cluster1",
+            "http://x:80/",
+            "--state",
+        ])
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("no running demo"),
+        "{e:?}"
+    );
+
+    // Started again: the edit is still there, the certificates too.
+    let again = Demo::start(state, "httpbin", &[]);
+    assert_eq!(again.hostname("cluster1", MESH).unwrap(), C2_POD);
+    again.stop();
+    let fresh = Demo::start(state, "httpbin", &["--reset"]);
+    fresh.until(
+        "reset",
+        || fresh.hostname("cluster1", MESH),
+        |r| r.as_deref() == Ok(C1_POD),
+    );
+    assert_eq!(
+        std::fs::read(state.join("httpbin/certs/root/root-cert.pem")).unwrap(),
+        root
+    );
+}
