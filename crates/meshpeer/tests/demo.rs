@@ -379,6 +379,40 @@ fn r1_bookinfo_productpage_of_seed_000_from_both_clusters() {
             |s| s.contains("cluster1") && s.contains("cluster2"),
         );
     }
+    // Scale cluster1's productpage to zero: every answer is cluster2's, 200.
+    demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "bookinfo",
+        "deployment/productpage-v1",
+        "--replicas",
+        "0",
+    ]);
+    let served_by = |from: &str| {
+        let body = demo
+            .curl(from, url)
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        body.contains("in cluster2</p>")
+    };
+    demo.until(
+        "only cluster2",
+        || (0..5).all(|_| served_by("cluster1")),
+        |all| *all,
+    );
+    demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "bookinfo",
+        "deployment/productpage-v1",
+        "--replicas",
+        "1",
+    ]);
+    demo.until("cluster1 back", || served_by("cluster1"), |c2| !*c2);
+
     // Cluster-local services stay local: no global name for reviews.
     let r = demo.curl("cluster1", "http://reviews.bookinfo.mesh.internal:9080/");
     assert!(nxdomain(&r), "{r:?}");

@@ -128,6 +128,19 @@ pub fn scale(
             })
         })
         .collect();
+    let stashed_endpoints = stash.iter().any(|d| {
+        d.value
+            .as_ref()
+            .is_some_and(|v| v["kind"] == STASHED_ENDPOINT)
+    });
+    if running.is_empty()
+        && (stashed_endpoints || !slice_endpoints(&files, namespace, deployment).is_empty())
+    {
+        // Endpoints given as EndpointSlices (Bookinfo's example): scale those.
+        let scaled = scale_slices(&mut files, &mut stash, namespace, deployment, replicas)?;
+        save_stash(&stash_path, &stash)?;
+        return Ok(scaled);
+    }
     let before = running.len();
     if replicas < before {
         // Take the last ones out, as a ReplicaSet scaling down would.
@@ -166,21 +179,159 @@ pub fn scale(
         docs.extend(back);
         write_atomic(&path, &join(&docs))?;
     }
-    if stash.is_empty() {
-        let _ = fs::remove_file(&stash_path);
-    } else {
-        if let Some(parent) = stash_path.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        write_atomic(&stash_path, &join(&stash))?;
-    }
+    save_stash(&stash_path, &stash)?;
     let after = load(dir)?
         .values()
         .flatten()
         .filter_map(|d| d.value.as_ref())
         .filter(|v| is(v, "Pod", namespace, None) && matches(&selector, v))
         .count();
+    Ok(Scaled { before, after })
+}
+
+/// The kind of a stash document holding one EndpointSlice endpoint.
+const STASHED_ENDPOINT: &str = "MeshpeerDemoStashedEndpoint";
+
+fn save_stash(path: &Path, stash: &[Doc]) -> anyhow::Result<()> {
+    if stash.is_empty() {
+        let _ = fs::remove_file(path);
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    write_atomic(path, &join(stash))
+}
+
+fn doc_of(v: Value) -> anyhow::Result<Doc> {
+    let text = serde_saphyr::to_string(&v).context("cannot write an object back as YAML")?;
+    Ok(Doc {
+        text,
+        value: Some(v),
+    })
+}
+
+/// `(file, document, endpoint)` of every EndpointSlice endpoint of
+/// `namespace` whose Pod belongs to `deployment` (`<deployment>-...`).
+fn slice_endpoints(
+    files: &BTreeMap<PathBuf, Vec<Doc>>,
+    namespace: &str,
+    deployment: &str,
+) -> Vec<(PathBuf, usize, usize)> {
+    let prefix = format!("{deployment}-");
+    let mut out = Vec::new();
+    for (p, docs) in files {
+        for (i, d) in docs.iter().enumerate() {
+            let Some(v) = &d.value else { continue };
+            if !is(v, "EndpointSlice", namespace, None) {
+                continue;
+            }
+            for (k, ep) in v["endpoints"].as_array().into_iter().flatten().enumerate() {
+                let r = &ep["targetRef"];
+                if r["kind"] == "Pod" && r["name"].as_str().is_some_and(|n| n.starts_with(&prefix))
+                {
+                    out.push((p.clone(), i, k));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Scaling when a Deployment's pods appear only as EndpointSlice endpoints:
+/// endpoints leave their slice into the stash, and come back to it.
+fn scale_slices(
+    files: &mut BTreeMap<PathBuf, Vec<Doc>>,
+    stash: &mut Vec<Doc>,
+    namespace: &str,
+    deployment: &str,
+    replicas: usize,
+) -> anyhow::Result<Scaled> {
+    let current = slice_endpoints(files, namespace, deployment);
+    let before = current.len();
+    let mut touched: Vec<PathBuf> = Vec::new();
+    if replicas < before {
+        let mut gone: BTreeMap<(PathBuf, usize), Vec<usize>> = BTreeMap::new();
+        for (p, i, k) in current.into_iter().skip(replicas) {
+            gone.entry((p, i)).or_default().push(k);
+        }
+        for ((p, i), ks) in gone {
+            let Some(doc) = files.get_mut(&p).and_then(|d| d.get_mut(i)) else {
+                continue;
+            };
+            let Some(mut v) = doc.value.clone() else {
+                continue;
+            };
+            let slice = v["metadata"]["name"].clone();
+            let eps = v["endpoints"]
+                .as_array_mut()
+                .context("endpoints is not a list")?;
+            for k in ks.iter().rev() {
+                let ep = eps.remove(*k);
+                stash.push(doc_of(serde_json::json!({
+                    "kind": STASHED_ENDPOINT,
+                    "slice": slice,
+                    "endpoint": ep,
+                }))?);
+            }
+            *doc = doc_of(v)?;
+            touched.push(p);
+        }
+    } else if replicas > before {
+        let mut want = replicas - before;
+        let mut kept = Vec::new();
+        for d in stash.drain(..) {
+            let back = want > 0
+                && d.value
+                    .as_ref()
+                    .is_some_and(|v| v["kind"] == STASHED_ENDPOINT);
+            if !back {
+                kept.push(d);
+                continue;
+            }
+            let Some(entry) = d.value else { continue };
+            let target = files.iter_mut().find_map(|(p, docs)| {
+                let i = docs.iter().position(|doc| {
+                    doc.value.as_ref().is_some_and(|v| {
+                        is(v, "EndpointSlice", namespace, None)
+                            && v["metadata"]["name"] == entry["slice"]
+                    })
+                })?;
+                Some((p.clone(), &mut docs[i]))
+            });
+            let Some((p, doc)) = target else {
+                kept.push(doc_of(entry)?);
+                continue;
+            };
+            let Some(mut v) = doc.value.clone() else {
+                continue;
+            };
+            if !v["endpoints"].is_array() {
+                v["endpoints"] = Value::Array(Vec::new());
+            }
+            if let Some(eps) = v["endpoints"].as_array_mut() {
+                eps.push(entry["endpoint"].clone());
+            }
+            *doc = doc_of(v)?;
+            touched.push(p);
+            want -= 1;
+        }
+        *stash = kept;
+        if replicas > before && touched.is_empty() {
+            bail!(
+                "Deployment {namespace}/{deployment} has {before} endpoint(s) and none scaled away to bring back"
+            );
+        }
+    }
+    touched.sort();
+    touched.dedup();
+    for p in touched {
+        if let Some(docs) = files.get(&p) {
+            write_atomic(&p, &join(docs))?;
+        }
+    }
+    let after = slice_endpoints(files, namespace, deployment).len();
     Ok(Scaled { before, after })
 }
 
@@ -415,6 +566,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no Service shop/nope"), "{e}");
+    }
+
+    #[test]
+    fn scaling_endpoint_slices_takes_endpoints_out_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: pp-v1, namespace: b}\nspec:\n  selector: {matchLabels: {app: pp}}\n---\n\
+            apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: pp-x, namespace: b}\naddressType: IPv4\n\
+            endpoints:\n- addresses: [10.0.0.1]\n  targetRef: {kind: Pod, name: pp-v1-abc-1}\n- addresses: [10.0.0.9]\n  targetRef: {kind: Pod, name: other-1}\nports: [{port: 9080}]\n";
+        fs::write(dir.path().join("b.yaml"), text).unwrap();
+        fs::write(dir.path().join("cluster.yaml"), "name: c1\n").unwrap();
+        assert_eq!(
+            scale(dir.path(), "b", "pp-v1", 0).unwrap(),
+            Scaled {
+                before: 1,
+                after: 0
+            }
+        );
+        let snap = meshpeer_store::load_cluster_dir(dir.path()).unwrap();
+        let slice = snap.endpoint_slices.values().next().unwrap();
+        assert_eq!(slice.endpoints.len(), 1, "the other pod's endpoint stays");
+        assert_eq!(
+            scale(dir.path(), "b", "pp-v1", 1).unwrap(),
+            Scaled {
+                before: 0,
+                after: 1
+            }
+        );
+        let snap = meshpeer_store::load_cluster_dir(dir.path()).unwrap();
+        let slice = snap.endpoint_slices.values().next().unwrap();
+        assert_eq!(slice.endpoints.len(), 2);
+        assert!(!dir.path().join(".meshpeer/scaled/b.pp-v1.yaml").exists());
     }
 
     #[test]
