@@ -280,6 +280,7 @@ async fn tunnel(
     mut respond: SendResponse<Bytes>,
     authority: String,
 ) {
+    let started = std::time::Instant::now();
     let metrics = &caller.metrics;
     let meta = wire::take_meta(request.headers());
     let recv = request.into_body();
@@ -300,7 +301,8 @@ async fn tunnel(
     let upstream = match opened {
         Ok(upstream) => upstream,
         Err(refuse) => {
-            info!(
+            // The handler logs why (the gateway's access log of refusals).
+            debug!(
                 peer = %caller.peer,
                 %authority,
                 status = refuse.status.as_u16(),
@@ -332,16 +334,26 @@ async fn tunnel(
     let result = (&mut splice).await;
     let (from_caller, to_caller) = splice.totals();
     counters.closed(result.is_ok());
-    match result {
-        Ok(()) => debug!(from_caller, to_caller, "tunnel closed"),
-        Err(SpliceError::Caller(err)) => {
-            debug!(from_caller, to_caller, error = %err, "caller ended the tunnel");
-        }
-        Err(SpliceError::Upstream(err)) => {
-            splice.reset_caller();
-            debug!(from_caller, to_caller, error = %err, "upstream failed; tunnel reset");
-        }
+    // The gateway's access log: one line per tunnel.
+    let (outcome, error) = match &result {
+        Ok(()) => ("ok", String::new()),
+        Err(SpliceError::Caller(err)) => ("caller_reset", err.to_string()),
+        Err(SpliceError::Upstream(err)) => ("upstream_reset", err.to_string()),
+    };
+    if matches!(result, Err(SpliceError::Upstream(_))) {
+        splice.reset_caller();
     }
+    info!(
+        src = %caller.peer,
+        remote = %caller.remote,
+        dst = %authority,
+        bytes_from_caller = from_caller,
+        bytes_to_caller = to_caller,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome,
+        error = %error,
+        "tunnel"
+    );
 }
 
 /// Answers `status` with `message` as a text body.
