@@ -48,17 +48,71 @@ impl CatalogFeed {
     }
 }
 
+/// Who follows a controller's catalog. Sent as query parameters of the
+/// watch (`?role=proxy&name=...&health=...`), so that the controller lists
+/// its data plane in its status and `meshpeer check` can probe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Follower {
+    /// `proxy` or `gateway`; empty: not said.
+    pub role: String,
+    /// Who it is: its SPIFFE ID, or its host and process id.
+    pub name: String,
+    /// Where it answers `GET /healthz` (its `--metrics` address), if anywhere.
+    pub health: Option<String>,
+}
+
+impl Follower {
+    /// The watch's query string, `""` when nothing is said.
+    pub fn query(&self) -> String {
+        let mut pairs = Vec::new();
+        for (key, value) in [
+            ("role", self.role.as_str()),
+            ("name", self.name.as_str()),
+            ("health", self.health.as_deref().unwrap_or_default()),
+        ] {
+            if !value.is_empty() {
+                pairs.push(format!("{key}={}", percent_encode(value)));
+            }
+        }
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
+    }
+}
+
+/// Query-value encoding: unreserved characters (RFC 3986) as they are,
+/// every other byte as `%XX`.
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Follows a controller's catalog stream at `http://<api>/v1/catalog/watch`,
 /// publishing each version on `tx`, reconnecting (1 s apart) when the stream
 /// breaks. Runs until `tx` has no receiver left.
 pub async fn follow(api: String, tx: watch::Sender<Arc<CatalogFeed>>) {
+    follow_as(api, Follower::default(), tx).await;
+}
+
+/// Like [`follow`], telling the controller who follows (see [`Follower`]).
+pub async fn follow_as(api: String, who: Follower, tx: watch::Sender<Arc<CatalogFeed>>) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let query = who.query();
     let mut logged_down = false;
     loop {
         if tx.is_closed() {
             return;
         }
-        match stream_once(&client, &api, &tx).await {
+        match stream_once(&client, &api, &query, &tx).await {
             Ok(()) => info!(controller = %api, "catalog stream ended; reconnecting"),
             Err(e) => {
                 if !logged_down {
@@ -74,9 +128,10 @@ pub async fn follow(api: String, tx: watch::Sender<Arc<CatalogFeed>>) {
 async fn stream_once(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     api: &str,
+    query: &str,
     tx: &watch::Sender<Arc<CatalogFeed>>,
 ) -> Result<(), String> {
-    let uri: http::Uri = format!("http://{api}/v1/catalog/watch")
+    let uri: http::Uri = format!("http://{api}/v1/catalog/watch{query}")
         .parse()
         .map_err(|e| format!("{api}: {e}"))?;
     let resp = client.get(uri).await.map_err(|e| with_causes(&e))?;
@@ -126,4 +181,23 @@ fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follower_query_encodes_values_and_leaves_out_empty_ones() {
+        assert_eq!(Follower::default().query(), "");
+        let who = Follower {
+            role: "proxy".into(),
+            name: "spiffe://cluster1/ns/istio-system/sa/meshpeer-proxy".into(),
+            health: Some("127.0.0.1:15120".into()),
+        };
+        assert_eq!(
+            who.query(),
+            "?role=proxy&name=spiffe%3A%2F%2Fcluster1%2Fns%2Fistio-system%2Fsa%2Fmeshpeer-proxy&health=127.0.0.1%3A15120"
+        );
+    }
 }

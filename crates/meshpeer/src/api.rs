@@ -3,31 +3,34 @@
 //! | path | what |
 //! |---|---|
 //! | `GET /healthz` | `ok` once the controller runs |
-//! | `GET /v1/status` | [`Status`] as JSON: peers, served peers, counts, diagnostics |
+//! | `GET /v1/status` | [`Status`] as JSON: peers, served peers, counts, diagnostics; plus `dataPlane`: the processes following the catalog ([`StatusDoc`]) |
 //! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog, "callers": [...]}` (the data plane's feed) |
-//! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane |
+//! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane, which says who it is in the query (`?role=proxy&name=...&health=ADDR`, see [`meshpeer_dataplane::feed::Follower`]) |
 //! | `GET /metrics` | Prometheus text format |
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, FromRef, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
 use meshpeer_peering::PeeringService;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::controller::view::{RefusedView, ServedView, View};
+use crate::controller::view::{RefusedView, ServedView, Status, View};
 use meshpeer_dataplane::feed::CatalogFeed;
 
 #[derive(Clone)]
@@ -38,10 +41,110 @@ pub(crate) struct ApiState {
     pub(crate) registry: Arc<Registry>,
 }
 
+/// `GET /v1/status` as served: the controller's [`Status`] and the data
+/// plane following its catalog.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDoc {
+    #[serde(flatten)]
+    pub status: Status,
+    /// Processes following `/v1/catalog/watch` now, in the order they came.
+    #[serde(default)]
+    pub data_plane: Vec<FollowerView>,
+}
+
+/// A process following the catalog stream (a proxy or a gateway).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowerView {
+    /// `proxy`, `gateway`, or empty when the follower did not say.
+    pub role: String,
+    /// Who it says it is (empty when it did not say).
+    pub name: String,
+    /// Its address as seen from the controller.
+    pub remote: String,
+    pub since: Option<SystemTime>,
+    /// The catalog version last sent to it.
+    pub version: u64,
+    /// Where it answers `GET /healthz`, if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+/// The followers of the catalog stream, by connection (and the data plane
+/// running in the controller's own process, registered by
+/// [`crate::controller::Controller::register_follower`]).
+#[derive(Clone, Default)]
+pub struct Followers {
+    next: Arc<AtomicU64>,
+    by_id: Arc<Mutex<BTreeMap<u64, FollowerView>>>,
+}
+
+impl Followers {
+    /// Lists `view` until the returned guard is dropped.
+    pub fn add(&self, view: FollowerView) -> FollowerGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.by_id.lock() {
+            m.insert(id, view);
+        }
+        FollowerGuard {
+            followers: self.clone(),
+            id,
+        }
+    }
+
+    fn list(&self) -> Vec<FollowerView> {
+        self.by_id
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One follower's entry, removed when its stream ends (the response body is
+/// dropped).
+pub struct FollowerGuard {
+    followers: Followers,
+    id: u64,
+}
+
+impl FollowerGuard {
+    /// Records the catalog version it has now.
+    pub fn sent(&self, version: u64) {
+        if let Ok(mut m) = self.followers.by_id.lock()
+            && let Some(f) = m.get_mut(&self.id)
+        {
+            f.version = version;
+        }
+    }
+}
+
+impl Drop for FollowerGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.followers.by_id.lock() {
+            m.remove(&self.id);
+        }
+    }
+}
+
+/// What the handlers share: the controller's state and the followers.
+#[derive(Clone)]
+struct Served {
+    api: ApiState,
+    followers: Followers,
+}
+
+impl FromRef<Served> for ApiState {
+    fn from_ref(s: &Served) -> ApiState {
+        s.api.clone()
+    }
+}
+
 /// Serves the API until `shutdown` completes.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: ApiState,
+    followers: Followers,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -50,10 +153,16 @@ pub(crate) async fn serve(
         .route("/v1/catalog", get(catalog))
         .route("/v1/catalog/watch", get(watch_catalog))
         .route("/metrics", get(metrics))
-        .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        .with_state(Served {
+            api: state,
+            followers,
+        });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// The view with the peering server's live view of who it serves.
@@ -71,9 +180,12 @@ fn json<T: Serialize>(value: &T) -> Response {
     }
 }
 
-async fn status(State(s): State<ApiState>) -> Response {
-    let v = s.view.borrow().clone();
-    json(&with_live_status(&v, &s.service).status)
+async fn status(State(s): State<Served>) -> Response {
+    let v = s.api.view.borrow().clone();
+    json(&StatusDoc {
+        status: with_live_status(&v, &s.api.service).status,
+        data_plane: s.followers.list(),
+    })
 }
 
 async fn catalog(State(s): State<ApiState>) -> Response {
@@ -81,10 +193,34 @@ async fn catalog(State(s): State<ApiState>) -> Response {
     json(&*f)
 }
 
-async fn watch_catalog(State(s): State<ApiState>) -> Response {
-    let stream = WatchStream::new(s.feed.clone())
+/// What a follower says of itself (see [`meshpeer_dataplane::feed::Follower`]).
+#[derive(Debug, Default, Deserialize)]
+struct FollowQuery {
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    health: Option<String>,
+}
+
+async fn watch_catalog(
+    State(s): State<Served>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Query(who): Query<FollowQuery>,
+) -> Response {
+    let guard = s.followers.add(FollowerView {
+        role: who.role,
+        name: who.name,
+        remote: remote.to_string(),
+        since: Some(SystemTime::now()),
+        version: 0,
+        health: who.health.filter(|h| !h.is_empty()),
+    });
+    let stream = WatchStream::new(s.api.feed.clone())
         .filter(|f| std::future::ready(f.version > 0))
-        .map(|f| {
+        .map(move |f| {
+            guard.sent(f.version);
             let mut line = serde_json::to_vec(&*f).unwrap_or_default();
             line.push(b'\n');
             Ok::<_, Infallible>(line)

@@ -321,7 +321,12 @@ pub(crate) struct CheckArgs {
     pub(crate) cluster: Vec<PathBuf>,
     /// Kubernetes mode: a kubeconfig context; repeat (or separate with
     /// commas) for each cluster.
-    #[arg(long, visible_alias = "contexts", value_name = "CTX", value_delimiter = ',')]
+    #[arg(
+        long,
+        visible_alias = "contexts",
+        value_name = "CTX",
+        value_delimiter = ','
+    )]
     pub(crate) context: Vec<String>,
     /// A cluster's cacerts folder, once per cluster in the order of the
     /// clusters (`-`: none). Default in file mode: DIR/../certs/<cluster name>.

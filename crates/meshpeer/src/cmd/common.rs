@@ -172,14 +172,32 @@ impl Drop for Follow {
     }
 }
 
+/// Who this process is, for the controller's list of its data plane
+/// (`meshpeer check` probes `health`).
+pub(crate) fn follower(role: &str, metrics: Option<SocketAddr>) -> feed::Follower {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    feed::Follower {
+        role: role.to_owned(),
+        name: format!(
+            "{role} pid {} on {}",
+            std::process::id(),
+            if host.is_empty() { "localhost" } else { &host }
+        ),
+        health: metrics.map(|a| a.to_string()),
+    }
+}
+
 /// Follows the controller's catalog and waits for its first version, or for
 /// a signal (then `None`).
 pub(crate) async fn wait_or_stop(
     controller: &str,
+    who: feed::Follower,
     signals: &mut Signals,
 ) -> anyhow::Result<Option<(watch::Receiver<Arc<CatalogFeed>>, Follow)>> {
     tokio::select! {
-        r = wait_for_catalog(controller) => r.map(Some),
+        r = wait_for_catalog(controller, who) => r.map(Some),
         why = signals.recv() => {
             info!("{why} received while waiting for the controller's catalog; exiting");
             Ok(None)
@@ -191,10 +209,15 @@ pub(crate) async fn wait_or_stop(
 /// waits, as long as it takes, for the first catalog.
 async fn wait_for_catalog(
     controller: &str,
+    who: feed::Follower,
 ) -> anyhow::Result<(watch::Receiver<Arc<CatalogFeed>>, Follow)> {
     let (tx, mut rx) = watch::channel(Arc::new(CatalogFeed::default()));
     info!(controller = %controller, "waiting for the controller's catalog at {controller}");
-    let follow = Follow(tokio::spawn(feed::follow(controller.to_owned(), tx)));
+    let follow = Follow(tokio::spawn(feed::follow_as(
+        controller.to_owned(),
+        who,
+        tx,
+    )));
     let started = tokio::time::Instant::now();
     let mut nag =
         tokio::time::interval_at(started + Duration::from_secs(10), Duration::from_secs(30));

@@ -14,7 +14,7 @@ use meshpeer_store::file_source::{DEFAULT_DEBOUNCE, FileSource};
 use meshpeer_store::kube_sink::KubeSink;
 use meshpeer_store::kube_source::KubeSource;
 use meshpeer_store::{ClusterSource, Sink, load_cluster_dir};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::common::{Signals, init_logging, keep_renewed, runtime};
 use crate::cli::ControllerArgs;
@@ -145,9 +145,19 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         api = %api,
         "controller running; status: meshpeer status --controller {api}"
     );
+    // File mode: say where this controller listens, for `meshpeer check`.
+    let runtime_dir = args.cluster_dir.clone();
+    if let (Some(dir), Some(api)) = (&runtime_dir, controller.api_addr)
+        && let Err(e) = meshpeer::check::write_runtime_file(dir, api, controller.peering_addr)
+    {
+        warn!(folder = %dir.display(), error = %e, "cannot record the controller's addresses for `meshpeer check`");
+    }
     let why = signals.recv().await;
     info!("{why} received; shutting down");
     renew.abort();
     controller.shutdown().await;
+    if let Some(dir) = &runtime_dir {
+        let _ = meshpeer::check::remove_runtime_file(dir);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -11,8 +11,8 @@ use prometheus_client::registry::Registry;
 use tracing::info;
 
 use super::common::{
-    Signals, Telemetry, check_free, init_logging, issue_identity, keep_renewed, load_ca, runtime,
-    wait_or_stop,
+    Signals, Telemetry, check_free, follower, init_logging, issue_identity, keep_renewed, load_ca,
+    runtime, wait_or_stop,
 };
 use crate::cli::GatewayArgs;
 
@@ -36,7 +36,13 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
-    let Some((feed, follow)) = wait_or_stop(&args.controller, &mut signals).await? else {
+    let Some((feed, follow)) = wait_or_stop(
+        &args.controller,
+        follower("gateway", args.metrics),
+        &mut signals,
+    )
+    .await?
+    else {
         Telemetry::stop(telemetry).await;
         return Ok(ExitCode::SUCCESS);
     };

@@ -89,6 +89,7 @@ pub struct Controller {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     service: PeeringService,
+    followers: crate::api::Followers,
 }
 
 impl std::fmt::Debug for Controller {
@@ -295,6 +296,7 @@ impl Controller {
         }));
 
         // Local API.
+        let followers = crate::api::Followers::default();
         let api_addr = match api_listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -309,11 +311,12 @@ impl Controller {
                     registry: Arc::new(registry),
                 };
                 let mut stop = shutdown_rx.clone();
+                let listed = followers.clone();
                 tasks.push(tokio::spawn(async move {
                     let signal = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    if let Err(e) = crate::api::serve(listener, state, signal).await {
+                    if let Err(e) = crate::api::serve(listener, state, listed, signal).await {
                         error!(error = %e, "API server failed");
                     }
                 }));
@@ -331,7 +334,15 @@ impl Controller {
             shutdown,
             tasks,
             service,
+            followers,
         })
+    }
+
+    /// Lists a data-plane role running in this process (the demo's) among
+    /// the catalog's followers in `/v1/status`, as the ones that follow over
+    /// HTTP are, until the guard is dropped.
+    pub fn register_follower(&self, view: crate::api::FollowerView) -> crate::api::FollowerGuard {
+        self.followers.add(view)
     }
 
     /// The latest view; `changed()` on the receiver waits for the next.

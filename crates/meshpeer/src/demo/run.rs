@@ -24,6 +24,8 @@ use crate::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
 /// One running cluster.
 pub struct DemoCluster {
     pub name: String,
+    /// The in-process proxy and gateway, listed in the controller's status.
+    listed: tokio::task::JoinHandle<()>,
     pub controller: Controller,
     pub gateway: GatewayRole,
     pub proxy: ProxyRole,
@@ -100,6 +102,47 @@ fn identity(
     )?))
 }
 
+fn proxy_id_name(td: &str) -> String {
+    format!("spiffe://{td}/ns/istio-system/sa/meshpeer-proxy (in the demo process)")
+}
+
+fn gateway_id_name(td: &str) -> String {
+    format!("spiffe://{td}/ns/istio-eastwest/sa/istio-eastwest (in the demo process)")
+}
+
+/// Lists the in-process proxy and gateway as followers of the controller's
+/// catalog, kept at its current version, until the task is aborted.
+fn list_in_process(
+    controller: &Controller,
+    proxy: &str,
+    gateway: &str,
+) -> tokio::task::JoinHandle<()> {
+    let view = |role: &str, name: &str| crate::api::FollowerView {
+        role: role.to_owned(),
+        name: name.to_owned(),
+        remote: "in process".to_owned(),
+        since: Some(SystemTime::now()),
+        version: 0,
+        health: None,
+    };
+    let guards = [
+        controller.register_follower(view("proxy", proxy)),
+        controller.register_follower(view("gateway", gateway)),
+    ];
+    let mut feed = controller.feed();
+    tokio::spawn(async move {
+        loop {
+            let v = feed.borrow_and_update().version;
+            for g in &guards {
+                g.sent(v);
+            }
+            if feed.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
 impl Demo {
     /// Starts every cluster of `layout`; `step` is told what is starting.
     /// Starts every cluster of `layout`, or only the one named; `step` is
@@ -156,6 +199,10 @@ impl Demo {
             let controller = Controller::start(cfg)
                 .await
                 .with_context(|| format!("cannot start cluster {name}'s controller"))?;
+            if let Some(api) = controller.api_addr {
+                // Where `meshpeer check --cluster <folder>` finds it.
+                let _ = crate::check::write_runtime_file(&dir, api, controller.peering_addr);
+            }
             let mut registry = Registry::default();
 
             step(&format!(
@@ -187,6 +234,7 @@ impl Demo {
             )
             .await?;
 
+            let listed = list_in_process(&controller, &proxy_id_name(&td), &gateway_id_name(&td));
             step(&format!("{name}: sample backends"));
             let backends = Backends::start(dir.clone());
             let runtime = ClusterRuntime {
@@ -198,6 +246,7 @@ impl Demo {
             };
             clusters.push(DemoCluster {
                 name: name.clone(),
+                listed,
                 controller,
                 gateway,
                 proxy,
@@ -291,6 +340,8 @@ impl Demo {
     pub async fn shutdown(self) {
         let _ = std::fs::remove_file(self.layout.runtime_file(self.only.as_deref()));
         for c in self.clusters {
+            c.listed.abort();
+            let _ = crate::check::remove_runtime_file(&c.runtime.folder);
             drop(c.backends);
             c.proxy.shutdown().await;
             c.gateway.shutdown().await;

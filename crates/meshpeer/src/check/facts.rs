@@ -1,0 +1,464 @@
+//! Gathering what `check` judges: each cluster's objects (its folder, or
+//! its Kubernetes API server), its cacerts, and, unless prechecking, its
+//! controller's live state and the health of the data plane following it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use meshpeer_dataplane::feed::CatalogFeed;
+use meshpeer_identity::ClusterCa;
+use meshpeer_model::objects::{Condition, ServiceEntry};
+use meshpeer_model::{
+    CatalogConfig, ClusterConfig, ClusterSnapshot, Export, GlobalCatalog, NsName, catalog_with,
+    exports,
+};
+use meshpeer_store::Sink;
+use meshpeer_store::file_sink::{FileSink, STATUS_DIR};
+use meshpeer_store::{ClusterSource, load_cluster_dir};
+use serde::Deserialize;
+
+use super::http;
+use super::runtime::{RUNTIME_FILE, read_runtime_file};
+use crate::api::{FollowerView, StatusDoc};
+use crate::controller::view::Status as ControllerStatus;
+
+/// Where a cluster is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// File mode: a cluster folder.
+    Folder(PathBuf),
+    /// Kubernetes mode: a kubeconfig context.
+    Context(String),
+}
+
+impl Origin {
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Folder(d) => format!("folder {}", d.display()),
+            Origin::Context(c) => format!("Kubernetes context {c}"),
+        }
+    }
+
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            Origin::Folder(d) => Some(d),
+            Origin::Context(_) => None,
+        }
+    }
+}
+
+/// One cluster to check, as the command line gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterInput {
+    pub origin: Origin,
+    /// Its cacerts folder; file mode default: `<DIR>/../certs/<cluster name>`.
+    pub cacerts: Option<PathBuf>,
+    /// Its controller's API; file mode default: from `<DIR>/.meshpeer/controller.json`.
+    pub controller: Option<String>,
+    /// Kubernetes mode: the cluster's name (default: the context's).
+    pub name: Option<String>,
+}
+
+impl ClusterInput {
+    pub fn folder(dir: impl Into<PathBuf>) -> Self {
+        ClusterInput {
+            origin: Origin::Folder(dir.into()),
+            cacerts: None,
+            controller: None,
+            name: None,
+        }
+    }
+}
+
+/// A cluster's intermediate CA, as found.
+#[derive(Debug)]
+pub enum CaFacts {
+    /// Loaded and self-consistent (`ClusterCa::load`'s checks passed).
+    Loaded { dir: PathBuf, ca: Box<ClusterCa> },
+    /// There, but not usable.
+    Broken { dir: PathBuf, error: String },
+    /// Not found; `looked`: where it was expected, if anywhere.
+    Missing { looked: Option<PathBuf> },
+}
+
+impl CaFacts {
+    pub fn ca(&self) -> Option<&ClusterCa> {
+        match self {
+            CaFacts::Loaded { ca, .. } => Some(ca),
+            _ => None,
+        }
+    }
+}
+
+/// A controller, as its API answers.
+#[derive(Debug)]
+pub struct LiveState {
+    /// Its API address.
+    pub addr: String,
+    /// Where the address came from (`--controller`, the runtime file).
+    pub from: String,
+    pub status: ControllerStatus,
+    /// The processes following its catalog.
+    pub data_plane: Vec<FollowerView>,
+    /// `GET /healthz` of each follower that gave a health address, by address.
+    pub health: BTreeMap<String, Result<(), String>>,
+    /// Its catalog feed (version and global services), if it answered.
+    pub catalog: Result<CatalogFeed, String>,
+}
+
+/// What is known of a cluster's controller.
+#[derive(Debug)]
+pub enum Live {
+    /// Not looked at (precheck, Kubernetes mode): why.
+    NotChecked(String),
+    /// File mode without `--controller` and without a runtime file.
+    NoAddress,
+    /// Does not answer.
+    Down {
+        addr: String,
+        from: String,
+        error: String,
+    },
+    Up(Box<LiveState>),
+}
+
+impl Live {
+    pub fn state(&self) -> Option<&LiveState> {
+        match self {
+            Live::Up(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Everything `check` knows of one cluster.
+#[derive(Debug)]
+pub struct ClusterFacts {
+    pub name: String,
+    pub origin: Origin,
+    pub snapshot: ClusterSnapshot,
+    /// What the cluster exports, from its objects.
+    pub export: Export,
+    /// What it would see, from its objects and the other clusters given.
+    pub catalog: GlobalCatalog,
+    pub ca: CaFacts,
+    pub live: Live,
+    /// File mode: the peer conditions the controller last wrote
+    /// (`<out>/status/*.yaml`), by Gateway.
+    pub written_status: BTreeMap<NsName, Vec<Condition>>,
+    /// File mode: the output folder and the meshpeer-managed ServiceEntries in it.
+    pub output: Option<(PathBuf, Vec<ServiceEntry>)>,
+}
+
+impl ClusterFacts {
+    /// The cacerts folder to name in fix lines.
+    pub fn cacerts_hint(&self) -> String {
+        match &self.ca {
+            CaFacts::Loaded { dir, .. } | CaFacts::Broken { dir, .. } => dir.display().to_string(),
+            CaFacts::Missing { looked: Some(d) } => d.display().to_string(),
+            CaFacts::Missing { looked: None } => "CACERTS_DIR".to_owned(),
+        }
+    }
+
+    /// The folder (or context) to name in fix lines.
+    pub fn source_hint(&self) -> String {
+        match &self.origin {
+            Origin::Folder(d) => d.display().to_string(),
+            Origin::Context(c) => c.clone(),
+        }
+    }
+}
+
+/// Why facts could not be gathered at all.
+#[derive(Debug, thiserror::Error)]
+pub enum GatherError {
+    #[error("cannot load cluster folder: {0}")]
+    Load(#[from] meshpeer_store::LoadError),
+    #[error("{first} and {second} both hold cluster {name:?}; cluster names must be unique")]
+    Duplicate {
+        first: String,
+        second: String,
+        name: String,
+    },
+    #[error("Kubernetes context {context}: {message}")]
+    Kube { context: String, message: String },
+}
+
+/// How long each network call of `gather` may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads every cluster and, unless `precheck`, asks their controllers.
+pub async fn gather(
+    inputs: &[ClusterInput],
+    precheck: bool,
+    within: Duration,
+) -> Result<Vec<ClusterFacts>, GatherError> {
+    let mut snapshots: Vec<ClusterSnapshot> = Vec::new();
+    for input in inputs {
+        let snap = match &input.origin {
+            Origin::Folder(dir) => load_cluster_dir(dir)?,
+            Origin::Context(ctx) => kube_snapshot(ctx, input.name.as_deref(), within).await?,
+        };
+        if let Some(i) = snapshots
+            .iter()
+            .position(|s| s.config.name == snap.config.name)
+        {
+            return Err(GatherError::Duplicate {
+                first: inputs[i].origin.describe(),
+                second: input.origin.describe(),
+                name: snap.config.name,
+            });
+        }
+        snapshots.push(snap);
+    }
+    let all_exports: Vec<Export> = snapshots.iter().map(exports).collect();
+    let now = SystemTime::now();
+    let mut out = Vec::new();
+    for (i, (input, snap)) in inputs.iter().zip(snapshots).enumerate() {
+        let export = all_exports[i].clone();
+        let peers = all_exports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, e)| e);
+        let catalog = catalog_with(&snap, &export, peers, &CatalogConfig::default());
+        let name = snap.config.name.clone();
+        let ca = cacerts(input, &name, now);
+        let live = if precheck {
+            Live::NotChecked("precheck".to_owned())
+        } else {
+            live(input, within).await
+        };
+        let (written_status, output) = match (&input.origin, precheck) {
+            (Origin::Folder(dir), false) => {
+                let out_dir = dir.join(".meshpeer").join("out");
+                (
+                    written_status(&out_dir.join(STATUS_DIR)),
+                    output_entries(out_dir).await,
+                )
+            }
+            _ => (BTreeMap::new(), None),
+        };
+        out.push(ClusterFacts {
+            name,
+            origin: input.origin.clone(),
+            snapshot: snap,
+            export,
+            catalog,
+            ca,
+            live,
+            written_status,
+            output,
+        });
+    }
+    Ok(out)
+}
+
+fn cacerts(input: &ClusterInput, name: &str, now: SystemTime) -> CaFacts {
+    let dir = match (&input.cacerts, &input.origin) {
+        (Some(d), _) => d.clone(),
+        (None, Origin::Folder(dir)) => {
+            // The README's layout: <mesh>/cluster1 next to <mesh>/certs/cluster1.
+            let guess = beside(dir).join("certs").join(name);
+            if !guess.is_dir() {
+                return CaFacts::Missing {
+                    looked: Some(guess),
+                };
+            }
+            guess
+        }
+        (None, Origin::Context(_)) => return CaFacts::Missing { looked: None },
+    };
+    if !dir.is_dir() {
+        return CaFacts::Missing { looked: Some(dir) };
+    }
+    match ClusterCa::load(&dir, now) {
+        Ok(ca) => CaFacts::Loaded {
+            dir,
+            ca: Box::new(ca),
+        },
+        Err(e) => CaFacts::Broken {
+            dir,
+            error: e.to_string(),
+        },
+    }
+}
+
+/// The folder holding `dir`: its parent when `dir` ends in a name, else `dir/..`.
+fn beside(dir: &Path) -> PathBuf {
+    match (dir.components().next_back(), dir.parent()) {
+        (Some(std::path::Component::Normal(_)), Some(parent)) => parent.to_path_buf(),
+        _ => dir.join(".."),
+    }
+}
+
+/// Asks the controller for its status, catalog and data plane, and probes
+/// the data plane's health endpoints.
+async fn live(input: &ClusterInput, within: Duration) -> Live {
+    let (addr, from) = match (&input.controller, &input.origin) {
+        (Some(a), _) => (a.clone(), "--controller".to_owned()),
+        (None, Origin::Folder(dir)) => match read_runtime_file(dir) {
+            Some(Ok(f)) => (f.api, dir.join(RUNTIME_FILE).display().to_string()),
+            Some(Err(error)) => {
+                return Live::Down {
+                    addr: "?".to_owned(),
+                    from: dir.join(RUNTIME_FILE).display().to_string(),
+                    error,
+                };
+            }
+            None => return Live::NoAddress,
+        },
+        (None, Origin::Context(_)) => {
+            return Live::NotChecked(
+                "Kubernetes mode: the controller's API is not reachable from here (give --controller ADDR, e.g. through kubectl port-forward)".to_owned(),
+            );
+        }
+    };
+    let doc = match http::get(&addr, "/v1/status", within).await {
+        Ok(body) => match serde_json::from_slice::<StatusDoc>(&body) {
+            Ok(doc) => doc,
+            Err(e) => {
+                return Live::Down {
+                    addr,
+                    from,
+                    error: format!("its /v1/status is not what this meshpeer expects: {e}"),
+                };
+            }
+        },
+        Err(error) => return Live::Down { addr, from, error },
+    };
+    let catalog = match http::get(&addr, "/v1/catalog", within).await {
+        Ok(body) => serde_json::from_slice::<CatalogFeed>(&body)
+            .map_err(|e| format!("its /v1/catalog is not what this meshpeer expects: {e}")),
+        Err(e) => Err(e),
+    };
+    let probes = doc
+        .data_plane
+        .iter()
+        .filter_map(|f| f.health.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|h| async move {
+            let r = http::get(&h, "/healthz", within).await.map(|_| ());
+            (h, r)
+        });
+    let health = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .collect();
+    Live::Up(Box::new(LiveState {
+        addr,
+        from,
+        status: doc.status,
+        data_plane: doc.data_plane,
+        health,
+        catalog,
+    }))
+}
+
+/// `status/<ns>.<name>.yaml` as the file sink writes it.
+#[derive(Deserialize)]
+struct StatusFile {
+    metadata: StatusMeta,
+    #[serde(default)]
+    status: StatusConditions,
+}
+
+#[derive(Deserialize)]
+struct StatusMeta {
+    name: String,
+    namespace: String,
+}
+
+#[derive(Default, Deserialize)]
+struct StatusConditions {
+    #[serde(default)]
+    conditions: Vec<Condition>,
+}
+
+/// The peer conditions a file-mode controller last wrote. Unreadable files
+/// are skipped: the live status, when there is one, says more.
+fn written_status(dir: &Path) -> BTreeMap<NsName, Vec<Condition>> {
+    let mut out = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        if let Ok(doc) = serde_saphyr::from_str::<StatusFile>(&text) {
+            out.insert(
+                NsName::new(doc.metadata.namespace, doc.metadata.name),
+                doc.status.conditions,
+            );
+        }
+    }
+    out
+}
+
+/// The meshpeer-managed ServiceEntries of a file-mode output folder.
+async fn output_entries(dir: PathBuf) -> Option<(PathBuf, Vec<ServiceEntry>)> {
+    if !dir.is_dir() {
+        return None;
+    }
+    let mut sink = FileSink::new(dir.clone());
+    let entries = sink.existing().await.ok()?;
+    Some((dir, entries))
+}
+
+/// A cluster read once from a Kubernetes API server: the first (complete)
+/// update of a [`meshpeer_store::kube_source::KubeSource`].
+async fn kube_snapshot(
+    context: &str,
+    name: Option<&str>,
+    within: Duration,
+) -> Result<ClusterSnapshot, GatherError> {
+    let err = |message: String| GatherError::Kube {
+        context: context.to_owned(),
+        message,
+    };
+    let name = name.unwrap_or(context);
+    let config = ClusterConfig::new(name);
+    config.check().map_err(|e| {
+        err(format!(
+            "{e}; give the cluster's name with --cluster-name (once per --context, in order)"
+        ))
+    })?;
+    let kube_config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+        context: Some(context.to_owned()),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(format!("cannot load the kubeconfig context: {e}")))?;
+    let client = kube::Client::try_from(kube_config)
+        .map_err(|e| err(format!("cannot build a client: {e}")))?;
+    let source = Box::new(meshpeer_store::kube_source::KubeSource::new(
+        client,
+        config.clone(),
+    ));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let task = tokio::spawn(source.run(tx));
+    // Listing every kind may take longer than one call.
+    let first = tokio::time::timeout(within * 6, rx.recv()).await;
+    task.abort();
+    let update = first
+        .map_err(|_| {
+            err(format!(
+                "the API server did not list every kind within {}s",
+                (within * 6).as_secs()
+            ))
+        })?
+        .ok_or_else(|| err("the API server could not be read".to_owned()))?;
+    let mut snap = ClusterSnapshot::new(config);
+    for change in update.changes {
+        snap.apply_change(change);
+    }
+    Ok(snap)
+}

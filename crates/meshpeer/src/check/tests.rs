@@ -1,0 +1,293 @@
+//! Unit tests of the checks and the rendering, on facts gathered from the
+//! example folders (no processes) and on hand-made reports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use meshpeer_identity::RootCa;
+use meshpeer_model::objects::Condition;
+
+use super::facts::{ClusterInput, Live, LiveState, gather};
+use super::*;
+use crate::controller::view::{LinkState, PeerView, Status as ControllerStatus};
+
+const YEAR: Duration = Duration::from_secs(365 * 86_400);
+
+fn example(cluster: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/httpbin")
+        .join(cluster)
+}
+
+/// The two example clusters, with cacerts under one root in `tmp`.
+async fn example_facts(tmp: &Path) -> Vec<ClusterFacts> {
+    let now = SystemTime::now();
+    let root = RootCa::generate("test root", YEAR, now).unwrap();
+    let mut inputs = Vec::new();
+    for c in ["cluster1", "cluster2"] {
+        let dir = tmp.join(c);
+        root.issue_intermediate(c, YEAR, now)
+            .unwrap()
+            .write(&dir)
+            .unwrap();
+        let mut input = ClusterInput::folder(example(c));
+        input.cacerts = Some(dir);
+        inputs.push(input);
+    }
+    gather(&inputs, true, Duration::from_secs(1)).await.unwrap()
+}
+
+#[tokio::test]
+async fn precheck_of_the_example_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = example_facts(tmp.path()).await;
+    let report = evaluate(&facts, Options { precheck: true });
+    assert_eq!(report.status(), Status::Ok, "{}", report.render(true));
+    let names: Vec<&str> = report
+        .of_cluster("cluster1")
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [names::CONFIGURATION, names::GATEWAY, names::DIAGNOSTICS]
+    );
+    let across: Vec<&str> = report.across().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        across,
+        [
+            names::CERTS,
+            names::NETWORK,
+            names::TRUST_DOMAIN,
+            names::SEGMENTS
+        ]
+    );
+}
+
+fn condition(type_: &str, ok: bool, message: &str) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: Some(if ok { "Ok" } else { "ConnectFailed" }.to_owned()),
+        message: Some(message.to_owned()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn live_state_is_judged_from_the_peer_conditions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut facts = example_facts(tmp.path()).await;
+    let mut status = ControllerStatus::default();
+    status.cluster.name = "cluster1".to_owned();
+    status.peering_address = "127.0.1.1:15012".to_owned();
+    status.peers = vec![PeerView {
+        cluster: "cluster2".to_owned(),
+        state: LinkState::Failed,
+        last_error: Some("peer certificate chain does not lead to the shared root".to_owned()),
+        conditions: vec![
+            condition(peers::ACCEPTED, true, ""),
+            condition(peers::PROGRAMMED, true, ""),
+            condition(peers::PEER_CONNECTED, false, "cannot connect"),
+        ],
+        ..Default::default()
+    }];
+    facts[0].live = Live::Up(Box::new(LiveState {
+        addr: "127.0.0.1:15114".to_owned(),
+        from: "--controller".to_owned(),
+        status,
+        data_plane: Vec::new(),
+        health: Default::default(),
+        catalog: Err("not asked".to_owned()),
+    }));
+    facts[1].live = Live::Down {
+        addr: "127.0.0.1:15214".to_owned(),
+        from: "--controller".to_owned(),
+        error: "connection refused".to_owned(),
+    };
+    let report = evaluate(&facts, Options::default());
+    assert!(report.failed());
+
+    let peers = report.find(Some("cluster1"), names::PEERS).unwrap();
+    assert_eq!(peers.status, Status::Fail);
+    assert_eq!(peers.title, "1 of 1 clusters not connected");
+    let bad = &peers.items[0];
+    assert_eq!(
+        bad.text,
+        "Not connected to cluster2 via 127.0.2.1: ConnectFailed: cannot connect"
+    );
+    assert!(bad.fix.as_deref().unwrap().contains("one root"), "{bad:?}");
+
+    let ctl = report.find(Some("cluster1"), names::CONTROLLER).unwrap();
+    assert_eq!(ctl.status, Status::Ok, "{ctl:?}");
+    let dp = report.find(Some("cluster1"), names::DATA_PLANE).unwrap();
+    assert_eq!(dp.status, Status::Warn);
+    assert!(dp.items.iter().all(|i| {
+        i.fix
+            .as_deref()
+            .is_some_and(|f| f.starts_with("start one: meshpeer"))
+    }));
+
+    let ctl2 = report.find(Some("cluster2"), names::CONTROLLER).unwrap();
+    assert_eq!(ctl2.status, Status::Fail);
+    assert!(
+        ctl2.fix
+            .as_deref()
+            .unwrap()
+            .contains("--api-listen 127.0.0.1:15214")
+    );
+    // Its data plane cannot be judged without it.
+    let dp2 = report.find(Some("cluster2"), names::DATA_PLANE).unwrap();
+    assert_eq!(dp2.status, Status::Info);
+}
+
+#[test]
+fn chains_verify_only_under_the_issuing_root() {
+    let now = SystemTime::now();
+    let root = RootCa::generate("root a", YEAR, now).unwrap();
+    let other = RootCa::generate("root b", YEAR, now).unwrap();
+    let ca = root.issue_intermediate("cluster1", YEAR, now).unwrap();
+    assert_eq!(mesh::chains_to(&ca, root.trust_root()), Ok(()));
+    let err = mesh::chains_to(&ca, other.trust_root()).unwrap_err();
+    assert_eq!(err, "its intermediate was not issued by that root");
+}
+
+fn sample() -> Report {
+    Report {
+        precheck: false,
+        clusters: vec!["cluster1".to_owned()],
+        checks: vec![
+            Check::from_items(
+                Some("cluster1"),
+                names::GATEWAY,
+                vec![Item::ok(
+                    "istio-eastwest/istio-eastwest available at 127.0.1.1",
+                )],
+                |_| "all eastwest gateways programmed".to_owned(),
+            )
+            .with_detail(vec!["Gateway: istio-eastwest".to_owned()]),
+            Check::from_items(
+                Some("cluster1"),
+                names::PEERS,
+                vec![
+                    Item::fail(
+                        "Not connected to cluster2 via 127.0.2.1",
+                        "start cluster2's controller",
+                    ),
+                    Item::info("cluster2 does not link back to cluster1"),
+                ],
+                |_| "1 of 1 clusters not connected".to_owned(),
+            ),
+            Check::single(
+                Some("cluster1"),
+                names::SHARED_SERVICES,
+                Status::Info,
+                "no globally shared services found".to_owned(),
+            ),
+            Check::from_items(
+                None,
+                names::NETWORK,
+                vec![
+                    Item::ok("Cluster cluster1 has network: cluster1"),
+                    Item::warn("Clusters a, b share network n", "give each its own"),
+                ],
+                |_| "network configuration has warnings".to_owned(),
+            ),
+        ],
+    }
+}
+
+#[test]
+fn report_renders_like_istioctl_multicluster_check() {
+    let r = sample();
+    assert_eq!(
+        r.render(false),
+        "=== Cluster: cluster1 ===
+✅ Gateway Check: all eastwest gateways programmed
+     ✅ istio-eastwest/istio-eastwest available at 127.0.1.1
+❌ Peers Check: 1 of 1 clusters not connected
+     ❌ Not connected to cluster2 via 127.0.2.1
+        → fix: start cluster2's controller
+ℹ  Shared Services Check: no globally shared services found
+Summary: 1 passed, 1 failed, 1 informational
+====== 
+
+⚠  Network Configuration Check: network configuration has warnings
+     ⚠  Clusters a, b share network n
+        → fix: give each its own
+
+❌ 1 check failed, 1 warning (see the → fix: lines)
+"
+    );
+    let verbose = r.render(true);
+    assert!(
+        verbose.contains(
+            "--- Gateway Check ---\n\nGateway: istio-eastwest\n\n✅ Gateway Check: all eastwest gateways programmed\n"
+        ),
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("     ℹ  cluster2 does not link back to cluster1\n"),
+        "{verbose}"
+    );
+    assert!(
+        verbose.contains("     ✅ Cluster cluster1 has network: cluster1\n"),
+        "{verbose}"
+    );
+}
+
+#[test]
+fn an_item_the_title_states_prints_only_its_fix() {
+    let c = Check::from_items(
+        Some("c"),
+        names::GATEWAY,
+        vec![Item::fail("no address", "give it one")],
+        |_| String::new(),
+    )
+    .retitle("ok");
+    let r = Report {
+        precheck: true,
+        clusters: vec!["c".to_owned()],
+        checks: vec![c],
+    };
+    let text = r.render(false);
+    assert!(
+        text.contains("❌ Gateway Check: no address\n     → fix: give it one\nSummary:"),
+        "{text}"
+    );
+    let json = serde_json::to_string(&r).unwrap();
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+}
+
+#[tokio::test]
+async fn kubernetes_mode_names_the_context_it_cannot_use() {
+    let input = ClusterInput {
+        origin: facts::Origin::Context("no-such-context.meshpeer.invalid".to_owned()),
+        cacerts: None,
+        controller: None,
+        name: Some("cluster1".to_owned()),
+    };
+    let err = gather(&[input], false, Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("Kubernetes context no-such-context.meshpeer.invalid: "),
+        "{err}"
+    );
+
+    // A context name that is no cluster name needs --cluster-name.
+    let input = ClusterInput {
+        origin: facts::Origin::Context("arn:aws:eks:us-east-1:1:cluster/x".to_owned()),
+        cacerts: None,
+        controller: None,
+        name: None,
+    };
+    let err = gather(&[input], false, Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--cluster-name"), "{err}");
+}
