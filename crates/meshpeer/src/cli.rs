@@ -86,6 +86,12 @@ pub(crate) struct DemoArgs {
     /// each in its own network namespace).
     #[arg(long, value_name = "CLUSTER")]
     pub(crate) only: Option<String>,
+    /// Where the Global services page of every cluster is served.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15000")]
+    pub(crate) web_listen: std::net::SocketAddr,
+    /// Do not serve the Global services page.
+    #[arg(long, conflicts_with = "web_listen")]
+    pub(crate) no_web: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -209,6 +215,10 @@ pub(crate) struct ControllerArgs {
     /// The local API: status, catalog (and its stream), metrics.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15014")]
     pub(crate) api_listen: SocketAddr,
+    /// Serve the Global services page and its JSON API (`/api/v1/...`) here,
+    /// e.g. 127.0.0.1:15000. Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) web_listen: Option<SocketAddr>,
     /// File mode: where generated ServiceEntries and peer status go
     /// (default: DIR/.meshpeer/out).
     #[arg(long, value_name = "DIR")]

@@ -7,3 +7,4 @@ pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod duration;
+pub mod web;

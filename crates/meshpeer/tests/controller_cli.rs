@@ -23,6 +23,8 @@ fn meshpeer(args: &[&str]) -> Output {
 struct Running {
     child: Child,
     api: String,
+    /// The Global services page (`--web-listen 127.0.0.1:0`).
+    web: String,
 }
 
 impl Drop for Running {
@@ -39,6 +41,7 @@ fn controller(dir: &Path, cacerts: &Path) -> Running {
         .arg("--cacerts")
         .arg(cacerts)
         .args(["--api-listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--web-listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("start controller");
@@ -46,22 +49,36 @@ fn controller(dir: &Path, cacerts: &Path) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["fields"]["message"] == "API listening (status, catalog, metrics)"
-            {
-                let _ = tx.send(
-                    v["fields"]["address"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let address = v["fields"]["address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let message = v["fields"]["message"].as_str().unwrap_or_default();
+                if message == "API listening (status, catalog, metrics)" {
+                    let _ = tx.send(("api", address));
+                } else if message.starts_with("global services page at") {
+                    let _ = tx.send(("web", address));
+                }
             }
         }
     });
-    let api = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the controller reports its API address");
-    Running { child, api }
+    let (mut api, mut web) = (None, None);
+    while api.is_none() || web.is_none() {
+        let (what, addr) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the controller reports its API and page addresses");
+        if what == "api" {
+            api = Some(addr);
+        } else {
+            web = Some(addr);
+        }
+    }
+    Running {
+        child,
+        api: api.unwrap(),
+        web: web.unwrap(),
+    }
 }
 
 fn copy_example(to: &Path) -> (PathBuf, PathBuf) {
@@ -172,6 +189,25 @@ fn o1_o5_controllers_on_the_example_connect_and_status_shows_it() {
     ] {
         assert!(metrics.contains(m), "{m} missing:\n{metrics}");
     }
+    // The Global services page of cluster1 (SPEC O6): its own cluster, the
+    // global names with both clusters contributing, the peer synced.
+    let page = http_get(&r1.web, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("text/html"), "{page}");
+    let body = |r: String| r.split_once("\r\n\r\n").unwrap().1.to_owned();
+    let list: serde_json::Value =
+        serde_json::from_str(&body(http_get(&r1.web, "/api/v1/services"))).unwrap();
+    assert_eq!(list["cluster"], "cluster1");
+    let row = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["hostname"] == "in-ambient.httpbin.mesh.internal")
+        .unwrap_or_else(|| panic!("in-ambient on the page: {list}"));
+    assert_eq!(row["clusters"], serde_json::json!(["cluster1", "cluster2"]));
+    let peers: serde_json::Value =
+        serde_json::from_str(&body(http_get(&r1.web, "/api/v1/peers"))).unwrap();
+    assert_eq!(peers["peers"][0]["cluster"], "cluster2", "{peers}");
     drop(r2);
     drop(r1);
 }

@@ -21,6 +21,8 @@ struct Demo {
     state: PathBuf,
     /// The demo's stdout lines, as they come.
     lines: mpsc::Receiver<String>,
+    /// Where the Global services page is served (from the demo's summary).
+    page: Option<String>,
 }
 
 impl Demo {
@@ -43,13 +45,50 @@ impl Demo {
                 }
             }
         });
-        let demo = Demo {
+        let mut demo = Demo {
             child,
             state: state.to_owned(),
             lines,
+            page: None,
         };
-        demo.wait_line("Live status");
+        let seen = demo.wait_line("Live status");
+        demo.page = seen.iter().find_map(|l| {
+            let rest = l.strip_prefix("Global services page: http://")?;
+            Some(rest.split('/').next()?.to_owned())
+        });
         demo
+    }
+
+    /// GET `path` from the Global services page's JSON API.
+    fn api(&self, path: &str) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self
+            .page
+            .as_deref()
+            .expect("the demo printed its page address");
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WITHIN)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    /// The hostnames the page lists for `cluster`.
+    fn page_hostnames(&self, cluster: &str) -> Vec<String> {
+        let list = self.api(&format!("/api/v1/services?cluster={cluster}"));
+        list["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["hostname"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     /// SIGTERM, and the demo's goodbye.
@@ -198,6 +237,25 @@ fn r1_httpbin_replays_seed_004() {
     );
     assert!(tmp.path().join("httpbin/certs/root/root-cert.pem").exists());
 
+    // The page (SPEC O6) shows both clusters and the global name, with
+    // both clusters contributing.
+    let clusters = demo.api("/api/v1/clusters");
+    let names: Vec<&str> = clusters["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cluster1", "cluster2"]);
+    let services = demo.api("/api/v1/services?cluster=cluster1");
+    let row = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["hostname"] == MESH)
+        .unwrap_or_else(|| panic!("{MESH} on the page: {services}"));
+    assert_eq!(row["clusters"], serde_json::json!(["cluster1", "cluster2"]));
+
     // Step 5: the global names; PreferNetwork keeps cluster1's clients local.
     assert_eq!(five(&demo, "cluster1", MESH), vec![C1_POD; 5]);
     assert_eq!(five(&demo, "cluster2", MESH), vec![C2_POD; 5]);
@@ -274,6 +332,16 @@ fn r1_httpbin_replays_seed_004() {
         |r| r.as_deref() == Ok(C2_POD),
     );
     assert_eq!(five(&demo, "cluster1", prod), vec![C2_POD; 5]);
+    // The page follows: the segment names, mesh.internal gone.
+    demo.until(
+        "the page lists the segment names",
+        || demo.page_hostnames("cluster1"),
+        |h| {
+            h.iter().any(|n| n == dev)
+                && h.iter().any(|n| n == prod)
+                && !h.iter().any(|n| n == MESH)
+        },
+    );
 
     // Segment scope: the prod name no longer resolves from dev.
     for c in ["cluster1", "cluster2"] {

@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod cluster;
+pub mod crd;
 pub mod diag;
 pub mod endpoints;
 pub mod export;

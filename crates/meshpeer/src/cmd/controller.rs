@@ -145,6 +145,13 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         api = %api,
         "controller running; status: meshpeer status --controller {api}"
     );
+    let web = match args.web_listen {
+        Some(listen) => {
+            let router = meshpeer::web::router(vec![(cluster.name.clone(), controller.view())]);
+            Some(meshpeer::web::serve(listen, router).await?.1)
+        }
+        None => None,
+    };
     // File mode: say where this controller listens, for `meshpeer check`.
     let runtime_dir = args.cluster_dir.clone();
     if let (Some(dir), Some(api)) = (&runtime_dir, controller.api_addr)
@@ -155,6 +162,9 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let why = signals.recv().await;
     info!("{why} received; shutting down");
     renew.abort();
+    if let Some(web) = web {
+        web.abort();
+    }
     controller.shutdown().await;
     if let Some(dir) = &runtime_dir {
         let _ = meshpeer::check::remove_runtime_file(dir);

@@ -225,7 +225,28 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("⚠ not everything is ready after 30 s: {e:#}");
     }
     print_summary(&demo);
+    let web = if args.no_web {
+        None
+    } else {
+        match meshpeer::web::serve(args.web_listen, meshpeer::web::demo_router(&demo)).await {
+            Ok((addr, task)) => {
+                println!(
+                    "Global services page: http://{addr}/  (JSON API: http://{addr}/api/v1/services)"
+                );
+                Some(task)
+            }
+            Err(e) => {
+                println!(
+                    "⚠ no Global services page: {e:#} (choose another address with --web-listen ADDR:PORT, or --no-web)"
+                );
+                None
+            }
+        }
+    };
     if args.check_only {
+        if let Some(web) = web {
+            web.abort();
+        }
         demo.shutdown().await;
         return Ok(if ready.is_ok() {
             ExitCode::SUCCESS
@@ -255,6 +276,9 @@ async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
             _ = changed => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+    if let Some(web) = web {
+        web.abort();
     }
     demo.shutdown().await;
     println!("stopped; the cluster folders stay in {}", root.display());

@@ -1,0 +1,419 @@
+//! The JSON documents of the page's API, built from a controller's
+//! [`View`]: one row per global service, one per linked peer. Pure: no I/O,
+//! so the shapes are tested without a server.
+
+use std::time::SystemTime;
+
+use k8s_openapi::jiff::Timestamp;
+use meshpeer_model::objects::Condition;
+use meshpeer_model::{Contribution, GlobalService, PortTarget, Reach, Scope, ServicePort};
+use serde::{Deserialize, Serialize};
+
+use crate::controller::view::{PeerView, View};
+
+/// `GET /api/v1/clusters`: the clusters this page serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterList {
+    pub clusters: Vec<ClusterRow>,
+}
+
+/// One served cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRow {
+    pub name: String,
+    /// The controller's view version (0: not started yet).
+    pub version: u64,
+    /// The cluster's own name for itself, its network and segment, once read.
+    pub network: String,
+    /// `None`: the default segment.
+    pub segment: Option<String>,
+    pub global_services: usize,
+    pub peers: usize,
+}
+
+/// `GET /api/v1/services`: the global services one cluster sees.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceList {
+    pub cluster: String,
+    pub version: u64,
+    /// Sorted by hostname.
+    pub services: Vec<ServiceRow>,
+}
+
+/// One global service, as the cluster sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRow {
+    pub hostname: String,
+    pub namespace: String,
+    pub name: String,
+    /// `global` or `segment`.
+    pub scope: Scope,
+    /// Segment of the exporting clusters; `None`: the default segment.
+    pub segment: Option<String>,
+    /// This cluster's VIP for the service.
+    pub vip: String,
+    pub ports: Vec<ServicePort>,
+    /// The effective traffic distribution.
+    pub traffic_distribution: String,
+    /// Some contributing cluster takes over its cluster-local name.
+    pub taken_over: bool,
+    /// The cluster-local hostname this cluster takes over, if it does.
+    pub takeover: Option<String>,
+    /// Contributing clusters, sorted by name.
+    pub clusters: Vec<String>,
+    /// Ready endpoints over every contribution.
+    pub ready: usize,
+    /// Endpoints listed over every contribution.
+    pub total: usize,
+    /// Per contributing cluster, in the order of `clusters`.
+    pub contributions: Vec<ContributionRow>,
+}
+
+/// One cluster's part of a global service, with its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContributionRow {
+    pub cluster: String,
+    pub network: String,
+    /// `local`, `direct` (same network) or `gateway` (through the peer's
+    /// east-west gateway).
+    pub reach: Reach,
+    /// The peer's export is kept from a lost stream, for the grace period.
+    pub stale: bool,
+    pub ready: usize,
+    pub total: usize,
+    /// For a remote cluster: what the peer advertised.
+    pub endpoints: Vec<EndpointRow>,
+}
+
+/// One endpoint of a contribution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointRow {
+    /// Pod name (or the EndpointSlice's target), may be empty.
+    pub name: String,
+    pub address: String,
+    /// Exports carry ready endpoints only (G10), so this is `true` for every
+    /// endpoint listed; a cluster whose pods are all unready contributes
+    /// with no endpoint (`ready` = `total` = 0).
+    pub ready: bool,
+    /// `region/zone/subzone`, empty when unknown.
+    pub locality: String,
+    /// Service port -> endpoint port.
+    pub ports: Vec<PortTarget>,
+}
+
+/// `GET /api/v1/peers`: the peers one cluster links to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerList {
+    pub cluster: String,
+    pub version: u64,
+    /// The last output write failed with this; while it lasts, the
+    /// conditions written on the Gateways say `PeerDataPlaneProgrammed`
+    /// False (`OutputFailed`).
+    pub output_error: Option<String>,
+    /// Sorted by peer name.
+    pub peers: Vec<PeerRow>,
+}
+
+/// One linked peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerRow {
+    pub cluster: String,
+    /// `namespace/name` of the remote-peer Gateway.
+    pub gateway: String,
+    pub network: String,
+    /// `Connecting`, `Connected`, `Synced`, `Disconnected` or `Failed`.
+    pub state: String,
+    /// Where the peer is dialled.
+    pub addresses: Vec<String>,
+    /// The peer address of the current stream.
+    pub remote: Option<String>,
+    /// RFC 3339, UTC.
+    pub connected_since: Option<String>,
+    /// RFC 3339, UTC.
+    pub last_sync: Option<String>,
+    /// Version of the peer's export last applied.
+    pub version: Option<u64>,
+    pub stale: bool,
+    /// RFC 3339, UTC.
+    pub stale_until: Option<String>,
+    /// Services the peer exports to this cluster.
+    pub services: usize,
+    pub last_error: Option<String>,
+    /// The SPEC C5 conditions, as the controller computed them for the
+    /// remote-peer Gateway's status.
+    pub conditions: Vec<Condition>,
+}
+
+/// A cluster's summary row.
+pub fn cluster_row(name: &str, view: &View) -> ClusterRow {
+    let c = &view.catalog.cluster;
+    ClusterRow {
+        name: name.to_owned(),
+        version: view.version,
+        network: c.network.clone(),
+        segment: c.segment_name().map(str::to_owned),
+        global_services: view.catalog.services.len(),
+        peers: view.status.peers.len(),
+    }
+}
+
+/// Every global service of a view.
+pub fn services(name: &str, view: &View) -> ServiceList {
+    let stale: Vec<&str> = view
+        .status
+        .peers
+        .iter()
+        .filter(|p| p.stale)
+        .map(|p| p.cluster.as_str())
+        .collect();
+    ServiceList {
+        cluster: name.to_owned(),
+        version: view.version,
+        services: view
+            .catalog
+            .services
+            .iter()
+            .map(|s| service_row(s, &stale))
+            .collect(),
+    }
+}
+
+fn service_row(s: &GlobalService, stale: &[&str]) -> ServiceRow {
+    let contributions: Vec<ContributionRow> = s
+        .contributions
+        .iter()
+        .map(|c| contribution_row(c, stale.contains(&c.cluster.as_str())))
+        .collect();
+    ServiceRow {
+        hostname: s.hostname.clone(),
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        scope: s.scope,
+        segment: s.segment.clone(),
+        vip: s.vip.to_string(),
+        ports: s.ports.clone(),
+        traffic_distribution: s.distribution.as_str().to_owned(),
+        taken_over: s.taken_over,
+        takeover: s.takeover.as_ref().map(|t| t.hostname.clone()),
+        clusters: s.clusters().map(str::to_owned).collect(),
+        ready: contributions.iter().map(|c| c.ready).sum(),
+        total: contributions.iter().map(|c| c.total).sum(),
+        contributions,
+    }
+}
+
+fn contribution_row(c: &Contribution, stale: bool) -> ContributionRow {
+    let endpoints: Vec<EndpointRow> = c
+        .service
+        .endpoints()
+        .map(|(locality, e)| EndpointRow {
+            name: e.name.clone(),
+            address: e.address.to_string(),
+            ready: true,
+            locality: locality.to_istio(),
+            ports: e.ports.to_vec(),
+        })
+        .collect();
+    ContributionRow {
+        cluster: c.cluster.clone(),
+        network: c.network.clone(),
+        reach: c.reach,
+        stale,
+        ready: endpoints.iter().filter(|e| e.ready).count(),
+        total: endpoints.len(),
+        endpoints,
+    }
+}
+
+/// Every linked peer of a view, with the conditions the controller wrote.
+pub fn peers(name: &str, view: &View) -> PeerList {
+    let mut peers: Vec<PeerRow> = view.status.peers.iter().map(peer_row).collect();
+    peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    PeerList {
+        cluster: name.to_owned(),
+        version: view.version,
+        output_error: view.status.output_error.clone(),
+        peers,
+    }
+}
+
+fn peer_row(p: &PeerView) -> PeerRow {
+    PeerRow {
+        cluster: p.cluster.clone(),
+        gateway: p.gateway.clone(),
+        network: p.network.clone(),
+        state: p.state.as_str().to_owned(),
+        addresses: p.addresses.clone(),
+        remote: p.remote.clone(),
+        connected_since: p.connected_since.map(rfc3339),
+        last_sync: p.last_sync.map(rfc3339),
+        version: p.version,
+        stale: p.stale,
+        stale_until: p.stale_until.map(rfc3339),
+        services: p.services,
+        last_error: p.last_error.clone(),
+        conditions: p.conditions.clone(),
+    }
+}
+
+/// `2026-11-22T03:12:52Z`; empty for a time jiff cannot hold.
+fn rfc3339(t: SystemTime) -> String {
+    Timestamp::try_from(t)
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use meshpeer_model::{
+        Endpoint, ExportedService, LocalTakeover, Locality, LocalityGroup, TrafficDistribution,
+    };
+
+    use super::*;
+    use crate::controller::view::LinkState;
+
+    fn exported(cluster_ip: &str, pods: &[(&str, &str)]) -> Arc<ExportedService> {
+        let ports: Arc<[PortTarget]> = Arc::from(vec![PortTarget {
+            port: 8000,
+            target: 8080,
+        }]);
+        Arc::new(ExportedService {
+            namespace: "httpbin".into(),
+            name: "in-ambient".into(),
+            hostname: "in-ambient.httpbin.mesh.internal".into(),
+            scope: Scope::Global,
+            traffic_distribution: None,
+            takeover: false,
+            ports: vec![],
+            localities: vec![LocalityGroup {
+                locality: Locality::new("r1", "z1"),
+                endpoints: pods
+                    .iter()
+                    .map(|(name, ip)| Endpoint {
+                        address: ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                        name: (*name).to_owned(),
+                        ports: Arc::clone(&ports),
+                    })
+                    .collect(),
+            }],
+            cluster_ips: vec![
+                cluster_ip
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            ],
+        })
+    }
+
+    fn view() -> View {
+        let mut v = View {
+            version: 7,
+            ..View::default()
+        };
+        v.catalog.services.push(GlobalService {
+            hostname: "in-ambient.httpbin.mesh.internal".into(),
+            namespace: "httpbin".into(),
+            name: "in-ambient".into(),
+            segment: None,
+            scope: Scope::Global,
+            vip: std::net::Ipv4Addr::new(127, 255, 0, 7).into(),
+            ports: vec![],
+            distribution: TrafficDistribution::PreferClose,
+            taken_over: true,
+            takeover: Some(LocalTakeover {
+                hostname: "in-ambient.httpbin.svc.cluster.local".into(),
+                cluster_ips: vec![],
+            }),
+            contributions: vec![
+                Contribution {
+                    cluster: "cluster1".into(),
+                    network: "cluster1".into(),
+                    reach: Reach::Local,
+                    service: exported("10.0.0.1", &[("a-0", "10.1.0.1"), ("a-1", "10.1.0.2")]),
+                },
+                Contribution {
+                    cluster: "cluster2".into(),
+                    network: "cluster2".into(),
+                    reach: Reach::Gateway,
+                    service: exported("10.0.0.2", &[]),
+                },
+            ],
+        });
+        v.status.peers.push(PeerView {
+            cluster: "cluster2".into(),
+            state: LinkState::Synced,
+            stale: true,
+            connected_since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(86_400)),
+            conditions: vec![Condition {
+                type_: "gloo.solo.io/PeerConnected".into(),
+                status: "True".into(),
+                reason: Some("Connected".into()),
+                message: None,
+                last_transition_time: None,
+                observed_generation: None,
+            }],
+            ..PeerView::default()
+        });
+        v
+    }
+
+    #[test]
+    fn o6_service_rows_carry_every_column() {
+        let list = services("cluster1", &view());
+        assert_eq!(list.version, 7);
+        let [row] = list.services.as_slice() else {
+            panic!("one row expected: {list:?}");
+        };
+        assert_eq!(row.vip, "127.255.0.7");
+        assert_eq!(row.traffic_distribution, "PreferClose");
+        assert_eq!(
+            row.takeover.as_deref(),
+            Some("in-ambient.httpbin.svc.cluster.local")
+        );
+        assert_eq!(row.clusters, ["cluster1", "cluster2"]);
+        assert_eq!((row.ready, row.total), (2, 2));
+        let [local, remote] = row.contributions.as_slice() else {
+            panic!("two contributions expected: {row:?}");
+        };
+        assert_eq!(local.reach, Reach::Local);
+        assert!(!local.stale);
+        assert_eq!(local.endpoints[1].name, "a-1");
+        assert_eq!(local.endpoints[1].address, "10.1.0.2");
+        assert_eq!(local.endpoints[1].locality, "r1/z1");
+        assert!(local.endpoints.iter().all(|e| e.ready));
+        assert_eq!((remote.ready, remote.total), (0, 0));
+        assert!(remote.stale, "cluster2's export is kept from a lost stream");
+    }
+
+    #[test]
+    fn o6_service_rows_serialize_in_camel_case() {
+        let json = serde_json::to_value(services("cluster1", &view())).unwrap_or_default();
+        let row = &json["services"][0];
+        assert_eq!(row["trafficDistribution"], "PreferClose");
+        assert_eq!(row["scope"], "global");
+        assert_eq!(row["segment"], serde_json::Value::Null);
+        assert_eq!(row["takenOver"], true);
+        assert_eq!(row["contributions"][1]["reach"], "gateway");
+    }
+
+    #[test]
+    fn o6_peer_rows_keep_the_controller_conditions() {
+        let list = peers("cluster1", &view());
+        let [p] = list.peers.as_slice() else {
+            panic!("one peer expected: {list:?}");
+        };
+        assert_eq!(p.state, "Synced");
+        assert_eq!(p.connected_since.as_deref(), Some("1970-01-02T00:00:00Z"));
+        assert_eq!(p.conditions, view().status.peers[0].conditions);
+    }
+}
