@@ -16,7 +16,7 @@ pub(crate) struct Read<T> {
     pub(crate) value: T,
 }
 
-fn read_text(path: &Path, hint: &'static str) -> Result<String, CaError> {
+pub(crate) fn read_text(path: &Path, hint: &'static str) -> Result<String, CaError> {
     let bytes = fs::read(path).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
             CaError::Missing {
@@ -31,18 +31,22 @@ fn read_text(path: &Path, hint: &'static str) -> Result<String, CaError> {
             }
         }
     })?;
+    text_of(bytes, path)
+}
+
+/// PEM bytes as text; `path` names them in the error.
+pub(crate) fn text_of(bytes: Vec<u8>, path: &Path) -> Result<String, CaError> {
     String::from_utf8(bytes).map_err(|_| CaError::Pem {
         path: path.to_owned(),
         detail: "the file is not text (PEM is ASCII)".to_owned(),
     })
 }
 
-/// All certificates of a PEM file, in file order; at least one.
-pub(crate) fn read_certs(
+/// All certificates of PEM `text` read from `path`, in order; at least one.
+pub(crate) fn parse_certs(
+    text: String,
     path: &Path,
-    hint: &'static str,
 ) -> Result<Read<Vec<CertificateDer<'static>>>, CaError> {
-    let text = read_text(path, hint)?;
     let certs = CertificateDer::pem_slice_iter(text.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| CaError::Pem {
@@ -63,7 +67,15 @@ pub(crate) fn read_cert(
     path: &Path,
     hint: &'static str,
 ) -> Result<Read<CertificateDer<'static>>, CaError> {
-    let Read { text, mut value } = read_certs(path, hint)?;
+    parse_cert(read_text(path, hint)?, path)
+}
+
+/// The single certificate of PEM `text` read from `path`.
+pub(crate) fn parse_cert(
+    text: String,
+    path: &Path,
+) -> Result<Read<CertificateDer<'static>>, CaError> {
+    let Read { text, mut value } = parse_certs(text, path)?;
     if value.len() != 1 {
         return Err(CaError::Pem {
             path: path.to_owned(),
@@ -76,7 +88,11 @@ pub(crate) fn read_cert(
 
 /// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub(crate) fn read_key(path: &Path, hint: &'static str) -> Result<Read<KeyPair>, CaError> {
-    let text = read_text(path, hint)?;
+    parse_key(read_text(path, hint)?, path)
+}
+
+/// The private key of PEM `text` read from `path`.
+pub(crate) fn parse_key(text: String, path: &Path) -> Result<Read<KeyPair>, CaError> {
     let der = PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|err| CaError::Pem {
         path: path.to_owned(),
         detail: format!("no usable private key: {err}"),

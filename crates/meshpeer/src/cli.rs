@@ -339,7 +339,8 @@ pub(crate) struct CheckArgs {
     )]
     pub(crate) context: Vec<String>,
     /// A cluster's cacerts folder, once per cluster in the order of the
-    /// clusters (`-`: none). Default in file mode: DIR/../certs/<cluster name>.
+    /// clusters (`-`: none). Default in file mode: DIR/../certs/<cluster name>;
+    /// in Kubernetes mode: the Secret istio-system/cacerts of the context.
     #[arg(long, value_name = "DIR")]
     pub(crate) cacerts: Vec<PathBuf>,
     /// A cluster's controller API (its --api-listen), once per cluster in

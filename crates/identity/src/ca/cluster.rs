@@ -127,14 +127,43 @@ impl ClusterCa {
     /// chains to `root-cert.pem` (through any further certificates of
     /// `cert-chain.pem`) such that leaves it issues verify.
     pub fn load(dir: &Path, now: SystemTime) -> Result<Self, CaError> {
+        Self::load_with(dir, now, |_, path| pem_files::read_text(path, CACERTS_HINT))
+    }
+
+    /// The `cacerts` layout held elsewhere than in a folder, e.g. in the data
+    /// of Istio's `cacerts` Secret, whose keys are the file names:
+    /// `file(name)` gives the contents of [`CA_CERT_FILE`], [`CA_KEY_FILE`],
+    /// [`ROOT_CERT_FILE`] and [`CERT_CHAIN_FILE`], `None` for one that is
+    /// not there. Errors name each file as `source/<name>`. The same checks,
+    /// in the same order, as [`ClusterCa::load`].
+    pub fn from_pem<'a>(
+        source: &Path,
+        file: impl Fn(&str) -> Option<&'a [u8]>,
+        now: SystemTime,
+    ) -> Result<Self, CaError> {
+        Self::load_with(source, now, |name, path| match file(name) {
+            Some(bytes) => pem_files::text_of(bytes.to_vec(), path),
+            None => Err(CaError::Missing {
+                path: path.to_owned(),
+                hint: CACERTS_HINT,
+            }),
+        })
+    }
+
+    /// [`ClusterCa::load`] with `read(name, dir/name)` giving the text of each file.
+    fn load_with(
+        dir: &Path,
+        now: SystemTime,
+        read: impl Fn(&str, &Path) -> Result<String, CaError>,
+    ) -> Result<Self, CaError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let root_path = dir.join(ROOT_CERT_FILE);
         let chain_path = dir.join(CERT_CHAIN_FILE);
-        let cert = pem_files::read_cert(&cert_path, CACERTS_HINT)?;
-        let key = pem_files::read_key(&key_path, CACERTS_HINT)?;
-        let root = pem_files::read_cert(&root_path, CACERTS_HINT)?;
-        let chain = pem_files::read_certs(&chain_path, CACERTS_HINT)?;
+        let cert = pem_files::parse_cert(read(CA_CERT_FILE, &cert_path)?, &cert_path)?;
+        let key = pem_files::parse_key(read(CA_KEY_FILE, &key_path)?, &key_path)?;
+        let root = pem_files::parse_cert(read(ROOT_CERT_FILE, &root_path)?, &root_path)?;
+        let chain = pem_files::parse_certs(read(CERT_CHAIN_FILE, &chain_path)?, &chain_path)?;
 
         let facts = cert::facts(&cert.value).map_err(|detail| CaError::BadCertificate {
             path: cert_path.clone(),

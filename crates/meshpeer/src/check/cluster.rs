@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use meshpeer_model::objects::{Gateway, label};
 use meshpeer_model::{NsName, labels};
 
-use super::facts::{CaFacts, ClusterFacts, Origin};
+use super::facts::{CACERTS_KEYS, CACERTS_SECRET, CaFacts, CaPlace, ClusterFacts, Origin};
 use super::{Check, Item, Options, Status, diagnostics, live, names, peers};
 
 /// A certificate expiring sooner than this is a warning.
@@ -78,6 +78,49 @@ fn segment_text(f: &ClusterFacts) -> String {
     }
 }
 
+/// How to make the cluster's cacerts where it reads them from; `replace`:
+/// something unusable is there already.
+pub(super) fn make_cacerts(f: &ClusterFacts, replace: bool) -> String {
+    let certs = |out: &str| {
+        format!(
+            "meshpeer certs cluster {} --root ROOT_DIR --out {out}",
+            f.name
+        )
+    };
+    match f.ca_place() {
+        CaPlace::Folder(d) => certs(&d.display().to_string()),
+        CaPlace::Secret { context } => {
+            let kubectl = format!("kubectl --context {context} -n {}", labels::ISTIO_SYSTEM);
+            let files: Vec<String> = CACERTS_KEYS
+                .iter()
+                .map(|k| format!("--from-file=NEW_DIR/{k}"))
+                .collect();
+            let delete = if replace {
+                format!("{kubectl} delete secret {CACERTS_SECRET}, then ")
+            } else {
+                String::new()
+            };
+            format!(
+                "{}, then {delete}{kubectl} create secret generic {CACERTS_SECRET} {}",
+                certs("NEW_DIR"),
+                files.join(" ")
+            )
+        }
+    }
+}
+
+/// What to do when a cluster's cacerts cannot be compared with the others'.
+pub(super) fn cacerts_fix(f: &ClusterFacts) -> String {
+    match f.ca_place() {
+        CaPlace::Folder(_) => format!("give --cacerts DIR for cluster {}", f.name),
+        CaPlace::Secret { .. } => format!(
+            "see cluster {}'s Configuration Check, or give --cacerts DIR (the files of its {}/{CACERTS_SECRET} Secret)",
+            f.name,
+            labels::ISTIO_SYSTEM
+        ),
+    }
+}
+
 fn configuration(f: &ClusterFacts) -> Check {
     let c = &f.export.cluster;
     let mut items = vec![Item::ok(format!(
@@ -110,11 +153,7 @@ fn configuration(f: &ClusterFacts) -> Check {
             ),
         ));
     }
-    let make = format!(
-        "meshpeer certs cluster {} --root ROOT_DIR --out {}",
-        f.name,
-        f.cacerts_hint()
-    );
+    let make = make_cacerts(f, false);
     let mut detail = vec![
         format!("Cluster: {}", c.name),
         format!("Source: {}", f.origin.describe()),
@@ -124,10 +163,10 @@ fn configuration(f: &ClusterFacts) -> Check {
         format!("Locality: {}", c.locality),
     ];
     match &f.ca {
-        CaFacts::Loaded { dir, ca } => {
+        CaFacts::Loaded { at, ca } => {
             let now = SystemTime::now();
             let root = ca.trust_root();
-            detail.push(format!("Cacerts: {}", dir.display()));
+            detail.push(format!("Cacerts: {at}"));
             detail.push(format!("  intermediate valid until {}", date(ca.not_after())));
             detail.push(format!(
                 "  root valid until {}, SHA-256 {}",
@@ -138,8 +177,7 @@ fn configuration(f: &ClusterFacts) -> Check {
             if root.not_after() < soon {
                 items.push(Item::warn(
                     format!(
-                        "the shared root in {} expires on {}",
-                        dir.display(),
+                        "the shared root in {at} expires on {}",
                         date(root.not_after())
                     ),
                     "make a new root (meshpeer certs root-ca) and re-issue every cluster's intermediate from it",
@@ -147,25 +185,31 @@ fn configuration(f: &ClusterFacts) -> Check {
             } else if ca.not_after() < soon {
                 items.push(Item::warn(
                     format!(
-                        "the intermediate in {} expires on {}",
-                        dir.display(),
+                        "the intermediate in {at} expires on {}",
                         date(ca.not_after())
                     ),
-                    format!("issue a new one from the shared root into a new folder: {make}, then point the cluster at it"),
+                    match at {
+                        CaPlace::Folder(_) => format!("issue a new one from the shared root into a new folder: {make}, then point the cluster at it"),
+                        CaPlace::Secret { .. } => format!("issue a new one from the shared root: {}", make_cacerts(f, true)),
+                    },
                 ));
             } else {
                 items.push(Item::ok(format!(
-                    "cacerts {}: intermediate valid until {}",
-                    dir.display(),
+                    "cacerts {at}: intermediate valid until {}",
                     date(ca.not_after())
                 )));
             }
         }
-        CaFacts::Broken { dir, error } => items.push(Item::fail(
-            format!("cacerts {} cannot be used: {error}", dir.display()),
-            format!("issue the cluster's intermediate from the shared root: {make}"),
+        CaFacts::Broken { at, error } => items.push(Item::fail(
+            format!("cacerts {at} cannot be used: {error}"),
+            format!(
+                "issue the cluster's intermediate from the shared root: {}",
+                make_cacerts(f, true)
+            ),
         )),
-        CaFacts::Missing { looked: Some(dir) } => items.push(Item::fail(
+        CaFacts::Missing {
+            looked: CaPlace::Folder(dir),
+        } => items.push(Item::fail(
             format!(
                 "no trust root: no cacerts for cluster {} (looked in {})",
                 f.name,
@@ -173,8 +217,21 @@ fn configuration(f: &ClusterFacts) -> Check {
             ),
             format!("give --cacerts DIR for this cluster, or make them: {make}"),
         )),
-        CaFacts::Missing { looked: None } => items.push(Item::info(
-            "cacerts not checked: give --cacerts DIR (the files of the cluster's cacerts secret) to check them",
+        CaFacts::Missing { looked } => items.push(Item::fail(
+            format!(
+                "no trust root: no {looked}, so istiod of cluster {} signs with its own self-signed root, which no other cluster accepts",
+                f.name
+            ),
+            format!(
+                "make the cluster's intermediate from the shared root and store it as Istio's plug-in CA Secret: {make}, then restart istiod (or give --cacerts DIR to check a folder instead)"
+            ),
+        )),
+        CaFacts::Unreadable { at, error } => items.push(Item::warn(
+            format!("cacerts not checked: cannot read {at}: {error}"),
+            format!(
+                "let this user read it (kubectl auth can-i get secret/{CACERTS_SECRET} -n {}), or give --cacerts DIR (the files of the Secret)",
+                labels::ISTIO_SYSTEM
+            ),
         )),
     }
     let cluster = f.name.clone();
@@ -295,7 +352,12 @@ fn shared_services(f: &ClusterFacts) -> Check {
                 f.export.services.len(),
                 f.catalog.services.len(),
                 imported,
-                " (from the folders: the controller is not reachable)",
+                match f.origin {
+                    Origin::Folder(_) => " (from the folders: the controller is not reachable)",
+                    Origin::Context(_) => {
+                        " (from the API servers' objects: the controller is not reachable)"
+                    }
+                },
             )
         }
     };

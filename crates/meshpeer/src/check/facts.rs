@@ -8,18 +8,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use meshpeer_dataplane::feed::CatalogFeed;
-use meshpeer_identity::ClusterCa;
+use meshpeer_identity::{CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ClusterCa, ROOT_CERT_FILE};
 use meshpeer_model::objects::{Condition, ServiceEntry};
 use meshpeer_model::{
-    CatalogConfig, ClusterConfig, ClusterSnapshot, Export, GlobalCatalog, NsName, catalog_with,
-    exports,
+    CatalogConfig, ClusterSnapshot, Export, GlobalCatalog, NsName, catalog_with, exports, labels,
 };
 use meshpeer_store::Sink;
 use meshpeer_store::file_sink::{FileSink, STATUS_DIR};
-use meshpeer_store::{ClusterSource, load_cluster_dir};
+use meshpeer_store::load_cluster_dir;
 use serde::Deserialize;
 
 use super::http;
+use super::kube_mode::{kube_client, kube_cluster_config, kube_snapshot, secret_cacerts};
 use super::runtime::{RUNTIME_FILE, read_runtime_file};
 use crate::api::{FollowerView, StatusDoc};
 use crate::controller::view::Status as ControllerStatus;
@@ -53,7 +53,8 @@ impl Origin {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterInput {
     pub origin: Origin,
-    /// Its cacerts folder; file mode default: `<DIR>/../certs/<cluster name>`.
+    /// Its cacerts folder; file mode default: `<DIR>/../certs/<cluster name>`;
+    /// Kubernetes mode default: the [`CACERTS_SECRET`] Secret in `istio-system`.
     pub cacerts: Option<PathBuf>,
     /// Its controller's API; file mode default: from `<DIR>/.meshpeer/controller.json`.
     pub controller: Option<String>,
@@ -72,15 +73,46 @@ impl ClusterInput {
     }
 }
 
+/// Name of Istio's plug-in CA Secret, in namespace `istio-system`.
+pub const CACERTS_SECRET: &str = "cacerts";
+
+/// The keys of the [`CACERTS_SECRET`] Secret: the files of the cacerts layout.
+pub const CACERTS_KEYS: [&str; 4] = [CA_CERT_FILE, CA_KEY_FILE, ROOT_CERT_FILE, CERT_CHAIN_FILE];
+
+/// Where a cluster's cacerts are read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaPlace {
+    /// A folder in the cacerts layout (`--cacerts`, or file mode's default).
+    Folder(PathBuf),
+    /// Kubernetes mode without `--cacerts`: Istio's plug-in CA Secret
+    /// ([`CACERTS_SECRET`] in `istio-system`) of the context.
+    Secret { context: String },
+}
+
+impl std::fmt::Display for CaPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CaPlace::Folder(d) => write!(f, "{}", d.display()),
+            CaPlace::Secret { context } => write!(
+                f,
+                "Secret {}/{CACERTS_SECRET} of context {context}",
+                labels::ISTIO_SYSTEM
+            ),
+        }
+    }
+}
+
 /// A cluster's intermediate CA, as found.
 #[derive(Debug)]
 pub enum CaFacts {
     /// Loaded and self-consistent (`ClusterCa::load`'s checks passed).
-    Loaded { dir: PathBuf, ca: Box<ClusterCa> },
-    /// There, but not usable.
-    Broken { dir: PathBuf, error: String },
-    /// Not found; `looked`: where it was expected, if anywhere.
-    Missing { looked: Option<PathBuf> },
+    Loaded { at: CaPlace, ca: Box<ClusterCa> },
+    /// There, but not usable (for a Secret: also a key missing).
+    Broken { at: CaPlace, error: String },
+    /// Not there.
+    Missing { looked: CaPlace },
+    /// Could not be looked at (the API server refused or failed).
+    Unreadable { at: CaPlace, error: String },
 }
 
 impl CaFacts {
@@ -153,12 +185,21 @@ pub struct ClusterFacts {
 }
 
 impl ClusterFacts {
-    /// The cacerts folder to name in fix lines.
-    pub fn cacerts_hint(&self) -> String {
+    /// Where the cacerts were (or were to be) read from.
+    pub fn ca_place(&self) -> &CaPlace {
         match &self.ca {
-            CaFacts::Loaded { dir, .. } | CaFacts::Broken { dir, .. } => dir.display().to_string(),
-            CaFacts::Missing { looked: Some(d) } => d.display().to_string(),
-            CaFacts::Missing { looked: None } => "CACERTS_DIR".to_owned(),
+            CaFacts::Loaded { at, .. }
+            | CaFacts::Broken { at, .. }
+            | CaFacts::Unreadable { at, .. }
+            | CaFacts::Missing { looked: at } => at,
+        }
+    }
+
+    /// The cacerts folder to name in fix lines (`CACERTS_DIR` for a Secret).
+    pub fn cacerts_hint(&self) -> String {
+        match self.ca_place() {
+            CaPlace::Folder(d) => d.display().to_string(),
+            CaPlace::Secret { .. } => "CACERTS_DIR".to_owned(),
         }
     }
 
@@ -186,20 +227,63 @@ pub enum GatherError {
     Kube { context: String, message: String },
 }
 
+impl GatherError {
+    pub(super) fn kube(context: &str, message: impl Into<String>) -> Self {
+        GatherError::Kube {
+            context: context.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
 /// How long each network call of `gather` may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads every cluster and, unless `precheck`, asks their controllers.
+/// Kubernetes clusters are read through a client for their kubeconfig
+/// context (see [`gather_with_clients`]).
 pub async fn gather(
     inputs: &[ClusterInput],
     precheck: bool,
     within: Duration,
 ) -> Result<Vec<ClusterFacts>, GatherError> {
+    let mut clients = BTreeMap::new();
+    for input in inputs {
+        if let Origin::Context(ctx) = &input.origin
+            && !clients.contains_key(ctx)
+        {
+            // A bad name is said before the kubeconfig is read.
+            kube_cluster_config(ctx, input.name.as_deref())?;
+            clients.insert(ctx.clone(), kube_client(ctx).await?);
+        }
+    }
+    gather_with_clients(inputs, &clients, precheck, within).await
+}
+
+/// [`gather`] with the Kubernetes clients already built, by context name
+/// (for tests: a mocked API server). Each Kubernetes cluster is listed once
+/// (every kind [`meshpeer_store::kube_source::KubeSource`] watches) and,
+/// without `--cacerts`, its cacerts are read from the [`CACERTS_SECRET`]
+/// Secret in `istio-system`. A context without a client is an error.
+pub async fn gather_with_clients(
+    inputs: &[ClusterInput],
+    clients: &BTreeMap<String, kube::Client>,
+    precheck: bool,
+    within: Duration,
+) -> Result<Vec<ClusterFacts>, GatherError> {
+    let client_of = |ctx: &str| {
+        clients.get(ctx).ok_or_else(|| {
+            GatherError::kube(ctx, "no Kubernetes client was built for this context")
+        })
+    };
     let mut snapshots: Vec<ClusterSnapshot> = Vec::new();
     for input in inputs {
         let snap = match &input.origin {
             Origin::Folder(dir) => load_cluster_dir(dir)?,
-            Origin::Context(ctx) => kube_snapshot(ctx, input.name.as_deref(), within).await?,
+            Origin::Context(ctx) => {
+                let config = kube_cluster_config(ctx, input.name.as_deref())?;
+                kube_snapshot(client_of(ctx)?.clone(), ctx, config, within).await?
+            }
         };
         if let Some(i) = snapshots
             .iter()
@@ -225,7 +309,14 @@ pub async fn gather(
             .map(|(_, e)| e);
         let catalog = catalog_with(&snap, &export, peers, &CatalogConfig::default());
         let name = snap.config.name.clone();
-        let ca = cacerts(input, &name, now);
+        let ca = match (&input.cacerts, &input.origin) {
+            (Some(dir), _) => folder_cacerts(dir.clone(), now),
+            // The README's layout: <mesh>/cluster1 next to <mesh>/certs/cluster1.
+            (None, Origin::Folder(dir)) => {
+                folder_cacerts(beside(dir).join("certs").join(&name), now)
+            }
+            (None, Origin::Context(ctx)) => secret_cacerts(client_of(ctx)?, ctx, now, within).await,
+        };
         let live = if precheck {
             Live::NotChecked("precheck".to_owned())
         } else {
@@ -256,31 +347,20 @@ pub async fn gather(
     Ok(out)
 }
 
-fn cacerts(input: &ClusterInput, name: &str, now: SystemTime) -> CaFacts {
-    let dir = match (&input.cacerts, &input.origin) {
-        (Some(d), _) => d.clone(),
-        (None, Origin::Folder(dir)) => {
-            // The README's layout: <mesh>/cluster1 next to <mesh>/certs/cluster1.
-            let guess = beside(dir).join("certs").join(name);
-            if !guess.is_dir() {
-                return CaFacts::Missing {
-                    looked: Some(guess),
-                };
-            }
-            guess
-        }
-        (None, Origin::Context(_)) => return CaFacts::Missing { looked: None },
-    };
+/// The cacerts of a cluster from a folder.
+fn folder_cacerts(dir: PathBuf, now: SystemTime) -> CaFacts {
     if !dir.is_dir() {
-        return CaFacts::Missing { looked: Some(dir) };
+        return CaFacts::Missing {
+            looked: CaPlace::Folder(dir),
+        };
     }
     match ClusterCa::load(&dir, now) {
         Ok(ca) => CaFacts::Loaded {
-            dir,
+            at: CaPlace::Folder(dir),
             ca: Box::new(ca),
         },
         Err(e) => CaFacts::Broken {
-            dir,
+            at: CaPlace::Folder(dir),
             error: e.to_string(),
         },
     }
@@ -411,54 +491,4 @@ async fn output_entries(dir: PathBuf) -> Option<(PathBuf, Vec<ServiceEntry>)> {
     let mut sink = FileSink::new(dir.clone());
     let entries = sink.existing().await.ok()?;
     Some((dir, entries))
-}
-
-/// A cluster read once from a Kubernetes API server: the first (complete)
-/// update of a [`meshpeer_store::kube_source::KubeSource`].
-async fn kube_snapshot(
-    context: &str,
-    name: Option<&str>,
-    within: Duration,
-) -> Result<ClusterSnapshot, GatherError> {
-    let err = |message: String| GatherError::Kube {
-        context: context.to_owned(),
-        message,
-    };
-    let name = name.unwrap_or(context);
-    let config = ClusterConfig::new(name);
-    config.check().map_err(|e| {
-        err(format!(
-            "{e}; give the cluster's name with --cluster-name (once per --context, in order)"
-        ))
-    })?;
-    let kube_config = kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
-        context: Some(context.to_owned()),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| err(format!("cannot load the kubeconfig context: {e}")))?;
-    let client = kube::Client::try_from(kube_config)
-        .map_err(|e| err(format!("cannot build a client: {e}")))?;
-    let source = Box::new(meshpeer_store::kube_source::KubeSource::new(
-        client,
-        config.clone(),
-    ));
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let task = tokio::spawn(source.run(tx));
-    // Listing every kind may take longer than one call.
-    let first = tokio::time::timeout(within * 6, rx.recv()).await;
-    task.abort();
-    let update = first
-        .map_err(|_| {
-            err(format!(
-                "the API server did not list every kind within {}s",
-                (within * 6).as_secs()
-            ))
-        })?
-        .ok_or_else(|| err("the API server could not be read".to_owned()))?;
-    let mut snap = ClusterSnapshot::new(config);
-    for change in update.changes {
-        snap.apply_change(change);
-    }
-    Ok(snap)
 }

@@ -10,7 +10,7 @@ use meshpeer_model::objects::{is_managed, label};
 use meshpeer_model::{PeerLink, labels};
 use rustls::pki_types::UnixTime;
 
-use super::cluster::{date, eastwest, sha256_sum, title_of};
+use super::cluster::{cacerts_fix, date, eastwest, sha256_sum, title_of};
 use super::facts::{CaFacts, ClusterFacts, Live};
 use super::{Check, Item, Options, Status, names};
 
@@ -56,7 +56,7 @@ fn certs(all: &[ClusterFacts]) -> Check {
     let mut detail = Vec::new();
     for f in all {
         match &f.ca {
-            CaFacts::Loaded { dir, ca } => {
+            CaFacts::Loaded { at, ca } => {
                 let root = ca.trust_root();
                 items.push(Item::info(format!(
                     "cluster {} root certificate SHA256 sum: {}",
@@ -64,9 +64,8 @@ fn certs(all: &[ClusterFacts]) -> Check {
                     sha256_sum(root.sha256_fingerprint())
                 )));
                 detail.push(format!(
-                    "{}: {} (intermediate valid until {}; root {}, valid until {})",
+                    "{}: {at} (intermediate valid until {}; root {}, valid until {})",
                     f.name,
-                    dir.display(),
                     date(ca.not_after()),
                     root.sha256_fingerprint(),
                     date(root.not_after())
@@ -77,7 +76,7 @@ fn certs(all: &[ClusterFacts]) -> Check {
                     "cluster {} not checked: its cacerts cannot be read (see its Configuration Check)",
                     f.name
                 ),
-                format!("give --cacerts DIR for cluster {}", f.name),
+                cacerts_fix(f),
             )),
         }
     }

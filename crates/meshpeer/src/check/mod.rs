@@ -1,8 +1,12 @@
 //! `meshpeer check` (SPEC O4) as a library, in three steps:
 //!
 //! 1. [`facts`]: gather what is known of each cluster: its folder (or its
-//!    Kubernetes API server), its cacerts, its controller's API (status,
-//!    catalog, the data plane following it, their health endpoints).
+//!    Kubernetes API server), its cacerts (a folder, or the `cacerts`
+//!    Secret in `istio-system`), its controller's API (status, catalog, the
+//!    data plane following it, their health endpoints). [`gather`] builds
+//!    the Kubernetes clients from the kubeconfig; [`gather_with_clients`]
+//!    takes them built (tests answer them with a mocked API server);
+//!    `kube_mode` reads a cluster through one.
 //! 2. The checks (per cluster: `cluster`, `live`, `peers`, `diagnostics`;
 //!    across clusters: `mesh`) turn the facts into a
 //!    [`Report`]: one [`Check`] per subject, per cluster or across clusters,
@@ -12,12 +16,13 @@
 //!    does (seed `002`); [`Report`] is also serializable (`-o json`).
 //!
 //! Checks are pure functions of the facts, so they are tested without
-//! processes; only [`facts`] does I/O.
+//! processes; only [`facts`] (with `http` and `kube_mode`) does I/O.
 
 mod cluster;
 mod diagnostics;
 pub mod facts;
 mod http;
+mod kube_mode;
 mod live;
 mod mesh;
 mod peers;
@@ -26,7 +31,10 @@ mod runtime;
 
 use serde::{Deserialize, Serialize};
 
-pub use facts::{CaFacts, ClusterFacts, ClusterInput, Live, Origin, gather};
+pub use facts::{
+    CACERTS_SECRET, CaFacts, CaPlace, ClusterFacts, ClusterInput, Live, Origin, gather,
+    gather_with_clients,
+};
 pub use runtime::{
     RUNTIME_FILE, RuntimeFile, read_runtime_file, remove_runtime_file, write_runtime_file,
 };

@@ -291,3 +291,21 @@ async fn kubernetes_mode_names_the_context_it_cannot_use() {
         .to_string();
     assert!(err.contains("--cluster-name"), "{err}");
 }
+
+#[tokio::test]
+async fn kubernetes_mode_without_a_client_for_the_context_says_so() {
+    let input = ClusterInput {
+        origin: facts::Origin::Context("kind-cluster1".to_owned()),
+        cacerts: None,
+        controller: None,
+        name: Some("cluster1".to_owned()),
+    };
+    let err = gather_with_clients(&[input], &Default::default(), true, Duration::from_secs(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "Kubernetes context kind-cluster1: no Kubernetes client was built for this context"
+    );
+}
