@@ -186,6 +186,33 @@ impl Demo {
         }
     }
 
+    /// `kubectl label --local -f FILE LABEL --overwrite -o yaml > tmp && mv tmp FILE`
+    /// in the httpbin scenario's `cluster` folder.
+    fn kubectl_label(&self, cluster: &str, file: &str, label: &str) {
+        let path = self.folder("httpbin", cluster).join(file);
+        let out = Command::new("kubectl")
+            .args(["label", "--local", "-f"])
+            .arg(&path)
+            .args([label, "--overwrite", "-o", "yaml"])
+            // No cluster is asked; keep any kubeconfig of the machine out.
+            .env("KUBECONFIG", self.state.join("no-kubeconfig"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test runs the real kubectl (apt-get install kubernetes-client, as .ci/run does): {e}"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "kubectl label --local: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Written beside the scenario, then renamed into the watched folder.
+        let tmp = self.state.join("httpbin").join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, &out.stdout).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
     fn folder(&self, scenario: &str, cluster: &str) -> std::path::PathBuf {
         self.state.join(scenario).join(cluster)
     }
@@ -296,15 +323,14 @@ fn r1_httpbin_replays_seed_004() {
 
     // Segments: cluster1 joins dev, cluster2 prod. mesh.internal is gone;
     // the segment names answer, across segments while the scope is global.
-    demo.ok(&[
-        "label",
-        "--cluster",
+    // cluster1 the way the README shows for any folder: real kubectl, on the
+    // file holding the namespace (and the Segments: kubectl prints them one
+    // after the other without `---`, which the folder reader accepts).
+    demo.kubectl_label(
         "cluster1",
-        "namespace",
-        "istio-system",
+        "istio-system.yaml",
         "admin.solo.io/segment=dev-segment",
-        "--overwrite",
-    ]);
+    );
     demo.ok(&[
         "label",
         "--cluster",

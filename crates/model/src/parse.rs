@@ -75,11 +75,18 @@ struct RawDocument {
 
 /// Splits a stream at `---` / `...` markers, dropping documents with nothing
 /// but blank lines and comments.
+///
+/// Also at a second top-level `apiVersion:` line within one document:
+/// `kubectl label --local -f FILE -o yaml` (and `annotate`, `set`) print
+/// several objects one after the other with no `---` between them. Such a
+/// document would otherwise be a duplicate-key error, so splitting cannot
+/// change the meaning of a valid stream.
 fn split_documents(text: &str) -> Vec<RawDocument> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut start_line = 1;
     let mut has_content = false;
+    let mut has_api_version = false;
     let flush =
         |current: &mut String, start_line: usize, has_content: &mut bool, docs: &mut Vec<_>| {
             if *has_content {
@@ -94,8 +101,16 @@ fn split_documents(text: &str) -> Vec<RawDocument> {
         let line_no = i + 1;
         let is_start = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
         let is_end = line == "..." || line.starts_with("... ");
+        let is_api_version = line.starts_with("apiVersion:");
+        if is_api_version && has_api_version {
+            // The next object of a concatenated stream starts here.
+            flush(&mut current, start_line, &mut has_content, &mut docs);
+            start_line = line_no;
+            has_api_version = false;
+        }
         if is_start || is_end {
             flush(&mut current, start_line, &mut has_content, &mut docs);
+            has_api_version = false;
             start_line = line_no + 1;
             if is_start {
                 // Content after the marker on the same line (`--- {a: 1}`).
@@ -122,6 +137,7 @@ fn split_documents(text: &str) -> Vec<RawDocument> {
                 has_content = true;
             }
         }
+        has_api_version |= is_api_version;
         current.push_str(line);
         current.push('\n');
     }
@@ -372,6 +388,28 @@ mod tests {
         let parsed = parse_documents("ns.yaml", text);
         assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
         assert_eq!(parsed.objects.len(), 2);
+    }
+
+    #[test]
+    fn kubectl_local_output_without_separators_is_read_object_by_object() {
+        // What `kubectl label --local -f FILE -o yaml` prints for a file of
+        // three objects: no `---` between them.
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  labels:\n    admin.solo.io/segment: dev-segment\n  name: istio-system\napiVersion: admin.solo.io/v1alpha1\nkind: Segment\nmetadata:\n  name: dev-segment\n  namespace: istio-system\nspec:\n  domain: cluster.dev\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  ports:\n  - port: abc\n";
+        let parsed = parse_documents("f.yaml", text);
+        let names: Vec<&str> = parsed
+            .objects
+            .iter()
+            .map(|o| o.metadata().name.as_deref().unwrap_or_default())
+            .collect();
+        assert_eq!(names, ["istio-system", "dev-segment"]);
+        // Errors keep the line numbers of the whole stream.
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert_eq!(parsed.errors[0].document, 3);
+        assert_eq!(parsed.errors[0].line, Some(21));
+        // A literal block whose lines start with `apiVersion:` stays whole
+        // (it is indented), and one object per document still reads.
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  x: |\n    apiVersion: v1\n";
+        assert_eq!(split_documents(text).len(), 1);
     }
 
     #[test]
