@@ -32,7 +32,7 @@ use tracing::{info, warn};
 pub use self::metrics::DnsMetrics;
 pub use self::table::DnsTable;
 
-use self::forward::Upstream;
+use self::forward::Upstreams;
 use self::handler::Handler;
 
 /// Responses queued per TCP connection before the connection pushes back.
@@ -48,11 +48,14 @@ const BIND_ATTEMPTS: usize = 16;
 pub struct DnsConfig {
     /// UDP and TCP on the same address; port 0 picks one free port for both.
     pub listen: SocketAddr,
-    /// Where other names are forwarded; None: answer REFUSED for them.
-    pub upstream: Option<SocketAddr>,
+    /// Where other names are forwarded, in order of preference (the next one
+    /// when one does not answer; the last to answer is asked first); empty:
+    /// answer REFUSED for them.
+    pub upstreams: Vec<SocketAddr>,
     /// TTL of our answers, seconds (default 5).
     pub ttl: u32,
-    /// How long to wait for the upstream (default 2 s): then SERVFAIL.
+    /// How long to wait for each upstream (default 2 s): then the next one,
+    /// or SERVFAIL after the last.
     pub upstream_timeout: Duration,
 }
 
@@ -61,7 +64,7 @@ impl DnsConfig {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
-            upstream: None,
+            upstreams: Vec::new(),
             ttl: 5,
             upstream_timeout: Duration::from_secs(2),
         }
@@ -95,23 +98,22 @@ impl DnsServer {
         let (udp, tcp) = bind(config.listen).await?;
         let local_addr = udp.local_addr()?;
         let (stop_tx, stop) = watch::channel(());
+        let upstream = Upstreams::new(&config.upstreams, config.upstream_timeout).map(Arc::new);
+        let worst = upstream.as_ref().map_or(Duration::ZERO, |u| u.worst_case());
         let handler = Handler {
             table,
             ttl: config.ttl,
-            upstream: config.upstream.map(|addr| Upstream {
-                addr,
-                timeout: config.upstream_timeout,
-            }),
+            upstream,
             metrics,
             stop,
         };
         let mut server = Server::new(handler);
         server.register_socket(udp);
-        let idle = TCP_IDLE_TIMEOUT.max(config.upstream_timeout + Duration::from_secs(1));
+        let idle = TCP_IDLE_TIMEOUT.max(worst + Duration::from_secs(1));
         server.register_listener(tcp, idle, TCP_RESPONSE_BUFFER);
         info!(
             %local_addr,
-            upstream = ?config.upstream,
+            upstreams = ?config.upstreams,
             ttl = config.ttl,
             upstream_timeout = ?config.upstream_timeout,
             "dns server listening on udp and tcp"

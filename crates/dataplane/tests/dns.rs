@@ -73,11 +73,19 @@ struct Proxy {
 
 impl Proxy {
     async fn start(table: DnsTable, upstream: Option<SocketAddr>, timeout: Duration) -> Self {
+        Self::with_upstreams(table, upstream.into_iter().collect(), timeout).await
+    }
+
+    async fn with_upstreams(
+        table: DnsTable,
+        upstreams: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Self {
         let mut registry = Registry::default();
         let metrics = DnsMetrics::register(&mut registry);
         let (tx, rx) = watch::channel(Arc::new(table));
         let mut config = DnsConfig::new("127.0.0.1:0".parse().unwrap());
-        config.upstream = upstream;
+        config.upstreams = upstreams;
         config.ttl = TTL;
         config.upstream_timeout = timeout;
         let server = DnsServer::start(config, rx, metrics).await.unwrap();
@@ -309,16 +317,36 @@ fn fake_answer(
 /// An upstream that takes queries (UDP and TCP) and never answers.
 struct DeadUpstream {
     addr: SocketAddr,
-    _sockets: (UdpSocket, TcpListener),
+    /// UDP queries it got.
+    asked: Arc<std::sync::atomic::AtomicUsize>,
+    _tcp: TcpListener,
+    _reader: JoinSet<()>,
 }
 
 impl DeadUpstream {
     async fn start() -> Self {
-        let sockets = bind_pair().await;
+        let (udp, tcp) = bind_pair().await;
+        let addr = udp.local_addr().unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut reader = JoinSet::new();
+        let count = asked.clone();
+        reader.spawn(async move {
+            let mut buf = vec![0; 65535];
+            while udp.recv_from(&mut buf).await.is_ok() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
         Self {
-            addr: sockets.0.local_addr().unwrap(),
-            _sockets: sockets,
+            addr,
+            asked,
+            _tcp: tcp,
+            _reader: reader,
         }
+    }
+
+    /// UDP queries it got so far (read before the proxy gave up on it).
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -570,6 +598,57 @@ async fn d1_a_dead_upstream_gives_servfail_after_the_timeout() {
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(answer.metadata.id, 5);
     assert_eq!(proxy.count("servfail"), before + 1);
+}
+
+#[tokio::test]
+async fn d1_the_next_upstream_answers_when_the_first_is_dead_and_is_asked_first_after() {
+    let dead = DeadUpstream::start().await;
+    let live = FakeUpstream::start().await;
+    let timeout = Duration::from_millis(300);
+    let proxy = Proxy::with_upstreams(table(), vec![dead.addr, live.addr], timeout).await;
+    // The first query waits for the dead one, then gets the live one's answer.
+    let answer = udp_exchange(
+        proxy.addr(),
+        &query(1, "example.org.", RecordType::A, false),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(answer.answers.len(), 1);
+    assert_eq!(dead.asked(), 1, "the first upstream was asked first");
+    // From now on the live one is asked first: the dead one gets nothing.
+    for id in 2..5 {
+        let answer = udp_exchange(
+            proxy.addr(),
+            &query(id, "example.org.", RecordType::A, false),
+        )
+        .await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(answer.metadata.id, id);
+    }
+    // Over TCP as well.
+    let lookup = resolve(proxy.addr(), Tcp, "example.org", RecordType::A)
+        .await
+        .unwrap();
+    assert_eq!(addrs(&lookup), [ip("192.0.2.1")]);
+    assert_eq!(dead.asked(), 1, "the dead upstream is not asked again");
+    assert_eq!(live.seen().len(), 5, "{:?}", live.seen());
+    assert_eq!(proxy.count("forwarded"), 5);
+    assert_eq!(proxy.count("servfail"), 0);
+}
+
+#[tokio::test]
+async fn d1_servfail_only_when_every_upstream_fails() {
+    let (a, b) = (DeadUpstream::start().await, DeadUpstream::start().await);
+    let timeout = Duration::from_millis(200);
+    let proxy = Proxy::with_upstreams(table(), vec![a.addr, b.addr], timeout).await;
+    let answer = udp_exchange(
+        proxy.addr(),
+        &query(9, "example.org.", RecordType::A, false),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!((a.asked(), b.asked()), (1, 1), "both were asked");
+    assert_eq!(proxy.count("servfail"), 1);
 }
 
 #[tokio::test]

@@ -268,8 +268,9 @@ pub(crate) struct ProxyArgs {
     /// Where the DNS server answers (UDP and TCP).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15053")]
     pub(crate) dns_listen: SocketAddr,
-    /// Where other names are forwarded (default: none, they are refused).
-    /// Only the first is used today.
+    /// Where other names are forwarded (default: none, they are refused);
+    /// repeat for more: the next is asked when one does not answer within
+    /// its timeout, and the last to answer is asked first.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) dns_upstream: Vec<SocketAddr>,
     /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).

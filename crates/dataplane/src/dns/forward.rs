@@ -1,4 +1,9 @@
-//! Forwarding of queries that are not ours to the upstream resolver.
+//! Forwarding of queries that are not ours to the upstream resolvers.
+//!
+//! Several upstreams are asked in order, the next one when one does not
+//! answer (timeout, refused connection, undecodable answer); the one that
+//! answered last is asked first next time, so a dead first resolver costs
+//! one timeout, not one per query.
 //!
 //! One fresh socket per query (a connected UDP socket, or a TCP connection): the
 //! kernel then drops datagrams from other sources, concurrent queries never share
@@ -6,12 +11,14 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, Query};
 use hickory_proto::serialize::binary::DecodeError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tracing::debug;
 
 /// Largest DNS message; UDP datagrams and TCP frames are bounded by it.
 const MAX_MESSAGE: usize = u16::MAX as usize;
@@ -44,7 +51,68 @@ pub(crate) enum ForwardError {
     BadQuery { len: usize },
 }
 
-/// The resolver that gets every query that is not ours.
+/// The resolvers that get every query that is not ours, in order of
+/// preference.
+#[derive(Debug)]
+pub(crate) struct Upstreams {
+    list: Vec<Upstream>,
+    /// Index of the upstream that answered last: asked first.
+    preferred: AtomicUsize,
+}
+
+impl Upstreams {
+    /// None without any address: queries that are not ours are refused.
+    pub(crate) fn new(addrs: &[SocketAddr], timeout: Duration) -> Option<Self> {
+        if addrs.is_empty() {
+            return None;
+        }
+        Some(Self {
+            list: addrs
+                .iter()
+                .map(|&addr| Upstream { addr, timeout })
+                .collect(),
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// The longest a forward can take: every upstream timing out in turn.
+    pub(crate) fn worst_case(&self) -> Duration {
+        self.list.iter().map(|u| u.timeout).sum()
+    }
+
+    /// Asks the preferred upstream, then the others in order, until one
+    /// answers; the last failure when none does.
+    pub(crate) async fn forward(
+        &self,
+        query: &[u8],
+        question: &Query,
+        tcp: bool,
+    ) -> Result<Message, ForwardError> {
+        let n = self.list.len();
+        let first = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failure = None;
+        for k in (0..n).map(|i| (first + i) % n) {
+            match self.list[k].forward(query, question, tcp).await {
+                Ok(answer) => {
+                    if k != first {
+                        debug!(upstream = %self.list[k].addr, "dns upstream answered; asked first from now on");
+                        self.preferred.store(k, Ordering::Relaxed);
+                    }
+                    return Ok(answer);
+                }
+                Err(error) => {
+                    if n > 1 {
+                        debug!(upstream = %self.list[k].addr, %error, "dns upstream failed; asking the next");
+                    }
+                    failure = Some(error);
+                }
+            }
+        }
+        Err(failure.unwrap_or(ForwardError::BadQuery { len: query.len() }))
+    }
+}
+
+/// One resolver that gets queries that are not ours.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstream {
     pub(crate) addr: SocketAddr,

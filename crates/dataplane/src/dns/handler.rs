@@ -18,7 +18,7 @@ use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::forward::Upstream;
+use super::forward::Upstreams;
 use super::metrics::{DnsMetrics, QueryResult};
 use super::table::{DnsTable, Lookup};
 
@@ -29,7 +29,7 @@ const MIN_PAYLOAD: u16 = 512;
 pub(crate) struct Handler {
     pub(crate) table: watch::Receiver<Arc<DnsTable>>,
     pub(crate) ttl: u32,
-    pub(crate) upstream: Option<Upstream>,
+    pub(crate) upstream: Option<Arc<Upstreams>>,
     pub(crate) metrics: Arc<DnsMetrics>,
     /// Its sender is dropped when the server shuts down: in-flight forwards stop.
     pub(crate) stop: watch::Receiver<()>,
@@ -113,7 +113,7 @@ impl Handler {
     /// slow upstream would otherwise hold up every query pipelined behind this one.
     async fn forward<R: ResponseHandler>(
         &self,
-        upstream: &Upstream,
+        upstream: &Arc<Upstreams>,
         request: &Request,
         query: &LowerQuery,
         handle: R,
@@ -207,7 +207,7 @@ impl LocalAnswer {
 
 /// One forwarded query, owned so that it can run in its own task.
 struct ForwardJob {
-    upstream: Upstream,
+    upstream: Arc<Upstreams>,
     wire: Vec<u8>,
     protocol: Protocol,
     metadata: Metadata,

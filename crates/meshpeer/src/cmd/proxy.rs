@@ -10,7 +10,7 @@ use std::time::Duration;
 use meshpeer::dataplane::{ProxyRole, ProxyRoleConfig};
 use meshpeer_model::Locality;
 use prometheus_client::registry::Registry;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::common::{
     Signals, Telemetry, check_free, follower, init_logging, issue_identity, keep_renewed, load_ca,
@@ -39,13 +39,6 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => Some(Telemetry::start(addr).await?),
         None => None,
     };
-    if args.dns_upstream.len() > 1 {
-        warn!(
-            upstreams = ?args.dns_upstream,
-            "only the first --dns-upstream is used; the others are ignored"
-        );
-    }
-
     let Some((feed, follow)) = wait_or_stop(
         &args.controller,
         follower("proxy", args.metrics),
@@ -68,7 +61,7 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let root = identity.cluster_ca().trust_root().clone();
 
     let mut cfg = ProxyRoleConfig::new(args.dns_listen);
-    cfg.dns.upstream = args.dns_upstream.first().copied();
+    cfg.dns.upstreams = args.dns_upstream.clone();
     cfg.state.capture_cluster_ips = args.capture_cluster_ips;
     cfg.state.locality = match (&args.region, &args.zone) {
         (Some(region), Some(zone)) => Some(Locality::new(region, zone)),
@@ -113,8 +106,9 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cfg_upstream(upstreams: &[SocketAddr]) -> String {
-    match upstreams.first() {
-        Some(a) => format!("forwarded to {a}"),
-        None => "refused, no --dns-upstream".to_owned(),
+    if upstreams.is_empty() {
+        return "refused, no --dns-upstream".to_owned();
     }
+    let list: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
+    format!("forwarded to {}", list.join(", then "))
 }

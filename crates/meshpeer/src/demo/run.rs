@@ -74,12 +74,17 @@ fn eastwest(snap: &ClusterSnapshot) -> Option<(IpAddr, u16, u16)> {
 
 /// The first `nameserver` of /etc/resolv.conf: where the demo's DNS sends
 /// names that are not the mesh's.
-fn system_resolver() -> Option<SocketAddr> {
-    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+fn system_resolvers() -> Vec<SocketAddr> {
+    let Ok(text) = std::fs::read_to_string("/etc/resolv.conf") else {
+        return Vec::new();
+    };
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .find_map(|a| a.trim().parse::<IpAddr>().ok())
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
+        // As the C library: the first three.
+        .take(3)
+        .collect()
 }
 
 fn identity(
@@ -223,7 +228,7 @@ impl Demo {
                 "{name}: proxy (DNS on {dns}, VIPs in {vip_range})"
             ));
             let mut pcfg = ProxyRoleConfig::new(dns);
-            pcfg.dns.upstream = system_resolver();
+            pcfg.dns.upstreams = system_resolvers();
             pcfg.state.capture_cluster_ips = true;
             let proxy = ProxyRole::start(
                 controller.feed(),
