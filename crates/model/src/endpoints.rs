@@ -1,7 +1,7 @@
 //! Ready endpoints of a Service, from EndpointSlices or Pods (G10), with their
 //! locality (C1).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -269,7 +269,8 @@ fn from_slices(
     ports: &[ServicePort],
     default_locality: &Locality,
 ) -> Vec<(Locality, Endpoint)> {
-    let mut seen = BTreeSet::new();
+    // Address -> its index in `out`.
+    let mut seen = HashMap::new();
     let mut out = Vec::new();
     for slice in slices {
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
@@ -308,9 +309,10 @@ fn from_slices(
             let Some(address) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
                 continue;
             };
-            if !seen.insert(address) {
+            if merge_seen(&mut out, &seen, address, &targets) {
                 continue;
             }
+            seen.insert(address, out.len());
             let mut locality = node_locality(snap, ep.node_name.as_deref());
             if locality.zone.is_empty()
                 && let Some(z) = &ep.zone
@@ -343,7 +345,8 @@ fn from_pods<'p>(
     default_locality: &Locality,
 ) -> Vec<(Locality, Endpoint)> {
     let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
+    // Address -> its index in `out`.
+    let mut seen = HashMap::new();
     // Pods of one Service nearly always serve the same ports: share them.
     let mut last: Option<Arc<[PortTarget]>> = None;
     for (key, pod) in pods {
@@ -358,9 +361,6 @@ fn from_pods<'p>(
         else {
             continue;
         };
-        if !seen.insert(address) {
-            continue;
-        }
         let targets: Vec<PortTarget> = ports
             .iter()
             .filter_map(|sp| {
@@ -375,6 +375,10 @@ fn from_pods<'p>(
                 })
             })
             .collect();
+        if merge_seen(&mut out, &seen, address, &targets) {
+            continue;
+        }
+        seen.insert(address, out.len());
         let targets = match &last {
             Some(prev) if **prev == *targets => Arc::clone(prev),
             _ => {
@@ -397,6 +401,34 @@ fn from_pods<'p>(
         ));
     }
     out
+}
+
+/// When `address` is already an endpoint (EndpointSlices may list one
+/// address twice while they are rebalanced; host-network pods of one node
+/// share the node's address), adds the service ports it serves here that
+/// the first entry lacks, and says so. The first entry's name, locality and
+/// targets are kept.
+fn merge_seen(
+    out: &mut [(Locality, Endpoint)],
+    seen: &HashMap<IpAddr, usize>,
+    address: IpAddr,
+    targets: &[PortTarget],
+) -> bool {
+    let Some(&i) = seen.get(&address) else {
+        return false;
+    };
+    let ep = &mut out[i].1;
+    let missing: Vec<PortTarget> = targets
+        .iter()
+        .filter(|t| ep.target(t.port).is_none())
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        let mut all: Vec<PortTarget> = ep.ports.iter().copied().chain(missing).collect();
+        all.sort_by_key(|t| t.port);
+        ep.ports = all.into();
+    }
+    true
 }
 
 /// Ready = the Ready condition is True, the pod has an IP, it is not being

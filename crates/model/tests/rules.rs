@@ -614,6 +614,57 @@ fn g10_only_ready_endpoints_are_advertised() {
 }
 
 #[test]
+fn g10_an_address_listed_twice_is_one_endpoint_serving_both_port_sets() {
+    // Two slices (one per port set, as the EndpointSlice controller splits
+    // them) list 10.1.0.1; the first serves http, the second metrics. One
+    // endpoint serves both; 10.1.0.2 stays as it is.
+    let mut http = endpoint_slice(
+        "a",
+        "web",
+        "web-http",
+        vec![
+            slice_endpoint("10.1.0.1", Some(true), None),
+            slice_endpoint("10.1.0.2", Some(true), None),
+        ],
+    );
+    http.ports.as_mut().unwrap()[0].port = Some(8080);
+    let mut metrics = endpoint_slice(
+        "a",
+        "web",
+        "web-metrics",
+        vec![slice_endpoint("10.1.0.1", Some(true), None)],
+    );
+    let mp = &mut metrics.ports.as_mut().unwrap()[0];
+    mp.name = Some("metrics".into());
+    mp.port = Some(9090);
+    let snap = ClusterBuilder::new("c1")
+        .service(
+            svc("a", "web")
+                .global()
+                .selectorless()
+                .port("http", 8000, 8080)
+                .port("metrics", 9000, 9090),
+        )
+        .object(Object::EndpointSlice(http))
+        .object(Object::EndpointSlice(metrics))
+        .build();
+    let e = exports(&snap);
+    let eps: Vec<(String, Option<u16>, Option<u16>)> = e
+        .service("a", "web")
+        .unwrap()
+        .endpoints()
+        .map(|(_, ep)| (ep.address.to_string(), ep.target(8000), ep.target(9000)))
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("10.1.0.1".to_owned(), Some(8080), Some(9090)),
+            ("10.1.0.2".to_owned(), Some(8080), None),
+        ]
+    );
+}
+
+#[test]
 fn g10_named_target_ports_resolve_per_pod() {
     let snap = ClusterBuilder::new("c1")
         .service(
