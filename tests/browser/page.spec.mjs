@@ -5,27 +5,35 @@
 // URL: the page of a running two-cluster mesh (cluster1, cluster2) whose
 // clusters both export `in-ambient.httpbin.mesh.internal`; CLUSTER1_FOLDER:
 // cluster1's watched folder, holding `helloworld.yaml` (a Service not yet
-// global). Started by crates/meshpeer/tests/web.rs with
-// MESHPEER_BROWSER_TEST=1, which sets all of that up.
+// global; the script labels it global, then misspells its scope and adds an
+// unreadable `broken.yaml` to see the Problems view explain why). Started by
+// crates/meshpeer/tests/web.rs with MESHPEER_BROWSER_TEST=1, which sets all
+// of that up.
 //
 // Drives Debian's chromium (/usr/bin/chromium, or $CHROMIUM) with
 // playwright-core; never downloads a browser. Exits 0 when every check
 // passes, else 1 with what failed. MESHPEER_BROWSER_SCREENSHOTS=DIR keeps
-// screenshots of both views there.
+// screenshots of the three views there.
 
 import { chromium } from 'playwright-core';
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const [url, folder] = process.argv.slice(2);
 const EXECUTABLE = process.env.CHROMIUM || '/usr/bin/chromium';
-// Set to a folder to keep screenshots of the services and peers views.
+// Set to a folder to keep screenshots of the services, peers and problems views.
 const SHOTS = process.env.MESHPEER_BROWSER_SCREENSHOTS;
 const WAIT_MS = 30_000;
 const TOTAL_MS = 150_000;
 
 const GLOBAL = 'in-ambient.httpbin.mesh.internal';
 const RELABELLED = 'helloworld.sample.mesh.internal';
+const MISSPELT = 'globl';
+const G5 = 'tr[data-testid="problem-row"][data-rule="G5"][data-object="service sample/helloworld"]';
+const BADGE = '#problems-badge';
+// A manifest that cannot be read: an F1 error.
+const BROKEN = 'broken.yaml';
+const F1 = `tr[data-testid="problem-row"][data-rule="F1"][data-severity="error"]`;
 
 function fail(message) {
   console.error(`browser test FAILED: ${message}`);
@@ -70,13 +78,16 @@ async function open(browser, path) {
 
 const row = (host) => `tr[data-testid="service-row"][data-hostname="${host}"]`;
 
-async function cells(page, host) {
-  return page.$eval(row(host), (tr) => {
+// The text of a table row's cells, by their data-col.
+async function cellsOf(page, selector) {
+  return page.$eval(selector, (tr) => {
     const out = {};
     for (const c of tr.querySelectorAll('[data-col]')) out[c.dataset.col] = c.textContent.trim();
     return out;
   });
 }
+
+const cells = (page, host) => cellsOf(page, row(host));
 
 function expect(what, got, want) {
   if (got !== want) fail(`${what}: got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
@@ -89,6 +100,16 @@ function relabel(file) {
   if (text.includes('solo.io/service-scope')) fail(`${file} is global already`);
   const next = text.replace('  labels: {', '  labels: {solo.io/service-scope: "global", ');
   if (next === text) fail(`${file} has no "labels: {" line to change`);
+  const tmp = join(folder, '.helloworld.yaml.tmp');
+  writeFileSync(tmp, next);
+  renameSync(tmp, file);
+}
+
+// Replaces helloworld's scope label value `from` by `to`, the same way.
+function rescope(file, from, to) {
+  const text = readFileSync(file, 'utf8');
+  const next = text.replace(`solo.io/service-scope: "${from}"`, `solo.io/service-scope: "${to}"`);
+  if (next === text) fail(`${file} has no solo.io/service-scope: "${from}" to change`);
   const tmp = join(folder, '.helloworld.yaml.tmp');
   writeFileSync(tmp, next);
   renameSync(tmp, file);
@@ -112,6 +133,18 @@ async function main() {
   try {
     log(`opening ${url}`);
     const page = await open(browser, '/');
+    // Before counting navigations: switching tabs rewrites the address (#tab=...).
+    log('no problem yet: the Problems badge is hidden, the view says so');
+    await page.waitForSelector(row(GLOBAL));
+    await page.waitForSelector(`${BADGE}[data-count="0"]`, { state: 'attached' });
+    if (await page.isVisible(BADGE)) fail('the Problems badge shows with no problem');
+    expect('problems tab name', await page.getAttribute('#tab-problems', 'aria-label'), 'Problems');
+    await page.click('#tab-problems');
+    await page.waitForSelector('#panel-problems:not([hidden])');
+    await page.waitForSelector('#problems-empty:not([hidden])');
+    expect('empty state', (await page.textContent('#problems-empty')).trim(), "No problems in this cluster's input");
+    await page.click('#tab-services');
+    await page.waitForSelector('#panel-services:not([hidden])');
     await page.evaluate(() => {
       window.__sameDocument = true;
     });
@@ -184,7 +217,7 @@ async function main() {
     log('accessible markup: header cells scoped, panels labelled');
     const unscoped = await page.$$eval('th:not([scope])', (ths) => ths.length);
     expect('header cells without scope', unscoped, 0);
-    for (const panel of ['#panel-services', '#panel-peers']) {
+    for (const panel of ['#panel-services', '#panel-peers', '#panel-problems']) {
       if (!(await page.getAttribute(panel, 'aria-labelledby'))) fail(`${panel} has no label`);
     }
 
@@ -192,6 +225,83 @@ async function main() {
     const polled = await open(browser, '/?live=poll#cluster=cluster1');
     await polled.waitForSelector(`${row(RELABELLED)}[data-clusters="cluster1"]`);
     await polled.waitForSelector('#updated[data-mode="polling"]');
+
+    log(`misspelling helloworld's scope (${MISSPELT}) in ${folder}`);
+    await page.selectOption('#cluster-select', 'cluster1');
+    await page.waitForSelector('#cluster-info:has-text("cluster cluster1")');
+    await page.waitForSelector(`${row(RELABELLED)}[data-clusters="cluster1"]`);
+    const file = join(folder, 'helloworld.yaml');
+    rescope(file, 'global', MISSPELT);
+    log('the Problems badge appears, amber, without a reload (live and polling)');
+    await page.waitForSelector(`${BADGE}[data-severity="warning"]:not([hidden])`);
+    await polled.waitForSelector(`${BADGE}[data-severity="warning"]:not([hidden])`);
+    expect('badge', (await page.textContent(BADGE)).trim(), '1');
+    if (!(await page.getAttribute(BADGE, 'class')).split(' ').includes('warn')) fail('the badge is not amber');
+    expect('problems tab name', await page.getAttribute('#tab-problems', 'aria-label'), 'Problems: 1 warning');
+    await page.waitForSelector(row(RELABELLED), { state: 'detached' });
+    await page.waitForSelector('#cluster-info:has-text("1 problem")');
+
+    log('the Problems view names the rule, the object and the field (keyboard: End)');
+    await page.focus('#tab-services');
+    await page.keyboard.press('End');
+    await page.waitForSelector('#tab-problems[aria-selected="true"]');
+    await page.waitForSelector('#panel-problems:not([hidden])');
+    if (!(await page.evaluate(() => document.activeElement && document.activeElement.id === 'tab-problems'))) {
+      fail('the Problems tab is not focused after End');
+    }
+    if (!page.url().includes('tab=problems')) fail(`the tab is not in the address: ${page.url()}`);
+    await page.waitForSelector(G5);
+    const p = await cellsOf(page, G5);
+    expect('severity', p.severity, 'warning');
+    expect('rule', p.rule, 'G5');
+    expect('object', p.object, 'service sample/helloworld');
+    expect('field', p.field, 'metadata.labels[solo.io/service-scope]');
+    if (!p.message.includes(`"${MISSPELT}"`) || !p.message.includes('not exported')) {
+      fail(`message ${JSON.stringify(p.message)} does not say why`);
+    }
+    if (!(await page.isHidden('#problems-empty'))) fail('the empty state shows with a problem listed');
+    const order = await page.$$eval('tr[data-testid="problem-row"]', (trs) => trs.map((t) => t.dataset.severity));
+    const rank = { error: 0, warning: 1, info: 2 };
+    for (let i = 1; i < order.length; i += 1) {
+      if (rank[order[i - 1]] > rank[order[i]]) fail(`problems not sorted errors first: ${order.join(', ')}`);
+    }
+    expect('header cells without scope', await page.$$eval('th:not([scope])', (ths) => ths.length), 0);
+    // Tabs rewrite the address by now: only a new document counts.
+    if (!(await page.evaluate(() => window.__sameDocument === true))) {
+      fail('the page reloaded to show the problem');
+    }
+
+    log(`an unreadable ${BROKEN}: the badge turns red, the error is listed first`);
+    const tmp = join(folder, `.${BROKEN}.tmp`);
+    writeFileSync(tmp, 'apiVersion: v1\nkind: Service\nmetadata: {name: [broken\n');
+    renameSync(tmp, join(folder, BROKEN));
+    await page.waitForSelector(F1);
+    await page.waitForSelector(`${BADGE}[data-severity="error"]:not([hidden])`);
+    if (!(await page.getAttribute(BADGE, 'class')).split(' ').includes('bad')) fail('the badge is not red');
+    // The file is reported as a whole and per document: count the rows.
+    const errors = await page.$$eval('tr[data-testid="problem-row"][data-severity="error"]', (trs) => trs.length);
+    expect('badge', (await page.textContent(BADGE)).trim(), String(errors + 1));
+    expect('problems tab name', await page.getAttribute('#tab-problems', 'aria-label'),
+      `Problems: ${errors} error${errors === 1 ? '' : 's'}, 1 warning`);
+    const first = await page.$eval('tr[data-testid="problem-row"]', (t) => `${t.dataset.severity} ${t.dataset.rule}`);
+    expect('first problem', first, 'error F1');
+    if (!(await page.$(G5))) fail('the G5 row went with the F1 error');
+    if (SHOTS) await page.screenshot({ path: join(SHOTS, 'problems.png'), fullPage: true });
+
+    log('fixed: the problems go, helloworld is global again');
+    unlinkSync(join(folder, BROKEN));
+    await page.waitForSelector(F1, { state: 'detached' });
+    await page.waitForSelector(`${BADGE}[data-severity="warning"][data-count="1"]:not([hidden])`);
+    rescope(file, MISSPELT, 'global');
+    await page.waitForSelector(G5, { state: 'detached' });
+    await page.waitForSelector(`${BADGE}[data-count="0"]`, { state: 'attached' });
+    if (await page.isVisible(BADGE)) fail('the Problems badge stays after the fix');
+    await page.waitForSelector('#problems-empty:not([hidden])');
+    await page.waitForSelector(`${row(RELABELLED)}[data-clusters="cluster1"]`, { state: 'attached' });
+    await polled.waitForSelector(`${BADGE}[data-count="0"]`, { state: 'attached' });
+    if (!(await page.evaluate(() => window.__sameDocument === true))) {
+      fail('the page reloaded to show the fix');
+    }
 
     if (problems.length) fail(problems.join('\n  '));
   } finally {

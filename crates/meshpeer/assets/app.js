@@ -9,6 +9,10 @@
   // How often "connected 5m ago" is redrawn between changes.
   const AGES_MS = 10000;
   const RECONNECT_MS = 5000;
+  const TABS = ['services', 'peers', 'problems'];
+  // Errors first: the order of the table and of /api/v1/diagnostics.
+  const SEVERITY_RANK = { error: 0, warning: 1, info: 2 };
+  const SEVERITY_BADGE = { error: 'bad', warning: 'warn', info: 'info' };
 
   const state = {
     clusters: [],
@@ -17,6 +21,7 @@
     version: 0,
     services: null,
     peers: null,
+    diagnostics: null,
     expanded: new Set(),
     filter: '',
     mode: 'connecting',
@@ -114,7 +119,8 @@
 
   function readHash() {
     const h = new URLSearchParams(location.hash.slice(1));
-    return { cluster: h.get('cluster'), tab: h.get('tab') === 'peers' ? 'peers' : 'services' };
+    const tab = h.get('tab');
+    return { cluster: h.get('cluster'), tab: TABS.includes(tab) ? tab : 'services' };
   }
 
   function writeHash() {
@@ -138,7 +144,8 @@
     const c = state.clusters.find((x) => x.name === state.cluster);
     $('cluster-info').textContent = c
       ? `cluster ${c.name} · network ${c.network || '—'} · segment ${c.segment || 'default'} · ` +
-        `${plural(c.globalServices, 'global service')} · ${plural(c.peers, 'peer')}`
+        `${plural(c.globalServices, 'global service')} · ${plural(c.peers, 'peer')} · ` +
+        `${plural(c.problems || 0, 'problem')}`
       : '';
   }
 
@@ -281,10 +288,58 @@
     out.hidden = !list.outputError;
   }
 
+  // ---- problems ----
+
+  function bySeverity(a, b) {
+    return (SEVERITY_RANK[a.severity] ?? 3) - (SEVERITY_RANK[b.severity] ?? 3);
+  }
+
+  function problemRow(d, cluster) {
+    return el('tr', {
+      'data-testid': 'problem-row', 'data-rule': d.rule, 'data-severity': d.severity, 'data-object': d.object,
+    },
+    el('td', { 'data-col': 'severity' }, badge(d.severity, SEVERITY_BADGE[d.severity] || null)),
+    el('td', { class: 'mono', 'data-col': 'rule' }, d.rule),
+    el('th', { scope: 'row', class: 'mono', 'data-col': 'object' }, d.object,
+      d.cluster && d.cluster !== cluster ? el('div', { class: 'info' }, `cluster ${d.cluster}`) : null),
+    el('td', { class: 'mono', 'data-col': 'field' }, d.field || '—'),
+    el('td', { 'data-col': 'message' }, d.message));
+  }
+
+  // The tab's badge: errors and warnings, red when one is an error.
+  function showProblemsBadge(list) {
+    const errors = list.diagnostics.filter((d) => d.severity === 'error').length;
+    const warnings = list.diagnostics.filter((d) => d.severity === 'warning').length;
+    const count = errors + warnings;
+    const b = $('problems-badge');
+    b.textContent = String(count);
+    b.dataset.count = String(count);
+    b.dataset.severity = errors ? 'error' : (warnings ? 'warning' : 'none');
+    b.className = `badge count ${errors ? 'bad' : 'warn'}`;
+    b.hidden = count === 0;
+    const parts = [];
+    if (errors) parts.push(plural(errors, 'error'));
+    if (warnings) parts.push(plural(warnings, 'warning'));
+    b.title = parts.join(', ');
+    $('tab-problems').setAttribute('aria-label', parts.length ? `Problems: ${parts.join(', ')}` : 'Problems');
+    return count;
+  }
+
+  function renderProblems() {
+    const list = state.diagnostics;
+    if (!list) return;
+    const sorted = list.diagnostics.slice().sort(bySeverity);
+    $('problems-body').replaceChildren(...sorted.map((d) => problemRow(d, list.cluster)));
+    $('problems-count').textContent = `(${list.diagnostics.length})`;
+    $('problems-empty').hidden = list.diagnostics.length !== 0;
+    return showProblemsBadge(list);
+  }
+
   // ---- loading ----
 
-  // Loads the selected cluster's services and peers; a call made while one
-  // is in flight runs once more after it, so the last change is never lost.
+  // Loads the selected cluster's services, peers and diagnostics; a call
+  // made while one is in flight runs once more after it, so the last change
+  // is never lost.
   async function refresh() {
     if (state.inFlight) {
       state.again = true;
@@ -300,12 +355,14 @@
           break;
         }
         const q = `cluster=${encodeURIComponent(state.cluster)}`;
-        const [services, peers] = await Promise.all([
+        const [services, peers, diagnostics] = await Promise.all([
           getJSON(`/api/v1/services?${q}`),
           getJSON(`/api/v1/peers?${q}`),
+          getJSON(`/api/v1/diagnostics?${q}`),
         ]);
         state.services = services;
         state.peers = peers;
+        state.diagnostics = diagnostics;
         state.version = services.version;
         state.updatedAt = new Date();
         const c = state.clusters.find((x) => x.name === state.cluster);
@@ -314,6 +371,8 @@
           c.globalServices = services.services.length;
           c.peers = peers.peers.length;
         }
+        const problems = renderProblems();
+        if (c) c.problems = problems;
         showClusters();
         renderServices();
         renderPeers();
@@ -399,7 +458,7 @@
 
   function selectTab(tab, focus) {
     state.tab = tab;
-    for (const name of ['services', 'peers']) {
+    for (const name of TABS) {
       const button = $(`tab-${name}`);
       const on = name === tab;
       button.setAttribute('aria-selected', on ? 'true' : 'false');
@@ -411,13 +470,20 @@
   }
 
   function wire() {
-    for (const name of ['services', 'peers']) {
+    for (const name of TABS) {
       const button = $(`tab-${name}`);
       button.addEventListener('click', () => selectTab(name, false));
       button.addEventListener('keydown', (e) => {
-        if (e.key === 'ArrowRight' || e.key === 'ArrowLeft' || e.key === 'Home' || e.key === 'End') {
+        const i = TABS.indexOf(state.tab);
+        const to = {
+          ArrowRight: (i + 1) % TABS.length,
+          ArrowLeft: (i + TABS.length - 1) % TABS.length,
+          Home: 0,
+          End: TABS.length - 1,
+        }[e.key];
+        if (to !== undefined) {
           e.preventDefault();
-          selectTab(state.tab === 'services' ? 'peers' : 'services', true);
+          selectTab(TABS[to], true);
         }
       });
     }

@@ -1,7 +1,8 @@
 //! The Global services page (SPEC O6) and its JSON API, served for a real
 //! two-cluster mesh (controllers in this process, peering over mutual TLS):
-//! the rows and their fields, live updates over SSE, errors, the embedded
-//! assets. With MESHPEER_BROWSER_TEST=1, also the page in headless chromium
+//! the rows and their fields, the diagnostics of the Problems view, live
+//! updates over SSE, errors, the embedded assets. With
+//! MESHPEER_BROWSER_TEST=1, also the page in headless chromium
 //! (`tests/browser/page.spec.mjs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,9 +20,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use meshpeer::controller::{LinkState, View};
-use meshpeer::web::rows::{ClusterList, PeerList, ServiceList};
+use meshpeer::web::rows::{ClusterList, DiagnosticList, DiagnosticRow, PeerList, ServiceList};
 use meshpeer::web::{self, ErrorDoc, VersionEvent};
-use meshpeer_model::Reach;
+use meshpeer_model::{ObjectRef, Reach, Rule, Severity};
 use serde::de::DeserializeOwned;
 use support::{Mesh, WITHIN, namespace, service_with};
 use tokio::sync::watch;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 
 const IN_AMBIENT: &str = "in-ambient.httpbin.mesh.internal";
 const HELLOWORLD: &str = "helloworld.sample.mesh.internal";
+const SCOPE_FIELD: &str = "metadata.labels[solo.io/service-scope]";
 
 /// An HTTP answer: status, content type, headers, body.
 struct Answer {
@@ -388,12 +390,147 @@ async fn o6_a_label_change_shows_up_in_the_api_and_is_announced() {
     mesh.shutdown().await;
 }
 
+/// cluster1's helloworld Service, labelled with `scope` (and `app`).
+fn helloworld(c1: &support::Cluster, scope: &str) -> String {
+    service_with(
+        "sample",
+        "helloworld",
+        &[("app", "helloworld"), ("solo.io/service-scope", scope)],
+        &[],
+        &[("helloworld-0", &c1.pod_ip(2), &[])],
+    )
+}
+
+/// The G5 finding about sample/helloworld's scope label, if listed.
+fn g5_on_helloworld(list: &DiagnosticList) -> Option<&DiagnosticRow> {
+    list.diagnostics
+        .iter()
+        .find(|d| d.rule == Rule::G5 && d.object == "service sample/helloworld")
+}
+
+fn problems_of(list: &ClusterList, name: &str) -> usize {
+    list.clusters
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("{name} not listed: {list:?}"))
+        .problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o6_g5_problems_list_names_the_object_and_rule() {
+    let (mesh, addr, task) = two_clusters().await;
+    let c1 = mesh.cluster("cluster1");
+    let mut events = Events::open(addr).await;
+    let clean: ClusterList = get(addr, "/api/v1/clusters").await.json();
+    let before = problems_of(&clean, "cluster1");
+    let list: DiagnosticList = get(addr, "/api/v1/diagnostics?cluster=cluster1")
+        .await
+        .json();
+    assert!(g5_on_helloworld(&list).is_none(), "{list:#?}");
+
+    // A misspelt scope: helloworld is not exported, and the page says why.
+    c1.write("helloworld.yaml", &helloworld(c1, "globl"));
+    let wrong = ObjectRef::service("sample", "helloworld");
+    let v = c1
+        .wait("a G5 diagnostic on sample/helloworld", |v| {
+            v.catalog
+                .diagnostics
+                .iter()
+                .any(|d| d.rule == Rule::G5 && d.object == wrong)
+        })
+        .await;
+    events.until("cluster1", v.version).await;
+    let answer = get(addr, "/api/v1/diagnostics?cluster=cluster1").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type, "application/json");
+    let list: DiagnosticList = answer.json();
+    assert_eq!(list.cluster, "cluster1");
+    assert!(list.version >= v.version);
+    let d = g5_on_helloworld(&list).unwrap_or_else(|| panic!("no G5 row: {list:#?}"));
+    assert_eq!(d.severity, Severity::Warning);
+    assert_eq!(
+        (d.kind.as_str(), d.namespace.as_deref(), d.name.as_str()),
+        ("service", Some("sample"), "helloworld")
+    );
+    assert_eq!(d.field.as_deref(), Some(SCOPE_FIELD));
+    assert_eq!(d.cluster, "cluster1");
+    assert!(
+        d.message.contains("\"globl\""),
+        "names the value: {}",
+        d.message
+    );
+    assert!(
+        d.message.contains("did you mean \"global\""),
+        "{}",
+        d.message
+    );
+    // Errors first, then warnings, then info.
+    let ranks: Vec<Severity> = list.diagnostics.iter().map(|d| d.severity).collect();
+    assert!(ranks.is_sorted(), "{ranks:?}");
+    // The same JSON in camelCase, with the object apart.
+    let raw: serde_json::Value = answer.json();
+    let row = raw["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule"] == "G5" && r["object"] == "service sample/helloworld")
+        .unwrap();
+    assert_eq!(row["severity"], "warning");
+    assert_eq!(row["field"], SCOPE_FIELD);
+    assert_eq!(row["namespace"], "sample");
+
+    // No cluster named: the first one.
+    let first: DiagnosticList = get(addr, "/api/v1/diagnostics").await.json();
+    assert_eq!(first.cluster, "cluster1");
+    assert!(g5_on_helloworld(&first).is_some());
+    // cluster2's input is not cluster1's.
+    let other: DiagnosticList = get(addr, "/api/v1/diagnostics?cluster=cluster2")
+        .await
+        .json();
+    assert!(g5_on_helloworld(&other).is_none(), "{other:#?}");
+
+    let counted: ClusterList = get(addr, "/api/v1/clusters").await.json();
+    assert_eq!(problems_of(&counted, "cluster1"), before + 1);
+    assert_eq!(
+        problems_of(&counted, "cluster1"),
+        list.diagnostics
+            .iter()
+            .filter(|d| d.severity != Severity::Info)
+            .count()
+    );
+    assert_eq!(
+        problems_of(&counted, "cluster2"),
+        problems_of(&clean, "cluster2")
+    );
+
+    // Fixed: the finding goes, the service is exported.
+    c1.write("helloworld.yaml", &helloworld(c1, "global"));
+    let v = c1
+        .wait("helloworld global, no G5 diagnostic", |v| {
+            v.catalog.service(HELLOWORLD).is_some()
+                && !v.catalog.diagnostics.iter().any(|d| d.rule == Rule::G5)
+        })
+        .await;
+    events.until("cluster1", v.version).await;
+    let list: DiagnosticList = get(addr, "/api/v1/diagnostics?cluster=cluster1")
+        .await
+        .json();
+    assert!(list.version >= v.version);
+    assert!(g5_on_helloworld(&list).is_none(), "{list:#?}");
+    let fixed: ClusterList = get(addr, "/api/v1/clusters").await.json();
+    assert_eq!(problems_of(&fixed, "cluster1"), before);
+
+    task.abort();
+    mesh.shutdown().await;
+}
+
 #[tokio::test]
 async fn o6_an_unknown_cluster_is_404_with_a_message() {
     let (_views, addr) = fixed_page(&["cluster1", "cluster2"]).await;
     for path in [
         "/api/v1/services?cluster=nope",
         "/api/v1/peers?cluster=nope",
+        "/api/v1/diagnostics?cluster=nope",
     ] {
         let a = get(addr, path).await;
         assert_eq!(a.status, 404, "{path}");
@@ -417,6 +554,15 @@ async fn o6_an_unknown_cluster_is_404_with_a_message() {
     assert_eq!(a.json::<ErrorDoc>().error, "this page serves no cluster");
     let list: ClusterList = get(empty, "/api/v1/clusters").await.json();
     assert!(list.clusters.is_empty());
+    let a = get(empty, "/api/v1/diagnostics").await;
+    assert_eq!(a.status, 404);
+
+    // A cluster not started yet: version 0, nothing to say.
+    let list: DiagnosticList = get(addr, "/api/v1/diagnostics?cluster=cluster2")
+        .await
+        .json();
+    assert_eq!((list.cluster.as_str(), list.version), ("cluster2", 0));
+    assert!(list.diagnostics.is_empty());
 }
 
 #[tokio::test]
@@ -434,7 +580,7 @@ async fn o6_assets_are_embedded_with_their_content_types() {
         (
             "/assets/API.md",
             "text/markdown; charset=utf-8",
-            "GET /api/v1/services",
+            "GET /api/v1/diagnostics?cluster=NAME",
         ),
     ] {
         let a = get(addr, path).await;

@@ -9,9 +9,10 @@
 //! |---|---|
 //! | `GET /` | the page |
 //! | `GET /assets/{file}` | `app.js`, `style.css`, `API.md` (this API), `index.html` |
-//! | `GET /api/v1/clusters` | [`ClusterList`]: the clusters served, with their view version, network, segment and counts |
+//! | `GET /api/v1/clusters` | [`ClusterList`]: the clusters served, with their view version, network, segment and counts (global services, peers, problems: diagnostics that are errors or warnings) |
 //! | `GET /api/v1/services?cluster=NAME` | [`ServiceList`]: one row per global service the cluster sees: hostname, scope, segment, VIP, ports, traffic distribution, takeover, contributing clusters, and per cluster its endpoints (name, address, ready, locality) |
 //! | `GET /api/v1/peers?cluster=NAME` | [`PeerList`]: the peers the cluster links to: state, addresses, connected since, last sync, and the SPEC C5 conditions the controller writes on the remote-peer Gateway |
+//! | `GET /api/v1/diagnostics?cluster=NAME` | [`DiagnosticList`]: why the cluster's input is or is not exported and imported: one row per diagnostic, errors first: SPEC rule, severity, object (`service httpbin/in-ambient`, and its kind, namespace, name), field, message, cluster |
 //! | `GET /api/v1/events` | Server-Sent Events: `data: {"cluster":"NAME","version":N}`, first one per cluster (its current version), then one whenever a cluster's view changes (bursts coalesce: versions may be skipped, the last is always sent) |
 //!
 //! `cluster` may be left out: the first cluster served is used. A cluster
@@ -43,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
 use tracing::{error, info};
 
-pub use self::rows::{ClusterList, PeerList, ServiceList};
+pub use self::rows::{ClusterList, DiagnosticList, PeerList, ServiceList};
 use crate::controller::View;
 
 /// Where `meshpeer demo` serves the page.
@@ -63,6 +64,7 @@ pub fn router(views: Vec<(String, watch::Receiver<Arc<View>>)>) -> Router {
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/services", get(services))
         .route("/api/v1/peers", get(peers))
+        .route("/api/v1/diagnostics", get(diagnostics))
         .route("/api/v1/events", get(events))
         .fallback(not_found)
         .with_state(Arc::new(views))
@@ -215,6 +217,13 @@ async fn services(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> 
 async fn peers(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
     match view_of(&views, &q) {
         Ok((name, v)) => json(&rows::peers(&name, &v)),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn diagnostics(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
+    match view_of(&views, &q) {
+        Ok((name, v)) => json(&rows::diagnostics(&name, &v)),
         Err(e) => e.into_response(),
     }
 }

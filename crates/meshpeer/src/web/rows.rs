@@ -1,12 +1,14 @@
 //! The JSON documents of the page's API, built from a controller's
-//! [`View`]: one row per global service, one per linked peer. Pure: no I/O,
-//! so the shapes are tested without a server.
+//! [`View`]: one row per global service, one per linked peer, one per
+//! diagnostic. Pure: no I/O, so the shapes are tested without a server.
 
 use std::time::SystemTime;
 
 use k8s_openapi::jiff::Timestamp;
 use meshpeer_model::objects::Condition;
-use meshpeer_model::{Contribution, GlobalService, PortTarget, Reach, Scope, ServicePort};
+use meshpeer_model::{
+    Contribution, Diagnostic, GlobalService, PortTarget, Reach, Rule, Scope, ServicePort, Severity,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::controller::view::{PeerView, View};
@@ -31,6 +33,8 @@ pub struct ClusterRow {
     pub segment: Option<String>,
     pub global_services: usize,
     pub peers: usize,
+    /// Diagnostics of severity `error` or `warning` (`info` is not counted).
+    pub problems: usize,
 }
 
 /// `GET /api/v1/services`: the global services one cluster sees.
@@ -152,6 +156,41 @@ pub struct PeerRow {
     pub conditions: Vec<Condition>,
 }
 
+/// `GET /api/v1/diagnostics`: why the cluster's input is, or is not,
+/// exported and imported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosticList {
+    pub cluster: String,
+    pub version: u64,
+    /// Errors first, then warnings, then info; within a severity by rule,
+    /// object, field and message.
+    pub diagnostics: Vec<DiagnosticRow>,
+}
+
+/// One finding of a SPEC rule about the cluster's input or its view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosticRow {
+    /// The SPEC rule id (`G5`), or `F1`/`F2` for an unreadable manifest or
+    /// cluster config.
+    pub rule: Rule,
+    /// `error`, `warning` or `info`.
+    pub severity: Severity,
+    /// `kind namespace/name` or `kind name`, e.g. `service httpbin/in-ambient`.
+    pub object: String,
+    /// Lower-case kind of the object: `service`, `namespace`, `gateway` ...
+    pub kind: String,
+    /// `None` for an object that is not namespaced.
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The field at fault, e.g. `metadata.labels[solo.io/service-scope]`.
+    pub field: Option<String>,
+    pub message: String,
+    /// The cluster whose input (or view) the finding is about.
+    pub cluster: String,
+}
+
 /// A cluster's summary row.
 pub fn cluster_row(name: &str, view: &View) -> ClusterRow {
     let c = &view.catalog.cluster;
@@ -162,6 +201,50 @@ pub fn cluster_row(name: &str, view: &View) -> ClusterRow {
         segment: c.segment_name().map(str::to_owned),
         global_services: view.catalog.services.len(),
         peers: view.status.peers.len(),
+        problems: view
+            .catalog
+            .diagnostics
+            .iter()
+            .filter(|d| is_problem(d.severity))
+            .count(),
+    }
+}
+
+/// What the page counts on its Problems tab: errors and warnings.
+fn is_problem(s: Severity) -> bool {
+    matches!(s, Severity::Error | Severity::Warning)
+}
+
+/// Every diagnostic of a view, errors first.
+pub fn diagnostics(name: &str, view: &View) -> DiagnosticList {
+    let mut found: Vec<&Diagnostic> = view.catalog.diagnostics.iter().collect();
+    found.sort_by(|a, b| order(a).cmp(&order(b)));
+    DiagnosticList {
+        cluster: name.to_owned(),
+        version: view.version,
+        diagnostics: found.into_iter().map(diagnostic_row).collect(),
+    }
+}
+
+/// Errors first, then warnings, then info; then by rule, object, field,
+/// message.
+fn order(d: &Diagnostic) -> impl Ord + '_ {
+    (
+        d.severity, d.rule, &d.object, &d.field, &d.message, &d.cluster,
+    )
+}
+
+fn diagnostic_row(d: &Diagnostic) -> DiagnosticRow {
+    DiagnosticRow {
+        rule: d.rule,
+        severity: d.severity,
+        object: d.object.to_string(),
+        kind: d.object.kind.clone(),
+        namespace: d.object.namespace.clone(),
+        name: d.object.name.clone(),
+        field: d.field.clone(),
+        message: d.message.clone(),
+        cluster: d.cluster.clone(),
     }
 }
 
@@ -415,5 +498,70 @@ mod tests {
         assert_eq!(p.state, "Synced");
         assert_eq!(p.connected_since.as_deref(), Some("1970-01-02T00:00:00Z"));
         assert_eq!(p.conditions, view().status.peers[0].conditions);
+    }
+
+    #[test]
+    fn o6_diagnostic_rows_put_errors_first_and_count_problems() {
+        use meshpeer_model::ObjectRef;
+
+        let mut v = view();
+        v.catalog.diagnostics = vec![
+            Diagnostic::new(
+                "cluster1",
+                Rule::C1,
+                Severity::Info,
+                ObjectRef::cluster("cluster1"),
+                "worth knowing",
+            ),
+            Diagnostic::new(
+                "cluster1",
+                Rule::G5,
+                Severity::Warning,
+                ObjectRef::service("sample", "helloworld"),
+                "label solo.io/service-scope has \"globl\"",
+            )
+            .with_field("metadata.labels[solo.io/service-scope]"),
+            Diagnostic::new(
+                "cluster1",
+                Rule::F1,
+                Severity::Error,
+                ObjectRef::new("file", None, "broken.yaml"),
+                "cannot be read",
+            ),
+        ];
+        let list = diagnostics("cluster1", &v);
+        assert_eq!(list.version, 7);
+        let rules: Vec<(Severity, Rule)> = list
+            .diagnostics
+            .iter()
+            .map(|d| (d.severity, d.rule))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (Severity::Error, Rule::F1),
+                (Severity::Warning, Rule::G5),
+                (Severity::Info, Rule::C1)
+            ]
+        );
+        let g5 = &list.diagnostics[1];
+        assert_eq!(g5.object, "service sample/helloworld");
+        assert_eq!(
+            (g5.kind.as_str(), g5.namespace.as_deref(), g5.name.as_str()),
+            ("service", Some("sample"), "helloworld")
+        );
+        assert_eq!(list.diagnostics[0].namespace, None);
+        assert_eq!(
+            cluster_row("cluster1", &v).problems,
+            2,
+            "info is no problem"
+        );
+
+        let json = serde_json::to_value(&list).unwrap_or_default();
+        let row = &json["diagnostics"][1];
+        assert_eq!(row["rule"], "G5");
+        assert_eq!(row["severity"], "warning");
+        assert_eq!(row["field"], "metadata.labels[solo.io/service-scope]");
+        assert_eq!(json["diagnostics"][0]["field"], serde_json::Value::Null);
     }
 }
