@@ -26,6 +26,8 @@ pub struct DemoCluster {
     pub name: String,
     /// The in-process proxy and gateway, listed in the controller's status.
     listed: tokio::task::JoinHandle<()>,
+    /// Certificate renewal of the controller, gateway and proxy.
+    rotations: Vec<tokio::task::JoinHandle<()>>,
     pub controller: Controller,
     pub gateway: GatewayRole,
     pub proxy: ProxyRole,
@@ -87,24 +89,26 @@ fn system_resolvers() -> Vec<SocketAddr> {
         .collect()
 }
 
+/// Lifetime of the demo's leaf certificates (renewed at two thirds, as the
+/// CLI roles' default).
+const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// A role's identity, kept renewed by a task pushed onto `rotations`.
 fn identity(
     layout: &Layout,
     cluster: &str,
     td: &str,
-    ns: &str,
-    sa: &str,
+    (ns, sa): (&str, &str),
+    rotations: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Arc<Identity>> {
     let dir = layout.cacerts(cluster);
     let now = SystemTime::now();
     let ca = ClusterCa::load(&dir, now)
         .with_context(|| format!("cannot load cluster {cluster}'s CA from {}", dir.display()))?;
     let id = SpiffeId::new(td, ns, sa)?;
-    Ok(Arc::new(Identity::new(
-        ca,
-        id,
-        Duration::from_secs(30 * 86_400),
-        now,
-    )?))
+    let identity = Arc::new(Identity::new(ca, id, LEAF_LIFETIME, now)?);
+    rotations.push(tokio::spawn(Arc::clone(&identity).run_rotation()));
+    Ok(identity)
 }
 
 fn proxy_id_name(td: &str) -> String {
@@ -188,7 +192,14 @@ impl Demo {
             })?;
 
             step(&format!("{name}: controller (peering on {gw_ip}:{xds})"));
-            let ctl_id = identity(&layout, name, &td, "istio-system", "meshpeer")?;
+            let mut rotations = Vec::new();
+            let ctl_id = identity(
+                &layout,
+                name,
+                &td,
+                ("istio-system", "meshpeer"),
+                &mut rotations,
+            )?;
             let trust_root = ctl_id.cluster_ca().trust_root().clone();
             let mut cfg = ControllerConfig::new(
                 Box::new(FileSource::new(dir.clone(), DEFAULT_DEBOUNCE)),
@@ -215,7 +226,13 @@ impl Demo {
             ));
             let gateway = GatewayRole::start(
                 controller.feed(),
-                identity(&layout, name, &td, "istio-eastwest", "istio-eastwest")?,
+                identity(
+                    &layout,
+                    name,
+                    &td,
+                    ("istio-eastwest", "istio-eastwest"),
+                    &mut rotations,
+                )?,
                 trust_root.clone(),
                 SocketAddr::new(gw_ip, hbone),
                 GatewayConfig::default(),
@@ -232,7 +249,13 @@ impl Demo {
             pcfg.state.capture_cluster_ips = true;
             let proxy = ProxyRole::start(
                 controller.feed(),
-                identity(&layout, name, &td, "istio-system", "meshpeer-proxy")?,
+                identity(
+                    &layout,
+                    name,
+                    &td,
+                    ("istio-system", "meshpeer-proxy"),
+                    &mut rotations,
+                )?,
                 trust_root,
                 pcfg,
                 &mut registry,
@@ -252,6 +275,7 @@ impl Demo {
             clusters.push(DemoCluster {
                 name: name.clone(),
                 listed,
+                rotations,
                 controller,
                 gateway,
                 proxy,
@@ -346,6 +370,9 @@ impl Demo {
         let _ = std::fs::remove_file(self.layout.runtime_file(self.only.as_deref()));
         for c in self.clusters {
             c.listed.abort();
+            for r in &c.rotations {
+                r.abort();
+            }
             let _ = crate::check::remove_runtime_file(&c.runtime.folder);
             drop(c.backends);
             c.proxy.shutdown().await;
