@@ -35,7 +35,7 @@ pub struct Caller {
 pub struct CatalogFeed {
     /// Increases with every change.
     pub version: u64,
-    pub catalog: GlobalCatalog,
+    pub catalog: Arc<GlobalCatalog>,
     /// Clusters allowed to send here, by trust domain.
     #[serde(default)]
     pub callers: Vec<Caller>,

@@ -48,7 +48,7 @@ impl Gw {
     fn new(catalog: GlobalCatalog, callers: Vec<Caller>) -> Self {
         let feed = Arc::new(CatalogFeed {
             version: 1,
-            catalog,
+            catalog: Arc::new(catalog),
             callers,
         });
         let state = Arc::new(DataplaneState::build(feed, &StateOptions::default()));

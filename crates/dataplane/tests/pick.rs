@@ -168,7 +168,7 @@ fn state_of(catalog: GlobalCatalog) -> DataplaneState {
     DataplaneState::build(
         Arc::new(CatalogFeed {
             version: 1,
-            catalog,
+            catalog: Arc::new(catalog),
             callers: Vec::new(),
         }),
         &StateOptions::default(),
@@ -302,7 +302,7 @@ fn t3_the_tiers_follow_the_client_locality_option() {
     let s = DataplaneState::build(
         Arc::new(CatalogFeed {
             version: 1,
-            catalog: mesh(Some("PreferClose")),
+            catalog: Arc::new(mesh(Some("PreferClose"))),
             callers: Vec::new(),
         }),
         &opts,

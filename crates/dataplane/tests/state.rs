@@ -38,7 +38,7 @@ fn view(own: &ClusterSnapshot, peers: &[&ClusterSnapshot]) -> GlobalCatalog {
 fn feed(version: u64, catalog: GlobalCatalog) -> Arc<CatalogFeed> {
     Arc::new(CatalogFeed {
         version,
-        catalog,
+        catalog: Arc::new(catalog),
         callers: Vec::new(),
     })
 }

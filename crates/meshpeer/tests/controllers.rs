@@ -315,7 +315,7 @@ async fn churn_with_disconnects_converges_to_the_catalog_computed_from_scratch()
             .controller()
             .wait_for(support::WITHIN, |v| {
                 let want = from_scratch(&mesh, name, &v.catalog);
-                if v.catalog == want {
+                if *v.catalog == want {
                     return true;
                 }
                 last = first_difference(

@@ -32,6 +32,10 @@ pub struct FileSink {
     /// output folder is meshpeer's; after a restart the first `apply`
     /// compares every file.)
     applied: std::collections::HashMap<String, ServiceEntry>,
+    /// Whether the folder has been listed since this sink started: after
+    /// that, it holds exactly the files of `applied` (the folder is
+    /// meshpeer's), so unwanted files are known without listing it again.
+    listed: bool,
 }
 
 impl FileSink {
@@ -40,6 +44,7 @@ impl FileSink {
         FileSink {
             out_dir,
             applied: std::collections::HashMap::new(),
+            listed: false,
         }
     }
 
@@ -78,14 +83,34 @@ impl Sink for FileSink {
         let skipped = desired.len() - changed.len();
         let all = file_names(desired);
         let wanted = wanted_files(&changed);
+        // Once listed, the files to delete are the applied ones no longer desired.
+        let gone: Option<Vec<String>> = self.listed.then(|| {
+            let desired: BTreeSet<&str> = desired
+                .iter()
+                .map(|se| se.metadata.name.as_deref().unwrap_or_default())
+                .collect();
+            self.applied
+                .keys()
+                .filter(|name| !desired.contains(name.as_str()))
+                .map(|name| format!("{name}.yaml"))
+                .collect()
+        });
         Box::pin(async move {
             let all = all?;
-            let mut report = blocking(move || apply_files(&dir, wanted, &all)).await?;
+            let mut report = blocking(move || apply_files(&dir, wanted, &all, gone)).await?;
             report.unchanged += skipped;
-            self.applied = desired
+            self.listed = true;
+            // Only what changed is cloned: most applies touch one entry of many.
+            let desired_names: BTreeSet<&str> = desired
                 .iter()
-                .map(|se| (se.metadata.name.clone().unwrap_or_default(), se.clone()))
+                .map(|se| se.metadata.name.as_deref().unwrap_or_default())
                 .collect();
+            self.applied
+                .retain(|name, _| desired_names.contains(name.as_str()));
+            for se in changed {
+                self.applied
+                    .insert(se.metadata.name.clone().unwrap_or_default(), se);
+            }
             Ok(report)
         })
     }
@@ -176,8 +201,19 @@ fn yaml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, SinkError> {
     for entry in entries {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".yaml") {
+            continue;
+        }
         let path = entry.path();
-        if name.starts_with('.') || !name.ends_with(".yaml") || !path.is_file() {
+        // The type from the directory entry where the file system gives it
+        // (no stat per file); a symlink is followed.
+        let is_file = match entry.file_type() {
+            Ok(t) if t.is_file() => true,
+            Ok(t) if t.is_symlink() => path.is_file(),
+            Ok(_) => false,
+            Err(_) => path.is_file(),
+        };
+        if !is_file {
             continue;
         }
         files.push((name, path));
@@ -210,11 +246,13 @@ fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
 }
 
 /// Writes `wanted` (the entries that may have changed) and deletes managed
-/// files whose name is not in `names` (every desired file).
+/// files whose name is not in `names` (every desired file): those of `gone`
+/// when the caller knows them, else every such file in the folder.
 fn apply_files(
     dir: &Path,
     wanted: Vec<(String, String)>,
     names: &BTreeSet<String>,
+    gone: Option<Vec<String>>,
 ) -> Result<SinkReport, SinkError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut report = SinkReport::default();
@@ -240,7 +278,14 @@ fn apply_files(
         debug!(file = %path.display(), "ServiceEntry written");
         report.applied += 1;
     }
-    for (name, path) in yaml_files(dir)? {
+    let candidates = match gone {
+        Some(gone) => gone.into_iter().map(|n| (dir.join(&n), n)).collect(),
+        None => yaml_files(dir)?
+            .into_iter()
+            .map(|(n, p)| (p, n))
+            .collect::<Vec<_>>(),
+    };
+    for (path, name) in candidates {
         if names.contains(&name) {
             continue;
         }

@@ -143,6 +143,35 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
 }
 
 #[tokio::test]
+async fn sink_after_a_restart_removes_what_an_earlier_run_left() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let old = entry("autogen.shop.old", "240.0.0.1");
+    let kept = entry("autogen.shop.web", "240.0.0.2");
+    FileSink::new(out.clone())
+        .apply(&[old, kept.clone()])
+        .await
+        .unwrap();
+    // A new run (a new sink) no longer wants `old`: its first apply lists
+    // the folder and removes it; later applies only touch what they know.
+    let mut sink = FileSink::new(out.clone());
+    let report = sink.apply(std::slice::from_ref(&kept)).await.unwrap();
+    assert_eq!(
+        report,
+        SinkReport {
+            applied: 0,
+            unchanged: 1,
+            deleted: 1
+        }
+    );
+    assert_eq!(names(&out), ["autogen.shop.web.yaml"]);
+    let next = entry("autogen.shop.api", "240.0.0.3");
+    let report = sink.apply(std::slice::from_ref(&next)).await.unwrap();
+    assert_eq!((report.applied, report.deleted), (1, 1));
+    assert_eq!(names(&out), ["autogen.shop.api.yaml"]);
+}
+
+#[tokio::test]
 async fn sink_existing_reads_back_what_it_wrote() {
     let tmp = tempfile::tempdir().unwrap();
     let mut sink = FileSink::new(tmp.path().to_owned());

@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use meshpeer_model::render::render;
 use meshpeer_model::{
     CatalogConfig, Cidr, ClusterSnapshot, Export, GlobalCatalog, PeerLink, Reach, catalog_with,
     exports,
@@ -42,7 +41,7 @@ pub(crate) struct Core {
     /// The source delivered its complete state.
     pub(crate) ready: bool,
     pub(crate) own_export: Export,
-    pub(crate) catalog: GlobalCatalog,
+    pub(crate) catalog: Arc<GlobalCatalog>,
     pub(crate) vips: BTreeMap<String, IpAddr>,
     pub(crate) peers: BTreeMap<String, PeerState>,
     pub(crate) link_tasks: BTreeMap<String, (PeerLink, JoinHandle<()>)>,
@@ -151,7 +150,12 @@ impl Core {
             .values()
             .filter_map(|p| p.export.as_deref())
             .collect();
-        self.catalog = catalog_with(&self.snapshot, &self.own_export, peers, &config);
+        self.catalog = Arc::new(catalog_with(
+            &self.snapshot,
+            &self.own_export,
+            peers,
+            &config,
+        ));
         self.vips = self.catalog.vips();
     }
 
@@ -244,18 +248,18 @@ impl Core {
         self.refresh_callers(now);
         self.feed_tx.send_replace(Arc::new(CatalogFeed {
             version: self.version,
-            catalog: self.catalog.clone(),
+            catalog: Arc::clone(&self.catalog),
             callers: self.callers.values().map(|(c, _)| c.clone()).collect(),
         }));
         let status = self.status();
         self.view_tx.send_replace(Arc::new(View {
             version: self.version,
-            catalog: self.catalog.clone(),
+            catalog: Arc::clone(&self.catalog),
             status,
         }));
         self.sink_tx.send_replace(Arc::new(SinkJob {
             version: self.version,
-            entries: render(&self.catalog),
+            catalog: Arc::clone(&self.catalog),
             statuses,
         }));
     }

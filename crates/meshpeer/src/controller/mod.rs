@@ -221,7 +221,7 @@ impl Controller {
             snapshot: ClusterSnapshot::new(ClusterConfig::default()),
             ready: false,
             own_export: Export::default(),
-            catalog: GlobalCatalog::default(),
+            catalog: Arc::new(GlobalCatalog::default()),
             vips,
             peers: Default::default(),
             link_tasks: Default::default(),

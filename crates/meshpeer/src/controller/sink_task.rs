@@ -1,11 +1,16 @@
-//! The output writer: applies the latest rendered catalog and peer statuses
-//! to the sink, off the controller's loop. Only the latest job matters: jobs
-//! that arrive while one is being written are coalesced.
+//! The output writer: renders the latest catalog and applies it and the peer
+//! statuses to the sink, off the controller's loop. Only the latest job
+//! matters: jobs that arrive while one is being written are coalesced.
+//! Rendering is remembered per service: a service equal to the one rendered
+//! last time reuses its ServiceEntry.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshpeer_model::catalog::GlobalCatalog;
 use meshpeer_model::objects::ServiceEntry;
+use meshpeer_model::render::service_entry;
 use meshpeer_store::{PeerStatus, Sink};
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -17,8 +22,51 @@ use super::peers::DATA_PLANE_PROGRAMMED;
 #[derive(Debug, Default)]
 pub(crate) struct SinkJob {
     pub(crate) version: u64,
-    pub(crate) entries: Vec<ServiceEntry>,
+    /// Rendered here: one ServiceEntry per global service.
+    pub(crate) catalog: Arc<GlobalCatalog>,
     pub(crate) statuses: Vec<PeerStatus>,
+}
+
+/// The catalog rendered last and its ServiceEntries (`entries[i]` renders
+/// `catalog.services[i]`).
+#[derive(Default)]
+struct Rendered {
+    catalog: Arc<GlobalCatalog>,
+    entries: Vec<ServiceEntry>,
+}
+
+impl Rendered {
+    /// `render(catalog)`: the entry of a service equal to the one of the last
+    /// catalog is moved over; only the others are rendered.
+    fn render(&mut self, catalog: &Arc<GlobalCatalog>) -> &[ServiceEntry] {
+        let mut last: Vec<Option<ServiceEntry>> = std::mem::take(&mut self.entries)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let entries = {
+            let index: HashMap<&str, usize> = self
+                .catalog
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.hostname.as_str(), i))
+                .collect();
+            catalog
+                .services
+                .iter()
+                .map(|svc| {
+                    index
+                        .get(svc.hostname.as_str())
+                        .filter(|&&i| self.catalog.services[i] == *svc)
+                        .and_then(|&i| last.get_mut(i).and_then(Option::take))
+                        .unwrap_or_else(|| service_entry(svc))
+                })
+                .collect()
+        };
+        self.catalog = Arc::clone(catalog);
+        self.entries = entries;
+        &self.entries
+    }
 }
 
 /// Runs until the job sender is dropped.
@@ -29,10 +77,11 @@ pub(crate) async fn run(
     applied: watch::Sender<u64>,
     metrics: Arc<ControllerMetrics>,
 ) {
+    let mut rendered = Rendered::default();
     loop {
         let job = jobs.borrow_and_update().clone();
         if job.version > 0 {
-            let result = sink.apply(&job.entries).await;
+            let result = sink.apply(rendered.render(&job.catalog)).await;
             let mut statuses = job.statuses.clone();
             match &result {
                 Ok(report) => {
@@ -85,5 +134,45 @@ pub(crate) async fn run(
 fn ok_label(ok: bool) -> super::metrics::ResultLabels {
     super::metrics::ResultLabels {
         result: if ok { "ok" } else { "error" }.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use meshpeer_model::render::render;
+    use meshpeer_model::testing::{ClusterBuilder, svc};
+    use meshpeer_model::{CatalogConfig, catalog};
+
+    use super::*;
+
+    fn catalog_of(b: ClusterBuilder) -> Arc<GlobalCatalog> {
+        Arc::new(catalog(&b.build(), [], &CatalogConfig::default()))
+    }
+
+    #[test]
+    fn remembered_rendering_equals_rendering_afresh() {
+        let mut rendered = Rendered::default();
+        let first = catalog_of(
+            ClusterBuilder::new("c1")
+                .service(svc("a", "one").global().ready(1))
+                .service(svc("a", "two").global().ready(1))
+                .service(svc("a", "three").global().ready(1)),
+        );
+        assert_eq!(rendered.render(&first), render(&first));
+        // One service changes (more endpoints), one goes, one comes.
+        let second = catalog_of(
+            ClusterBuilder::new("c1")
+                .service(svc("a", "one").global().ready(1))
+                .service(svc("a", "two").global().ready(3))
+                .service(svc("a", "four").global().ready(1)),
+        );
+        assert_ne!(render(&first), render(&second));
+        assert_eq!(rendered.render(&second), render(&second));
+        // And back.
+        assert_eq!(rendered.render(&first), render(&first));
+        let empty = Arc::new(GlobalCatalog::default());
+        assert!(rendered.render(&empty).is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! What a controller shows of itself: its catalog and its status. Served as
 //! JSON by the local API and printed by `meshpeer status`.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use meshpeer_model::objects::Condition;
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct View {
     /// Increases with every published change.
     pub version: u64,
-    pub catalog: GlobalCatalog,
+    pub catalog: Arc<GlobalCatalog>,
     pub status: Status,
 }
 

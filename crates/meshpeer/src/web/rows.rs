@@ -403,7 +403,7 @@ mod tests {
             version: 7,
             ..View::default()
         };
-        v.catalog.services.push(GlobalService {
+        Arc::make_mut(&mut v.catalog).services.push(GlobalService {
             hostname: "in-ambient.httpbin.mesh.internal".into(),
             namespace: "httpbin".into(),
             name: "in-ambient".into(),
@@ -505,7 +505,7 @@ mod tests {
         use meshpeer_model::ObjectRef;
 
         let mut v = view();
-        v.catalog.diagnostics = vec![
+        Arc::make_mut(&mut v.catalog).diagnostics = vec![
             Diagnostic::new(
                 "cluster1",
                 Rule::C1,
