@@ -168,8 +168,9 @@ async fn stream_once(
 }
 
 /// An error and its causes, `: `-separated ("client error (Connect): tcp
-/// connect error: Connection refused (os error 111)").
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+/// connect error: Connection refused (os error 111)"); a cause already in
+/// the text is not repeated.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

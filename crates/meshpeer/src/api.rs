@@ -14,15 +14,19 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRef, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing;
+use bytes::Bytes;
 use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use meshpeer_peering::PeeringService;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -31,7 +35,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::controller::view::{RefusedView, ServedView, Status, View};
-use meshpeer_dataplane::feed::CatalogFeed;
+use meshpeer_dataplane::feed::{CatalogFeed, with_causes};
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
@@ -148,11 +152,11 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/v1/status", get(status))
-        .route("/v1/catalog", get(catalog))
-        .route("/v1/catalog/watch", get(watch_catalog))
-        .route("/metrics", get(metrics))
+        .route("/healthz", routing::get(|| async { "ok\n" }))
+        .route("/v1/status", routing::get(status))
+        .route("/v1/catalog", routing::get(catalog))
+        .route("/v1/catalog/watch", routing::get(watch_catalog))
+        .route("/metrics", routing::get(metrics))
         .with_state(Served {
             api: state,
             followers,
@@ -245,6 +249,56 @@ async fn metrics(State(s): State<ApiState>) -> Response {
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// Why [`get`] brought no body back.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error("{addr:?} is not HOST:PORT")]
+    BadAddress { addr: String },
+    /// The connection or the exchange failed; the error and its causes.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("no answer within {}s", .0.as_secs_f32())]
+    Timeout(Duration),
+    #[error("answered {status}: {}", .body.trim())]
+    Status { status: StatusCode, body: String },
+}
+
+/// GETs `http://<addr><path>` (a controller's API, a health endpoint): the
+/// body of a 2xx answer. The whole exchange is bounded by `within`.
+pub async fn get(addr: &str, path: &str, within: Duration) -> Result<Bytes, GetError> {
+    let uri: axum::http::Uri =
+        format!("http://{addr}{path}")
+            .parse()
+            .map_err(|_| GetError::BadAddress {
+                addr: addr.to_owned(),
+            })?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let exchange = async {
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|e| GetError::Unreachable(with_causes(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| GetError::Unreachable(with_causes(&e)))?
+            .to_bytes();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(GetError::Status {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        }
+    };
+    tokio::time::timeout(within, exchange)
+        .await
+        .map_err(|_| GetError::Timeout(within))?
 }
 
 /// How long ago `t` was, as kubectl prints ages (`16s`, `5m12s`).

@@ -55,7 +55,7 @@ impl EastWestGateway {
 }
 
 /// Port of a named listener; the standard port when the listener is missing.
-fn listener_port(gw: &Gateway, name: &str, default: u16) -> u16 {
+pub fn listener_port(gw: &Gateway, name: &str, default: u16) -> u16 {
     gw.spec
         .listeners
         .iter()

@@ -83,15 +83,15 @@ impl Sink for FileSink {
         let skipped = desired.len() - changed.len();
         let all = file_names(desired);
         let wanted = wanted_files(&changed);
+        let desired_names: BTreeSet<&str> = desired
+            .iter()
+            .map(|se| se.metadata.name.as_deref().unwrap_or_default())
+            .collect();
         // Once listed, the files to delete are the applied ones no longer desired.
         let gone: Option<Vec<String>> = self.listed.then(|| {
-            let desired: BTreeSet<&str> = desired
-                .iter()
-                .map(|se| se.metadata.name.as_deref().unwrap_or_default())
-                .collect();
             self.applied
                 .keys()
-                .filter(|name| !desired.contains(name.as_str()))
+                .filter(|name| !desired_names.contains(name.as_str()))
                 .map(|name| format!("{name}.yaml"))
                 .collect()
         });
@@ -101,10 +101,6 @@ impl Sink for FileSink {
             report.unchanged += skipped;
             self.listed = true;
             // Only what changed is cloned: most applies touch one entry of many.
-            let desired_names: BTreeSet<&str> = desired
-                .iter()
-                .map(|se| se.metadata.name.as_deref().unwrap_or_default())
-                .collect();
             self.applied
                 .retain(|name, _| desired_names.contains(name.as_str()));
             for se in changed {

@@ -90,8 +90,8 @@ impl Upstreams {
     ) -> Result<Message, ForwardError> {
         let n = self.list.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
-        let mut failure = None;
-        for k in (0..n).map(|i| (first + i) % n) {
+        let mut k = first;
+        loop {
             match self.list[k].forward(query, question, tcp).await {
                 Ok(answer) => {
                     if k != first {
@@ -101,14 +101,15 @@ impl Upstreams {
                     return Ok(answer);
                 }
                 Err(error) => {
-                    if n > 1 {
-                        debug!(upstream = %self.list[k].addr, %error, "dns upstream failed; asking the next");
+                    let next = (k + 1) % n;
+                    if next == first {
+                        return Err(error);
                     }
-                    failure = Some(error);
+                    debug!(upstream = %self.list[k].addr, %error, "dns upstream failed; asking the next");
+                    k = next;
                 }
             }
         }
-        Err(failure.unwrap_or(ForwardError::BadQuery { len: query.len() }))
     }
 }
 

@@ -258,16 +258,6 @@ pub(super) fn eastwest(f: &ClusterFacts) -> Vec<(&NsName, &Gateway)> {
         .collect()
 }
 
-pub(super) fn listener_port(gw: &Gateway, name: &str, default: u16) -> u16 {
-    gw.spec
-        .listeners
-        .iter()
-        .find(|l| l.name == name)
-        .and_then(|l| u16::try_from(l.port).ok())
-        .filter(|p| *p != 0)
-        .unwrap_or(default)
-}
-
 fn gateway(f: &ClusterFacts) -> Check {
     let cluster = Some(f.name.as_str());
     let gws = eastwest(f);

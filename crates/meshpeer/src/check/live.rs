@@ -4,8 +4,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use meshpeer_model::labels;
+use meshpeer_model::links::listener_port;
 
-use super::cluster::{eastwest, listener_port, table};
+use super::cluster::{eastwest, table};
 use super::facts::{ClusterFacts, Live, LiveState, Origin};
 use super::{Check, Item, Status, names};
 use crate::api::age;

@@ -5,33 +5,26 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use meshpeer::api::age;
+use meshpeer::api::{GetError, age};
 use meshpeer::controller::view::Status;
 
 use crate::cli::{StatusArgs, StatusOutput};
 
 /// GETs a path of a controller's API.
 pub(crate) async fn get(addr: &str, path: &str) -> anyhow::Result<Bytes> {
-    let uri: http::Uri = format!("http://{addr}{path}")
-        .parse()
-        .with_context(|| format!("{addr} is not an ADDR:PORT"))?;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
-        .await
-        .with_context(|| format!("no answer from the controller at {addr} within 10s"))?
-        .with_context(|| format!("cannot reach the controller at {addr} (is `meshpeer controller` running, with --api-listen {addr}?)"))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        anyhow::bail!(
-            "the controller at {addr} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
-    }
-    Ok(body)
+    let within = std::time::Duration::from_secs(10);
+    meshpeer::api::get(addr, path, within).await.map_err(|e| match e {
+        GetError::BadAddress { .. } => anyhow::anyhow!("{addr} is not an ADDR:PORT"),
+        GetError::Timeout(_) => {
+            anyhow::anyhow!("no answer from the controller at {addr} within 10s")
+        }
+        GetError::Unreachable(why) => anyhow::anyhow!(
+            "cannot reach the controller at {addr} (is `meshpeer controller` running, with --api-listen {addr}?): {why}"
+        ),
+        GetError::Status { status, body } => {
+            anyhow::anyhow!("the controller at {addr} answered {status}: {body}")
+        }
+    })
 }
 
 pub(crate) fn run(args: &StatusArgs) -> anyhow::Result<ExitCode> {

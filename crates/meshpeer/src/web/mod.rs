@@ -207,25 +207,28 @@ async fn clusters(State(views): State<Views>) -> Response {
     })
 }
 
-async fn services(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
-    match view_of(&views, &q) {
-        Ok((name, v)) => json(&rows::services(&name, &v)),
+/// `rows(name, view)` of the cluster the query names, as JSON.
+fn of_cluster<T: Serialize>(
+    views: &Views,
+    q: &ClusterQuery,
+    rows: impl FnOnce(&str, &View) -> T,
+) -> Response {
+    match view_of(views, q) {
+        Ok((name, v)) => json(&rows(&name, &v)),
         Err(e) => e.into_response(),
     }
+}
+
+async fn services(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
+    of_cluster(&views, &q, rows::services)
 }
 
 async fn peers(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
-    match view_of(&views, &q) {
-        Ok((name, v)) => json(&rows::peers(&name, &v)),
-        Err(e) => e.into_response(),
-    }
+    of_cluster(&views, &q, rows::peers)
 }
 
 async fn diagnostics(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
-    match view_of(&views, &q) {
-        Ok((name, v)) => json(&rows::diagnostics(&name, &v)),
-        Err(e) => e.into_response(),
-    }
+    of_cluster(&views, &q, rows::diagnostics)
 }
 
 /// The data of an event of `/api/v1/events`.
