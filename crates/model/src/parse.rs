@@ -391,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn kubectl_local_output_without_separators_is_read_object_by_object() {
+    fn f1_kubectl_local_output_without_separators_is_read_object_by_object() {
         // What `kubectl label --local -f FILE -o yaml` prints for a file of
         // three objects: no `---` between them.
         let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  labels:\n    admin.solo.io/segment: dev-segment\n  name: istio-system\napiVersion: admin.solo.io/v1alpha1\nkind: Segment\nmetadata:\n  name: dev-segment\n  namespace: istio-system\nspec:\n  domain: cluster.dev\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  ports:\n  - port: abc\n";

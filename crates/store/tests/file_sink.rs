@@ -143,7 +143,7 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
 }
 
 #[tokio::test]
-async fn sink_after_a_restart_removes_what_an_earlier_run_left() {
+async fn g7_sink_after_a_restart_removes_what_an_earlier_run_left() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let old = entry("autogen.shop.old", "240.0.0.1");

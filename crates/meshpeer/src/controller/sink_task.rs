@@ -152,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn remembered_rendering_equals_rendering_afresh() {
+    fn g7_remembered_rendering_equals_rendering_afresh() {
         let mut rendered = Rendered::default();
         let first = catalog_of(
             ClusterBuilder::new("c1")
