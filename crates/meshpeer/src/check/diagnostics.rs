@@ -64,7 +64,14 @@ pub(super) fn hint(d: &Diagnostic) -> String {
         Rule::C3 | Rule::C4 | Rule::C5 | Rule::C6 => format!(
             "fix {obj}: a remote-peer Gateway istio-remote-peer-<cluster> with the peer's addresses, network and trust domain (meshpeer link writes one)"
         ),
-        Rule::D4 => format!("fix the ServiceEntry {obj} as the message says"),
+        Rule::D4 | Rule::P4 => format!("fix the ServiceEntry {obj} as the message says"),
+        Rule::P1 | Rule::P2 | Rule::P3 => format!(
+            "check what {obj} claims against this cluster's own objects (Segments, remote-peer Gateways and their {} label) as the message says",
+            labels::SEGMENT
+        ),
+        Rule::P5 | Rule::P6 | Rule::P7 | Rule::P8 => format!("fix {obj} as the message says"),
+        Rule::B1 | Rule::B2 => format!("fix {obj} in the cluster that sends it, as the message says"),
+        Rule::L1 | Rule::L2 | Rule::L7 => format!("fix the route {obj} as the message says"),
         Rule::F1 => format!("fix the manifest: {obj} cannot be read as written"),
         Rule::F2 => {
             "fix cluster.yaml (fields: name, network, region, zone, trustDomain)".to_owned()
