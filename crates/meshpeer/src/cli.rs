@@ -235,6 +235,16 @@ pub(crate) struct ControllerArgs {
     /// Range global-service VIPs are allocated from.
     #[arg(long, value_name = "CIDR", default_value = "240.240.0.0/16")]
     pub(crate) vip_cidr: Cidr,
+    /// Only controllers of these trust domains may peer with this cluster
+    /// (comma-separated or repeated). Default: any other trust domain under
+    /// the shared root, as clusters that link here one way need (SPEC C4).
+    #[arg(
+        long,
+        value_name = "TD,...",
+        value_delimiter = ',',
+        env = "MESHPEER_ALLOWED_PEERS"
+    )]
+    pub(crate) allowed_peers: Vec<String>,
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,

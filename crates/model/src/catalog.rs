@@ -15,7 +15,8 @@ use crate::links::{self, PeerLink};
 use crate::objects::is_managed;
 use crate::ports::{self, ServicePort};
 use crate::scope::{Scope, TrafficDistribution};
-use crate::segments;
+use crate::segments::{self, SegmentDef};
+use crate::trust::{self, PeerRefusal};
 use crate::vip::{self, Cidr};
 
 /// ServiceEntry endpoints are capped at this many by the Istio CRD.
@@ -138,6 +139,9 @@ pub struct GlobalCatalog {
     /// User-written ServiceEntries the data plane honours (D4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manual: Vec<crate::manual::ManualEntry>,
+    /// What was refused of the peers' exports (P2, P3), by peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_peers: Vec<PeerRefusal>,
     /// Findings about this cluster's input and its view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
@@ -198,7 +202,10 @@ pub fn catalog_with<'a>(
     for p in peers {
         by_name.entry(p.cluster.name.as_str()).or_default().push(p);
     }
-    let mut accepted: Vec<(&Export, Reach)> = vec![(own_export, Reach::Local)];
+    let own_segment = own_export.cluster.segment.as_ref();
+    let mut accepted: Vec<(&Export, Reach, Option<&SegmentDef>)> =
+        vec![(own_export, Reach::Local, own_segment)];
+    let mut refused_peers = Vec::new();
     for (name, exps) in by_name {
         let obj = ObjectRef::cluster(name);
         let mut report = |rule: Rule, sev: Severity, msg: String| {
@@ -269,18 +276,33 @@ pub fn catalog_with<'a>(
             &exp.segments,
             &mut diags,
         );
+        // P2, P3: the peer's segment, by this cluster's own objects.
+        let local_segment = match trust::judge_peer(&own_export.segments, link, exp) {
+            Ok(local) => local,
+            Err(refusal) => {
+                trust::report(&me.name, &refusal, &mut diags);
+                refused_peers.push(refusal);
+                continue;
+            }
+        };
         let reach = if exp.cluster.network == me.network {
             Reach::Direct
         } else {
             Reach::Gateway
         };
-        accepted.push((exp, reach));
+        accepted.push((exp, reach, local_segment));
     }
 
-    for (exp, reach) in &accepted {
+    for (exp, reach, local_segment) in &accepted {
         let exporter_segment = exp.cluster.segment_name();
         let same_segment = exporter_segment == me.segment_name();
+        let mut refused_hosts = Vec::new();
         for svc in &exp.services {
+            // P2: only the hostname this cluster's own Segment gives.
+            if *reach != Reach::Local && !trust::hostname_allowed(svc, *local_segment) {
+                refused_hosts.push(&**svc);
+                continue;
+            }
             // S6, S7: segment scope is visible only within the segment.
             if svc.scope == Scope::Segment && !same_segment {
                 continue;
@@ -294,6 +316,12 @@ pub fn catalog_with<'a>(
                     reach: *reach,
                     service: Arc::clone(svc),
                 });
+        }
+        if let Some(refusal) =
+            trust::refuse_hostnames(&exp.cluster.name, *local_segment, &refused_hosts)
+        {
+            trust::report(&me.name, &refusal, &mut diags);
+            refused_peers.push(refusal);
         }
     }
 
@@ -372,6 +400,7 @@ pub fn catalog_with<'a>(
         segments: own_export.segments.clone(),
         services,
         manual,
+        refused_peers,
         diagnostics: diags,
     }
 }

@@ -139,10 +139,17 @@ impl LinkTarget {
 }
 
 /// The remote-peer Gateway `istio-remote-peer-<target>` that links a cluster
-/// to `target` (C3), as the seeds declare it.
+/// to `target` (C3), as the seeds declare it, with the target's segment
+/// pinned when it is in one (P3).
 pub fn remote_peer_gateway(target: &LinkTarget) -> Gateway {
     let mut l = BTreeMap::from([(labels::NETWORK.to_owned(), target.cluster.network.clone())]);
     locality_labels(&mut l, &target.region, &target.zone);
+    // P3: pin the segment the peer is in now, so that it cannot later claim
+    // another one. A peer of the default segment is left unpinned: moving
+    // it into a segment (seed 004) must not need a new link.
+    if let Some(segment) = target.cluster.segment_name() {
+        l.insert(labels::SEGMENT.to_owned(), segment.to_owned());
+    }
     let annotations = BTreeMap::from([
         (
             labels::SERVICE_ACCOUNT.to_owned(),
@@ -219,6 +226,44 @@ mod tests {
         assert_eq!(links.len(), 1);
         assert_eq!(links[0].cluster, "cluster2");
         assert_eq!(links[0].xds_port, 15012);
+    }
+
+    #[test]
+    fn p3_link_pins_the_segment_the_peer_is_in() {
+        let mut c2 = cluster("cluster2", Some("192.0.2.7"));
+        let gw = remote_peer_gateway(&LinkTarget::from_snapshot(&c2).unwrap());
+        let l = gw.metadata.labels.as_ref().unwrap();
+        assert!(
+            !l.contains_key(labels::SEGMENT),
+            "a default-segment peer is not pinned: {l:?}"
+        );
+        c2.apply(Object::Segment(crate::objects::Segment {
+            metadata: ObjectMeta {
+                name: Some("prod".into()),
+                namespace: Some(labels::ISTIO_SYSTEM.into()),
+                ..Default::default()
+            },
+            spec: crate::objects::SegmentSpec {
+                domain: "cluster.prod".into(),
+            },
+        }));
+        let mut ns = crate::testing_support::ns(labels::ISTIO_SYSTEM);
+        if let Object::Namespace(n) = &mut ns {
+            n.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(labels::SEGMENT.into(), "prod".into());
+        }
+        c2.apply(ns);
+        let gw = remote_peer_gateway(&LinkTarget::from_snapshot(&c2).unwrap());
+        assert_eq!(
+            gw.metadata.labels.as_ref().unwrap()[labels::SEGMENT],
+            "prod"
+        );
+        let mut c1 = cluster("cluster1", Some("192.0.2.6"));
+        c1.apply(Object::Gateway(gw));
+        let links = links::peer_links(&c1, "cluster1", &mut Vec::new());
+        assert_eq!(links[0].pinned_segment(), Some(Some("prod")));
     }
 
     #[test]

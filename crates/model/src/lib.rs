@@ -29,6 +29,7 @@ pub mod segments;
 pub mod testing;
 #[cfg(test)]
 mod testing_support;
+pub mod trust;
 mod validate;
 pub mod vip;
 
@@ -49,4 +50,5 @@ pub use rank::{ClientLocation, EndpointGroup, rank, rank_with};
 pub use render::{render, service_entry, service_entry_name};
 pub use scope::{Scope, TrafficDistribution};
 pub use segments::SegmentDef;
+pub use trust::PeerRefusal;
 pub use vip::{Cidr, VipAllocation};

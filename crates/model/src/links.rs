@@ -35,6 +35,29 @@ pub struct PeerLink {
     pub xds_port: u16,
     #[serde(default, skip_serializing_if = "Locality::is_empty")]
     pub locality: Locality,
+    /// The segment the peer must be in (P3): label `admin.solo.io/segment`
+    /// on the remote-peer Gateway. `None`: not pinned (the peer's claim is
+    /// trusted); `Some("")`: the default segment; `Some(name)`: that Segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+}
+
+impl PeerLink {
+    /// The pinned segment as a peer would claim it (`None`: the default
+    /// segment); `None` when the link is not pinned.
+    pub fn pinned_segment(&self) -> Option<Option<&str>> {
+        self.segment
+            .as_deref()
+            .map(|s| if s.is_empty() { None } else { Some(s) })
+    }
+}
+
+/// How a segment (`None`: the default one) is named in messages.
+pub fn segment_display(segment: Option<&str>) -> String {
+    match segment {
+        Some(s) => format!("segment {s}"),
+        None => "the default segment".to_owned(),
+    }
 }
 
 /// This cluster's own east-west gateway (C2).
@@ -78,6 +101,12 @@ fn check_address(a: &GatewayAddress) -> Result<(), String> {
             "address type {other:?} is not supported; use IPAddress or Hostname"
         )),
     }
+}
+
+/// The links a cluster declares (its remote-peer Gateways), as the catalog
+/// holds them; diagnostics about them are part of the cluster's export.
+pub fn declared(snap: &ClusterSnapshot, network_of_self: &str) -> Vec<PeerLink> {
+    peer_links(snap, network_of_self, &mut Vec::new())
 }
 
 /// The links this cluster declares, one per peer cluster, sorted by cluster.
@@ -188,6 +217,26 @@ pub(crate) fn peer_links(
             },
             None => cluster.to_owned(),
         };
+        // P3: a pin the operator wrote; an unusable one pins to a segment
+        // no peer can claim, so the link refuses rather than trusts.
+        let segment = label(&gw.metadata, labels::SEGMENT).map(|pin| {
+            if let Err(why) = validate::label_value(pin) {
+                diags.push(
+                    Diagnostic::new(
+                        me,
+                        Rule::P3,
+                        Severity::Error,
+                        obj.clone(),
+                        format!(
+                            "label {}={pin:?} is not a segment name: {why}; the peer's claims are refused until it is fixed",
+                            labels::SEGMENT
+                        ),
+                    )
+                    .with_field(format!("metadata.labels[{}]", labels::SEGMENT)),
+                );
+            }
+            pin.to_owned()
+        });
         out.push(PeerLink {
             cluster: cluster.to_owned(),
             gateway: key.clone(),
@@ -206,6 +255,7 @@ pub(crate) fn peer_links(
                     .to_owned(),
                 subzone: String::new(),
             },
+            segment,
         });
     }
     out.sort();

@@ -405,6 +405,23 @@ impl ClusterBuilder {
         self
     }
 
+    /// Pins the segment of the already linked `peer` (label
+    /// `admin.solo.io/segment` on its remote-peer Gateway; `""`: the default
+    /// segment).
+    pub fn pin_segment(mut self, peer: &str, segment: &str) -> Self {
+        let key = crate::NsName::new(
+            labels::ISTIO_EASTWEST,
+            format!("{}{peer}", labels::PEER_GATEWAY_PREFIX),
+        );
+        if let Some(gw) = self.snap.gateways.get_mut(&key) {
+            gw.metadata
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(labels::SEGMENT.to_owned(), segment.to_owned());
+        }
+        self
+    }
+
     /// Adds a Service and its pods (ready first, then not ready).
     pub fn service(mut self, b: ServiceBuilder) -> Self {
         self.snap.apply(Object::Service(b.service()));

@@ -1336,3 +1336,165 @@ spec:
     assert_eq!(d.len(), 1);
     assert!(d[0].message.contains("no IP address"), "{}", d[0]);
 }
+
+// ------------------------------------------------------------------ P: trust
+
+#[test]
+fn p2_a_peer_segment_with_a_domain_of_its_own_choosing_is_refused() {
+    // The attack: a linked cluster defines Segment `evil` with domain `com`,
+    // joins it and exports `www` in namespace `google`.
+    let c1 = ClusterBuilder::new("cluster1")
+        .link("cluster2")
+        .segment("dev", "cluster.dev")
+        .build();
+    let evil = ClusterBuilder::new("cluster2")
+        .segment("evil", "com")
+        .join("evil")
+        .service(svc("google", "www").global().ready(1))
+        .build();
+    let v = view(&c1, &[&evil]);
+    assert!(v.services.is_empty(), "{:?}", hosts(&v));
+    assert!(v.service("www.google.com").is_none());
+    let d = with_rule(&v.diagnostics, Rule::P2);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d[0].severity, Severity::Error);
+    assert_eq!(d[0].object.to_string(), "cluster cluster2");
+    assert!(
+        d[0].message.contains("segment evil (domain com)")
+            && d[0].message.contains("does not define"),
+        "{}",
+        d[0]
+    );
+    assert_eq!(v.refused_peers.len(), 1);
+    assert_eq!(v.refused_peers[0].reason, "SegmentNotDefined");
+    assert!(v.refused_peers[0].whole);
+}
+
+#[test]
+fn p2_a_segment_defined_here_with_another_domain_gets_the_local_domain_only() {
+    // Both define `dev`, the peer with domain `com`: the peer's names under
+    // `com` are refused; an honest peer of the same segment is accepted.
+    let c1 = ClusterBuilder::new("cluster1")
+        .link("cluster2")
+        .link("cluster3")
+        .segment("dev", "cluster.dev")
+        .build();
+    let liar = ClusterBuilder::new("cluster2")
+        .segment("dev", "com")
+        .join("dev")
+        .service(svc("google", "www").global().ready(1))
+        .build();
+    let honest = ClusterBuilder::new("cluster3")
+        .segment("dev", "cluster.dev")
+        .join("dev")
+        .service(svc("shop", "web").global().ready(1))
+        .build();
+    let v = view(&c1, &[&liar, &honest]);
+    assert_eq!(hosts(&v), ["web.shop.cluster.dev"]);
+    let d = with_rule(&v.diagnostics, Rule::P2);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].message.contains("google/www as www.google.com")
+            && d[0].message.contains("expected www.google.cluster.dev"),
+        "{}",
+        d[0]
+    );
+    let r = &v.refused_peers[0];
+    assert_eq!(
+        (r.cluster.as_str(), r.reason.as_str(), r.whole),
+        ("cluster2", "HostnameRefused", false)
+    );
+    assert_eq!(r.services, ["google/www"]);
+    // S1 still says why.
+    assert_eq!(with_rule(&v.diagnostics, Rule::S1).len(), 1);
+}
+
+#[test]
+fn p2_a_default_segment_peer_may_only_use_mesh_internal() {
+    // A tampered export: the hostname is not the one its segment gives.
+    let c1 = ClusterBuilder::new("cluster1").link("cluster2").build();
+    let c2 = ClusterBuilder::new("cluster2")
+        .service(svc("shop", "web").global().ready(1))
+        .service(svc("shop", "cart").global().ready(1))
+        .build();
+    let mut e2 = exports(&c2);
+    let mut forged = (*e2.services[1].clone()).clone();
+    forged.hostname = "web.shop.svc.cluster.local".into();
+    e2.services[1] = std::sync::Arc::new(forged);
+    let v = catalog(&c1, &[e2], &CatalogConfig::default());
+    assert_eq!(hosts(&v), ["cart.shop.mesh.internal"]);
+    assert_eq!(with_rule(&v.diagnostics, Rule::P2).len(), 1);
+}
+
+#[test]
+fn p3_a_pinned_link_refuses_a_peer_claiming_another_segment() {
+    let c1 = ClusterBuilder::new("cluster1")
+        .segment("dev", "cluster.dev")
+        .segment("prod", "cluster.prod")
+        .join("dev")
+        .link("cluster2")
+        .pin_segment("cluster2", "prod")
+        .build();
+    let claims_dev = ClusterBuilder::new("cluster2")
+        .segment("dev", "cluster.dev")
+        .segment("prod", "cluster.prod")
+        .join("dev")
+        .service(svc("shop", "web").scope("segment").ready(1))
+        .build();
+    let v = view(&c1, &[&claims_dev]);
+    assert!(v.services.is_empty(), "{:?}", hosts(&v));
+    let d = with_rule(&v.diagnostics, Rule::P3);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].message
+            .contains("says it is in segment dev, but gateway istio-eastwest/istio-remote-peer-cluster2 pins it to segment prod"),
+        "{}",
+        d[0]
+    );
+    assert_eq!(v.refused_peers[0].reason, "SegmentPinMismatch");
+
+    // The truth is accepted.
+    let in_prod = ClusterBuilder::new("cluster2")
+        .segment("dev", "cluster.dev")
+        .segment("prod", "cluster.prod")
+        .join("prod")
+        .service(svc("shop", "web").global().ready(1))
+        .build();
+    let v = view(&c1, &[&in_prod]);
+    assert_eq!(hosts(&v), ["web.shop.cluster.prod"]);
+    assert!(v.refused_peers.is_empty());
+
+    // An empty pin is the default segment.
+    let c1 = ClusterBuilder::new("cluster1")
+        .segment("prod", "cluster.prod")
+        .link("cluster2")
+        .pin_segment("cluster2", "")
+        .build();
+    assert!(view(&c1, &[&in_prod]).services.is_empty());
+    let plain = ClusterBuilder::new("cluster2")
+        .service(svc("shop", "web").global().ready(1))
+        .build();
+    assert_eq!(hosts(&view(&c1, &[&plain])), ["web.shop.mesh.internal"]);
+}
+
+#[test]
+fn p3_an_unusable_pin_refuses_rather_than_trusts() {
+    let c1 = ClusterBuilder::new("cluster1")
+        .segment("dev", "cluster.dev")
+        .link("cluster2")
+        .pin_segment("cluster2", "not a name!")
+        .build();
+    let c2 = ClusterBuilder::new("cluster2")
+        .segment("dev", "cluster.dev")
+        .join("dev")
+        .service(svc("shop", "web").global().ready(1))
+        .build();
+    let v = view(&c1, &[&c2]);
+    assert!(v.services.is_empty());
+    let d = with_rule(&v.diagnostics, Rule::P3);
+    assert_eq!(d.len(), 2, "{d:#?}");
+    assert!(
+        d.iter()
+            .any(|d| d.field.as_deref() == Some("metadata.labels[admin.solo.io/segment]"))
+    );
+}

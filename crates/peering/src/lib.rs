@@ -10,6 +10,7 @@
 //! `proto/meshpeer/peering/v1/peering.proto`; [`wire`] converts exports to
 //! resources and back.
 
+pub mod admission;
 pub mod backoff;
 pub mod client;
 pub mod machine;
@@ -35,6 +36,7 @@ pub mod proto {
 /// Protocol version spoken by this build (`Hello.protocol`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+pub use admission::{Admission, Denial, KnownPeer};
 pub use backoff::Backoff;
 pub use client::{
     ConnectError, Connection, Connector, LinkConfig, LocalInfo, PeerEvent, PeerUpdate, run_link,

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{Stream, StreamExt};
+use meshpeer_identity::SpiffeId;
 use meshpeer_model::Export;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -17,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::PROTOCOL_VERSION;
+use crate::admission::{Admission, Denial};
 use crate::metrics::Metrics;
 use crate::proto::{self, PeerRequest, PeerResponse, peer_request, peer_response};
 use crate::wire::ResourceSet;
@@ -119,14 +121,20 @@ pub struct ServerSettings {
     pub heartbeat: Duration,
     /// How long a new stream may take to say Hello.
     pub hello_timeout: Duration,
+    /// Who may peer (P1, P3); replaced later with
+    /// [`PeeringService::set_admission`] as links change.
+    pub admission: Admission,
 }
 
 impl ServerSettings {
+    /// Settings of cluster `cluster`, whose trust domain is taken to be its
+    /// name until [`PeeringService::set_admission`] says otherwise.
     pub fn new(cluster: &str) -> Self {
         ServerSettings {
             cluster: cluster.to_owned(),
             heartbeat: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
+            admission: Admission::new(cluster),
         }
     }
 }
@@ -152,6 +160,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     served: Mutex<BTreeMap<u64, ServedPeer>>,
     next_id: Mutex<u64>,
+    admission: watch::Sender<Admission>,
 }
 
 /// The peering gRPC service.
@@ -178,6 +187,7 @@ impl PeeringService {
     ) -> Self {
         PeeringService {
             shared: Arc::new(Shared {
+                admission: watch::channel(settings.admission.clone()).0,
                 served_changed: watch::channel(0).0,
                 refused: Mutex::new(std::collections::VecDeque::new()),
                 settings,
@@ -214,18 +224,23 @@ impl PeeringService {
 
     /// Records a connection refused during the TLS handshake.
     pub(crate) fn refused(&self, remote: &str, refusal: &meshpeer_identity::Refusal) {
-        self.shared.metrics.reject("unknown", refusal.reason());
-        if let Ok(mut r) = self.shared.refused.lock() {
-            if r.len() == MAX_REFUSALS {
-                r.pop_front();
-            }
-            r.push_back(Refused {
-                at: SystemTime::now(),
-                remote: remote.to_owned(),
-                reason: refusal.reason(),
-                message: refusal.to_string(),
-            });
-        }
+        self.shared
+            .record_refusal(remote, refusal.reason(), refusal.to_string());
+    }
+
+    /// Replaces who may peer (P1, P3). Streams already served that the new
+    /// rules refuse are ended, with the reason.
+    pub fn set_admission(&self, admission: Admission) {
+        self.shared.admission.send_if_modified(|a| {
+            let changed = *a != admission;
+            *a = admission;
+            changed
+        });
+    }
+
+    /// Who may peer, as last set.
+    pub fn admission(&self) -> Admission {
+        self.shared.admission.borrow().clone()
     }
 
     /// Accepts one stream from a verified peer: reads its Hello, checks it,
@@ -235,6 +250,20 @@ impl PeeringService {
         S: Stream<Item = Result<PeerRequest, Status>> + Unpin + Send + 'static,
     {
         let s = &self.shared;
+        // P1: only controller identities of other (allowed) trust domains.
+        let id: SpiffeId = conn.spiffe_id.parse().map_err(|e| {
+            s.deny(
+                &conn,
+                &Denial {
+                    reason: "no_spiffe_id",
+                    message: format!("{e}"),
+                },
+            )
+        })?;
+        s.admission
+            .borrow()
+            .admit_identity(&id)
+            .map_err(|d| s.deny(&conn, &d))?;
         let hello = match tokio::time::timeout(s.settings.hello_timeout, inbound.next()).await {
             Ok(Some(Ok(PeerRequest {
                 kind: Some(peer_request::Kind::Hello(h)),
@@ -275,6 +304,14 @@ impl PeeringService {
         if hello.cluster.is_empty() {
             return Err(Status::invalid_argument("Hello.cluster is empty"));
         }
+        let claims = Claims {
+            trust_domain: conn.trust_domain.clone(),
+            cluster: hello.cluster.clone(),
+            segment: (!hello.segment.is_empty()).then(|| hello.segment.clone()),
+        };
+        claims
+            .admit(&s.admission.borrow())
+            .map_err(|d| s.deny(&conn, &d))?;
         let id = {
             let mut n = s
                 .next_id
@@ -312,6 +349,8 @@ impl PeeringService {
             peer: hello.cluster.clone(),
             segment,
             out: tx,
+            conn,
+            claims,
         };
         tokio::spawn(async move {
             let end = session.run(inbound).await;
@@ -357,6 +396,62 @@ struct Session {
     peer: String,
     segment: Option<String>,
     out: mpsc::Sender<Result<PeerResponse, Status>>,
+    conn: ConnInfo,
+    claims: Claims,
+}
+
+/// What a served client claimed in its Hello, re-checked when the
+/// admission rules change.
+struct Claims {
+    trust_domain: String,
+    cluster: String,
+    segment: Option<String>,
+}
+
+impl Claims {
+    fn admit(&self, admission: &Admission) -> Result<(), Denial> {
+        admission.admit_claims(&self.trust_domain, &self.cluster, self.segment.as_deref())
+    }
+}
+
+impl Shared {
+    /// Counts and remembers a refused client, for metrics and status. The
+    /// metric's peer label stays `unknown`: refused clients do not get to
+    /// name label sets.
+    fn record_refusal(&self, remote: &str, reason: &'static str, message: String) {
+        self.metrics.reject("unknown", reason);
+        if let Ok(mut r) = self.refused.lock() {
+            if r.len() == MAX_REFUSALS {
+                r.pop_front();
+            }
+            r.push_back(Refused {
+                at: SystemTime::now(),
+                remote: remote.to_owned(),
+                reason,
+                message,
+            });
+        }
+    }
+
+    /// Refuses a client: logged, counted, remembered; the status carries the
+    /// reason to the client.
+    fn deny(&self, conn: &ConnInfo, denial: &Denial) -> Status {
+        warn!(
+            remote = %conn.remote,
+            id = %conn.spiffe_id,
+            reason = denial.reason,
+            "refused peer: {denial}"
+        );
+        self.record_refusal(
+            &conn.remote,
+            denial.reason,
+            format!("{}: {denial}", conn.spiffe_id),
+        );
+        Status::permission_denied(format!(
+            "cluster {} refuses peering: {denial}",
+            self.settings.cluster
+        ))
+    }
 }
 
 impl Session {
@@ -381,6 +476,7 @@ impl Session {
     {
         let heartbeat = self.shared.settings.heartbeat;
         let mut exports = self.shared.exports.clone();
+        let mut admission = self.shared.admission.subscribe();
         let labels = Metrics::peer(&self.peer);
         let mut acked: Option<ResourceSet> = None;
         let mut inflight: Option<Inflight> = None;
@@ -434,6 +530,16 @@ impl Session {
                 }
             }
             tokio::select! {
+                changed = admission.changed() => {
+                    if changed.is_ok() {
+                        let verdict = self.claims.admit(&admission.borrow_and_update());
+                        if let Err(denial) = verdict {
+                            let status = self.shared.deny(&self.conn, &denial);
+                            let _ = self.out.send(Err(status)).await;
+                            return format!("refused: {denial}");
+                        }
+                    }
+                }
                 changed = exports.changed() => {
                     if changed.is_err() {
                         let _ = self.out.send(Err(Status::unavailable(format!(

@@ -23,6 +23,7 @@ use tonic::transport::server::Connected;
 use tonic::transport::{Endpoint, Server};
 use tracing::{debug, warn};
 
+use crate::admission::{CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT};
 use crate::client::{ConnectError, Connection, Connector};
 use crate::proto::{self, PeerRequest, peer_request};
 use crate::server::{ConnInfo, PeeringService};
@@ -272,6 +273,24 @@ impl Connector for TlsConnector {
                     )));
                 }
             };
+            // P1 both ways: the peering port must be answered by the peer's
+            // controller, not by any workload of its trust domain.
+            let server_id = peer_identity(io.get_ref().1.peer_certificates().unwrap_or_default())
+                .map_err(|refusal| ConnectError {
+                reason: refusal.reason(),
+                message: format!("peer {} at {addr} refused: {refusal}", link.cluster),
+            })?;
+            if server_id.namespace() != CONTROLLER_NAMESPACE
+                || server_id.service_account() != CONTROLLER_SERVICE_ACCOUNT
+            {
+                return Err(ConnectError {
+                    reason: "not_a_controller",
+                    message: format!(
+                        "peer {} at {addr} presents {server_id}, which is not a controller identity (spiffe://{}/ns/{CONTROLLER_NAMESPACE}/sa/{CONTROLLER_SERVICE_ACCOUNT}); refused",
+                        link.cluster, link.trust_domain
+                    ),
+                });
+            }
             if io.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
                 return Err(ConnectError {
                     reason: "protocol",

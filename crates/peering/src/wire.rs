@@ -376,7 +376,9 @@ fn service_from_proto(
         }
     };
     // The hostname must be the one the exporter's segment gives (S3): a peer
-    // cannot claim names outside its own domain.
+    // cannot claim names outside its own domain. This only checks that the
+    // peer is consistent; whether that domain is the one this cluster gives
+    // the segment is decided against local Segments in the catalog (P2).
     let expected = meshpeer_model::segments::hostname(&s.name, &s.namespace, exporter_segment);
     if s.hostname != expected {
         return Err(invalid(

@@ -34,6 +34,7 @@ fn link(peer: &str) -> PeerLink {
         hbone_port: 15008,
         xds_port: 15012,
         locality: Default::default(),
+        segment: None,
     }
 }
 
@@ -541,4 +542,88 @@ async fn random_changes_and_cuts_converge_to_the_current_export() {
             }
         }
     }
+}
+
+fn hello_in(cluster: &str, segment: &str) -> PeerRequest {
+    let mut h = hello(cluster, cluster);
+    if let Some(peer_request::Kind::Hello(h)) = &mut h.kind {
+        h.segment = segment.into();
+    }
+    h
+}
+
+#[tokio::test(start_paused = true)]
+async fn p3_a_pinned_link_refuses_a_client_claiming_another_segment() {
+    use futures_util::StreamExt;
+    let publisher = ExportPublisher::new();
+    publisher.publish(&export2(Some("dev"), &[("shop", "segment")]));
+    let service = PeeringService::new(
+        ServerSettings::new("cluster2"),
+        &publisher,
+        Arc::new(Metrics::default()),
+    );
+    // cluster2 links back to cluster1 and pins it to prod.
+    let mut pinned = link("cluster1");
+    pinned.segment = Some("prod".into());
+    service.set_admission(service.admission().with_links([&pinned]));
+
+    // Claiming dev (to receive dev's segment-scoped services) is refused.
+    let err = service
+        .open(
+            conn("cluster1"),
+            tokio_stream::iter(vec![Ok(hello_in("cluster1", "dev"))]),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("cluster cluster1 says it is in segment dev, but gateway istio-eastwest/istio-remote-peer-cluster1 pins it to segment prod"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(service.refusals()[0].reason, "segment_pin_mismatch");
+
+    // The truth is served; when the pin changes, the stream is ended.
+    let (_keep, rx) = mpsc::channel::<Result<PeerRequest, tonic::Status>>(4);
+    let inbound = tokio_stream::iter(vec![Ok(hello_in("cluster1", "prod"))])
+        .chain(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut out = service.open(conn("cluster1"), inbound).await.unwrap();
+    let first = out.next().await.unwrap().unwrap();
+    assert!(matches!(
+        first.kind,
+        Some(meshpeer_peering::proto::peer_response::Kind::Delta(_))
+    ));
+    pinned.segment = Some("staging".into());
+    service.set_admission(service.admission().with_links([&pinned]));
+    let end = loop {
+        match out.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a reason"),
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::PermissionDenied);
+    assert!(
+        end.message().contains("pins it to segment staging"),
+        "{}",
+        end.message()
+    );
+
+    // A linked cluster's name cannot be taken by another trust domain.
+    let err = service
+        .open(
+            conn("cluster9"),
+            tokio_stream::iter(vec![Ok(hello("cluster1", "cluster9"))]),
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.message()
+            .contains("links cluster cluster1 with trust domain cluster1"),
+        "{}",
+        err.message()
+    );
 }

@@ -76,6 +76,7 @@ fn link(port: u16, trust_domain: &str) -> PeerLink {
         hbone_port: 15008,
         xds_port: port,
         locality: Default::default(),
+        segment: None,
     }
 }
 
@@ -277,4 +278,99 @@ async fn an_unreachable_peer_is_reported_as_such() {
     let (reason, message) = refused(first_outcome(&mut rx).await);
     assert_eq!(reason, "unreachable");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+}
+
+/// An identity of cluster1's trust domain with any namespace and account.
+fn identity_as(ca: &RootCa, td: &str, ns: &str, sa: &str) -> Arc<Identity> {
+    let now = SystemTime::now();
+    let cluster_ca: ClusterCa = ca.issue_intermediate(td, DAY * 365, now - DAY).unwrap();
+    let id = SpiffeId::new(td, ns, sa).unwrap();
+    Arc::new(Identity::new(cluster_ca, id, DAY, now).unwrap())
+}
+
+#[tokio::test]
+async fn p1_a_workload_certificate_cannot_peer_and_is_told_why() {
+    let ca = root("shared");
+    let now = SystemTime::now();
+    let (port, service, _p) = server2(&ca, identity(&ca, "cluster2", "cluster2", DAY, now)).await;
+    for (ns, sa) in [
+        ("httpbin", "default"),
+        ("istio-system", "meshpeer-proxy"),
+        ("istio-eastwest", "istio-eastwest"),
+    ] {
+        let mut rx = start_link(
+            link(port, "cluster2"),
+            &ca,
+            identity_as(&ca, "cluster1", ns, sa),
+        );
+        let (reason, message) = refused(first_outcome(&mut rx).await);
+        assert_eq!(reason, "refused", "{message}");
+        // The reason travels on the wire.
+        assert!(
+            message.contains(&format!(
+                "certificate spiffe://cluster1/ns/{ns}/sa/{sa} is not a controller identity"
+            )),
+            "{message}"
+        );
+    }
+    assert!(service.served().is_empty());
+    let refusals = service.refusals();
+    assert_eq!(refusals.len(), 3);
+    assert!(refusals.iter().all(|r| r.reason == "not_a_controller"));
+}
+
+#[tokio::test]
+async fn p1_the_peering_port_must_be_answered_by_a_controller() {
+    let ca = root("shared");
+    // Something of cluster2's trust domain that is not its controller.
+    let (port, _s, _p) = server2(
+        &ca,
+        identity_as(&ca, "cluster2", "istio-eastwest", "istio-eastwest"),
+    )
+    .await;
+    let now = SystemTime::now();
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "not_a_controller", "{message}");
+    assert!(
+        message.contains("istio-eastwest/sa/istio-eastwest"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn p1_allowed_peers_and_own_trust_domain() {
+    let ca = root("shared");
+    let now = SystemTime::now();
+    let (port, service, _p) = server2(&ca, identity(&ca, "cluster2", "cluster2", DAY, now)).await;
+    let mut admission = service.admission();
+    admission.allowed_trust_domains = Some(["cluster3".to_owned()].into());
+    service.set_admission(admission);
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster1", "cluster1", DAY, now),
+    );
+    let (_, message) = refused(first_outcome(&mut rx).await);
+    assert!(
+        message.contains("trust domain cluster1 is not among the allowed peers (cluster3)"),
+        "{message}"
+    );
+    // A controller of the server's own trust domain is no peer either.
+    let mut rx = start_link(
+        link(port, "cluster2"),
+        &ca,
+        identity(&ca, "cluster2b", "cluster2", DAY, now),
+    );
+    let (_, message) = refused(first_outcome(&mut rx).await);
+    assert!(
+        message.contains("this cluster's own trust domain"),
+        "{message}"
+    );
+    let reasons: Vec<&str> = service.refusals().iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["peer_not_allowed", "own_trust_domain"]);
 }

@@ -118,6 +118,18 @@ pub(super) fn controller(f: &ClusterFacts) -> Check {
             "wrong_trust_domain" => {
                 "the caller's trust domain is not the one its link expects: check the gateway.istio.io/trust-domain annotations (see Trust Domain Check)"
             }
+            "not_a_controller" => {
+                "a certificate that is not a controller's tried to peer (a workload, proxy or gateway of another cluster): find who holds it; only spiffe://<td>/ns/istio-system/sa/meshpeer may peer (SPEC P1)"
+            }
+            "own_trust_domain" => {
+                "something presenting this cluster's own trust domain tried to peer: two clusters share a trust domain, or a certificate of this cluster is used elsewhere"
+            }
+            "peer_not_allowed" => {
+                "a cluster outside --allowed-peers tried to peer: add its trust domain to --allowed-peers if it should"
+            }
+            "segment_pin_mismatch" | "cluster_name_mismatch" => {
+                "a linked cluster claims a segment or name its remote-peer Gateway here does not give it: fix the Gateway's admin.solo.io/segment label if it moved on purpose, else look at that cluster"
+            }
             _ => "look at both controllers' logs",
         };
         let times = if n == 1 {

@@ -2,9 +2,9 @@
 //! conditions of SPEC C5 (live from the controller, else from the Gateway's
 //! status or the status files the controller wrote).
 
-use meshpeer_model::PeerLink;
 use meshpeer_model::labels;
 use meshpeer_model::objects::Condition;
+use meshpeer_model::{PeerLink, trust};
 
 use super::cluster::title_of;
 use super::facts::{ClusterFacts, Live, Origin};
@@ -85,6 +85,24 @@ fn why(c: Option<&Condition>) -> String {
     }
 }
 
+/// What to do about a peer refused by this cluster's own objects (P2, P3).
+fn refusal_fix(f: &ClusterFacts, link: &PeerLink, reason: &str) -> Option<String> {
+    let peer = &link.cluster;
+    match reason {
+        trust::REASON_SEGMENT_PIN_MISMATCH => Some(format!(
+            "{peer} is not in the segment gateway {} pins (label {}): if {peer} moved on purpose, update the label (or run meshpeer link again); if not, {peer} is misconfigured or compromised",
+            link.gateway,
+            labels::SEGMENT
+        )),
+        trust::REASON_SEGMENT_NOT_DEFINED => Some(format!(
+            "define the same Segments (name and spec.domain) in namespace {} of {} as in {peer}, or move {peer} out of the segment",
+            labels::ISTIO_SYSTEM,
+            f.name
+        )),
+        _ => None,
+    }
+}
+
 /// One link judged from its conditions (SPEC C5).
 fn judge(f: &ClusterFacts, link: &PeerLink, via: &str, lf: &LinkFacts<'_>) -> Item {
     let conds = &lf.conditions;
@@ -118,6 +136,18 @@ fn judge(f: &ClusterFacts, link: &PeerLink, via: &str, lf: &LinkFacts<'_>) -> It
             )
         };
         return Item::fail(format!("Not connected to {peer} via {via}: {message}"), fix);
+    }
+    let synced = condition(conds, PEERING_SUCCEEDED);
+    if let Some(c) = synced.filter(|c| c.status != "True")
+        && let Some(fix) = refusal_fix(f, link, c.reason.as_deref().unwrap_or_default())
+    {
+        return Item::fail(
+            format!(
+                "Connected to {peer} via {via}, but its claims are refused: {}",
+                why(Some(c))
+            ),
+            fix,
+        );
     }
     if !is_true(conds, PEERING_SUCCEEDED) {
         return Item::fail(
@@ -264,6 +294,8 @@ pub(super) fn peers(f: &ClusterFacts, all: &[ClusterFacts]) -> Check {
             ))),
         }
     }
+    items.extend(unpinned(f, all));
+    items.extend(unlinked_peers(f));
     let bad = items.iter().filter(|i| i.status == Status::Fail).count();
     let total = links.len();
     let check = Check::from_items(cluster, names::PEERS, items, |_| String::new());
@@ -272,4 +304,54 @@ pub(super) fn peers(f: &ClusterFacts, all: &[ClusterFacts]) -> Check {
         _ => title_of(&check.items, check.status, "all clusters connected"),
     };
     Check { title, ..check }.with_detail(detail)
+}
+
+/// P3: with segments in use (this cluster, or one of the clusters
+/// checked, is in a named segment), a link whose Gateway does not pin the
+/// peer's segment trusts whatever segment the peer claims.
+fn unpinned(f: &ClusterFacts, all: &[ClusterFacts]) -> Vec<Item> {
+    let in_use = std::iter::once(f)
+        .chain(all)
+        .any(|c| c.export.cluster.segment.is_some());
+    if !in_use {
+        return Vec::new();
+    }
+    f.catalog
+        .links
+        .iter()
+        .filter(|l| l.segment.is_none())
+        .map(|l| {
+            Item::warn(
+                format!(
+                    "the link to {} does not pin its segment: {} trusts whatever segment {} claims, and sends it that segment's segment-scoped services",
+                    l.cluster, f.name, l.cluster
+                ),
+                format!(
+                    "label gateway {} with {}=<the segment {} is in> (empty for the default segment), or run meshpeer link again",
+                    l.gateway,
+                    labels::SEGMENT,
+                    l.cluster
+                ),
+            )
+        })
+        .collect()
+}
+
+/// P1: peers connected to this cluster's peering server that this cluster
+/// does not link to (C4, asymmetric): they learn its services.
+fn unlinked_peers(f: &ClusterFacts) -> Vec<Item> {
+    let Some(s) = f.live.state() else {
+        return Vec::new();
+    };
+    s.status
+        .served
+        .iter()
+        .filter(|p| !p.linked)
+        .map(|p| {
+            Item::info(format!(
+                "{} ({}) is connected from {} and learns {}'s services, but {} does not link to it (a one-way link; --allowed-peers on the controller limits who may)",
+                p.cluster, p.spiffe_id, p.remote, f.name, f.name
+            ))
+        })
+        .collect()
 }

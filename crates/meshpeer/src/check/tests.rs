@@ -309,3 +309,116 @@ async fn kubernetes_mode_without_a_client_for_the_context_says_so() {
         "Kubernetes context kind-cluster1: no Kubernetes client was built for this context"
     );
 }
+
+fn live(status: ControllerStatus) -> Live {
+    Live::Up(Box::new(LiveState {
+        addr: "127.0.0.1:15114".to_owned(),
+        from: "--controller".to_owned(),
+        status,
+        data_plane: Vec::new(),
+        health: Default::default(),
+        catalog: Err("not asked".to_owned()),
+    }))
+}
+
+fn connected_peer(peering: Condition) -> PeerView {
+    PeerView {
+        cluster: "cluster2".to_owned(),
+        state: LinkState::Connected,
+        conditions: vec![
+            condition(peers::ACCEPTED, true, ""),
+            condition(peers::PROGRAMMED, true, ""),
+            condition(peers::PEER_CONNECTED, true, "connected"),
+            peering,
+        ],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn p3_a_refused_peer_says_why_and_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut facts = example_facts(tmp.path()).await;
+    let mut status = ControllerStatus::default();
+    status.cluster.name = "cluster1".to_owned();
+    status.peers = vec![connected_peer(Condition {
+        reason: Some("SegmentPinMismatch".to_owned()),
+        ..condition(
+            peers::PEERING_SUCCEEDED,
+            false,
+            "[P3] cluster cluster2 says it is in segment dev, but gateway istio-eastwest/istio-remote-peer-cluster2 pins it to segment prod",
+        )
+    })];
+    facts[0].live = live(status);
+    let report = evaluate(&facts, Options::default());
+    let peers = report.find(Some("cluster1"), names::PEERS).unwrap();
+    assert_eq!(peers.status, Status::Fail);
+    let item = &peers.items[0];
+    assert!(
+        item.text
+            .contains("its claims are refused: SegmentPinMismatch"),
+        "{item:?}"
+    );
+    assert!(
+        item.fix
+            .as_deref()
+            .unwrap()
+            .contains("admin.solo.io/segment"),
+        "{item:?}"
+    );
+}
+
+#[tokio::test]
+async fn p1_p3_connected_unlinked_peers_and_unpinned_links_are_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut facts = example_facts(tmp.path()).await;
+    let mut status = ControllerStatus::default();
+    status.cluster.name = "cluster1".to_owned();
+    status.peers = vec![connected_peer(condition(
+        peers::PEERING_SUCCEEDED,
+        true,
+        "synced",
+    ))];
+    status.served = vec![crate::controller::view::ServedView {
+        cluster: "cluster9".to_owned(),
+        spiffe_id: "spiffe://cluster9/ns/istio-system/sa/meshpeer".to_owned(),
+        remote: "192.0.2.9:40000".to_owned(),
+        linked: false,
+        ..Default::default()
+    }];
+    facts[0].live = live(status);
+    let report = evaluate(&facts, Options::default());
+    let peers = report.find(Some("cluster1"), names::PEERS).unwrap();
+    let texts: Vec<&str> = peers.items.iter().map(|i| i.text.as_str()).collect();
+    assert!(
+        texts.iter().any(|t| t.starts_with(
+            "cluster9 (spiffe://cluster9/ns/istio-system/sa/meshpeer) is connected from 192.0.2.9:40000 and learns cluster1's services, but cluster1 does not link to it"
+        )),
+        "{texts:#?}"
+    );
+    // No cluster is in a segment: an unpinned link is no warning.
+    assert!(
+        !texts.iter().any(|t| t.contains("does not pin")),
+        "{texts:#?}"
+    );
+
+    // Once cluster2 is in a segment, cluster1's unpinned link is.
+    facts[1].export.cluster.segment = Some(meshpeer_model::SegmentDef {
+        name: "prod-segment".to_owned(),
+        domain: "cluster.prod".to_owned(),
+    });
+    let report = evaluate(&facts, Options::default());
+    let peers = report.find(Some("cluster1"), names::PEERS).unwrap();
+    let unpinned = peers
+        .items
+        .iter()
+        .find(|i| i.text.contains("does not pin its segment"))
+        .unwrap();
+    assert_eq!(unpinned.status, Status::Warn);
+    assert!(
+        unpinned.fix.as_deref().unwrap().contains(
+            "label gateway istio-eastwest/istio-remote-peer-cluster2 with admin.solo.io/segment="
+        ),
+        "{unpinned:?}"
+    );
+}

@@ -134,6 +134,16 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     cfg.vip_range = args.vip_cidr;
     cfg.grace = args.grace;
     cfg.heartbeat = args.heartbeat;
+    if !args.allowed_peers.is_empty() {
+        cfg.allowed_peers = Some(
+            args.allowed_peers
+                .iter()
+                .map(|td| td.trim().to_owned())
+                .filter(|td| !td.is_empty())
+                .collect(),
+        );
+        info!(allowed = ?cfg.allowed_peers, "only these trust domains may peer with this cluster");
+    }
     let controller = Controller::start(cfg).await?;
     let api = controller
         .api_addr

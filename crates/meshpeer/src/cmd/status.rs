@@ -150,6 +150,7 @@ pub(crate) fn format_status(s: &Status) -> String {
                 "SINCE",
                 "ACKED VERSION",
                 "RESOURCES",
+                "LINKED",
                 "IDENTITY",
             ]
             .iter()
@@ -163,10 +164,24 @@ pub(crate) fn format_status(s: &Status) -> String {
                 or_dash(p.connected_since.map(age)),
                 or_dash(p.acked_version.map(|v| v.to_string())),
                 p.resources.to_string(),
+                if p.linked { "yes" } else { "no (one-way)" }.to_owned(),
                 p.spiffe_id.clone(),
             ]);
         }
         out.push_str(&table(&rows));
+        let unlinked: Vec<&str> = s
+            .served
+            .iter()
+            .filter(|p| !p.linked)
+            .map(|p| p.cluster.as_str())
+            .collect();
+        if !unlinked.is_empty() {
+            let _ = writeln!(
+                out,
+                "Not linked from this cluster: {} (they learn this cluster's services; it imports none of theirs; --allowed-peers limits who may)",
+                unlinked.join(", ")
+            );
+        }
     }
     for r in &s.refused {
         let _ = writeln!(out, "Refused {} ({}): {}", r.remote, r.reason, r.message);

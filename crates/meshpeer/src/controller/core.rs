@@ -8,24 +8,34 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use meshpeer_model::trust::{
+    REASON_HOSTNAME_REFUSED, REASON_SEGMENT_NOT_DEFINED, REASON_SEGMENT_PIN_MISMATCH,
+};
 use meshpeer_model::{
     CatalogConfig, Cidr, ClusterSnapshot, Export, GlobalCatalog, PeerLink, Reach, catalog_with,
     exports,
 };
 use meshpeer_peering::{
-    Backoff, Connector, ExportPublisher, LinkConfig, LocalInfo, Metrics as PeeringMetrics,
-    PeerUpdate, PeeringService, run_link,
+    Admission, Backoff, Connector, ExportPublisher, LinkConfig, LocalInfo,
+    Metrics as PeeringMetrics, PeerUpdate, PeeringService, run_link,
 };
 use meshpeer_store::{PeerStatus, Update};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::metrics::ControllerMetrics;
+use super::metrics::{ControllerMetrics, RefusalLabels};
 use super::peers::PeerState;
 use super::sink_task::SinkJob;
 use super::view::{RefusedView, ServedView, Status, View};
 use meshpeer_dataplane::feed::{Caller, CatalogFeed};
+
+/// Every reason a peer's services may be refused for (P2, P3).
+const REFUSAL_REASONS: [&str; 3] = [
+    REASON_SEGMENT_PIN_MISMATCH,
+    REASON_SEGMENT_NOT_DEFINED,
+    REASON_HOSTNAME_REFUSED,
+];
 
 /// Settings the core needs.
 pub(crate) struct CoreSettings {
@@ -33,6 +43,8 @@ pub(crate) struct CoreSettings {
     pub(crate) heartbeat: Duration,
     pub(crate) grace: Duration,
     pub(crate) peering_address: String,
+    /// Who may peer, before this cluster's links are known (P1).
+    pub(crate) admission: Admission,
 }
 
 pub(crate) struct Core {
@@ -98,6 +110,12 @@ impl Core {
             return;
         }
         self.own_export = exports(&self.snapshot);
+        // P3: the links' pins bind the peers served from now on, before they
+        // are sent this export.
+        let links =
+            meshpeer_model::links::declared(&self.snapshot, &self.own_export.cluster.network);
+        self.service
+            .set_admission(self.settings.admission.clone().with_links(&links));
         let version = self.publisher.publish(&self.own_export);
         debug!(
             version,
@@ -182,6 +200,7 @@ impl Core {
             if self.peers.remove(&name).is_some_and(|p| p.export.is_some()) {
                 removed_any = true;
             }
+            self.forget_refusal_metrics(&name);
             info!(peer = %name, "link removed or changed");
         }
         for (name, link) in wanted {
@@ -229,9 +248,30 @@ impl Core {
                 .gateways
                 .get(&peer.link.gateway)
                 .and_then(|g| g.metadata.generation);
+            let refusal = self
+                .catalog
+                .refused_peers
+                .iter()
+                .find(|r| &r.cluster == name);
             let listed = in_catalog.contains(name)
                 || peer.export.as_ref().is_some_and(|e| e.services.is_empty());
-            peer.update_conditions(listed, generation, now);
+            peer.update_conditions(listed, generation, now, refusal);
+            for reason in REFUSAL_REASONS {
+                let refused = refusal.filter(|r| r.reason == reason).map_or(0, |r| {
+                    if r.whole {
+                        peer.export.as_ref().map_or(0, |e| e.services.len())
+                    } else {
+                        r.services.len()
+                    }
+                });
+                self.metrics
+                    .refused_peer_services
+                    .get_or_create(&RefusalLabels {
+                        peer: name.clone(),
+                        reason: reason.to_owned(),
+                    })
+                    .set(refused as i64);
+            }
             statuses.push(PeerStatus {
                 gateway: peer.link.gateway.clone(),
                 conditions: peer.conditions.clone(),
@@ -316,6 +356,16 @@ impl Core {
         });
         let after: Vec<(Caller, Option<SystemTime>)> = self.callers.values().cloned().collect();
         before != after
+    }
+
+    /// Drops the refusal gauges of a peer that is no longer linked (B6).
+    fn forget_refusal_metrics(&self, peer: &str) {
+        for reason in REFUSAL_REASONS {
+            self.metrics.refused_peer_services.remove(&RefusalLabels {
+                peer: peer.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
     }
 
     /// Stops every link task.

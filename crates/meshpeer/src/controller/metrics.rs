@@ -12,8 +12,18 @@ pub(crate) struct ResultLabels {
     pub(crate) result: String,
 }
 
+/// A linked peer and why part of what it sent was refused (P2, P3).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    pub(crate) peer: String,
+    pub(crate) reason: String,
+}
+
 #[derive(Debug)]
 pub(crate) struct ControllerMetrics {
+    /// Services of a linked peer refused by this cluster's own objects (P2,
+    /// P3), in the current catalog; only linked peers get a label set.
+    pub(crate) refused_peer_services: Family<RefusalLabels, Gauge>,
     /// Global services in this cluster's catalog.
     pub(crate) catalog_services: Gauge,
     /// Services this cluster exports.
@@ -29,6 +39,7 @@ pub(crate) struct ControllerMetrics {
 impl ControllerMetrics {
     pub(crate) fn register(registry: &mut Registry) -> std::sync::Arc<Self> {
         let m = ControllerMetrics {
+            refused_peer_services: Family::default(),
             catalog_services: Gauge::default(),
             exported_services: Gauge::default(),
             recompute_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -55,6 +66,11 @@ impl ControllerMetrics {
             "source_updates",
             "Batches of changes received from the source",
             m.source_updates.clone(),
+        );
+        r.register(
+            "refused_peer_services",
+            "Services of a linked peer refused because its claims contradict this cluster's own objects (P2, P3), by peer and reason",
+            m.refused_peer_services.clone(),
         );
         r.register(
             "output_applies",

@@ -10,6 +10,7 @@ mod peers;
 mod sink_task;
 pub mod view;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,9 @@ pub struct ControllerConfig {
     pub grace: Duration,
     /// How peers are dialled; `None`: mutual TLS with `identity`.
     pub connector: Option<Arc<dyn Connector>>,
+    /// When set, only controllers of these trust domains may peer with this
+    /// cluster (P1, `--allowed-peers`); else any other trust domain's.
+    pub allowed_peers: Option<BTreeSet<String>>,
 }
 
 impl ControllerConfig {
@@ -73,6 +77,7 @@ impl ControllerConfig {
             heartbeat: Duration::from_secs(10),
             grace: Duration::from_secs(120),
             connector: None,
+            allowed_peers: None,
         }
     }
 }
@@ -118,6 +123,7 @@ impl Controller {
             heartbeat,
             grace,
             connector,
+            allowed_peers,
         } = cfg;
 
         // VIPs handed out before a restart (G11).
@@ -142,6 +148,10 @@ impl Controller {
         let cluster_name = identity.spiffe_id().trust_domain().to_owned();
         let mut settings = ServerSettings::new(&cluster_name);
         settings.heartbeat = heartbeat;
+        // P1: controllers of other (allowed) trust domains only; the links'
+        // pins (P3) are added once the cluster's objects are read.
+        settings.admission.allowed_trust_domains = allowed_peers;
+        let admission = settings.admission.clone();
         let service = PeeringService::new(settings, &publisher, Arc::clone(&peering_metrics));
         let tls = server_config(
             Arc::clone(&identity),
@@ -217,6 +227,7 @@ impl Controller {
                 heartbeat,
                 grace,
                 peering_address: peering_addr.to_string(),
+                admission,
             },
             snapshot: ClusterSnapshot::new(ClusterConfig::default()),
             ready: false,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
 use meshpeer_model::objects::Condition;
-use meshpeer_model::{Export, PeerLink};
+use meshpeer_model::{Export, PeerLink, PeerRefusal};
 use meshpeer_peering::PeerEvent;
 
 use super::view::{LinkState, PeerView};
@@ -141,6 +141,7 @@ impl PeerState {
         in_catalog: bool,
         generation: Option<i64>,
         now: SystemTime,
+        refusal: Option<&PeerRefusal>,
     ) {
         let addresses: Vec<String> = self.view().addresses;
         let mut fresh = Vec::new();
@@ -198,8 +199,15 @@ impl PeerState {
             LinkState::Failed => push(PEER_CONNECTED, false, "ConnectFailed", error.clone()),
             LinkState::Disconnected => push(PEER_CONNECTED, false, "Disconnected", error.clone()),
         }
-        match (self.state, self.stale()) {
-            (LinkState::Synced, _) => push(
+        match (self.state, self.stale(), refusal) {
+            // P2, P3: what the peer claims contradicts this cluster's objects.
+            (_, _, Some(r)) if r.whole => push(
+                PEERING_SUCCEEDED,
+                false,
+                &r.reason,
+                format!("[{}] {}", r.rule, r.message),
+            ),
+            (LinkState::Synced, _, _) => push(
                 PEERING_SUCCEEDED,
                 true,
                 "Synced",
@@ -209,7 +217,7 @@ impl PeerState {
                     self.export.as_ref().map_or(0, |e| e.services.len())
                 ),
             ),
-            (_, true) => push(
+            (_, true, _) => push(
                 PEERING_SUCCEEDED,
                 false,
                 "Stale",
@@ -229,16 +237,34 @@ impl PeerState {
                 },
             ),
         }
-        if in_catalog && self.export.is_some() {
+        if let Some(r) = refusal.filter(|r| r.whole) {
             push(
                 DATA_PLANE_PROGRAMMED,
-                true,
-                "Programmed",
-                format!(
-                    "the peer's {} services are in this cluster's catalog",
-                    self.export.as_ref().map_or(0, |e| e.services.len())
-                ),
+                false,
+                &r.reason,
+                "none of the peer's services are imported (see PeeringSucceeded)".into(),
             );
+        } else if in_catalog && self.export.is_some() {
+            let total = self.export.as_ref().map_or(0, |e| e.services.len());
+            match refusal {
+                Some(r) => push(
+                    DATA_PLANE_PROGRAMMED,
+                    true,
+                    "PartiallyProgrammed",
+                    format!(
+                        "{} of the peer's {total} services are in this cluster's catalog; [{}] {}",
+                        total.saturating_sub(r.services.len()),
+                        r.rule,
+                        r.message
+                    ),
+                ),
+                None => push(
+                    DATA_PLANE_PROGRAMMED,
+                    true,
+                    "Programmed",
+                    format!("the peer's {total} services are in this cluster's catalog"),
+                ),
+            }
         } else {
             push(
                 DATA_PLANE_PROGRAMMED,

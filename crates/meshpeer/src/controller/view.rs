@@ -111,6 +111,11 @@ pub struct ServedView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
     pub spiffe_id: String,
+    /// This cluster links back to it (it holds a remote-peer Gateway for
+    /// the peer's trust domain). An unlinked peer learns this cluster's
+    /// services without this cluster learning its (C4, P1).
+    #[serde(default)]
+    pub linked: bool,
     pub remote: String,
     pub connected_since: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,10 +140,12 @@ pub struct RefusedView {
 impl ServedView {
     /// The peers a peering server serves right now.
     pub(crate) fn of(service: &PeeringService) -> Vec<ServedView> {
+        let admission = service.admission();
         service
             .served()
             .into_iter()
             .map(|p| ServedView {
+                linked: admission.links.contains_key(&p.trust_domain),
                 cluster: p.cluster,
                 segment: p.segment,
                 spiffe_id: p.spiffe_id,

@@ -298,10 +298,13 @@ pub(crate) fn segments(join: Option<&str>) -> String {
     )
 }
 
-fn peer_gateway(peer: &str, hbone: u16, port: u16) -> String {
+fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>) -> String {
+    let pin = pin
+        .map(|s| format!(", admin.solo.io/segment: \"{s}\""))
+        .unwrap_or_default();
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: istio-remote-peer-{peer}\n  namespace: istio-eastwest\n\
-         \x20 labels: {{topology.istio.io/network: {peer}}}\n  annotations: {{gateway.istio.io/trust-domain: {peer}}}\n\
+         \x20 labels: {{topology.istio.io/network: {peer}{pin}}}\n  annotations: {{gateway.istio.io/trust-domain: {peer}}}\n\
          spec:\n  gatewayClassName: istio-remote\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n\
          \x20 - {{name: cross-network, port: {hbone}, protocol: HBONE, tls: {{mode: Passthrough}}}}\n\
          \x20 - {{name: xds-tls, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}\n"
@@ -439,6 +442,12 @@ impl Mesh {
 
     /// `from` links to `to` (a remote-peer Gateway in `from`, through a relay).
     pub(crate) async fn link(&mut self, from: &str, to: &str) {
+        self.link_pinned(from, to, None).await;
+    }
+
+    /// Like [`Mesh::link`], the Gateway pinning `to`'s segment (P3; `""`:
+    /// the default segment).
+    pub(crate) async fn link_pinned(&mut self, from: &str, to: &str, pin: Option<&str>) {
         let target = self.cluster(to).controller().peering_addr;
         let hbone = self
             .cluster(to)
@@ -447,8 +456,10 @@ impl Mesh {
             .map_or(15008, |g| g.addr.port());
         let relay = Relay::start(target).await;
         let port = relay.addr.port();
-        self.cluster(from)
-            .write(&format!("peer-{to}.yaml"), &peer_gateway(to, hbone, port));
+        self.cluster(from).write(
+            &format!("peer-{to}.yaml"),
+            &peer_gateway(to, hbone, port, pin),
+        );
         self.relays.insert((from.to_owned(), to.to_owned()), relay);
     }
 
