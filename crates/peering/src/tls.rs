@@ -165,6 +165,8 @@ pub type ClientTls =
 pub struct TlsConnector {
     tls: ClientTls,
     connect_timeout: Duration,
+    /// Namespace and service account the peer's controller must present (P1).
+    controller: (String, String),
 }
 
 impl std::fmt::Debug for TlsConnector {
@@ -180,7 +182,18 @@ impl TlsConnector {
         TlsConnector {
             tls,
             connect_timeout: Duration::from_secs(5),
+            controller: (
+                CONTROLLER_NAMESPACE.to_owned(),
+                CONTROLLER_SERVICE_ACCOUNT.to_owned(),
+            ),
         }
+    }
+
+    /// The namespace and service account a peer's controller presents
+    /// (default `istio-system`/`meshpeer`, P1).
+    pub fn with_controller_identity(mut self, namespace: &str, service_account: &str) -> Self {
+        self.controller = (namespace.to_owned(), service_account.to_owned());
+        self
     }
 
     pub fn with_connect_timeout(mut self, t: Duration) -> Self {
@@ -280,13 +293,12 @@ impl Connector for TlsConnector {
                 reason: refusal.reason(),
                 message: format!("peer {} at {addr} refused: {refusal}", link.cluster),
             })?;
-            if server_id.namespace() != CONTROLLER_NAMESPACE
-                || server_id.service_account() != CONTROLLER_SERVICE_ACCOUNT
-            {
+            let (ns, sa) = &this.controller;
+            if server_id.namespace() != ns || server_id.service_account() != sa {
                 return Err(ConnectError {
                     reason: "not_a_controller",
                     message: format!(
-                        "peer {} at {addr} presents {server_id}, which is not a controller identity (spiffe://{}/ns/{CONTROLLER_NAMESPACE}/sa/{CONTROLLER_SERVICE_ACCOUNT}); refused",
+                        "peer {} at {addr} presents {server_id}, which is not a controller identity (spiffe://{}/ns/{ns}/sa/{sa}); refused",
                         link.cluster, link.trust_domain
                     ),
                 });

@@ -151,6 +151,11 @@ impl Controller {
         // P1: controllers of other (allowed) trust domains only; the links'
         // pins (P3) are added once the cluster's objects are read.
         settings.admission.allowed_trust_domains = allowed_peers;
+        // Peers' controllers present the identity this one does (one
+        // convention per mesh; default istio-system/meshpeer).
+        let own_id = identity.spiffe_id();
+        settings.admission.controller_namespace = own_id.namespace().to_owned();
+        settings.admission.controller_service_account = own_id.service_account().to_owned();
         let admission = settings.admission.clone();
         let service = PeeringService::new(settings, &publisher, Arc::clone(&peering_metrics));
         let tls = server_config(
@@ -181,9 +186,17 @@ impl Controller {
             None => {
                 let id = Arc::clone(&identity);
                 let root = trust_root.clone();
-                Arc::new(TlsConnector::new(Arc::new(move |td: &str| {
-                    client_config(Arc::clone(&id), &root, td, &[ALPN_H2]).map_err(|e| e.to_string())
-                })))
+                let (ns, sa) = (
+                    identity.spiffe_id().namespace().to_owned(),
+                    identity.spiffe_id().service_account().to_owned(),
+                );
+                Arc::new(
+                    TlsConnector::new(Arc::new(move |td: &str| {
+                        client_config(Arc::clone(&id), &root, td, &[ALPN_H2])
+                            .map_err(|e| e.to_string())
+                    }))
+                    .with_controller_identity(&ns, &sa),
+                )
             }
         };
 
