@@ -13,6 +13,7 @@ use crate::export::{ClusterInfo, Export, ExportedService, exports};
 use crate::labels;
 use crate::links::{self, PeerLink};
 use crate::objects::is_managed;
+use crate::pmap::{ArcMap, Keyed};
 use crate::ports::{self, ServicePort};
 use crate::scope::{Scope, TrafficDistribution};
 use crate::segments::{self, SegmentDef};
@@ -102,6 +103,13 @@ pub struct GlobalService {
     pub contributions: Vec<Contribution>,
 }
 
+impl Keyed for GlobalService {
+    type Key = String;
+    fn key(&self) -> String {
+        self.hostname.clone()
+    }
+}
+
 impl GlobalService {
     /// Names of the contributing clusters.
     pub fn clusters(&self) -> impl Iterator<Item = &str> {
@@ -134,8 +142,9 @@ pub struct GlobalCatalog {
     /// their domains and `mesh.internal` (D1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<crate::segments::SegmentDef>,
-    /// Global services visible here, sorted by hostname.
-    pub services: Vec<GlobalService>,
+    /// Global services visible here, by hostname.
+    #[serde(default, with = "crate::pmap::as_seq")]
+    pub services: ArcMap<String, GlobalService>,
     /// User-written ServiceEntries the data plane honours (D4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub manual: Vec<crate::manual::ManualEntry>,
@@ -149,10 +158,7 @@ pub struct GlobalCatalog {
 
 impl GlobalCatalog {
     pub fn service(&self, hostname: &str) -> Option<&GlobalService> {
-        self.services
-            .binary_search_by(|s| s.hostname.as_str().cmp(hostname))
-            .ok()
-            .map(|i| &self.services[i])
+        self.services.get(hostname).map(|s| &**s)
     }
 
     /// Domains whose names this cluster's DNS answers itself (D1):
@@ -168,7 +174,7 @@ impl GlobalCatalog {
     /// Hostname -> VIP, to feed the next computation (G11).
     pub fn vips(&self) -> BTreeMap<String, IpAddr> {
         self.services
-            .iter()
+            .values()
             .map(|s| (s.hostname.clone(), s.vip))
             .collect()
     }
@@ -297,7 +303,7 @@ pub fn catalog_with<'a>(
         let exporter_segment = exp.cluster.segment_name();
         let same_segment = exporter_segment == me.segment_name();
         let mut refused_hosts = Vec::new();
-        for svc in &exp.services {
+        for svc in exp.services.values() {
             // P2: only the hostname this cluster's own Segment gives.
             if *reach != Reach::Local && !trust::hostname_allowed(svc, *local_segment) {
                 refused_hosts.push(&**svc);
@@ -385,14 +391,13 @@ pub fn catalog_with<'a>(
             ),
         ));
     }
-    services.retain_mut(|s| match alloc.vips.get(&s.hostname) {
-        Some(ip) => {
-            s.vip = *ip;
-            true
-        }
-        None => false,
-    });
-    services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    let services: ArcMap<String, GlobalService> = services
+        .into_iter()
+        .filter_map(|mut s| {
+            s.vip = *alloc.vips.get(&s.hostname)?;
+            Some((s.hostname.clone(), Arc::new(s)))
+        })
+        .collect();
     diag::normalize(&mut diags);
     GlobalCatalog {
         cluster: me,

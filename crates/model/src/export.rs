@@ -13,6 +13,7 @@ use crate::endpoints::{self, Endpoint, Locality, LocalityGroup, SliceIndex, Sour
 use crate::labels;
 use crate::links;
 use crate::objects::{NsName, annotation, label};
+use crate::pmap::{ArcMap, Keyed};
 use crate::ports::{self, ServicePort};
 use crate::scope::{
     DISTRIBUTION_VALUES, SCOPE_VALUES, Scope, ScopeLabel, TAKEOVER_VALUES, TakeoverLabel,
@@ -50,9 +51,9 @@ pub struct Export {
     /// The cluster's Segment definitions, sorted by name (for S1 checks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<SegmentDef>,
-    /// Exported services, sorted by (namespace, name).
-    #[serde(default)]
-    pub services: Vec<Arc<ExportedService>>,
+    /// Exported services by (namespace, name).
+    #[serde(default, with = "crate::pmap::as_seq")]
+    pub services: ArcMap<NsName, ExportedService>,
     /// Findings about the cluster's own input. Not sent to peers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
@@ -60,10 +61,7 @@ pub struct Export {
 
 impl Export {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ExportedService>> {
-        self.services
-            .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace, name)))
-            .ok()
-            .map(|i| &self.services[i])
+        self.services.get(&NsName::new(namespace, name))
     }
 
     /// What a peer in segment `peer_segment` may see of this export (S7):
@@ -73,12 +71,15 @@ impl Export {
         Export {
             cluster: self.cluster.clone(),
             segments: self.segments.clone(),
-            services: self
-                .services
-                .iter()
-                .filter(|s| s.scope == Scope::Global || same_segment)
-                .cloned()
-                .collect(),
+            services: if same_segment {
+                self.services.clone()
+            } else {
+                self.services
+                    .iter()
+                    .filter(|(_, s)| s.scope == Scope::Global)
+                    .map(|(k, s)| (k.clone(), Arc::clone(s)))
+                    .collect()
+            },
             diagnostics: Vec::new(),
         }
     }
@@ -111,6 +112,13 @@ pub struct ExportedService {
     /// The Service's cluster IPs, captured under takeover (K1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_ips: Vec<IpAddr>,
+}
+
+impl Keyed for ExportedService {
+    type Key = NsName;
+    fn key(&self) -> NsName {
+        NsName::new(&self.namespace, &self.name)
+    }
 }
 
 impl ExportedService {
@@ -148,10 +156,10 @@ pub fn exports(snap: &ClusterSnapshot) -> Export {
         diags,
     };
     cx.check_namespaces();
-    let mut services = Vec::new();
+    let mut services = ArcMap::new();
     for (key, svc) in &snap.services {
         if let Some(s) = cx.service(key, svc) {
-            services.push(Arc::new(s));
+            services.insert(key.clone(), Arc::new(s));
         }
     }
     cx.check_namespace_takeover(&services);
@@ -267,13 +275,13 @@ impl Exporter<'_> {
     }
 
     /// K2 for a namespace-wide takeover label that applies to nothing.
-    fn check_namespace_takeover(&mut self, exported: &[Arc<ExportedService>]) {
+    fn check_namespace_takeover(&mut self, exported: &ArcMap<NsName, ExportedService>) {
         let snap = self.snap;
         for (name, ns) in &snap.namespaces {
             let on = label(&ns.metadata, labels::SERVICE_TAKEOVER)
                 .map(TakeoverLabel::parse)
                 .is_some_and(|t| t == TakeoverLabel::On);
-            if on && !exported.iter().any(|s| &s.namespace == name) {
+            if on && !exported.values().any(|s| &s.namespace == name) {
                 self.report(
                     Rule::K2,
                     Severity::Warning,

@@ -25,7 +25,7 @@ fn view(own: &ClusterSnapshot, peers: &[&ClusterSnapshot]) -> GlobalCatalog {
 }
 
 fn hosts(c: &GlobalCatalog) -> Vec<&str> {
-    c.services.iter().map(|s| s.hostname.as_str()).collect()
+    c.services.values().map(|s| s.hostname.as_str()).collect()
 }
 
 fn with_rule(diags: &[Diagnostic], rule: Rule) -> Vec<&Diagnostic> {
@@ -35,7 +35,7 @@ fn with_rule(diags: &[Diagnostic], rule: Rule) -> Vec<&Diagnostic> {
 fn exported(snap: &ClusterSnapshot) -> Vec<String> {
     exports(snap)
         .services
-        .iter()
+        .values()
         .map(|s| format!("{}/{}", s.namespace, s.name))
         .collect()
 }
@@ -262,8 +262,8 @@ fn g1_service_label_makes_a_service_global() {
             .build();
         let e = exports(&snap);
         assert_eq!(e.services.len(), 1, "{value}");
-        assert_eq!(e.services[0].name, "web");
-        assert_eq!(e.services[0].scope, scope);
+        assert_eq!(e.services.values().nth(0).unwrap().name, "web");
+        assert_eq!(e.services.values().nth(0).unwrap().scope, scope);
     }
     // ExternalName services cannot be exported, and say so.
     let mut ext = svc("shop", "ext").global().service();
@@ -323,7 +323,7 @@ fn g4_service_label_overrides_namespace_label() {
             .namespace("shop", &ns_labels)
             .service(b)
             .build();
-        let got = exports(&snap).services.first().map(|s| s.scope);
+        let got = exports(&snap).services.values().next().map(|s| s.scope);
         assert_eq!(got, want, "namespace={ns:?} service={s:?}");
     }
 }
@@ -386,7 +386,7 @@ fn g6_hostname_without_segments() {
         .service(svc("httpbin", "in-ambient").global())
         .build();
     assert_eq!(
-        exports(&snap).services[0].hostname,
+        exports(&snap).services.values().nth(0).unwrap().hostname,
         "in-ambient.httpbin.mesh.internal"
     );
 }
@@ -417,7 +417,7 @@ fn g7_service_entry_shape() {
     assert_eq!(se.spec.hosts, ["in-ambient.httpbin.mesh.internal"]);
     assert_eq!(se.spec.resolution.as_deref(), Some("STATIC"));
     assert_eq!(se.spec.location.as_deref(), Some("MESH_INTERNAL"));
-    assert_eq!(se.spec.addresses, [v.services[0].vip.to_string()]);
+    assert_eq!(se.spec.addresses, [v.services.values().nth(0).unwrap().vip.to_string()]);
     assert_eq!(se.spec.ports.len(), 1);
     assert_eq!(
         (se.spec.ports[0].name.as_str(), se.spec.ports[0].number),
@@ -463,7 +463,7 @@ fn g7_service_entry_shape() {
         .build();
     let e = exports(&snap);
     assert_eq!(exported(&snap), ["dns/resolver"]);
-    assert_eq!(e.services[0].ports.len(), 1);
+    assert_eq!(e.services.values().nth(0).unwrap().ports.len(), 1);
     let d = with_rule(&e.diagnostics, Rule::G7);
     assert_eq!(d.len(), 3, "{d:#?}");
     assert!(d.iter().any(|d| d.message.contains("no TCP port")));
@@ -475,7 +475,7 @@ fn g7_unnamed_port_gets_a_name() {
         .service(svc("a", "b").global().port("", 9090, 9090))
         .build();
     let e = exports(&snap);
-    assert_eq!(e.services[0].ports[0].name, "tcp-9090");
+    assert_eq!(e.services.values().nth(0).unwrap().ports[0].name, "tcp-9090");
 }
 
 #[test]
@@ -501,7 +501,7 @@ fn g8_namespace_sameness_merges_only_exporting_clusters() {
     );
     let v = view(&c1, &[&c2]);
     assert_eq!(v.services.len(), 1);
-    let s = &v.services[0];
+    let s = &v.services.values().nth(0).unwrap();
     assert_eq!(s.clusters().collect::<Vec<_>>(), ["cluster1", "cluster2"]);
     assert_eq!(s.endpoint_count(), 3);
     // Different namespace = different service.
@@ -536,7 +536,7 @@ fn g9_ports_are_the_union_by_number_with_a_deterministic_winner() {
         },
     );
     let v = view(&c1, &[&c2]);
-    let s = &v.services[0];
+    let s = &v.services.values().nth(0).unwrap();
     let ports: Vec<(u16, &str, &str)> = s
         .ports
         .iter()
@@ -556,7 +556,7 @@ fn g9_ports_are_the_union_by_number_with_a_deterministic_winner() {
     assert!(d[0].message.contains("cluster2=tcp-web/TCP"), "{}", d[0]);
     // Same winner from cluster2's side.
     let v2 = view(&c2, &[&c1]);
-    assert_eq!(v2.services[0].ports, v.services[0].ports);
+    assert_eq!(v2.services.values().nth(0).unwrap().ports, v.services.values().nth(0).unwrap().ports);
 }
 
 #[test]
@@ -605,11 +605,11 @@ fn g10_only_ready_endpoints_are_advertised() {
 
     // An endpoint that stops being ready leaves every cluster's view.
     let (c1, mut c2) = pair(|b| b, |b| b.service(svc("a", "web").global().ready(1)));
-    assert_eq!(view(&c1, &[&c2]).services[0].endpoint_count(), 1);
+    assert_eq!(view(&c1, &[&c2]).services.values().nth(0).unwrap().endpoint_count(), 1);
     let p = c2.pods.values_mut().next().unwrap();
     p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services[0].endpoint_count(), 0);
+    assert_eq!(v.services.values().nth(0).unwrap().endpoint_count(), 0);
     assert_eq!(render(&v)[0].spec.endpoints.len(), 0);
 }
 
@@ -710,7 +710,7 @@ fn g11_vips_are_unique_deterministic_and_from_the_configured_range() {
     assert_eq!(v1.vips(), v2.vips());
     let range: Cidr = "127.255.0.0/16".parse().unwrap();
     let mut seen = std::collections::BTreeSet::new();
-    for s in &v1.services {
+    for s in v1.services.values() {
         assert!(range.contains(s.vip), "{} outside range", s.vip);
         assert!(seen.insert(s.vip), "duplicate VIP {}", s.vip);
     }
@@ -718,7 +718,7 @@ fn g11_vips_are_unique_deterministic_and_from_the_configured_range() {
     let v = catalog(&snap, &[], &CatalogConfig::default());
     assert!(
         v.services
-            .iter()
+            .values()
             .all(|s| Cidr::default_vip_range().contains(s.vip))
     );
 }
@@ -736,12 +736,12 @@ fn g11_vips_survive_restarts_through_the_generated_service_entries() {
     restarted.apply(Object::ServiceEntry(rendered));
     let again = catalog(&restarted, &[], &CatalogConfig::default());
     assert_eq!(
-        again.services[0].vip,
+        again.services.values().nth(0).unwrap().vip,
         "240.240.7.7".parse::<IpAddr>().unwrap()
     );
 
     // A user-written ServiceEntry's address is never handed out.
-    let taken = first.services[0].vip;
+    let taken = first.services.values().nth(0).unwrap().vip;
     let mut manual = base.clone();
     manual.apply(Object::ServiceEntry(ServiceEntry {
         metadata: ObjectMeta {
@@ -756,7 +756,7 @@ fn g11_vips_survive_restarts_through_the_generated_service_entries() {
         },
     }));
     let v = catalog(&manual, &[], &CatalogConfig::default());
-    assert_ne!(v.services[0].vip, taken);
+    assert_ne!(v.services.values().nth(0).unwrap().vip, taken);
 }
 
 #[test]
@@ -797,7 +797,7 @@ fn g12_removing_the_label_service_or_last_cluster_removes_the_global_service() {
         .unwrap()
         .remove(labels::SERVICE_SCOPE);
     let v = view(&c1_unlabelled, &[&c2]);
-    assert_eq!(v.services[0].clusters().collect::<Vec<_>>(), ["cluster2"]);
+    assert_eq!(v.services.values().nth(0).unwrap().clusters().collect::<Vec<_>>(), ["cluster2"]);
 
     // Service deleted in cluster2 as well: gone everywhere.
     let mut c2_deleted = c2.clone();
@@ -875,7 +875,7 @@ fn s2_a_cluster_joins_a_segment_by_label() {
     assert_eq!(d.len(), 1);
     assert!(d[0].message.contains("qa-segment"));
     assert!(d[0].message.contains("dev-segment, prod-segment"));
-    assert_eq!(e.services[0].hostname, "web.a.mesh.internal");
+    assert_eq!(e.services.values().nth(0).unwrap().hostname, "web.a.mesh.internal");
 }
 
 #[test]
@@ -961,7 +961,7 @@ fn s5_mesh_internal_names_disappear_once_clusters_join_segments() {
     for v in [view(&c1, &[&c2]), view(&c2, &[&c1])] {
         assert!(
             v.services
-                .iter()
+                .values()
                 .all(|s| !s.hostname.ends_with(".mesh.internal")),
             "{:?}",
             hosts(&v)
@@ -1034,7 +1034,7 @@ fn t1_distribution_annotation_and_conflicts() {
         |b| b.service(svc("b", "productpage").global().distribution("Any")),
     );
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services[0].distribution, TrafficDistribution::Any);
+    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::Any);
     assert!(with_rule(&v.diagnostics, Rule::T1).is_empty());
     assert_eq!(
         render(&v)[0].metadata.annotations.as_ref().unwrap()[labels::TRAFFIC_DISTRIBUTION],
@@ -1047,7 +1047,7 @@ fn t1_distribution_annotation_and_conflicts() {
         |b| b.service(svc("b", "p").global()),
     );
     assert_eq!(
-        view(&c1, &[&c2]).services[0].distribution,
+        view(&c1, &[&c2]).services.values().nth(0).unwrap().distribution,
         TrafficDistribution::PreferNetwork
     );
 
@@ -1064,12 +1064,12 @@ fn t1_distribution_annotation_and_conflicts() {
         .service(svc("b", "p").global().distribution("Any"))
         .build();
     let v = view(&c1, &[&c2, &c3]);
-    assert_eq!(v.services[0].distribution, TrafficDistribution::Any);
+    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::Any);
     let d = with_rule(&v.diagnostics, Rule::T1);
     assert_eq!(d.len(), 1);
     assert!(d[0].message.contains("cluster1=PreferClose"), "{}", d[0]);
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services[0].distribution, TrafficDistribution::PreferClose);
+    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
 }
 
 #[test]
@@ -1091,7 +1091,7 @@ fn t7_unknown_distribution_falls_back_to_the_default() {
             .contains("annotation networking.istio.io/traffic-distribution")
     );
     assert_eq!(
-        view(&c1, &[&c2]).services[0].distribution,
+        view(&c1, &[&c2]).services.values().nth(0).unwrap().distribution,
         TrafficDistribution::PreferNetwork
     );
 }
@@ -1122,7 +1122,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
             .service(b)
             .build();
         let v = view(&snap, &[]);
-        let g = &v.services[0];
+        let g = &v.services.values().nth(0).unwrap();
         assert_eq!(g.taken_over, want, "ns={ns:?} svc={s:?}");
         assert_eq!(g.takeover.is_some(), want);
         if want {
@@ -1140,7 +1140,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         .service(svc("a", "b").global().takeover("yes"))
         .build();
     let e = exports(&snap);
-    assert!(!e.services[0].takeover);
+    assert!(!e.services.values().nth(0).unwrap().takeover);
     assert_eq!(with_rule(&e.diagnostics, Rule::K1).len(), 1);
 
     // Takeover in one cluster: only that cluster's local name is captured.
@@ -1148,9 +1148,9 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         |b| b.service(svc("a", "web").global().takeover("true")),
         |b| b.service(svc("a", "web").global()),
     );
-    assert!(view(&c1, &[&c2]).services[0].takeover.is_some());
-    assert!(view(&c2, &[&c1]).services[0].takeover.is_none());
-    assert!(view(&c2, &[&c1]).services[0].taken_over);
+    assert!(view(&c1, &[&c2]).services.values().nth(0).unwrap().takeover.is_some());
+    assert!(view(&c2, &[&c1]).services.values().nth(0).unwrap().takeover.is_none());
+    assert!(view(&c2, &[&c1]).services.values().nth(0).unwrap().taken_over);
 }
 
 #[test]
@@ -1172,7 +1172,7 @@ fn k2_takeover_without_scope_is_a_noop_with_a_diagnostic() {
         .service(svc("b", "x").global())
         .build();
     let e = exports(&snap);
-    assert!(e.services[0].takeover);
+    assert!(e.services.values().nth(0).unwrap().takeover);
     assert!(with_rule(&e.diagnostics, Rule::K2).is_empty());
 }
 
@@ -1188,14 +1188,14 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         )
         .build();
     let v = view(&snap, &[]);
-    assert_eq!(v.services[0].distribution, TrafficDistribution::PreferClose);
+    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
     assert_eq!(with_rule(&v.diagnostics, Rule::K3).len(), 1);
     // Default with takeover: PreferClose, no diagnostic.
     let snap = ClusterBuilder::new("c1")
         .service(svc("a", "web").global().takeover("true"))
         .build();
     let v = view(&snap, &[]);
-    assert_eq!(v.services[0].distribution, TrafficDistribution::PreferClose);
+    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
     assert!(with_rule(&v.diagnostics, Rule::K3).is_empty());
     // Other explicit modes are kept.
     let snap = ClusterBuilder::new("c1")
@@ -1207,7 +1207,7 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         )
         .build();
     assert_eq!(
-        view(&snap, &[]).services[0].distribution,
+        view(&snap, &[]).services.values().nth(0).unwrap().distribution,
         TrafficDistribution::Any
     );
 }
@@ -1217,7 +1217,7 @@ fn k4_removing_the_takeover_label_restores_local_behaviour() {
     let on = ClusterBuilder::new("c1")
         .service(svc("a", "web").global().takeover("true"))
         .build();
-    assert!(view(&on, &[]).services[0].takeover.is_some());
+    assert!(view(&on, &[]).services.values().nth(0).unwrap().takeover.is_some());
     let mut off = on.clone();
     off.services
         .get_mut(&NsName::new("a", "web"))
@@ -1228,10 +1228,10 @@ fn k4_removing_the_takeover_label_restores_local_behaviour() {
         .unwrap()
         .remove(labels::SERVICE_TAKEOVER);
     let v = view(&off, &[]);
-    assert!(v.services[0].takeover.is_none());
-    assert!(!v.services[0].taken_over);
+    assert!(v.services.values().nth(0).unwrap().takeover.is_none());
+    assert!(!v.services.values().nth(0).unwrap().taken_over);
     assert_eq!(
-        v.services[0].distribution,
+        v.services.values().nth(0).unwrap().distribution,
         TrafficDistribution::PreferNetwork
     );
     assert!(
@@ -1285,7 +1285,7 @@ fn k3_prefer_network_from_a_cluster_without_takeover_conflicts_with_one_with_it(
         |b| b.service(svc("a", "web").global().distribution("PreferNetwork")),
     );
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services[0].distribution, TrafficDistribution::PreferClose);
+    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
     let d = with_rule(&v.diagnostics, Rule::K3);
     assert_eq!(d.len(), 1);
     assert!(
@@ -1418,9 +1418,10 @@ fn p2_a_default_segment_peer_may_only_use_mesh_internal() {
         .service(svc("shop", "cart").global().ready(1))
         .build();
     let mut e2 = exports(&c2);
-    let mut forged = (*e2.services[1].clone()).clone();
+    let key = meshpeer_model::NsName::new("shop", "web");
+    let mut forged = (*e2.services[&key]).clone();
     forged.hostname = "web.shop.svc.cluster.local".into();
-    e2.services[1] = std::sync::Arc::new(forged);
+    e2.services.insert(key, std::sync::Arc::new(forged));
     let v = catalog(&c1, &[e2], &CatalogConfig::default());
     assert_eq!(hosts(&v), ["cart.shop.mesh.internal"]);
     assert_eq!(with_rule(&v.diagnostics, Rule::P2).len(), 1);
