@@ -160,7 +160,12 @@ fn mesh(distribution: Option<&str>) -> GlobalCatalog {
     let exps: Vec<Export> = peers.iter().map(exports).collect();
     let v = catalog(&c1, &exps, &CatalogConfig::default());
     assert_eq!(v.services.len(), 1, "{:?}", v.diagnostics);
-    assert_eq!(v.services.values().nth(0).unwrap().contributions.len(), 5, "{:?}", v.diagnostics);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().contributions.len(),
+        5,
+        "{:?}",
+        v.diagnostics
+    );
     v
 }
 

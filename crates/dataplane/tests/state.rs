@@ -351,7 +351,16 @@ async fn d1_follow_publishes_a_state_per_version_and_the_dns_table_only_when_it_
     feed_tx.send_replace(feed(2, web_cluster(3, false)));
     let s2 = next(&mut states, "state").await;
     assert_eq!(s2.feed.version, 2);
-    assert_eq!(s2.feed.catalog.services.values().nth(0).unwrap().endpoint_count(), 3);
+    assert_eq!(
+        s2.feed
+            .catalog
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .endpoint_count(),
+        3
+    );
     assert_eq!(*s2.dns, *t1);
     // The table is decided before the state is published: no change is coming.
     assert!(

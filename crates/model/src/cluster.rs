@@ -288,6 +288,35 @@ impl ClusterSnapshot {
         }
     }
 
+    /// The keys of every object of `kind`, in key order.
+    pub fn keys_of(&self, kind: Kind) -> Vec<ObjectKey> {
+        fn keyed<V>(kind: Kind, map: &BTreeMap<NsName, V>) -> impl Iterator<Item = ObjectKey> + '_ {
+            map.keys().map(move |k| ObjectKey {
+                kind,
+                namespace: k.namespace.clone(),
+                name: k.name.clone(),
+            })
+        }
+        fn named<V>(kind: Kind, map: &BTreeMap<String, V>) -> impl Iterator<Item = ObjectKey> + '_ {
+            map.keys().map(move |k| ObjectKey {
+                kind,
+                namespace: String::new(),
+                name: k.clone(),
+            })
+        }
+        match kind {
+            Kind::Namespace => named(kind, &self.namespaces).collect(),
+            Kind::Node => named(kind, &self.nodes).collect(),
+            Kind::Service => keyed(kind, &self.services).collect(),
+            Kind::Pod => keyed(kind, &self.pods).collect(),
+            Kind::EndpointSlice => keyed(kind, &self.endpoint_slices).collect(),
+            Kind::Segment => keyed(kind, &self.segments).collect(),
+            Kind::Gateway => keyed(kind, &self.gateways).collect(),
+            Kind::ServiceEntry => keyed(kind, &self.service_entries).collect(),
+            Kind::WorkloadEntry => keyed(kind, &self.workload_entries).collect(),
+        }
+    }
+
     /// Every object, in key order.
     pub fn objects(&self) -> Vec<Object> {
         let mut out = Vec::new();

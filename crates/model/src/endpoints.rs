@@ -1,7 +1,7 @@
 //! Ready endpoints of a Service, from EndpointSlices or Pods (G10), with their
 //! locality (C1).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -125,71 +125,135 @@ pub struct LocalityGroup {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// Pods of one namespace carrying one label value, in name order.
-type PodsByLabel<'a> = HashMap<(&'a str, &'a str), Vec<(&'a NsName, &'a Pod)>>;
+/// Keys of objects, in key order.
+type Keys = BTreeSet<NsName>;
 
-/// EndpointSlices of each Service and Pods by label, built once per
-/// snapshot, so that finding a Service's endpoints does not scan every Pod
-/// of its namespace.
-pub(crate) struct SliceIndex<'a> {
+/// EndpointSlices of each Service and Pods by label, so that finding a
+/// Service's endpoints does not scan every Pod of its namespace. Built once
+/// from a snapshot ([`EndpointIndex::new`]) and then kept in step with it,
+/// object by object ([`EndpointIndex::pod_changed`],
+/// [`EndpointIndex::slice_changed`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EndpointIndex {
     /// namespace -> service name -> slices
-    by_service: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
-    /// namespace -> (label key, value) -> pods
-    pods: HashMap<&'a str, PodsByLabel<'a>>,
+    slices: HashMap<String, HashMap<String, Keys>>,
+    /// namespace -> label key -> label value -> pods
+    pods: HashMap<String, HashMap<String, HashMap<String, Keys>>>,
 }
 
-impl<'a> SliceIndex<'a> {
-    pub(crate) fn new(snap: &'a ClusterSnapshot) -> Self {
-        let mut pods: HashMap<&str, PodsByLabel<'_>> = HashMap::new();
+impl EndpointIndex {
+    pub(crate) fn new(snap: &ClusterSnapshot) -> Self {
+        let mut index = EndpointIndex::default();
         for (key, pod) in &snap.pods {
-            for (k, v) in pod.metadata.labels.iter().flatten() {
-                pods.entry(key.namespace.as_str())
-                    .or_default()
-                    .entry((k.as_str(), v.as_str()))
-                    .or_default()
-                    .push((key, pod));
-            }
+            index.pod_changed(key, None, Some(pod));
         }
-        let mut by_service: HashMap<&str, HashMap<&str, Vec<&EndpointSlice>>> = HashMap::new();
         for (key, slice) in &snap.endpoint_slices {
-            if let Some(svc) = label(&slice.metadata, labels::ENDPOINTSLICE_SERVICE_NAME) {
-                by_service
-                    .entry(key.namespace.as_str())
-                    .or_default()
-                    .entry(svc)
-                    .or_default()
-                    .push(slice);
-            }
+            index.slice_changed(key, None, Some(slice));
         }
-        SliceIndex { by_service, pods }
+        index
     }
 
-    /// Pods of `namespace` whose labels match `selector` (non-empty), in name order.
-    fn pods_matching<'s>(
+    /// A Pod was added (`old` None), changed, or removed (`new` None).
+    pub(crate) fn pod_changed(&mut self, key: &NsName, old: Option<&Pod>, new: Option<&Pod>) {
+        for (k, v) in old.iter().flat_map(|p| p.metadata.labels.iter().flatten()) {
+            let emptied = self
+                .pods
+                .get_mut(&key.namespace)
+                .and_then(|by_key| by_key.get_mut(k))
+                .and_then(|by_value| {
+                    let set = by_value.get_mut(v)?;
+                    set.remove(key);
+                    set.is_empty().then_some(by_value)
+                });
+            if let Some(by_value) = emptied {
+                by_value.remove(v);
+            }
+        }
+        for (k, v) in new.iter().flat_map(|p| p.metadata.labels.iter().flatten()) {
+            self.pods
+                .entry(key.namespace.clone())
+                .or_default()
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    /// An EndpointSlice was added, changed or removed.
+    pub(crate) fn slice_changed(
+        &mut self,
+        key: &NsName,
+        old: Option<&EndpointSlice>,
+        new: Option<&EndpointSlice>,
+    ) {
+        if let Some(svc) = old.and_then(|s| label(&s.metadata, labels::ENDPOINTSLICE_SERVICE_NAME))
+            && let Some(by_service) = self.slices.get_mut(&key.namespace)
+            && let Some(set) = by_service.get_mut(svc)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                by_service.remove(svc);
+            }
+        }
+        if let Some(svc) = new.and_then(|s| label(&s.metadata, labels::ENDPOINTSLICE_SERVICE_NAME))
+        {
+            self.slices
+                .entry(key.namespace.clone())
+                .or_default()
+                .entry(svc.to_owned())
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+
+    /// Pods of `namespace` carrying label `key=value`, in key order.
+    pub(crate) fn pods_labelled<'s>(
         &'s self,
         namespace: &str,
-        selector: &'s std::collections::BTreeMap<String, String>,
-    ) -> impl Iterator<Item = (&'a NsName, &'a Pod)> + 's {
+        key: &str,
+        value: &str,
+    ) -> impl Iterator<Item = &'s NsName> + 's {
+        self.pods
+            .get(namespace)
+            .and_then(|by_key| by_key.get(key))
+            .and_then(|by_value| by_value.get(value))
+            .into_iter()
+            .flatten()
+    }
+
+    /// Pods of `namespace` whose labels match `selector` (non-empty), in key order.
+    fn pods_matching<'s>(
+        &'s self,
+        snap: &'s ClusterSnapshot,
+        namespace: &str,
+        selector: &'s BTreeMap<String, String>,
+    ) -> impl Iterator<Item = (&'s NsName, &'s Pod)> + 's {
         // Candidates: the pods carrying the selector's first label; then the rest must match.
-        let first = selector.iter().next();
-        let candidates = first
-            .and_then(|(k, v)| self.pods.get(namespace)?.get(&(k.as_str(), v.as_str())))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        candidates.iter().copied().filter(move |(_, pod)| {
+        let candidates: Box<dyn Iterator<Item = &'s NsName> + 's> = match selector.iter().next() {
+            Some((k, v)) => Box::new(self.pods_labelled(namespace, k, v)),
+            None => Box::new(std::iter::empty()),
+        };
+        candidates.filter_map(move |key| {
+            let (key, pod) = snap.pods.get_key_value(key)?;
             let labels = pod.metadata.labels.as_ref();
             selector
                 .iter()
                 .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+                .then_some((key, pod))
         })
     }
 
-    fn slices(&self, svc: &NsName) -> &[&'a EndpointSlice] {
-        self.by_service
-            .get(svc.namespace.as_str())
-            .and_then(|m| m.get(svc.name.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+    /// The EndpointSlices of Service `svc`, in key order.
+    fn slices<'s>(&self, snap: &'s ClusterSnapshot, svc: &NsName) -> Vec<&'s EndpointSlice> {
+        self.slices
+            .get(&svc.namespace)
+            .and_then(|m| m.get(&svc.name))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| snap.endpoint_slices.get(k))
+            .collect()
     }
 }
 
@@ -205,18 +269,22 @@ pub(crate) enum Source {
 /// The ready endpoints of a Service grouped by locality, in locality order.
 /// When the Service has EndpointSlices they are authoritative (as for
 /// kube-proxy); otherwise the Pods its selector matches are used.
+///
+/// `nodes` receives the names of the Nodes whose labels gave a locality (or
+/// would have, had they existed): the endpoints change when they do.
 pub(crate) fn ready_endpoints(
     snap: &ClusterSnapshot,
-    slices: &SliceIndex<'_>,
+    index: &EndpointIndex,
     key: &NsName,
     svc: &Service,
     ports: &[ServicePort],
     default_locality: &Locality,
+    nodes: &mut BTreeSet<String>,
 ) -> (Vec<LocalityGroup>, Source) {
-    let svc_slices = slices.slices(key);
+    let svc_slices = index.slices(snap, key);
     let (mut eps, source) = if !svc_slices.is_empty() {
         (
-            from_slices(snap, svc_slices, ports, default_locality),
+            from_slices(snap, &svc_slices, ports, default_locality, nodes),
             Source::EndpointSlices,
         )
     } else {
@@ -229,9 +297,10 @@ pub(crate) fn ready_endpoints(
             Some(sel) => (
                 from_pods(
                     snap,
-                    slices.pods_matching(&key.namespace, sel),
+                    index.pods_matching(snap, &key.namespace, sel),
                     ports,
                     default_locality,
+                    nodes,
                 ),
                 Source::Pods,
             ),
@@ -257,7 +326,16 @@ pub(crate) fn ready_endpoints(
     (groups, source)
 }
 
-fn node_locality(snap: &ClusterSnapshot, node: Option<&str>) -> Locality {
+fn node_locality(
+    snap: &ClusterSnapshot,
+    node: Option<&str>,
+    nodes: &mut BTreeSet<String>,
+) -> Locality {
+    if let Some(n) = node
+        && !nodes.contains(n)
+    {
+        nodes.insert(n.to_owned());
+    }
     node.and_then(|n| snap.nodes.get(n))
         .map(|n: &Node| Locality::from_labels(&n.metadata))
         .unwrap_or_default()
@@ -268,6 +346,7 @@ fn from_slices(
     slices: &[&EndpointSlice],
     ports: &[ServicePort],
     default_locality: &Locality,
+    nodes: &mut BTreeSet<String>,
 ) -> Vec<(Locality, Endpoint)> {
     // Address -> its index in `out`.
     let mut seen = HashMap::new();
@@ -313,7 +392,7 @@ fn from_slices(
                 continue;
             }
             seen.insert(address, out.len());
-            let mut locality = node_locality(snap, ep.node_name.as_deref());
+            let mut locality = node_locality(snap, ep.node_name.as_deref(), nodes);
             if locality.zone.is_empty()
                 && let Some(z) = &ep.zone
             {
@@ -343,6 +422,7 @@ fn from_pods<'p>(
     pods: impl Iterator<Item = (&'p NsName, &'p Pod)>,
     ports: &[ServicePort],
     default_locality: &Locality,
+    nodes: &mut BTreeSet<String>,
 ) -> Vec<(Locality, Endpoint)> {
     let mut out = Vec::new();
     // Address -> its index in `out`.
@@ -388,7 +468,7 @@ fn from_pods<'p>(
             }
         };
         let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-        let locality = node_locality(snap, node)
+        let locality = node_locality(snap, node, nodes)
             .or(&Locality::from_labels(&pod.metadata))
             .or(default_locality);
         out.push((

@@ -1,6 +1,7 @@
 //! What a cluster offers its peers: its identity, its Segment definitions and
 //! its exported services with their ready endpoints (G1-G7, G10, K1-K3, T1, T7).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::ClusterSnapshot;
 use crate::diag::{self, Diagnostic, ObjectRef, Rule, Severity, quoted, suggest};
-use crate::endpoints::{self, Endpoint, Locality, LocalityGroup, SliceIndex, Source};
+use crate::endpoints::{self, Endpoint, EndpointIndex, Locality, LocalityGroup, Source};
 use crate::labels;
 use crate::links;
 use crate::objects::{NsName, annotation, label};
@@ -141,36 +142,144 @@ impl ExportedService {
     }
 }
 
-/// Computes what a cluster exports.
+/// Computes what a cluster exports, from scratch. The incremental
+/// [`crate::engine::ExportEngine`] computes the same, service by service.
 pub fn exports(snap: &ClusterSnapshot) -> Export {
+    let index = EndpointIndex::new(snap);
+    let ClusterPart {
+        cluster,
+        segments,
+        mut diagnostics,
+    } = cluster_part(snap);
+    let mut services = ArcMap::new();
+    for (key, svc) in &snap.services {
+        let part = service_part(snap, &index, &cluster, key, svc);
+        diagnostics.extend(part.diagnostics);
+        if let Some(s) = part.service {
+            services.insert(key.clone(), s);
+        }
+    }
+    let exporting: BTreeSet<&str> = services.keys().map(|k| k.namespace.as_str()).collect();
+    for (name, ns) in &snap.namespaces {
+        diagnostics.extend(namespace_diagnostics(
+            &cluster.name,
+            name,
+            ns,
+            exporting.contains(name.as_str()),
+        ));
+    }
+    diag::normalize(&mut diagnostics);
+    Export {
+        cluster,
+        segments,
+        services,
+        diagnostics,
+    }
+}
+
+/// What of an export depends on the cluster as a whole: its identity, its
+/// Segments, and the findings about its config, Segments and Gateways.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ClusterPart {
+    pub(crate) cluster: ClusterInfo,
+    pub(crate) segments: Vec<SegmentDef>,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+}
+
+pub(crate) fn cluster_part(snap: &ClusterSnapshot) -> ClusterPart {
     let mut diags = snap.diagnostics.clone();
     let segments = segments::segment_defs(snap, &mut diags);
     let cluster = cluster_info(snap, &segments, &mut diags);
     links::eastwest_gateway(snap, &cluster.network, &mut diags);
     links::peer_links(snap, &cluster.network, &mut diags);
-
-    let mut cx = Exporter {
-        snap,
-        cluster: &cluster,
-        slices: SliceIndex::new(snap),
-        diags,
-    };
-    cx.check_namespaces();
-    let mut services = ArcMap::new();
-    for (key, svc) in &snap.services {
-        if let Some(s) = cx.service(key, svc) {
-            services.insert(key.clone(), Arc::new(s));
-        }
-    }
-    cx.check_namespace_takeover(&services);
-    let mut diags = cx.diags;
-    diag::normalize(&mut diags);
-    Export {
+    ClusterPart {
         cluster,
         segments,
-        services,
         diagnostics: diags,
     }
+}
+
+/// What one Service contributes to its cluster's export.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ServicePart {
+    pub(crate) service: Option<Arc<ExportedService>>,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Nodes whose labels the endpoints' localities were read from.
+    pub(crate) nodes: BTreeSet<String>,
+}
+
+pub(crate) fn service_part(
+    snap: &ClusterSnapshot,
+    index: &EndpointIndex,
+    cluster: &ClusterInfo,
+    key: &NsName,
+    svc: &Service,
+) -> ServicePart {
+    let mut cx = Exporter {
+        snap,
+        cluster,
+        index,
+        diags: Vec::new(),
+        nodes: BTreeSet::new(),
+    };
+    let service = cx.service(key, svc).map(Arc::new);
+    ServicePart {
+        service,
+        diagnostics: cx.diags,
+        nodes: cx.nodes,
+    }
+}
+
+/// A Namespace's own findings: bad scope or takeover labels (G5, K1), and a
+/// takeover label with no exported service under it (K2).
+pub(crate) fn namespace_diagnostics(
+    cluster: &str,
+    name: &str,
+    ns: &Namespace,
+    exports_any: bool,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut report = |rule: Rule, msg: String| {
+        let obj = ObjectRef::namespace(name);
+        let field = if rule == Rule::G5 {
+            scope_field()
+        } else {
+            takeover_field()
+        };
+        out.push(Diagnostic::new(cluster, rule, Severity::Warning, obj, msg).with_field(field));
+    };
+    if let Some(v) = label(&ns.metadata, labels::SERVICE_SCOPE)
+        && let ScopeLabel::Invalid(bad) = ScopeLabel::parse(v)
+    {
+        report(
+            Rule::G5,
+            format!(
+                "{}; services in this namespace without a scope label of their own are not exported",
+                bad_value(labels::SERVICE_SCOPE, &bad, &SCOPE_VALUES)
+            ),
+        );
+    }
+    let takeover = label(&ns.metadata, labels::SERVICE_TAKEOVER).map(TakeoverLabel::parse);
+    if let Some(TakeoverLabel::Invalid(bad)) = &takeover {
+        report(
+            Rule::K1,
+            format!(
+                "{}; takeover is off for services that do not set it themselves",
+                bad_value(labels::SERVICE_TAKEOVER, bad, &TAKEOVER_VALUES)
+            ),
+        );
+    }
+    if takeover == Some(TakeoverLabel::On) && !exports_any {
+        report(
+            Rule::K2,
+            format!(
+                "label {}=true has no effect: no service in this namespace has a scope ({} on the namespace or the service); takeover needs a global or segment scope",
+                labels::SERVICE_TAKEOVER,
+                labels::SERVICE_SCOPE
+            ),
+        );
+    }
+    out
 }
 
 fn cluster_info(
@@ -222,8 +331,9 @@ fn cluster_info(
 struct Exporter<'a> {
     snap: &'a ClusterSnapshot,
     cluster: &'a ClusterInfo,
-    slices: SliceIndex<'a>,
+    index: &'a EndpointIndex,
     diags: Vec<Diagnostic>,
+    nodes: BTreeSet<String>,
 }
 
 impl Exporter<'_> {
@@ -237,64 +347,6 @@ impl Exporter<'_> {
 
     fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.snap.namespaces.get(name)
-    }
-
-    /// G5 / K1 on Namespaces: reported once per namespace.
-    fn check_namespaces(&mut self) {
-        let snap = self.snap;
-        for (name, ns) in &snap.namespaces {
-            if let Some(v) = label(&ns.metadata, labels::SERVICE_SCOPE)
-                && let ScopeLabel::Invalid(bad) = ScopeLabel::parse(v)
-            {
-                self.report(
-                    Rule::G5,
-                    Severity::Warning,
-                    ObjectRef::namespace(name),
-                    &scope_field(),
-                    format!(
-                        "{}; services in this namespace without a scope label of their own are not exported",
-                        bad_value(labels::SERVICE_SCOPE, &bad, &SCOPE_VALUES)
-                    ),
-                );
-            }
-            if let Some(v) = label(&ns.metadata, labels::SERVICE_TAKEOVER)
-                && let TakeoverLabel::Invalid(bad) = TakeoverLabel::parse(v)
-            {
-                self.report(
-                    Rule::K1,
-                    Severity::Warning,
-                    ObjectRef::namespace(name),
-                    &takeover_field(),
-                    format!(
-                        "{}; takeover is off for services that do not set it themselves",
-                        bad_value(labels::SERVICE_TAKEOVER, &bad, &TAKEOVER_VALUES)
-                    ),
-                );
-            }
-        }
-    }
-
-    /// K2 for a namespace-wide takeover label that applies to nothing.
-    fn check_namespace_takeover(&mut self, exported: &ArcMap<NsName, ExportedService>) {
-        let snap = self.snap;
-        for (name, ns) in &snap.namespaces {
-            let on = label(&ns.metadata, labels::SERVICE_TAKEOVER)
-                .map(TakeoverLabel::parse)
-                .is_some_and(|t| t == TakeoverLabel::On);
-            if on && !exported.values().any(|s| &s.namespace == name) {
-                self.report(
-                    Rule::K2,
-                    Severity::Warning,
-                    ObjectRef::namespace(name),
-                    &takeover_field(),
-                    format!(
-                        "label {}=true has no effect: no service in this namespace has a scope ({} on the namespace or the service); takeover needs a global or segment scope",
-                        labels::SERVICE_TAKEOVER,
-                        labels::SERVICE_SCOPE
-                    ),
-                );
-            }
-        }
     }
 
     fn service(&mut self, key: &NsName, svc: &Service) -> Option<ExportedService> {
@@ -459,11 +511,12 @@ impl Exporter<'_> {
 
         let (localities, source) = endpoints::ready_endpoints(
             self.snap,
-            &self.slices,
+            self.index,
             key,
             svc,
             &svc_ports,
             &self.cluster.locality,
+            &mut self.nodes,
         );
         if source == Source::None {
             self.report(

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod crd;
 pub mod diag;
 pub mod endpoints;
+pub mod engine;
 pub mod export;
 pub mod gateways;
 pub mod labels;

@@ -32,7 +32,11 @@ pub fn service_entry_name(svc: &GlobalService) -> String {
 
 /// The ServiceEntries of a catalog, in hostname order.
 pub fn render(catalog: &GlobalCatalog) -> Vec<ServiceEntry> {
-    catalog.services.values().map(|s| service_entry(s)).collect()
+    catalog
+        .services
+        .values()
+        .map(|s| service_entry(s))
+        .collect()
 }
 
 /// The ServiceEntry of one global service.

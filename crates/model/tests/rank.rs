@@ -192,6 +192,9 @@ fn ranking_a_client_without_locality_keeps_network_tiers() {
         network: "net1",
         locality: &loc,
     };
-    let t: Vec<usize> = rank(&v.services.values().nth(0).unwrap(), &client).iter().map(Vec::len).collect();
+    let t: Vec<usize> = rank(&v.services.values().nth(0).unwrap(), &client)
+        .iter()
+        .map(Vec::len)
+        .collect();
     assert_eq!(t, [2, 2], "same network first, everything else after");
 }

@@ -417,7 +417,10 @@ fn g7_service_entry_shape() {
     assert_eq!(se.spec.hosts, ["in-ambient.httpbin.mesh.internal"]);
     assert_eq!(se.spec.resolution.as_deref(), Some("STATIC"));
     assert_eq!(se.spec.location.as_deref(), Some("MESH_INTERNAL"));
-    assert_eq!(se.spec.addresses, [v.services.values().nth(0).unwrap().vip.to_string()]);
+    assert_eq!(
+        se.spec.addresses,
+        [v.services.values().nth(0).unwrap().vip.to_string()]
+    );
     assert_eq!(se.spec.ports.len(), 1);
     assert_eq!(
         (se.spec.ports[0].name.as_str(), se.spec.ports[0].number),
@@ -475,7 +478,10 @@ fn g7_unnamed_port_gets_a_name() {
         .service(svc("a", "b").global().port("", 9090, 9090))
         .build();
     let e = exports(&snap);
-    assert_eq!(e.services.values().nth(0).unwrap().ports[0].name, "tcp-9090");
+    assert_eq!(
+        e.services.values().nth(0).unwrap().ports[0].name,
+        "tcp-9090"
+    );
 }
 
 #[test]
@@ -556,7 +562,10 @@ fn g9_ports_are_the_union_by_number_with_a_deterministic_winner() {
     assert!(d[0].message.contains("cluster2=tcp-web/TCP"), "{}", d[0]);
     // Same winner from cluster2's side.
     let v2 = view(&c2, &[&c1]);
-    assert_eq!(v2.services.values().nth(0).unwrap().ports, v.services.values().nth(0).unwrap().ports);
+    assert_eq!(
+        v2.services.values().nth(0).unwrap().ports,
+        v.services.values().nth(0).unwrap().ports
+    );
 }
 
 #[test]
@@ -605,7 +614,15 @@ fn g10_only_ready_endpoints_are_advertised() {
 
     // An endpoint that stops being ready leaves every cluster's view.
     let (c1, mut c2) = pair(|b| b, |b| b.service(svc("a", "web").global().ready(1)));
-    assert_eq!(view(&c1, &[&c2]).services.values().nth(0).unwrap().endpoint_count(), 1);
+    assert_eq!(
+        view(&c1, &[&c2])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .endpoint_count(),
+        1
+    );
     let p = c2.pods.values_mut().next().unwrap();
     p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
     let v = view(&c1, &[&c2]);
@@ -797,7 +814,15 @@ fn g12_removing_the_label_service_or_last_cluster_removes_the_global_service() {
         .unwrap()
         .remove(labels::SERVICE_SCOPE);
     let v = view(&c1_unlabelled, &[&c2]);
-    assert_eq!(v.services.values().nth(0).unwrap().clusters().collect::<Vec<_>>(), ["cluster2"]);
+    assert_eq!(
+        v.services
+            .values()
+            .nth(0)
+            .unwrap()
+            .clusters()
+            .collect::<Vec<_>>(),
+        ["cluster2"]
+    );
 
     // Service deleted in cluster2 as well: gone everywhere.
     let mut c2_deleted = c2.clone();
@@ -875,7 +900,10 @@ fn s2_a_cluster_joins_a_segment_by_label() {
     assert_eq!(d.len(), 1);
     assert!(d[0].message.contains("qa-segment"));
     assert!(d[0].message.contains("dev-segment, prod-segment"));
-    assert_eq!(e.services.values().nth(0).unwrap().hostname, "web.a.mesh.internal");
+    assert_eq!(
+        e.services.values().nth(0).unwrap().hostname,
+        "web.a.mesh.internal"
+    );
 }
 
 #[test]
@@ -1034,7 +1062,10 @@ fn t1_distribution_annotation_and_conflicts() {
         |b| b.service(svc("b", "productpage").global().distribution("Any")),
     );
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::Any);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().distribution,
+        TrafficDistribution::Any
+    );
     assert!(with_rule(&v.diagnostics, Rule::T1).is_empty());
     assert_eq!(
         render(&v)[0].metadata.annotations.as_ref().unwrap()[labels::TRAFFIC_DISTRIBUTION],
@@ -1047,7 +1078,12 @@ fn t1_distribution_annotation_and_conflicts() {
         |b| b.service(svc("b", "p").global()),
     );
     assert_eq!(
-        view(&c1, &[&c2]).services.values().nth(0).unwrap().distribution,
+        view(&c1, &[&c2])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .distribution,
         TrafficDistribution::PreferNetwork
     );
 
@@ -1064,12 +1100,18 @@ fn t1_distribution_annotation_and_conflicts() {
         .service(svc("b", "p").global().distribution("Any"))
         .build();
     let v = view(&c1, &[&c2, &c3]);
-    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::Any);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().distribution,
+        TrafficDistribution::Any
+    );
     let d = with_rule(&v.diagnostics, Rule::T1);
     assert_eq!(d.len(), 1);
     assert!(d[0].message.contains("cluster1=PreferClose"), "{}", d[0]);
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().distribution,
+        TrafficDistribution::PreferClose
+    );
 }
 
 #[test]
@@ -1091,7 +1133,12 @@ fn t7_unknown_distribution_falls_back_to_the_default() {
             .contains("annotation networking.istio.io/traffic-distribution")
     );
     assert_eq!(
-        view(&c1, &[&c2]).services.values().nth(0).unwrap().distribution,
+        view(&c1, &[&c2])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .distribution,
         TrafficDistribution::PreferNetwork
     );
 }
@@ -1148,9 +1195,32 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         |b| b.service(svc("a", "web").global().takeover("true")),
         |b| b.service(svc("a", "web").global()),
     );
-    assert!(view(&c1, &[&c2]).services.values().nth(0).unwrap().takeover.is_some());
-    assert!(view(&c2, &[&c1]).services.values().nth(0).unwrap().takeover.is_none());
-    assert!(view(&c2, &[&c1]).services.values().nth(0).unwrap().taken_over);
+    assert!(
+        view(&c1, &[&c2])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .takeover
+            .is_some()
+    );
+    assert!(
+        view(&c2, &[&c1])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .takeover
+            .is_none()
+    );
+    assert!(
+        view(&c2, &[&c1])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .taken_over
+    );
 }
 
 #[test]
@@ -1188,14 +1258,20 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         )
         .build();
     let v = view(&snap, &[]);
-    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().distribution,
+        TrafficDistribution::PreferClose
+    );
     assert_eq!(with_rule(&v.diagnostics, Rule::K3).len(), 1);
     // Default with takeover: PreferClose, no diagnostic.
     let snap = ClusterBuilder::new("c1")
         .service(svc("a", "web").global().takeover("true"))
         .build();
     let v = view(&snap, &[]);
-    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().distribution,
+        TrafficDistribution::PreferClose
+    );
     assert!(with_rule(&v.diagnostics, Rule::K3).is_empty());
     // Other explicit modes are kept.
     let snap = ClusterBuilder::new("c1")
@@ -1207,7 +1283,12 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         )
         .build();
     assert_eq!(
-        view(&snap, &[]).services.values().nth(0).unwrap().distribution,
+        view(&snap, &[])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .distribution,
         TrafficDistribution::Any
     );
 }
@@ -1217,7 +1298,15 @@ fn k4_removing_the_takeover_label_restores_local_behaviour() {
     let on = ClusterBuilder::new("c1")
         .service(svc("a", "web").global().takeover("true"))
         .build();
-    assert!(view(&on, &[]).services.values().nth(0).unwrap().takeover.is_some());
+    assert!(
+        view(&on, &[])
+            .services
+            .values()
+            .nth(0)
+            .unwrap()
+            .takeover
+            .is_some()
+    );
     let mut off = on.clone();
     off.services
         .get_mut(&NsName::new("a", "web"))
@@ -1285,7 +1374,10 @@ fn k3_prefer_network_from_a_cluster_without_takeover_conflicts_with_one_with_it(
         |b| b.service(svc("a", "web").global().distribution("PreferNetwork")),
     );
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services.values().nth(0).unwrap().distribution, TrafficDistribution::PreferClose);
+    assert_eq!(
+        v.services.values().nth(0).unwrap().distribution,
+        TrafficDistribution::PreferClose
+    );
     let d = with_rule(&v.diagnostics, Rule::K3);
     assert_eq!(d.len(), 1);
     assert!(

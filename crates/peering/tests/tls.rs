@@ -139,7 +139,10 @@ async fn c6_peers_under_the_shared_root_sync_over_mutual_tls() {
     let PeerEvent::Synced { export, .. } = first_outcome(&mut rx).await else {
         panic!("expected a sync")
     };
-    assert_eq!(export.services.values().nth(0).unwrap().hostname, "web.shop.mesh.internal");
+    assert_eq!(
+        export.services.values().nth(0).unwrap().hostname,
+        "web.shop.mesh.internal"
+    );
     assert_eq!(export.services.values().nth(0).unwrap().endpoint_count(), 2);
     // The server knows who it serves, from the certificate.
     let served = service.served();

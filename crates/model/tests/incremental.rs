@@ -1,0 +1,365 @@
+//! SPEC I1: the incremental engines agree with the pure, from-scratch
+//! functions after every change of random sequences of changes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use meshpeer_model::engine::ExportEngine;
+use meshpeer_model::testing::{
+    endpoint_slice, namespace, node, peer_gateway, pod, segment, slice_endpoint, svc,
+};
+use meshpeer_model::{
+    Change, ClusterConfig, ClusterSnapshot, Kind, Object, ObjectKey, exports, labels,
+};
+use proptest::prelude::*;
+
+/// One change to a cluster, in terms small enough for proptest to shrink.
+#[derive(Clone, Debug)]
+enum Op {
+    Service {
+        ns: u8,
+        name: u8,
+        variant: u8,
+    },
+    DeleteService {
+        ns: u8,
+        name: u8,
+    },
+    Pod {
+        ns: u8,
+        n: u8,
+        app: u8,
+        ready: bool,
+        node: u8,
+        ip: u8,
+    },
+    DeletePod {
+        ns: u8,
+        n: u8,
+    },
+    Slice {
+        ns: u8,
+        svc: u8,
+        n: u8,
+        ready: u8,
+    },
+    DeleteSlice {
+        ns: u8,
+        svc: u8,
+        n: u8,
+    },
+    Namespace {
+        ns: u8,
+        variant: u8,
+    },
+    DeleteNamespace {
+        ns: u8,
+    },
+    Node {
+        n: u8,
+        zone: u8,
+    },
+    DeleteNode {
+        n: u8,
+    },
+    IstioSystem {
+        segment: u8,
+        network: u8,
+    },
+    Segment {
+        name: u8,
+        domain: u8,
+    },
+    DeleteSegment {
+        name: u8,
+    },
+    Link {
+        peer: u8,
+    },
+    Unlink {
+        peer: u8,
+    },
+    Config {
+        region: u8,
+    },
+    ReplacePods {
+        keep: u8,
+    },
+    SourceDiagnostics {
+        n: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..2u8, 0..4u8, 0..12u8).prop_map(|(ns, name, variant)| Op::Service { ns, name, variant }),
+        1 => (0..2u8, 0..4u8).prop_map(|(ns, name)| Op::DeleteService { ns, name }),
+        5 => (0..2u8, 0..6u8, 0..4u8, any::<bool>(), 0..4u8, 0..3u8)
+            .prop_map(|(ns, n, app, ready, node, ip)| Op::Pod { ns, n, app, ready, node, ip }),
+        1 => (0..2u8, 0..6u8).prop_map(|(ns, n)| Op::DeletePod { ns, n }),
+        2 => (0..2u8, 0..4u8, 0..2u8, 0..8u8).prop_map(|(ns, svc, n, ready)| Op::Slice { ns, svc, n, ready }),
+        1 => (0..2u8, 0..4u8, 0..2u8).prop_map(|(ns, svc, n)| Op::DeleteSlice { ns, svc, n }),
+        2 => (0..2u8, 0..6u8).prop_map(|(ns, variant)| Op::Namespace { ns, variant }),
+        1 => (0..2u8).prop_map(|ns| Op::DeleteNamespace { ns }),
+        2 => (0..3u8, 0..3u8).prop_map(|(n, zone)| Op::Node { n, zone }),
+        1 => (0..3u8).prop_map(|n| Op::DeleteNode { n }),
+        1 => (0..4u8, 0..3u8).prop_map(|(segment, network)| Op::IstioSystem { segment, network }),
+        1 => (0..3u8, 0..3u8).prop_map(|(name, domain)| Op::Segment { name, domain }),
+        1 => (0..3u8).prop_map(|name| Op::DeleteSegment { name }),
+        1 => (0..3u8).prop_map(|peer| Op::Link { peer }),
+        1 => (0..3u8).prop_map(|peer| Op::Unlink { peer }),
+        1 => (0..3u8).prop_map(|region| Op::Config { region }),
+        1 => any::<u8>().prop_map(|keep| Op::ReplacePods { keep }),
+        1 => (0..3u8).prop_map(|n| Op::SourceDiagnostics { n }),
+    ]
+}
+
+fn ns_name(ns: u8) -> String {
+    format!("ns{ns}")
+}
+
+fn service(ns: u8, name: u8, variant: u8) -> Object {
+    let mut b = svc(&ns_name(ns), &format!("svc{name}"));
+    b = match variant % 4 {
+        0 => b.global(),
+        1 => b.scope("segment"),
+        2 => b.scope("Global"),
+        _ => b,
+    };
+    if variant & 4 != 0 {
+        b = b.takeover("true");
+    }
+    if variant & 8 != 0 {
+        b = b
+            .distribution("PreferClose")
+            .port("http", 8000, 8080)
+            .port("grpc", 9000, 9000);
+    }
+    let mut s = b.service();
+    // Some services select another app's pods.
+    if variant % 3 == 2
+        && let Some(sel) = s.spec.as_mut().and_then(|s| s.selector.as_mut())
+    {
+        sel.insert("app".into(), format!("svc{}", (name + 1) % 4));
+    }
+    Object::Service(s)
+}
+
+/// The change an op makes to a cluster (given what it holds now).
+fn change(op: &Op, snap: &ClusterSnapshot) -> Change {
+    let del = |kind, ns: &str, name: String| {
+        Change::Delete(ObjectKey {
+            kind,
+            namespace: ns.to_owned(),
+            name,
+        })
+    };
+    match *op {
+        Op::Service { ns, name, variant } => Change::Apply(service(ns, name, variant)),
+        Op::DeleteService { ns, name } => del(Kind::Service, &ns_name(ns), format!("svc{name}")),
+        Op::Pod {
+            ns,
+            n,
+            app,
+            ready,
+            node,
+            ip,
+        } => {
+            let node = (node < 3).then(|| format!("node{node}"));
+            Change::Apply(Object::Pod(pod(
+                &ns_name(ns),
+                &format!("pod{n}"),
+                &[("app", &format!("svc{app}"))],
+                // Two pods may share an address (host network).
+                &format!("10.{ns}.{ip}.{}", n % 3),
+                ready,
+                node.as_deref(),
+            )))
+        }
+        Op::DeletePod { ns, n } => del(Kind::Pod, &ns_name(ns), format!("pod{n}")),
+        Op::Slice { ns, svc, n, ready } => {
+            let eps = (0..3u8)
+                .map(|i| {
+                    let r = ready & (1 << i) != 0;
+                    slice_endpoint(&format!("10.9.{svc}.{i}"), Some(r), None)
+                })
+                .collect();
+            Change::Apply(Object::EndpointSlice(endpoint_slice(
+                &ns_name(ns),
+                &format!("svc{svc}"),
+                &format!("svc{svc}-{n}"),
+                eps,
+            )))
+        }
+        Op::DeleteSlice { ns, svc, n } => {
+            del(Kind::EndpointSlice, &ns_name(ns), format!("svc{svc}-{n}"))
+        }
+        Op::Namespace { ns, variant } => {
+            let labels: &[(&str, &str)] = match variant {
+                0 => &[],
+                1 => &[(labels::SERVICE_SCOPE, "global")],
+                2 => &[(labels::SERVICE_SCOPE, "segment")],
+                3 => &[(labels::SERVICE_TAKEOVER, "true")],
+                4 => &[(labels::SERVICE_SCOPE, "globall")],
+                _ => &[(labels::SERVICE_TAKEOVER, "yes")],
+            };
+            Change::Apply(Object::Namespace(namespace(&ns_name(ns), labels)))
+        }
+        Op::DeleteNamespace { ns } => del(Kind::Namespace, "", ns_name(ns)),
+        Op::Node { n, zone } => Change::Apply(Object::Node(node(
+            &format!("node{n}"),
+            "r1",
+            &format!("z{zone}"),
+        ))),
+        Op::DeleteNode { n } => del(Kind::Node, "", format!("node{n}")),
+        Op::IstioSystem { segment, network } => {
+            let mut l = vec![];
+            let seg = ["dev", "prod", "nope"];
+            if (segment as usize) < seg.len() {
+                l.push((labels::SEGMENT, seg[segment as usize]));
+            }
+            let net = ["net-a", "net-b"];
+            if (network as usize) < net.len() {
+                l.push((labels::NETWORK, net[network as usize]));
+            }
+            Change::Apply(Object::Namespace(namespace(labels::ISTIO_SYSTEM, &l)))
+        }
+        Op::Segment { name, domain } => {
+            let names = ["dev", "prod", "qa"];
+            let domains = ["cluster.dev", "cluster.prod", "mesh.internal"];
+            Change::Apply(Object::Segment(segment(
+                names[name as usize],
+                domains[domain as usize],
+            )))
+        }
+        Op::DeleteSegment { name } => del(
+            Kind::Segment,
+            labels::ISTIO_SYSTEM,
+            ["dev", "prod", "qa"][name as usize].to_owned(),
+        ),
+        Op::Link { peer } => {
+            let p = format!("peer{peer}");
+            Change::Apply(Object::Gateway(peer_gateway(&p, &p, &p, "192.0.2.1")))
+        }
+        Op::Unlink { peer } => del(
+            Kind::Gateway,
+            labels::ISTIO_EASTWEST,
+            format!("{}peer{peer}", labels::PEER_GATEWAY_PREFIX),
+        ),
+        Op::Config { region } => {
+            let mut c = snap.config.clone();
+            c.region = (region > 0).then(|| format!("region{region}"));
+            Change::Config(c)
+        }
+        Op::ReplacePods { keep } => {
+            let pods = snap
+                .pods
+                .values()
+                .enumerate()
+                .filter(|(i, _)| keep & (1 << (i % 8)) != 0)
+                .map(|(_, p)| Object::Pod(p.clone()))
+                .collect();
+            Change::Replace(Kind::Pod, pods)
+        }
+        Op::SourceDiagnostics { n } => {
+            let d = (0..n)
+                .map(|i| {
+                    meshpeer_model::Diagnostic::new(
+                        &snap.config.name,
+                        meshpeer_model::Rule::F1,
+                        meshpeer_model::Severity::Error,
+                        meshpeer_model::ObjectRef::new("file", None, &format!("f{i}.yaml")),
+                        "unreadable",
+                    )
+                })
+                .collect();
+            Change::SourceDiagnostics(d)
+        }
+    }
+}
+
+fn empty_cluster(name: &str) -> ClusterSnapshot {
+    let mut snap = ClusterSnapshot::new(ClusterConfig::new(name));
+    snap.apply(Object::Namespace(namespace(labels::ISTIO_SYSTEM, &[])));
+    snap
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// After every batch of a random sequence, the export kept by the
+    /// engine is the export computed from scratch, and a change that changes
+    /// nothing recomputes nothing.
+    #[test]
+    fn i1_incremental_export_equals_the_export_from_scratch(
+        batches in prop::collection::vec(prop::collection::vec(op(), 1..4), 1..40)
+    ) {
+        let mut engine = ExportEngine::new(empty_cluster("cluster1"));
+        for batch in &batches {
+            let changes: Vec<Change> = batch.iter().map(|o| change(o, engine.snapshot())).collect();
+            let step = engine.apply(changes.clone());
+            let reference = exports(engine.snapshot());
+            prop_assert_eq!(engine.export(), &reference, "after {:?}", batch);
+            // The batch's last change, made again, changes nothing.
+            let again = engine.apply(changes.last().cloned());
+            prop_assert!(!again.snapshot_changed, "{:?}", batch);
+            prop_assert_eq!(again.recomputed, 0);
+            prop_assert!(!again.export_changed);
+            let _ = step;
+        }
+    }
+}
+
+#[test]
+fn i1_a_pod_change_recomputes_only_the_services_that_select_it() {
+    let mut snap = empty_cluster("cluster1");
+    snap.apply(Object::Namespace(namespace("shop", &[])));
+    for i in 0..500 {
+        snap.apply(Object::Service(
+            svc("shop", &format!("svc{i}")).global().service(),
+        ));
+        snap.apply(Object::Pod(pod(
+            "shop",
+            &format!("svc{i}-0"),
+            &[("app", &format!("svc{i}"))],
+            &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+            true,
+            None,
+        )));
+    }
+    let mut engine = ExportEngine::new(snap);
+    assert_eq!(engine.export().services.len(), 500);
+    let flip = pod(
+        "shop",
+        "svc7-0",
+        &[("app", "svc7")],
+        "10.1.0.8",
+        false,
+        None,
+    );
+    let step = engine.apply([Change::Apply(Object::Pod(flip))]);
+    assert_eq!(step.recomputed, 1);
+    assert!(step.export_changed);
+    assert_eq!(
+        engine
+            .export()
+            .service("shop", "svc7")
+            .unwrap()
+            .endpoint_count(),
+        0
+    );
+    // A label on the namespace touches its services, no more.
+    let step = engine.apply([Change::Apply(Object::Namespace(namespace(
+        "other",
+        &[(labels::SERVICE_SCOPE, "global")],
+    )))]);
+    assert_eq!(step.recomputed, 0);
+    let by_service: BTreeMap<_, _> = engine
+        .export()
+        .services
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(by_service.len(), 500);
+}
