@@ -161,7 +161,7 @@ fn mesh(distribution: Option<&str>) -> GlobalCatalog {
     let v = catalog(&c1, &exps, &CatalogConfig::default());
     assert_eq!(v.services.len(), 1, "{:?}", v.diagnostics);
     assert_eq!(
-        v.services.values().nth(0).unwrap().contributions.len(),
+        v.services.values().next().unwrap().contributions.len(),
         5,
         "{:?}",
         v.diagnostics

@@ -356,7 +356,7 @@ async fn d1_follow_publishes_a_state_per_version_and_the_dns_table_only_when_it_
             .catalog
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .endpoint_count(),
         3

@@ -190,7 +190,10 @@ pub fn catalog<'a>(
     catalog_with(own, &own_export, peers, config)
 }
 
-/// Like [`catalog`], with this cluster's export already computed.
+/// Like [`catalog`], with this cluster's export already computed. This is
+/// the reference the incremental [`crate::engine::CatalogEngine`] is tested
+/// against; both are built from the same steps ([`judge`], [`place`],
+/// [`merge`], [`collision`], VIPs from [`vip_inputs`]).
 pub fn catalog_with<'a>(
     own: &ClusterSnapshot,
     own_export: &Export,
@@ -199,197 +202,68 @@ pub fn catalog_with<'a>(
 ) -> GlobalCatalog {
     let me = own_export.cluster.clone();
     let mut diags = own_export.diagnostics.clone();
-    // Link diagnostics are part of the export's already.
-    let links = links::peer_links(own, &me.network, &mut Vec::new());
+    let links = links::declared(own, &me.network);
 
-    type Key<'k> = (Option<&'k str>, &'k str, &'k str);
-    let mut merged: BTreeMap<Key<'_>, Vec<Contribution>> = BTreeMap::new();
     let mut by_name: BTreeMap<&str, Vec<&Export>> = BTreeMap::new();
     for p in peers {
         by_name.entry(p.cluster.name.as_str()).or_default().push(p);
     }
-    let own_segment = own_export.cluster.segment.as_ref();
-    let mut accepted: Vec<(&Export, Reach, Option<&SegmentDef>)> =
-        vec![(own_export, Reach::Local, own_segment)];
+    let mut accepted: Vec<(&Export, Accepted)> = vec![(own_export, Accepted::own(own_export))];
     let mut refused_peers = Vec::new();
     for (name, exps) in by_name {
-        let obj = ObjectRef::cluster(name);
-        let mut report = |rule: Rule, sev: Severity, msg: String| {
-            diags.push(Diagnostic::new(&me.name, rule, sev, obj.clone(), msg));
-        };
-        if name == me.name {
-            report(
-                Rule::C4,
-                Severity::Error,
-                "a peer presents this cluster's own name; its export is ignored".into(),
-            );
-            continue;
+        let verdict = judge(&me, &own_export.segments, &links, name, &exps);
+        diags.extend(verdict.diagnostics);
+        refused_peers.extend(verdict.refusal);
+        if let (Some(acc), [exp]) = (verdict.accepted, exps.as_slice()) {
+            accepted.push((exp, acc));
         }
-        if exps.len() > 1 {
-            report(
-                Rule::C4,
-                Severity::Error,
-                format!(
-                    "{} peers present the name {name}; cluster names must be unique; none of their exports is used",
-                    exps.len()
-                ),
-            );
-            continue;
-        }
-        let exp = exps[0];
-        let Some(link) = links.iter().find(|l| l.cluster == name) else {
-            report(
-                Rule::C4,
-                Severity::Info,
-                format!(
-                    "not linked from this cluster (no Gateway {}/{}{name}); its services are not imported",
-                    labels::ISTIO_EASTWEST,
-                    labels::PEER_GATEWAY_PREFIX
-                ),
-            );
-            continue;
-        };
-        if link.trust_domain != exp.cluster.trust_domain {
-            report(
-                Rule::C1,
-                Severity::Warning,
-                format!(
-                    "trust domain is {} but gateway {} expects {} (annotation {})",
-                    exp.cluster.trust_domain,
-                    link.gateway,
-                    link.trust_domain,
-                    labels::TRUST_DOMAIN
-                ),
-            );
-        }
-        if link.network != exp.cluster.network {
-            report(
-                Rule::C3,
-                Severity::Warning,
-                format!(
-                    "network is {} but gateway {} says {} (label {}); the peer's own value is used",
-                    exp.cluster.network,
-                    link.gateway,
-                    link.network,
-                    labels::NETWORK
-                ),
-            );
-        }
-        segments::compare(
-            &me.name,
-            &own_export.segments,
-            name,
-            &exp.segments,
-            &mut diags,
-        );
-        // P2, P3: the peer's segment, by this cluster's own objects.
-        let local_segment = match trust::judge_peer(&own_export.segments, link, exp) {
-            Ok(local) => local,
-            Err(refusal) => {
-                trust::report(&me.name, &refusal, &mut diags);
-                refused_peers.push(refusal);
-                continue;
-            }
-        };
-        let reach = if exp.cluster.network == me.network {
-            Reach::Direct
-        } else {
-            Reach::Gateway
-        };
-        accepted.push((exp, reach, local_segment));
     }
 
-    for (exp, reach, local_segment) in &accepted {
-        let exporter_segment = exp.cluster.segment_name();
-        let same_segment = exporter_segment == me.segment_name();
+    let mut merged: BTreeMap<MergeKey, Vec<Contribution>> = BTreeMap::new();
+    for (exp, acc) in &accepted {
         let mut refused_hosts = Vec::new();
         for svc in exp.services.values() {
-            // P2: only the hostname this cluster's own Segment gives.
-            if *reach != Reach::Local && !trust::hostname_allowed(svc, *local_segment) {
-                refused_hosts.push(&**svc);
-                continue;
+            match place(&me, &exp.cluster, acc, svc) {
+                Placement::Merge(key, c) => merged.entry(key).or_default().push(c),
+                Placement::Hidden => {}
+                Placement::Refused => refused_hosts.push(svc.clone()),
             }
-            // S6, S7: segment scope is visible only within the segment.
-            if svc.scope == Scope::Segment && !same_segment {
-                continue;
-            }
-            merged
-                .entry((exporter_segment, &svc.namespace, &svc.name))
-                .or_default()
-                .push(Contribution {
-                    cluster: exp.cluster.name.clone(),
-                    network: exp.cluster.network.clone(),
-                    reach: *reach,
-                    service: Arc::clone(svc),
-                });
         }
-        if let Some(refusal) =
-            trust::refuse_hostnames(&exp.cluster.name, *local_segment, &refused_hosts)
-        {
+        if let Some(refusal) = trust::refuse_hostnames(
+            &exp.cluster.name,
+            acc.local_segment.as_ref(),
+            &refused_hosts.iter().map(|s| &**s).collect::<Vec<_>>(),
+        ) {
             trust::report(&me.name, &refusal, &mut diags);
             refused_peers.push(refusal);
         }
     }
 
     let mut services = Vec::with_capacity(merged.len());
-    let mut hostnames: BTreeMap<String, (Option<&str>, &str, &str)> = BTreeMap::new();
-    for ((segment, namespace, name), mut contributions) in merged {
+    let mut hostnames: BTreeMap<String, MergeKey> = BTreeMap::new();
+    for (key, mut contributions) in merged {
         contributions.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-        let svc = merge(&me, segment, namespace, name, contributions, &mut diags);
-        if let Some((seg2, ns2, n2)) = hostnames.get(&svc.hostname) {
-            diags.push(Diagnostic::new(
-                &me.name,
-                Rule::S1,
-                Severity::Error,
-                ObjectRef::service(namespace, name),
-                format!(
-                    "hostname {} is claimed by segment {} and by segment {} (service {ns2}/{n2}); two segments share a domain; only the first is used",
-                    svc.hostname,
-                    seg2.unwrap_or("(default)"),
-                    segment.unwrap_or("(default)")
-                ),
-            ));
+        let svc = merge(&me, &key, contributions, &mut diags);
+        if let Some(winner) = hostnames.get(&svc.hostname) {
+            diags.push(collision(&me, &svc.hostname, winner, &key));
             continue;
         }
-        hostnames.insert(svc.hostname.clone(), (segment, namespace, name));
+        hostnames.insert(svc.hostname.clone(), key);
         services.push(svc);
     }
 
-    // VIPs (G11): previous allocation, including what our own ServiceEntries
-    // carry, so that restarts keep addresses; user-written entries' addresses
-    // are reserved.
-    let mut previous = BTreeMap::new();
-    let mut reserved = BTreeSet::new();
-    for se in own.service_entries.values() {
-        let addrs = se
-            .spec
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse::<IpAddr>().ok());
-        if is_managed(&se.metadata) {
-            if let (Some(host), Some(ip)) = (se.spec.hosts.first(), addrs.clone().next()) {
-                previous.insert(host.clone(), ip);
-            }
-        } else {
-            reserved.extend(addrs);
-        }
-    }
-    previous.extend(config.previous_vips.iter().map(|(k, v)| (k.clone(), *v)));
+    let (hints, reserved) = vip_inputs(own);
     let wanted: BTreeSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
-    let alloc = vip::allocate(&config.vip_range, &wanted, &previous, &reserved);
+    let alloc = vip::allocate(
+        &config.vip_range,
+        &wanted,
+        &config.previous_vips,
+        &hints,
+        &reserved,
+    );
     let manual = crate::manual::manual_entries(own, &mut diags);
     for host in &alloc.exhausted {
-        diags.push(Diagnostic::new(
-            &me.name,
-            Rule::G11,
-            Severity::Error,
-            ObjectRef::new("globalservice", None, host),
-            format!(
-                "no VIP left in range {} ({} global services); the service gets no address and is not rendered; use a larger range",
-                config.vip_range,
-                wanted.len()
-            ),
-        ));
+        diags.push(exhausted(&me, host, &config.vip_range, wanted.len()));
     }
     let services: ArcMap<String, GlobalService> = services
         .into_iter()
@@ -399,6 +273,7 @@ pub fn catalog_with<'a>(
         })
         .collect();
     diag::normalize(&mut diags);
+    refused_peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     GlobalCatalog {
         cluster: me,
         links,
@@ -410,15 +285,245 @@ pub fn catalog_with<'a>(
     }
 }
 
-/// Builds one global service from its contributions (sorted by cluster).
-fn merge(
+/// Where merged contributions meet: (segment of the exporters, namespace,
+/// name) (G8, S4).
+pub(crate) type MergeKey = (Option<String>, String, String);
+
+/// How this cluster takes an export it accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) reach: Reach,
+    /// This cluster's own definition of the exporter's segment (P2).
+    pub(crate) local_segment: Option<SegmentDef>,
+}
+
+impl Accepted {
+    pub(crate) fn own(own: &Export) -> Self {
+        Accepted {
+            reach: Reach::Local,
+            local_segment: own.cluster.segment.clone(),
+        }
+    }
+}
+
+/// What this cluster makes of the peers presenting one name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Verdict {
+    /// Set when the (single) export is used.
+    pub(crate) accepted: Option<Accepted>,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Why the whole export is refused by this cluster's objects (P2, P3).
+    pub(crate) refusal: Option<PeerRefusal>,
+}
+
+/// Judges the exports presenting name `name` against this cluster's own
+/// identity, Segments and links (C1, C3, C4, S1, P2, P3).
+pub(crate) fn judge(
     me: &ClusterInfo,
-    segment: Option<&str>,
-    namespace: &str,
+    own_segments: &[SegmentDef],
+    links: &[PeerLink],
     name: &str,
+    exps: &[&Export],
+) -> Verdict {
+    let mut v = Verdict::default();
+    let obj = ObjectRef::cluster(name);
+    let mut report = |rule: Rule, sev: Severity, msg: String| {
+        v.diagnostics
+            .push(Diagnostic::new(&me.name, rule, sev, obj.clone(), msg));
+    };
+    if name == me.name {
+        report(
+            Rule::C4,
+            Severity::Error,
+            "a peer presents this cluster's own name; its export is ignored".into(),
+        );
+        return v;
+    }
+    let exp = match exps {
+        [exp] => *exp,
+        _ => {
+            report(
+                Rule::C4,
+                Severity::Error,
+                format!(
+                    "{} peers present the name {name}; cluster names must be unique; none of their exports is used",
+                    exps.len()
+                ),
+            );
+            return v;
+        }
+    };
+    let Some(link) = links.iter().find(|l| l.cluster == name) else {
+        report(
+            Rule::C4,
+            Severity::Info,
+            format!(
+                "not linked from this cluster (no Gateway {}/{}{name}); its services are not imported",
+                labels::ISTIO_EASTWEST,
+                labels::PEER_GATEWAY_PREFIX
+            ),
+        );
+        return v;
+    };
+    if link.trust_domain != exp.cluster.trust_domain {
+        report(
+            Rule::C1,
+            Severity::Warning,
+            format!(
+                "trust domain is {} but gateway {} expects {} (annotation {})",
+                exp.cluster.trust_domain,
+                link.gateway,
+                link.trust_domain,
+                labels::TRUST_DOMAIN
+            ),
+        );
+    }
+    if link.network != exp.cluster.network {
+        report(
+            Rule::C3,
+            Severity::Warning,
+            format!(
+                "network is {} but gateway {} says {} (label {}); the peer's own value is used",
+                exp.cluster.network,
+                link.gateway,
+                link.network,
+                labels::NETWORK
+            ),
+        );
+    }
+    segments::compare(
+        &me.name,
+        own_segments,
+        name,
+        &exp.segments,
+        &mut v.diagnostics,
+    );
+    // P2, P3: the peer's segment, by this cluster's own objects.
+    match trust::judge_peer(own_segments, link, exp) {
+        Ok(local) => {
+            v.accepted = Some(Accepted {
+                reach: if exp.cluster.network == me.network {
+                    Reach::Direct
+                } else {
+                    Reach::Gateway
+                },
+                local_segment: local.cloned(),
+            });
+        }
+        Err(refusal) => {
+            trust::report(&me.name, &refusal, &mut v.diagnostics);
+            v.refusal = Some(refusal);
+        }
+    }
+    v
+}
+
+/// Where one service of an accepted export goes.
+pub(crate) enum Placement {
+    /// Into the global service of this key.
+    Merge(MergeKey, Contribution),
+    /// Nowhere: not visible to this cluster (S6, S7).
+    Hidden,
+    /// Nowhere: its hostname is not the one this cluster gives it (P2).
+    Refused,
+}
+
+pub(crate) fn place(
+    me: &ClusterInfo,
+    exporter: &ClusterInfo,
+    acc: &Accepted,
+    svc: &Arc<ExportedService>,
+) -> Placement {
+    // P2: only the hostname this cluster's own Segment gives.
+    if acc.reach != Reach::Local && !trust::hostname_allowed(svc, acc.local_segment.as_ref()) {
+        return Placement::Refused;
+    }
+    // S6, S7: segment scope is visible only within the segment.
+    let exporter_segment = exporter.segment_name();
+    if svc.scope == Scope::Segment && exporter_segment != me.segment_name() {
+        return Placement::Hidden;
+    }
+    Placement::Merge(
+        (
+            exporter_segment.map(str::to_owned),
+            svc.namespace.clone(),
+            svc.name.clone(),
+        ),
+        Contribution {
+            cluster: exporter.name.clone(),
+            network: exporter.network.clone(),
+            reach: acc.reach,
+            service: Arc::clone(svc),
+        },
+    )
+}
+
+/// S1: a second global service claims a hostname the first one has.
+pub(crate) fn collision(
+    me: &ClusterInfo,
+    hostname: &str,
+    winner: &MergeKey,
+    loser: &MergeKey,
+) -> Diagnostic {
+    Diagnostic::new(
+        &me.name,
+        Rule::S1,
+        Severity::Error,
+        ObjectRef::service(&loser.1, &loser.2),
+        format!(
+            "hostname {hostname} is claimed by segment {} and by segment {} (service {}/{}); two segments share a domain; only the first is used",
+            winner.0.as_deref().unwrap_or("(default)"),
+            loser.0.as_deref().unwrap_or("(default)"),
+            winner.1,
+            winner.2
+        ),
+    )
+}
+
+/// G11: no address left for a hostname.
+pub(crate) fn exhausted(me: &ClusterInfo, host: &str, range: &Cidr, wanted: usize) -> Diagnostic {
+    Diagnostic::new(
+        &me.name,
+        Rule::G11,
+        Severity::Error,
+        ObjectRef::new("globalservice", None, host),
+        format!(
+            "no VIP left in range {range} ({wanted} global services); the service gets no address and is not rendered; use a larger range"
+        ),
+    )
+}
+
+/// VIPs from this cluster's own ServiceEntries: hints from the generated
+/// ones (addresses handed out before a restart, G11), and addresses of
+/// user-written ones, which are never handed out.
+pub(crate) fn vip_inputs(own: &ClusterSnapshot) -> (BTreeMap<String, IpAddr>, BTreeSet<IpAddr>) {
+    let mut hints = BTreeMap::new();
+    let mut reserved = BTreeSet::new();
+    for se in own.service_entries.values() {
+        let addrs = se
+            .spec
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse::<IpAddr>().ok());
+        if is_managed(&se.metadata) {
+            if let (Some(host), Some(ip)) = (se.spec.hosts.first(), addrs.clone().next()) {
+                hints.insert(host.clone(), ip);
+            }
+        } else {
+            reserved.extend(addrs);
+        }
+    }
+    (hints, reserved)
+}
+
+/// Builds one global service from its contributions (sorted by cluster).
+pub(crate) fn merge(
+    me: &ClusterInfo,
+    key: &MergeKey,
     contributions: Vec<Contribution>,
     diags: &mut Vec<Diagnostic>,
 ) -> GlobalService {
+    let (segment, namespace, name) = (key.0.as_deref(), key.1.as_str(), key.2.as_str());
     let obj = ObjectRef::service(namespace, name);
     let mut report = |rule: Rule, sev: Severity, msg: String| {
         diags.push(Diagnostic::new(&me.name, rule, sev, obj.clone(), msg));

@@ -183,50 +183,102 @@ pub struct VipAllocation {
     pub exhausted: Vec<String>,
 }
 
-/// Allocates one VIP per hostname from `range`, keeping previous addresses
-/// and avoiding `reserved` ones.
+/// The addresses of a range handed out so far: reserved ones and VIPs.
+/// Used by [`allocate`] and, one hostname at a time, by the incremental
+/// catalog, so that both hand out the same addresses.
+#[derive(Clone, Debug)]
+pub(crate) struct Pool {
+    range: Cidr,
+    first: u128,
+    count: u128,
+    taken: HashSet<u128>,
+}
+
+impl Pool {
+    /// A pool of `range` with `reserved` addresses taken.
+    pub(crate) fn new<'a>(range: &Cidr, reserved: impl IntoIterator<Item = &'a IpAddr>) -> Self {
+        let (first, count) = range.usable();
+        Pool {
+            range: *range,
+            first,
+            count,
+            taken: reserved
+                .into_iter()
+                .filter_map(|ip| range.offset_of(*ip))
+                .collect(),
+        }
+    }
+
+    /// Takes `ip` if it is a usable address of the range and free.
+    pub(crate) fn claim(&mut self, ip: IpAddr) -> bool {
+        let Some(off) = self.range.offset_of(ip) else {
+            return false;
+        };
+        off >= self.first && off < self.first + self.count && self.taken.insert(off)
+    }
+
+    /// Gives `ip` back.
+    pub(crate) fn release(&mut self, ip: IpAddr) {
+        if let Some(off) = self.range.offset_of(ip) {
+            self.taken.remove(&off);
+        }
+    }
+
+    /// The address `host` hashes to, or the next free one after it; `None`
+    /// when the range is full.
+    pub(crate) fn hashed(&mut self, host: &str) -> Option<IpAddr> {
+        if self.taken.len() as u128 >= self.count {
+            return None;
+        }
+        let mut slot = hash(host) % self.count;
+        loop {
+            let off = self.first + slot;
+            if self.taken.insert(off) {
+                return Some(self.range.at(off));
+            }
+            slot = (slot + 1) % self.count;
+        }
+    }
+}
+
+/// Allocates one VIP per hostname from `range`, avoiding `reserved`
+/// addresses: first every hostname keeps its `previous` address (the
+/// current allocation), then hostnames without one take their `hint` (an
+/// address handed out before a restart), then the rest are hashed, each
+/// pass in hostname order.
 pub fn allocate(
     range: &Cidr,
     hostnames: &BTreeSet<&str>,
     previous: &BTreeMap<String, IpAddr>,
+    hints: &BTreeMap<String, IpAddr>,
     reserved: &BTreeSet<IpAddr>,
 ) -> VipAllocation {
-    let (first, count) = range.usable();
-    let mut taken: HashSet<u128> = reserved
-        .iter()
-        .filter_map(|ip| range.offset_of(*ip))
-        .collect();
+    let mut pool = Pool::new(range, reserved);
     let mut out = VipAllocation::default();
     // Keep previous addresses, in hostname order so that a (corrupt) previous
     // table with two hostnames on one address resolves deterministically.
     for (host, ip) in previous {
-        if !hostnames.contains(host.as_str()) {
-            continue;
+        if hostnames.contains(host.as_str()) && pool.claim(*ip) {
+            out.vips.insert(host.clone(), *ip);
         }
-        let Some(off) = range.offset_of(*ip) else {
-            continue;
-        };
-        if off < first || off >= first + count || !taken.insert(off) {
-            continue;
+    }
+    for host in hostnames {
+        if !out.vips.contains_key(*host)
+            && let Some(ip) = hints.get(*host)
+            && pool.claim(*ip)
+        {
+            out.vips.insert((*host).to_owned(), *ip);
         }
-        out.vips.insert(host.clone(), *ip);
     }
     for host in hostnames {
         if out.vips.contains_key(*host) {
             continue;
         }
-        if taken.len() as u128 >= count {
-            out.exhausted.push((*host).to_owned());
-            continue;
-        }
-        let mut slot = hash(host) % count;
-        loop {
-            let off = first + slot;
-            if taken.insert(off) {
-                out.vips.insert((*host).to_owned(), range.at(off));
-                break;
+        match pool.hashed(host) {
+            Some(ip) => {
+                out.vips.insert((*host).to_owned(), ip);
             }
-            slot = (slot + 1) % count;
+            None => out.exhausted.push((*host).to_owned()),
         }
     }
     out
@@ -274,8 +326,20 @@ mod tests {
     fn g11_allocation_is_deterministic_and_skips_network_and_broadcast() {
         let range: Cidr = "10.0.0.0/30".parse().unwrap();
         let hosts = set(&["a", "b"]);
-        let a1 = allocate(&range, &hosts, &BTreeMap::new(), &BTreeSet::new());
-        let a2 = allocate(&range, &hosts, &BTreeMap::new(), &BTreeSet::new());
+        let a1 = allocate(
+            &range,
+            &hosts,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        let a2 = allocate(
+            &range,
+            &hosts,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
         assert_eq!(a1, a2);
         let ips: BTreeSet<IpAddr> = a1.vips.values().copied().collect();
         assert_eq!(
@@ -289,6 +353,7 @@ mod tests {
             &range,
             &set(&["a", "b", "c"]),
             &BTreeMap::new(),
+            &BTreeMap::new(),
             &BTreeSet::new(),
         );
         assert_eq!(full.exhausted, vec!["c".to_owned()]);
@@ -300,13 +365,46 @@ mod tests {
         let prev: BTreeMap<String, IpAddr> =
             [("a".to_owned(), "240.240.9.9".parse().unwrap())].into();
         let reserved: BTreeSet<IpAddr> = [hash_ip(&range, "b")].into();
-        let a = allocate(&range, &set(&["a", "b"]), &prev, &reserved);
+        let a = allocate(
+            &range,
+            &set(&["a", "b"]),
+            &prev,
+            &BTreeMap::new(),
+            &reserved,
+        );
         assert_eq!(a.vips["a"], "240.240.9.9".parse::<IpAddr>().unwrap());
         assert_ne!(a.vips["b"], hash_ip(&range, "b"));
         // Out-of-range previous addresses are replaced.
         let prev: BTreeMap<String, IpAddr> = [("a".to_owned(), "10.0.0.1".parse().unwrap())].into();
-        let a = allocate(&range, &set(&["a"]), &prev, &BTreeSet::new());
+        let a = allocate(
+            &range,
+            &set(&["a"]),
+            &prev,
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
         assert!(range.contains(a.vips["a"]));
+    }
+
+    #[test]
+    fn g11_the_current_allocation_wins_over_hints_from_before_a_restart() {
+        let range = Cidr::default_vip_range();
+        let x: IpAddr = "240.240.9.9".parse().unwrap();
+        // "b" holds x now; a stale hint gives x to "a" too.
+        let prev: BTreeMap<String, IpAddr> = [("b".to_owned(), x)].into();
+        let hints: BTreeMap<String, IpAddr> = [("a".to_owned(), x)].into();
+        let a = allocate(&range, &set(&["a", "b"]), &prev, &hints, &BTreeSet::new());
+        assert_eq!(a.vips["b"], x);
+        assert_ne!(a.vips["a"], x);
+        // A hint is used when its address is free.
+        let a = allocate(
+            &range,
+            &set(&["a"]),
+            &BTreeMap::new(),
+            &hints,
+            &BTreeSet::new(),
+        );
+        assert_eq!(a.vips["a"], x);
     }
 
     fn hash_ip(range: &Cidr, host: &str) -> IpAddr {
@@ -321,6 +419,7 @@ mod tests {
         let a = allocate(
             &range,
             &set(&["in-ambient.httpbin.mesh.internal"]),
+            &BTreeMap::new(),
             &BTreeMap::new(),
             &BTreeSet::new(),
         );

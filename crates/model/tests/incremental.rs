@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use meshpeer_model::engine::ExportEngine;
+use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
+use meshpeer_model::objects::{ServiceEntry, ServiceEntryPort, ServiceEntrySpec};
 use meshpeer_model::testing::{
     endpoint_slice, namespace, node, peer_gateway, pod, segment, slice_endpoint, svc,
 };
 use meshpeer_model::{
-    Change, ClusterConfig, ClusterSnapshot, Kind, Object, ObjectKey, exports, labels,
+    CatalogConfig, Change, Cidr, ClusterConfig, ClusterSnapshot, Export, Kind, Object, ObjectKey,
+    catalog_with, exports, labels,
 };
 use proptest::prelude::*;
 
@@ -89,6 +91,16 @@ enum Op {
     SourceDiagnostics {
         n: u8,
     },
+    /// A user-written ServiceEntry: its address is reserved (G11).
+    UserEntry {
+        ip: u8,
+    },
+    /// One of meshpeer's own ServiceEntries, read back: a VIP hint (G11).
+    GeneratedEntry {
+        svc: u8,
+        ip: u8,
+    },
+    DeleteEntries,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -112,6 +124,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3u8).prop_map(|region| Op::Config { region }),
         1 => any::<u8>().prop_map(|keep| Op::ReplacePods { keep }),
         1 => (0..3u8).prop_map(|n| Op::SourceDiagnostics { n }),
+        1 => (0..8u8).prop_map(|ip| Op::UserEntry { ip }),
+        1 => (0..4u8, 0..8u8).prop_map(|(svc, ip)| Op::GeneratedEntry { svc, ip }),
+        1 => Just(Op::DeleteEntries),
     ]
 }
 
@@ -146,8 +161,41 @@ fn service(ns: u8, name: u8, variant: u8) -> Object {
     Object::Service(s)
 }
 
-/// The change an op makes to a cluster (given what it holds now).
+fn entry(name: &str, host: &str, ip: &str, managed: bool) -> Object {
+    let mut se = ServiceEntry {
+        metadata: Default::default(),
+        spec: ServiceEntrySpec {
+            hosts: vec![host.to_owned()],
+            addresses: vec![ip.to_owned()],
+            ports: vec![ServiceEntryPort {
+                number: 80,
+                name: "http".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    };
+    se.metadata.name = Some(name.to_owned());
+    se.metadata.namespace = Some(if managed { labels::ISTIO_SYSTEM } else { "ns0" }.to_owned());
+    if managed {
+        se.metadata.labels = Some(
+            [(
+                labels::MANAGED_BY.to_owned(),
+                labels::MANAGED_BY_VALUE.to_owned(),
+            )]
+            .into(),
+        );
+    }
+    Object::ServiceEntry(se)
+}
+
+/// The change an op makes to a cluster (given what it holds now); links
+/// name `peer<n>` in the export test, `cluster<n>` in the catalog test.
 fn change(op: &Op, snap: &ClusterSnapshot) -> Change {
+    change_in(op, snap, "peer")
+}
+
+fn change_in(op: &Op, snap: &ClusterSnapshot, peers: &str) -> Change {
     let del = |kind, ns: &str, name: String| {
         Change::Delete(ObjectKey {
             kind,
@@ -239,14 +287,27 @@ fn change(op: &Op, snap: &ClusterSnapshot) -> Change {
             ["dev", "prod", "qa"][name as usize].to_owned(),
         ),
         Op::Link { peer } => {
-            let p = format!("peer{peer}");
+            let p = format!("{peers}{peer}");
             Change::Apply(Object::Gateway(peer_gateway(&p, &p, &p, "192.0.2.1")))
         }
         Op::Unlink { peer } => del(
             Kind::Gateway,
             labels::ISTIO_EASTWEST,
-            format!("{}peer{peer}", labels::PEER_GATEWAY_PREFIX),
+            format!("{}{peers}{peer}", labels::PEER_GATEWAY_PREFIX),
         ),
+        Op::UserEntry { ip } => Change::Apply(entry(
+            "user",
+            "legacy.example",
+            &format!("10.0.0.{ip}"),
+            false,
+        )),
+        Op::GeneratedEntry { svc, ip } => Change::Apply(entry(
+            &format!("autogen.ns0.svc{svc}"),
+            &format!("svc{svc}.ns0.mesh.internal"),
+            &format!("10.0.0.{ip}"),
+            true,
+        )),
+        Op::DeleteEntries => Change::Replace(Kind::ServiceEntry, Vec::new()),
         Op::Config { region } => {
             let mut c = snap.config.clone();
             c.region = (region > 0).then(|| format!("region{region}"));
@@ -311,6 +372,72 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Three clusters change at random; after every batch, each cluster's
+    /// incremental catalog is the catalog computed from scratch from the
+    /// same inputs (given the VIPs it had before), and so is its rendering.
+    #[test]
+    fn i1_incremental_catalog_equals_the_catalog_from_scratch(
+        small_range in any::<bool>(),
+        initial in prop::collection::vec((0..4u8, 0..8u8), 0..3),
+        batches in prop::collection::vec(
+            prop::collection::vec((0..3usize, op()), 1..4),
+            1..30,
+        )
+    ) {
+        let range: Cidr = if small_range { "10.0.0.0/30" } else { "10.0.0.0/24" }.parse().unwrap();
+        let previous: BTreeMap<String, std::net::IpAddr> = initial
+            .iter()
+            .map(|(svc, ip)| (format!("svc{svc}.ns0.mesh.internal"), format!("10.0.0.{ip}").parse().unwrap()))
+            .collect();
+        let mut clusters: Vec<ExportEngine> = (1..=3)
+            .map(|i| ExportEngine::new(empty_cluster(&format!("cluster{i}"))))
+            .collect();
+        let mut catalogs: Vec<CatalogEngine> = (0..3)
+            .map(|_| CatalogEngine::new(range, previous.clone()))
+            .collect();
+        let mut vips_before: Vec<BTreeMap<String, std::net::IpAddr>> = vec![previous.clone(); 3];
+        for batch in &batches {
+            let mut own = [OwnChanges::default(); 3];
+            for (i, o) in batch {
+                // Links point at cluster1..3 (an index past the mesh: nobody).
+                let c = change_in(o, clusters[*i].snapshot(), "cluster");
+                let step = clusters[*i].apply([c]);
+                own[*i].gateways |= step.gateways_changed;
+                own[*i].service_entries |= step.service_entries_changed;
+            }
+            for i in 0..3 {
+                let me = clusters[i].export().cluster.segment_name().map(str::to_owned);
+                // What the wire carries: what each peer may see (S7).
+                let peers: Vec<Export> = (0..3)
+                    .filter(|j| *j != i)
+                    .map(|j| clusters[j].export().visible_to(me.as_deref()))
+                    .collect();
+                catalogs[i].update(clusters[i].snapshot(), clusters[i].export(), &peers, own[i]);
+                let config = CatalogConfig {
+                    vip_range: range,
+                    previous_vips: vips_before[i].clone(),
+                };
+                let reference = catalog_with(
+                    clusters[i].snapshot(),
+                    &exports(clusters[i].snapshot()),
+                    &peers,
+                    &config,
+                );
+                prop_assert_eq!(catalogs[i].catalog(), &reference, "cluster{} after {:?}", i + 1, batch);
+                prop_assert_eq!(
+                    meshpeer_model::render(catalogs[i].catalog()),
+                    meshpeer_model::render(&reference)
+                );
+                vips_before[i] = catalogs[i].vips().clone();
+                prop_assert_eq!(&vips_before[i], &reference.vips());
+            }
+        }
+    }
+}
+
 #[test]
 fn i1_a_pod_change_recomputes_only_the_services_that_select_it() {
     let mut snap = empty_cluster("cluster1");
@@ -362,4 +489,74 @@ fn i1_a_pod_change_recomputes_only_the_services_that_select_it() {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     assert_eq!(by_service.len(), 500);
+}
+
+#[test]
+fn i1_one_changed_service_of_a_peer_re_merges_one_global_service() {
+    let mut c1 = empty_cluster("cluster1");
+    c1.apply(Object::Gateway(peer_gateway(
+        "cluster2",
+        "cluster2",
+        "cluster2",
+        "192.0.2.2",
+    )));
+    let mut c2 = empty_cluster("cluster2");
+    c2.apply(Object::Namespace(namespace("shop", &[])));
+    for i in 0..1000 {
+        c2.apply(Object::Service(
+            svc("shop", &format!("svc{i}")).global().service(),
+        ));
+        c2.apply(Object::Pod(pod(
+            "shop",
+            &format!("svc{i}-0"),
+            &[("app", &format!("svc{i}"))],
+            &format!("10.2.{}.{}", i / 250, i % 250 + 1),
+            true,
+            None,
+        )));
+    }
+    let mut e2 = ExportEngine::new(c2);
+    let e1 = ExportEngine::new(c1);
+    let mut cat = CatalogEngine::new(Cidr::default_vip_range(), BTreeMap::new());
+    let first = cat.update(e1.snapshot(), e1.export(), [e2.export()], OwnChanges::ALL);
+    assert!(first.full);
+    assert_eq!(cat.catalog().services.len(), 1000);
+    let before = cat.catalog().clone();
+
+    // A pod of svc7 stops being ready in cluster2.
+    let flip = pod(
+        "shop",
+        "svc7-0",
+        &[("app", "svc7")],
+        "10.2.0.8",
+        false,
+        None,
+    );
+    e2.apply([Change::Apply(Object::Pod(flip))]);
+    let step = cat.update(
+        e1.snapshot(),
+        e1.export(),
+        [e2.export()],
+        OwnChanges::default(),
+    );
+    assert_eq!((step.merged, step.hostnames, step.full), (1, 1, false));
+    assert!(step.changed);
+    let changed: Vec<String> = before
+        .services
+        .diff(&cat.catalog().services)
+        .map(|d| match d {
+            imbl::ordmap::DiffItem::Add(k, _)
+            | imbl::ordmap::DiffItem::Remove(k, _)
+            | imbl::ordmap::DiffItem::Update { old: (k, _), .. } => k.clone(),
+        })
+        .collect();
+    assert_eq!(changed, ["svc7.shop.mesh.internal"]);
+    // Nothing changed: nothing is merged.
+    let step = cat.update(
+        e1.snapshot(),
+        e1.export(),
+        [e2.export()],
+        OwnChanges::default(),
+    );
+    assert_eq!((step.merged, step.hostnames, step.changed), (0, 0, false));
 }

@@ -85,7 +85,7 @@ fn view(c1_ready: bool, distribution: Option<&str>) -> GlobalCatalog {
 
 /// Tiers as "cluster/zone" strings.
 fn tiers(v: &GlobalCatalog, mode: Option<TrafficDistribution>) -> Vec<Vec<String>> {
-    let svc = &v.services.values().nth(0).unwrap();
+    let svc = &v.services.values().next().unwrap();
     let loc = Locality::new("us-east", "e1");
     let client = ClientLocation {
         network: "net1",
@@ -109,7 +109,7 @@ fn tiers(v: &GlobalCatalog, mode: Option<TrafficDistribution>) -> Vec<Vec<String
 fn t2_prefer_network_is_the_default_and_puts_the_clients_network_first() {
     let v = view(true, None);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::PreferNetwork
     );
     assert_eq!(
@@ -165,7 +165,7 @@ fn t5_any_is_one_tier_weighted_by_ready_endpoints() {
         network: "net1",
         locality: &loc,
     };
-    let weights: Vec<usize> = rank(&v.services.values().nth(0).unwrap(), &client)[0]
+    let weights: Vec<usize> = rank(v.services.values().next().unwrap(), &client)[0]
         .iter()
         .map(|g| g.weight())
         .collect();
@@ -192,7 +192,7 @@ fn ranking_a_client_without_locality_keeps_network_tiers() {
         network: "net1",
         locality: &loc,
     };
-    let t: Vec<usize> = rank(&v.services.values().nth(0).unwrap(), &client)
+    let t: Vec<usize> = rank(v.services.values().next().unwrap(), &client)
         .iter()
         .map(Vec::len)
         .collect();

@@ -262,8 +262,8 @@ fn g1_service_label_makes_a_service_global() {
             .build();
         let e = exports(&snap);
         assert_eq!(e.services.len(), 1, "{value}");
-        assert_eq!(e.services.values().nth(0).unwrap().name, "web");
-        assert_eq!(e.services.values().nth(0).unwrap().scope, scope);
+        assert_eq!(e.services.values().next().unwrap().name, "web");
+        assert_eq!(e.services.values().next().unwrap().scope, scope);
     }
     // ExternalName services cannot be exported, and say so.
     let mut ext = svc("shop", "ext").global().service();
@@ -386,7 +386,7 @@ fn g6_hostname_without_segments() {
         .service(svc("httpbin", "in-ambient").global())
         .build();
     assert_eq!(
-        exports(&snap).services.values().nth(0).unwrap().hostname,
+        exports(&snap).services.values().next().unwrap().hostname,
         "in-ambient.httpbin.mesh.internal"
     );
 }
@@ -419,7 +419,7 @@ fn g7_service_entry_shape() {
     assert_eq!(se.spec.location.as_deref(), Some("MESH_INTERNAL"));
     assert_eq!(
         se.spec.addresses,
-        [v.services.values().nth(0).unwrap().vip.to_string()]
+        [v.services.values().next().unwrap().vip.to_string()]
     );
     assert_eq!(se.spec.ports.len(), 1);
     assert_eq!(
@@ -466,7 +466,7 @@ fn g7_service_entry_shape() {
         .build();
     let e = exports(&snap);
     assert_eq!(exported(&snap), ["dns/resolver"]);
-    assert_eq!(e.services.values().nth(0).unwrap().ports.len(), 1);
+    assert_eq!(e.services.values().next().unwrap().ports.len(), 1);
     let d = with_rule(&e.diagnostics, Rule::G7);
     assert_eq!(d.len(), 3, "{d:#?}");
     assert!(d.iter().any(|d| d.message.contains("no TCP port")));
@@ -479,7 +479,7 @@ fn g7_unnamed_port_gets_a_name() {
         .build();
     let e = exports(&snap);
     assert_eq!(
-        e.services.values().nth(0).unwrap().ports[0].name,
+        e.services.values().next().unwrap().ports[0].name,
         "tcp-9090"
     );
 }
@@ -507,7 +507,7 @@ fn g8_namespace_sameness_merges_only_exporting_clusters() {
     );
     let v = view(&c1, &[&c2]);
     assert_eq!(v.services.len(), 1);
-    let s = &v.services.values().nth(0).unwrap();
+    let s = &v.services.values().next().unwrap();
     assert_eq!(s.clusters().collect::<Vec<_>>(), ["cluster1", "cluster2"]);
     assert_eq!(s.endpoint_count(), 3);
     // Different namespace = different service.
@@ -542,7 +542,7 @@ fn g9_ports_are_the_union_by_number_with_a_deterministic_winner() {
         },
     );
     let v = view(&c1, &[&c2]);
-    let s = &v.services.values().nth(0).unwrap();
+    let s = &v.services.values().next().unwrap();
     let ports: Vec<(u16, &str, &str)> = s
         .ports
         .iter()
@@ -563,8 +563,8 @@ fn g9_ports_are_the_union_by_number_with_a_deterministic_winner() {
     // Same winner from cluster2's side.
     let v2 = view(&c2, &[&c1]);
     assert_eq!(
-        v2.services.values().nth(0).unwrap().ports,
-        v.services.values().nth(0).unwrap().ports
+        v2.services.values().next().unwrap().ports,
+        v.services.values().next().unwrap().ports
     );
 }
 
@@ -618,7 +618,7 @@ fn g10_only_ready_endpoints_are_advertised() {
         view(&c1, &[&c2])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .endpoint_count(),
         1
@@ -626,7 +626,7 @@ fn g10_only_ready_endpoints_are_advertised() {
     let p = c2.pods.values_mut().next().unwrap();
     p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
     let v = view(&c1, &[&c2]);
-    assert_eq!(v.services.values().nth(0).unwrap().endpoint_count(), 0);
+    assert_eq!(v.services.values().next().unwrap().endpoint_count(), 0);
     assert_eq!(render(&v)[0].spec.endpoints.len(), 0);
 }
 
@@ -753,12 +753,12 @@ fn g11_vips_survive_restarts_through_the_generated_service_entries() {
     restarted.apply(Object::ServiceEntry(rendered));
     let again = catalog(&restarted, &[], &CatalogConfig::default());
     assert_eq!(
-        again.services.values().nth(0).unwrap().vip,
+        again.services.values().next().unwrap().vip,
         "240.240.7.7".parse::<IpAddr>().unwrap()
     );
 
     // A user-written ServiceEntry's address is never handed out.
-    let taken = first.services.values().nth(0).unwrap().vip;
+    let taken = first.services.values().next().unwrap().vip;
     let mut manual = base.clone();
     manual.apply(Object::ServiceEntry(ServiceEntry {
         metadata: ObjectMeta {
@@ -773,7 +773,7 @@ fn g11_vips_survive_restarts_through_the_generated_service_entries() {
         },
     }));
     let v = catalog(&manual, &[], &CatalogConfig::default());
-    assert_ne!(v.services.values().nth(0).unwrap().vip, taken);
+    assert_ne!(v.services.values().next().unwrap().vip, taken);
 }
 
 #[test]
@@ -817,7 +817,7 @@ fn g12_removing_the_label_service_or_last_cluster_removes_the_global_service() {
     assert_eq!(
         v.services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .clusters()
             .collect::<Vec<_>>(),
@@ -901,7 +901,7 @@ fn s2_a_cluster_joins_a_segment_by_label() {
     assert!(d[0].message.contains("qa-segment"));
     assert!(d[0].message.contains("dev-segment, prod-segment"));
     assert_eq!(
-        e.services.values().nth(0).unwrap().hostname,
+        e.services.values().next().unwrap().hostname,
         "web.a.mesh.internal"
     );
 }
@@ -1063,7 +1063,7 @@ fn t1_distribution_annotation_and_conflicts() {
     );
     let v = view(&c1, &[&c2]);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::Any
     );
     assert!(with_rule(&v.diagnostics, Rule::T1).is_empty());
@@ -1081,7 +1081,7 @@ fn t1_distribution_annotation_and_conflicts() {
         view(&c1, &[&c2])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .distribution,
         TrafficDistribution::PreferNetwork
@@ -1101,7 +1101,7 @@ fn t1_distribution_annotation_and_conflicts() {
         .build();
     let v = view(&c1, &[&c2, &c3]);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::Any
     );
     let d = with_rule(&v.diagnostics, Rule::T1);
@@ -1109,7 +1109,7 @@ fn t1_distribution_annotation_and_conflicts() {
     assert!(d[0].message.contains("cluster1=PreferClose"), "{}", d[0]);
     let v = view(&c1, &[&c2]);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::PreferClose
     );
 }
@@ -1136,7 +1136,7 @@ fn t7_unknown_distribution_falls_back_to_the_default() {
         view(&c1, &[&c2])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .distribution,
         TrafficDistribution::PreferNetwork
@@ -1169,7 +1169,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
             .service(b)
             .build();
         let v = view(&snap, &[]);
-        let g = &v.services.values().nth(0).unwrap();
+        let g = &v.services.values().next().unwrap();
         assert_eq!(g.taken_over, want, "ns={ns:?} svc={s:?}");
         assert_eq!(g.takeover.is_some(), want);
         if want {
@@ -1187,7 +1187,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         .service(svc("a", "b").global().takeover("yes"))
         .build();
     let e = exports(&snap);
-    assert!(!e.services.values().nth(0).unwrap().takeover);
+    assert!(!e.services.values().next().unwrap().takeover);
     assert_eq!(with_rule(&e.diagnostics, Rule::K1).len(), 1);
 
     // Takeover in one cluster: only that cluster's local name is captured.
@@ -1199,7 +1199,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         view(&c1, &[&c2])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .takeover
             .is_some()
@@ -1208,7 +1208,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         view(&c2, &[&c1])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .takeover
             .is_none()
@@ -1217,7 +1217,7 @@ fn k1_takeover_label_on_service_or_namespace_service_wins() {
         view(&c2, &[&c1])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .taken_over
     );
@@ -1242,7 +1242,7 @@ fn k2_takeover_without_scope_is_a_noop_with_a_diagnostic() {
         .service(svc("b", "x").global())
         .build();
     let e = exports(&snap);
-    assert!(e.services.values().nth(0).unwrap().takeover);
+    assert!(e.services.values().next().unwrap().takeover);
     assert!(with_rule(&e.diagnostics, Rule::K2).is_empty());
 }
 
@@ -1259,7 +1259,7 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         .build();
     let v = view(&snap, &[]);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::PreferClose
     );
     assert_eq!(with_rule(&v.diagnostics, Rule::K3).len(), 1);
@@ -1269,7 +1269,7 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         .build();
     let v = view(&snap, &[]);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::PreferClose
     );
     assert!(with_rule(&v.diagnostics, Rule::K3).is_empty());
@@ -1286,7 +1286,7 @@ fn k3_prefer_network_is_not_allowed_with_takeover() {
         view(&snap, &[])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .distribution,
         TrafficDistribution::Any
@@ -1302,7 +1302,7 @@ fn k4_removing_the_takeover_label_restores_local_behaviour() {
         view(&on, &[])
             .services
             .values()
-            .nth(0)
+            .next()
             .unwrap()
             .takeover
             .is_some()
@@ -1317,10 +1317,10 @@ fn k4_removing_the_takeover_label_restores_local_behaviour() {
         .unwrap()
         .remove(labels::SERVICE_TAKEOVER);
     let v = view(&off, &[]);
-    assert!(v.services.values().nth(0).unwrap().takeover.is_none());
-    assert!(!v.services.values().nth(0).unwrap().taken_over);
+    assert!(v.services.values().next().unwrap().takeover.is_none());
+    assert!(!v.services.values().next().unwrap().taken_over);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::PreferNetwork
     );
     assert!(
@@ -1375,7 +1375,7 @@ fn k3_prefer_network_from_a_cluster_without_takeover_conflicts_with_one_with_it(
     );
     let v = view(&c1, &[&c2]);
     assert_eq!(
-        v.services.values().nth(0).unwrap().distribution,
+        v.services.values().next().unwrap().distribution,
         TrafficDistribution::PreferClose
     );
     let d = with_rule(&v.diagnostics, Rule::K3);

@@ -140,10 +140,10 @@ async fn c6_peers_under_the_shared_root_sync_over_mutual_tls() {
         panic!("expected a sync")
     };
     assert_eq!(
-        export.services.values().nth(0).unwrap().hostname,
+        export.services.values().next().unwrap().hostname,
         "web.shop.mesh.internal"
     );
-    assert_eq!(export.services.values().nth(0).unwrap().endpoint_count(), 2);
+    assert_eq!(export.services.values().next().unwrap().endpoint_count(), 2);
     // The server knows who it serves, from the certificate.
     let served = service.served();
     assert_eq!(served.len(), 1);

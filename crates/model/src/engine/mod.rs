@@ -4,6 +4,8 @@
 //! functions stay the reference; these engines are tested to always agree
 //! with them.
 
+mod catalog;
 mod export;
 
+pub use catalog::{CatalogEngine, CatalogStep, OwnChanges};
 pub use export::{ExportEngine, ExportStep};
