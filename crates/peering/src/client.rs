@@ -31,7 +31,7 @@ use crate::backoff::Backoff;
 use crate::machine::{Decision, Input, LinkMachine, Phase};
 use crate::metrics::Metrics;
 use crate::proto::{self, PeerRequest, PeerResponse, peer_request, peer_response};
-use crate::wire::ResourceSet;
+use crate::wire::PeerState;
 
 /// What this cluster tells its peers about itself (the Hello).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -333,7 +333,7 @@ impl Link {
     async fn session(&mut self, mut conn: Connection) -> Option<SessionEnd> {
         let labels = Metrics::peer(self.peer());
         let heartbeat = self.cfg.heartbeat;
-        let mut state = ResourceSet::default();
+        let mut state = PeerState::default();
         let mut synced = false;
         let mut last_heard = Instant::now();
         let mut last_sent = Instant::now();
@@ -346,9 +346,10 @@ impl Link {
                     match msg {
                         Some(Ok(PeerResponse { kind: Some(peer_response::Kind::Delta(d)) })) => {
                             let mut next = state.clone();
-                            let applied = next.apply(&d).and_then(|export| {
+                            let applied = next.apply(&d).and_then(|()| {
+                                let export = next.export();
                                 if export.cluster.name == self.cfg.link.cluster {
-                                    Ok(export)
+                                    Ok(Arc::new(export.clone()))
                                 } else {
                                     Err(crate::wire::WireError {
                                         resource: crate::wire::CLUSTER_RESOURCE.into(),
@@ -377,7 +378,7 @@ impl Link {
                                     }
                                     self.machine.step(Input::Applied, Instant::now());
                                     debug!(peer = %self.peer(), version = d.version, full = d.full_state, services = export.services.len(), "applied peer delta");
-                                    if !self.emit(PeerEvent::Synced { export: Arc::new(export), version: d.version, full_state: d.full_state }).await {
+                                    if !self.emit(PeerEvent::Synced { export, version: d.version, full_state: d.full_state }).await {
                                         return None;
                                     }
                                 }

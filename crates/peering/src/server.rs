@@ -31,14 +31,30 @@ pub struct Published {
     pub version: u64,
     /// The exporting cluster's segment, for visibility filtering.
     pub segment: Option<String>,
-    pub resources: Arc<ResourceSet>,
+    /// Every resource: what peers of the same segment see.
+    pub resources: ResourceSet,
+    /// Without `segment`-scoped services: what other segments see (S7).
+    pub global: ResourceSet,
+}
+
+impl Published {
+    /// What a peer in `peer_segment` may see.
+    pub fn visible_to(&self, peer_segment: Option<&str>) -> &ResourceSet {
+        if self.segment.as_deref() == peer_segment {
+            &self.resources
+        } else {
+            &self.global
+        }
+    }
 }
 
 /// Publishes this cluster's export to every peer stream. Resources are
-/// computed once per version and shared by all streams.
+/// encoded once per changed service and shared by all streams and versions.
 #[derive(Debug)]
 pub struct ExportPublisher {
     tx: watch::Sender<Published>,
+    /// The export last published (its services shared with the caller's).
+    last: std::sync::Mutex<Export>,
 }
 
 impl Default for ExportPublisher {
@@ -51,26 +67,35 @@ impl ExportPublisher {
     pub fn new() -> Self {
         ExportPublisher {
             tx: watch::channel(Published::default()).0,
+            last: std::sync::Mutex::new(Export::default()),
         }
     }
 
-    /// Publishes an export; returns its version. An export whose resources
+    /// Publishes an export; returns its version. Only the services that
+    /// differ from the last export are encoded. An export whose resources
     /// did not change keeps the current version and wakes no stream.
     pub fn publish(&self, export: &Export) -> u64 {
-        let resources = ResourceSet::from_export(export);
+        let Ok(mut last) = self.last.lock() else {
+            return self.tx.borrow().version;
+        };
         let segment = export.cluster.segment_name().map(str::to_owned);
         let mut version = 0;
         self.tx.send_if_modified(|p| {
-            if *p.resources == resources && p.segment == segment && p.version > 0 {
+            let mut resources = p.resources.clone();
+            let mut global = p.global.clone();
+            let changed = resources.update(&mut global, &last, export);
+            if !changed && p.segment == segment && p.version > 0 {
                 version = p.version;
                 return false;
             }
             p.version += 1;
             p.segment = segment;
-            p.resources = Arc::new(resources);
+            p.resources = resources;
+            p.global = global;
             version = p.version;
             true
         });
+        *last = export.clone();
         version
     }
 
@@ -492,9 +517,7 @@ impl Session {
                 // Version 0: nothing published yet; the first export comes
                 // as a change (a peer must never see an empty state as ours).
                 if current.version > 0 && nacked_version != Some(current.version) {
-                    let visible = current
-                        .resources
-                        .visible_to(current.segment.as_deref(), self.segment.as_deref());
+                    let visible = current.visible_to(self.segment.as_deref()).clone();
                     let full = acked.is_none();
                     let diff = acked
                         .as_ref()

@@ -5,13 +5,12 @@
 //! `service/<namespace>/<name>` per exported service. A resource's version is
 //! a hash of its encoded body, so unchanged resources are never resent.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use meshpeer_model::{
-    ClusterInfo, Endpoint, Export, ExportedService, Locality, LocalityGroup, PortTarget, Scope,
-    SegmentDef, ServicePort, TrafficDistribution,
+    ArcMap, ClusterInfo, Endpoint, Export, ExportedService, Locality, LocalityGroup, NsName,
+    PortTarget, Scope, SegmentDef, ServicePort, TrafficDistribution,
 };
 use prost::Message;
 
@@ -40,10 +39,26 @@ fn invalid(resource: &str, message: impl Into<String>) -> WireError {
     }
 }
 
-/// An export as resources, keyed by name. Cheap to clone (resources are shared).
+/// One resource, shared between the versions of a [`ResourceSet`]. Two are
+/// equal when they are the same resource or have the same name and version
+/// (the version is a hash of the body), so comparing versions never
+/// compares bodies.
+#[derive(Clone, Debug)]
+pub struct Shared(pub Arc<proto::Resource>);
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.version == other.0.version && self.0.name == other.0.name)
+    }
+}
+
+/// An export as resources, keyed by name. A persistent map: a clone costs
+/// O(1), a new version that changes one resource shares the rest with the
+/// previous one, and [`ResourceSet::diff`] visits only what differs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ResourceSet {
-    resources: BTreeMap<String, Arc<proto::Resource>>,
+    resources: imbl::OrdMap<String, Shared>,
 }
 
 /// What changed between two resource sets.
@@ -81,23 +96,36 @@ fn resource(name: String, body: proto::resource::Body) -> Arc<proto::Resource> {
     })
 }
 
+fn cluster_resource(export: &Export) -> Arc<proto::Resource> {
+    resource(
+        CLUSTER_RESOURCE.to_owned(),
+        proto::resource::Body::Cluster(cluster_to_proto(&export.cluster, &export.segments)),
+    )
+}
+
+fn service_resource(s: &ExportedService) -> Arc<proto::Resource> {
+    resource(
+        service_resource_name(&s.namespace, &s.name),
+        proto::resource::Body::Service(service_to_proto(s)),
+    )
+}
+
+/// Whether a resource is a `segment`-scoped service (S7).
+fn segment_scoped(r: &proto::Resource) -> bool {
+    matches!(&r.body, Some(proto::resource::Body::Service(s)) if s.scope == proto::Scope::Segment as i32)
+}
+
 impl ResourceSet {
     /// The resources of an export.
     pub fn from_export(export: &Export) -> Self {
-        let mut resources = BTreeMap::new();
+        let mut resources = imbl::OrdMap::new();
         resources.insert(
             CLUSTER_RESOURCE.to_owned(),
-            resource(
-                CLUSTER_RESOURCE.to_owned(),
-                proto::resource::Body::Cluster(cluster_to_proto(&export.cluster, &export.segments)),
-            ),
+            Shared(cluster_resource(export)),
         );
-        for s in &export.services {
-            let name = service_resource_name(&s.namespace, &s.name);
-            resources.insert(
-                name.clone(),
-                resource(name, proto::resource::Body::Service(service_to_proto(s))),
-            );
+        for s in export.services.values() {
+            let r = service_resource(s);
+            resources.insert(r.name.clone(), Shared(r));
         }
         ResourceSet { resources }
     }
@@ -119,88 +147,180 @@ impl ResourceSet {
         let resources = self
             .resources
             .iter()
-            .filter(|(_, r)| match &r.body {
-                Some(proto::resource::Body::Service(s)) => s.scope != proto::Scope::Segment as i32,
-                _ => true,
-            })
-            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .filter(|(_, r)| !segment_scoped(&r.0))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         ResourceSet { resources }
     }
 
-    /// What to send to bring a client holding `self` to `newer`.
+    /// What to send to bring a client holding `self` to `newer`. Costs what
+    /// differs when the two share structure (versions of one publisher).
     pub fn diff(&self, newer: &ResourceSet) -> Diff {
         let mut d = Diff::default();
-        for (name, r) in &newer.resources {
-            match self.resources.get(name) {
-                Some(old) if old.version == r.version => {}
-                _ => d.changed.push(Arc::clone(r)),
-            }
-        }
-        for name in self.resources.keys() {
-            if !newer.resources.contains_key(name) {
-                d.removed.push(name.clone());
+        for item in self.resources.diff(&newer.resources) {
+            match item {
+                imbl::ordmap::DiffItem::Add(_, r)
+                | imbl::ordmap::DiffItem::Update { new: (_, r), .. } => {
+                    d.changed.push(Arc::clone(&r.0))
+                }
+                imbl::ordmap::DiffItem::Remove(name, _) => d.removed.push(name.clone()),
             }
         }
         d
     }
 
-    /// Applies a delta and returns the export it makes; on error `self` is
-    /// unchanged. A full-state delta replaces everything.
-    pub fn apply(&mut self, delta: &proto::Delta) -> Result<Export, WireError> {
-        let mut next = if delta.full_state {
-            ResourceSet::default()
+    /// Says whether the set changed.
+    fn insert(&mut self, r: Arc<proto::Resource>) -> bool {
+        let r = Shared(r);
+        if self.resources.get(&r.0.name) == Some(&r) {
+            return false;
+        }
+        self.resources.insert(r.0.name.clone(), r);
+        true
+    }
+
+    /// Says whether the set changed.
+    fn remove(&mut self, name: &str) -> bool {
+        self.resources.remove(name).is_some()
+    }
+
+    /// The resources of the export `new`, from those of `old` (which `self`
+    /// holds): only what changed is encoded. `global` is kept as the
+    /// resources other segments may see (S7). Says whether `self` changed.
+    pub fn update(&mut self, global: &mut ResourceSet, old: &Export, new: &Export) -> bool {
+        let mut changed = false;
+        if old.cluster != new.cluster || old.segments != new.segments || self.is_empty() {
+            let r = cluster_resource(new);
+            global.insert(Arc::clone(&r));
+            changed |= self.insert(r);
+        }
+        for item in old.services.diff(&new.services) {
+            match item {
+                imbl::ordmap::DiffItem::Add(_, s)
+                | imbl::ordmap::DiffItem::Update { new: (_, s), .. } => {
+                    changed |= self.add_service(global, s);
+                }
+                imbl::ordmap::DiffItem::Remove(_, s) => {
+                    let name = service_resource_name(&s.namespace, &s.name);
+                    changed |= self.remove(&name);
+                    global.remove(&name);
+                }
+            }
+        }
+        changed
+    }
+
+    fn add_service(&mut self, global: &mut ResourceSet, s: &ExportedService) -> bool {
+        let r = service_resource(s);
+        if segment_scoped(&r) {
+            global.remove(&r.name);
         } else {
-            self.clone()
-        };
-        for r in &delta.resources {
-            check_resource(r)?;
-            next.resources.insert(r.name.clone(), Arc::new(r.clone()));
+            global.insert(Arc::clone(&r));
         }
-        for name in &delta.removed {
-            next.resources.remove(name);
-        }
-        // The whole state must still make an export.
-        let export = next.to_export()?;
-        *self = next;
-        Ok(export)
+        self.insert(r)
     }
 
     /// The export these resources describe.
     pub fn to_export(&self) -> Result<Export, WireError> {
-        let cluster = match self
-            .resources
-            .get(CLUSTER_RESOURCE)
-            .and_then(|r| r.body.as_ref())
-        {
-            Some(proto::resource::Body::Cluster(c)) => c,
-            _ => {
-                return Err(invalid(
-                    CLUSTER_RESOURCE,
-                    "missing: a peer's state must describe the peer cluster",
-                ));
-            }
-        };
-        let (cluster, segments) = cluster_from_proto(cluster)?;
-        let mut services = Vec::new();
+        let (cluster, segments) = self.cluster()?;
+        let mut services = ArcMap::new();
         for (name, r) in &self.resources {
-            if let Some(proto::resource::Body::Service(s)) = &r.body {
-                services.push(Arc::new(service_from_proto(
-                    name,
-                    s,
-                    cluster.segment.as_ref(),
-                )?));
+            if let Some(proto::resource::Body::Service(s)) = &r.0.body {
+                let svc = service_from_proto(name, s, cluster.segment.as_ref())?;
+                services.insert(NsName::new(&svc.namespace, &svc.name), Arc::new(svc));
             }
         }
-        // Resource names sort as the services' (namespace, name) do, except
-        // when names contain '/'; sort to keep the export's invariant.
-        services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Ok(Export {
             cluster,
             segments,
             services,
             diagnostics: Vec::new(),
         })
+    }
+
+    fn cluster(&self) -> Result<(ClusterInfo, Vec<SegmentDef>), WireError> {
+        match self
+            .resources
+            .get(CLUSTER_RESOURCE)
+            .and_then(|r| r.0.body.as_ref())
+        {
+            Some(proto::resource::Body::Cluster(c)) => cluster_from_proto(c),
+            _ => Err(invalid(
+                CLUSTER_RESOURCE,
+                "missing: a peer's state must describe the peer cluster",
+            )),
+        }
+    }
+}
+
+/// What a client holds of a peer: the resources as received and the export
+/// they make, both updated by each delta in proportion to its size.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerState {
+    resources: ResourceSet,
+    export: Export,
+}
+
+impl PeerState {
+    /// The export of the resources received so far.
+    pub fn export(&self) -> &Export {
+        &self.export
+    }
+
+    pub fn resources(&self) -> &ResourceSet {
+        &self.resources
+    }
+
+    /// Applies a delta; on error `self` is unchanged. A full-state delta
+    /// replaces everything. Only the resources in the delta are decoded,
+    /// unless the peer's cluster resource changed (its segment decides
+    /// which hostnames its services may have), then all are.
+    pub fn apply(&mut self, delta: &proto::Delta) -> Result<(), WireError> {
+        let mut next = if delta.full_state {
+            PeerState::default()
+        } else {
+            self.clone()
+        };
+        let mut cluster_changed = delta.full_state;
+        for r in &delta.resources {
+            check_resource(r)?;
+            if r.name == CLUSTER_RESOURCE {
+                cluster_changed = true;
+            }
+            next.resources
+                .resources
+                .insert(r.name.clone(), Shared(Arc::new(r.clone())));
+        }
+        for name in &delta.removed {
+            if name == CLUSTER_RESOURCE {
+                cluster_changed = true;
+            }
+            next.resources.remove(name);
+        }
+        if cluster_changed {
+            // The whole state must still make an export.
+            next.export = next.resources.to_export()?;
+        } else {
+            let segment = next.export.cluster.segment.clone();
+            for r in &delta.resources {
+                if let Some(proto::resource::Body::Service(s)) = &r.body {
+                    let svc = service_from_proto(&r.name, s, segment.as_ref())?;
+                    next.export
+                        .services
+                        .insert(NsName::new(&svc.namespace, &svc.name), Arc::new(svc));
+                }
+            }
+            for name in &delta.removed {
+                if let Some((ns, n)) = name
+                    .strip_prefix("service/")
+                    .and_then(|rest| rest.split_once('/'))
+                {
+                    next.export.services.remove(&NsName::new(ns, n));
+                }
+            }
+        }
+        *self = next;
+        Ok(())
     }
 }
 
@@ -494,10 +614,10 @@ mod tests {
         e.services = e
             .services
             .iter()
-            .map(|s| {
+            .map(|(k, s)| {
                 let mut s = (**s).clone();
                 s.cluster_ips.clear();
-                Arc::new(s)
+                (k.clone(), Arc::new(s))
             })
             .collect();
         e
@@ -515,7 +635,7 @@ mod tests {
         let a = ResourceSet::from_export(&sample());
         assert!(a.diff(&a).is_empty());
         let mut e = sample();
-        e.services.remove(1);
+        e.services.remove(&NsName::new("httpbin", "private"));
         let b = ResourceSet::from_export(&e);
         let d = a.diff(&b);
         assert!(d.changed.is_empty());
@@ -532,11 +652,62 @@ mod tests {
         assert_eq!(a.visible_to(Some("dev"), None).len(), 2);
     }
 
+    fn full(set: &ResourceSet, nonce: &str) -> proto::Delta {
+        proto::Delta {
+            nonce: nonce.into(),
+            version: 1,
+            full_state: true,
+            resources: set.resources.values().map(|r| (*r.0).clone()).collect(),
+            removed: vec![],
+        }
+    }
+
+    #[test]
+    fn a_peer_state_follows_deltas_and_decodes_only_what_they_carry() {
+        let e = sample();
+        let mut state = PeerState::default();
+        state
+            .apply(&full(&ResourceSet::from_export(&e), "1"))
+            .unwrap();
+        assert_eq!(state.export(), &wire_view(&e));
+        // A publisher's next version, as deltas from the last.
+        let mut all = ResourceSet::from_export(&e);
+        let mut global = all.visible_to(Some("dev"), None);
+        let mut next = e.clone();
+        next.services.remove(&NsName::new("httpbin", "private"));
+        let before = all.clone();
+        assert!(all.update(&mut global, &e, &next));
+        let d = before.diff(&all);
+        assert_eq!(d.removed, ["service/httpbin/private"]);
+        let before_export = state.export().services.clone();
+        state
+            .apply(&proto::Delta {
+                nonce: "2".into(),
+                version: 2,
+                full_state: false,
+                resources: d.changed.iter().map(|r| (**r).clone()).collect(),
+                removed: d.removed,
+            })
+            .unwrap();
+        assert_eq!(state.export(), &wire_view(&next));
+        // The untouched service is the same shared value as before.
+        let key = NsName::new("httpbin", "in-ambient");
+        assert!(Arc::ptr_eq(
+            &before_export[&key],
+            &state.export().services[&key]
+        ));
+        // Publishing the same export again changes nothing.
+        assert!(!all.update(&mut global, &next, &next));
+        assert_eq!(global.len(), 2);
+    }
+
     #[test]
     fn bad_resources_are_rejected_and_leave_the_state_unchanged() {
-        let good = ResourceSet::from_export(&sample());
+        let good_set = ResourceSet::from_export(&sample());
+        let mut good = PeerState::default();
+        good.apply(&full(&good_set, "0")).unwrap();
         let mut state = good.clone();
-        let mut bad = (*good.resources["service/httpbin/in-ambient"]).clone();
+        let mut bad = (*good_set.resources["service/httpbin/in-ambient"].0).clone();
         if let Some(proto::resource::Body::Service(s)) = &mut bad.body {
             s.hostname = "in-ambient.httpbin.mesh.internal".into();
         }

@@ -61,7 +61,7 @@ fn export2(segment: Option<&str>, services: &[(&str, &str)]) -> Export {
 }
 
 fn names(e: &Export) -> Vec<String> {
-    e.services.iter().map(|s| s.name.clone()).collect()
+    e.services.values().map(|s| s.name.clone()).collect()
 }
 
 struct Setup {
