@@ -2,14 +2,15 @@
 //! global service (and manual entry, and taken-over ClusterIP when asked),
 //! added and removed as the catalog changes; each connection goes to a
 //! destination picked at connect time (section 4), directly or through a
-//! peer's east-west gateway over HBONE (D2).
+//! peer's east-west gateway over HBONE (D2). No endpoint is dialled that
+//! the endpoint policy refuses (P5).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use meshpeer_model::ManualEntry;
+use meshpeer_model::{ManualEndpoint, ManualEntry, PeerLink, ServicePort};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::endpoint_policy::{EndpointPolicy, LogLimit, Refusal};
 use crate::hbone::{HboneClient, TunnelMeta};
 use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
@@ -33,6 +35,8 @@ pub struct ProxyConfig {
     /// Passive health: first ejection, and the cap it doubles up to.
     pub ejection_base: Duration,
     pub ejection_cap: Duration,
+    /// Which endpoint addresses may be dialled (P5).
+    pub endpoints: Arc<EndpointPolicy>,
 }
 
 impl Default for ProxyConfig {
@@ -42,6 +46,7 @@ impl Default for ProxyConfig {
             max_attempts: 5,
             ejection_base: Duration::from_secs(1),
             ejection_cap: Duration::from_secs(30),
+            endpoints: Arc::default(),
         }
     }
 }
@@ -55,6 +60,7 @@ struct Ctx {
     health: Health,
     config: ProxyConfig,
     metrics: Arc<DataplaneMetrics>,
+    refusal_log: LogLimit,
 }
 
 /// A running proxy.
@@ -85,6 +91,7 @@ impl Proxy {
             health: Health::new(config.ejection_base, config.ejection_cap),
             config,
             metrics,
+            refusal_log: LogLimit::default(),
         });
         let (bound_tx, bound) = watch::channel(BTreeSet::new());
         let manager = tokio::spawn(manage_listeners(state, ctx, bound_tx));
@@ -124,13 +131,14 @@ async fn manage_listeners(
     let mut loops = Loops(BTreeMap::new());
     let mut failed: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
+    let mut reported_version = 0;
     loop {
-        let wanted: BTreeSet<SocketAddr> = state
-            .borrow_and_update()
-            .listeners
-            .keys()
-            .copied()
-            .collect();
+        let current = state.borrow_and_update().clone();
+        if current.feed.version != reported_version {
+            reported_version = current.feed.version;
+            report_outside_zones(&current, &ctx.metrics);
+        }
+        let wanted: BTreeSet<SocketAddr> = current.listeners.keys().copied().collect();
         loops.0.retain(|addr, task| {
             let keep = wanted.contains(addr);
             if !keep {
@@ -169,6 +177,34 @@ async fn manage_listeners(
     }
 }
 
+/// P2: catalog names outside this cluster's zones are not served; said
+/// once per catalog version.
+fn report_outside_zones(state: &DataplaneState, metrics: &DataplaneMetrics) {
+    let names = &state.outside_zones;
+    metrics
+        .names_outside_zones
+        .set(i64::try_from(names.len()).unwrap_or(i64::MAX));
+    if names.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let mut list = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    warn!(
+        version = state.feed.version,
+        count = names.len(),
+        zones = %state.dns.authoritative.join(", "),
+        "catalog names outside the zones this cluster answers for are not served (no DNS answer, no VIP listener): {list}"
+    );
+}
+
 async fn accept_loop(listener: TcpListener, local: SocketAddr, ctx: Arc<Ctx>) {
     loop {
         match listener.accept().await {
@@ -190,6 +226,38 @@ struct Chosen {
     dest: String,
     cluster: String,
     attempts: usize,
+    /// Destinations the endpoint policy refused on the way (P5).
+    refused: Vec<String>,
+}
+
+/// Why a connection found no destination, for the access log.
+struct NoDest {
+    why: String,
+    /// Destinations the endpoint policy refused (P5).
+    refused: Vec<String>,
+}
+
+impl From<String> for NoDest {
+    fn from(why: String) -> Self {
+        NoDest {
+            why,
+            refused: Vec::new(),
+        }
+    }
+}
+
+impl From<&str> for NoDest {
+    fn from(why: &str) -> Self {
+        NoDest::from(why.to_owned())
+    }
+}
+
+/// Why one destination was not reached.
+enum DialError {
+    /// The endpoint policy refused the address: it was not dialled (P5).
+    Refused(String),
+    /// Dialled, and it failed.
+    Failed(String),
 }
 
 async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: Arc<Ctx>) {
@@ -202,28 +270,29 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
                 format!("{}:{port}", svc.hostname),
                 connect_global(&ctx, &state, service, port, peer).await,
             ),
-            None => (local.to_string(), Err("the service is gone".to_owned())),
+            None => (local.to_string(), Err("the service is gone".into())),
         },
         Some(Target::Manual { entry, port }) => match state.manual(entry) {
             Some(m) => (
                 format!("{}:{port}", m.hosts.first().cloned().unwrap_or_default()),
                 connect_manual(&ctx, &state, m, port, peer).await,
             ),
-            None => (local.to_string(), Err("the entry is gone".to_owned())),
+            None => (local.to_string(), Err("the entry is gone".into())),
         },
         None => (
             local.to_string(),
-            Err("nothing is served here any more".to_owned()),
+            Err("nothing is served here any more".into()),
         ),
     };
     let (mut upstream, chosen) = match result {
         Ok(x) => x,
-        Err(why) => {
+        Err(NoDest { why, refused }) => {
             ctx.metrics.connection("outbound", "no_endpoint");
             info!(
                 src = %peer,
                 dst = %hostname,
                 outcome = "failed",
+                refused = refused_field(&refused),
                 duration_ms = started.elapsed().as_millis() as u64,
                 "connection refused: {why}"
             );
@@ -248,12 +317,19 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
         endpoint = %chosen.dest,
         cluster = %chosen.cluster,
         attempts = chosen.attempts,
+        refused = refused_field(&chosen.refused),
         bytes_sent = sent,
         bytes_received = received,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome,
         "connection"
     );
+}
+
+/// The access log's `refused` field: the endpoints the policy refused on
+/// the way (P5), absent when none was.
+fn refused_field(refused: &[String]) -> Option<tracing::field::DisplayValue<String>> {
+    (!refused.is_empty()).then(|| tracing::field::display(refused.join(", ")))
 }
 
 fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
@@ -268,21 +344,51 @@ fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
     }
 }
 
+/// Why the endpoint policy refuses `addr`, if it does: the policy (P5),
+/// and the proxy's own listeners, which a connection must not loop into.
+fn refusal(ctx: &Ctx, state: &DataplaneState, addr: SocketAddr) -> Option<Refusal> {
+    if state.listeners.contains_key(&addr) {
+        return Some(Refusal::OwnListener);
+    }
+    ctx.config
+        .endpoints
+        .check(addr.ip(), state.feed.catalog.vip_range.as_ref())
+        .err()
+}
+
+/// Counts and logs (at most once a minute per address) a refused endpoint;
+/// the text for the access log.
+fn refused(ctx: &Ctx, addr: SocketAddr, why: Refusal) -> String {
+    ctx.metrics.endpoint_refusal(why.as_str());
+    if ctx.refusal_log.allow(addr.ip(), StdInstant::now()) {
+        warn!(endpoint = %addr, reason = why.as_str(), "endpoint not dialled: {why}");
+    } else {
+        debug!(endpoint = %addr, reason = why.as_str(), "endpoint not dialled");
+    }
+    format!("{addr} not dialled: {}", why.as_str())
+}
+
 async fn connect_dest(
     ctx: &Ctx,
+    state: &DataplaneState,
     dest: &Dest,
     meta: &TunnelMeta,
-) -> Result<Box<dyn Stream>, String> {
+) -> Result<Box<dyn Stream>, DialError> {
     let timeout = ctx.config.connect_timeout;
     match dest {
         Dest::Direct { addr, .. } => {
+            if let Some(why) = refusal(ctx, state, *addr) {
+                return Err(DialError::Refused(refused(ctx, *addr, why)));
+            }
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     Ok(Box::new(s))
                 }
-                Ok(Err(e)) => Err(format!("{addr}: {e}")),
-                Err(_) => Err(format!("{addr}: timed out after {timeout:?}")),
+                Ok(Err(e)) => Err(DialError::Failed(format!("{addr}: {e}"))),
+                Err(_) => Err(DialError::Failed(format!(
+                    "{addr}: timed out after {timeout:?}"
+                ))),
             }
         }
         Dest::Gateway {
@@ -318,7 +424,7 @@ async fn connect_dest(
                     }
                 }
             }
-            Err(last)
+            Err(DialError::Failed(last))
         }
     }
 }
@@ -331,27 +437,25 @@ async fn connect_global(
     service: usize,
     port: u16,
     peer: SocketAddr,
-) -> Result<(Box<dyn Stream>, Chosen), String> {
+) -> Result<(Box<dyn Stream>, Chosen), NoDest> {
     let svc = state.service(service).ok_or("the service is gone")?;
     let tiers = {
         let mut rng = fastrand::Rng::new();
         plan(svc, port, state, &ctx.health, Instant::now(), &mut rng)
     };
     if tiers.is_empty() {
-        return Err(format!(
-            "{} has no ready endpoint for port {port}",
-            svc.hostname
-        ));
+        return Err(format!("{} has no ready endpoint for port {port}", svc.hostname).into());
     }
     let meta = meta(&state.feed.catalog.cluster.name, peer);
     let mut attempts = 0;
     let mut errors = Vec::new();
+    let mut refused = Vec::new();
     for dest in tiers.iter().flatten() {
         if attempts == ctx.config.max_attempts {
             break;
         }
         attempts += 1;
-        match connect_dest(ctx, dest, &meta).await {
+        match connect_dest(ctx, state, dest, &meta).await {
             Ok(s) => {
                 ctx.health.succeeded(dest);
                 if attempts > 1 {
@@ -370,10 +474,16 @@ async fn connect_global(
                         dest: where_,
                         cluster: dest.cluster().to_owned(),
                         attempts,
+                        refused,
                     },
                 ));
             }
-            Err(e) => {
+            // Not dialled: a failed attempt, but not the endpoint's health.
+            Err(DialError::Refused(e)) => {
+                errors.push(e.clone());
+                refused.push(e);
+            }
+            Err(DialError::Failed(e)) => {
                 let ejected = ctx.health.failed(dest, Instant::now());
                 ctx.metrics.ejection(match dest {
                     Dest::Direct { .. } => "endpoint",
@@ -384,11 +494,14 @@ async fn connect_global(
             }
         }
     }
-    Err(format!(
-        "no destination of {} answered after {attempts} attempts: {}",
-        svc.hostname,
-        errors.join("; ")
-    ))
+    Err(NoDest {
+        why: format!(
+            "no destination of {} answered after {attempts} attempts: {}",
+            svc.hostname,
+            errors.join("; ")
+        ),
+        refused,
+    })
 }
 
 /// A user-written entry (D4): its endpoints, reached directly when they are
@@ -400,83 +513,131 @@ async fn connect_manual(
     m: &ManualEntry,
     port: u16,
     peer: SocketAddr,
-) -> Result<(Box<dyn Stream>, Chosen), String> {
+) -> Result<(Box<dyn Stream>, Chosen), NoDest> {
     let sp = m
         .ports
         .iter()
         .find(|p| p.number == port)
         .ok_or("the entry no longer has this port")?;
     let host = m.hosts.first().cloned().unwrap_or_default();
-    let own_network = &state.feed.catalog.cluster.network;
     let meta = meta(&state.feed.catalog.cluster.name, peer);
     let mut errors = Vec::new();
-    let mut order: Vec<&meshpeer_model::ManualEndpoint> = m.endpoints.iter().collect();
+    let mut refused = Vec::new();
+    let mut order: Vec<&ManualEndpoint> = m.endpoints.iter().collect();
     fastrand::shuffle(&mut order);
     for (i, e) in order.into_iter().enumerate() {
         if i == ctx.config.max_attempts {
             break;
         }
-        // A linked gateway at this address; when several peers' gateways
-        // share it (one host, several ports), the one on the endpoint's port.
-        let at_address: Vec<&meshpeer_model::PeerLink> = state
-            .links
-            .values()
-            .filter(|l| l.addresses.iter().any(|a| a.value == e.address))
-            .collect();
-        let on_port = at_address.iter().find(|l| l.hbone_port == e.target(sp));
-        let only = (at_address.len() == 1).then(|| at_address[0]);
-        let link = on_port.copied().or(only).or_else(|| {
-            e.network
-                .as_deref()
-                .filter(|n| *n != own_network)
-                .and_then(|n| state.link_by_network(n))
-        });
-        let dest = match link {
-            Some(l) => Dest::Gateway {
-                cluster: l.cluster.clone(),
-                gateways: vec![(e.address.clone(), l.hbone_port)],
-                trust_domain: l.trust_domain.clone(),
-                authority: format!("{host}:{}", sp.number),
-            },
-            None => {
-                let target = e.target(sp);
-                let addr = match e.address.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SocketAddr::new(ip, target),
-                    Err(_) => match tokio::net::lookup_host((e.address.as_str(), target))
-                        .await
-                        .ok()
-                        .and_then(|mut a| a.next())
-                    {
-                        Some(a) => a,
-                        None => {
-                            errors.push(format!("cannot resolve {}", e.address));
-                            continue;
-                        }
-                    },
-                };
-                Dest::Direct {
-                    addr,
-                    cluster: state.feed.catalog.cluster.name.clone(),
-                    name: m.name.to_string(),
+        let dialled = match manual_dest(ctx, state, m, sp, e, &host).await {
+            Ok(dest) => match connect_dest(ctx, state, &dest, &meta).await {
+                Ok(s) => {
+                    return Ok((
+                        s,
+                        Chosen {
+                            dest: e.address.clone(),
+                            cluster: dest.cluster().to_owned(),
+                            attempts: i + 1,
+                            refused,
+                        },
+                    ));
                 }
-            }
+                Err(err) => err,
+            },
+            Err(err) => err,
         };
-        match connect_dest(ctx, &dest, &meta).await {
-            Ok(s) => {
-                return Ok((
-                    s,
-                    Chosen {
-                        dest: e.address.clone(),
-                        cluster: dest.cluster().to_owned(),
-                        attempts: i + 1,
-                    },
-                ));
+        match dialled {
+            DialError::Refused(r) => {
+                errors.push(r.clone());
+                refused.push(r);
             }
-            Err(err) => errors.push(err),
+            DialError::Failed(f) => errors.push(f),
         }
     }
-    Err(format!(
-        "no endpoint of {host} answered: {}",
-        errors.join("; ")
-    ))
+    Err(NoDest {
+        why: format!("no endpoint of {host} answered: {}", errors.join("; ")),
+        refused,
+    })
+}
+
+/// Where one endpoint of a manual entry is reached. An address that names
+/// a linked gateway is trusted (this cluster's own remote-peer Gateway says
+/// it); any other is the entry author's, resolved once here and checked by
+/// the endpoint policy before it is dialled (P5).
+async fn manual_dest(
+    ctx: &Ctx,
+    state: &DataplaneState,
+    m: &ManualEntry,
+    sp: &ServicePort,
+    e: &ManualEndpoint,
+    host: &str,
+) -> Result<Dest, DialError> {
+    // A linked gateway at this address; when several peers' gateways
+    // share it (one host, several ports), the one on the endpoint's port.
+    let at_address: Vec<&PeerLink> = state
+        .links
+        .values()
+        .filter(|l| l.addresses.iter().any(|a| a.value == e.address))
+        .collect();
+    let on_port = at_address
+        .iter()
+        .find(|l| l.hbone_port == e.target(sp))
+        .copied();
+    let only = match at_address.as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    };
+    let gateway = |l: &PeerLink, address: String| Dest::Gateway {
+        cluster: l.cluster.clone(),
+        gateways: vec![(address, l.hbone_port)],
+        trust_domain: l.trust_domain.clone(),
+        authority: format!("{host}:{}", sp.number),
+    };
+    if let Some(l) = on_port.or(only) {
+        return Ok(gateway(l, e.address.clone()));
+    }
+    let own_network = &state.feed.catalog.cluster.network;
+    let via = e
+        .network
+        .as_deref()
+        .filter(|n| *n != own_network)
+        .and_then(|n| state.link_by_network(n));
+    let target = via.map_or_else(|| e.target(sp), |l| l.hbone_port);
+    let addr = resolve(ctx, state, &e.address, target).await?;
+    match via {
+        Some(l) => match refusal(ctx, state, addr) {
+            Some(why) => Err(DialError::Refused(refused(ctx, addr, why))),
+            None => Ok(gateway(l, addr.ip().to_string())),
+        },
+        // Checked by connect_dest, as every direct dial.
+        None => Ok(Dest::Direct {
+            addr,
+            cluster: state.feed.catalog.cluster.name.clone(),
+            name: m.name.to_string(),
+        }),
+    }
+}
+
+/// An endpoint's address and port; a name is resolved, and the first of its
+/// addresses the endpoint policy allows is used (else the first, which the
+/// policy then refuses and counts).
+async fn resolve(
+    ctx: &Ctx,
+    state: &DataplaneState,
+    address: &str,
+    port: u16,
+) -> Result<SocketAddr, DialError> {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((address, port))
+        .await
+        .map_err(|e| DialError::Failed(format!("cannot resolve {address}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| refusal(ctx, state, **a).is_none())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| DialError::Failed(format!("cannot resolve {address}: no address")))
 }
