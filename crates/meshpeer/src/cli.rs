@@ -292,7 +292,7 @@ pub(crate) struct ProxyArgs {
     /// This node's address, never dialled as an endpoint, like the
     /// addresses of the local interfaces (read from /proc/net, every 30 s).
     /// Repeat or comma-separate; in Kubernetes, the downward API's
-    /// status.hostIPs.
+    /// status.hostIP.
     #[arg(
         long,
         value_name = "IP",
@@ -338,7 +338,7 @@ pub(crate) struct GatewayArgs {
     /// This node's address, never dialled as an endpoint, like the
     /// addresses of the local interfaces (read from /proc/net, every 30 s).
     /// Repeat or comma-separate; in Kubernetes, the downward API's
-    /// status.hostIPs.
+    /// status.hostIP.
     #[arg(
         long,
         value_name = "IP",
