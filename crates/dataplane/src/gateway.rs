@@ -263,7 +263,8 @@ impl TunnelHandler for GatewayHandler {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
                         health.succeeded(&dest);
-                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, "tunnel open");
+                        let refused = (refused > 0).then_some(refused);
+                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, refused, "tunnel open");
                         return Ok(Box::new(s) as Box<dyn Upstream>);
                     }
                     Ok(Err(e)) => errors.push(format!("{addr}: {e}")),

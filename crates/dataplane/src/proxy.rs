@@ -6,11 +6,10 @@
 //! the endpoint policy refuses (P5).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use meshpeer_model::{ManualEndpoint, ManualEntry, PeerLink, ServicePort};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -18,11 +17,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::endpoint_policy::{EndpointPolicy, LogLimit, Refusal};
+use self::dial::{DialError, connect_dest};
+use self::manual::connect_manual;
+use crate::endpoint_policy::{EndpointPolicy, LogLimit};
 use crate::hbone::{HboneClient, TunnelMeta};
 use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
 use crate::state::{DataplaneState, Target};
+
+mod dial;
+mod manual;
 
 /// Settings of a proxy.
 #[derive(Clone, Debug)]
@@ -251,15 +255,6 @@ impl From<&str> for NoDest {
         NoDest::from(why.to_owned())
     }
 }
-
-/// Why one destination was not reached.
-enum DialError {
-    /// The endpoint policy refused the address: it was not dialled (P5).
-    Refused(String),
-    /// Dialled, and it failed.
-    Failed(String),
-}
-
 async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: Arc<Ctx>) {
     let started = StdInstant::now();
     let _ = inbound.set_nodelay(true);
@@ -343,92 +338,6 @@ fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
         )),
     }
 }
-
-/// Why the endpoint policy refuses `addr`, if it does: the policy (P5),
-/// and the proxy's own listeners, which a connection must not loop into.
-fn refusal(ctx: &Ctx, state: &DataplaneState, addr: SocketAddr) -> Option<Refusal> {
-    if state.listeners.contains_key(&addr) {
-        return Some(Refusal::OwnListener);
-    }
-    ctx.config
-        .endpoints
-        .check(addr.ip(), state.feed.catalog.vip_range.as_ref())
-        .err()
-}
-
-/// Counts and logs (at most once a minute per address) a refused endpoint;
-/// the text for the access log.
-fn refused(ctx: &Ctx, addr: SocketAddr, why: Refusal) -> String {
-    ctx.metrics.endpoint_refusal(why.as_str());
-    if ctx.refusal_log.allow(addr.ip(), StdInstant::now()) {
-        warn!(endpoint = %addr, reason = why.as_str(), "endpoint not dialled: {why}");
-    } else {
-        debug!(endpoint = %addr, reason = why.as_str(), "endpoint not dialled");
-    }
-    format!("{addr} not dialled: {}", why.as_str())
-}
-
-async fn connect_dest(
-    ctx: &Ctx,
-    state: &DataplaneState,
-    dest: &Dest,
-    meta: &TunnelMeta,
-) -> Result<Box<dyn Stream>, DialError> {
-    let timeout = ctx.config.connect_timeout;
-    match dest {
-        Dest::Direct { addr, .. } => {
-            if let Some(why) = refusal(ctx, state, *addr) {
-                return Err(DialError::Refused(refused(ctx, *addr, why)));
-            }
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    Ok(Box::new(s))
-                }
-                Ok(Err(e)) => Err(DialError::Failed(format!("{addr}: {e}"))),
-                Err(_) => Err(DialError::Failed(format!(
-                    "{addr}: timed out after {timeout:?}"
-                ))),
-            }
-        }
-        Dest::Gateway {
-            gateways,
-            trust_domain,
-            authority,
-            cluster,
-        } => {
-            let mut last = format!("cluster {cluster} has no gateway address");
-            for (host, port) in gateways {
-                let addrs: Vec<SocketAddr> =
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(a) => a.collect(),
-                        Err(e) => {
-                            last = format!("gateway {host}: {e}");
-                            continue;
-                        }
-                    };
-                for addr in addrs {
-                    match tokio::time::timeout(
-                        timeout,
-                        ctx.hbone.connect(addr, trust_domain, authority, meta),
-                    )
-                    .await
-                    {
-                        Ok(Ok(t)) => return Ok(Box::new(t)),
-                        Ok(Err(e)) => last = format!("gateway of {cluster} at {addr}: {e}"),
-                        Err(_) => {
-                            last = format!(
-                                "gateway of {cluster} at {addr}: timed out after {timeout:?}"
-                            )
-                        }
-                    }
-                }
-            }
-            Err(DialError::Failed(last))
-        }
-    }
-}
-
 /// Tries the planned destinations: the next of the same tier after a
 /// failure, then the next tier, at most `max_attempts` in all (T6).
 async fn connect_global(
@@ -502,142 +411,4 @@ async fn connect_global(
         ),
         refused,
     })
-}
-
-/// A user-written entry (D4): its endpoints, reached directly when they are
-/// in this network, or over HBONE to a peer's gateway (an endpoint whose
-/// address is a linked gateway's, or whose network is a linked peer's).
-async fn connect_manual(
-    ctx: &Ctx,
-    state: &DataplaneState,
-    m: &ManualEntry,
-    port: u16,
-    peer: SocketAddr,
-) -> Result<(Box<dyn Stream>, Chosen), NoDest> {
-    let sp = m
-        .ports
-        .iter()
-        .find(|p| p.number == port)
-        .ok_or("the entry no longer has this port")?;
-    let host = m.hosts.first().cloned().unwrap_or_default();
-    let meta = meta(&state.feed.catalog.cluster.name, peer);
-    let mut errors = Vec::new();
-    let mut refused = Vec::new();
-    let mut order: Vec<&ManualEndpoint> = m.endpoints.iter().collect();
-    fastrand::shuffle(&mut order);
-    for (i, e) in order.into_iter().enumerate() {
-        if i == ctx.config.max_attempts {
-            break;
-        }
-        let dialled = match manual_dest(ctx, state, m, sp, e, &host).await {
-            Ok(dest) => match connect_dest(ctx, state, &dest, &meta).await {
-                Ok(s) => {
-                    return Ok((
-                        s,
-                        Chosen {
-                            dest: e.address.clone(),
-                            cluster: dest.cluster().to_owned(),
-                            attempts: i + 1,
-                            refused,
-                        },
-                    ));
-                }
-                Err(err) => err,
-            },
-            Err(err) => err,
-        };
-        match dialled {
-            DialError::Refused(r) => {
-                errors.push(r.clone());
-                refused.push(r);
-            }
-            DialError::Failed(f) => errors.push(f),
-        }
-    }
-    Err(NoDest {
-        why: format!("no endpoint of {host} answered: {}", errors.join("; ")),
-        refused,
-    })
-}
-
-/// Where one endpoint of a manual entry is reached. An address that names
-/// a linked gateway is trusted (this cluster's own remote-peer Gateway says
-/// it); any other is the entry author's, resolved once here and checked by
-/// the endpoint policy before it is dialled (P5).
-async fn manual_dest(
-    ctx: &Ctx,
-    state: &DataplaneState,
-    m: &ManualEntry,
-    sp: &ServicePort,
-    e: &ManualEndpoint,
-    host: &str,
-) -> Result<Dest, DialError> {
-    // A linked gateway at this address; when several peers' gateways
-    // share it (one host, several ports), the one on the endpoint's port.
-    let at_address: Vec<&PeerLink> = state
-        .links
-        .values()
-        .filter(|l| l.addresses.iter().any(|a| a.value == e.address))
-        .collect();
-    let on_port = at_address
-        .iter()
-        .find(|l| l.hbone_port == e.target(sp))
-        .copied();
-    let only = match at_address.as_slice() {
-        [one] => Some(*one),
-        _ => None,
-    };
-    let gateway = |l: &PeerLink, address: String| Dest::Gateway {
-        cluster: l.cluster.clone(),
-        gateways: vec![(address, l.hbone_port)],
-        trust_domain: l.trust_domain.clone(),
-        authority: format!("{host}:{}", sp.number),
-    };
-    if let Some(l) = on_port.or(only) {
-        return Ok(gateway(l, e.address.clone()));
-    }
-    let own_network = &state.feed.catalog.cluster.network;
-    let via = e
-        .network
-        .as_deref()
-        .filter(|n| *n != own_network)
-        .and_then(|n| state.link_by_network(n));
-    let target = via.map_or_else(|| e.target(sp), |l| l.hbone_port);
-    let addr = resolve(ctx, state, &e.address, target).await?;
-    match via {
-        Some(l) => match refusal(ctx, state, addr) {
-            Some(why) => Err(DialError::Refused(refused(ctx, addr, why))),
-            None => Ok(gateway(l, addr.ip().to_string())),
-        },
-        // Checked by connect_dest, as every direct dial.
-        None => Ok(Dest::Direct {
-            addr,
-            cluster: state.feed.catalog.cluster.name.clone(),
-            name: m.name.to_string(),
-        }),
-    }
-}
-
-/// An endpoint's address and port; a name is resolved, and the first of its
-/// addresses the endpoint policy allows is used (else the first, which the
-/// policy then refuses and counts).
-async fn resolve(
-    ctx: &Ctx,
-    state: &DataplaneState,
-    address: &str,
-    port: u16,
-) -> Result<SocketAddr, DialError> {
-    if let Ok(ip) = address.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((address, port))
-        .await
-        .map_err(|e| DialError::Failed(format!("cannot resolve {address}: {e}")))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| refusal(ctx, state, **a).is_none())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| DialError::Failed(format!("cannot resolve {address}: no address")))
 }
