@@ -1,11 +1,11 @@
 //! What the data plane acts on: indexes rebuilt from each catalog feed by
 //! one writer task, read by every connection through a `watch` channel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use meshpeer_model::{GlobalService, Locality, ManualEntry, PeerLink, Reach};
+use meshpeer_model::{GlobalService, Locality, ManualEntry, PeerLink, Reach, is_in_domain};
 use tokio::sync::watch;
 
 use crate::dns::DnsTable;
@@ -44,16 +44,34 @@ pub struct DataplaneState {
     pub links: HashMap<String, PeerLink>,
     /// The locality of this proxy's clients.
     pub locality: Locality,
+    /// Global hostnames (and taken-over names) of the catalog outside the
+    /// zones this cluster answers for: not in DNS, no listener (P2).
+    pub outside_zones: Vec<String>,
 }
 
+/// The zone of taken-over cluster-local names (K1).
+const CLUSTER_LOCAL: &str = "svc.cluster.local";
+
 impl DataplaneState {
-    /// Builds the indexes of a feed.
+    /// Builds the indexes of a feed. Only names inside the zones this
+    /// cluster is authoritative for are served (P2): `mesh.internal` and
+    /// its Segments' domains for global services, `svc.cluster.local` for
+    /// taken-over names; a manual entry's host never replaces one of those
+    /// names nor lands in those zones, and its addresses never in the VIP
+    /// range (P4, checked by the model; again here).
     pub fn build(feed: Arc<CatalogFeed>, opts: &StateOptions) -> DataplaneState {
         let catalog = &feed.catalog;
+        let zones = catalog.global_domains();
+        let in_zones = |host: &str| zones.iter().any(|z| is_in_domain(host, z));
         let mut listeners = BTreeMap::new();
         let mut names: HashMap<String, Vec<IpAddr>> = HashMap::new();
         let mut by_host = HashMap::new();
+        let mut outside_zones = Vec::new();
         for (i, svc) in catalog.services.iter().enumerate() {
+            if !in_zones(&svc.hostname) {
+                outside_zones.push(svc.hostname.clone());
+                continue;
+            }
             by_host.insert(svc.hostname.clone(), i);
             names.insert(svc.hostname.to_ascii_lowercase(), vec![svc.vip]);
             for p in &svc.ports {
@@ -66,6 +84,10 @@ impl DataplaneState {
                 );
             }
             if let Some(t) = &svc.takeover {
+                if !is_in_domain(&t.hostname, CLUSTER_LOCAL) {
+                    outside_zones.push(t.hostname.clone());
+                    continue;
+                }
                 // The cluster-local name now leads to the global service (K1).
                 names.insert(t.hostname.to_ascii_lowercase(), vec![svc.vip]);
                 if opts.capture_cluster_ips {
@@ -91,11 +113,23 @@ impl DataplaneState {
                 }
             }
         }
+        let owned: HashSet<String> = names.keys().cloned().collect();
+        let in_vip_range = |a: &IpAddr| catalog.vip_range.is_some_and(|r| r.contains(*a));
         for (i, m) in catalog.manual.iter().enumerate() {
+            let addresses: Vec<IpAddr> = m
+                .addresses
+                .iter()
+                .filter(|a| !in_vip_range(a))
+                .copied()
+                .collect();
             for h in &m.hosts {
-                names.entry(h.clone()).or_default().extend(&m.addresses);
+                let h = h.to_ascii_lowercase();
+                if in_zones(&h) || owned.contains(&h) {
+                    continue;
+                }
+                names.entry(h).or_default().extend(&addresses);
             }
-            for a in &m.addresses {
+            for a in &addresses {
                 for p in &m.ports {
                     listeners
                         .entry(SocketAddr::new(*a, p.number))
@@ -108,7 +142,7 @@ impl DataplaneState {
         }
         let dns = Arc::new(DnsTable {
             names,
-            authoritative: catalog.global_domains(),
+            authoritative: zones,
         });
         let links = catalog
             .links
@@ -126,6 +160,7 @@ impl DataplaneState {
             by_host,
             links,
             locality,
+            outside_zones,
         }
     }
 

@@ -145,6 +145,10 @@ pub struct GlobalCatalog {
     /// Findings about this cluster's input and its view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
+    /// The range VIPs come from (G11), which the data plane never dials
+    /// (P5); `None` in feeds of older controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_range: Option<Cidr>,
 }
 
 impl GlobalCatalog {
@@ -371,7 +375,8 @@ pub fn catalog_with<'a>(
     previous.extend(config.previous_vips.iter().map(|(k, v)| (k.clone(), *v)));
     let wanted: BTreeSet<&str> = services.iter().map(|s| s.hostname.as_str()).collect();
     let alloc = vip::allocate(&config.vip_range, &wanted, &previous, &reserved);
-    let manual = crate::manual::manual_entries(own, &mut diags);
+    let owned = crate::manual::Owned::new(&own_export.segments, &services, &config.vip_range);
+    let manual = crate::manual::manual_entries(own, &owned, &mut diags);
     for host in &alloc.exhausted {
         diags.push(Diagnostic::new(
             &me.name,
@@ -402,6 +407,7 @@ pub fn catalog_with<'a>(
         manual,
         refused_peers,
         diagnostics: diags,
+        vip_range: Some(config.vip_range),
     }
 }
 
