@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use self::metrics::DnsMetrics;
-pub use self::table::DnsTable;
+pub use self::table::{DnsTable, Names};
 
 use self::forward::Upstreams;
 use self::handler::Handler;

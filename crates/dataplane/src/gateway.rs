@@ -7,7 +7,8 @@
 //! if this cluster exports it (a local contribution), and a `segment`-scoped
 //! one only from the same segment (S7). Otherwise the tunnel is refused with
 //! an HTTP status and a message that says why; the refusal is logged and
-//! counted.
+//! counted. An endpoint the endpoint policy refuses (P5) is never dialled;
+//! the caller is told how many were refused, not their addresses.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::endpoint_policy::{EndpointPolicy, LogLimit};
 use crate::feed::Caller;
 use crate::hbone::{Refuse, TunnelHandler, TunnelRequest, Upstream};
 use crate::metrics::DataplaneMetrics;
@@ -34,6 +36,8 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     /// Local endpoints tried per tunnel.
     pub max_attempts: usize,
+    /// Which endpoint addresses may be dialled (P5).
+    pub endpoints: Arc<EndpointPolicy>,
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +45,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             connect_timeout: Duration::from_secs(2),
             max_attempts: 3,
+            endpoints: Arc::default(),
         }
     }
 }
@@ -51,6 +56,7 @@ pub struct GatewayHandler {
     health: Arc<Health>,
     metrics: Arc<DataplaneMetrics>,
     config: GatewayConfig,
+    refusal_log: Arc<LogLimit>,
 }
 
 impl GatewayHandler {
@@ -64,6 +70,7 @@ impl GatewayHandler {
             health: Arc::new(Health::default()),
             metrics,
             config,
+            refusal_log: Arc::new(LogLimit::default()),
         }
     }
 }
@@ -193,13 +200,13 @@ fn find_local<'a>(state: &'a DataplaneState, host: &str) -> Option<&'a GlobalSer
     let mut labels = host.split('.');
     let (name, ns) = (labels.next()?, labels.next()?);
     labels.next()?;
-    let mut found = state.feed.catalog.services.iter().filter(|s| {
+    let mut found = state.feed.catalog.services.values().filter(|s| {
         s.name == name
             && s.namespace == ns
             && s.contributions.iter().any(|c| c.reach == Reach::Local)
     });
     let first = found.next()?;
-    found.next().is_none().then_some(first)
+    found.next().is_none().then_some(&**first)
 }
 
 impl TunnelHandler for GatewayHandler {
@@ -211,6 +218,7 @@ impl TunnelHandler for GatewayHandler {
         let health = Arc::clone(&self.health);
         let metrics = Arc::clone(&self.metrics);
         let config = self.config.clone();
+        let refusal_log = Arc::clone(&self.refusal_log);
         Box::pin(async move {
             let caller = req.peer.to_string();
             let (mut endpoints, cluster) = match authorize(
@@ -234,7 +242,18 @@ impl TunnelHandler for GatewayHandler {
             endpoints
                 .sort_by_key(|a| health.is_ejected(&crate::pick::HealthKey::Endpoint(*a), now));
             let mut errors = Vec::new();
+            let mut refused = 0usize;
+            let vip_range = state.feed.catalog.vip_range;
             for addr in endpoints.into_iter().take(config.max_attempts) {
+                if let Err(why) = config.endpoints.check(addr.ip(), vip_range.as_ref()) {
+                    // Not dialled, and a failed attempt; its address stays here.
+                    refused += 1;
+                    metrics.endpoint_refusal(why.as_str());
+                    if refusal_log.allow(addr.ip(), std::time::Instant::now()) {
+                        warn!(caller = %caller, authority = %req.authority, endpoint = %addr, reason = why.as_str(), "endpoint not dialled: {why}");
+                    }
+                    continue;
+                }
                 let dest = Dest::Direct {
                     addr,
                     cluster: cluster.clone(),
@@ -244,7 +263,8 @@ impl TunnelHandler for GatewayHandler {
                     Ok(Ok(s)) => {
                         let _ = s.set_nodelay(true);
                         health.succeeded(&dest);
-                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, "tunnel open");
+                        let refused = (refused > 0).then_some(refused);
+                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, refused, "tunnel open");
                         return Ok(Box::new(s) as Box<dyn Upstream>);
                     }
                     Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
@@ -253,13 +273,27 @@ impl TunnelHandler for GatewayHandler {
                 health.failed(&dest, Instant::now());
                 metrics.ejection("endpoint");
             }
-            metrics.refusal("no_endpoint");
-            let message = format!(
-                "no ready endpoint of {} in cluster {} answered: {}",
-                req.authority,
-                state.feed.catalog.cluster.name,
-                errors.join("; ")
-            );
+            let name = &state.feed.catalog.cluster.name;
+            let message = if errors.is_empty() {
+                metrics.refusal("endpoint_policy");
+                format!(
+                    "no endpoint of {} in cluster {name} may be dialled: {refused} refused by the gateway's endpoint policy (P5)",
+                    req.authority
+                )
+            } else {
+                metrics.refusal("no_endpoint");
+                let mut m = format!(
+                    "no ready endpoint of {} in cluster {name} answered: {}",
+                    req.authority,
+                    errors.join("; ")
+                );
+                if refused > 0 {
+                    m.push_str(&format!(
+                        "; {refused} more refused by the gateway's endpoint policy (P5)"
+                    ));
+                }
+                m
+            };
             warn!(caller = %caller, authority = %req.authority, "tunnel failed: {message}");
             Err(Refuse {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! meshpeer's data plane.
 //!
 //! - [`dns`]: answers for global hostnames and taken-over local names (D1).
+//! - [`endpoint_policy`]: which addresses may be dialled at all (P5).
 //! - [`feed`]: the catalog the controller publishes, in process or over HTTP.
 //! - [`hbone`]: HTTP/2 CONNECT tunnels over mutual TLS, client pool and server (D2, D3).
 //! - [`state`]: the indexes a data plane works from, rebuilt per feed version.
@@ -9,6 +10,7 @@
 //! - [`gateway`]: what the east-west gateway lets callers reach (D3).
 
 pub mod dns;
+pub mod endpoint_policy;
 pub mod feed;
 pub mod gateway;
 pub mod hbone;

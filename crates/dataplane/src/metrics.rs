@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -26,6 +27,12 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// See [`crate::endpoint_policy::Refusal::as_str`].
+    pub reason: String,
+}
+
 /// Counters of the proxy and the gateway.
 #[derive(Debug)]
 pub struct DataplaneMetrics {
@@ -40,10 +47,16 @@ pub struct DataplaneMetrics {
     /// (`endpoint`, `gateway`).
     pub ejections: Family<KindLabels, Counter>,
     /// Tunnels the gateway refused, by reason (`not_linked`, `segment`,
-    /// `not_exported`, `no_endpoint`, `bad_request`).
+    /// `not_exported`, `no_endpoint`, `endpoint_policy`, `bad_request`).
     pub refusals: Family<KindLabels, Counter>,
     /// Captured addresses that could not be listened on.
     pub listen_errors: Counter,
+    /// Endpoints not dialled, by reason (P5: `loopback`, `link_local`,
+    /// `vip_range`, `node_address`, ...).
+    pub endpoint_refusals: Family<ReasonLabels, Counter>,
+    /// Catalog hostnames outside the zones this cluster answers for, left
+    /// out of DNS and listeners in the current version (P2).
+    pub names_outside_zones: Gauge,
 }
 
 impl Default for DataplaneMetrics {
@@ -56,6 +69,8 @@ impl Default for DataplaneMetrics {
             ejections: Family::default(),
             refusals: Family::default(),
             listen_errors: Counter::default(),
+            endpoint_refusals: Family::default(),
+            names_outside_zones: Gauge::default(),
         }
     }
 }
@@ -99,6 +114,16 @@ impl DataplaneMetrics {
             "Captured addresses that could not be listened on",
             m.listen_errors.clone(),
         );
+        r.register(
+            "endpoint_refusals",
+            "Endpoints not dialled (loopback, link-local, VIP range, node address, ...), by reason",
+            m.endpoint_refusals.clone(),
+        );
+        r.register(
+            "names_outside_zones",
+            "Catalog hostnames outside this cluster's zones, not answered nor listened for",
+            m.names_outside_zones.clone(),
+        );
         std::sync::Arc::new(m)
     }
 
@@ -126,6 +151,14 @@ impl DataplaneMetrics {
         self.ejections
             .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn endpoint_refusal(&self, reason: &str) {
+        self.endpoint_refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -2,14 +2,14 @@
 //! global service (and manual entry, and taken-over ClusterIP when asked),
 //! added and removed as the catalog changes; each connection goes to a
 //! destination picked at connect time (section 4), directly or through a
-//! peer's east-west gateway over HBONE (D2).
+//! peer's east-west gateway over HBONE (D2). No endpoint is dialled that
+//! the endpoint policy refuses (P5).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
-use meshpeer_model::ManualEntry;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -17,10 +17,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use self::dial::{DialError, connect_dest};
+use self::manual::connect_manual;
+use crate::endpoint_policy::{EndpointPolicy, LogLimit};
 use crate::hbone::{HboneClient, TunnelMeta};
 use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
 use crate::state::{DataplaneState, Target};
+
+mod dial;
+mod manual;
 
 /// Settings of a proxy.
 #[derive(Clone, Debug)]
@@ -33,6 +39,8 @@ pub struct ProxyConfig {
     /// Passive health: first ejection, and the cap it doubles up to.
     pub ejection_base: Duration,
     pub ejection_cap: Duration,
+    /// Which endpoint addresses may be dialled (P5).
+    pub endpoints: Arc<EndpointPolicy>,
 }
 
 impl Default for ProxyConfig {
@@ -42,6 +50,7 @@ impl Default for ProxyConfig {
             max_attempts: 5,
             ejection_base: Duration::from_secs(1),
             ejection_cap: Duration::from_secs(30),
+            endpoints: Arc::default(),
         }
     }
 }
@@ -55,11 +64,12 @@ struct Ctx {
     health: Health,
     config: ProxyConfig,
     metrics: Arc<DataplaneMetrics>,
+    refusal_log: LogLimit,
 }
 
 /// A running proxy.
 pub struct Proxy {
-    bound: watch::Receiver<BTreeSet<SocketAddr>>,
+    bound: watch::Receiver<imbl::OrdSet<SocketAddr>>,
     manager: JoinHandle<()>,
 }
 
@@ -85,14 +95,15 @@ impl Proxy {
             health: Health::new(config.ejection_base, config.ejection_cap),
             config,
             metrics,
+            refusal_log: LogLimit::default(),
         });
-        let (bound_tx, bound) = watch::channel(BTreeSet::new());
+        let (bound_tx, bound) = watch::channel(imbl::OrdSet::new());
         let manager = tokio::spawn(manage_listeners(state, ctx, bound_tx));
         Proxy { bound, manager }
     }
 
     /// Addresses listened on now; `changed()` waits for the next change.
-    pub fn listening(&self) -> watch::Receiver<BTreeSet<SocketAddr>> {
+    pub fn listening(&self) -> watch::Receiver<imbl::OrdSet<SocketAddr>> {
         self.bound.clone()
     }
 
@@ -111,7 +122,7 @@ impl Drop for Proxy {
 async fn manage_listeners(
     mut state: watch::Receiver<Arc<DataplaneState>>,
     ctx: Arc<Ctx>,
-    bound: watch::Sender<BTreeSet<SocketAddr>>,
+    bound: watch::Sender<imbl::OrdSet<SocketAddr>>,
 ) {
     struct Loops(BTreeMap<SocketAddr, JoinHandle<()>>);
     impl Drop for Loops {
@@ -122,51 +133,100 @@ async fn manage_listeners(
         }
     }
     let mut loops = Loops(BTreeMap::new());
+    let mut listening: imbl::OrdSet<SocketAddr> = imbl::OrdSet::new();
     let mut failed: BTreeSet<SocketAddr> = BTreeSet::new();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
+    let mut reported_version = 0;
+    // The listeners of the last state handled: a new state is applied by
+    // what differs (SPEC I1), not by walking every listener.
+    let mut handled: imbl::OrdMap<SocketAddr, Target> = imbl::OrdMap::new();
     loop {
-        let wanted: BTreeSet<SocketAddr> = state
-            .borrow_and_update()
-            .listeners
-            .keys()
-            .copied()
-            .collect();
-        loops.0.retain(|addr, task| {
-            let keep = wanted.contains(addr);
-            if !keep {
-                task.abort();
-                debug!(%addr, "stopped listening");
+        let current = state.borrow_and_update().clone();
+        if current.feed.version != reported_version {
+            reported_version = current.feed.version;
+            report_outside_zones(&current, &ctx.metrics);
+        }
+        let mut to_bind: Vec<SocketAddr> = Vec::new();
+        for item in handled.diff(&current.listeners) {
+            match item {
+                imbl::ordmap::DiffItem::Add(addr, _) => to_bind.push(*addr),
+                imbl::ordmap::DiffItem::Remove(addr, _) => {
+                    failed.remove(addr);
+                    if let Some(task) = loops.0.remove(addr) {
+                        task.abort();
+                        listening.remove(addr);
+                        debug!(%addr, "stopped listening");
+                    }
+                }
+                // Same address, another target: connections read the
+                // target when they arrive.
+                imbl::ordmap::DiffItem::Update { .. } => {}
             }
-            keep
-        });
-        failed.retain(|a| wanted.contains(a));
-        for addr in &wanted {
-            if loops.0.contains_key(addr) {
+        }
+        handled = current.listeners.clone();
+        to_bind.extend(failed.iter().copied());
+        for addr in to_bind {
+            if loops.0.contains_key(&addr) {
                 continue;
             }
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
-                    failed.remove(addr);
+                    failed.remove(&addr);
                     debug!(%addr, "listening");
                     loops.0.insert(
-                        *addr,
-                        tokio::spawn(accept_loop(listener, *addr, Arc::clone(&ctx))),
+                        addr,
+                        tokio::spawn(accept_loop(listener, addr, Arc::clone(&ctx))),
                     );
+                    listening.insert(addr);
                 }
                 Err(e) => {
-                    if failed.insert(*addr) {
+                    if failed.insert(addr) {
                         warn!(%addr, error = %e, "cannot listen on a VIP; connections to it will fail (is the VIP range bindable here? the demo uses 127.255.0.0/16)");
                         ctx.metrics.listen_errors.inc();
                     }
                 }
             }
         }
-        bound.send_replace(loops.0.keys().copied().collect());
+        bound.send_if_modified(|b| {
+            let changed = !b.ptr_eq(&listening);
+            if changed {
+                *b = listening.clone();
+            }
+            changed
+        });
         tokio::select! {
             r = state.changed() => if r.is_err() { return },
             _ = retry.tick(), if !failed.is_empty() => {}
         }
     }
+}
+
+/// P2: catalog names outside this cluster's zones are not served; said
+/// once per catalog version.
+fn report_outside_zones(state: &DataplaneState, metrics: &DataplaneMetrics) {
+    let names = &state.outside_zones;
+    metrics
+        .names_outside_zones
+        .set(i64::try_from(names.len()).unwrap_or(i64::MAX));
+    if names.is_empty() {
+        return;
+    }
+    const SHOWN: usize = 5;
+    let mut list = names
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        list.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    warn!(
+        version = state.feed.version,
+        count = names.len(),
+        zones = %state.dns.authoritative.join(", "),
+        "catalog names outside the zones this cluster answers for are not served (no DNS answer, no VIP listener): {list}"
+    );
 }
 
 async fn accept_loop(listener: TcpListener, local: SocketAddr, ctx: Arc<Ctx>) {
@@ -190,40 +250,64 @@ struct Chosen {
     dest: String,
     cluster: String,
     attempts: usize,
+    /// Destinations the endpoint policy refused on the way (P5).
+    refused: Vec<String>,
 }
 
+/// Why a connection found no destination, for the access log.
+struct NoDest {
+    why: String,
+    /// Destinations the endpoint policy refused (P5).
+    refused: Vec<String>,
+}
+
+impl From<String> for NoDest {
+    fn from(why: String) -> Self {
+        NoDest {
+            why,
+            refused: Vec::new(),
+        }
+    }
+}
+
+impl From<&str> for NoDest {
+    fn from(why: &str) -> Self {
+        NoDest::from(why.to_owned())
+    }
+}
 async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: Arc<Ctx>) {
     let started = StdInstant::now();
     let _ = inbound.set_nodelay(true);
     let state = ctx.state.borrow().clone();
     let (hostname, result) = match state.listeners.get(&local).cloned() {
-        Some(Target::Global { service, port }) => match state.service(service) {
+        Some(Target::Global { host, port }) => match state.service(&host) {
             Some(svc) => (
                 format!("{}:{port}", svc.hostname),
-                connect_global(&ctx, &state, service, port, peer).await,
+                connect_global(&ctx, &state, &host, port, peer).await,
             ),
-            None => (local.to_string(), Err("the service is gone".to_owned())),
+            None => (local.to_string(), Err("the service is gone".into())),
         },
         Some(Target::Manual { entry, port }) => match state.manual(entry) {
             Some(m) => (
                 format!("{}:{port}", m.hosts.first().cloned().unwrap_or_default()),
                 connect_manual(&ctx, &state, m, port, peer).await,
             ),
-            None => (local.to_string(), Err("the entry is gone".to_owned())),
+            None => (local.to_string(), Err("the entry is gone".into())),
         },
         None => (
             local.to_string(),
-            Err("nothing is served here any more".to_owned()),
+            Err("nothing is served here any more".into()),
         ),
     };
     let (mut upstream, chosen) = match result {
         Ok(x) => x,
-        Err(why) => {
+        Err(NoDest { why, refused }) => {
             ctx.metrics.connection("outbound", "no_endpoint");
             info!(
                 src = %peer,
                 dst = %hostname,
                 outcome = "failed",
+                refused = refused_field(&refused),
                 duration_ms = started.elapsed().as_millis() as u64,
                 "connection refused: {why}"
             );
@@ -248,12 +332,19 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
         endpoint = %chosen.dest,
         cluster = %chosen.cluster,
         attempts = chosen.attempts,
+        refused = refused_field(&chosen.refused),
         bytes_sent = sent,
         bytes_received = received,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome,
         "connection"
     );
+}
+
+/// The access log's `refused` field: the endpoints the policy refused on
+/// the way (P5), absent when none was.
+fn refused_field(refused: &[String]) -> Option<tracing::field::DisplayValue<String>> {
+    (!refused.is_empty()).then(|| tracing::field::display(refused.join(", ")))
 }
 
 fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
@@ -267,91 +358,33 @@ fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
         )),
     }
 }
-
-async fn connect_dest(
-    ctx: &Ctx,
-    dest: &Dest,
-    meta: &TunnelMeta,
-) -> Result<Box<dyn Stream>, String> {
-    let timeout = ctx.config.connect_timeout;
-    match dest {
-        Dest::Direct { addr, .. } => {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    Ok(Box::new(s))
-                }
-                Ok(Err(e)) => Err(format!("{addr}: {e}")),
-                Err(_) => Err(format!("{addr}: timed out after {timeout:?}")),
-            }
-        }
-        Dest::Gateway {
-            gateways,
-            trust_domain,
-            authority,
-            cluster,
-        } => {
-            let mut last = format!("cluster {cluster} has no gateway address");
-            for (host, port) in gateways {
-                let addrs: Vec<SocketAddr> =
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(a) => a.collect(),
-                        Err(e) => {
-                            last = format!("gateway {host}: {e}");
-                            continue;
-                        }
-                    };
-                for addr in addrs {
-                    match tokio::time::timeout(
-                        timeout,
-                        ctx.hbone.connect(addr, trust_domain, authority, meta),
-                    )
-                    .await
-                    {
-                        Ok(Ok(t)) => return Ok(Box::new(t)),
-                        Ok(Err(e)) => last = format!("gateway of {cluster} at {addr}: {e}"),
-                        Err(_) => {
-                            last = format!(
-                                "gateway of {cluster} at {addr}: timed out after {timeout:?}"
-                            )
-                        }
-                    }
-                }
-            }
-            Err(last)
-        }
-    }
-}
-
 /// Tries the planned destinations: the next of the same tier after a
 /// failure, then the next tier, at most `max_attempts` in all (T6).
 async fn connect_global(
     ctx: &Ctx,
     state: &DataplaneState,
-    service: usize,
+    host: &str,
     port: u16,
     peer: SocketAddr,
-) -> Result<(Box<dyn Stream>, Chosen), String> {
-    let svc = state.service(service).ok_or("the service is gone")?;
+) -> Result<(Box<dyn Stream>, Chosen), NoDest> {
+    let svc = state.service(host).ok_or("the service is gone")?;
     let tiers = {
         let mut rng = fastrand::Rng::new();
         plan(svc, port, state, &ctx.health, Instant::now(), &mut rng)
     };
     if tiers.is_empty() {
-        return Err(format!(
-            "{} has no ready endpoint for port {port}",
-            svc.hostname
-        ));
+        return Err(format!("{} has no ready endpoint for port {port}", svc.hostname).into());
     }
     let meta = meta(&state.feed.catalog.cluster.name, peer);
     let mut attempts = 0;
     let mut errors = Vec::new();
+    let mut refused = Vec::new();
     for dest in tiers.iter().flatten() {
         if attempts == ctx.config.max_attempts {
             break;
         }
         attempts += 1;
-        match connect_dest(ctx, dest, &meta).await {
+        match connect_dest(ctx, state, dest, &meta).await {
             Ok(s) => {
                 ctx.health.succeeded(dest);
                 if attempts > 1 {
@@ -370,10 +403,16 @@ async fn connect_global(
                         dest: where_,
                         cluster: dest.cluster().to_owned(),
                         attempts,
+                        refused,
                     },
                 ));
             }
-            Err(e) => {
+            // Not dialled: a failed attempt, but not the endpoint's health.
+            Err(DialError::Refused(e)) => {
+                errors.push(e.clone());
+                refused.push(e);
+            }
+            Err(DialError::Failed(e)) => {
                 let ejected = ctx.health.failed(dest, Instant::now());
                 ctx.metrics.ejection(match dest {
                     Dest::Direct { .. } => "endpoint",
@@ -384,99 +423,12 @@ async fn connect_global(
             }
         }
     }
-    Err(format!(
-        "no destination of {} answered after {attempts} attempts: {}",
-        svc.hostname,
-        errors.join("; ")
-    ))
-}
-
-/// A user-written entry (D4): its endpoints, reached directly when they are
-/// in this network, or over HBONE to a peer's gateway (an endpoint whose
-/// address is a linked gateway's, or whose network is a linked peer's).
-async fn connect_manual(
-    ctx: &Ctx,
-    state: &DataplaneState,
-    m: &ManualEntry,
-    port: u16,
-    peer: SocketAddr,
-) -> Result<(Box<dyn Stream>, Chosen), String> {
-    let sp = m
-        .ports
-        .iter()
-        .find(|p| p.number == port)
-        .ok_or("the entry no longer has this port")?;
-    let host = m.hosts.first().cloned().unwrap_or_default();
-    let own_network = &state.feed.catalog.cluster.network;
-    let meta = meta(&state.feed.catalog.cluster.name, peer);
-    let mut errors = Vec::new();
-    let mut order: Vec<&meshpeer_model::ManualEndpoint> = m.endpoints.iter().collect();
-    fastrand::shuffle(&mut order);
-    for (i, e) in order.into_iter().enumerate() {
-        if i == ctx.config.max_attempts {
-            break;
-        }
-        // A linked gateway at this address; when several peers' gateways
-        // share it (one host, several ports), the one on the endpoint's port.
-        let at_address: Vec<&meshpeer_model::PeerLink> = state
-            .links
-            .values()
-            .filter(|l| l.addresses.iter().any(|a| a.value == e.address))
-            .collect();
-        let on_port = at_address.iter().find(|l| l.hbone_port == e.target(sp));
-        let only = (at_address.len() == 1).then(|| at_address[0]);
-        let link = on_port.copied().or(only).or_else(|| {
-            e.network
-                .as_deref()
-                .filter(|n| *n != own_network)
-                .and_then(|n| state.link_by_network(n))
-        });
-        let dest = match link {
-            Some(l) => Dest::Gateway {
-                cluster: l.cluster.clone(),
-                gateways: vec![(e.address.clone(), l.hbone_port)],
-                trust_domain: l.trust_domain.clone(),
-                authority: format!("{host}:{}", sp.number),
-            },
-            None => {
-                let target = e.target(sp);
-                let addr = match e.address.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SocketAddr::new(ip, target),
-                    Err(_) => match tokio::net::lookup_host((e.address.as_str(), target))
-                        .await
-                        .ok()
-                        .and_then(|mut a| a.next())
-                    {
-                        Some(a) => a,
-                        None => {
-                            errors.push(format!("cannot resolve {}", e.address));
-                            continue;
-                        }
-                    },
-                };
-                Dest::Direct {
-                    addr,
-                    cluster: state.feed.catalog.cluster.name.clone(),
-                    name: m.name.to_string(),
-                }
-            }
-        };
-        match connect_dest(ctx, &dest, &meta).await {
-            Ok(s) => {
-                return Ok((
-                    s,
-                    Chosen {
-                        dest: e.address.clone(),
-                        cluster: dest.cluster().to_owned(),
-                        attempts: i + 1,
-                    },
-                ));
-            }
-            Err(err) => errors.push(err),
-        }
-    }
-    Err(format!(
-        "no endpoint of {host} answered: {}",
-        errors.join("; ")
-    ))
+    Err(NoDest {
+        why: format!(
+            "no destination of {} answered after {attempts} attempts: {}",
+            svc.hostname,
+            errors.join("; ")
+        ),
+        refused,
+    })
 }

@@ -1,21 +1,28 @@
-//! What the data plane acts on: indexes rebuilt from each catalog feed by
-//! one writer task, read by every connection through a `watch` channel.
+//! What the data plane acts on: indexes kept from the catalog feed by one
+//! writer task, read by every connection through a `watch` channel.
+//!
+//! Each feed version is applied by what changed since the last one (SPEC
+//! I1): the catalog's services are a persistent map, so the hostnames that
+//! changed are found without visiting the others, and only their listeners
+//! and DNS names are replaced. [`DataplaneState::build`] computes the same
+//! from scratch; it is the reference the incremental path is tested against.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use meshpeer_model::{GlobalService, Locality, ManualEntry, PeerLink, Reach};
+use imbl::ordmap::DiffItem;
+use meshpeer_model::{GlobalService, Locality, ManualEntry, PeerLink, Reach, is_in_domain};
 use tokio::sync::watch;
 
-use crate::dns::DnsTable;
+use crate::dns::{DnsTable, Names};
 use crate::feed::CatalogFeed;
 
 /// What a captured address:port leads to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// A global service (by index in the catalog) and one of its ports.
-    Global { service: usize, port: u16 },
+    /// A global service (by hostname) and one of its ports.
+    Global { host: Arc<str>, port: u16 },
     /// A user-written ServiceEntry (D4) and one of its ports.
     Manual { entry: usize, port: u16 },
 }
@@ -30,86 +37,76 @@ pub struct StateOptions {
     pub locality: Option<Locality>,
 }
 
+/// What one global service put into the listeners and the DNS table.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Placed {
+    listeners: Vec<SocketAddr>,
+    names: Vec<String>,
+    /// Its names outside this cluster's zones (P2).
+    outside: Vec<String>,
+}
+
 /// One version of the data plane's view.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DataplaneState {
     pub feed: Arc<CatalogFeed>,
     /// Addresses to listen on and what they lead to.
-    pub listeners: BTreeMap<SocketAddr, Target>,
+    pub listeners: imbl::OrdMap<SocketAddr, Target>,
     /// What the DNS server answers.
     pub dns: Arc<DnsTable>,
-    /// Global service index by hostname.
-    pub by_host: HashMap<String, usize>,
     /// Links to peers, by cluster: where their gateways are.
     pub links: HashMap<String, PeerLink>,
     /// The locality of this proxy's clients.
     pub locality: Locality,
+    /// Global hostnames (and taken-over names) of the catalog outside the
+    /// zones this cluster answers for: not in DNS, no listener (P2).
+    pub outside_zones: BTreeSet<String>,
+    /// Per global hostname, what it placed.
+    placed: imbl::HashMap<String, Placed>,
+    /// What the manual entries placed.
+    manual: Placed,
+}
+
+/// The zone of taken-over cluster-local names (K1).
+const CLUSTER_LOCAL: &str = "svc.cluster.local";
+
+/// What [`DataplaneState::advance`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Advance {
+    /// Global hostnames whose listeners and names were replaced.
+    pub hostnames: usize,
+    /// Everything was rebuilt (zones, links or manual entries changed).
+    pub full: bool,
+    /// The DNS table changed.
+    pub dns_changed: bool,
 }
 
 impl DataplaneState {
-    /// Builds the indexes of a feed.
+    /// Builds the indexes of a feed from scratch. Only names inside the
+    /// zones this cluster is authoritative for are served (P2):
+    /// `mesh.internal` and its Segments' domains for global services,
+    /// `svc.cluster.local` for taken-over names; a manual entry's host never
+    /// replaces one of those names nor lands in those zones, and its
+    /// addresses never in the VIP range (P4, checked by the model; again
+    /// here).
     pub fn build(feed: Arc<CatalogFeed>, opts: &StateOptions) -> DataplaneState {
-        let catalog = &feed.catalog;
-        let mut listeners = BTreeMap::new();
-        let mut names: HashMap<String, Vec<IpAddr>> = HashMap::new();
-        let mut by_host = HashMap::new();
-        for (i, svc) in catalog.services.iter().enumerate() {
-            by_host.insert(svc.hostname.clone(), i);
-            names.insert(svc.hostname.to_ascii_lowercase(), vec![svc.vip]);
-            for p in &svc.ports {
-                listeners.insert(
-                    SocketAddr::new(svc.vip, p.number),
-                    Target::Global {
-                        service: i,
-                        port: p.number,
-                    },
-                );
-            }
-            if let Some(t) = &svc.takeover {
-                // The cluster-local name now leads to the global service (K1).
-                names.insert(t.hostname.to_ascii_lowercase(), vec![svc.vip]);
-                if opts.capture_cluster_ips {
-                    // The ports the local Service has (the global service's
-                    // may include ports only other clusters serve).
-                    let local_ports: Vec<u16> = svc
-                        .contributions
-                        .iter()
-                        .find(|c| c.reach == Reach::Local)
-                        .map(|c| c.service.ports.iter().map(|p| p.number).collect())
-                        .unwrap_or_default();
-                    for ip in &t.cluster_ips {
-                        for p in svc.ports.iter().filter(|p| local_ports.contains(&p.number)) {
-                            listeners.insert(
-                                SocketAddr::new(*ip, p.number),
-                                Target::Global {
-                                    service: i,
-                                    port: p.number,
-                                },
-                            );
-                        }
-                    }
-                }
-            }
+        let mut state = DataplaneState::frame(feed, opts);
+        let mut names = Names::new();
+        let hosts: Vec<String> = state.feed.catalog.services.keys().cloned().collect();
+        for host in hosts {
+            state.place(&host, &mut names, opts);
         }
-        for (i, m) in catalog.manual.iter().enumerate() {
-            for h in &m.hosts {
-                names.entry(h.clone()).or_default().extend(&m.addresses);
-            }
-            for a in &m.addresses {
-                for p in &m.ports {
-                    listeners
-                        .entry(SocketAddr::new(*a, p.number))
-                        .or_insert(Target::Manual {
-                            entry: i,
-                            port: p.number,
-                        });
-                }
-            }
-        }
-        let dns = Arc::new(DnsTable {
+        state.place_manual(&mut names);
+        state.dns = Arc::new(DnsTable {
             names,
-            authoritative: catalog.global_domains(),
+            authoritative: state.feed.catalog.global_domains(),
         });
+        state
+    }
+
+    /// An empty state for a feed: its links and locality.
+    fn frame(feed: Arc<CatalogFeed>, opts: &StateOptions) -> DataplaneState {
+        let catalog = &feed.catalog;
         let links = catalog
             .links
             .iter()
@@ -120,21 +117,239 @@ impl DataplaneState {
             .clone()
             .unwrap_or_else(|| catalog.cluster.locality.clone());
         DataplaneState {
-            feed,
-            listeners,
-            dns,
-            by_host,
             links,
             locality,
+            dns: Arc::new(DnsTable {
+                names: Names::new(),
+                authoritative: catalog.global_domains(),
+            }),
+            feed,
+            ..DataplaneState::default()
         }
     }
 
-    pub fn service(&self, i: usize) -> Option<&GlobalService> {
-        self.feed.catalog.services.get(i)
+    /// The state of `feed`, from `self` (the previous version's): only the
+    /// hostnames that changed are replaced. Equal to [`DataplaneState::build`].
+    pub fn advance(
+        &self,
+        feed: Arc<CatalogFeed>,
+        opts: &StateOptions,
+    ) -> (DataplaneState, Advance) {
+        let old = &self.feed.catalog;
+        let new = &feed.catalog;
+        let full = self.feed.version == 0
+            || old.segments != new.segments
+            || old.links != new.links
+            || old.cluster != new.cluster
+            || old.vip_range != new.vip_range;
+        if full {
+            let state = DataplaneState::build(feed, opts);
+            let dns_changed = state.dns != self.dns;
+            let hostnames = state.feed.catalog.services.len();
+            return (
+                state,
+                Advance {
+                    hostnames,
+                    full: true,
+                    dns_changed,
+                },
+            );
+        }
+        let mut next = DataplaneState {
+            feed: Arc::clone(&feed),
+            ..self.clone()
+        };
+        let mut names = self.dns.names.clone();
+        let mut changed: Vec<String> = Vec::new();
+        for item in old.services.diff(&new.services) {
+            let host = match item {
+                DiffItem::Add(h, _)
+                | DiffItem::Remove(h, _)
+                | DiffItem::Update { new: (h, _), .. } => h,
+            };
+            changed.push(host.clone());
+        }
+        // Manual entries fill in around the global services: redo them when
+        // they changed, or a global service took or left one of their places.
+        let mut redo_manual = old.manual != new.manual;
+        for host in &changed {
+            let before = next.unplace(host, &mut names);
+            next.place(host, &mut names, opts);
+            if !redo_manual {
+                let after = next.placed.get(host).cloned().unwrap_or_default();
+                redo_manual = [&before, &after].iter().any(|p| {
+                    p.listeners
+                        .iter()
+                        .any(|a| self.manual.listeners.contains(a))
+                        || p.names.iter().any(|n| self.manual.names.contains(n))
+                });
+            }
+        }
+        if redo_manual {
+            next.unplace_manual(&mut names);
+            next.place_manual(&mut names);
+        }
+        let dns_changed = !names.ptr_eq(&self.dns.names) && names != self.dns.names;
+        if dns_changed {
+            next.dns = Arc::new(DnsTable {
+                names,
+                authoritative: self.dns.authoritative.clone(),
+            });
+        }
+        (
+            next,
+            Advance {
+                hostnames: changed.len(),
+                full: false,
+                dns_changed,
+            },
+        )
+    }
+
+    /// Adds the listeners and names of the global service `host`.
+    fn place(&mut self, host: &str, names: &mut Names, opts: &StateOptions) {
+        let feed = Arc::clone(&self.feed);
+        let Some(svc) = feed.catalog.services.get(host) else {
+            return;
+        };
+        let zones = &self.dns.authoritative;
+        let in_zones = |h: &str| zones.iter().any(|z| is_in_domain(h, z));
+        let mut placed = Placed::default();
+        if !in_zones(&svc.hostname) {
+            placed.outside.push(svc.hostname.clone());
+        } else {
+            let key: Arc<str> = Arc::from(svc.hostname.as_str());
+            let name = svc.hostname.to_ascii_lowercase();
+            names.insert(name.clone(), vec![svc.vip]);
+            placed.names.push(name);
+            for p in &svc.ports {
+                let addr = SocketAddr::new(svc.vip, p.number);
+                self.listeners.insert(
+                    addr,
+                    Target::Global {
+                        host: Arc::clone(&key),
+                        port: p.number,
+                    },
+                );
+                placed.listeners.push(addr);
+            }
+            if let Some(t) = &svc.takeover {
+                if !is_in_domain(&t.hostname, CLUSTER_LOCAL) {
+                    placed.outside.push(t.hostname.clone());
+                } else {
+                    // The cluster-local name now leads to the global service (K1).
+                    let local = t.hostname.to_ascii_lowercase();
+                    names.insert(local.clone(), vec![svc.vip]);
+                    placed.names.push(local);
+                    if opts.capture_cluster_ips {
+                        for addr in cluster_ip_listeners(svc) {
+                            self.listeners.insert(
+                                addr,
+                                Target::Global {
+                                    host: Arc::clone(&key),
+                                    port: addr.port(),
+                                },
+                            );
+                            placed.listeners.push(addr);
+                        }
+                    }
+                }
+            }
+        }
+        self.outside_zones.extend(placed.outside.iter().cloned());
+        self.placed.insert(host.to_owned(), placed);
+    }
+
+    /// Removes what the global service `host` placed; returns it.
+    fn unplace(&mut self, host: &str, names: &mut Names) -> Placed {
+        let Some(placed) = self.placed.remove(host) else {
+            return Placed::default();
+        };
+        for addr in &placed.listeners {
+            if matches!(self.listeners.get(addr), Some(Target::Global { host: h, .. }) if **h == *host)
+            {
+                self.listeners.remove(addr);
+            }
+        }
+        for name in &placed.names {
+            names.remove(name);
+        }
+        for name in &placed.outside {
+            self.outside_zones.remove(name);
+        }
+        placed
+    }
+
+    /// Adds the manual entries' listeners and names, around what global
+    /// services hold.
+    fn place_manual(&mut self, names: &mut Names) {
+        let feed = Arc::clone(&self.feed);
+        let catalog = &feed.catalog;
+        let zones = &self.dns.authoritative;
+        let in_zones = |h: &str| zones.iter().any(|z| is_in_domain(h, z));
+        let owned: HashSet<&str> = self
+            .placed
+            .values()
+            .flat_map(|p| p.names.iter().map(String::as_str))
+            .collect();
+        let in_vip_range = |a: &IpAddr| catalog.vip_range.is_some_and(|r| r.contains(*a));
+        let mut placed = Placed::default();
+        let mut added: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for (i, m) in catalog.manual.iter().enumerate() {
+            let addresses: Vec<IpAddr> = m
+                .addresses
+                .iter()
+                .filter(|a| !in_vip_range(a))
+                .copied()
+                .collect();
+            for h in &m.hosts {
+                let h = h.to_ascii_lowercase();
+                if in_zones(&h) || owned.contains(h.as_str()) {
+                    continue;
+                }
+                added.entry(h).or_default().extend(&addresses);
+            }
+            for a in &addresses {
+                for p in &m.ports {
+                    let addr = SocketAddr::new(*a, p.number);
+                    if !self.listeners.contains_key(&addr) {
+                        self.listeners.insert(
+                            addr,
+                            Target::Manual {
+                                entry: i,
+                                port: p.number,
+                            },
+                        );
+                        placed.listeners.push(addr);
+                    }
+                }
+            }
+        }
+        for (h, addrs) in added {
+            names.insert(h.clone(), addrs);
+            placed.names.push(h);
+        }
+        self.manual = placed;
+    }
+
+    fn unplace_manual(&mut self, names: &mut Names) {
+        let placed = std::mem::take(&mut self.manual);
+        for addr in &placed.listeners {
+            if matches!(self.listeners.get(addr), Some(Target::Manual { .. })) {
+                self.listeners.remove(addr);
+            }
+        }
+        for name in &placed.names {
+            names.remove(name);
+        }
+    }
+
+    pub fn service(&self, host: &str) -> Option<&GlobalService> {
+        self.feed.catalog.services.get(host).map(|s| &**s)
     }
 
     pub fn service_by_host(&self, host: &str) -> Option<&GlobalService> {
-        self.by_host.get(host).and_then(|i| self.service(*i))
+        self.service(host)
     }
 
     pub fn manual(&self, i: usize) -> Option<&ManualEntry> {
@@ -156,7 +371,29 @@ impl DataplaneState {
     }
 }
 
-/// Follows a feed: rebuilds the state (and the DNS table) on every version.
+/// The ClusterIP:port listeners of a taken-over service: only the ports the
+/// local Service has (the global service's may include ports only other
+/// clusters serve).
+fn cluster_ip_listeners(svc: &GlobalService) -> Vec<SocketAddr> {
+    let Some(t) = &svc.takeover else {
+        return Vec::new();
+    };
+    let local_ports: Vec<u16> = svc
+        .contributions
+        .iter()
+        .find(|c| c.reach == Reach::Local)
+        .map(|c| c.service.ports.iter().map(|p| p.number).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for ip in &t.cluster_ips {
+        for p in svc.ports.iter().filter(|p| local_ports.contains(&p.number)) {
+            out.push(SocketAddr::new(*ip, p.number));
+        }
+    }
+    out
+}
+
+/// Follows a feed: advances the state (and the DNS table) on every version.
 /// The state channel starts empty (version 0) until the first feed arrives.
 pub fn follow(
     mut feed: watch::Receiver<Arc<CatalogFeed>>,
@@ -169,18 +406,16 @@ pub fn follow(
     let (state_tx, state_rx) = watch::channel(Arc::new(DataplaneState::default()));
     let (dns_tx, dns_rx) = watch::channel(Arc::new(DnsTable::default()));
     let task = tokio::spawn(async move {
+        let mut state = Arc::new(DataplaneState::default());
         loop {
             let current = feed.borrow_and_update().clone();
             if current.version > 0 {
-                let state = DataplaneState::build(current, &opts);
-                dns_tx.send_if_modified(|t| {
-                    let changed = **t != *state.dns;
-                    if changed {
-                        *t = Arc::clone(&state.dns);
-                    }
-                    changed
-                });
-                state_tx.send_replace(Arc::new(state));
+                let (next, step) = state.advance(current, &opts);
+                state = Arc::new(next);
+                if step.dns_changed {
+                    dns_tx.send_replace(Arc::clone(&state.dns));
+                }
+                state_tx.send_replace(Arc::clone(&state));
             }
             if feed.changed().await.is_err() || (state_tx.is_closed() && dns_tx.is_closed()) {
                 return;

@@ -17,6 +17,10 @@ use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use meshpeer_dataplane::dns::{DnsConfig, DnsMetrics, DnsServer, DnsTable};
+use meshpeer_dataplane::feed::CatalogFeed;
+use meshpeer_dataplane::state::{DataplaneState, StateOptions};
+use meshpeer_model::testing::{ClusterBuilder, svc};
+use meshpeer_model::{CatalogConfig, catalog, exports};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -921,4 +925,48 @@ async fn d1_listen_on_a_fixed_port() {
         .unwrap();
     assert_eq!(addrs(&lookup), [ip(VIP4)]);
     server.shutdown().await;
+}
+
+/// The DNS table of cluster1, which links to cluster2 whose `example/www`
+/// came out named `rogue` (a peer whose Segment claims a public domain).
+fn table_with_rogue_name(rogue: &str) -> DnsTable {
+    let c1 = ClusterBuilder::new("cluster1").link("cluster2").build();
+    let c2 = ClusterBuilder::new("cluster2")
+        .service(svc("example", "www").global().ready(1))
+        .build();
+    let mut cat = catalog(&c1, &[exports(&c2)], &CatalogConfig::default());
+    assert_eq!(cat.services.len(), 1, "{:?}", cat.diagnostics);
+    cat.services[0].hostname = rogue.into();
+    let feed = Arc::new(CatalogFeed {
+        version: 1,
+        catalog: Arc::new(cat),
+        callers: Vec::new(),
+    });
+    let state = DataplaneState::build(feed, &StateOptions::default());
+    assert_eq!(state.outside_zones, [rogue]);
+    (*state.dns).clone()
+}
+
+#[tokio::test]
+async fn p2_a_catalog_name_outside_the_zones_is_forwarded_or_refused_never_given_a_vip() {
+    let table = table_with_rogue_name("www.example.org");
+    let upstream = FakeUpstream::start().await;
+    let proxy = Proxy::start(table.clone(), Some(upstream.addr), DEADLINE).await;
+    // A foreign name: the upstream's answer (NXDOMAIN here), not a VIP.
+    let error = resolve(proxy.addr(), Udp, "www.example.org", RecordType::A)
+        .await
+        .unwrap_err();
+    assert_eq!(rcode(&error), ResponseCode::NXDomain);
+    assert_eq!(upstream.seen(), [(Udp, "www.example.org.".to_owned())]);
+    assert_eq!(proxy.count("forwarded"), 1);
+    assert_eq!(proxy.count("answer"), 0);
+
+    // Without an upstream, refused as any foreign name.
+    let proxy = Proxy::start(table, None, DEADLINE).await;
+    for transport in [Udp, Tcp] {
+        let error = resolve(proxy.addr(), transport, "www.example.org", RecordType::A)
+            .await
+            .unwrap_err();
+        assert_eq!(rcode(&error), ResponseCode::Refused, "{transport:?}");
+    }
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
 use meshpeer_dataplane::feed::{Caller, CatalogFeed};
 use meshpeer_dataplane::gateway::{GatewayConfig, GatewayHandler};
 use meshpeer_dataplane::hbone::{Refuse, TunnelHandler, TunnelMeta, TunnelRequest, Upstream};
-use meshpeer_dataplane::metrics::{DataplaneMetrics, KindLabels};
+use meshpeer_dataplane::metrics::{DataplaneMetrics, KindLabels, ReasonLabels};
 use meshpeer_dataplane::state::{DataplaneState, StateOptions};
 use meshpeer_identity::SpiffeId;
 use meshpeer_model::testing::{ClusterBuilder, pod, svc};
@@ -45,7 +46,19 @@ struct Gw {
 }
 
 impl Gw {
+    /// Endpoints on loopback are this test's backends: allowed, as an
+    /// operator would with `--allow-endpoints 127.0.0.0/8`.
     fn new(catalog: GlobalCatalog, callers: Vec<Caller>) -> Self {
+        let policy = EndpointPolicy::new(vec!["127.0.0.0/8".parse().unwrap()], Vec::new());
+        Gw::with_policy(catalog, callers, policy, 3)
+    }
+
+    fn with_policy(
+        catalog: GlobalCatalog,
+        callers: Vec<Caller>,
+        endpoints: EndpointPolicy,
+        max_attempts: usize,
+    ) -> Self {
         let feed = Arc::new(CatalogFeed {
             version: 1,
             catalog: Arc::new(catalog),
@@ -57,7 +70,8 @@ impl Gw {
         let metrics = Arc::new(DataplaneMetrics::default());
         let config = GatewayConfig {
             connect_timeout: Duration::from_secs(2),
-            max_attempts: 3,
+            max_attempts,
+            endpoints: Arc::new(endpoints),
         };
         Gw {
             handler: GatewayHandler::new(rx, config, Arc::clone(&metrics)),
@@ -88,6 +102,15 @@ impl Gw {
         self.metrics
             .refusals
             .get_or_create(&KindLabels { kind: kind.into() })
+            .get()
+    }
+
+    fn endpoint_refusals(&self, reason: &str) -> u64 {
+        self.metrics
+            .endpoint_refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
             .get()
     }
 
@@ -429,4 +452,106 @@ async fn d4_the_global_alias_reaches_the_exported_service() {
         );
     }
     assert_eq!(gw.refusals("not_exported"), 2);
+}
+
+/// Fails if a connection to `listener` was made: a dial completes its
+/// handshake in the kernel's backlog before the dialler goes on, so an
+/// empty backlog now means no dial happened.
+fn assert_accepted_nothing(listener: TcpListener) {
+    let l = listener.into_std().unwrap();
+    l.set_nonblocking(true).unwrap();
+    match l.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("{} was dialled: {other:?}", l.local_addr().unwrap()),
+    }
+}
+
+/// A listener on 127.0.0.1 and one on 127.0.0.2, on the same port (pods of
+/// one Service share their target port).
+async fn two_on_one_port() -> (TcpListener, TcpListener, u16) {
+    for _ in 0..32 {
+        let (first, port) = endpoint().await;
+        if let Ok(second) = TcpListener::bind(("127.0.0.2", port)).await {
+            return (first, second, port);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+/// Endpoints the policy refuses: loopback (a listener that must see no
+/// connection), link-local (cloud metadata), IPv6 loopback, an address in
+/// the VIP range, the node's address.
+const REFUSED: [(&str, &str); 5] = [
+    ("127.0.0.1", "loopback"),
+    ("169.254.169.254", "link_local"),
+    ("::1", "loopback"),
+    ("240.240.0.5", "vip_range"),
+    ("198.51.100.1", "node_address"),
+];
+
+fn node_policy(allow: &[&str]) -> EndpointPolicy {
+    EndpointPolicy::new(
+        allow.iter().map(|c| c.parse().unwrap()).collect(),
+        vec!["198.51.100.1/32".parse().unwrap()],
+    )
+}
+
+#[tokio::test]
+async fn p5_the_gateway_never_dials_refused_endpoints_and_uses_the_next() {
+    let (node_local, allowed, port) = two_on_one_port().await;
+    let mut ips: Vec<&str> = REFUSED.iter().map(|(ip, _)| *ip).collect();
+    ips.push("127.0.0.2");
+    let cat = mesh(port, &ips);
+    // Only 127.0.0.2 is allowed: exactly that CIDR, not the rest of loopback.
+    let gw = Gw::with_policy(
+        cat,
+        callers(),
+        node_policy(&["127.0.0.2/32", "240.240.0.0/16"]),
+        ips.len(),
+    );
+    for _ in 0..16 {
+        let up = gw
+            .open("cluster2.td", "web.shop.mesh.internal:8000")
+            .await
+            .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
+        assert_eq!(
+            relays(up, &allowed).await,
+            SocketAddr::from(([127, 0, 0, 2], port))
+        );
+    }
+    // Refusals are counted, never dialled, never ejected.
+    let counted: u64 = ["loopback", "link_local", "vip_range", "node_address"]
+        .iter()
+        .map(|r| gw.endpoint_refusals(r))
+        .sum();
+    assert!(
+        counted > 0,
+        "16 tunnels and no refused endpoint tried first"
+    );
+    assert_eq!(gw.ejections(), 0);
+    assert_eq!(gw.refusals("no_endpoint"), 0);
+    assert_accepted_nothing(node_local);
+}
+
+#[tokio::test]
+async fn p5_a_tunnel_to_refused_endpoints_only_gets_503_without_their_addresses() {
+    let (node_local, port) = endpoint().await;
+    let ips: Vec<&str> = REFUSED.iter().map(|(ip, _)| *ip).collect();
+    let gw = Gw::with_policy(mesh(port, &ips), callers(), node_policy(&[]), ips.len());
+    let r = gw
+        .refused("cluster2.td", "web.shop.mesh.internal:8000")
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.message);
+    assert!(r.message.contains("5 refused"), "{}", r.message);
+    assert!(r.message.contains("endpoint policy"), "{}", r.message);
+    for (ip, _) in REFUSED {
+        assert!(!r.message.contains(ip), "{ip} leaked: {}", r.message);
+    }
+    assert_eq!(gw.endpoint_refusals("loopback"), 2);
+    for reason in ["link_local", "vip_range", "node_address"] {
+        assert_eq!(gw.endpoint_refusals(reason), 1, "{reason}");
+    }
+    assert_eq!(gw.refusals("endpoint_policy"), 1);
+    assert_eq!(gw.ejections(), 0);
+    assert_accepted_nothing(node_local);
 }

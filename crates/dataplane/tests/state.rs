@@ -385,3 +385,87 @@ async fn d1_follow_publishes_a_state_per_version_and_the_dns_table_only_when_it_
         .expect("follow did not stop when the feed closed")
         .unwrap();
 }
+
+/// P2: a name a peer should never have given (its Segment claims `com`):
+/// the model refuses it (P2, model side); if one gets through, the data
+/// plane neither answers it nor listens for it.
+#[test]
+fn p2_a_catalog_name_outside_the_zones_is_neither_answered_nor_listened_for() {
+    let mut cat = two_clusters();
+    let cart = cat
+        .services
+        .iter()
+        .position(|s| s.hostname == "cart.shop.mesh.internal")
+        .unwrap();
+    cat.services[cart].hostname = "www.google.com".into();
+    let cart_vip = cat.services[cart].vip;
+    let s = build(cat, &StateOptions::default());
+    assert_eq!(s.outside_zones, ["www.google.com"]);
+    assert!(!s.dns.names.contains_key("www.google.com"), "{:?}", s.dns);
+    assert!(s.service_by_host("www.google.com").is_none());
+    assert!(
+        s.listeners.keys().all(|a| a.ip() != cart_vip),
+        "{:?}",
+        listeners(&s)
+    );
+    // The others are served as before.
+    assert!(s.dns.names.contains_key("web.shop.mesh.internal"));
+    assert_eq!(s.listeners.len(), 3, "{:?}", listeners(&s));
+
+    // A taken-over name is a `svc.cluster.local` name, nothing else.
+    let mut cat = takeover_catalog();
+    let web = cat
+        .services
+        .iter()
+        .position(|s| s.takeover.is_some())
+        .unwrap();
+    if let Some(t) = cat.services[web].takeover.as_mut() {
+        t.hostname = "metadata.google.internal".into();
+    }
+    let s = build(
+        cat,
+        &StateOptions {
+            capture_cluster_ips: true,
+            ..StateOptions::default()
+        },
+    );
+    assert_eq!(s.outside_zones, ["metadata.google.internal"]);
+    assert!(!s.dns.names.contains_key("metadata.google.internal"));
+    assert!(
+        s.listeners.keys().all(|a| a.ip() != ip("10.96.0.10")),
+        "{:?}",
+        listeners(&s)
+    );
+    assert!(s.dns.names.contains_key("web.shop.mesh.internal"));
+}
+
+/// P4 again in the data plane: should a manual entry still claim a global
+/// name or a VIP-range address (an older controller, a bug), the global
+/// service keeps its name and the address gets no listener.
+#[test]
+fn p4_a_manual_entry_never_adds_to_a_global_name_nor_listens_in_the_vip_range() {
+    let parsed = parse_documents("se.yaml", MANUAL);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    let mut b = ClusterBuilder::new("cluster1").service(svc("shop", "web").global().ready(1));
+    for o in parsed.objects {
+        b = b.object(o);
+    }
+    let mut cat = view(&b.build(), &[]);
+    let web_vip = cat.service("web.shop.mesh.internal").unwrap().vip;
+    let in_range = ip("240.240.9.9");
+    let m = &mut cat.manual[0];
+    m.hosts.push("web.shop.mesh.internal".into());
+    m.hosts.push("other.cluster.example".into());
+    m.addresses.push(in_range);
+    let s = build(cat, &StateOptions::default());
+    assert_eq!(s.dns.names["web.shop.mesh.internal"], [web_vip]);
+    assert_eq!(
+        s.dns.names["other.cluster.example"],
+        [ip("127.255.0.2"), ip("127.255.0.3")]
+    );
+    assert!(
+        s.listeners.keys().all(|a| a.ip() != in_range),
+        "{:?}",
+        listeners(&s)
+    );
+}

@@ -1,10 +1,11 @@
 //! Command-line interface: every flag of every role, parsed into typed values.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use meshpeer_dataplane::endpoint_policy::parse_cidr;
 use meshpeer_model::Cidr;
 
 #[derive(Debug, Parser)]
@@ -292,6 +293,23 @@ pub(crate) struct ProxyArgs {
     /// Zone of the workloads this proxy serves (with --region).
     #[arg(long, value_name = "ZONE", requires = "region")]
     pub(crate) zone: Option<String>,
+    /// Dial endpoints in this CIDR (or at this address) although they are
+    /// refused by default: loopback, link-local (cloud metadata),
+    /// multicast, unspecified, broadcast and this node's addresses (SPEC
+    /// P5). Repeat for more. The VIP range stays refused.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub(crate) allow_endpoints: Vec<Cidr>,
+    /// This node's address, never dialled as an endpoint, like the
+    /// addresses of the local interfaces (read from /proc/net, every 30 s).
+    /// Repeat or comma-separate; in Kubernetes, the downward API's
+    /// status.hostIP.
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "MESHPEER_NODE_IP",
+        value_delimiter = ','
+    )]
+    pub(crate) node_ip: Vec<IpAddr>,
     /// Serve Prometheus metrics (GET /metrics) and GET /healthz here.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) metrics: Option<SocketAddr>,
@@ -321,6 +339,23 @@ pub(crate) struct GatewayArgs {
     /// Where HBONE tunnels arrive (the east-west Gateway's cross-network port).
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:15008")]
     pub(crate) listen: SocketAddr,
+    /// Dial endpoints in this CIDR (or at this address) although they are
+    /// refused by default: loopback, link-local (cloud metadata),
+    /// multicast, unspecified, broadcast and this node's addresses (SPEC
+    /// P5). Repeat for more. The VIP range stays refused.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub(crate) allow_endpoints: Vec<Cidr>,
+    /// This node's address, never dialled as an endpoint, like the
+    /// addresses of the local interfaces (read from /proc/net, every 30 s).
+    /// Repeat or comma-separate; in Kubernetes, the downward API's
+    /// status.hostIP.
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "MESHPEER_NODE_IP",
+        value_delimiter = ','
+    )]
+    pub(crate) node_ip: Vec<IpAddr>,
     /// Serve Prometheus metrics (GET /metrics) and GET /healthz here.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) metrics: Option<SocketAddr>,

@@ -1,11 +1,13 @@
 //! The data-plane roles, wired: a proxy (DNS, VIP listeners, HBONE client)
 //! and an east-west gateway (HBONE server), both following a catalog feed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use meshpeer_dataplane::dns::{DnsConfig, DnsMetrics, DnsServer};
+use meshpeer_dataplane::endpoint_policy::{EndpointPolicy, host_cidr, node};
 use meshpeer_dataplane::feed::CatalogFeed;
 use meshpeer_dataplane::gateway::{GatewayConfig, GatewayHandler};
 use meshpeer_dataplane::hbone::{self, HboneClient, HboneMetrics, PoolConfig};
@@ -13,6 +15,7 @@ use meshpeer_dataplane::metrics::DataplaneMetrics;
 use meshpeer_dataplane::proxy::{Proxy, ProxyConfig};
 use meshpeer_dataplane::state::{self, DataplaneState, StateOptions};
 use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, server_config};
+use meshpeer_model::Cidr;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -134,4 +137,68 @@ impl GatewayRole {
             let _ = t.await;
         }
     }
+}
+
+/// How often the node's addresses are read again: an interface that comes
+/// up later (a CNI bridge created with the first Pod) is refused from then on.
+const NODE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The node's addresses: this network namespace's interfaces and local
+/// ranges (from /proc/net), and `node_ips` (`--node-ip`).
+pub fn node_addresses(node_ips: &[IpAddr]) -> std::io::Result<Vec<Cidr>> {
+    let mut out = node::local_addresses()?;
+    out.extend(node_ips.iter().filter_map(|ip| host_cidr(*ip)));
+    Ok(out)
+}
+
+/// The endpoint policy of a proxy or gateway (P5): `allow` opened, the
+/// node's addresses refused. When /proc/net cannot be read, only
+/// `node_ips` are known (logged).
+pub fn endpoint_policy(allow: Vec<Cidr>, node_ips: &[IpAddr]) -> Arc<EndpointPolicy> {
+    let node = node_addresses(node_ips).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list this node's addresses; only --node-ip ones are refused as endpoints");
+        node_ips.iter().filter_map(|ip| host_cidr(*ip)).collect()
+    });
+    let policy = Arc::new(EndpointPolicy::new(allow, node));
+    tracing::info!(
+        allowed = %list(policy.allowed()),
+        node_addresses = %list(&policy.node_addresses()),
+        "endpoint policy: loopback, link-local, multicast, unspecified, broadcast, the VIP range and this node's addresses are never dialled, except in the allowed CIDRs (the VIP range always)"
+    );
+    policy
+}
+
+/// Reads the node's addresses again every 30 s; stops when aborted.
+pub fn refresh_node_addresses(
+    policy: Arc<EndpointPolicy>,
+    node_ips: Vec<IpAddr>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(NODE_REFRESH);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match node_addresses(&node_ips) {
+                Ok(node) => {
+                    if policy.set_node_addresses(node) {
+                        tracing::info!(node_addresses = %list(&policy.node_addresses()), "this node's addresses changed");
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list this node's addresses; the last ones are kept")
+                }
+            }
+        }
+    })
+}
+
+fn list(cidrs: &[Cidr]) -> String {
+    if cidrs.is_empty() {
+        return "none".to_owned();
+    }
+    cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

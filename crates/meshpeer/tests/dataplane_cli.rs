@@ -278,8 +278,11 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
             s(&cacerts),
             "--listen",
             "127.0.0.1:0",
+            "--allow-endpoints",
+            POD_IP,
         ],
     );
+    // The pod is on loopback: allowed explicitly (P5).
     let mut proxy = Proc::spawn(
         "proxy",
         &[
@@ -292,6 +295,8 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
             "127.0.0.1:0",
             "--metrics",
             "127.0.0.1:0",
+            "--allow-endpoints",
+            POD_IP,
         ],
     );
 
@@ -517,6 +522,19 @@ fn proxy_and_gateway_fail_clearly() {
     let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--controller", "x"]);
     assert_eq!(o.status.code(), Some(2));
     let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--region", "r1"]);
+    assert_eq!(o.status.code(), Some(2));
+    // P5: an allowed range says what is wrong with it.
+    let o = meshpeer(&[
+        "gateway",
+        "--cacerts",
+        s(&cacerts),
+        "--allow-endpoints",
+        "10.1.0.14/16",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("did you mean 10.1.0.0/16"), "{err}");
+    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--node-ip", "node1"]);
     assert_eq!(o.status.code(), Some(2));
 
     // A busy port: one line naming the address.

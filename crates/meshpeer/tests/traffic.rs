@@ -562,3 +562,199 @@ async fn k1_k3_k4_takeover_captures_the_cluster_local_name_and_cluster_ip() {
     assert!(answer.is_err(), "{answer:?}");
     mesh.shutdown().await;
 }
+
+/// A listener standing for what a node holds on loopback (the controller's
+/// API, the kubelet, the metadata service). A dial completes its handshake
+/// in the kernel's backlog before the dialler goes on, so an empty backlog
+/// means it was never dialled.
+struct Sentinel(std::net::TcpListener);
+
+impl Sentinel {
+    fn start(ip: &str, port: u16) -> Sentinel {
+        let l = std::net::TcpListener::bind((ip, port)).unwrap();
+        l.set_nonblocking(true).unwrap();
+        Sentinel(l)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
+
+    fn assert_never_dialled(&self) {
+        match self.0.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("{} was dialled: {other:?}", self.addr()),
+        }
+    }
+}
+
+/// A tenant's ServiceEntry in `httpbin` claiming the global name, with an
+/// address of its own and its endpoint on a loopback port of the node: the
+/// global name keeps its one VIP (P4), the claim is reported, and the
+/// entry's address leads nowhere: the proxy never dials loopback (P5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p4_p5_a_tenant_entry_neither_takes_a_global_name_nor_reaches_loopback() {
+    let mut mesh = Mesh::new(&["cluster1"]);
+    mesh.start().await;
+    mesh.start_dataplane().await;
+    let c1 = mesh.cluster("cluster1");
+    c1.write("httpbin-ns.yaml", &namespace("httpbin", &[]));
+    let ip = c1.pod_ip(1);
+    c1.write(
+        "in-ambient.yaml",
+        &service_with(
+            "httpbin",
+            "in-ambient",
+            &[GLOBAL],
+            &[],
+            &[("in-ambient-0", &ip, &[])],
+        ),
+    );
+    let _b = Backend::start(format!("{ip}:8080").parse().unwrap(), "cluster1").await;
+    let vip = c1.wait_route(HOST, 8000, &["cluster1"]).await;
+
+    let node_local = Sentinel::start("127.0.0.1", 0);
+    let address = format!("127.{}.150.9", c1.block.octet);
+    c1.write(
+        "hijack.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: hijack, namespace: httpbin}}\n\
+             spec:\n  hosts: [{HOST}, metrics.httpbin.example]\n  location: MESH_INTERNAL\n  resolution: STATIC\n\
+             \x20 ports: [{{name: http, number: 80, protocol: HTTP}}]\n  addresses: [{address}]\n\
+             \x20 endpoints:\n  - address: 127.0.0.1\n    ports: {{http: {}}}\n",
+            node_local.addr().port()
+        ),
+    );
+    // P4: the claim on the global name is reported in the controller's view.
+    let view = c1
+        .wait("a P4 diagnostic for the tenant's entry", |v| {
+            v.catalog.diagnostics.iter().any(|d| {
+                d.rule == meshpeer_model::Rule::P4
+                    && d.object.name == "hijack"
+                    && d.field.as_deref() == Some("spec.hosts[0]")
+            })
+        })
+        .await;
+    assert_eq!(view.catalog.manual.len(), 1, "{:?}", view.catalog.manual);
+    assert_eq!(view.catalog.manual[0].hosts, ["metrics.httpbin.example"]);
+
+    // The entry is still served for its own name and address...
+    let captured: SocketAddr = format!("{address}:80").parse().unwrap();
+    let mut listening = c1.proxy().proxy.listening();
+    tokio::time::timeout(
+        support::WITHIN,
+        listening.wait_for(|l| l.contains(&captured)),
+    )
+    .await
+    .expect("the proxy listens on the entry's address")
+    .unwrap();
+    // ...but the global name answers with the VIP only.
+    let dns = c1.proxy().dns.local_addr();
+    assert_eq!(resolve(dns, HOST).await.unwrap(), vec![vip.ip()]);
+    assert_eq!(
+        resolve(dns, "metrics.httpbin.example").await.unwrap(),
+        vec![captured.ip()]
+    );
+    assert_eq!(ask(vip).await.unwrap(), "cluster1");
+
+    // P5: a connection to the entry's address is not sent to loopback.
+    let answer = ask(captured).await;
+    assert!(answer.is_err(), "{answer:?}");
+    node_local.assert_never_dialled();
+    assert_eq!(
+        metric(
+            &c1.registry,
+            "dataplane_endpoint_refusals_total{reason=\"loopback\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &c1.registry,
+            "dataplane_connections_total{direction=\"outbound\",outcome=\"no_endpoint\"}"
+        ),
+        1.0
+    );
+    mesh.shutdown().await;
+}
+
+/// P5: a global service whose endpoints are at loopback (IPv4 and IPv6),
+/// link-local (the metadata service), a VIP, the node's address and just
+/// outside the allowed pod range, and one pod inside it. Only the pod is
+/// ever dialled; each refusal is counted, costs no ejection, and the next
+/// endpoint is tried, so every client gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p5_the_proxy_never_dials_refused_endpoints_and_uses_the_next() {
+    let mut mesh = Mesh::new(&["cluster1"]);
+    mesh.max_attempts = 8;
+    mesh.start().await;
+    mesh.start_dataplane().await;
+    let c1 = mesh.cluster("cluster1");
+    c1.endpoints
+        .set_node_addresses(vec!["198.51.100.1/32".parse().unwrap()]);
+    let o = c1.block.octet;
+    // One target port for every pod: free on 127.0.0.1, and in our block.
+    let node_local = Sentinel::start("127.0.0.1", 0);
+    let port = node_local.addr().port();
+    let next_door = Sentinel::start(&format!("127.{o}.201.1"), port);
+    let pod = c1.pod_ip(1);
+    let _b = Backend::start(format!("{pod}:{port}").parse().unwrap(), "pod").await;
+    let refused = [
+        ("127.0.0.1".to_owned(), "loopback"),
+        ("\"::1\"".to_owned(), "loopback"),
+        ("169.254.169.254".to_owned(), "link_local"),
+        (format!("127.{o}.0.5"), "vip_range"),
+        ("198.51.100.1".to_owned(), "node_address"),
+        (format!("127.{o}.201.1"), "loopback"),
+    ];
+    let names: Vec<String> = (0..=refused.len()).map(|i| format!("web-{i}")).collect();
+    let mut pods: Vec<support::Pod<'_>> = refused
+        .iter()
+        .zip(&names)
+        .map(|((ip, _), name)| (name.as_str(), ip.as_str(), &[][..]))
+        .collect();
+    pods.push((names[refused.len()].as_str(), pod.as_str(), &[]));
+    c1.write("shop-ns.yaml", &namespace("shop", &[]));
+    c1.write(
+        "web.yaml",
+        &service_with("shop", "web", &[GLOBAL], &[], &pods)
+            .replace("targetPort: 8080", &format!("targetPort: {port}")),
+    );
+    let host = "web.shop.mesh.internal";
+    let vip = c1.wait_route(host, 8000, &["cluster1"]).await;
+    let endpoints = c1
+        .proxy()
+        .state
+        .borrow()
+        .service_by_host(host)
+        .map(|s| s.endpoint_count());
+    assert_eq!(endpoints, Some(pods.len()));
+
+    assert_eq!(tally(vip, 24).await, BTreeMap::from([("pod".into(), 24)]));
+    node_local.assert_never_dialled();
+    next_door.assert_never_dialled();
+    let by_reason = |reason: &str| {
+        metric(
+            &c1.registry,
+            &format!("dataplane_endpoint_refusals_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    // Each connection tries the refused endpoints drawn before the pod:
+    // over 24 connections, every reason comes up.
+    for reason in ["loopback", "link_local", "vip_range", "node_address"] {
+        assert!(by_reason(reason) >= 1.0, "{reason} never counted");
+    }
+    assert_eq!(
+        metric(&c1.registry, "dataplane_ejections_total"),
+        0.0,
+        "a refused endpoint is not ejected: it was never tried"
+    );
+    assert_eq!(
+        metric(
+            &c1.registry,
+            "dataplane_connections_total{direction=\"outbound\",outcome=\"no_endpoint\"}"
+        ),
+        0.0
+    );
+    mesh.shutdown().await;
+}

@@ -154,6 +154,10 @@ pub struct GlobalCatalog {
     /// Findings about this cluster's input and its view.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<Diagnostic>,
+    /// The range VIPs come from (G11), which the data plane never dials
+    /// (P5); `None` in feeds of older controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_range: Option<Cidr>,
 }
 
 impl GlobalCatalog {
@@ -261,7 +265,9 @@ pub fn catalog_with<'a>(
         &hints,
         &reserved,
     );
-    let manual = crate::manual::manual_entries(own, &mut diags);
+    let names = crate::manual::ServiceNames::new(&services);
+    let owned = crate::manual::Owned::new(&own_export.segments, &names, &config.vip_range);
+    let manual = crate::manual::manual_entries(own, &owned, &mut diags);
     for host in &alloc.exhausted {
         diags.push(exhausted(&me, host, &config.vip_range, wanted.len()));
     }
@@ -282,6 +288,7 @@ pub fn catalog_with<'a>(
         manual,
         refused_peers,
         diagnostics: diags,
+        vip_range: Some(config.vip_range),
     }
 }
 

@@ -44,7 +44,7 @@ pub use diag::{Diagnostic, ObjectRef, Rule, Severity};
 pub use endpoints::{Endpoint, Locality, LocalityGroup, PortTarget};
 pub use export::{ClusterInfo, Export, ExportedService, exports};
 pub use links::{EastWestGateway, PeerLink};
-pub use manual::{ManualEndpoint, ManualEntry};
+pub use manual::{ManualEndpoint, ManualEntry, is_in_domain};
 pub use objects::{Kind, NsName, Object, ObjectKey};
 pub use parse::{ParseError, Parsed, parse_documents};
 pub use pmap::{ArcMap, Keyed};

@@ -94,6 +94,7 @@ enum Op {
     /// A user-written ServiceEntry: its address is reserved (G11).
     UserEntry {
         ip: u8,
+        host: u8,
     },
     /// One of meshpeer's own ServiceEntries, read back: a VIP hint (G11).
     GeneratedEntry {
@@ -124,7 +125,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3u8).prop_map(|region| Op::Config { region }),
         1 => any::<u8>().prop_map(|keep| Op::ReplacePods { keep }),
         1 => (0..3u8).prop_map(|n| Op::SourceDiagnostics { n }),
-        1 => (0..8u8).prop_map(|ip| Op::UserEntry { ip }),
+        2 => (0..8u8, 0..6u8).prop_map(|(ip, host)| Op::UserEntry { ip, host }),
         1 => (0..4u8, 0..8u8).prop_map(|(svc, ip)| Op::GeneratedEntry { svc, ip }),
         1 => Just(Op::DeleteEntries),
     ]
@@ -295,12 +296,23 @@ fn change_in(op: &Op, snap: &ClusterSnapshot, peers: &str) -> Change {
             labels::ISTIO_EASTWEST,
             format!("{}{peers}{peer}", labels::PEER_GATEWAY_PREFIX),
         ),
-        Op::UserEntry { ip } => Change::Apply(entry(
-            "user",
-            "legacy.example",
-            &format!("10.0.0.{ip}"),
-            false,
-        )),
+        Op::UserEntry { ip, host } => {
+            // Some take names meshpeer owns (P4): a global hostname, a
+            // taken-over local name, a name under a global domain.
+            let host = match host {
+                0 => "legacy.example".to_owned(),
+                1 | 2 => format!("svc{host}.ns0.mesh.internal"),
+                3 => "svc1.ns0.svc.cluster.local".to_owned(),
+                4 => "svc0.ns1.cluster.dev".to_owned(),
+                _ => "other.ns0.svc.cluster.local".to_owned(),
+            };
+            Change::Apply(entry(
+                &format!("user{}", ip % 2),
+                &host,
+                &format!("10.0.0.{ip}"),
+                false,
+            ))
+        }
         Op::GeneratedEntry { svc, ip } => Change::Apply(entry(
             &format!("autogen.ns0.svc{svc}"),
             &format!("svc{svc}.ns0.mesh.internal"),

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshpeer_model::objects::{Condition, ServiceEntry, is_managed};
@@ -18,7 +19,8 @@ use meshpeer_model::{Object, parse_documents};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::sink::{PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+use crate::sink::{Desired, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+use imbl::ordmap::DiffItem;
 
 /// Subfolder of the output folder holding Gateway status files.
 pub const STATUS_DIR: &str = "status";
@@ -27,11 +29,11 @@ pub const STATUS_DIR: &str = "status";
 #[derive(Clone, Debug)]
 pub struct FileSink {
     out_dir: PathBuf,
-    /// What the last successful `apply` made the folder hold, by name: an
-    /// entry equal to it is neither serialized nor compared again. (The
-    /// output folder is meshpeer's; after a restart the first `apply`
-    /// compares every file.)
-    applied: std::collections::HashMap<String, ServiceEntry>,
+    /// What the last successful `apply` made the folder hold, by name: the
+    /// next `apply` writes only what differs from it (a persistent map: the
+    /// comparison visits only what changed). (The output folder is
+    /// meshpeer's; after a restart the first `apply` compares every file.)
+    applied: Desired,
     /// Whether the folder has been listed since this sink started: after
     /// that, it holds exactly the files of `applied` (the folder is
     /// meshpeer's), so unwanted files are known without listing it again.
@@ -43,7 +45,7 @@ impl FileSink {
     pub fn new(out_dir: PathBuf) -> Self {
         FileSink {
             out_dir,
-            applied: std::collections::HashMap::new(),
+            applied: Desired::new(),
             listed: false,
         }
     }
@@ -70,43 +72,37 @@ impl Sink for FileSink {
     /// the `<out>/*.yaml` files holding only meshpeer-managed ServiceEntries
     /// that are not wanted. A file in the way that holds anything else is
     /// left alone (logged, not counted).
-    fn apply<'a>(&'a mut self, desired: &'a [ServiceEntry]) -> SinkFuture<'a, SinkReport> {
+    fn apply<'a>(&'a mut self, desired: &'a Desired) -> SinkFuture<'a, SinkReport> {
         let dir = self.out_dir.clone();
-        let changed: Vec<ServiceEntry> = desired
-            .iter()
-            .filter(|se| {
-                let name = se.metadata.name.as_deref().unwrap_or_default();
-                self.applied.get(name) != Some(*se)
-            })
-            .cloned()
-            .collect();
-        let skipped = desired.len() - changed.len();
-        let all = file_names(desired);
+        // What differs from the last successful apply; everything the first
+        // time (then the folder is listed to find files no longer wanted).
+        let mut changed: Vec<Arc<ServiceEntry>> = Vec::new();
+        let mut gone: Vec<String> = Vec::new();
+        let mut skipped = 0;
+        if self.listed {
+            for item in self.applied.diff(desired) {
+                match item {
+                    DiffItem::Add(_, se) | DiffItem::Update { new: (_, se), .. } => {
+                        changed.push(Arc::clone(se))
+                    }
+                    DiffItem::Remove(name, _) => gone.push(format!("{name}.yaml")),
+                }
+            }
+            skipped = desired.len().saturating_sub(changed.len());
+        } else {
+            changed.extend(desired.values().cloned());
+        }
         let wanted = wanted_files(&changed);
-        let desired_names: BTreeSet<&str> = desired
-            .iter()
-            .map(|se| se.metadata.name.as_deref().unwrap_or_default())
-            .collect();
-        // Once listed, the files to delete are the applied ones no longer desired.
-        let gone: Option<Vec<String>> = self.listed.then(|| {
-            self.applied
-                .keys()
-                .filter(|name| !desired_names.contains(name.as_str()))
-                .map(|name| format!("{name}.yaml"))
-                .collect()
-        });
+        let all = (!self.listed).then(|| file_names(desired));
+        let listed = self.listed;
         Box::pin(async move {
-            let all = all?;
-            let mut report = blocking(move || apply_files(&dir, wanted, &all, gone)).await?;
+            let wanted = wanted?;
+            let all = all.transpose()?;
+            let gone = listed.then_some(gone);
+            let mut report = blocking(move || apply_files(&dir, wanted, all, gone)).await?;
             report.unchanged += skipped;
             self.listed = true;
-            // Only what changed is cloned: most applies touch one entry of many.
-            self.applied
-                .retain(|name, _| desired_names.contains(name.as_str()));
-            for se in changed {
-                self.applied
-                    .insert(se.metadata.name.clone().unwrap_or_default(), se);
-            }
+            self.applied = desired.clone();
             Ok(report)
         })
     }
@@ -145,27 +141,25 @@ fn file_name(stem: &str, what: &str) -> Result<String, SinkError> {
     Ok(format!("{stem}.yaml"))
 }
 
-/// The file names of the desired ServiceEntries: usable, and one per entry.
-fn file_names(desired: &[ServiceEntry]) -> Result<BTreeSet<String>, SinkError> {
-    let mut names = BTreeSet::new();
-    for se in desired {
-        let name = se.metadata.name.as_deref().unwrap_or_default();
-        if !names.insert(file_name(name, "ServiceEntry name")?) {
-            return Err(SinkError::Other(format!(
-                "two ServiceEntries are named {name:?}; a folder holds one file per name"
-            )));
-        }
-    }
-    Ok(names)
+/// The file names of the desired ServiceEntries (one per name: they are
+/// keyed by it).
+fn file_names(desired: &Desired) -> Result<BTreeSet<String>, SinkError> {
+    desired
+        .keys()
+        .map(|name| file_name(name, "ServiceEntry name"))
+        .collect()
 }
 
-/// `(file name, content)` of each ServiceEntry (names checked before).
-fn wanted_files(entries: &[ServiceEntry]) -> Vec<(String, String)> {
+/// `(file name, content)` of each ServiceEntry, its name checked.
+fn wanted_files(entries: &[Arc<ServiceEntry>]) -> Result<Vec<(String, String)>, SinkError> {
     entries
         .iter()
         .map(|se| {
             let name = se.metadata.name.as_deref().unwrap_or_default();
-            (format!("{name}.yaml"), to_yaml(std::slice::from_ref(se)))
+            Ok((
+                file_name(name, "ServiceEntry name")?,
+                to_yaml(std::slice::from_ref(&**se)),
+            ))
         })
         .collect()
 }
@@ -242,12 +236,12 @@ fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
 }
 
 /// Writes `wanted` (the entries that may have changed) and deletes managed
-/// files whose name is not in `names` (every desired file): those of `gone`
-/// when the caller knows them, else every such file in the folder.
+/// files: those of `gone` when the caller knows them, else every such file
+/// in the folder whose name is not in `names` (every desired file).
 fn apply_files(
     dir: &Path,
     wanted: Vec<(String, String)>,
-    names: &BTreeSet<String>,
+    names: Option<BTreeSet<String>>,
     gone: Option<Vec<String>>,
 ) -> Result<SinkReport, SinkError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -282,7 +276,7 @@ fn apply_files(
             .collect::<Vec<_>>(),
     };
     for (path, name) in candidates {
-        if names.contains(&name) {
+        if names.as_ref().is_some_and(|n| n.contains(&name)) {
             continue;
         }
         let Ok(current) = fs::read(&path) else {

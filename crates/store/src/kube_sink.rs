@@ -8,8 +8,11 @@
 //!   namespace is refused with an error naming it.
 //! - An object is rewritten only when it differs from what this sink last
 //!   applied, or when the server's copy changed since (its resourceVersion
-//!   moved: someone else edited it) or vanished. Every `apply` lists the
-//!   managed objects once, which catches both.
+//!   moved: someone else edited it) or vanished. The managed objects are
+//!   listed on the first `apply`, after a failure and then every resync
+//!   interval (default 60 s), which catches both; in between an `apply`
+//!   sends only what differs from the last one (SPEC I1), deleting with the
+//!   resourceVersion it last wrote as a precondition.
 //! - Deletes carry the listed object's uid as a precondition, so an object
 //!   recreated in between (perhaps without meshpeer's label) is never
 //!   deleted.
@@ -21,7 +24,9 @@
 //!   object that failed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use imbl::ordmap::DiffItem;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
@@ -31,7 +36,7 @@ use meshpeer_model::labels;
 use meshpeer_model::objects::{Condition, Gateway, ServiceEntry, is_managed};
 use tracing::{debug, info, info_span};
 
-use crate::sink::{PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+use crate::sink::{Desired, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
 
 /// The namespace whose ServiceEntries the sink manages.
 pub const NAMESPACE: &str = labels::ISTIO_SYSTEM;
@@ -49,6 +54,11 @@ pub struct KubeSink {
     /// Conditions last written per Gateway, as given to `write_status`.
     statuses: BTreeMap<NsName, Vec<Condition>>,
     clock: fn() -> String,
+    /// The desired map of the last successful `apply`.
+    last: Desired,
+    /// When the managed objects were last listed; `None`: list next time.
+    listed_at: Option<Instant>,
+    resync: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +77,123 @@ impl KubeSink {
             applied: BTreeMap::new(),
             statuses: BTreeMap::new(),
             clock: now_rfc3339,
+            last: Desired::new(),
+            listed_at: None,
+            resync: Duration::from_secs(60),
+        }
+    }
+
+    /// How often `apply` lists the managed objects to catch edits and
+    /// deletions by others (default 60 s; zero: on every `apply`).
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
+    }
+
+    /// Writes `desired`: in full (listing first) when a resync is due, else
+    /// only what differs from the last `apply`.
+    async fn apply_desired(&mut self, desired: &Desired) -> Result<SinkReport, SinkError> {
+        let due = self.listed_at.is_none_or(|at| at.elapsed() >= self.resync);
+        let result = if due {
+            let entries: Vec<ServiceEntry> = desired.values().map(|se| (**se).clone()).collect();
+            let r = self.apply_all(&entries).await;
+            if r.is_ok() {
+                self.listed_at = Some(Instant::now());
+            }
+            r
+        } else {
+            self.apply_changes(desired).await
+        };
+        match &result {
+            Ok(_) => self.last = desired.clone(),
+            // List and compare everything next time.
+            Err(_) => self.listed_at = None,
+        }
+        result
+    }
+
+    /// Applies what differs from the last successful `apply`.
+    async fn apply_changes(&mut self, desired: &Desired) -> Result<SinkReport, SinkError> {
+        let mut report = SinkReport::default();
+        let mut failed = Vec::new();
+        let api = self.service_entries();
+        let params = self.apply_params();
+        let last = self.last.clone();
+        for item in last.diff(desired) {
+            match item {
+                DiffItem::Add(name, se)
+                | DiffItem::Update {
+                    new: (name, se), ..
+                } => {
+                    let object = match apply_body(se) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            failed.push(e);
+                            continue;
+                        }
+                    };
+                    if self.applied.get(name).is_some_and(|a| a.object == object) {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    match api.patch(name, &params, &Patch::Apply(&object)).await {
+                        Ok(written) => {
+                            debug!(serviceentry = %name, "applied");
+                            self.applied.insert(
+                                name.clone(),
+                                Applied {
+                                    object,
+                                    resource_version: written.metadata.resource_version,
+                                },
+                            );
+                            report.applied += 1;
+                        }
+                        Err(e) => {
+                            self.applied.remove(name);
+                            failed.push(format!(
+                                "server-side apply of ServiceEntry {NAMESPACE}/{name}: {e}"
+                            ));
+                        }
+                    }
+                }
+                DiffItem::Remove(name, _) => {
+                    let Some(applied) = self.applied.remove(name) else {
+                        continue;
+                    };
+                    let params = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: None,
+                            resource_version: applied.resource_version,
+                        }),
+                        ..Default::default()
+                    };
+                    match api.delete(name, &params).await {
+                        Ok(_) => {
+                            debug!(serviceentry = %name, "deleted");
+                            report.deleted += 1;
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                            // Gone, or changed by someone else: the next
+                            // resync sorts it out.
+                            debug!(serviceentry = %name, reason = %s.reason, "already gone or changed; not deleted");
+                            self.listed_at = None;
+                        }
+                        Err(e) => failed.push(format!(
+                            "deleting stale ServiceEntry {NAMESPACE}/{name}: {e}"
+                        )),
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            debug!(
+                applied = report.applied,
+                deleted = report.deleted,
+                "ServiceEntries written (changes only)"
+            );
+            Ok(report)
+        } else {
+            Err(SinkError::Other(failed.join("; ")))
         }
     }
 
@@ -318,10 +445,10 @@ impl Sink for KubeSink {
         Box::pin(self.existing_managed())
     }
 
-    fn apply<'a>(&'a mut self, desired: &'a [ServiceEntry]) -> SinkFuture<'a, SinkReport> {
+    fn apply<'a>(&'a mut self, desired: &'a Desired) -> SinkFuture<'a, SinkReport> {
         let span = info_span!("kube_sink_apply", desired = desired.len());
         Box::pin(tracing::Instrument::instrument(
-            self.apply_all(desired),
+            self.apply_desired(desired),
             span,
         ))
     }

@@ -19,5 +19,5 @@ mod sink;
 mod source;
 
 pub use file::{CLUSTER_FILE, LoadError, load_cluster_dir};
-pub use sink::{PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+pub use sink::{Desired, PeerStatus, Sink, SinkError, SinkFuture, SinkReport, desired};
 pub use source::{ClusterSource, SourceError, Update};

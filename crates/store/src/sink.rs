@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use meshpeer_model::NsName;
 use meshpeer_model::objects::{Condition, ServiceEntry};
@@ -42,6 +43,19 @@ pub enum SinkError {
     Other(String),
 }
 
+/// The ServiceEntries an output should hold, by name: a persistent map, so
+/// that a sink compares a new version with the last one it wrote by what
+/// changed (SPEC I1), not entry by entry.
+pub type Desired = imbl::OrdMap<String, Arc<ServiceEntry>>;
+
+/// The desired map of a list of ServiceEntries (tests, one-shot writers).
+pub fn desired<I: IntoIterator<Item = ServiceEntry>>(entries: I) -> Desired {
+    entries
+        .into_iter()
+        .map(|se| (se.metadata.name.clone().unwrap_or_default(), Arc::new(se)))
+        .collect()
+}
+
 pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
 
 /// Where the rendered catalog goes.
@@ -57,7 +71,7 @@ pub trait Sink: Send + 'static {
     /// objects: creates and updates what differs, deletes managed objects no
     /// longer wanted, never touches objects without meshpeer's managed-by
     /// label.
-    fn apply<'a>(&'a mut self, desired: &'a [ServiceEntry]) -> SinkFuture<'a, SinkReport>;
+    fn apply<'a>(&'a mut self, desired: &'a Desired) -> SinkFuture<'a, SinkReport>;
 
     /// Writes the peer conditions of remote-peer Gateways.
     fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()>;

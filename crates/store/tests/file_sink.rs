@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshpeer_model::NsName;
 use meshpeer_model::objects::{Condition, ServiceEntry, ServiceEntrySpec};
 use meshpeer_model::render::to_yaml;
+use meshpeer_store::desired as want;
 use meshpeer_store::file_sink::FileSink;
 use meshpeer_store::{PeerStatus, Sink, SinkReport};
 
@@ -66,7 +67,7 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
 
     let a = entry("autogen.shop.web", "240.0.0.1");
     let b = entry("autogen.shop.api", "240.0.0.2");
-    let report = sink.apply(&[a.clone(), b.clone()]).await.unwrap();
+    let report = sink.apply(&want([a.clone(), b.clone()])).await.unwrap();
     assert_eq!(
         report,
         SinkReport {
@@ -90,7 +91,7 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
 
     // Same input again: nothing rewritten.
     let before = identity(&a_path);
-    let report = sink.apply(&[a.clone(), b.clone()]).await.unwrap();
+    let report = sink.apply(&want([a.clone(), b.clone()])).await.unwrap();
     assert_eq!(
         report,
         SinkReport {
@@ -103,7 +104,7 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
 
     // One changed, one gone.
     let a2 = entry("autogen.shop.web", "240.0.0.9");
-    let report = sink.apply(std::slice::from_ref(&a2)).await.unwrap();
+    let report = sink.apply(&want([a2.clone()])).await.unwrap();
     assert_eq!(
         report,
         SinkReport {
@@ -127,7 +128,7 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
 
     // A wanted name held by a user's file: left alone.
     let report = sink
-        .apply(&[a2.clone(), entry("user", "240.0.0.3")])
+        .apply(&want([a2.clone(), entry("user", "240.0.0.3")]))
         .await
         .unwrap();
     assert_eq!(report.unchanged, 1);
@@ -136,7 +137,7 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
     assert_eq!(fs::read_to_string(&user).unwrap(), unmanaged("user-entry"));
 
     // Nothing wanted: only meshpeer's files go.
-    let report = sink.apply(&[]).await.unwrap();
+    let report = sink.apply(&want([])).await.unwrap();
     assert_eq!(report.deleted, 1);
     assert_eq!(names(&out), ["broken.yaml", "notes.txt", "user.yaml"]);
     assert_eq!(identity(&user), user_id);
@@ -149,13 +150,13 @@ async fn g7_sink_after_a_restart_removes_what_an_earlier_run_left() {
     let old = entry("autogen.shop.old", "240.0.0.1");
     let kept = entry("autogen.shop.web", "240.0.0.2");
     FileSink::new(out.clone())
-        .apply(&[old, kept.clone()])
+        .apply(&want([old, kept.clone()]))
         .await
         .unwrap();
     // A new run (a new sink) no longer wants `old`: its first apply lists
     // the folder and removes it; later applies only touch what they know.
     let mut sink = FileSink::new(out.clone());
-    let report = sink.apply(std::slice::from_ref(&kept)).await.unwrap();
+    let report = sink.apply(&want([kept.clone()])).await.unwrap();
     assert_eq!(
         report,
         SinkReport {
@@ -166,7 +167,7 @@ async fn g7_sink_after_a_restart_removes_what_an_earlier_run_left() {
     );
     assert_eq!(names(&out), ["autogen.shop.web.yaml"]);
     let next = entry("autogen.shop.api", "240.0.0.3");
-    let report = sink.apply(std::slice::from_ref(&next)).await.unwrap();
+    let report = sink.apply(&want([next.clone()])).await.unwrap();
     assert_eq!((report.applied, report.deleted), (1, 1));
     assert_eq!(names(&out), ["autogen.shop.api.yaml"]);
 }
@@ -185,7 +186,7 @@ async fn sink_existing_reads_back_what_it_wrote() {
         name: "http".into(),
         target_port: None,
     }];
-    sink.apply(&desired).await.unwrap();
+    sink.apply(&want(desired.clone())).await.unwrap();
     fs::write(tmp.path().join("user.yaml"), unmanaged("user")).unwrap();
     fs::write(tmp.path().join("broken.yaml"), "kind: [").unwrap();
     let back = sink.existing().await.unwrap();
@@ -202,14 +203,12 @@ async fn sink_rejects_names_that_are_not_file_names() {
     let tmp = tempfile::tempdir().unwrap();
     let mut sink = FileSink::new(tmp.path().to_owned());
     for bad in ["../escape", ".hidden", ""] {
-        let e = sink.apply(&[entry(bad, "240.0.0.1")]).await.unwrap_err();
+        let e = sink
+            .apply(&want([entry(bad, "240.0.0.1")]))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("file name"), "{e}");
     }
-    let e = sink
-        .apply(&[entry("x", "240.0.0.1"), entry("x", "240.0.0.2")])
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("two ServiceEntries"), "{e}");
     assert!(names(tmp.path()).is_empty());
 }
 

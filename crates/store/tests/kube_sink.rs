@@ -16,6 +16,7 @@ use meshpeer_model::NsName;
 use meshpeer_model::objects::{
     Condition, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntrySpec,
 };
+use meshpeer_store::desired as want;
 use meshpeer_store::kube_sink::KubeSink;
 use meshpeer_store::{PeerStatus, Sink, SinkReport};
 use serde_json::{Value, json};
@@ -258,12 +259,12 @@ async fn expect_apply(api: &mut ApiHandle, name: &str, body: &Value, resource_ve
 #[tokio::test]
 async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_resent() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
     assert_eq!(
         sink.describe(),
         "Kubernetes istio-system (field manager meshpeer)"
     );
-    let desired = vec![in_ambient("240.240.0.10")];
+    let desired = want(vec![in_ambient("240.240.0.10")]);
 
     // First apply: nothing managed yet -> one PATCH (apply-patch), forced.
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
@@ -307,7 +308,7 @@ async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_re
     assert_quiet(&mut api);
 
     // A changed object is applied again.
-    let changed = vec![in_ambient("240.240.0.11")];
+    let changed = want(vec![in_ambient("240.240.0.11")]);
     let (report, ()) = tokio::join!(sink.apply(&changed), async {
         let held = stored(
             in_ambient_body("240.240.0.10"),
@@ -330,8 +331,8 @@ async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_re
 #[tokio::test]
 async fn g12_apply_deletes_only_stale_managed_objects_and_never_unlabelled_ones() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
-    let desired = vec![in_ambient("240.240.0.10")];
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
+    let desired = want(vec![in_ambient("240.240.0.10")]);
 
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         let mut gone = stored(
@@ -398,7 +399,7 @@ async fn g12_apply_deletes_only_stale_managed_objects_and_never_unlabelled_ones(
 #[tokio::test]
 async fn g11_existing_reads_managed_objects_back_so_a_restart_rewrites_nothing() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
     let held = stored(
         in_ambient_body("240.240.0.10"),
         "2d6a1c8e-0000-4000-8000-000000000001",
@@ -413,7 +414,7 @@ async fn g11_existing_reads_managed_objects_back_so_a_restart_rewrites_nothing()
     assert_eq!(existing[0].spec.addresses, ["240.240.0.10"]);
     assert_eq!(existing[0].metadata.managed_fields, None);
 
-    let desired = vec![in_ambient("240.240.0.10")];
+    let desired = want(vec![in_ambient("240.240.0.10")]);
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![held]).await;
     });
@@ -424,8 +425,8 @@ async fn g11_existing_reads_managed_objects_back_so_a_restart_rewrites_nothing()
 #[tokio::test]
 async fn g12_objects_edited_or_deleted_by_someone_else_are_applied_again() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
-    let desired = vec![in_ambient("240.240.0.10")];
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
+    let desired = want(vec![in_ambient("240.240.0.10")]);
     let body = in_ambient_body("240.240.0.10");
     let name = "autogen.httpbin.in-ambient";
     let uid = "2d6a1c8e-0000-4000-8000-000000000001";
@@ -455,7 +456,7 @@ async fn g12_objects_edited_or_deleted_by_someone_else_are_applied_again() {
 #[tokio::test]
 async fn failed_writes_name_the_object_and_do_not_stop_the_others() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
     let mut elsewhere = in_ambient("240.240.0.20");
     elsewhere.metadata.name = Some("autogen.default.other".into());
     elsewhere.metadata.namespace = Some("default".into());
@@ -463,7 +464,7 @@ async fn failed_writes_name_the_object_and_do_not_stop_the_others() {
     second.metadata.name = Some("autogen.httpbin.second".into());
     let mut second_body = in_ambient_body("240.240.0.21");
     second_body["metadata"]["name"] = json!("autogen.httpbin.second");
-    let desired = vec![elsewhere, in_ambient("240.240.0.10"), second];
+    let desired = want(vec![elsewhere, in_ambient("240.240.0.10"), second]);
 
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![]).await;
@@ -661,7 +662,7 @@ fn not_found() -> Value {
 #[tokio::test]
 async fn c5_peer_conditions_are_server_side_applied_to_the_gateway_status() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
     let statuses = peer_status(c5_conditions());
 
     let (result, sent) = tokio::join!(
@@ -692,7 +693,9 @@ async fn c5_peer_conditions_are_server_side_applied_to_the_gateway_status() {
 #[tokio::test]
 async fn c5_missing_generation_and_times_are_filled_from_the_gateway() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer").with_clock(|| "2026-11-22T10:00:00Z".into());
+    let mut sink = KubeSink::new(client, "meshpeer")
+        .with_resync(Duration::ZERO)
+        .with_clock(|| "2026-11-22T10:00:00Z".into());
     let bare = |type_: &str, status: &str, reason: &str| Condition {
         type_: type_.into(),
         status: status.into(),
@@ -740,7 +743,7 @@ async fn c5_missing_generation_and_times_are_filled_from_the_gateway() {
 #[tokio::test]
 async fn c5_status_of_a_gateway_that_no_longer_exists_is_skipped() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
 
     // Incomplete conditions: the GET answers 404, nothing is patched.
     let mut bare = c5_conditions();
@@ -771,7 +774,7 @@ async fn c5_status_of_a_gateway_that_no_longer_exists_is_skipped() {
 #[tokio::test]
 async fn c5_conditions_a_server_would_reject_are_refused_naming_the_gateway() {
     let (client, mut api) = mock_api();
-    let mut sink = KubeSink::new(client, "meshpeer");
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
     let mut no_reason = c5_conditions();
     no_reason[2].reason = None;
     let err = quick(sink.write_status(&peer_status(no_reason)))
@@ -800,5 +803,49 @@ async fn c5_conditions_a_server_would_reject_are_refused_naming_the_gateway() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("at most 8"), "{err}");
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn i1_between_resyncs_only_what_changed_is_written() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::from_secs(3600));
+    let name = "autogen.httpbin.in-ambient";
+
+    // The first apply lists and writes.
+    let desired = want(vec![in_ambient("240.240.0.10")]);
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        expect_apply(&mut api, name, &in_ambient_body("240.240.0.10"), "3001").await;
+    });
+    assert_eq!(report.unwrap().applied, 1);
+
+    // The same again: no request at all.
+    let report = quick(sink.apply(&desired)).await.unwrap();
+    assert_eq!(report, SinkReport::default());
+    assert_quiet(&mut api);
+
+    // A change: one apply, no list.
+    let changed = want(vec![in_ambient("240.240.0.11")]);
+    let (report, ()) = tokio::join!(sink.apply(&changed), async {
+        expect_apply(&mut api, name, &in_ambient_body("240.240.0.11"), "3002").await;
+    });
+    assert_eq!(report.unwrap().applied, 1);
+
+    // Gone: deleted with the resourceVersion last written as precondition.
+    let none = want(vec![]);
+    let (report, ()) = tokio::join!(sink.apply(&none), async {
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::DELETE);
+        assert_eq!(req.target, format!("{SE_PATH}/{name}"));
+        let body = req.body.unwrap();
+        assert_eq!(body["preconditions"]["resourceVersion"], "3002", "{body:#}");
+        answer(
+            req.responder,
+            StatusCode::OK,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        );
+    });
+    assert_eq!(report.unwrap().deleted, 1);
     assert_quiet(&mut api);
 }

@@ -2,14 +2,17 @@
 //!
 //! Pure: plain strings in, a [`Lookup`] out; no sockets, no DNS wire types.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+
+/// Names to addresses: a persistent map, so that a new version of the table
+/// that changes one name costs O(1) and shares the rest.
+pub type Names = imbl::HashMap<String, Vec<IpAddr>>;
 
 /// What the server answers from; replaced as a whole when the catalog changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DnsTable {
     /// Lower-case fully-qualified names WITHOUT trailing dot -> addresses (v4 and/or v6).
-    pub names: HashMap<String, Vec<IpAddr>>,
+    pub names: Names,
     /// Lower-case domains this server is authoritative for (e.g. "mesh.internal", "cluster.dev"):
     /// a name under one of them (or equal to it) that is not in `names` gets NXDOMAIN (equal: NODATA).
     pub authoritative: Vec<String>,
@@ -176,7 +179,7 @@ mod tests {
     #[test]
     fn d1_the_longest_authoritative_domain_wins() {
         let table = DnsTable {
-            names: HashMap::new(),
+            names: Names::new(),
             authoritative: vec!["internal".into(), "Mesh.Internal.".into(), String::new()],
         };
         assert_eq!(

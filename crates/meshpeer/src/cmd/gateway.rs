@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use meshpeer::dataplane::GatewayRole;
+use meshpeer::dataplane::{GatewayRole, endpoint_policy, refresh_node_addresses};
 use meshpeer_dataplane::gateway::GatewayConfig;
 use prometheus_client::registry::Registry;
 use tracing::info;
@@ -57,13 +57,18 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     )?;
     let root = identity.cluster_ca().trust_root().clone();
 
+    let config = GatewayConfig {
+        endpoints: endpoint_policy(args.allow_endpoints.clone(), &args.node_ip),
+        ..GatewayConfig::default()
+    };
+    let refresh = refresh_node_addresses(Arc::clone(&config.endpoints), args.node_ip.clone());
     let mut registry = Registry::default();
     let role = GatewayRole::start(
         feed,
         Arc::clone(&identity),
         root,
         args.listen,
-        GatewayConfig::default(),
+        config,
         &mut registry,
     )
     .await?;
@@ -83,6 +88,7 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let why = signals.recv().await;
     info!("{why} received; shutting down");
     renew.abort();
+    refresh.abort();
     role.shutdown().await;
     drop(follow);
     Telemetry::stop(telemetry).await;

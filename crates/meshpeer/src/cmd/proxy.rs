@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshpeer::dataplane::{ProxyRole, ProxyRoleConfig};
+use meshpeer::dataplane::{ProxyRole, ProxyRoleConfig, endpoint_policy, refresh_node_addresses};
 use meshpeer_model::Locality;
 use prometheus_client::registry::Registry;
 use tracing::info;
@@ -67,6 +67,8 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         (Some(region), Some(zone)) => Some(Locality::new(region, zone)),
         _ => None,
     };
+    cfg.proxy.endpoints = endpoint_policy(args.allow_endpoints.clone(), &args.node_ip);
+    let refresh = refresh_node_addresses(Arc::clone(&cfg.proxy.endpoints), args.node_ip.clone());
     let mut registry = Registry::default();
     let role = ProxyRole::start(feed, Arc::clone(&identity), root, cfg, &mut registry).await?;
     let renew = keep_renewed(Arc::clone(&identity), args.cert_lifetime);
@@ -99,6 +101,7 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let why = signals.recv().await;
     info!("{why} received; shutting down");
     renew.abort();
+    refresh.abort();
     role.shutdown().await;
     drop(follow);
     Telemetry::stop(telemetry).await;

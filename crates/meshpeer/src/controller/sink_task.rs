@@ -4,14 +4,13 @@
 //! Rendering is remembered per service: a service equal to the one rendered
 //! last time reuses its ServiceEntry.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use imbl::ordmap::DiffItem;
 use meshpeer_model::catalog::GlobalCatalog;
-use meshpeer_model::objects::ServiceEntry;
-use meshpeer_model::render::service_entry;
-use meshpeer_store::{PeerStatus, Sink};
+use meshpeer_model::render::{service_entry, service_entry_name};
+use meshpeer_store::{Desired, PeerStatus, Sink};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -27,44 +26,34 @@ pub(crate) struct SinkJob {
     pub(crate) statuses: Vec<PeerStatus>,
 }
 
-/// The catalog rendered last and its ServiceEntries (`entries[i]` renders
-/// `catalog.services[i]`).
+/// The catalog rendered last and its ServiceEntries, by name.
 #[derive(Default)]
 struct Rendered {
     catalog: Arc<GlobalCatalog>,
-    entries: Vec<ServiceEntry>,
+    entries: Desired,
 }
 
 impl Rendered {
-    /// `render(catalog)`: the entry of a service equal to the one of the last
-    /// catalog is moved over; only the others are rendered.
-    fn render(&mut self, catalog: &Arc<GlobalCatalog>) -> &[ServiceEntry] {
-        let mut last: Vec<Option<ServiceEntry>> = std::mem::take(&mut self.entries)
-            .into_iter()
-            .map(Some)
-            .collect();
-        let entries = {
-            let index: HashMap<&str, usize> = self
-                .catalog
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (s.hostname.as_str(), i))
-                .collect();
-            catalog
-                .services
-                .iter()
-                .map(|svc| {
-                    index
-                        .get(svc.hostname.as_str())
-                        .filter(|&&i| self.catalog.services[i] == *svc)
-                        .and_then(|&i| last.get_mut(i).and_then(Option::take))
-                        .unwrap_or_else(|| service_entry(svc))
-                })
-                .collect()
-        };
+    /// `render(catalog)`, by what changed since the last catalog: only the
+    /// services that differ are rendered again (SPEC I1).
+    fn render(&mut self, catalog: &Arc<GlobalCatalog>) -> &Desired {
+        for item in self.catalog.services.diff(&catalog.services) {
+            match item {
+                DiffItem::Add(_, svc) => {
+                    self.entries
+                        .insert(service_entry_name(svc), Arc::new(service_entry(svc)));
+                }
+                DiffItem::Update { old, new } => {
+                    self.entries.remove(&service_entry_name(old.1));
+                    self.entries
+                        .insert(service_entry_name(new.1), Arc::new(service_entry(new.1)));
+                }
+                DiffItem::Remove(_, svc) => {
+                    self.entries.remove(&service_entry_name(svc));
+                }
+            }
+        }
         self.catalog = Arc::clone(catalog);
-        self.entries = entries;
         &self.entries
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
 use meshpeer_dataplane::gateway::GatewayConfig;
 use meshpeer_identity::{ClusterCa, Identity, SpiffeId};
 use meshpeer_model::{ClusterSnapshot, exports, labels};
@@ -17,7 +18,7 @@ use meshpeer_store::load_cluster_dir;
 use prometheus_client::registry::Registry;
 
 use super::app::Backends;
-use super::scenario::{ClusterRuntime, Layout, Runtime};
+use super::scenario::{ClusterRuntime, Layout, Runtime, pod_ranges};
 use crate::controller::{Controller, ControllerConfig, LinkState};
 use crate::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
 
@@ -221,6 +222,10 @@ impl Demo {
             }
             let mut registry = Registry::default();
 
+            // The pods are on loopback, which proxies and gateways do not
+            // dial unless allowed (P5): the demo allows exactly their ranges.
+            let node = crate::dataplane::node_addresses(&[]).unwrap_or_default();
+            let endpoints = Arc::new(EndpointPolicy::new(pod_ranges(), node));
             step(&format!(
                 "{name}: east-west gateway (HBONE on {gw_ip}:{hbone})"
             ));
@@ -235,7 +240,10 @@ impl Demo {
                 )?,
                 trust_root.clone(),
                 SocketAddr::new(gw_ip, hbone),
-                GatewayConfig::default(),
+                GatewayConfig {
+                    endpoints: Arc::clone(&endpoints),
+                    ..GatewayConfig::default()
+                },
                 &mut registry,
             )
             .await?;
@@ -245,6 +253,7 @@ impl Demo {
                 "{name}: proxy (DNS on {dns}, VIPs in {vip_range})"
             ));
             let mut pcfg = ProxyRoleConfig::new(dns);
+            pcfg.proxy.endpoints = Arc::clone(&endpoints);
             pcfg.dns.upstreams = system_resolvers();
             pcfg.state.capture_cluster_ips = true;
             let proxy = ProxyRole::start(

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use meshpeer_identity::RootCa;
+use meshpeer_model::Cidr;
 use serde::{Deserialize, Serialize};
 
 /// `(scenario, cluster, file, text)` of every embedded example file.
@@ -151,10 +152,41 @@ pub fn scenarios() -> Vec<&'static str> {
 /// `127.(96+n).B.C`.
 pub fn demo_address(cluster: u8, a: u8, b: u8, c: u8) -> Option<Ipv4Addr> {
     match a {
-        0..55 => Some(Ipv4Addr::new(127, 200 + a, b, c)),
+        0..POD_BLOCKS => Some(Ipv4Addr::new(127, 200 + a, b, c)),
         96 => Some(Ipv4Addr::new(127, 96 + cluster.min(100), b, c)),
         _ => None,
     }
+}
+
+/// Pods of `10.A.B.C` with `A` below this are moved onto loopback.
+const POD_BLOCKS: u8 = 55;
+
+/// Where [`demo_address`] puts pods (127.200.0.0 to 127.254.255.255), as
+/// few CIDRs as cover it: what the demo's proxies and gateways may dial
+/// although it is loopback (SPEC P5, `--allow-endpoints`).
+pub fn pod_ranges() -> Vec<Cidr> {
+    let first = Ipv4Addr::new(127, 200, 0, 0);
+    let last = Ipv4Addr::new(127, 200 + POD_BLOCKS - 1, 255, 255);
+    cover(u32::from(first), u32::from(last))
+}
+
+/// The fewest CIDRs that hold exactly `first..=last`.
+fn cover(first: u32, last: u32) -> Vec<Cidr> {
+    let mut out = Vec::new();
+    let mut start = u64::from(first);
+    let end = u64::from(last);
+    while start <= end {
+        // The largest block aligned at `start` that ends by `end`.
+        let mut bits = start.trailing_zeros().min(32);
+        while bits > 0 && start + (1u64 << bits) - 1 > end {
+            bits -= 1;
+        }
+        let base = u32::try_from(start).unwrap_or(u32::MAX);
+        let prefix = u8::try_from(32 - bits).unwrap_or(32);
+        out.extend(Cidr::new(IpAddr::V4(Ipv4Addr::from(base)), prefix).ok());
+        start += 1u64 << bits;
+    }
+    out
 }
 
 /// Rewrites every `10.A.B.C` literal of cluster number `cluster`'s manifest
@@ -361,6 +393,35 @@ mod tests {
             relocate(t, 2),
             "podIP: 127.201.0.14\npodCIDR: 127.202.1.0/24\nx: 110.1.2.3\nv: 1.10.1.2.3\nimage: foo:10.1\nclusterIP: 127.98.1.2\ny: 10.100.1.1\n"
         );
+    }
+
+    #[test]
+    fn p5_the_demo_allows_exactly_its_pod_ranges() {
+        let ranges: Vec<String> = pod_ranges().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ranges,
+            [
+                "127.200.0.0/13",
+                "127.208.0.0/12",
+                "127.224.0.0/12",
+                "127.240.0.0/13",
+                "127.248.0.0/14",
+                "127.252.0.0/15",
+                "127.254.0.0/16"
+            ]
+        );
+        let inside = |ip: Ipv4Addr| pod_ranges().iter().any(|c| c.contains(IpAddr::V4(ip)));
+        for a in [0, 1, 2, 54] {
+            let ip = demo_address(1, a, 255, 255).unwrap();
+            assert!(inside(ip), "{ip}");
+            let ip = demo_address(1, a, 0, 0).unwrap();
+            assert!(inside(ip), "{ip}");
+        }
+        for ip in ["127.0.0.1", "127.199.255.255", "127.255.0.1", "127.97.0.1"] {
+            assert!(!inside(ip.parse().unwrap()), "{ip}");
+        }
+        assert_eq!(cover(0, u32::MAX).len(), 1);
+        assert_eq!(cover(5, 5).len(), 1);
     }
 
     #[test]

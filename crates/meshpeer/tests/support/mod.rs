@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use meshpeer::controller::{Controller, ControllerConfig, View};
 use meshpeer::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
+use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
 use meshpeer_dataplane::gateway::GatewayConfig;
 use meshpeer_dataplane::proxy::ProxyConfig;
 use meshpeer_dataplane::state::DataplaneState;
@@ -100,6 +101,10 @@ pub(crate) struct Cluster {
     pub(crate) proxy: Option<ProxyRole>,
     pub(crate) gateway: Option<GatewayRole>,
     pub(crate) registry: Registry,
+    /// What its proxy and gateway may dial: its pods' range
+    /// (`--allow-endpoints 127.<block>.200.0/24`), no node address unless
+    /// a test sets some.
+    pub(crate) endpoints: Arc<EndpointPolicy>,
 }
 
 impl Cluster {
@@ -118,6 +123,13 @@ impl Cluster {
     /// Where this cluster's VIPs come from.
     pub(crate) fn vip_range(&self) -> meshpeer_model::Cidr {
         format!("127.{}.0.0/17", self.block.octet).parse().unwrap()
+    }
+
+    /// Where this cluster's pods are: what its proxy and gateway may dial.
+    pub(crate) fn pod_range(&self) -> meshpeer_model::Cidr {
+        format!("127.{}.200.0/24", self.block.octet)
+            .parse()
+            .unwrap()
     }
 
     /// The address of pod number `n` of this cluster.
@@ -261,6 +273,8 @@ pub(crate) struct Mesh {
     pub(crate) clusters: Vec<Cluster>,
     /// (from, to) -> relay in front of `to`'s peering port.
     pub(crate) relays: BTreeMap<(String, String), Relay>,
+    /// Destinations a proxy tries per connection.
+    pub(crate) max_attempts: usize,
 }
 
 pub(crate) fn namespace(name: &str, labels: &[(&str, &str)]) -> String {
@@ -346,15 +360,18 @@ impl Mesh {
                 )
                 .unwrap();
                 fs::write(dir.join("istio-system.yaml"), segments(None)).unwrap();
+                let block = AddressBlock::lease();
+                let pods = format!("127.{}.200.0/24", block.octet).parse().unwrap();
                 Cluster {
                     name: (*n).to_owned(),
                     out: dir.join(".meshpeer").join("out"),
                     dir,
                     controller: None,
-                    block: AddressBlock::lease(),
+                    block,
                     proxy: None,
                     gateway: None,
                     registry: Registry::default(),
+                    endpoints: Arc::new(EndpointPolicy::new(vec![pods], Vec::new())),
                 }
             })
             .collect();
@@ -363,6 +380,7 @@ impl Mesh {
             root,
             clusters,
             relays: BTreeMap::new(),
+            max_attempts: ProxyConfig::default().max_attempts,
         }
     }
 
@@ -419,7 +437,10 @@ impl Mesh {
                     gw_id,
                     root.clone(),
                     "127.0.0.1:0".parse().unwrap(),
-                    GatewayConfig::default(),
+                    GatewayConfig {
+                        endpoints: Arc::clone(&c.endpoints),
+                        ..GatewayConfig::default()
+                    },
                     &mut c.registry,
                 )
                 .await
@@ -430,6 +451,8 @@ impl Mesh {
             cfg.proxy = ProxyConfig {
                 ejection_base: Duration::from_millis(200),
                 ejection_cap: Duration::from_secs(1),
+                max_attempts: self.max_attempts,
+                endpoints: Arc::clone(&c.endpoints),
                 ..ProxyConfig::default()
             };
             c.proxy = Some(

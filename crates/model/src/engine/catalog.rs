@@ -122,6 +122,11 @@ pub struct CatalogEngine {
     merged: BTreeMap<MergeKey, Merged>,
     /// Hostname -> the keys whose merge has it; the first wins (S1).
     claims: BTreeMap<String, BTreeSet<MergeKey>>,
+    /// Taken-over cluster-local name -> the keys whose merge takes it over.
+    takeovers: BTreeMap<String, BTreeSet<MergeKey>>,
+    /// Hosts of the user-written ServiceEntries (P4 checks them against
+    /// the names above).
+    manual_hosts: BTreeSet<String>,
     collisions: BTreeMap<MergeKey, Diagnostic>,
     vips: BTreeMap<String, IpAddr>,
     pool: Pool,
@@ -150,6 +155,8 @@ impl CatalogEngine {
             contributions: BTreeMap::new(),
             merged: BTreeMap::new(),
             claims: BTreeMap::new(),
+            takeovers: BTreeMap::new(),
+            manual_hosts: BTreeSet::new(),
             collisions: BTreeMap::new(),
             vips: BTreeMap::new(),
             pool: Pool::new(&vip_range, &BTreeSet::new()),
@@ -251,22 +258,33 @@ impl CatalogEngine {
 
         // Re-merge what changed.
         step.merged = dirty.len();
+        let mut touched_takeovers = BTreeSet::new();
         for key in dirty {
-            self.remerge(key, &mut hosts);
+            self.remerge(key, &mut hosts, &mut touched_takeovers);
         }
 
-        // ServiceEntries: manual entries, VIP hints and reservations.
+        // ServiceEntries: VIP hints and reservations.
         if changes.service_entries || full {
-            self.refresh_service_entries(own_snap, &mut hosts);
+            self.refresh_vip_inputs(own_snap, &mut hosts);
         }
 
         step.hostnames = hosts.len();
         let before = self.catalog.services.clone();
+        // Manual entries never take names meshpeer owns (P4): they are
+        // checked again when one of their hosts became or stopped being one.
+        let touched_manual = hosts
+            .iter()
+            .chain(&touched_takeovers)
+            .any(|h| self.manual_hosts.contains(h));
         self.settle(hosts);
+        if changes.service_entries || full || touched_manual {
+            self.refresh_manual(own_snap);
+        }
         step.changed =
             full || !before.ptr_eq(&self.catalog.services) && before != self.catalog.services;
         self.publish_findings();
         self.publish_refusals();
+        self.catalog.vip_range = Some(self.vip_range);
         self.catalog.cluster = self.me.clone();
         self.catalog.links = self.links.clone();
         self.catalog.segments = self.own_segments.clone();
@@ -284,6 +302,7 @@ impl CatalogEngine {
         self.contributions.clear();
         self.merged.clear();
         self.claims.clear();
+        self.takeovers.clear();
         self.collisions.clear();
         self.findings = Findings::default();
         self.findings.add(&self.exhausted_diags);
@@ -422,17 +441,22 @@ impl CatalogEngine {
         }
     }
 
-    /// Merges one key again and records which hostnames it touches.
-    fn remerge(&mut self, key: MergeKey, hosts: &mut BTreeSet<String>) {
+    /// Merges one key again and records which hostnames (and taken-over
+    /// names) it touches.
+    fn remerge(
+        &mut self,
+        key: MergeKey,
+        hosts: &mut BTreeSet<String>,
+        takeovers: &mut BTreeSet<String>,
+    ) {
         let old = self.merged.remove(&key);
         if let Some(old) = &old {
             self.findings.remove(&old.diagnostics);
             hosts.insert(old.service.hostname.clone());
-            if let Some(claimants) = self.claims.get_mut(&old.service.hostname) {
-                claimants.remove(&key);
-                if claimants.is_empty() {
-                    self.claims.remove(&old.service.hostname);
-                }
+            unindex(&mut self.claims, &old.service.hostname, &key);
+            if let Some(t) = &old.service.takeover {
+                takeovers.insert(t.hostname.clone());
+                unindex(&mut self.takeovers, &t.hostname, &key);
             }
         }
         let Some(by_cluster) = self.contributions.get(&key) else {
@@ -447,6 +471,13 @@ impl CatalogEngine {
             .entry(service.hostname.clone())
             .or_default()
             .insert(key.clone());
+        if let Some(t) = &service.takeover {
+            takeovers.insert(t.hostname.clone());
+            self.takeovers
+                .entry(t.hostname.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         self.merged.insert(
             key,
             Merged {
@@ -456,15 +487,34 @@ impl CatalogEngine {
         );
     }
 
-    fn refresh_service_entries(
-        &mut self,
-        own_snap: &ClusterSnapshot,
-        hosts: &mut BTreeSet<String>,
-    ) {
+    /// The manual entries (D4), checked against the names meshpeer owns (P4).
+    fn refresh_manual(&mut self, own_snap: &ClusterSnapshot) {
         let mut manual_diags = Vec::new();
-        self.catalog.manual = crate::manual::manual_entries(own_snap, &mut manual_diags);
+        let names = EngineNames {
+            claims: &self.claims,
+            takeovers: &self.takeovers,
+            merged: &self.merged,
+        };
+        let owned = crate::manual::Owned::new(&self.own_segments, &names, &self.vip_range);
+        let manual = crate::manual::manual_entries(own_snap, &owned, &mut manual_diags);
+        if manual != self.catalog.manual {
+            self.catalog.manual = manual;
+        }
         self.findings.replace(&self.manual_diags, &manual_diags);
         self.manual_diags = manual_diags;
+        self.manual_hosts = own_snap
+            .service_entries
+            .values()
+            .filter(|se| !crate::objects::is_managed(&se.metadata))
+            .flat_map(|se| se.spec.hosts.iter())
+            .map(|h| {
+                let h = h.to_ascii_lowercase();
+                h.strip_suffix('.').map(str::to_owned).unwrap_or(h)
+            })
+            .collect();
+    }
+
+    fn refresh_vip_inputs(&mut self, own_snap: &ClusterSnapshot, hosts: &mut BTreeSet<String>) {
         let (hints, reserved) = vip_inputs(own_snap);
         self.hints = hints;
         if reserved != self.reserved {
@@ -621,5 +671,56 @@ impl CatalogEngine {
         }
         refused.sort_by(|a, b| a.cluster.cmp(&b.cluster));
         self.catalog.refused_peers = refused;
+    }
+}
+
+/// Removes `key` from the set of `name`, dropping an emptied set.
+fn unindex(index: &mut BTreeMap<String, BTreeSet<MergeKey>>, name: &str, key: &MergeKey) {
+    if let Some(keys) = index.get_mut(name) {
+        keys.remove(key);
+        if keys.is_empty() {
+            index.remove(name);
+        }
+    }
+}
+
+/// The names the engine's global services own, for the P4 checks: the
+/// winners of their hostnames, as the from-scratch catalog lists them.
+#[derive(Debug)]
+struct EngineNames<'e> {
+    claims: &'e BTreeMap<String, BTreeSet<MergeKey>>,
+    takeovers: &'e BTreeMap<String, BTreeSet<MergeKey>>,
+    merged: &'e BTreeMap<MergeKey, Merged>,
+}
+
+impl EngineNames<'_> {
+    fn is_winner(&self, key: &MergeKey) -> bool {
+        self.merged.get(key).is_some_and(|m| {
+            self.claims
+                .get(&m.service.hostname)
+                .and_then(|c| c.iter().next())
+                == Some(key)
+        })
+    }
+}
+
+impl crate::manual::OwnedNames for EngineNames<'_> {
+    fn owner(&self, host: &str) -> Option<(String, String, bool)> {
+        if let Some(m) = self
+            .claims
+            .get(host)
+            .and_then(|c| c.iter().next())
+            .and_then(|k| self.merged.get(k))
+        {
+            return Some((m.service.namespace.clone(), m.service.name.clone(), false));
+        }
+        // As the from-scratch list: the last winner taking the name over.
+        let key = self
+            .takeovers
+            .get(host)?
+            .iter()
+            .rev()
+            .find(|k| self.is_winner(k))?;
+        Some((key.1.clone(), key.2.clone(), true))
     }
 }
