@@ -47,7 +47,12 @@ impl SignedChain {
         self.chain
             .iter()
             .chain(std::iter::once(root.cert_der()))
-            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())))
+            .map(|der| {
+                pem::encode_config(
+                    &pem::Pem::new("CERTIFICATE", der.to_vec()),
+                    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+                )
+            })
             .collect()
     }
 }
