@@ -7,8 +7,15 @@
 //! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog, "callers": [...]}` (the data plane's feed) |
 //! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane, which says who it is in the query (`?role=proxy&name=...&health=ADDR`, see [`meshpeer_dataplane::feed::Follower`]) |
 //! | `GET /metrics` | Prometheus text format |
+//!
+//! The catalog feed carries endpoints and the gateway's list of authorised
+//! callers, so it is served (SPEC P8) on this plain API only to callers on
+//! loopback, and otherwise over mutual TLS on the controller's cluster
+//! listener ([`cluster_feed_router`]) to the identities [`FeedAccess`]
+//! allows; others get `403` with the reason, logged and counted
+//! (`meshpeer_feed_refusals_total`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRef, Query, State};
+use axum::extract::{ConnectInfo, Extension, FromRef, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
@@ -27,7 +34,11 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use meshpeer_ca::ConnInfo;
 use meshpeer_peering::PeeringService;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -43,6 +54,176 @@ pub(crate) struct ApiState {
     pub(crate) feed: watch::Receiver<Arc<CatalogFeed>>,
     pub(crate) service: PeeringService,
     pub(crate) registry: Arc<Registry>,
+    /// Who may follow the catalog, and the refusals counted.
+    pub(crate) feed_guard: Arc<FeedGuard>,
+}
+
+/// `(namespace, service account)` of the proxy and of the east-west
+/// gateway: who may follow the catalog over mutual TLS by default.
+pub const DEFAULT_FEED_IDENTITIES: [(&str, &str); 2] = [
+    ("istio-system", "meshpeer-proxy"),
+    ("istio-eastwest", "istio-eastwest"),
+];
+
+/// Who may follow the catalog feed (SPEC P8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedAccess {
+    /// This cluster's trust domain: a certificate of another is refused.
+    pub trust_domain: String,
+    /// `(namespace, service account)` allowed over mutual TLS.
+    pub identities: BTreeSet<(String, String)>,
+}
+
+impl FeedAccess {
+    /// The proxy's and the gateway's identities of `trust_domain`.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        FeedAccess {
+            trust_domain: trust_domain.into(),
+            identities: DEFAULT_FEED_IDENTITIES
+                .iter()
+                .map(|(ns, sa)| ((*ns).to_owned(), (*sa).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Whether `caller` may follow the catalog.
+    pub fn check(&self, caller: &FeedCaller) -> Result<(), FeedRefusal> {
+        match caller {
+            FeedCaller::Api(remote) => {
+                let ip = remote.ip().to_canonical();
+                if ip.is_loopback() {
+                    Ok(())
+                } else {
+                    Err(FeedRefusal::NotLoopback { remote: *remote })
+                }
+            }
+            FeedCaller::Cluster(conn) => {
+                let Some(id) = &conn.client_id else {
+                    return Err(FeedRefusal::NoClientCertificate);
+                };
+                if id.trust_domain() != self.trust_domain {
+                    return Err(FeedRefusal::OtherTrustDomain {
+                        id: id.to_string(),
+                        trust_domain: self.trust_domain.clone(),
+                    });
+                }
+                let key = (id.namespace().to_owned(), id.service_account().to_owned());
+                if self.identities.contains(&key) {
+                    Ok(())
+                } else {
+                    let allowed: Vec<String> = self
+                        .identities
+                        .iter()
+                        .map(|(ns, sa)| format!("spiffe://{}/ns/{ns}/sa/{sa}", self.trust_domain))
+                        .collect();
+                    Err(FeedRefusal::NotAllowed {
+                        id: id.to_string(),
+                        allowed: allowed.join(", "),
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// Where a request for the catalog arrived.
+#[derive(Clone, Debug)]
+pub enum FeedCaller {
+    /// On the plain API, from this address.
+    Api(SocketAddr),
+    /// On the cluster listener (TLS), from this connection.
+    Cluster(ConnInfo),
+}
+
+impl FeedCaller {
+    fn listener(&self) -> &'static str {
+        match self {
+            FeedCaller::Api(_) => "api",
+            FeedCaller::Cluster(_) => "cluster",
+        }
+    }
+
+    fn remote(&self) -> SocketAddr {
+        match self {
+            FeedCaller::Api(r) => *r,
+            FeedCaller::Cluster(c) => c.remote,
+        }
+    }
+}
+
+/// Why a caller may not follow the catalog (answered with `403`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FeedRefusal {
+    #[error(
+        "this API serves the catalog feed to loopback callers only, and {remote} is not one; proxies and gateways follow it over mutual TLS on the controller's cluster listener (SPEC P8)"
+    )]
+    NotLoopback { remote: SocketAddr },
+    #[error(
+        "the catalog feed needs a client certificate (the proxy's or the gateway's identity); none was presented"
+    )]
+    NoClientCertificate,
+    #[error("the client certificate {id} is not of this cluster's trust domain {trust_domain}")]
+    OtherTrustDomain { id: String, trust_domain: String },
+    #[error("{id} may not follow the catalog feed; allowed: {allowed}")]
+    NotAllowed { id: String, allowed: String },
+}
+
+impl FeedRefusal {
+    /// A stable short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FeedRefusal::NotLoopback { .. } => "not_loopback",
+            FeedRefusal::NoClientCertificate => "no_client_certificate",
+            FeedRefusal::OtherTrustDomain { .. } => "other_trust_domain",
+            FeedRefusal::NotAllowed { .. } => "identity_not_allowed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeedRefusalLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// [`FeedAccess`] and the refusals it counted.
+#[derive(Debug)]
+pub struct FeedGuard {
+    access: FeedAccess,
+    refusals: Family<FeedRefusalLabels, Counter>,
+}
+
+impl FeedGuard {
+    /// Registers `feed_refusals_total{listener, reason}` in `registry`.
+    pub fn new(access: FeedAccess, registry: &mut Registry) -> Arc<FeedGuard> {
+        let refusals = Family::<FeedRefusalLabels, Counter>::default();
+        registry.register(
+            "feed_refusals",
+            "Catalog feed requests refused (SPEC P8), by listener and reason",
+            refusals.clone(),
+        );
+        Arc::new(FeedGuard { access, refusals })
+    }
+
+    /// `None` when `caller` may follow the catalog; else the `403` to
+    /// answer (logged and counted).
+    fn refusal(&self, caller: &FeedCaller) -> Option<Response> {
+        self.access.check(caller).err().map(|refusal| {
+            self.refusals
+                .get_or_create(&FeedRefusalLabels {
+                    listener: caller.listener(),
+                    reason: refusal.reason(),
+                })
+                .inc();
+            tracing::warn!(
+                remote = %caller.remote(),
+                listener = caller.listener(),
+                reason = refusal.reason(),
+                "catalog feed refused: {refusal}"
+            );
+            (StatusCode::FORBIDDEN, format!("{refusal}\n")).into_response()
+        })
+    }
 }
 
 /// `GET /v1/status` as served: the controller's [`Status`] and the data
@@ -192,9 +373,14 @@ async fn status(State(s): State<Served>) -> Response {
     })
 }
 
-async fn catalog(State(s): State<ApiState>) -> Response {
-    let f = s.feed.borrow().clone();
-    json(&*f)
+async fn catalog(
+    State(s): State<ApiState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(refused) = s.feed_guard.refusal(&FeedCaller::Api(remote)) {
+        return refused;
+    }
+    json(&*s.feed.borrow().clone())
 }
 
 /// What a follower says of itself (see [`meshpeer_dataplane::feed::Follower`]).
@@ -213,10 +399,40 @@ async fn watch_catalog(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(who): Query<FollowQuery>,
 ) -> Response {
+    if let Some(refused) = s.api.feed_guard.refusal(&FeedCaller::Api(remote)) {
+        return refused;
+    }
+    stream_catalog(&s, remote.to_string(), who)
+}
+
+async fn cluster_catalog(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> Response {
+    if let Some(refused) = s.feed_guard.refusal(&FeedCaller::Cluster(conn)) {
+        return refused;
+    }
+    json(&*s.feed.borrow().clone())
+}
+
+async fn cluster_watch_catalog(
+    State(s): State<Served>,
+    Extension(conn): Extension<ConnInfo>,
+    Query(who): Query<FollowQuery>,
+) -> Response {
+    let remote = conn.remote;
+    if let Some(refused) = s.api.feed_guard.refusal(&FeedCaller::Cluster(conn)) {
+        return refused;
+    }
+    stream_catalog(&s, remote.to_string(), who)
+}
+
+/// The catalog stream, with the follower listed while it lasts.
+fn stream_catalog(s: &Served, remote: String, who: FollowQuery) -> Response {
     let guard = s.followers.add(FollowerView {
         role: who.role,
         name: who.name,
-        remote: remote.to_string(),
+        remote,
         since: Some(SystemTime::now()),
         version: 0,
         health: who.health.filter(|h| !h.is_empty()),
@@ -234,6 +450,18 @@ async fn watch_catalog(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// The catalog feed as the cluster listener serves it: the same documents
+/// as the plain API's, to the identities [`FeedAccess`] allows.
+pub(crate) fn cluster_feed_router(state: ApiState, followers: Followers) -> Router {
+    Router::new()
+        .route("/v1/catalog", routing::get(cluster_catalog))
+        .route("/v1/catalog/watch", routing::get(cluster_watch_catalog))
+        .with_state(Served {
+            api: state,
+            followers,
+        })
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod check;
+pub mod cluster_api;
 pub mod controller;
 pub mod dataplane;
 pub mod demo;

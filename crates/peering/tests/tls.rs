@@ -34,7 +34,7 @@ fn identity(
     now: SystemTime,
 ) -> Arc<Identity> {
     let cluster_ca: ClusterCa = ca
-        .issue_intermediate(cluster, DAY * 365, now - DAY)
+        .issue_intermediate(cluster, td, DAY * 365, now - DAY)
         .unwrap();
     let id = SpiffeId::new(td, "istio-system", "meshpeer").unwrap();
     Arc::new(Identity::new(cluster_ca, id, leaf_validity, now).unwrap())

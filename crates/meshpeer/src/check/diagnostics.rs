@@ -70,7 +70,9 @@ pub(super) fn hint(d: &Diagnostic) -> String {
             labels::SEGMENT
         ),
         Rule::P5 | Rule::P6 | Rule::P7 | Rule::P8 => format!("fix {obj} as the message says"),
-        Rule::B1 | Rule::B2 => format!("fix {obj} in the cluster that sends it, as the message says"),
+        Rule::B1 | Rule::B2 => {
+            format!("fix {obj} in the cluster that sends it, as the message says")
+        }
         Rule::L1 | Rule::L2 | Rule::L7 => format!("fix the route {obj} as the message says"),
         Rule::F1 => format!("fix the manifest: {obj} cannot be read as written"),
         Rule::F2 => {

@@ -28,7 +28,7 @@ async fn example_facts(tmp: &Path) -> Vec<ClusterFacts> {
     let mut inputs = Vec::new();
     for c in ["cluster1", "cluster2"] {
         let dir = tmp.join(c);
-        root.issue_intermediate(c, YEAR, now)
+        root.issue_intermediate(c, c, YEAR, now)
             .unwrap()
             .write(&dir)
             .unwrap();
@@ -95,6 +95,7 @@ async fn live_state_is_judged_from_the_peer_conditions() {
     }];
     facts[0].live = Live::Up(Box::new(LiveState {
         addr: "127.0.0.1:15114".to_owned(),
+        cluster: None,
         from: "--controller".to_owned(),
         status,
         data_plane: Vec::new(),
@@ -147,7 +148,9 @@ fn chains_verify_only_under_the_issuing_root() {
     let now = SystemTime::now();
     let root = RootCa::generate("root a", YEAR, now).unwrap();
     let other = RootCa::generate("root b", YEAR, now).unwrap();
-    let ca = root.issue_intermediate("cluster1", YEAR, now).unwrap();
+    let ca = root
+        .issue_intermediate("cluster1", "cluster1", YEAR, now)
+        .unwrap();
     assert_eq!(mesh::chains_to(&ca, root.trust_root()), Ok(()));
     let err = mesh::chains_to(&ca, other.trust_root()).unwrap_err();
     assert_eq!(err, "its intermediate was not issued by that root");
