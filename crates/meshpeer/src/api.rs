@@ -537,3 +537,79 @@ pub fn age(t: SystemTime) -> String {
         .unwrap_or(0);
     meshpeer_model::render::human_age(secs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(id: Option<&str>) -> FeedCaller {
+        FeedCaller::Cluster(ConnInfo {
+            remote: "10.0.0.7:40000".parse().unwrap(),
+            client_id: id.map(|s| s.parse().unwrap()),
+        })
+    }
+
+    #[test]
+    fn p8_who_may_follow_the_catalog() {
+        let access = FeedAccess::new("c1");
+        let cases: Vec<(FeedCaller, Option<&str>)> = vec![
+            (FeedCaller::Api("127.0.0.1:1".parse().unwrap()), None),
+            (FeedCaller::Api("127.9.9.9:1".parse().unwrap()), None),
+            (FeedCaller::Api("[::1]:1".parse().unwrap()), None),
+            (
+                FeedCaller::Api("[::ffff:127.0.0.1]:1".parse().unwrap()),
+                None,
+            ),
+            (
+                FeedCaller::Api("10.0.0.7:1".parse().unwrap()),
+                Some("not_loopback"),
+            ),
+            (
+                FeedCaller::Api("[::ffff:10.0.0.7]:1".parse().unwrap()),
+                Some("not_loopback"),
+            ),
+            (
+                cluster(Some("spiffe://c1/ns/istio-system/sa/meshpeer-proxy")),
+                None,
+            ),
+            (
+                cluster(Some("spiffe://c1/ns/istio-eastwest/sa/istio-eastwest")),
+                None,
+            ),
+            (cluster(None), Some("no_client_certificate")),
+            (
+                cluster(Some("spiffe://c2/ns/istio-system/sa/meshpeer-proxy")),
+                Some("other_trust_domain"),
+            ),
+            (
+                cluster(Some("spiffe://c1/ns/istio-system/sa/meshpeer")),
+                Some("identity_not_allowed"),
+            ),
+            (
+                cluster(Some("spiffe://c1/ns/default/sa/sleep")),
+                Some("identity_not_allowed"),
+            ),
+        ];
+        for (caller, want) in cases {
+            let got = access.check(&caller).err().map(|r| r.reason());
+            assert_eq!(got, want, "{caller:?}");
+        }
+        // The list is configurable.
+        let mut custom = FeedAccess::new("c1");
+        custom.identities = [("istio-system".to_owned(), "meshpeer-gateway".to_owned())].into();
+        assert!(
+            custom
+                .check(&cluster(Some(
+                    "spiffe://c1/ns/istio-system/sa/meshpeer-gateway"
+                )))
+                .is_ok()
+        );
+        assert!(
+            custom
+                .check(&cluster(Some(
+                    "spiffe://c1/ns/istio-eastwest/sa/istio-eastwest"
+                )))
+                .is_err()
+        );
+    }
+}

@@ -251,13 +251,23 @@ fn configuration(f: &ClusterFacts) -> Check {
 fn binding(f: &ClusterFacts, at: &CaPlace, bound: Option<&str>) -> Item {
     let td = &f.export.cluster.trust_domain;
     let reissue = || {
-        let make = make_cacerts(f, true);
-        let bound_make = make.replacen(
-            &format!("meshpeer certs cluster {} ", f.name),
-            &format!("meshpeer certs cluster {} --trust-domain {td} ", f.name),
-            1,
+        let certs = format!(
+            "meshpeer certs cluster {} --trust-domain {td} --root ROOT_DIR",
+            f.name
         );
-        format!("issue the cluster's intermediate bound to its trust domain: {bound_make}")
+        match f.ca_place() {
+            CaPlace::Folder(_) => format!(
+                "issue the cluster's intermediate bound to its trust domain: {certs} --out NEW_DIR, then restart the controller with --cacerts NEW_DIR"
+            ),
+            CaPlace::Secret { .. } => format!(
+                "issue the cluster's intermediate bound to its trust domain: {}",
+                make_cacerts(f, true).replacen(
+                    &format!("meshpeer certs cluster {} --root ROOT_DIR", f.name),
+                    &certs,
+                    1
+                )
+            ),
+        }
     };
     match bound {
         Some(b) if b == td => Item::ok(format!(
