@@ -61,8 +61,8 @@ pub(crate) struct ApiState {
 /// `(namespace, service account)` of the proxy and of the east-west
 /// gateway: who may follow the catalog over mutual TLS by default.
 pub const DEFAULT_FEED_IDENTITIES: [(&str, &str); 2] = [
-    ("istio-system", "meshpeer-proxy"),
-    ("istio-eastwest", "istio-eastwest"),
+    crate::dataplane::PROXY_IDENTITY,
+    crate::dataplane::GATEWAY_IDENTITY,
 ];
 
 /// Who may follow the catalog feed (SPEC P8).

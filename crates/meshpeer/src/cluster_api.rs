@@ -24,6 +24,11 @@ use tracing::info;
 
 use crate::api::{ApiState, Followers, cluster_feed_router};
 
+/// The controller's identity, `(namespace, service account)`:
+/// `spiffe://<td>/ns/istio-system/sa/meshpeer`, what proxies and gateways
+/// expect of the cluster listener.
+pub const CONTROLLER_IDENTITY: (&str, &str) = ("istio-system", "meshpeer");
+
 /// The default port of the cluster listener (next to istiod's 15012 and
 /// the API's 15014).
 pub const CLUSTER_PORT: u16 = 15013;

@@ -128,7 +128,8 @@ pub(crate) fn controller_link(
             args.token_file.display()
         )
     })?;
-    let controller_id = SpiffeId::new(td, CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT)
+    let (ns, sa) = meshpeer::cluster_api::CONTROLLER_IDENTITY;
+    let controller_id = SpiffeId::new(td, ns, sa)
         .with_context(|| format!("trust domain {td:?} does not make a SPIFFE ID"))?;
     let own_id = SpiffeId::new(
         td,
@@ -151,10 +152,6 @@ pub(crate) fn controller_link(
         client,
     })
 }
-
-/// The controller's identity: `spiffe://<td>/ns/istio-system/sa/meshpeer`.
-pub(crate) const CONTROLLER_NAMESPACE: &str = "istio-system";
-pub(crate) const CONTROLLER_ACCOUNT: &str = "meshpeer";
 
 /// Obtains this process's first certificate from the controller's signing
 /// endpoint, retrying (1 s, doubling up to 30 s) as long as it takes, or

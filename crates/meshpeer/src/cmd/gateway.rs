@@ -16,11 +16,6 @@ use super::common::{
 };
 use crate::cli::GatewayArgs;
 
-/// The gateway's workload identity, as Istio's east-west gateway has it:
-/// `spiffe://<td>/ns/istio-eastwest/sa/istio-eastwest`.
-const GATEWAY_NAMESPACE: &str = "istio-eastwest";
-const GATEWAY_ACCOUNT: &str = "istio-eastwest";
-
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     runtime()?.block_on(run_async(args))
@@ -28,7 +23,7 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
-    let link = controller_link(&args.conn, (GATEWAY_NAMESPACE, GATEWAY_ACCOUNT))?;
+    let link = controller_link(&args.conn, meshpeer::dataplane::GATEWAY_IDENTITY)?;
     // Fail now, not once the controller answers, when the port is taken.
     check_free(args.listen, "HBONE", false).await?;
     let telemetry = match args.metrics {

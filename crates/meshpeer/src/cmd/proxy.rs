@@ -18,10 +18,6 @@ use super::common::{
 };
 use crate::cli::ProxyArgs;
 
-/// The proxy's workload identity: `spiffe://<td>/ns/istio-system/sa/meshpeer-proxy`.
-const PROXY_NAMESPACE: &str = "istio-system";
-const PROXY_ACCOUNT: &str = "meshpeer-proxy";
-
 /// How long the startup line waits for the VIP listeners to be bound.
 const LISTEN_SETTLE: Duration = Duration::from_secs(2);
 
@@ -32,7 +28,7 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
-    let link = controller_link(&args.conn, (PROXY_NAMESPACE, PROXY_ACCOUNT))?;
+    let link = controller_link(&args.conn, meshpeer::dataplane::PROXY_IDENTITY)?;
     // Fail now, not once the controller answers, when a port is taken.
     check_free(args.dns_listen, "DNS", true).await?;
     let telemetry = match args.metrics {

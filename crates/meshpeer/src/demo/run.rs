@@ -138,8 +138,8 @@ impl DemoTokens {
     }
 }
 
-const GATEWAY_ID: (&str, &str) = ("istio-eastwest", "istio-eastwest");
-const PROXY_ID: (&str, &str) = ("istio-system", "meshpeer-proxy");
+const GATEWAY_ID: (&str, &str) = crate::dataplane::GATEWAY_IDENTITY;
+const PROXY_ID: (&str, &str) = crate::dataplane::PROXY_IDENTITY;
 
 /// A gateway's or proxy's identity, obtained from the controller's signing
 /// endpoint at `cluster_addr` with `token` (SPEC P7: the CA key stays with
