@@ -8,4 +8,5 @@ pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod duration;
+pub mod feed_access;
 pub mod web;
