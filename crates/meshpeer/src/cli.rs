@@ -206,7 +206,9 @@ pub(crate) struct ControllerArgs {
     #[arg(long, env = "MESHPEER_TRUST_DOMAIN", requires = "kubernetes")]
     pub(crate) trust_domain: Option<String>,
     /// The cluster's intermediate CA in the cacerts layout (ca-cert.pem,
-    /// ca-key.pem, root-cert.pem, cert-chain.pem); see `meshpeer certs`.
+    /// ca-key.pem, root-cert.pem, cert-chain.pem), bound to the cluster's
+    /// trust domain; see `meshpeer certs`. Only the controller holds the key:
+    /// it signs its proxies' and gateways' certificates.
     #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
     pub(crate) cacerts: PathBuf,
     /// Where peers connect. Default in file mode: the address of the
