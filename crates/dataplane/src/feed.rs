@@ -1,6 +1,7 @@
 //! The catalog a data plane works from: what the cluster's controller
 //! publishes on every change (in process through a `watch` channel, across
-//! processes as NDJSON on `GET /v1/catalog/watch`).
+//! processes as NDJSON on `GET /v1/catalog/watch`: over mutual TLS on the
+//! controller's cluster listener, or plain on its loopback API, SPEC P8).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshpeer_identity::refusal_reason_io;
 use meshpeer_model::GlobalCatalog;
 use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -98,22 +102,74 @@ fn percent_encode(value: &str) -> String {
 
 /// Follows a controller's catalog stream at `http://<api>/v1/catalog/watch`,
 /// publishing each version on `tx`, reconnecting (1 s apart) when the stream
-/// breaks. Runs until `tx` has no receiver left.
+/// breaks. Runs until `tx` has no receiver left. Plain HTTP: the controller
+/// serves it only to callers on loopback (SPEC P8).
 pub async fn follow(api: String, tx: watch::Sender<Arc<CatalogFeed>>) {
     follow_as(api, Follower::default(), tx).await;
 }
 
 /// Like [`follow`], telling the controller who follows (see [`Follower`]).
 pub async fn follow_as(api: String, who: Follower, tx: watch::Sender<Arc<CatalogFeed>>) {
+    follow_from(FeedSource::Plain(api), who, tx).await;
+}
+
+/// Follows the catalog over mutual TLS on the controller's cluster
+/// listener (SPEC P8): `tls` presents this proxy's or gateway's identity
+/// and accepts only the controller (meshpeer-identity's `client_config_for`,
+/// ALPN `http/1.1`).
+pub async fn follow_tls(
+    address: String,
+    tls: Arc<rustls::ClientConfig>,
+    who: Follower,
+    tx: watch::Sender<Arc<CatalogFeed>>,
+) {
+    follow_from(FeedSource::Tls { address, tls }, who, tx).await;
+}
+
+/// Where the catalog comes from.
+#[derive(Clone)]
+enum FeedSource {
+    /// `http://<api>`: the controller's local API.
+    Plain(String),
+    /// `https://<address>` with a client certificate: its cluster listener.
+    Tls {
+        address: String,
+        tls: Arc<rustls::ClientConfig>,
+    },
+}
+
+impl FeedSource {
+    fn address(&self) -> &str {
+        match self {
+            FeedSource::Plain(a) => a,
+            FeedSource::Tls { address, .. } => address,
+        }
+    }
+}
+
+async fn follow_from(source: FeedSource, who: Follower, tx: watch::Sender<Arc<CatalogFeed>>) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let query = who.query();
+    let api = source.address().to_owned();
     let mut logged_down = false;
     loop {
         if tx.is_closed() {
             return;
         }
-        match stream_once(&client, &api, &query, &tx).await {
-            Ok(()) => info!(controller = %api, "catalog stream ended; reconnecting"),
+        let response = match &source {
+            FeedSource::Plain(api) => get_plain(&client, api, &query).await,
+            FeedSource::Tls { address, tls } => get_tls(address, tls, &query).await,
+        };
+        match response {
+            Ok(resp) => {
+                logged_down = false;
+                match stream_once(resp, &api, &tx).await {
+                    Ok(()) => info!(controller = %api, "catalog stream ended; reconnecting"),
+                    Err(e) => {
+                        warn!(controller = %api, error = %e, "catalog stream broke; reconnecting")
+                    }
+                }
+            }
             Err(e) => {
                 if !logged_down {
                     warn!(controller = %api, error = %e, "cannot follow the controller's catalog; retrying every second (the last catalog is kept)");
@@ -125,19 +181,97 @@ pub async fn follow_as(api: String, who: Follower, tx: watch::Sender<Arc<Catalog
     }
 }
 
-async fn stream_once(
+const WATCH_PATH: &str = "/v1/catalog/watch";
+
+async fn get_plain(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     api: &str,
     query: &str,
-    tx: &watch::Sender<Arc<CatalogFeed>>,
-) -> Result<(), String> {
-    let uri: http::Uri = format!("http://{api}/v1/catalog/watch{query}")
+) -> Result<http::Response<Incoming>, String> {
+    let uri: http::Uri = format!("http://{api}{WATCH_PATH}{query}")
         .parse()
         .map_err(|e| format!("{api}: {e}"))?;
     let resp = client.get(uri).await.map_err(|e| with_causes(&e))?;
-    if !resp.status().is_success() {
-        return Err(format!("the controller answered {}", resp.status()));
+    refused_unless_ok(resp).await
+}
+
+/// How long connecting and the TLS handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn get_tls(
+    address: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    query: &str,
+) -> Result<http::Response<Incoming>, String> {
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(address);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host} is not a host name: {e}"))?;
+    let connect = async {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with the controller failed: {}", refusal_reason_io(&e)))
+    };
+    let io = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no TLS connection within {CONNECT_TIMEOUT:?}"))??;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| with_causes(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "catalog connection ended");
+        }
+    });
+    let request = http::Request::get(format!("{WATCH_PATH}{query}"))
+        .header(http::header::HOST, address)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(request)
+        .await
+        .map_err(|e| with_causes(&e))?;
+    refused_unless_ok(resp).await
+}
+
+/// The response when it is a success; else an error with the status and
+/// the controller's reason (the body's first KiB).
+async fn refused_unless_ok(
+    resp: http::Response<Incoming>,
+) -> Result<http::Response<Incoming>, String> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
     }
+    let mut reason = Vec::new();
+    let mut body = resp.into_body().into_data_stream();
+    while let Some(Ok(chunk)) = body.next().await {
+        reason.extend_from_slice(&chunk);
+        if reason.len() >= 1024 {
+            reason.truncate(1024);
+            break;
+        }
+    }
+    let reason = String::from_utf8_lossy(&reason).trim().to_owned();
+    Err(if reason.is_empty() {
+        format!("the controller answered {status}")
+    } else {
+        format!("the controller answered {status}: {reason}")
+    })
+}
+
+async fn stream_once(
+    resp: http::Response<Incoming>,
+    api: &str,
+    tx: &watch::Sender<Arc<CatalogFeed>>,
+) -> Result<(), String> {
     info!(controller = %api, "following the controller's catalog");
     let mut body = resp.into_body().into_data_stream();
     let mut buf: Vec<u8> = Vec::new();

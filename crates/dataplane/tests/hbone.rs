@@ -38,7 +38,9 @@ fn root(name: &str) -> RootCa {
 
 fn identity(root: &RootCa, cluster: &str, sa: &str) -> Arc<Identity> {
     let now = SystemTime::now();
-    let ca = root.issue_intermediate(cluster, 30 * DAY, now).unwrap();
+    let ca = root
+        .issue_intermediate(cluster, cluster, 30 * DAY, now)
+        .unwrap();
     let id = SpiffeId::new(cluster, "istio-system", sa).unwrap();
     Arc::new(Identity::new(ca, id, DAY, now).unwrap())
 }

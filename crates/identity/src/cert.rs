@@ -65,6 +65,48 @@ pub(crate) fn spiffe_id_of(der: &CertificateDer<'_>) -> Result<SpiffeId, String>
     }
 }
 
+/// The trust domain a CA certificate is bound to (SPEC P6): the `<td>` of
+/// its `spiffe://<td>` URI SAN (a trailing `/` is allowed), `None` for a CA
+/// without one (made before bindings existed). URI SANs of other schemes
+/// are ignored; a `spiffe://` URI with a path, an invalid trust domain, or
+/// two different bindings is an error.
+pub(crate) fn binding_of(der: &[u8]) -> Result<Option<String>, String> {
+    let cert = parse(der)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|err| format!("its subjectAltName extension is invalid: {err}"))?;
+    let mut found: Option<String> = None;
+    for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
+        let GeneralName::URI(uri) = name else {
+            continue;
+        };
+        let Some(rest) = uri.strip_prefix("spiffe://") else {
+            continue;
+        };
+        let td = rest.strip_suffix('/').unwrap_or(rest);
+        if td.contains('/') {
+            return Err(format!(
+                "its URI SAN {uri} is a workload identity, not a trust domain binding (spiffe://<trust-domain>)"
+            ));
+        }
+        SpiffeId::check_trust_domain(td).map_err(|err| err.to_string())?;
+        match &found {
+            Some(other) if other != td => {
+                return Err(format!(
+                    "it is bound to two trust domains ({other} and {td}); a cluster CA is bound to one"
+                ));
+            }
+            _ => found = Some(td.to_owned()),
+        }
+    }
+    Ok(found)
+}
+
+/// Roots are self-signed; they are never sent as part of a chain.
+pub(crate) fn is_self_signed(der: &CertificateDer<'_>) -> bool {
+    parse(der).is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
+}
+
 /// SHA-256 of `der` as uppercase hex pairs joined by `:` (openssl's format).
 pub(crate) fn sha256_fingerprint(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);

@@ -40,6 +40,30 @@ pub enum Refusal {
         /// The peer's trust domain.
         got: String,
     },
+    /// The peer's leaf is of another trust domain than the one its issuing
+    /// intermediate is bound to (SPEC P6): that intermediate may not speak
+    /// for the leaf's trust domain.
+    #[error(
+        "peer certificate is for trust domain {got}, but its issuer {issuer} is bound to trust \
+         domain {bound}; a cluster's CA may only issue identities of its own trust domain"
+    )]
+    TrustDomainNotBound {
+        /// The leaf's trust domain.
+        got: String,
+        /// The trust domain its issuer is bound to.
+        bound: String,
+        /// The issuer's subject.
+        issuer: String,
+    },
+    /// The peer's SPIFFE ID is not one we accept (e.g. a server that is not
+    /// the controller).
+    #[error("peer identity is {got}, expected {}", expected_list(.expected))]
+    WrongIdentity {
+        /// The identities we accept (sorted).
+        expected: Vec<String>,
+        /// The peer's SPIFFE ID.
+        got: String,
+    },
     /// The peer's leaf does not carry exactly one valid SPIFFE URI SAN.
     #[error("peer certificate has no usable SPIFFE ID: {detail}")]
     NoSpiffeId {
@@ -63,12 +87,15 @@ pub enum Refusal {
 
 impl Refusal {
     /// A stable short label for metrics: `unknown_root`, `expired`,
-    /// `wrong_trust_domain`, `no_spiffe_id`, `refused_by_peer` or `other`.
+    /// `wrong_trust_domain`, `trust_domain_not_bound`, `wrong_identity`,
+    /// `no_spiffe_id`, `refused_by_peer` or `other`.
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::UnknownRoot { .. } => "unknown_root",
             Refusal::Expired { .. } => "expired",
             Refusal::WrongTrustDomain { .. } => "wrong_trust_domain",
+            Refusal::TrustDomainNotBound { .. } => "trust_domain_not_bound",
+            Refusal::WrongIdentity { .. } => "wrong_identity",
             Refusal::NoSpiffeId { .. } => "no_spiffe_id",
             Refusal::RefusedByPeer { .. } => "refused_by_peer",
             Refusal::Other(_) => "other",
@@ -161,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn c6_refusals_read_well_and_have_stable_labels() {
+    fn c6_p6_refusals_read_well_and_have_stable_labels() {
         let cases = [
             (
                 Refusal::UnknownRoot {
@@ -199,6 +226,26 @@ mod tests {
                 },
                 "peer certificate has no usable SPIFFE ID: it has no URI SAN",
                 "no_spiffe_id",
+            ),
+            (
+                Refusal::TrustDomainNotBound {
+                    got: "cluster2".into(),
+                    bound: "cluster1".into(),
+                    issuer: "CN=cluster1, O=meshpeer".into(),
+                },
+                "peer certificate is for trust domain cluster2, but its issuer CN=cluster1, \
+                 O=meshpeer is bound to trust domain cluster1; a cluster's CA may only issue \
+                 identities of its own trust domain",
+                "trust_domain_not_bound",
+            ),
+            (
+                Refusal::WrongIdentity {
+                    expected: vec!["spiffe://c1/ns/istio-system/sa/meshpeer".into()],
+                    got: "spiffe://c1/ns/a/sa/b".into(),
+                },
+                "peer identity is spiffe://c1/ns/a/sa/b, expected \
+                 spiffe://c1/ns/istio-system/sa/meshpeer",
+                "wrong_identity",
             ),
             (Refusal::Other("x".into()), "x", "other"),
         ];

@@ -126,6 +126,20 @@ impl SpiffeId {
         Ok(id)
     }
 
+    /// Checks that `trust_domain` is usable in a SPIFFE ID (and as the
+    /// `spiffe://<trust-domain>` binding of an intermediate CA, SPEC P6):
+    /// 1-255 bytes of lowercase letters, digits, `.`, `-`, `_`.
+    pub fn check_trust_domain(trust_domain: &str) -> Result<(), SpiffeIdError> {
+        match trust_domain_problem(trust_domain) {
+            None => Ok(()),
+            Some(problem) => Err(SpiffeIdError::TrustDomain {
+                input: format!("{SCHEME}{trust_domain}"),
+                trust_domain: trust_domain.to_owned(),
+                problem,
+            }),
+        }
+    }
+
     /// The trust domain, e.g. `cluster1` in `spiffe://cluster1/ns/x/sa/y`.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain

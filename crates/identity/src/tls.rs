@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use rustls::client::Resumption;
+use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, Error as TlsError, ServerConfig};
 
 use crate::ca::TrustRoot;
 use crate::identity::Identity;
+use crate::spiffe::SpiffeId;
 use crate::verify::{PeerPolicy, PeerVerifier};
 
 /// The ALPN protocol of control-plane peering (gRPC) and data-plane tunnels
@@ -74,6 +75,65 @@ pub fn client_config(
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(root, policy)))
     .with_client_cert_resolver(identity);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// A server config for listeners where a client certificate is optional
+/// (the controller's cluster listener, SPEC P7/P8): TLS 1.3, aws-lc-rs,
+/// presents `identity`'s current leaf, offers `alpn` in order.
+///
+/// A client that presents a certificate is verified in full (chain to
+/// `root`, one SPIFFE URI, P6 bindings; any trust domain, so that the
+/// application can refuse it with a reason); one that presents none is
+/// let in, and the application decides what it may do. Session resumption
+/// is off.
+pub fn server_config_optional_client(
+    identity: Arc<Identity>,
+    root: &TrustRoot,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier =
+        PeerVerifier::new(root, PeerPolicy::AnyTrustDomain).client_certificate_optional();
+    let mut config = ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_client_cert_verifier(Arc::new(verifier))
+    .with_cert_resolver(identity);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// A client config for talking to exactly one server identity (a proxy or
+/// gateway to its controller, `spiffe://<td>/ns/istio-system/sa/meshpeer`):
+/// TLS 1.3, aws-lc-rs, offers `alpn` in order. The server's chain must
+/// verify to `root` and its leaf must be `server`; anything else is refused
+/// ([`crate::Refusal::WrongIdentity`], ...).
+///
+/// `client_cert` is presented when it has one (an [`Identity`], or a
+/// resolver that has none yet: then no certificate is sent).
+pub fn client_config_for(
+    client_cert: Option<Arc<dyn ResolvesClientCert>>,
+    root: &TrustRoot,
+    server: &SpiffeId,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let policy = PeerPolicy::TrustDomains([server.trust_domain().to_owned()].into());
+    let verifier = PeerVerifier::new(root, policy).only([server.clone()].into());
+    let builder = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match client_cert {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))

@@ -1,5 +1,7 @@
-//! Verifying peers: the chain must lead to the shared root and the leaf must
-//! carry exactly one SPIFFE URI whose trust domain we accept. rustls never
+//! Verifying peers: the chain must lead to the shared root, the leaf must
+//! carry exactly one SPIFFE URI whose trust domain we accept, and every CA
+//! on the way that is bound to a trust domain must be bound to the leaf's
+//! (SPEC P6). rustls never
 //! looks at URI SANs, so both rustls verifier traits are implemented here.
 
 use std::collections::BTreeSet;
@@ -44,13 +46,14 @@ pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Result<SpiffeId, Refusal> 
 
 /// Verifies `end_entity` through `intermediates` to `root` at `now`, for
 /// server authentication (`server_auth`) or client authentication.
+/// Returns the intermediates of the verified path, the leaf's issuer first.
 pub(crate) fn verify_chain(
     root: &TrustRoot,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
     now: UnixTime,
     server_auth: bool,
-) -> Result<(), webpki::Error> {
+) -> Result<Vec<CertificateDer<'static>>, webpki::Error> {
     let cert = webpki::EndEntityCert::try_from(end_entity)?;
     let usage = if server_auth {
         webpki::KeyUsage::server_auth()
@@ -66,7 +69,43 @@ pub(crate) fn verify_chain(
         None,
         None,
     )
-    .map(|_| ())
+    .map(|path| {
+        path.intermediate_certificates()
+            .map(|c| c.der().into_owned())
+            .collect()
+    })
+}
+
+/// SPEC P6: every CA of a verified path that is bound to a trust domain
+/// must be bound to the leaf's. Unbound CAs (made before bindings) pass.
+pub(crate) fn check_bindings(
+    leaf: &SpiffeId,
+    path: &[CertificateDer<'static>],
+) -> Result<(), Refusal> {
+    for ca in path {
+        let issuer = || {
+            cert::facts(ca)
+                .map(|f| f.subject)
+                .unwrap_or_else(|_| "(unreadable subject)".to_owned())
+        };
+        match cert::binding_of(ca) {
+            Ok(Some(bound)) if bound != leaf.trust_domain() => {
+                return Err(Refusal::TrustDomainNotBound {
+                    got: leaf.trust_domain().to_owned(),
+                    bound,
+                    issuer: issuer(),
+                });
+            }
+            Ok(_) => {}
+            Err(detail) => {
+                return Err(Refusal::Other(format!(
+                    "peer certificate's issuer {} has an unusable trust domain binding: {detail}",
+                    issuer()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether a chain failure means "not issued under this root" (as opposed
@@ -96,6 +135,10 @@ pub(crate) struct PeerVerifier {
     root: TrustRoot,
     /// Accepted trust domains; `None` accepts any.
     trust_domains: Option<BTreeSet<String>>,
+    /// Accepted identities; `None` accepts any (within `trust_domains`).
+    identities: Option<BTreeSet<SpiffeId>>,
+    /// Server side: whether a client must present a certificate.
+    client_auth_mandatory: bool,
     root_subjects: Vec<DistinguishedName>,
     algorithms: WebPkiSupportedAlgorithms,
 }
@@ -109,9 +152,24 @@ impl PeerVerifier {
                 PeerPolicy::AnyTrustDomain => None,
                 PeerPolicy::TrustDomains(set) => Some(set),
             },
+            identities: None,
+            client_auth_mandatory: true,
             root_subjects,
             algorithms: algorithms(),
         }
+    }
+
+    /// Accepts exactly `ids` (a server that must be the controller).
+    pub(crate) fn only(mut self, ids: BTreeSet<SpiffeId>) -> Self {
+        self.identities = Some(ids);
+        self
+    }
+
+    /// Server side: lets clients connect without a certificate (those that
+    /// present one are still verified in full).
+    pub(crate) fn client_certificate_optional(mut self) -> Self {
+        self.client_auth_mandatory = false;
+        self
     }
 
     fn verify(
@@ -136,8 +194,8 @@ impl PeerVerifier {
         now: UnixTime,
         server_auth: bool,
     ) -> Result<SpiffeId, TlsError> {
-        verify_chain(&self.root, end_entity, intermediates, now, server_auth).map_err(|err| {
-            match err {
+        let path = verify_chain(&self.root, end_entity, intermediates, now, server_auth).map_err(
+            |err| match err {
                 webpki::Error::CertExpired { time, not_after } => {
                     TlsError::InvalidCertificate(CertificateError::ExpiredContext {
                         time,
@@ -156,8 +214,8 @@ impl PeerVerifier {
                 err => refuse(Refusal::Other(format!(
                     "peer certificate chain is not acceptable: {err}"
                 ))),
-            }
-        })?;
+            },
+        )?;
         let id = cert::spiffe_id_of(end_entity)
             .map_err(|detail| refuse(Refusal::NoSpiffeId { detail }))?;
         if let Some(allowed) = &self.trust_domains
@@ -166,6 +224,15 @@ impl PeerVerifier {
             return Err(refuse(Refusal::WrongTrustDomain {
                 expected: allowed.iter().cloned().collect(),
                 got: id.trust_domain().to_owned(),
+            }));
+        }
+        check_bindings(&id, &path).map_err(refuse)?;
+        if let Some(allowed) = &self.identities
+            && !allowed.contains(&id)
+        {
+            return Err(refuse(Refusal::WrongIdentity {
+                expected: allowed.iter().map(ToString::to_string).collect(),
+                got: id.to_string(),
             }));
         }
         Ok(id)
@@ -182,7 +249,7 @@ impl ClientCertVerifier for PeerVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.client_auth_mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

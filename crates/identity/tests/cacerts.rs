@@ -105,7 +105,7 @@ fn c6_root_is_written_with_a_private_key_file_and_read_back() {
     assert_eq!(loaded.sha256_fingerprint(), root.sha256_fingerprint());
     // An intermediate from the reloaded root chains to the original one.
     let ca = loaded
-        .issue_intermediate("cluster9", YEAR, SystemTime::now())
+        .issue_intermediate("cluster9", "cluster9", YEAR, SystemTime::now())
         .unwrap();
     let cacerts = dir.path().join("cacerts");
     ca.write(&cacerts).unwrap();
@@ -199,7 +199,9 @@ fn c6_load_refuses_an_intermediate_from_another_root() {
 fn c6_load_refuses_an_expired_intermediate() {
     let t0 = SystemTime::now() - 30 * DAY;
     let root = RootCa::generate("meshpeer root", 10 * YEAR, t0).unwrap();
-    let ca = root.issue_intermediate("cluster1", DAY, t0).unwrap();
+    let ca = root
+        .issue_intermediate("cluster1", "cluster1", DAY, t0)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     ca.write(dir.path()).unwrap();
 
@@ -256,7 +258,7 @@ fn c6_leaf_carries_the_spiffe_id_and_mutual_tls_usages() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_316_400);
     let root = RootCa::generate("meshpeer root", YEAR, now - DAY).unwrap();
     let ca = root
-        .issue_intermediate("cluster1", YEAR, now - DAY)
+        .issue_intermediate("cluster1", "cluster1", YEAR, now - DAY)
         .unwrap();
     let leaf = ca.issue_leaf(&spiffe("cluster1"), HOUR, now).unwrap();
     assert_eq!(leaf.not_before, now - LEAF_BACKDATE);
@@ -303,7 +305,7 @@ fn c6_leaf_never_outlives_its_intermediate() {
     let now = SystemTime::now();
     let root = RootCa::generate("meshpeer root", YEAR, now - DAY).unwrap();
     let ca = root
-        .issue_intermediate("cluster1", 2 * DAY, now - DAY)
+        .issue_intermediate("cluster1", "cluster1", 2 * DAY, now - DAY)
         .unwrap();
     let leaf = ca.issue_leaf(&spiffe("cluster1"), 30 * DAY, now).unwrap();
     assert_eq!(leaf.not_after, ca.not_after());
@@ -318,11 +320,11 @@ fn c6_names_are_checked_before_issuing() {
     ));
     let root = root("meshpeer root");
     assert!(matches!(
-        root.issue_intermediate(&"x".repeat(65), YEAR, now),
+        root.issue_intermediate(&"x".repeat(65), "cluster1", YEAR, now),
         Err(CaError::InvalidName { .. })
     ));
     assert!(matches!(
-        root.issue_intermediate("cluster1", Duration::from_secs(u64::MAX), now),
+        root.issue_intermediate("cluster1", "cluster1", Duration::from_secs(u64::MAX), now),
         Err(CaError::Validity { .. })
     ));
 }
@@ -332,7 +334,7 @@ fn c6_load_refuses_an_expired_root() {
     let t0 = SystemTime::now() - 30 * DAY;
     let root = RootCa::generate("meshpeer root", 2 * DAY, t0).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    root.issue_intermediate("cluster1", DAY, t0)
+    root.issue_intermediate("cluster1", "cluster1", DAY, t0)
         .unwrap()
         .write(&dir.path().join("cacerts"))
         .unwrap();

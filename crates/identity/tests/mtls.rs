@@ -61,7 +61,7 @@ async fn c6_two_clusters_under_one_root_complete_mutual_tls_over_tcp() {
     // Each cluster knows only the root from its own cacerts.
     let client_cfg = client_config(
         cluster2.clone(),
-        cluster2.cluster_ca().trust_root(),
+        cluster2.trust_root(),
         "cluster1",
         &[ALPN_H2],
     )

@@ -13,29 +13,30 @@ use meshpeer_identity::{
 use support::*;
 use tokio::time::Instant;
 
-#[test]
-fn c6_rotate_if_due_reissues_once_two_thirds_of_the_lifetime_passed() {
+#[tokio::test]
+async fn c6_rotate_if_due_reissues_once_two_thirds_of_the_lifetime_passed() {
     let t0 = SystemTime::now();
     let root = root("meshpeer root");
     let identity =
         Identity::new(cluster(&root, "cluster1"), spiffe("cluster1"), 3 * HOUR, t0).unwrap();
     let first = identity.current();
-    assert!(!identity.rotate_if_due(t0 + HOUR).unwrap());
+    assert!(!identity.rotate_if_due(t0 + HOUR).await.unwrap());
     assert!(
         !identity
             .rotate_if_due(first.renew_at() - Duration::from_secs(1))
+            .await
             .unwrap()
     );
     assert_eq!(identity.current().chain, first.chain);
 
     let later = t0 + 2 * HOUR + Duration::from_secs(60);
-    assert!(identity.rotate_if_due(later).unwrap());
+    assert!(identity.rotate_if_due(later).await.unwrap());
     let second = identity.current();
     assert_ne!(second.chain[0], first.chain[0]);
     assert!(second.not_after > first.not_after);
     assert_eq!(peer_identity(&second.chain).unwrap(), *identity.spiffe_id());
     // An expired leaf is due as well.
-    assert!(identity.rotate_if_due(t0 + 10 * HOUR).unwrap());
+    assert!(identity.rotate_if_due(t0 + 10 * HOUR).await.unwrap());
 }
 
 #[tokio::test(start_paused = true)]

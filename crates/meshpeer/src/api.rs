@@ -7,6 +7,13 @@
 //! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog, "callers": [...]}` (the data plane's feed) |
 //! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane, which says who it is in the query (`?role=proxy&name=...&health=ADDR`, see [`meshpeer_dataplane::feed::Follower`]) |
 //! | `GET /metrics` | Prometheus text format |
+//!
+//! The catalog feed carries endpoints and the gateway's list of authorised
+//! callers, so it is served (SPEC P8) on this plain API only to callers on
+//! loopback, and otherwise over mutual TLS on the controller's cluster
+//! listener ([`cluster_feed_router`]) to the identities [`FeedAccess`]
+//! allows; others get `403` with the reason, logged and counted
+//! (`meshpeer_feed_refusals_total`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -18,7 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRef, Query, State};
+use axum::extract::{ConnectInfo, Extension, FromRef, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
@@ -27,6 +34,7 @@ use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use meshpeer_ca::ConnInfo;
 use meshpeer_peering::PeeringService;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -35,6 +43,9 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
 use crate::controller::view::{RefusedView, ServedView, Status, View};
+pub use crate::feed_access::{
+    DEFAULT_FEED_IDENTITIES, FeedAccess, FeedCaller, FeedGuard, FeedRefusal,
+};
 use meshpeer_dataplane::feed::{CatalogFeed, with_causes};
 
 #[derive(Clone)]
@@ -43,6 +54,8 @@ pub(crate) struct ApiState {
     pub(crate) feed: watch::Receiver<Arc<CatalogFeed>>,
     pub(crate) service: PeeringService,
     pub(crate) registry: Arc<Registry>,
+    /// Who may follow the catalog, and the refusals counted.
+    pub(crate) feed_guard: Arc<FeedGuard>,
 }
 
 /// `GET /v1/status` as served: the controller's [`Status`] and the data
@@ -192,9 +205,14 @@ async fn status(State(s): State<Served>) -> Response {
     })
 }
 
-async fn catalog(State(s): State<ApiState>) -> Response {
-    let f = s.feed.borrow().clone();
-    json(&*f)
+async fn catalog(
+    State(s): State<ApiState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+) -> Response {
+    if let Some(refused) = s.feed_guard.refusal(&FeedCaller::Api(remote)) {
+        return refused;
+    }
+    json(&*s.feed.borrow().clone())
 }
 
 /// What a follower says of itself (see [`meshpeer_dataplane::feed::Follower`]).
@@ -213,10 +231,40 @@ async fn watch_catalog(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(who): Query<FollowQuery>,
 ) -> Response {
+    if let Some(refused) = s.api.feed_guard.refusal(&FeedCaller::Api(remote)) {
+        return refused;
+    }
+    stream_catalog(&s, remote.to_string(), who)
+}
+
+async fn cluster_catalog(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+) -> Response {
+    if let Some(refused) = s.feed_guard.refusal(&FeedCaller::Cluster(conn)) {
+        return refused;
+    }
+    json(&*s.feed.borrow().clone())
+}
+
+async fn cluster_watch_catalog(
+    State(s): State<Served>,
+    Extension(conn): Extension<ConnInfo>,
+    Query(who): Query<FollowQuery>,
+) -> Response {
+    let remote = conn.remote;
+    if let Some(refused) = s.api.feed_guard.refusal(&FeedCaller::Cluster(conn)) {
+        return refused;
+    }
+    stream_catalog(&s, remote.to_string(), who)
+}
+
+/// The catalog stream, with the follower listed while it lasts.
+fn stream_catalog(s: &Served, remote: String, who: FollowQuery) -> Response {
     let guard = s.followers.add(FollowerView {
         role: who.role,
         name: who.name,
-        remote: remote.to_string(),
+        remote,
         since: Some(SystemTime::now()),
         version: 0,
         health: who.health.filter(|h| !h.is_empty()),
@@ -234,6 +282,18 @@ async fn watch_catalog(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// The catalog feed as the cluster listener serves it: the same documents
+/// as the plain API's, to the identities [`FeedAccess`] allows.
+pub(crate) fn cluster_feed_router(state: ApiState, followers: Followers) -> Router {
+    Router::new()
+        .route("/v1/catalog", routing::get(cluster_catalog))
+        .route("/v1/catalog/watch", routing::get(cluster_watch_catalog))
+        .with_state(Served {
+            api: state,
+            followers,
+        })
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

@@ -50,7 +50,8 @@ pub(crate) enum Command {
     /// Show a running controller's peers (connected since, last sync,
     /// versions, staleness) and who it serves.
     Status(StatusArgs),
-    /// Make the shared root CA and per-cluster intermediates (cacerts layout).
+    /// Make the shared root CA, per-cluster intermediates (cacerts layout)
+    /// and tokens for proxies and gateways.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Check one or more clusters: configuration, certificates, controller,
@@ -206,16 +207,47 @@ pub(crate) struct ControllerArgs {
     #[arg(long, env = "MESHPEER_TRUST_DOMAIN", requires = "kubernetes")]
     pub(crate) trust_domain: Option<String>,
     /// The cluster's intermediate CA in the cacerts layout (ca-cert.pem,
-    /// ca-key.pem, root-cert.pem, cert-chain.pem); see `meshpeer certs`.
+    /// ca-key.pem, root-cert.pem, cert-chain.pem), bound to the cluster's
+    /// trust domain; see `meshpeer certs`. Only the controller holds the key:
+    /// it signs its proxies' and gateways' certificates.
     #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
     pub(crate) cacerts: PathBuf,
     /// Where peers connect. Default in file mode: the address of the
     /// cluster's east-west Gateway and its xds-tls port; else 0.0.0.0:15012.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) peering_listen: Option<SocketAddr>,
-    /// The local API: status, catalog (and its stream), metrics.
+    /// The local API: status, catalog (and its stream, to loopback callers
+    /// only), metrics.
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15014")]
     pub(crate) api_listen: SocketAddr,
+    /// The cluster listener (TLS): certificates for proxies and gateways
+    /// (Istio's CA API) and the catalog over mutual TLS. Default in file
+    /// mode: the east-west Gateway's address, port 15013 (127.0.0.1:15013
+    /// without one); in Kubernetes mode: 0.0.0.0:15013.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) cluster_listen: Option<SocketAddr>,
+    /// A static tokens file for the signing endpoint, one
+    /// `token,namespace,serviceaccount` per line (`meshpeer certs token`
+    /// adds one); re-read when it changes. Kubernetes mode checks
+    /// ServiceAccount tokens with a TokenReview, and this file as well if given.
+    #[arg(long, value_name = "FILE", env = "MESHPEER_TOKENS")]
+    pub(crate) tokens: Option<PathBuf>,
+    /// Kubernetes mode: the audience ServiceAccount tokens must be for.
+    #[arg(long, value_name = "AUDIENCE", default_value = "istio-ca")]
+    pub(crate) token_audience: String,
+    /// Longest lifetime of the certificates signed for proxies and gateways.
+    #[arg(long, default_value = "24h", value_parser = duration)]
+    pub(crate) max_cert_lifetime: Duration,
+    /// Who may follow the catalog over mutual TLS, as NAMESPACE/SERVICEACCOUNT
+    /// of this cluster's trust domain (repeat, or separate with commas).
+    #[arg(
+        long,
+        value_name = "NS/SA",
+        value_delimiter = ',',
+        value_parser = ns_sa,
+        default_value = "istio-system/meshpeer-proxy,istio-eastwest/istio-eastwest"
+    )]
+    pub(crate) feed_identities: Vec<(String, String)>,
     /// Serve the Global services page and its JSON API (`/api/v1/...`) here,
     /// e.g. 127.0.0.1:15000. Off unless given.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -251,6 +283,58 @@ pub(crate) struct ControllerArgs {
     pub(crate) log_format: LogFormat,
 }
 
+/// `NAMESPACE/SERVICEACCOUNT`.
+fn ns_sa(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
+            Ok((ns.to_owned(), sa.to_owned()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/SERVICEACCOUNT")),
+    }
+}
+
+/// How a proxy or gateway reaches its controller and obtains its
+/// certificate (SPEC P7): the shared root and a token, never the CA key.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ControllerConnArgs {
+    /// The controller's cluster listener (its --cluster-listen): the
+    /// certificate-signing endpoint and the catalog, over TLS.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "MESHPEER_CONTROLLER",
+        default_value = "127.0.0.1:15013",
+        value_parser = host_port
+    )]
+    pub(crate) controller: String,
+    /// The shared root certificate (a cluster's root-cert.pem).
+    #[arg(long, value_name = "FILE", env = "MESHPEER_ROOT_CERT")]
+    pub(crate) root_cert: PathBuf,
+    /// The token presented to the controller for a certificate, re-read
+    /// each time: in Kubernetes a projected ServiceAccount token with
+    /// audience istio-ca; in file mode one made by `meshpeer certs token`.
+    #[arg(long, value_name = "FILE", env = "MESHPEER_TOKEN_FILE")]
+    pub(crate) token_file: PathBuf,
+    /// This cluster's SPIFFE trust domain (default: --cluster-name). The
+    /// controller must be spiffe://<trust domain>/ns/istio-system/sa/meshpeer.
+    #[arg(
+        long,
+        value_name = "TD",
+        env = "MESHPEER_TRUST_DOMAIN",
+        required_unless_present = "cluster_name"
+    )]
+    pub(crate) trust_domain: Option<String>,
+    /// This cluster's name: the default trust domain.
+    #[arg(long, value_name = "NAME", env = "MESHPEER_CLUSTER_NAME")]
+    pub(crate) cluster_name: Option<String>,
+    /// The namespace of this process's identity (its ServiceAccount's).
+    #[arg(long, value_name = "NS")]
+    pub(crate) namespace: Option<String>,
+    /// The service account of this process's identity.
+    #[arg(long, value_name = "SA")]
+    pub(crate) service_account: Option<String>,
+}
+
 /// `HOST:PORT`, as `--controller` takes it.
 fn host_port(s: &str) -> Result<String, String> {
     match s.parse::<http::uri::Authority>() {
@@ -263,19 +347,10 @@ fn host_port(s: &str) -> Result<String, String> {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ProxyArgs {
-    /// The local API of the cluster's controller (its --api-listen).
-    #[arg(
-        long,
-        value_name = "ADDR:PORT",
-        env = "MESHPEER_CONTROLLER",
-        default_value = "127.0.0.1:15014",
-        value_parser = host_port
-    )]
-    pub(crate) controller: String,
-    /// The cluster's intermediate CA (cacerts layout), to issue the proxy's
-    /// certificate for spiffe://<trust domain>/ns/istio-system/sa/meshpeer-proxy.
-    #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
-    pub(crate) cacerts: PathBuf,
+    // Its identity: spiffe://<trust domain>/ns/istio-system/sa/meshpeer-proxy
+    // unless --namespace/--service-account say otherwise.
+    #[command(flatten)]
+    pub(crate) conn: ControllerConnArgs,
     /// Where the DNS server answers (UDP and TCP).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:15053")]
     pub(crate) dns_listen: SocketAddr,
@@ -323,19 +398,10 @@ pub(crate) struct ProxyArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct GatewayArgs {
-    /// The local API of the cluster's controller (its --api-listen).
-    #[arg(
-        long,
-        value_name = "ADDR:PORT",
-        env = "MESHPEER_CONTROLLER",
-        default_value = "127.0.0.1:15014",
-        value_parser = host_port
-    )]
-    pub(crate) controller: String,
-    /// The cluster's intermediate CA (cacerts layout), to issue the gateway's
-    /// certificate for spiffe://<trust domain>/ns/istio-eastwest/sa/istio-eastwest.
-    #[arg(long, value_name = "DIR", env = "MESHPEER_CACERTS")]
-    pub(crate) cacerts: PathBuf,
+    // Its identity: spiffe://<trust domain>/ns/istio-eastwest/sa/istio-eastwest
+    // unless --namespace/--service-account say otherwise.
+    #[command(flatten)]
+    pub(crate) conn: ControllerConnArgs,
     /// Where HBONE tunnels arrive (the east-west Gateway's cross-network port).
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:15008")]
     pub(crate) listen: SocketAddr,
@@ -443,10 +509,15 @@ pub(crate) enum CertsCommand {
         #[arg(long, default_value = "10y", value_parser = duration)]
         validity: Duration,
     },
-    /// Make a cluster's intermediate CA, signed by the root, in the cacerts layout.
+    /// Make a cluster's intermediate CA, signed by the root, in the cacerts
+    /// layout, bound to the cluster's trust domain (SPEC P6).
     Cluster {
         /// Cluster name.
         name: String,
+        /// The trust domain the intermediate may issue for (default: the
+        /// cluster name, as the cluster's trust domain defaults to it).
+        #[arg(long, value_name = "TD")]
+        trust_domain: Option<String>,
         /// Folder of the root CA (from `certs root-ca`).
         #[arg(long, value_name = "DIR")]
         root: PathBuf,
@@ -454,6 +525,24 @@ pub(crate) enum CertsCommand {
         out: PathBuf,
         #[arg(long, default_value = "1y", value_parser = duration)]
         validity: Duration,
+    },
+    /// Make a token for the controller's signing endpoint (file mode): adds
+    /// `token,namespace,serviceaccount` to the controller's --tokens file and
+    /// writes the token alone to --out, for the proxy's or gateway's
+    /// --token-file (both mode 0600).
+    Token {
+        /// The controller's tokens file (created if missing).
+        #[arg(long, value_name = "FILE")]
+        tokens: PathBuf,
+        /// The namespace of the identity the token stands for.
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        /// The service account of the identity the token stands for.
+        #[arg(long, value_name = "SA")]
+        service_account: String,
+        /// Where to write the token (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 

@@ -21,6 +21,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The proxy's identity by default, `(namespace, service account)`:
+/// `spiffe://<td>/ns/istio-system/sa/meshpeer-proxy`.
+pub const PROXY_IDENTITY: (&str, &str) = ("istio-system", "meshpeer-proxy");
+
+/// The east-west gateway's identity by default, as Istio's east-west
+/// gateway has it: `spiffe://<td>/ns/istio-eastwest/sa/istio-eastwest`.
+pub const GATEWAY_IDENTITY: (&str, &str) = ("istio-eastwest", "istio-eastwest");
+
 /// Settings of a proxy role.
 #[derive(Clone, Debug)]
 pub struct ProxyRoleConfig {

@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod check;
+pub mod cluster_api;
 pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod duration;
+pub mod feed_access;
 pub mod web;

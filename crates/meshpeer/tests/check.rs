@@ -318,7 +318,7 @@ fn o4_healthy_linked_pair_is_all_green() {
     // Found through the runtime file, as a controller records it.
     for (c, ctl, n) in [("cluster1", &c1, 1), ("cluster2", &c2, 2)] {
         let peering = format!("{}:15012", m.gateway_ip(n)).parse().unwrap();
-        write_runtime_file(&m.dir(c), ctl.api.parse().unwrap(), peering).unwrap();
+        write_runtime_file(&m.dir(c), ctl.api.parse().unwrap(), peering, None).unwrap();
     }
     let mut dp = DataPlane::new();
     dp.healthy(&c1.api, "cluster1");

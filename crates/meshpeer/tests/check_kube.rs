@@ -289,7 +289,7 @@ fn root(name: &str) -> RootCa {
 fn intermediate(root: &RootCa, cluster: &str) -> BTreeMap<String, Vec<u8>> {
     cacerts_files(
         &root
-            .issue_intermediate(cluster, 365 * DAY, SystemTime::now())
+            .issue_intermediate(cluster, cluster, 365 * DAY, SystemTime::now())
             .unwrap(),
     )
 }

@@ -114,6 +114,12 @@ fn o1_o5_controllers_on_the_example_connect_and_status_shows_it() {
             out.to_str().unwrap(),
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // SPEC P6: bound to the cluster's trust domain (its name by default).
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&format!("(trust domain {c})")),
+            "{}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -252,7 +258,7 @@ fn http_first_line_of_body(addr: &str, path: &str) -> String {
 }
 
 #[test]
-fn controller_and_status_fail_clearly() {
+fn p6_controller_and_status_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let (c1, _) = copy_example(tmp.path());
     let o = meshpeer(&[
@@ -269,6 +275,44 @@ fn controller_and_status_fail_clearly() {
         "{err}"
     );
     assert!(err.contains("meshpeer certs cluster cluster1"), "{err}");
+
+    // SPEC P6: an intermediate bound to another trust domain cannot run
+    // this cluster's controller.
+    let certs = tmp.path().join("certs");
+    let root = certs.join("root");
+    assert!(
+        meshpeer(&["certs", "root-ca", "--out", root.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let other = certs.join("other");
+    let o = meshpeer(&[
+        "certs",
+        "cluster",
+        "cluster1",
+        "--trust-domain",
+        "cluster9",
+        "--root",
+        root.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = meshpeer(&[
+        "controller",
+        "--cluster-dir",
+        c1.to_str().unwrap(),
+        "--cacerts",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(
+            "is bound to trust domain cluster9, but cluster cluster1 has trust domain cluster1"
+        ) && err.contains("meshpeer certs cluster cluster1 --trust-domain cluster1"),
+        "{err}"
+    );
 
     let o = meshpeer(&["status", "--controller", "127.0.0.1:1"]);
     assert!(!o.status.success());

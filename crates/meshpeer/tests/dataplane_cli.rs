@@ -172,8 +172,27 @@ fn backend(addr: SocketAddr, name: &'static str) {
     });
 }
 
-/// `meshpeer controller` on `dir`; returns it and its API address.
-fn controller(dir: &Path, cacerts: &Path) -> (Proc, String) {
+/// A token for `ns/sa` in the tokens file `tokens`, written to `out`, made
+/// by `meshpeer certs token`.
+fn token(tokens: &Path, ns: &str, sa: &str, out: &Path) {
+    let o = meshpeer(&[
+        "certs",
+        "token",
+        "--tokens",
+        s(tokens),
+        "--namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--out",
+        s(out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `meshpeer controller` on `dir` (tokens from `tokens`); returns it and
+/// its cluster listener's address.
+fn controller(dir: &Path, cacerts: &Path, tokens: &Path) -> (Proc, String) {
     let mut p = Proc::spawn(
         "controller",
         &[
@@ -182,7 +201,11 @@ fn controller(dir: &Path, cacerts: &Path) -> (Proc, String) {
             s(dir),
             "--cacerts",
             s(cacerts),
+            "--tokens",
+            s(tokens),
             "--api-listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
             "127.0.0.1:0",
             "--peering-listen",
             "127.0.0.1:0",
@@ -190,11 +213,30 @@ fn controller(dir: &Path, cacerts: &Path) -> (Proc, String) {
             "127.253.0.0/16",
         ],
     );
-    let line = p.wait_for("its API address", |m| {
-        m == "API listening (status, catalog, metrics)"
+    let line = p.wait_for("its cluster listener's address", |m| {
+        m.starts_with("cluster listener (certificates, catalog over mutual TLS)")
     });
-    let api = Proc::field(&line, "address");
-    (p, api)
+    let cluster = Proc::field(&line, "address");
+    (p, cluster)
+}
+
+/// The flags that lead a proxy or gateway to the controller at `cluster`
+/// with the shared root of `cacerts` and the token in `token`.
+fn reach(cluster: &str, cacerts: &Path, token: &Path) -> Vec<String> {
+    vec![
+        "--controller".into(),
+        cluster.into(),
+        "--root-cert".into(),
+        s(&cacerts.join("root-cert.pem")).into(),
+        "--token-file".into(),
+        s(token).into(),
+        "--trust-domain".into(),
+        "c1".into(),
+    ]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// A whole HTTP/1.1 GET response (connection closed by the server).
@@ -267,37 +309,35 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
         "backend-a\n",
     );
 
-    let (_ctl, api) = controller(&dir, &cacerts);
-    let mut gw = Proc::spawn(
-        "gateway",
-        &[
-            "gateway",
-            "--controller",
-            &api,
-            "--cacerts",
-            s(&cacerts),
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-endpoints",
-            POD_IP,
-        ],
-    );
+    // Only the controller gets the CA key; the others a root and a token.
+    let tokens = tmp.path().join("tokens");
+    let (gw_token, proxy_token) = (tmp.path().join("gw.token"), tmp.path().join("proxy.token"));
+    token(&tokens, "istio-eastwest", "istio-eastwest", &gw_token);
+    token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
+    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
+    let mut gw_args = vec!["gateway".to_owned()];
+    gw_args.extend(reach(&cluster, &cacerts, &gw_token));
     // The pod is on loopback: allowed explicitly (P5).
-    let mut proxy = Proc::spawn(
-        "proxy",
-        &[
-            "proxy",
-            "--controller",
-            &api,
-            "--cacerts",
-            s(&cacerts),
+    gw_args.extend(["--listen", "127.0.0.1:0", "--allow-endpoints", POD_IP].map(str::to_owned));
+    let mut gw = Proc::spawn("gateway", &args(&gw_args));
+    let mut proxy_args = vec!["proxy".to_owned()];
+    proxy_args.extend(reach(&cluster, &cacerts, &proxy_token));
+    proxy_args.extend(
+        [
             "--dns-listen",
             "127.0.0.1:0",
             "--metrics",
             "127.0.0.1:0",
             "--allow-endpoints",
             POD_IP,
-        ],
+        ]
+        .map(str::to_owned),
+    );
+    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
+    let issued = proxy.wait_for("its certificate", |m| m == "certificate issued");
+    assert!(
+        Proc::field(&issued, "from").starts_with(&format!("controller at {cluster}")),
+        "{issued}"
     );
 
     let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
@@ -457,31 +497,33 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 fn proxy_waits_for_an_unreachable_controller_and_stops_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let cacerts = certs(tmp.path(), "c1");
-    // Port 1 on loopback: nobody listens there.
-    let mut proxy = Proc::spawn(
-        "proxy",
-        &[
-            "proxy",
-            "--controller",
-            "127.0.0.1:1",
-            "--cacerts",
-            s(&cacerts),
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-        ],
+    let proxy_token = tmp.path().join("proxy.token");
+    token(
+        &tmp.path().join("tokens"),
+        "istio-system",
+        "meshpeer-proxy",
+        &proxy_token,
     );
+    // Port 1 on loopback: nobody listens there.
+    let mut proxy_args = vec!["proxy".to_owned()];
+    proxy_args.extend(reach("127.0.0.1:1", &cacerts, &proxy_token));
+    proxy_args
+        .extend(["--dns-listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"].map(str::to_owned));
+    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
     let line = proxy.wait_for("that it listens for metrics", |m| {
         m.starts_with("metrics listening")
     });
     let metrics = Proc::field(&line, "address");
     proxy.wait_for("that it waits", |m| {
-        m == "waiting for the controller's catalog at 127.0.0.1:1"
+        m == "waiting for a certificate from the controller at 127.0.0.1:1"
     });
-    proxy.wait_for("why it waits", |m| {
-        m.starts_with("cannot follow the controller's catalog")
+    let why = proxy.wait_for("why it waits", |m| {
+        m.starts_with("cannot get a certificate from the controller")
     });
+    assert!(
+        Proc::field(&why, "error").contains("cannot reach the controller at 127.0.0.1:1"),
+        "{why}"
+    );
     assert!(proxy.child.try_wait().unwrap().is_none(), "still running");
     // Not ready without a catalog.
     let health = http_get(&metrics, "/healthz");
@@ -506,41 +548,88 @@ fn proxy_waits_for_an_unreachable_controller_and_stops_on_sigterm() {
 fn proxy_and_gateway_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let cacerts = certs(tmp.path(), "c1");
+    let token_file = tmp.path().join("proxy.token");
+    token(
+        &tmp.path().join("tokens"),
+        "istio-system",
+        "meshpeer-proxy",
+        &token_file,
+    );
+    let ok = reach("127.0.0.1:15013", &cacerts, &token_file);
+    let with = |role: &str, extra: &[&str]| {
+        let mut v = vec![role.to_owned()];
+        v.extend(ok.iter().cloned());
+        v.extend(extra.iter().map(|x| (*x).to_owned()));
+        meshpeer(&args(&v))
+    };
 
-    // The CA folder is named, and the file missing in it.
-    let o = meshpeer(&["proxy", "--cacerts", "/nonexistent/cacerts"]);
+    // The root certificate file is named.
+    let o = meshpeer(&[
+        "proxy",
+        "--root-cert",
+        "/nonexistent/cacerts/root-cert.pem",
+        "--token-file",
+        s(&token_file),
+        "--trust-domain",
+        "c1",
+    ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("from /nonexistent/cacerts"), "{err}");
-    assert!(err.contains("/nonexistent/cacerts/ca-cert.pem"), "{err}");
+    assert!(
+        err.contains("from /nonexistent/cacerts/root-cert.pem"),
+        "{err}"
+    );
+    // So is the token file, with how to make one.
+    let o = meshpeer(&[
+        "gateway",
+        "--root-cert",
+        s(&cacerts.join("root-cert.pem")),
+        "--token-file",
+        "/nonexistent/gw.token",
+        "--trust-domain",
+        "c1",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("cannot read the token file /nonexistent/gw.token")
+            && err.contains("meshpeer certs token"),
+        "{err}"
+    );
+    // The CA key is no longer a flag of the data plane.
+    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts)]);
+    assert_eq!(o.status.code(), Some(2));
 
     // Bad flags: clap says so.
-    let o = meshpeer(&["gateway", "--cacerts", s(&cacerts), "--listen", "nope"]);
+    let o = with("gateway", &["--listen", "nope"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("invalid value 'nope' for '--listen"), "{err}");
-    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--controller", "x"]);
+    let o = with("proxy", &["--controller", "x"]);
     assert_eq!(o.status.code(), Some(2));
-    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--region", "r1"]);
+    let o = with("proxy", &["--region", "r1"]);
+    assert_eq!(o.status.code(), Some(2));
+    // Without a trust domain (or cluster name) the controller cannot be verified.
+    let o = meshpeer(&[
+        "proxy",
+        "--root-cert",
+        s(&cacerts.join("root-cert.pem")),
+        "--token-file",
+        s(&token_file),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     // P5: an allowed range says what is wrong with it.
-    let o = meshpeer(&[
-        "gateway",
-        "--cacerts",
-        s(&cacerts),
-        "--allow-endpoints",
-        "10.1.0.14/16",
-    ]);
+    let o = with("gateway", &["--allow-endpoints", "10.1.0.14/16"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("did you mean 10.1.0.0/16"), "{err}");
-    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--node-ip", "node1"]);
+    let o = with("proxy", &["--node-ip", "node1"]);
     assert_eq!(o.status.code(), Some(2));
 
     // A busy port: one line naming the address.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let o = meshpeer(&["gateway", "--cacerts", s(&cacerts), "--listen", &addr]);
+    let o = with("gateway", &["--listen", &addr]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
@@ -550,7 +639,7 @@ fn proxy_and_gateway_fail_clearly() {
     );
     let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    let o = meshpeer(&["proxy", "--cacerts", s(&cacerts), "--dns-listen", &addr]);
+    let o = with("proxy", &["--dns-listen", &addr]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -10,11 +10,13 @@
 //! with `meshpeer-crdcheck` against `schemas/` and `deploy/crds/`; then the
 //! rules a live cluster would only show at run time: selectors that match
 //! their pods, Service ports that reach a container port, probes, volumes
-//! and mounts, the `cacerts` Secret where `--cacerts` points, flags the
-//! binary has, the gateway and proxy reaching the controller's API, the
+//! and mounts, the `cacerts` Secret where `--cacerts` points (the
+//! controller only: the others mount its root-cert.pem alone, SPEC P7, and a
+//! projected token), flags the binary has, the gateway and proxy reaching
+//! the controller's cluster listener with their own identities, the
 //! east-west Service sending 15008 to the gateways and 15012 to the
 //! controller, and RBAC granting exactly what the Kubernetes source and sink
-//! use. The `Segment` CRD is the one generated from the Rust type.
+//! and the TokenReview authenticator use. The `Segment` CRD is the one generated from the Rust type.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -824,30 +826,81 @@ fn check_workloads(o: &Objects, p: &mut Vec<String>) {
     }
 }
 
-/// The container's `--cacerts` is the `cacerts` Secret's read-only mount,
-/// and every address it listens on is a declared container port.
+/// Where a container reads `path` from: the volume mounted at the
+/// longest prefix of `path`, and the path inside it.
+fn mounted_at<'a>(
+    c: &Container,
+    volumes: &BTreeMap<&str, &'a k8s_openapi::api::core::v1::Volume>,
+    path: &str,
+) -> Option<(&'a k8s_openapi::api::core::v1::Volume, String, bool)> {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .filter_map(|m| {
+            let rest = path.strip_prefix(&m.mount_path)?.strip_prefix('/')?;
+            Some((m, rest.to_owned()))
+        })
+        .max_by_key(|(m, _)| m.mount_path.len())
+        .and_then(|(m, rest)| {
+            let v = volumes.get(m.name.as_str())?;
+            Some((*v, rest, m.read_only == Some(true)))
+        })
+}
+
+/// The controller's `--cacerts` is the `cacerts` Secret's read-only mount;
+/// the gateway's and proxy's `--root-cert` is the Secret's root-cert.pem
+/// (alone) and `--token-file` a projected ServiceAccount token; every
+/// address a container listens on is a declared container port.
 fn check_meshpeer_container(
     at: &str,
     c: &Container,
     volumes: &BTreeMap<&str, &k8s_openapi::api::core::v1::Volume>,
     p: &mut Vec<String>,
 ) {
-    let cacerts = flag(c, "cacerts");
-    let mount = c.volume_mounts.iter().flatten().find(|m| {
-        volumes
-            .get(m.name.as_str())
-            .and_then(|v| v.secret.as_ref())
-            .is_some_and(|s| s.secret_name.as_deref() == Some(CACERTS_SECRET))
-    });
-    match (cacerts, mount) {
-        (Some(dir), Some(m)) if m.mount_path == dir && m.read_only == Some(true) => {}
-        _ => p.push(format!(
-            "{at}: --cacerts must be where the {CACERTS_SECRET} Secret is mounted read-only"
-        )),
+    if role_of(c) == Some("controller") {
+        let cacerts = flag(c, "cacerts");
+        let mount = c.volume_mounts.iter().flatten().find(|m| {
+            volumes
+                .get(m.name.as_str())
+                .and_then(|v| v.secret.as_ref())
+                .is_some_and(|s| s.secret_name.as_deref() == Some(CACERTS_SECRET))
+        });
+        match (cacerts, mount) {
+            (Some(dir), Some(m)) if m.mount_path == dir && m.read_only == Some(true) => {}
+            _ => p.push(format!(
+                "{at}: --cacerts must be where the {CACERTS_SECRET} Secret is mounted read-only"
+            )),
+        }
+    } else {
+        match flag(c, "root-cert").and_then(|f| mounted_at(c, volumes, f)) {
+            Some((v, file, true))
+                if v.secret.as_ref().is_some_and(|s| {
+                    s.secret_name.as_deref() == Some(CACERTS_SECRET)
+                        && s.items.iter().flatten().any(|i| i.key == "root-cert.pem" && i.path == file)
+                }) => {}
+            _ => p.push(format!(
+                "{at}: --root-cert must be root-cert.pem of the {CACERTS_SECRET} Secret, mounted read-only"
+            )),
+        }
+        match flag(c, "token-file").and_then(|f| mounted_at(c, volumes, f)) {
+            Some((v, file, true))
+                if v.projected
+                    .iter()
+                    .flat_map(|pv| pv.sources.iter().flatten())
+                    .any(|src| {
+                        src.service_account_token
+                            .as_ref()
+                            .is_some_and(|t| t.path == file)
+                    }) => {}
+            _ => p.push(format!(
+                "{at}: --token-file must be a projected ServiceAccount token, mounted read-only"
+            )),
+        }
     }
     for (listen, protocols) in [
         ("listen", &["TCP"][..]),
         ("peering-listen", &["TCP"]),
+        ("cluster-listen", &["TCP"]),
         ("api-listen", &["TCP"]),
         ("metrics", &["TCP"]),
         ("dns-listen", &["TCP", "UDP"]),
@@ -1159,11 +1212,11 @@ fn c2_east_west_service_sends_hbone_to_the_gateways_and_peering_to_the_controlle
 }
 
 #[test]
-fn r2_gateway_and_proxy_follow_the_controllers_api() {
+fn p7_p8_gateway_and_proxy_reach_the_controllers_cluster_listener() {
     let m = base();
     let o = parse(&m, &mut Vec::new());
     let (_, controller) = o.running("controller");
-    let api = port_of(flag(controller, "api-listen").expect("controller --api-listen"));
+    let cluster = port_of(flag(controller, "cluster-listen").expect("controller --cluster-listen"));
     for role in ["gateway", "proxy"] {
         let (_, c) = o.running(role);
         let target = flag(c, "controller").unwrap_or_else(|| panic!("{role} has no --controller"));
@@ -1191,10 +1244,143 @@ fn r2_gateway_and_proxy_follow_the_controllers_api() {
             .collect();
         assert_eq!(
             reached,
-            [(controller.name.clone(), api)],
-            "{role}: --controller {target} must reach the controller's --api-listen"
+            [(controller.name.clone(), cluster)],
+            "{role}: --controller {target} must reach the controller's --cluster-listen"
         );
     }
+}
+
+/// The identity a gateway or proxy container asks for: its
+/// `--namespace`/`--service-account`, else the role's default.
+fn identity_of(role: &str, c: &Container) -> (String, String) {
+    let (ns, sa) = match role {
+        "gateway" => meshpeer::dataplane::GATEWAY_IDENTITY,
+        _ => meshpeer::dataplane::PROXY_IDENTITY,
+    };
+    (
+        flag(c, "namespace").unwrap_or(ns).to_owned(),
+        flag(c, "service-account").unwrap_or(sa).to_owned(),
+    )
+}
+
+#[test]
+fn p7_only_the_controller_mounts_the_ca_key() {
+    for (what, m) in [("base", base()), ("nodeport", nodeport())] {
+        let o = parse(&m, &mut Vec::new());
+        for w in o.workloads() {
+            let runs_controller = w.role("controller").is_some();
+            for v in w.pod().volumes.iter().flatten() {
+                let mut secrets = Vec::new();
+                if let Some(s) = &v.secret {
+                    secrets.push((s.secret_name.clone(), s.items.clone()));
+                }
+                for src in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+                    if let Some(s) = &src.secret {
+                        secrets.push((Some(s.name.clone()), s.items.clone()));
+                    }
+                }
+                for (name, items) in secrets {
+                    if name.as_deref() != Some(CACERTS_SECRET) {
+                        continue;
+                    }
+                    // Without items, every key of the Secret is mounted.
+                    let keys: Vec<String> = match &items {
+                        Some(items) => items.iter().map(|i| i.key.clone()).collect(),
+                        None => vec![meshpeer_identity::CA_KEY_FILE.to_owned()],
+                    };
+                    let has_key = keys.iter().any(|k| k == meshpeer_identity::CA_KEY_FILE);
+                    assert!(
+                        runs_controller || !has_key,
+                        "{what}: {} mounts {} of Secret {CACERTS_SECRET} (volume {}): only the controller may (SPEC P7)",
+                        w.id,
+                        meshpeer_identity::CA_KEY_FILE,
+                        v.name
+                    );
+                    if !runs_controller {
+                        assert_eq!(
+                            keys,
+                            [meshpeer_identity::ROOT_CERT_FILE],
+                            "{what}: {} should mount only the shared root",
+                            w.id
+                        );
+                    }
+                }
+            }
+        }
+        let (_, controller) = o.running("controller");
+        assert!(flag(controller, "cacerts").is_some());
+        for role in ["gateway", "proxy"] {
+            let (_, c) = o.running(role);
+            assert!(flag(c, "cacerts").is_none(), "{role} takes no --cacerts");
+        }
+    }
+}
+
+#[test]
+fn p7_gateway_and_proxy_present_a_projected_token_for_istio_ca() {
+    let m = base();
+    let o = parse(&m, &mut Vec::new());
+    let (_, controller) = o.running("controller");
+    let audience = flag(controller, "token-audience").unwrap_or(meshpeer_ca::DEFAULT_AUDIENCE);
+    for role in ["gateway", "proxy"] {
+        let (w, c) = o.running(role);
+        let volumes: BTreeMap<&str, _> = w
+            .pod()
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| (v.name.as_str(), v))
+            .collect();
+        let token = flag(c, "token-file").unwrap_or_else(|| panic!("{role} has no --token-file"));
+        let (v, file, _) = mounted_at(c, &volumes, token)
+            .unwrap_or_else(|| panic!("{role}: --token-file {token} is not mounted"));
+        let source = v
+            .projected
+            .iter()
+            .flat_map(|p| p.sources.iter().flatten())
+            .find_map(|s| s.service_account_token.as_ref().filter(|t| t.path == file))
+            .unwrap_or_else(|| panic!("{role}: {token} is not a projected ServiceAccount token"));
+        assert_eq!(
+            source.audience.as_deref(),
+            Some(audience),
+            "{role}: the token must be for the controller's TokenReview audience"
+        );
+        assert!(
+            source.expiration_seconds.is_some_and(|s| s <= 86_400),
+            "{role}: short-lived token"
+        );
+        // The token names the pod's ServiceAccount: the identity it asks for
+        // must be that ServiceAccount's, or the controller refuses (SPEC P7).
+        let sa = w.pod().service_account_name.clone().unwrap();
+        assert_eq!(
+            identity_of(role, c),
+            (w.namespace.to_owned(), sa),
+            "{role}: --namespace/--service-account must be the pod's ServiceAccount"
+        );
+    }
+}
+
+#[test]
+fn p8_the_controller_lets_exactly_the_gateway_and_proxy_follow_the_feed() {
+    let m = base();
+    let o = parse(&m, &mut Vec::new());
+    let (_, controller) = o.running("controller");
+    let allowed: BTreeSet<(String, String)> = flag(controller, "feed-identities")
+        .expect("the controller names who may follow the catalog")
+        .split(',')
+        .map(|p| {
+            let (ns, sa) = p.split_once('/').unwrap();
+            (ns.to_owned(), sa.to_owned())
+        })
+        .collect();
+    let wanted: BTreeSet<(String, String)> = ["gateway", "proxy"]
+        .iter()
+        .map(|role| {
+            let (_, c) = o.running(role);
+            identity_of(role, c)
+        })
+        .collect();
+    assert_eq!(allowed, wanted);
 }
 
 #[test]
@@ -1257,7 +1443,7 @@ fn grant(g: &mut Grants, ns: Option<&str>, rules: &[PolicyRule]) {
 }
 
 #[test]
-fn r2_rbac_grants_exactly_what_the_kubernetes_source_and_sink_use() {
+fn r2_p7_rbac_grants_exactly_what_the_kubernetes_source_sink_and_token_review_use() {
     let m = base();
     let o = parse(&m, &mut Vec::new());
     let sa_of = |role: &str| {
@@ -1330,6 +1516,10 @@ fn r2_rbac_grants_exactly_what_the_kubernetes_source_and_sink_use() {
         resource_of(Kind::ServiceEntry),
         &["create", "patch", "delete"],
     );
+    // crates/ca/src/tokenreview.rs: the signing endpoint's TokenReviews
+    // (cluster-scoped).
+    let (group, resource, verb) = meshpeer_ca::tokenreview::required_permission();
+    add(None, (group, resource), &[verb]);
     assert_eq!(granted(&sa_of("controller")), want);
 
     // The data plane does not talk to the API server.
@@ -1600,4 +1790,28 @@ fn o2_o3_install_steps_make_gateways_the_api_server_accepts() {
         "a1.elb.example.com"
     );
     assert_eq!(ports(&objects[2]), [15008, 15012]);
+}
+
+#[test]
+fn p5_the_gateway_knows_its_node_address_and_the_proxy_is_on_the_node() {
+    let m = base();
+    let o = parse(&m, &mut Vec::new());
+    // The gateway sees only its Pod's addresses: the node's comes from the
+    // downward API, so that it is never dialled for an endpoint.
+    let (_, gw) = o.running("gateway");
+    let node_ip = gw
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "MESHPEER_NODE_IP")
+        .expect("the gateway sets MESHPEER_NODE_IP");
+    let field = node_ip
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(field, Some("status.hostIP"));
+    // The proxy runs in the node's network: it reads the node's addresses.
+    let (w, _) = o.running("proxy");
+    assert_eq!(w.pod().host_network, Some(true));
 }

@@ -287,7 +287,7 @@ fn hbone_client(mesh: &Mesh, cluster: &str) -> HboneClient {
     let now = SystemTime::now();
     let ca = mesh
         .root
-        .issue_intermediate(cluster, Duration::from_secs(3600), now)
+        .issue_intermediate(cluster, cluster, Duration::from_secs(3600), now)
         .unwrap();
     let root = ca.trust_root().clone();
     let id = SpiffeId::new(cluster, "istio-system", "meshpeer-proxy").unwrap();

@@ -1,177 +1,423 @@
-//! The trust boundary (SPEC section 9) with real controllers, gateways and
-//! proxies in one process: what a linked cluster claims about itself is
-//! judged by the local cluster's own objects.
+//! SPEC P7 and P8 on a running controller (in this process, real sockets on
+//! port 0): a proxy holding only the shared root and a token gets its
+//! certificate from the controller's signing endpoint and follows the
+//! catalog over mutual TLS; the catalog goes to nobody else: not to
+//! another identity of the cluster, not to another cluster's proxy, not to a
+//! client without a certificate, and on the plain API only to loopback.
+//! The Global services page stays read-only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use meshpeer::controller::View;
-use meshpeer_model::Rule;
-use support::{Mesh, hosts, namespace, resolve, segments, service};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-fn condition<'a>(
-    v: &'a View,
-    peer: &str,
-    type_: &str,
-) -> Option<&'a meshpeer_model::objects::Condition> {
-    v.status
-        .peers
-        .iter()
-        .find(|p| p.cluster == peer)?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
+use meshpeer::api::StatusDoc;
+use meshpeer::cluster_api::ClusterListener;
+use meshpeer::controller::{Controller, ControllerConfig};
+use meshpeer_ca::{CaClient, CaClientConfig, StaticTokens, TokenSource};
+use meshpeer_dataplane::feed::{self, CatalogFeed, Follower};
+use meshpeer_identity::{ClusterCa, Identity, RootCa, SpiffeId, client_config_for};
+use meshpeer_store::file_sink::FileSink;
+use meshpeer_store::file_source::FileSource;
+use rustls::client::ResolvesClientCert;
+use support::WITHIN;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const PROXY_TOKEN: &str = "a-proxy-token-for-c1";
+
+fn id(td: &str, ns: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new(td, ns, sa).unwrap()
 }
 
-fn refused_with(v: &View, peer: &str, reason: &str) -> bool {
-    condition(v, peer, "gloo.solo.io/PeeringSucceeded")
-        .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some(reason))
+/// Cluster c1 with one global service, its controller running with a
+/// cluster listener on 127.0.0.1:0 and its API on `api`.
+struct C1 {
+    _tmp: tempfile::TempDir,
+    root: RootCa,
+    ca: Arc<ClusterCa>,
+    controller: Controller,
+    cluster: SocketAddr,
 }
 
-/// The attack of issue 10: a linked cluster defines a Segment `evil` with
-/// domain `com`, joins it and exports `www` in namespace `google`, hoping
-/// that every linked cluster answers `www.google.com` with a VIP.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2_a_peer_segment_named_com_does_not_make_www_google_com_resolve() {
-    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
-    mesh.cluster("cluster2").write(
-        "istio-system.yaml",
-        &format!(
-            "{}---\napiVersion: admin.solo.io/v1alpha1\nkind: Segment\nmetadata: {{name: evil, namespace: istio-system}}\nspec: {{domain: com}}\n",
-            namespace("istio-system", &[("admin.solo.io/segment", "evil")])
-        ),
-    );
-    mesh.cluster("cluster2").write(
-        "google.yaml",
-        &format!(
+fn folder(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cluster.yaml"), "name: c1\n").unwrap();
+    std::fs::write(
+        dir.join("app.yaml"),
+        format!(
             "{}---\n{}",
-            namespace("google", &[]),
-            service("google", "www", Some("global"), "10.2.0.9")
+            support::namespace("ns1", &[]),
+            support::service("ns1", "echo", Some("global"), "10.1.0.5")
         ),
-    );
-    mesh.cluster("cluster1").write(
-        "shop.yaml",
-        &format!(
-            "{}---\n{}",
-            namespace("shop", &[]),
-            service("shop", "web", Some("global"), "10.1.0.9")
-        ),
-    );
-    mesh.start().await;
-    mesh.start_dataplane().await;
-    mesh.link_all().await;
-
-    // cluster2 claims a segment cluster1 does not define: it contributes
-    // nothing but a diagnostic and a condition.
-    let v = mesh
-        .cluster("cluster1")
-        .wait("cluster2 refused with a condition", |v| {
-            refused_with(v, "cluster2", "SegmentNotDefined")
-        })
-        .await;
-    assert_eq!(hosts(&v), ["web.shop.mesh.internal"]);
-    let d: Vec<_> = v
-        .catalog
-        .diagnostics
-        .iter()
-        .filter(|d| d.rule == Rule::P2)
-        .collect();
-    assert_eq!(d.len(), 1, "{d:#?}");
-    assert!(
-        d[0].message.contains("segment evil (domain com)"),
-        "{}",
-        d[0]
-    );
-    let programmed = condition(&v, "cluster2", "gloo.solo.io/PeerDataPlaneProgrammed").unwrap();
-    assert_eq!(programmed.status, "False");
-
-    // The proxy does not answer the name with a VIP.
-    let dns = mesh.cluster("cluster1").proxy().dns.local_addr();
-    let answer = resolve(dns, "www.google.com").await;
-    assert!(answer.is_err(), "www.google.com answered: {answer:?}");
-    assert!(resolve(dns, "web.shop.mesh.internal").await.is_ok());
-    mesh.shutdown().await;
+    )
+    .unwrap();
 }
 
-/// A link pinned to `prod` refuses a peer that says it is in `dev` (it
-/// would otherwise receive dev's segment-scoped services), both ways: the
-/// pinning cluster imports nothing, and serves nothing to that peer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p3_a_peer_claiming_another_segment_on_a_pinned_link_is_refused() {
-    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
-    mesh.cluster("cluster1")
-        .write("istio-system.yaml", &segments(Some("dev")));
-    mesh.cluster("cluster2")
-        .write("istio-system.yaml", &segments(Some("dev")));
-    mesh.cluster("cluster1").write(
-        "h.yaml",
-        &format!(
-            "{}---\n{}",
-            namespace("h", &[]),
-            service("h", "private", Some("segment"), "10.1.0.1")
-        ),
+async fn c1(api: &str) -> C1 {
+    meshpeer_identity::install_default_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c1");
+    folder(&dir);
+    let now = SystemTime::now();
+    let root = RootCa::generate("test root", 30 * DAY, now - DAY).unwrap();
+    let ca = Arc::new(
+        root.issue_intermediate("c1", "c1", 10 * DAY, now - DAY)
+            .unwrap(),
     );
-    mesh.cluster("cluster2").write(
-        "h.yaml",
-        &format!(
-            "{}---\n{}",
-            namespace("h", &[]),
-            service("h", "other", Some("segment"), "10.2.0.1")
-        ),
+    let identity = Arc::new(
+        Identity::new(
+            Arc::clone(&ca),
+            id("c1", "istio-system", "meshpeer"),
+            DAY,
+            now,
+        )
+        .unwrap(),
     );
-    mesh.start().await;
-    // cluster1 knows cluster2 as a prod cluster.
-    mesh.link_pinned("cluster1", "cluster2", Some("prod")).await;
-    mesh.link("cluster2", "cluster1").await;
+    let mut cfg = ControllerConfig::new(
+        Box::new(FileSource::new(dir.clone(), Duration::from_millis(20))),
+        Box::new(FileSink::new(dir.join(".meshpeer/out"))),
+        identity,
+        root.trust_root().clone(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    cfg.api_listen = Some(api.parse().unwrap());
+    let mut cluster = ClusterListener::new("127.0.0.1:0".parse().unwrap(), "c1");
+    cluster.ca.authenticators = vec![Arc::new(
+        StaticTokens::from_entries([(PROXY_TOKEN, "istio-system", "meshpeer-proxy")]).unwrap(),
+    )];
+    cfg.cluster = Some(cluster);
+    let controller = Controller::start(cfg).await.unwrap();
+    controller
+        .wait_for(WITHIN, |v| v.status.global_services == 1)
+        .await
+        .unwrap();
+    let cluster = controller.cluster_addr.expect("the cluster listener runs");
+    C1 {
+        _tmp: tmp,
+        root,
+        ca,
+        controller,
+        cluster,
+    }
+}
 
-    let v1 = mesh
-        .cluster("cluster1")
-        .wait("cluster2 refused", |v| {
-            refused_with(v, "cluster2", "SegmentPinMismatch")
-        })
-        .await;
-    assert_eq!(hosts(&v1), ["private.h.cluster.dev"]);
-    let c = condition(&v1, "cluster2", "gloo.solo.io/PeeringSucceeded").unwrap();
-    assert!(
-        c.message.as_deref().unwrap_or_default().contains(
-            "says it is in segment dev, but gateway istio-eastwest/istio-remote-peer-cluster2 pins it to segment prod"
-        ),
-        "{c:?}"
+impl C1 {
+    /// An identity the test mints itself with c1's CA (a workload of c1).
+    fn minted(&self, ns: &str, sa: &str) -> Arc<Identity> {
+        Arc::new(
+            Identity::new(
+                Arc::clone(&self.ca),
+                id("c1", ns, sa),
+                DAY,
+                SystemTime::now(),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// The controller's catalog feed over mutual TLS as `client` (or without
+    /// a certificate): the status line and the body's first line.
+    async fn get_feed(&self, client: Option<Arc<Identity>>, path: &str) -> (u16, String) {
+        let resolver = client.map(|c| c as Arc<dyn ResolvesClientCert>);
+        let tls = client_config_for(
+            resolver,
+            self.root.trust_root(),
+            &id("c1", "istio-system", "meshpeer"),
+            &[b"http/1.1"],
+        )
+        .unwrap();
+        let tcp = TcpStream::connect(self.cluster).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("meshpeer-controller").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        http_get(&mut tls, path).await
+    }
+
+    async fn metrics(&self) -> String {
+        let mut tcp = TcpStream::connect(self.controller.api_addr.unwrap())
+            .await
+            .unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        out
+    }
+}
+
+/// GET `path` (HTTP/1.1) on `io`: the status code and the first line of the
+/// body (a feed never ends, so only its first document is read).
+async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: &mut S,
+    path: &str,
+) -> (u16, String) {
+    io.write_all(format!("GET {path} HTTP/1.1\r\nHost: meshpeer-controller\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let chunked = head
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked");
+                // A chunked body starts with its size line.
+                let body = if chunked {
+                    body.split_once("\r\n").map_or("", |(_, rest)| rest)
+                } else {
+                    body
+                };
+                if let Some((line, _)) = body.split_once('\n') {
+                    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                    return (status, line.trim_end().to_owned());
+                }
+            }
+            let n = io.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed: {text}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(WITHIN, read)
+        .await
+        .expect("an answer in time")
+}
+
+#[tokio::test]
+async fn p7_p8_a_proxy_with_a_root_and_a_token_gets_its_certificate_and_follows_the_catalog() {
+    let c = c1("127.0.0.1:0").await;
+    let proxy_id = id("c1", "istio-system", "meshpeer-proxy");
+    let controller_id = id("c1", "istio-system", "meshpeer");
+    // What a proxy holds: the root certificate and a token. No CA key.
+    let client = CaClient::new(CaClientConfig {
+        address: c.cluster.to_string(),
+        root: c.root.trust_root().clone(),
+        server: controller_id.clone(),
+        token: TokenSource::Value(PROXY_TOKEN.to_owned()),
+        timeout: Duration::from_secs(10),
+    });
+    let identity = Arc::new(
+        Identity::from_issuer(
+            Arc::new(client),
+            c.root.trust_root().clone(),
+            proxy_id.clone(),
+            DAY,
+        )
+        .await
+        .unwrap(),
     );
-    // cluster2's stream to cluster1 is refused with the reason on the wire,
-    // so it never receives cluster1's segment-scoped service.
-    let v2 = mesh
-        .cluster("cluster2")
-        .wait("cluster1 refuses cluster2", |v| {
-            v.status.peers.iter().any(|p| {
-                p.cluster == "cluster1"
-                    && p.last_error
-                        .as_deref()
-                        .is_some_and(|e| e.contains("pins it to segment prod"))
-            })
-        })
-        .await;
-    assert_eq!(hosts(&v2), ["other.h.cluster.dev"]);
-    let refused = mesh.cluster("cluster1").controller().current();
-    assert!(
-        refused
-            .status
-            .refused
+    assert!(identity.cluster_ca().is_none());
+    assert_eq!(
+        meshpeer_identity::peer_identity(&identity.current().chain).unwrap(),
+        proxy_id
+    );
+
+    // The catalog, over mutual TLS, as `meshpeer proxy` follows it.
+    let tls = client_config_for(
+        Some(Arc::clone(&identity) as Arc<dyn ResolvesClientCert>),
+        c.root.trust_root(),
+        &controller_id,
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let (tx, mut rx) = watch::channel(Arc::new(CatalogFeed::default()));
+    let who = Follower {
+        role: "proxy".into(),
+        name: proxy_id.to_string(),
+        health: None,
+    };
+    let follow = tokio::spawn(feed::follow_tls(c.cluster.to_string(), tls, who, tx));
+    let got = tokio::time::timeout(WITHIN, rx.wait_for(|f| f.version > 0))
+        .await
+        .expect("the catalog in time")
+        .unwrap()
+        .clone();
+    assert_eq!(got.catalog.services.len(), 1);
+    assert_eq!(got.catalog.services[0].hostname, "echo.ns1.mesh.internal");
+
+    // The controller lists it among its data plane.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let api = c.controller.api_addr.unwrap();
+        let mut tcp = TcpStream::connect(api).await.unwrap();
+        tcp.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        let body = out.split_once("\r\n\r\n").unwrap().1;
+        let doc: StatusDoc = serde_json::from_str(body).unwrap();
+        if doc
+            .data_plane
             .iter()
-            .any(|r| r.reason == "segment_pin_mismatch"),
-        "{:?}",
-        refused.status.refused
-    );
+            .any(|f| f.role == "proxy" && f.name == proxy_id.to_string())
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not listed: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    follow.abort();
+    c.controller.shutdown().await;
+}
 
-    // cluster2 really moves to prod: both sides accept it again.
-    mesh.cluster("cluster2")
-        .write("istio-system.yaml", &segments(Some("prod")));
-    mesh.cluster("cluster1")
-        .wait("cluster2 accepted in prod", |v| {
-            condition(v, "cluster2", "gloo.solo.io/PeeringSucceeded")
-                .is_some_and(|c| c.status == "True")
-        })
+#[tokio::test]
+async fn p8_feed_refuses_a_workload_certificate() {
+    let c = c1("127.0.0.1:0").await;
+    // A certificate of this cluster, under the shared root, but a workload's.
+    let workload = c.minted("default", "sleep");
+    for path in ["/v1/catalog", "/v1/catalog/watch"] {
+        let (status, body) = c.get_feed(Some(Arc::clone(&workload)), path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(
+            body,
+            "spiffe://c1/ns/default/sa/sleep may not follow the catalog feed; allowed: \
+             spiffe://c1/ns/istio-eastwest/sa/istio-eastwest, spiffe://c1/ns/istio-system/sa/meshpeer-proxy"
+        );
+    }
+    // The gateway's identity may.
+    let (status, body) = c
+        .get_feed(
+            Some(c.minted("istio-eastwest", "istio-eastwest")),
+            "/v1/catalog",
+        )
         .await;
-    mesh.shutdown().await;
+    assert_eq!(status, 200, "{body}");
+    let m = c.metrics().await;
+    assert!(
+        m.contains(
+            "meshpeer_feed_refusals_total{listener=\"cluster\",reason=\"identity_not_allowed\"} 2"
+        ),
+        "{m}"
+    );
+    c.controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn p8_feed_refuses_a_client_without_a_certificate_or_of_another_trust_domain() {
+    let c = c1("127.0.0.1:0").await;
+    let (status, body) = c.get_feed(None, "/v1/catalog/watch").await;
+    assert_eq!(status, 403);
+    assert!(body.contains("needs a client certificate"), "{body}");
+
+    // cluster2's proxy: the right name, under the shared root, another trust domain.
+    let ca2 = c
+        .root
+        .issue_intermediate("c2", "c2", DAY, SystemTime::now() - DAY)
+        .unwrap();
+    let other = Arc::new(
+        Identity::new(
+            ca2,
+            id("c2", "istio-system", "meshpeer-proxy"),
+            DAY,
+            SystemTime::now(),
+        )
+        .unwrap(),
+    );
+    let (status, body) = c.get_feed(Some(other), "/v1/catalog/watch").await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        "the client certificate spiffe://c2/ns/istio-system/sa/meshpeer-proxy is not of this cluster's trust domain c1"
+    );
+    let m = c.metrics().await;
+    for reason in ["no_client_certificate", "other_trust_domain"] {
+        assert!(
+            m.contains(&format!(
+                "meshpeer_feed_refusals_total{{listener=\"cluster\",reason=\"{reason}\"}} 1"
+            )),
+            "{m}"
+        );
+    }
+    c.controller.shutdown().await;
+}
+
+/// This machine's address toward the outside, as a local connection's source.
+fn non_loopback_address() -> IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:9")
+        .expect("this test needs a non-loopback IPv4 interface (none found)");
+    let ip = s.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no non-loopback IPv4 address: {ip}");
+    ip
+}
+
+#[tokio::test]
+async fn p8_plain_api_serves_the_feed_to_loopback_callers_only() {
+    let c = c1("0.0.0.0:0").await;
+    let port = c.controller.api_addr.unwrap().port();
+    // From loopback: served.
+    let mut local = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (status, body) = http_get(&mut local, "/v1/catalog/watch").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("echo.ns1.mesh.internal"), "{body}");
+
+    // From this machine's other address: refused, with the way to do it.
+    let outside = non_loopback_address();
+    for path in ["/v1/catalog", "/v1/catalog/watch"] {
+        let mut tcp = TcpStream::connect((outside, port)).await.unwrap();
+        let (status, body) = http_get(&mut tcp, path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert!(
+            body.contains(&format!("{outside}"))
+                && body.contains("follow it over mutual TLS on the controller's cluster listener"),
+            "{body}"
+        );
+    }
+    // Status and metrics stay readable from there.
+    let mut tcp = TcpStream::connect((outside, port)).await.unwrap();
+    let (status, _) = http_get(&mut tcp, "/healthz").await;
+    assert_eq!(status, 200);
+    let m = c.metrics().await;
+    assert!(
+        m.contains("meshpeer_feed_refusals_total{listener=\"api\",reason=\"not_loopback\"} 2"),
+        "{m}"
+    );
+    c.controller.shutdown().await;
+}
+
+#[tokio::test]
+async fn p8_the_global_services_page_and_its_api_are_read_only() {
+    let c = c1("127.0.0.1:0").await;
+    let router = meshpeer::web::router(vec![("c1".to_owned(), c.controller.view())]);
+    let (addr, task) = meshpeer::web::serve("127.0.0.1:0".parse().unwrap(), router)
+        .await
+        .unwrap();
+    for path in [
+        "/",
+        "/api/v1/clusters",
+        "/api/v1/services",
+        "/api/v1/peers",
+        "/api/v1/diagnostics",
+        "/api/v1/events",
+    ] {
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(
+                format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            tcp.read_to_string(&mut out).await.unwrap();
+            assert!(
+                out.starts_with("HTTP/1.1 405"),
+                "{method} {path} is not refused: {out}"
+            );
+        }
+    }
+    task.abort();
+    c.controller.shutdown().await;
 }

@@ -34,7 +34,7 @@ fn identity(
     now: SystemTime,
 ) -> Arc<Identity> {
     let cluster_ca: ClusterCa = ca
-        .issue_intermediate(cluster, DAY * 365, now - DAY)
+        .issue_intermediate(cluster, td, DAY * 365, now - DAY)
         .unwrap();
     let id = SpiffeId::new(td, "istio-system", "meshpeer").unwrap();
     Arc::new(Identity::new(cluster_ca, id, leaf_validity, now).unwrap())
@@ -286,7 +286,7 @@ async fn an_unreachable_peer_is_reported_as_such() {
 /// An identity of cluster1's trust domain with any namespace and account.
 fn identity_as(ca: &RootCa, td: &str, ns: &str, sa: &str) -> Arc<Identity> {
     let now = SystemTime::now();
-    let cluster_ca: ClusterCa = ca.issue_intermediate(td, DAY * 365, now - DAY).unwrap();
+    let cluster_ca: ClusterCa = ca.issue_intermediate(td, td, DAY * 365, now - DAY).unwrap();
     let id = SpiffeId::new(td, ns, sa).unwrap();
     Arc::new(Identity::new(cluster_ca, id, DAY, now).unwrap())
 }

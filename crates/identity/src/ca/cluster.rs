@@ -6,16 +6,18 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    KeyUsagePurpose, PublicKeyData, SanType,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
 
+use super::leaf::{Leaf, SignedChain};
 use super::{
     CA_CERT_FILE, CA_EXPIRED_HINT, CA_KEY_FILE, CACERTS_HINT, CERT_CHAIN_FILE, CaError,
     LEAF_BACKDATE, ROOT_CERT_FILE, ROOT_EXPIRED_HINT, TrustRoot, check_issuer, check_key,
     check_window, generate_key, issuer_from, to_offset, window,
 };
 use crate::cert::{self, CertFacts, rfc3339};
+use crate::csr::CertificateRequest;
 use crate::pem_files::{self, NewFile};
 use crate::spiffe::SpiffeId;
 use crate::verify;
@@ -31,37 +33,10 @@ pub struct ClusterCa {
     /// self-signed: the intermediates between ours and the root.
     chain_tail: Vec<CertificateDer<'static>>,
     facts: CertFacts,
+    /// The trust domain of the intermediate's `spiffe://<td>` URI SAN (SPEC
+    /// P6); `None` for an intermediate made before bindings existed.
+    binding: Option<String>,
     root: TrustRoot,
-}
-
-/// A leaf certificate and its key, as issued by [`ClusterCa::issue_leaf`].
-#[derive(Debug)]
-pub struct Leaf {
-    /// The leaf, then the intermediate (then any further certificates of
-    /// `cert-chain.pem` short of the root): what a TLS peer is sent.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// The leaf's private key (PKCS#8, ECDSA P-256).
-    pub key: PrivateKeyDer<'static>,
-    /// The leaf's notBefore (whole seconds).
-    pub not_before: SystemTime,
-    /// The leaf's notAfter (whole seconds).
-    pub not_after: SystemTime,
-}
-
-impl Leaf {
-    /// When the leaf should be replaced: once two thirds of its lifetime have passed.
-    pub fn renew_at(&self) -> SystemTime {
-        let lifetime = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + lifetime * 2 / 3
-    }
-
-    /// Whether less than a third of the lifetime remains at `now` (or it has expired).
-    pub fn is_due(&self, now: SystemTime) -> bool {
-        now >= self.renew_at()
-    }
 }
 
 impl ClusterCa {
@@ -73,11 +48,14 @@ impl ClusterCa {
         root: &TrustRoot,
     ) -> Result<Self, CaError> {
         let cert_pem = cert.pem();
-        let facts = cert::facts(cert.der()).map_err(|detail| CaError::BadCertificate {
+        let bad = |detail| CaError::BadCertificate {
             path: PathBuf::from(CA_CERT_FILE),
             detail,
-        })?;
+        };
+        let facts = cert::facts(cert.der()).map_err(bad)?;
+        let binding = cert::binding_of(cert.der()).map_err(bad)?;
         Ok(ClusterCa {
+            binding,
             chain_pem: format!("{cert_pem}{}", root.pem),
             cert: cert.der().clone(),
             cert_pem,
@@ -165,10 +143,13 @@ impl ClusterCa {
         let root = pem_files::parse_cert(read(ROOT_CERT_FILE, &root_path)?, &root_path)?;
         let chain = pem_files::parse_certs(read(CERT_CHAIN_FILE, &chain_path)?, &chain_path)?;
 
-        let facts = cert::facts(&cert.value).map_err(|detail| CaError::BadCertificate {
+        let bad = |detail| CaError::BadCertificate {
             path: cert_path.clone(),
             detail,
-        })?;
+        };
+        let facts = cert::facts(&cert.value).map_err(bad)?;
+        // An intermediate without a binding (made before SPEC P6) still loads.
+        let binding = cert::binding_of(&cert.value).map_err(bad)?;
         let root = TrustRoot::new(root.value, root.text, &root_path)?;
         check_key(&facts, &key.value, &key_path, &cert_path)?;
         if chain.value.first() != Some(&cert.value) {
@@ -183,7 +164,7 @@ impl ClusterCa {
             .value
             .iter()
             .skip(1)
-            .filter(|c| !is_self_signed(c))
+            .filter(|c| !cert::is_self_signed(c))
             .cloned()
             .collect();
         let ca = ClusterCa {
@@ -194,6 +175,7 @@ impl ClusterCa {
             chain_pem: chain.text,
             chain_tail,
             facts,
+            binding,
             root,
         };
         ca.check_issues_verifiable_leaves(now, cert_path, root_path)?;
@@ -207,8 +189,9 @@ impl ClusterCa {
         cert_path: PathBuf,
         root_path: PathBuf,
     ) -> Result<(), CaError> {
+        let probe_td = self.binding().unwrap_or("probe.invalid");
         let probe_id =
-            SpiffeId::new("probe.invalid", "probe", "probe").map_err(|err| CaError::Unusable {
+            SpiffeId::new(probe_td, "probe", "probe").map_err(|err| CaError::Unusable {
                 cert_path: cert_path.clone(),
                 detail: err.to_string(),
             })?;
@@ -220,7 +203,7 @@ impl ClusterCa {
             cert::to_unix(now).max(0).unsigned_abs(),
         ));
         match verify::verify_chain(&self.root, end_entity, intermediates, time, true) {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             Err(err) if verify::is_wrong_root(&err) => Err(CaError::NotSignedByRoot {
                 cert_path,
                 root_path,
@@ -248,19 +231,68 @@ impl ClusterCa {
         self.facts.not_after
     }
 
+    /// The trust domain this intermediate is bound to (its `spiffe://<td>`
+    /// URI SAN, SPEC P6), or `None` for an intermediate made before
+    /// bindings existed, which may issue for any trust domain.
+    pub fn binding(&self) -> Option<&str> {
+        self.binding.as_deref()
+    }
+
     /// Issues a leaf for `id`: ECDSA P-256, empty subject, the SPIFFE ID as
     /// its only SAN (a URI, marked critical), not a CA, key usage
     /// digitalSignature, extended key usages serverAuth and clientAuth.
     ///
     /// Valid from `now` minus [`LEAF_BACKDATE`] until `now + validity`, but
     /// never past the intermediate's notAfter. Fails if the intermediate has
-    /// expired at `now`.
+    /// expired at `now`, or is bound to another trust domain than `id`'s
+    /// ([`CaError::TrustDomainNotBound`]).
     pub fn issue_leaf(
         &self,
         id: &SpiffeId,
         validity: Duration,
         now: SystemTime,
     ) -> Result<Leaf, CaError> {
+        let key = generate_key("leaf key")?;
+        let signed = self.sign(&key, id, validity, now)?;
+        Ok(Leaf {
+            chain: signed.chain,
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+        })
+    }
+
+    /// Signs a leaf for `id` over the public key of `request` (whose
+    /// signature [`CertificateRequest::from_pem`] checked), exactly as
+    /// [`ClusterCa::issue_leaf`] would: only the key comes from the request;
+    /// names, usages and validity are ours. Checking that `id` is what the
+    /// requester may have is the caller's job.
+    pub fn sign_request(
+        &self,
+        request: &CertificateRequest,
+        id: &SpiffeId,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<SignedChain, CaError> {
+        self.sign(request.public_key(), id, validity, now)
+    }
+
+    fn sign(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<SignedChain, CaError> {
+        if let Some(binding) = self.binding()
+            && binding != id.trust_domain()
+        {
+            return Err(CaError::TrustDomainNotBound {
+                subject: self.facts.subject.clone(),
+                binding: binding.to_owned(),
+                requested: id.to_string(),
+            });
+        }
         check_issuer(&self.facts, now)?;
         let (not_before, mut not_after) = window(now, LEAF_BACKDATE, validity)?;
         let ca_not_after = to_offset(cert::to_unix(self.facts.not_after), now, validity)?;
@@ -284,9 +316,8 @@ impl ClusterCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let key = generate_key("leaf key")?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|source| CaError::Generate {
                 what: "leaf certificate",
                 source,
@@ -295,9 +326,8 @@ impl ClusterCa {
         chain.push(cert.der().clone());
         chain.push(self.cert.clone());
         chain.extend(self.chain_tail.iter().cloned());
-        Ok(Leaf {
+        Ok(SignedChain {
             chain,
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
             not_before: cert::from_unix(not_before.unix_timestamp()),
             not_after: cert::from_unix(not_after.unix_timestamp()),
         })
@@ -309,12 +339,8 @@ impl fmt::Debug for ClusterCa {
         f.debug_struct("ClusterCa")
             .field("subject", &self.facts.subject)
             .field("not_after", &rfc3339(self.facts.not_after))
+            .field("binding", &self.binding)
             .field("root", &self.root)
             .finish_non_exhaustive()
     }
-}
-
-/// Roots are self-signed; they are never sent as part of a chain.
-fn is_self_signed(der: &CertificateDer<'_>) -> bool {
-    cert::parse(der).is_ok_and(|c| c.subject().as_raw() == c.issuer().as_raw())
 }

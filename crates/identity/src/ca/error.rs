@@ -150,6 +150,27 @@ pub enum CaError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// A trust domain given for an intermediate's binding is not valid.
+    #[error("cannot bind the intermediate to this trust domain: {source}")]
+    InvalidTrustDomain {
+        /// Why the trust domain is not valid.
+        #[source]
+        source: crate::spiffe::SpiffeIdError,
+    },
+    /// The intermediate is bound to one trust domain (SPEC P6) and was asked
+    /// for a certificate of another.
+    #[error(
+        "cannot issue a certificate for {requested}: CA {subject:?} is bound to trust domain \
+         {binding} (SPEC P6), and a cluster's CA issues identities of its own trust domain only"
+    )]
+    TrustDomainNotBound {
+        /// The CA's subject.
+        subject: String,
+        /// The trust domain the CA is bound to.
+        binding: String,
+        /// The identity asked for.
+        requested: String,
+    },
     /// The validity window does not fit in an X.509 certificate.
     #[error("validity from {now:?} for {validity:?} cannot be expressed in a certificate")]
     Validity {

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod error;
+mod leaf;
 mod root;
 
 use std::fmt;
@@ -14,8 +15,9 @@ use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 use crate::cert::{self, CertFacts};
 
-pub use cluster::{ClusterCa, Leaf};
+pub use cluster::ClusterCa;
 pub use error::CaError;
+pub use leaf::{IssuedError, Leaf, SignedChain};
 pub use root::RootCa;
 
 /// The intermediate certificate, in a cluster's `cacerts` directory.
@@ -40,6 +42,8 @@ pub(crate) const CACERTS_HINT: &str = "a cluster's cacerts directory holds ca-ce
 pub(crate) const ROOT_HINT: &str = "the root directory holds root-cert.pem and root-key.pem; \
     generate them once (RootCa::generate then RootCa::write) and keep them for every cluster \
     of the mesh";
+pub(crate) const ROOT_FILE_HINT: &str = "the shared root certificate is root-cert.pem of \
+    any cluster's cacerts (or of the root's directory); mount only that file, never ca-key.pem";
 pub(crate) const ROOT_EXPIRED_HINT: &str = "the shared root has expired: generate a new root \
     and re-issue every cluster's intermediate from it";
 pub(crate) const CA_EXPIRED_HINT: &str = "issue a new intermediate for this cluster from the \
@@ -94,6 +98,19 @@ impl TrustRoot {
     /// The root's notAfter.
     pub fn not_after(&self) -> SystemTime {
         self.facts.not_after
+    }
+
+    /// The root certificate in PEM (as in `root-cert.pem`).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// Reads a root certificate file (such as `root-cert.pem`): the one
+    /// certificate every chain must lead to, and all a proxy or gateway
+    /// needs to verify its controller and its peers (SPEC P7).
+    pub fn load(path: &Path) -> Result<Self, CaError> {
+        let cert = crate::pem_files::read_cert(path, ROOT_FILE_HINT)?;
+        TrustRoot::new(cert.value, cert.text, path)
     }
 }
 

@@ -4,13 +4,14 @@ use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
 
 use super::{
     CaError, ClusterCa, ROOT_CERT_FILE, ROOT_EXPIRED_HINT, ROOT_HINT, ROOT_KEY_FILE, TrustRoot,
     check_issuer, check_key, check_name, check_window, generate_key, issuer_from, subject, window,
 };
 use crate::pem_files::{self, NewFile};
+use crate::spiffe::SpiffeId;
 
 /// The root CA shared by all clusters of a mesh (certificate and key).
 pub struct RootCa {
@@ -104,13 +105,54 @@ impl RootCa {
 
     /// Issues the intermediate CA of one cluster (ECDSA P-256, subject
     /// `CN=<cluster_name>, O=meshpeer`, CA with path length 0, key usages
-    /// keyCertSign and cRLSign), valid from `now` for `validity`.
+    /// keyCertSign and cRLSign), valid from `now` for `validity`, bound to
+    /// `trust_domain` (SPEC P6) by the URI SAN `spiffe://<trust_domain>`.
     ///
-    /// Fails if `cluster_name` is empty or longer than 64 bytes, the root has
-    /// expired at `now`, or the window does not fit in a certificate.
+    /// The binding is a URI SAN, not X.509 name constraints: rcgen cannot
+    /// write URI name constraints, and webpki does not enforce them on URI
+    /// SANs anyway. A SAN on the CA is how SPIFFE and Istio tie a signing
+    /// certificate to a trust domain; our verifiers ([`crate::server_config`],
+    /// [`crate::client_config`]) refuse a leaf whose trust domain differs
+    /// from it, and [`ClusterCa::issue_leaf`] refuses to issue one.
+    ///
+    /// Fails if `cluster_name` is empty or longer than 64 bytes, the trust
+    /// domain is not a valid SPIFFE trust domain, the root has expired at
+    /// `now`, or the window does not fit in a certificate.
     pub fn issue_intermediate(
         &self,
         cluster_name: &str,
+        trust_domain: &str,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<ClusterCa, CaError> {
+        SpiffeId::check_trust_domain(trust_domain)
+            .map_err(|source| CaError::InvalidTrustDomain { source })?;
+        let uri = format!("spiffe://{trust_domain}")
+            .try_into()
+            .map_err(|source| CaError::Generate {
+                what: "intermediate URI SAN",
+                source,
+            })?;
+        self.intermediate(cluster_name, vec![SanType::URI(uri)], validity, now)
+    }
+
+    /// Issues an intermediate bound to no trust domain, as meshpeer did
+    /// before SPEC P6. Such intermediates still load and verify (no flag
+    /// day), and `meshpeer check` warns about them; this exists to test
+    /// and reproduce that case. Use [`RootCa::issue_intermediate`].
+    pub fn issue_unbound_intermediate(
+        &self,
+        cluster_name: &str,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<ClusterCa, CaError> {
+        self.intermediate(cluster_name, Vec::new(), validity, now)
+    }
+
+    fn intermediate(
+        &self,
+        cluster_name: &str,
+        sans: Vec<SanType>,
         validity: Duration,
         now: SystemTime,
     ) -> Result<ClusterCa, CaError> {
@@ -119,6 +161,7 @@ impl RootCa {
         let (not_before, not_after) = window(now, Duration::ZERO, validity)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = subject(cluster_name);
+        params.subject_alt_names = sans;
         params.not_before = not_before;
         params.not_after = not_after;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -23,7 +23,7 @@ pub(crate) fn root(common_name: &str) -> RootCa {
 
 /// An intermediate for `cluster`, valid from a day ago for a year.
 pub(crate) fn cluster(root: &RootCa, cluster: &str) -> ClusterCa {
-    root.issue_intermediate(cluster, YEAR, SystemTime::now() - DAY)
+    root.issue_intermediate(cluster, cluster, YEAR, SystemTime::now() - DAY)
         .unwrap()
 }
 
@@ -45,7 +45,7 @@ pub(crate) fn identity_at(
     validity: Duration,
 ) -> Arc<Identity> {
     let ca = root
-        .issue_intermediate(cluster_name, YEAR, now - DAY)
+        .issue_intermediate(cluster_name, cluster_name, YEAR, now - DAY)
         .unwrap();
     Arc::new(Identity::new(ca, spiffe(cluster_name), validity, now).unwrap())
 }
@@ -127,15 +127,23 @@ where
     Outcome { server, client }
 }
 
-/// Leaves that our `ClusterCa` would never issue, signed by a cluster's
-/// intermediate read back from its cacerts directory.
-pub(crate) fn custom_leaf(
-    ca: &ClusterCa,
-    sans: Vec<rcgen::SanType>,
-) -> (
+/// A certificate chain and its key.
+pub(crate) type Chain = (
     Vec<CertificateDer<'static>>,
     rustls_pki_types::PrivateKeyDer<'static>,
-) {
+);
+
+/// Both ends of a TCP connection on loopback (port 0): (client, server).
+pub(crate) async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (client.unwrap(), accepted.unwrap().0)
+}
+
+/// Leaves that our `ClusterCa` would never issue, signed by a cluster's
+/// intermediate read back from its cacerts directory.
+pub(crate) fn custom_leaf(ca: &ClusterCa, sans: Vec<rcgen::SanType>) -> Chain {
     let dir = tempfile::tempdir().unwrap();
     ca.write(dir.path()).unwrap();
     let ca_key =

@@ -169,6 +169,10 @@ fn configuration(f: &ClusterFacts) -> Check {
             detail.push(format!("Cacerts: {at}"));
             detail.push(format!("  intermediate valid until {}", date(ca.not_after())));
             detail.push(format!(
+                "  intermediate bound to trust domain: {}",
+                ca.binding().unwrap_or("(none)")
+            ));
+            detail.push(format!(
                 "  root valid until {}, SHA-256 {}",
                 date(root.not_after()),
                 root.sha256_fingerprint()
@@ -199,6 +203,7 @@ fn configuration(f: &ClusterFacts) -> Check {
                     date(ca.not_after())
                 )));
             }
+            items.push(binding(f, at, ca.binding()));
         }
         CaFacts::Broken { at, error } => items.push(Item::fail(
             format!("cacerts {at} cannot be used: {error}"),
@@ -240,6 +245,48 @@ fn configuration(f: &ClusterFacts) -> Check {
     })
     .retitle("configuration is valid")
     .with_detail(detail)
+}
+
+/// SPEC P6: the intermediate must be bound to the cluster's trust domain.
+fn binding(f: &ClusterFacts, at: &CaPlace, bound: Option<&str>) -> Item {
+    let td = &f.export.cluster.trust_domain;
+    let reissue = || {
+        let certs = format!(
+            "meshpeer certs cluster {} --trust-domain {td} --root ROOT_DIR",
+            f.name
+        );
+        match f.ca_place() {
+            CaPlace::Folder(_) => format!(
+                "issue the cluster's intermediate bound to its trust domain: {certs} --out NEW_DIR, then restart the controller with --cacerts NEW_DIR"
+            ),
+            CaPlace::Secret { .. } => format!(
+                "issue the cluster's intermediate bound to its trust domain: {}",
+                make_cacerts(f, true).replacen(
+                    &format!("meshpeer certs cluster {} --root ROOT_DIR", f.name),
+                    &certs,
+                    1
+                )
+            ),
+        }
+    };
+    match bound {
+        Some(b) if b == td => Item::ok(format!(
+            "cacerts {at}: intermediate bound to trust domain {td}"
+        )),
+        Some(b) => Item::fail(
+            format!(
+                "cacerts {at}: the intermediate is bound to trust domain {b}, but cluster {} has trust domain {td}: it cannot issue this cluster's identities, and peers refuse them (SPEC P6)",
+                f.name
+            ),
+            reissue(),
+        ),
+        None => Item::warn(
+            format!(
+                "cacerts {at}: the intermediate is not bound to a trust domain (made before SPEC P6): a leaked key could speak for any cluster"
+            ),
+            reissue(),
+        ),
+    }
 }
 
 impl Check {

@@ -129,6 +129,8 @@ impl CaFacts {
 pub struct LiveState {
     /// Its API address.
     pub addr: String,
+    /// Its cluster listener, when the runtime file says.
+    pub cluster: Option<String>,
     /// Where the address came from (`--controller`, the runtime file).
     pub from: String,
     pub status: ControllerStatus,
@@ -377,10 +379,14 @@ fn beside(dir: &Path) -> PathBuf {
 /// Asks the controller for its status, catalog and data plane, and probes
 /// the data plane's health endpoints.
 async fn live(input: &ClusterInput, within: Duration) -> Live {
-    let (addr, from) = match (&input.controller, &input.origin) {
-        (Some(a), _) => (a.clone(), "--controller".to_owned()),
+    let (addr, from, cluster) = match (&input.controller, &input.origin) {
+        (Some(a), _) => (a.clone(), "--controller".to_owned(), None),
         (None, Origin::Folder(dir)) => match read_runtime_file(dir) {
-            Some(Ok(f)) => (f.api, dir.join(RUNTIME_FILE).display().to_string()),
+            Some(Ok(f)) => (
+                f.api,
+                dir.join(RUNTIME_FILE).display().to_string(),
+                f.cluster,
+            ),
             Some(Err(error)) => {
                 return Live::Down {
                     addr: "?".to_owned(),
@@ -430,6 +436,7 @@ async fn live(input: &ClusterInput, within: Duration) -> Live {
         .collect();
     Live::Up(Box::new(LiveState {
         addr,
+        cluster,
         from,
         status: doc.status,
         data_plane: doc.data_plane,

@@ -294,9 +294,10 @@ pub(super) fn data_plane(f: &ClusterFacts) -> Check {
             "gateway",
             "linked clusters cannot send to this cluster's services",
             format!(
-                "meshpeer gateway --controller {} --cacerts {} --listen {} --metrics ADDR",
-                s.addr,
+                "meshpeer gateway --controller {} --root-cert {}/root-cert.pem --token-file TOKEN_FILE --trust-domain {} --listen {} --metrics ADDR",
+                s.cluster.as_deref().unwrap_or("CONTROLLER:15013"),
                 f.cacerts_hint(),
+                f.export.cluster.trust_domain,
                 hbone_listen(f)
             ),
         ),
@@ -304,9 +305,10 @@ pub(super) fn data_plane(f: &ClusterFacts) -> Check {
             "proxy",
             "this cluster's clients cannot resolve or reach global services",
             format!(
-                "meshpeer proxy --controller {} --cacerts {} --metrics ADDR",
-                s.addr,
-                f.cacerts_hint()
+                "meshpeer proxy --controller {} --root-cert {}/root-cert.pem --token-file TOKEN_FILE --trust-domain {} --metrics ADDR",
+                s.cluster.as_deref().unwrap_or("CONTROLLER:15013"),
+                f.cacerts_hint(),
+                f.export.cluster.trust_domain
             ),
         ),
     ] {

@@ -35,7 +35,9 @@ pub(super) fn chains_to(ca: &ClusterCa, root: &TrustRoot) -> Result<(), String> 
     )
     .build()
     .map_err(|e| format!("the root cannot be used: {e}"))?;
-    let id = SpiffeId::new("probe.invalid", "probe", "probe").map_err(|e| e.to_string())?;
+    // A bound intermediate issues only for its trust domain (SPEC P6).
+    let td = ca.binding().unwrap_or("probe.invalid");
+    let id = SpiffeId::new(td, "probe", "probe").map_err(|e| e.to_string())?;
     let leaf = ca
         .issue_leaf(&id, Duration::from_secs(60), SystemTime::now())
         .map_err(|e| e.to_string())?;

@@ -22,6 +22,9 @@ pub struct RuntimeFile {
     pub api: String,
     /// Its peering server.
     pub peering: String,
+    /// Its cluster listener (certificates, catalog over mutual TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Its process id.
     pub pid: u32,
 }
@@ -36,10 +39,12 @@ pub fn write_runtime_file(
     dir: &Path,
     api_addr: SocketAddr,
     peering_addr: SocketAddr,
+    cluster_addr: Option<SocketAddr>,
 ) -> io::Result<()> {
     let file = RuntimeFile {
         api: api_addr.to_string(),
         peering: peering_addr.to_string(),
+        cluster: cluster_addr.map(|a| a.to_string()),
         pid: std::process::id(),
     };
     let target = path(dir);
@@ -83,10 +88,12 @@ mod tests {
         assert!(read_runtime_file(dir.path()).is_none());
         let api: SocketAddr = "127.0.0.1:15114".parse().unwrap();
         let peering: SocketAddr = "127.0.1.1:15012".parse().unwrap();
-        write_runtime_file(dir.path(), api, peering).unwrap();
+        let cluster: SocketAddr = "127.0.1.1:15013".parse().unwrap();
+        write_runtime_file(dir.path(), api, peering, Some(cluster)).unwrap();
         let f = read_runtime_file(dir.path()).unwrap().unwrap();
         assert_eq!(f.api, "127.0.0.1:15114");
         assert_eq!(f.peering, "127.0.1.1:15012");
+        assert_eq!(f.cluster.as_deref(), Some("127.0.1.1:15013"));
         remove_runtime_file(dir.path()).unwrap();
         assert!(read_runtime_file(dir.path()).is_none());
         fs::write(path(dir.path()), "not json").unwrap();

@@ -28,7 +28,7 @@ async fn example_facts(tmp: &Path) -> Vec<ClusterFacts> {
     let mut inputs = Vec::new();
     for c in ["cluster1", "cluster2"] {
         let dir = tmp.join(c);
-        root.issue_intermediate(c, YEAR, now)
+        root.issue_intermediate(c, c, YEAR, now)
             .unwrap()
             .write(&dir)
             .unwrap();
@@ -65,6 +65,87 @@ async fn precheck_of_the_example_passes() {
     );
 }
 
+/// The two example clusters, cluster1's intermediate made by `make`.
+async fn facts_with(
+    tmp: &Path,
+    make: impl Fn(&RootCa, SystemTime) -> meshpeer_identity::ClusterCa,
+) -> Vec<ClusterFacts> {
+    let now = SystemTime::now();
+    let root = RootCa::generate("test root", YEAR, now).unwrap();
+    let mut inputs = Vec::new();
+    for c in ["cluster1", "cluster2"] {
+        let dir = tmp.join(c);
+        let ca = if c == "cluster1" {
+            make(&root, now)
+        } else {
+            root.issue_intermediate(c, c, YEAR, now).unwrap()
+        };
+        ca.write(&dir).unwrap();
+        let mut input = ClusterInput::folder(example(c));
+        input.cacerts = Some(dir);
+        inputs.push(input);
+    }
+    gather(&inputs, true, Duration::from_secs(1)).await.unwrap()
+}
+
+#[tokio::test]
+async fn p6_check_warns_about_an_unbound_intermediate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = facts_with(tmp.path(), |root, now| {
+        root.issue_unbound_intermediate("cluster1", YEAR, now)
+            .unwrap()
+    })
+    .await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let config = report.find(Some("cluster1"), names::CONFIGURATION).unwrap();
+    assert_eq!(config.status, Status::Warn, "{}", report.render(true));
+    let item = config
+        .items
+        .iter()
+        .find(|i| i.text.contains("not bound to a trust domain"))
+        .unwrap_or_else(|| panic!("{}", report.render(true)));
+    assert_eq!(item.status, Status::Warn);
+    assert!(
+        item.fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("meshpeer certs cluster cluster1 --trust-domain cluster1 --root ROOT_DIR"),
+        "{item:?}"
+    );
+    // Still compatible with the other cluster: no flag day.
+    let certs = report.find(None, names::CERTS).unwrap();
+    assert_eq!(certs.status, Status::Ok, "{}", report.render(true));
+    // A bound one is fine.
+    let ok = report.find(Some("cluster2"), names::CONFIGURATION).unwrap();
+    assert!(
+        ok.items.iter().any(|i| i.status == Status::Ok
+            && i.text
+                .ends_with("intermediate bound to trust domain cluster2")),
+        "{}",
+        report.render(true)
+    );
+}
+
+#[tokio::test]
+async fn p6_check_fails_when_the_binding_is_another_trust_domain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = facts_with(tmp.path(), |root, now| {
+        root.issue_intermediate("cluster1", "cluster9", YEAR, now)
+            .unwrap()
+    })
+    .await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let config = report.find(Some("cluster1"), names::CONFIGURATION).unwrap();
+    assert_eq!(config.status, Status::Fail, "{}", report.render(true));
+    assert!(
+        config.title.contains(
+            "the intermediate is bound to trust domain cluster9, but cluster cluster1 has trust domain cluster1"
+        ),
+        "{}",
+        config.title
+    );
+}
+
 fn condition(type_: &str, ok: bool, message: &str) -> Condition {
     Condition {
         type_: type_.to_owned(),
@@ -95,6 +176,7 @@ async fn live_state_is_judged_from_the_peer_conditions() {
     }];
     facts[0].live = Live::Up(Box::new(LiveState {
         addr: "127.0.0.1:15114".to_owned(),
+        cluster: None,
         from: "--controller".to_owned(),
         status,
         data_plane: Vec::new(),
@@ -147,7 +229,9 @@ fn chains_verify_only_under_the_issuing_root() {
     let now = SystemTime::now();
     let root = RootCa::generate("root a", YEAR, now).unwrap();
     let other = RootCa::generate("root b", YEAR, now).unwrap();
-    let ca = root.issue_intermediate("cluster1", YEAR, now).unwrap();
+    let ca = root
+        .issue_intermediate("cluster1", "cluster1", YEAR, now)
+        .unwrap();
     assert_eq!(mesh::chains_to(&ca, root.trust_root()), Ok(()));
     let err = mesh::chains_to(&ca, other.trust_root()).unwrap_err();
     assert_eq!(err, "its intermediate was not issued by that root");
@@ -313,6 +397,7 @@ async fn kubernetes_mode_without_a_client_for_the_context_says_so() {
 fn live(status: ControllerStatus) -> Live {
     Live::Up(Box::new(LiveState {
         addr: "127.0.0.1:15114".to_owned(),
+        cluster: None,
         from: "--controller".to_owned(),
         status,
         data_plane: Vec::new(),

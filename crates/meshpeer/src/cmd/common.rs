@@ -1,13 +1,12 @@
 //! What the long-running roles (`controller`, `proxy`, `gateway`) share:
-//! logging, the runtime, signals, the cluster CA and a renewed workload
-//! certificate, waiting for the controller's first catalog, and the
-//! `--metrics` endpoint.
+//! logging, the runtime, signals, a proxy's or gateway's certificate from
+//! the controller's signing endpoint (kept renewed), waiting for the
+//! controller's first catalog over mutual TLS, and the `--metrics` endpoint.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
@@ -15,15 +14,17 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use meshpeer_ca::{CaClient, CaClientConfig, TokenSource};
 use meshpeer_dataplane::feed::{self, CatalogFeed};
-use meshpeer_identity::{CA_CERT_FILE, ClusterCa, Identity, SpiffeId};
+use meshpeer_identity::{Identity, LeafIssuer, SpiffeId, TrustRoot, client_config_for};
 use prometheus_client::registry::Registry;
+use rustls::client::ResolvesClientCert;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::cli::LogFormat;
+use crate::cli::{ControllerConnArgs, LogFormat};
 
 /// `info`, except hickory's per-query lines (the proxy counts queries in
 /// its metrics instead). `RUST_LOG` replaces it.
@@ -90,58 +91,125 @@ impl Signals {
     }
 }
 
-/// Loads the cluster's intermediate CA; the error names the folder and the file.
-pub(crate) fn load_ca(cacerts: &Path) -> anyhow::Result<ClusterCa> {
-    ClusterCa::load(cacerts, SystemTime::now()).with_context(|| {
+/// How a proxy or gateway reaches its controller and who it is there
+/// (SPEC P7): the shared root, the signing endpoint's client, the
+/// controller's identity and its own.
+pub(crate) struct ControllerLink {
+    pub(crate) address: String,
+    pub(crate) root: TrustRoot,
+    pub(crate) controller_id: SpiffeId,
+    pub(crate) own_id: SpiffeId,
+    pub(crate) client: CaClient,
+}
+
+/// Reads the root and checks the token file, from the flags of a role whose
+/// identity is `default_id` (namespace, service account) unless the flags say.
+pub(crate) fn controller_link(
+    args: &ControllerConnArgs,
+    default_id: (&str, &str),
+) -> anyhow::Result<ControllerLink> {
+    let td = args
+        .trust_domain
+        .as_deref()
+        .or(args.cluster_name.as_deref())
+        .context("give --trust-domain (or --cluster-name)")?;
+    let root = TrustRoot::load(&args.root_cert).with_context(|| {
         format!(
-            "cannot load the cluster's CA from {} (make one: meshpeer certs cluster NAME --root ROOT_DIR --out {})",
-            cacerts.display(),
-            cacerts.display()
+            "cannot read the shared root certificate from {} (a cluster's root-cert.pem: meshpeer certs cluster NAME --root ROOT_DIR --out DIR writes it)",
+            args.root_cert.display()
         )
+    })?;
+    std::fs::metadata(&args.token_file).with_context(|| {
+        format!(
+            "cannot read the token file {} (make one: meshpeer certs token --tokens TOKENS_FILE --namespace {} --service-account {} --out {})",
+            args.token_file.display(),
+            default_id.0,
+            default_id.1,
+            args.token_file.display()
+        )
+    })?;
+    let (ns, sa) = meshpeer::cluster_api::CONTROLLER_IDENTITY;
+    let controller_id = SpiffeId::new(td, ns, sa)
+        .with_context(|| format!("trust domain {td:?} does not make a SPIFFE ID"))?;
+    let own_id = SpiffeId::new(
+        td,
+        args.namespace.as_deref().unwrap_or(default_id.0),
+        args.service_account.as_deref().unwrap_or(default_id.1),
+    )
+    .context("--namespace/--service-account do not make a SPIFFE ID")?;
+    let client = CaClient::new(CaClientConfig {
+        address: args.controller.clone(),
+        root: root.clone(),
+        server: controller_id.clone(),
+        token: TokenSource::File(args.token_file.clone()),
+        timeout: Duration::from_secs(10),
+    });
+    Ok(ControllerLink {
+        address: args.controller.clone(),
+        root,
+        controller_id,
+        own_id,
+        client,
     })
 }
 
-/// Issues this process's certificate for `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`.
-pub(crate) fn issue_identity(
-    ca: ClusterCa,
-    cacerts: &Path,
-    trust_domain: &str,
-    ns: &str,
-    sa: &str,
+/// Obtains this process's first certificate from the controller's signing
+/// endpoint, retrying (1 s, doubling up to 30 s) as long as it takes, or
+/// until a signal (then `None`). From then on the certificate is presented
+/// when renewing, and renewed at two thirds of its lifetime.
+pub(crate) async fn obtain_identity(
+    link: &ControllerLink,
     lifetime: Duration,
-) -> anyhow::Result<Arc<Identity>> {
-    let id = SpiffeId::new(trust_domain, ns, sa).with_context(|| {
-        format!("the controller's trust domain {trust_domain:?} does not make a SPIFFE ID")
-    })?;
-    let identity =
-        Identity::new(ca, id.clone(), lifetime, SystemTime::now()).with_context(|| {
-            format!(
-                "the cluster CA in {} ({}) cannot issue a certificate for {id}",
-                cacerts.display(),
-                cacerts.join(CA_CERT_FILE).display()
-            )
-        })?;
-    info!(identity = %id, "certificate issued");
-    Ok(Arc::new(identity))
-}
-
-/// Renews the certificate when two thirds of its lifetime have passed.
-pub(crate) fn keep_renewed(identity: Arc<Identity>, lifetime: Duration) -> JoinHandle<()> {
-    let every = (lifetime / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    signals: &mut Signals,
+) -> anyhow::Result<Option<(Arc<Identity>, JoinHandle<()>)>> {
+    let address = &link.address;
+    info!(controller = %address, identity = %link.own_id, "waiting for a certificate from the controller at {address}");
+    let issuer: Arc<dyn LeafIssuer> = Arc::new(link.client.clone());
+    let attempts = async {
+        let mut wait = Duration::from_secs(1);
+        let mut last_said = None::<tokio::time::Instant>;
         loop {
-            tick.tick().await;
-            match identity.rotate_if_due(SystemTime::now()) {
-                Ok(true) => info!(identity = %identity.spiffe_id(), "certificate renewed"),
-                Ok(false) => {}
+            match Identity::from_issuer(
+                Arc::clone(&issuer),
+                link.root.clone(),
+                link.own_id.clone(),
+                lifetime,
+            )
+            .await
+            {
+                Ok(identity) => return Arc::new(identity),
                 Err(e) => {
-                    warn!(identity = %identity.spiffe_id(), error = %e, "cannot renew the certificate; will retry")
+                    if last_said.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                        warn!(controller = %address, error = %e, retry_in = ?wait, "cannot get a certificate from the controller; retrying");
+                        last_said = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
                 }
             }
         }
-    })
+    };
+    let identity = tokio::select! {
+        identity = attempts => identity,
+        why = signals.recv() => {
+            info!("{why} received while waiting for a certificate; exiting");
+            return Ok(None);
+        }
+    };
+    link.client.renew_with(&identity);
+    let leaf = identity.current();
+    info!(
+        identity = %identity.spiffe_id(),
+        from = %identity.issuer(),
+        valid_for_s = leaf
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            .as_secs(),
+        "certificate issued"
+    );
+    let renew = tokio::spawn(Arc::clone(&identity).run_rotation());
+    Ok(Some((identity, renew)))
 }
 
 /// Fails, naming `addr`, when it cannot be listened on (TCP, and UDP when
@@ -189,15 +257,23 @@ pub(crate) fn follower(role: &str, metrics: Option<SocketAddr>) -> feed::Followe
     }
 }
 
-/// Follows the controller's catalog and waits for its first version, or for
-/// a signal (then `None`).
+/// Follows the controller's catalog over mutual TLS (SPEC P8) and waits for
+/// its first version, or for a signal (then `None`).
 pub(crate) async fn wait_or_stop(
-    controller: &str,
+    link: &ControllerLink,
+    identity: &Arc<Identity>,
     who: feed::Follower,
     signals: &mut Signals,
 ) -> anyhow::Result<Option<(watch::Receiver<Arc<CatalogFeed>>, Follow)>> {
+    let resolver: Arc<dyn ResolvesClientCert> = Arc::clone(identity) as Arc<dyn ResolvesClientCert>;
+    let tls = client_config_for(
+        Some(resolver),
+        &link.root,
+        &link.controller_id,
+        &[b"http/1.1"],
+    )?;
     tokio::select! {
-        r = wait_for_catalog(controller, who) => r.map(Some),
+        r = wait_for_catalog(&link.address, tls, who) => r.map(Some),
         why = signals.recv() => {
             info!("{why} received while waiting for the controller's catalog; exiting");
             Ok(None)
@@ -205,16 +281,18 @@ pub(crate) async fn wait_or_stop(
     }
 }
 
-/// Follows `GET /v1/catalog/watch` of the controller at `controller` and
-/// waits, as long as it takes, for the first catalog.
+/// Follows `GET /v1/catalog/watch` of the controller's cluster listener at
+/// `controller` and waits, as long as it takes, for the first catalog.
 async fn wait_for_catalog(
     controller: &str,
+    tls: Arc<rustls::ClientConfig>,
     who: feed::Follower,
 ) -> anyhow::Result<(watch::Receiver<Arc<CatalogFeed>>, Follow)> {
     let (tx, mut rx) = watch::channel(Arc::new(CatalogFeed::default()));
     info!(controller = %controller, "waiting for the controller's catalog at {controller}");
-    let follow = Follow(tokio::spawn(feed::follow_as(
+    let follow = Follow(tokio::spawn(feed::follow_tls(
         controller.to_owned(),
+        tls,
         who,
         tx,
     )));
@@ -234,7 +312,7 @@ async fn wait_for_catalog(
                 warn!(
                     controller = %controller,
                     waited_s = started.elapsed().as_secs(),
-                    "still waiting for the controller's catalog at {controller} (is `meshpeer controller --api-listen {controller}` running?); retrying"
+                    "still waiting for the controller's catalog at {controller} (is `meshpeer controller --cluster-listen {controller}` running?); retrying"
                 );
             }
         }

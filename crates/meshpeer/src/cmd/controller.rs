@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
+use meshpeer::cluster_api::{CLUSTER_PORT, ClusterListener};
 use meshpeer::controller::{Controller, ControllerConfig};
+use meshpeer_ca::{StaticTokens, TokenReviewAuthenticator};
 use meshpeer_identity::{ClusterCa, Identity, SpiffeId};
 use meshpeer_model::{ClusterConfig, exports, labels};
 use meshpeer_store::file_sink::FileSink;
@@ -16,19 +18,60 @@ use meshpeer_store::kube_source::KubeSource;
 use meshpeer_store::{ClusterSource, Sink, load_cluster_dir};
 use tracing::{info, warn};
 
-use super::common::{Signals, init_logging, keep_renewed, runtime};
+use super::common::{Signals, init_logging, runtime};
 use crate::cli::ControllerArgs;
+
+/// The cluster listener's settings from the flags: where (file mode: the
+/// east-west Gateway's address, port 15013; Kubernetes: every address), and
+/// who the signing endpoint believes (TokenReview in Kubernetes mode, the
+/// tokens file when given).
+fn cluster_listener(args: &ControllerArgs, cluster: &Cluster) -> anyhow::Result<ClusterListener> {
+    let listen = args.cluster_listen.unwrap_or_else(|| {
+        let ip = match (&cluster.kube, cluster.peering) {
+            (Some(_), _) => IpAddr::from([0, 0, 0, 0]),
+            (None, Some(peering)) => peering.ip(),
+            (None, None) => IpAddr::from([127, 0, 0, 1]),
+        };
+        SocketAddr::new(ip, CLUSTER_PORT)
+    });
+    let mut listener = ClusterListener::new(listen, &cluster.trust_domain);
+    listener.ca.max_validity = args.max_cert_lifetime;
+    if let Some(client) = &cluster.kube {
+        listener
+            .ca
+            .authenticators
+            .push(Arc::new(TokenReviewAuthenticator::new(
+                client.clone(),
+                vec![args.token_audience.clone()],
+            )));
+    }
+    match &args.tokens {
+        Some(path) => listener
+            .ca
+            .authenticators
+            .push(Arc::new(StaticTokens::load(path).with_context(|| {
+                format!("cannot use the tokens file {}", path.display())
+            })?)),
+        None if cluster.kube.is_none() => warn!(
+            "no --tokens file: proxies and gateways cannot get their first certificate from this controller (make tokens: meshpeer certs token --tokens FILE --namespace NS --service-account SA --out TOKEN_FILE)"
+        ),
+        None => {}
+    }
+    Ok(listener)
+}
 
 pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
     runtime()?.block_on(run_async(args))
 }
 
-/// The cluster's name, trust domain and default peering address.
+/// The cluster's name, trust domain and default peering address, and the
+/// Kubernetes client (Kubernetes mode: TokenReviews).
 struct Cluster {
     name: String,
     trust_domain: String,
     peering: Option<SocketAddr>,
+    kube: Option<kube::Client>,
 }
 
 async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
@@ -66,6 +109,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                     name: export.cluster.name,
                     trust_domain: export.cluster.trust_domain,
                     peering,
+                    kube: None,
                 },
             )
         }
@@ -100,11 +144,12 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             let trust_domain = config.trust_domain().to_owned();
             (
                 Box::new(KubeSource::new(client.clone(), config)),
-                Box::new(KubeSink::new(client, "meshpeer")),
+                Box::new(KubeSink::new(client.clone(), "meshpeer")),
                 Cluster {
                     name,
                     trust_domain,
                     peering: None,
+                    kube: Some(client),
                 },
             )
         }
@@ -120,10 +165,26 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             args.cacerts.display()
         )
     })?;
+    match ca.binding() {
+        Some(bound) if bound != cluster.trust_domain => anyhow::bail!(
+            "the intermediate in {} is bound to trust domain {bound}, but cluster {} has trust domain {} (SPEC P6); issue it for this trust domain: meshpeer certs cluster {} --trust-domain {} --root ROOT_DIR --out NEW_DIR",
+            args.cacerts.display(),
+            cluster.name,
+            cluster.trust_domain,
+            cluster.name,
+            cluster.trust_domain
+        ),
+        Some(_) => {}
+        None => warn!(
+            cacerts = %args.cacerts.display(),
+            "the intermediate is not bound to a trust domain (made before SPEC P6): a leaked key could speak for any cluster; re-issue it with meshpeer certs cluster {} --trust-domain {}",
+            cluster.name,
+            cluster.trust_domain
+        ),
+    }
     let trust_root = ca.trust_root().clone();
     let id = SpiffeId::new(cluster.trust_domain.as_str(), "istio-system", "meshpeer")?;
     let identity = Arc::new(Identity::new(ca, id, args.cert_lifetime, now)?);
-    let renew = keep_renewed(Arc::clone(&identity), args.cert_lifetime);
 
     let peering_listen = args
         .peering_listen
@@ -144,6 +205,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         );
         info!(allowed = ?cfg.allowed_peers, "only these trust domains may peer with this cluster");
     }
+    cfg.feed_identities = args.feed_identities.iter().cloned().collect();
+    cfg.cluster = Some(cluster_listener(&args, &cluster)?);
     let controller = Controller::start(cfg).await?;
     let api = controller
         .api_addr
@@ -165,13 +228,17 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     // File mode: say where this controller listens, for `meshpeer check`.
     let runtime_dir = args.cluster_dir.clone();
     if let (Some(dir), Some(api)) = (&runtime_dir, controller.api_addr)
-        && let Err(e) = meshpeer::check::write_runtime_file(dir, api, controller.peering_addr)
+        && let Err(e) = meshpeer::check::write_runtime_file(
+            dir,
+            api,
+            controller.peering_addr,
+            controller.cluster_addr,
+        )
     {
         warn!(folder = %dir.display(), error = %e, "cannot record the controller's addresses for `meshpeer check`");
     }
     let why = signals.recv().await;
     info!("{why} received; shutting down");
-    renew.abort();
     if let Some(web) = web {
         web.abort();
     }

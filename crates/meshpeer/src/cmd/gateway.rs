@@ -11,15 +11,10 @@ use prometheus_client::registry::Registry;
 use tracing::info;
 
 use super::common::{
-    Signals, Telemetry, check_free, follower, init_logging, issue_identity, keep_renewed, load_ca,
+    Signals, Telemetry, check_free, controller_link, follower, init_logging, obtain_identity,
     runtime, wait_or_stop,
 };
 use crate::cli::GatewayArgs;
-
-/// The gateway's workload identity, as Istio's east-west gateway has it:
-/// `spiffe://<td>/ns/istio-eastwest/sa/istio-eastwest`.
-const GATEWAY_NAMESPACE: &str = "istio-eastwest";
-const GATEWAY_ACCOUNT: &str = "istio-eastwest";
 
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log_format);
@@ -28,34 +23,32 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
-    let ca = load_ca(&args.cacerts)?;
+    let link = controller_link(&args.conn, meshpeer::dataplane::GATEWAY_IDENTITY)?;
     // Fail now, not once the controller answers, when the port is taken.
     check_free(args.listen, "HBONE", false).await?;
     let telemetry = match args.metrics {
         Some(addr) => Some(Telemetry::start(addr).await?),
         None => None,
     };
-
+    let Some((identity, renew)) = obtain_identity(&link, args.cert_lifetime, &mut signals).await?
+    else {
+        Telemetry::stop(telemetry).await;
+        return Ok(ExitCode::SUCCESS);
+    };
     let Some((feed, follow)) = wait_or_stop(
-        &args.controller,
+        &link,
+        &identity,
         follower("gateway", args.metrics),
         &mut signals,
     )
     .await?
     else {
+        renew.abort();
         Telemetry::stop(telemetry).await;
         return Ok(ExitCode::SUCCESS);
     };
     let cluster = feed.borrow().catalog.cluster.clone();
-    let identity = issue_identity(
-        ca,
-        &args.cacerts,
-        &cluster.trust_domain,
-        GATEWAY_NAMESPACE,
-        GATEWAY_ACCOUNT,
-        args.cert_lifetime,
-    )?;
-    let root = identity.cluster_ca().trust_root().clone();
+    let root = link.root.clone();
 
     let config = GatewayConfig {
         endpoints: endpoint_policy(args.allow_endpoints.clone(), &args.node_ip),
@@ -72,7 +65,6 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         &mut registry,
     )
     .await?;
-    let renew = keep_renewed(Arc::clone(&identity), args.cert_lifetime);
     if let Some(t) = &telemetry {
         t.ready(registry);
     }

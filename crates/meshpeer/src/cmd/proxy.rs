@@ -13,14 +13,10 @@ use prometheus_client::registry::Registry;
 use tracing::info;
 
 use super::common::{
-    Signals, Telemetry, check_free, follower, init_logging, issue_identity, keep_renewed, load_ca,
+    Signals, Telemetry, check_free, controller_link, follower, init_logging, obtain_identity,
     runtime, wait_or_stop,
 };
 use crate::cli::ProxyArgs;
-
-/// The proxy's workload identity: `spiffe://<td>/ns/istio-system/sa/meshpeer-proxy`.
-const PROXY_NAMESPACE: &str = "istio-system";
-const PROXY_ACCOUNT: &str = "meshpeer-proxy";
 
 /// How long the startup line waits for the VIP listeners to be bound.
 const LISTEN_SETTLE: Duration = Duration::from_secs(2);
@@ -32,33 +28,32 @@ pub(crate) fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 
 async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let mut signals = Signals::install()?;
-    let ca = load_ca(&args.cacerts)?;
+    let link = controller_link(&args.conn, meshpeer::dataplane::PROXY_IDENTITY)?;
     // Fail now, not once the controller answers, when a port is taken.
     check_free(args.dns_listen, "DNS", true).await?;
     let telemetry = match args.metrics {
         Some(addr) => Some(Telemetry::start(addr).await?),
         None => None,
     };
+    let Some((identity, renew)) = obtain_identity(&link, args.cert_lifetime, &mut signals).await?
+    else {
+        Telemetry::stop(telemetry).await;
+        return Ok(ExitCode::SUCCESS);
+    };
     let Some((feed, follow)) = wait_or_stop(
-        &args.controller,
+        &link,
+        &identity,
         follower("proxy", args.metrics),
         &mut signals,
     )
     .await?
     else {
+        renew.abort();
         Telemetry::stop(telemetry).await;
         return Ok(ExitCode::SUCCESS);
     };
     let cluster = feed.borrow().catalog.cluster.clone();
-    let identity = issue_identity(
-        ca,
-        &args.cacerts,
-        &cluster.trust_domain,
-        PROXY_NAMESPACE,
-        PROXY_ACCOUNT,
-        args.cert_lifetime,
-    )?;
-    let root = identity.cluster_ca().trust_root().clone();
+    let root = link.root.clone();
 
     let mut cfg = ProxyRoleConfig::new(args.dns_listen);
     cfg.dns.upstreams = args.dns_upstream.clone();
@@ -71,7 +66,6 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let refresh = refresh_node_addresses(Arc::clone(&cfg.proxy.endpoints), args.node_ip.clone());
     let mut registry = Registry::default();
     let role = ProxyRole::start(feed, Arc::clone(&identity), root, cfg, &mut registry).await?;
-    let renew = keep_renewed(Arc::clone(&identity), args.cert_lifetime);
 
     // The startup line tells how many VIP:port listeners are up.
     let mut state = role.state.clone();

@@ -55,6 +55,12 @@ pub struct ControllerConfig {
     /// When set, only controllers of these trust domains may peer with this
     /// cluster (P1, `--allowed-peers`); else any other trust domain's.
     pub allowed_peers: Option<BTreeSet<String>>,
+    /// The cluster listener (certificate signing and the catalog over
+    /// mutual TLS, SPEC P7/P8); `None`: off.
+    pub cluster: Option<crate::cluster_api::ClusterListener>,
+    /// `(namespace, service account)` that may follow the catalog over
+    /// mutual TLS (SPEC P8); default: the proxy's and the gateway's.
+    pub feed_identities: std::collections::BTreeSet<(String, String)>,
 }
 
 impl ControllerConfig {
@@ -78,6 +84,8 @@ impl ControllerConfig {
             grace: Duration::from_secs(120),
             connector: None,
             allowed_peers: None,
+            cluster: None,
+            feed_identities: crate::api::FeedAccess::new("").identities,
         }
     }
 }
@@ -88,6 +96,8 @@ pub struct Controller {
     pub peering_addr: SocketAddr,
     /// The address of the local API, when enabled.
     pub api_addr: Option<SocketAddr>,
+    /// The address of the cluster listener, when enabled.
+    pub cluster_addr: Option<SocketAddr>,
     view: watch::Receiver<Arc<View>>,
     feed: watch::Receiver<Arc<meshpeer_dataplane::feed::CatalogFeed>>,
     applied: watch::Receiver<u64>,
@@ -102,6 +112,7 @@ impl std::fmt::Debug for Controller {
         f.debug_struct("Controller")
             .field("peering_addr", &self.peering_addr)
             .field("api_addr", &self.api_addr)
+            .field("cluster_addr", &self.cluster_addr)
             .finish_non_exhaustive()
     }
 }
@@ -124,7 +135,17 @@ impl Controller {
             grace,
             connector,
             allowed_peers,
+            cluster,
+            feed_identities,
         } = cfg;
+        let feed_guard = crate::api::FeedGuard::new(
+            crate::api::FeedAccess {
+                trust_domain: identity.spiffe_id().trust_domain().to_owned(),
+                identities: feed_identities,
+            },
+            &mut registry,
+        );
+        let ca_metrics = meshpeer_ca::CaMetrics::register(&mut registry);
 
         // VIPs handed out before a restart (G11).
         let existing = sink
@@ -321,6 +342,13 @@ impl Controller {
 
         // Local API.
         let followers = crate::api::Followers::default();
+        let state = crate::api::ApiState {
+            view: view.clone(),
+            feed: feed.clone(),
+            service: service.clone(),
+            registry: Arc::new(registry),
+            feed_guard,
+        };
         let api_addr = match api_listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -328,12 +356,7 @@ impl Controller {
                     .with_context(|| format!("cannot listen for the API on {addr}"))?;
                 let addr = listener.local_addr()?;
                 info!(address = %addr, "API listening (status, catalog, metrics)");
-                let state = crate::api::ApiState {
-                    view: view.clone(),
-                    feed: feed.clone(),
-                    service: service.clone(),
-                    registry: Arc::new(registry),
-                };
+                let state = state.clone();
                 let mut stop = shutdown_rx.clone();
                 let listed = followers.clone();
                 tasks.push(tokio::spawn(async move {
@@ -349,9 +372,28 @@ impl Controller {
             None => None,
         };
 
+        // Cluster listener: certificates and the catalog over mutual TLS.
+        let cluster_addr = match cluster {
+            Some(c) => {
+                let (addr, task) = crate::cluster_api::start(
+                    c,
+                    &identity,
+                    state,
+                    followers.clone(),
+                    ca_metrics,
+                    shutdown_rx.clone(),
+                )
+                .await?;
+                tasks.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
+
         Ok(Controller {
             peering_addr,
             api_addr,
+            cluster_addr,
             view,
             feed,
             applied,

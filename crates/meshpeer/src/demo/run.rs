@@ -1,7 +1,10 @@
 //! Running a scenario: per cluster a controller (file mode, watching its
-//! folder), an east-west gateway (at the address its east-west Gateway
+//! folder; its cluster listener on the east-west Gateway's address, port
+//! 15013), an east-west gateway (at the address its east-west Gateway
 //! declares), a proxy (DNS and VIPs) and the sample backends, all in this
-//! process, on loopback.
+//! process, on loopback. Only the controller loads its cluster's CA; the
+//! gateway and the proxy get their certificates from its signing endpoint
+//! with tokens the demo makes (SPEC P7).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use super::app::Backends;
 use super::scenario::{ClusterRuntime, Layout, Runtime, pod_ranges};
+use crate::cluster_api::{CLUSTER_PORT, ClusterListener};
 use crate::controller::{Controller, ControllerConfig, LinkState};
 use crate::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
 
@@ -94,20 +98,80 @@ fn system_resolvers() -> Vec<SocketAddr> {
 /// CLI roles' default).
 const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// A role's identity, kept renewed by a task pushed onto `rotations`.
-fn identity(
+/// The controller's identity, from the cluster's CA (which only it holds),
+/// kept renewed by a task pushed onto `rotations`.
+fn controller_identity(
     layout: &Layout,
     cluster: &str,
     td: &str,
-    (ns, sa): (&str, &str),
     rotations: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<Arc<Identity>> {
     let dir = layout.cacerts(cluster);
     let now = SystemTime::now();
     let ca = ClusterCa::load(&dir, now)
         .with_context(|| format!("cannot load cluster {cluster}'s CA from {}", dir.display()))?;
-    let id = SpiffeId::new(td, ns, sa)?;
+    let id = SpiffeId::new(td, "istio-system", "meshpeer")?;
     let identity = Arc::new(Identity::new(ca, id, LEAF_LIFETIME, now)?);
+    rotations.push(tokio::spawn(Arc::clone(&identity).run_rotation()));
+    Ok(identity)
+}
+
+/// The tokens the demo makes for its in-process gateway and proxy, one per
+/// identity, as `meshpeer certs token` would for separate processes.
+struct DemoTokens {
+    gateway: String,
+    proxy: String,
+}
+
+impl DemoTokens {
+    fn new() -> anyhow::Result<Self> {
+        Ok(DemoTokens {
+            gateway: meshpeer_ca::new_token()?,
+            proxy: meshpeer_ca::new_token()?,
+        })
+    }
+
+    fn authenticator(&self) -> anyhow::Result<meshpeer_ca::StaticTokens> {
+        Ok(meshpeer_ca::StaticTokens::from_entries([
+            (self.gateway.as_str(), GATEWAY_ID.0, GATEWAY_ID.1),
+            (self.proxy.as_str(), PROXY_ID.0, PROXY_ID.1),
+        ])?)
+    }
+}
+
+const GATEWAY_ID: (&str, &str) = crate::dataplane::GATEWAY_IDENTITY;
+const PROXY_ID: (&str, &str) = crate::dataplane::PROXY_IDENTITY;
+
+/// A gateway's or proxy's identity, obtained from the controller's signing
+/// endpoint at `cluster_addr` with `token` (SPEC P7: the CA key stays with
+/// the controller, even in one process), kept renewed by a task pushed onto
+/// `rotations`.
+async fn remote_identity(
+    controller: &Arc<Identity>,
+    cluster_addr: SocketAddr,
+    token: &str,
+    (ns, sa): (&str, &str),
+    rotations: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Arc<Identity>> {
+    let td = controller.spiffe_id().trust_domain();
+    let client = meshpeer_ca::CaClient::new(meshpeer_ca::CaClientConfig {
+        address: cluster_addr.to_string(),
+        root: controller.trust_root().clone(),
+        server: controller.spiffe_id().clone(),
+        token: meshpeer_ca::TokenSource::Value(token.to_owned()),
+        timeout: Duration::from_secs(10),
+    });
+    let identity = Arc::new(
+        Identity::from_issuer(
+            Arc::new(client.clone()),
+            controller.trust_root().clone(),
+            SpiffeId::new(td, ns, sa)?,
+            LEAF_LIFETIME,
+        )
+        .await
+        .with_context(|| format!("cannot get {ns}/{sa}'s certificate from the controller"))?,
+    );
+    client.renew_with(&identity);
     rotations.push(tokio::spawn(Arc::clone(&identity).run_rotation()));
     Ok(identity)
 }
@@ -194,21 +258,19 @@ impl Demo {
 
             step(&format!("{name}: controller (peering on {gw_ip}:{xds})"));
             let mut rotations = Vec::new();
-            let ctl_id = identity(
-                &layout,
-                name,
-                &td,
-                ("istio-system", "meshpeer"),
-                &mut rotations,
-            )?;
-            let trust_root = ctl_id.cluster_ca().trust_root().clone();
+            let ctl_id = controller_identity(&layout, name, &td, &mut rotations)?;
+            let trust_root = ctl_id.trust_root().clone();
+            let tokens = DemoTokens::new()?;
             let mut cfg = ControllerConfig::new(
                 Box::new(FileSource::new(dir.clone(), DEFAULT_DEBOUNCE)),
                 Box::new(FileSink::new(dir.join(".meshpeer").join("out"))),
-                ctl_id,
+                Arc::clone(&ctl_id),
                 trust_root.clone(),
                 SocketAddr::new(gw_ip, xds),
             );
+            let mut cluster = ClusterListener::new(SocketAddr::new(gw_ip, CLUSTER_PORT), &td);
+            cluster.ca.authenticators = vec![Arc::new(tokens.authenticator()?)];
+            cfg.cluster = Some(cluster);
             let api: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15_014 + 100 * n));
             cfg.api_listen = Some(api);
             let vip_range = format!("127.{}.0.0/16", 256 - u32::from(n).min(100));
@@ -218,8 +280,16 @@ impl Demo {
                 .with_context(|| format!("cannot start cluster {name}'s controller"))?;
             if let Some(api) = controller.api_addr {
                 // Where `meshpeer check --cluster <folder>` finds it.
-                let _ = crate::check::write_runtime_file(&dir, api, controller.peering_addr);
+                let _ = crate::check::write_runtime_file(
+                    &dir,
+                    api,
+                    controller.peering_addr,
+                    controller.cluster_addr,
+                );
             }
+            let cluster_addr = controller
+                .cluster_addr
+                .context("the controller's cluster listener is not running")?;
             let mut registry = Registry::default();
 
             // The pods are on loopback, which proxies and gateways do not
@@ -231,13 +301,14 @@ impl Demo {
             ));
             let gateway = GatewayRole::start(
                 controller.feed(),
-                identity(
-                    &layout,
-                    name,
-                    &td,
-                    ("istio-eastwest", "istio-eastwest"),
+                remote_identity(
+                    &ctl_id,
+                    cluster_addr,
+                    &tokens.gateway,
+                    GATEWAY_ID,
                     &mut rotations,
-                )?,
+                )
+                .await?,
                 trust_root.clone(),
                 SocketAddr::new(gw_ip, hbone),
                 GatewayConfig {
@@ -258,13 +329,14 @@ impl Demo {
             pcfg.state.capture_cluster_ips = true;
             let proxy = ProxyRole::start(
                 controller.feed(),
-                identity(
-                    &layout,
-                    name,
-                    &td,
-                    ("istio-system", "meshpeer-proxy"),
+                remote_identity(
+                    &ctl_id,
+                    cluster_addr,
+                    &tokens.proxy,
+                    PROXY_ID,
                     &mut rotations,
-                )?,
+                )
+                .await?,
                 trust_root,
                 pcfg,
                 &mut registry,

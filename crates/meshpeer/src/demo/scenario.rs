@@ -374,7 +374,11 @@ pub fn prepare(state: &Path, scenario: &str, reset: bool) -> anyhow::Result<(Lay
     for c in &layout.clusters {
         let dir = layout.cacerts(c);
         if !dir.join(meshpeer_identity::CA_CERT_FILE).exists() {
-            ca.issue_intermediate(c, Duration::from_secs(365 * 86_400), now)?
+            // Bound to the trust domain the cluster's folder declares (P6).
+            let td = meshpeer_store::load_cluster_dir(&layout.cluster_dir(c))
+                .map(|snap| meshpeer_model::exports(&snap).cluster.trust_domain)
+                .unwrap_or_else(|_| c.clone());
+            ca.issue_intermediate(c, &td, Duration::from_secs(365 * 86_400), now)?
                 .write(&dir)
                 .with_context(|| format!("cannot write {}", dir.display()))?;
         }

@@ -394,7 +394,7 @@ impl Mesh {
             let now = SystemTime::now();
             let ca = self
                 .root
-                .issue_intermediate(&c.name, Duration::from_secs(86_400), now)
+                .issue_intermediate(&c.name, &c.name, Duration::from_secs(86_400), now)
                 .unwrap();
             let trust_root = ca.trust_root().clone();
             let id = SpiffeId::new(c.name.as_str(), "istio-system", "meshpeer").unwrap();
@@ -423,14 +423,14 @@ impl Mesh {
             let identity = |ns: &str, sa: &str| {
                 let ca = self
                     .root
-                    .issue_intermediate(&c.name, Duration::from_secs(86_400), now)
+                    .issue_intermediate(&c.name, &c.name, Duration::from_secs(86_400), now)
                     .unwrap();
                 let id = SpiffeId::new(c.name.as_str(), ns, sa).unwrap();
                 Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap())
             };
             let gw_id = identity("istio-eastwest", "istio-eastwest");
             let proxy_id = identity("istio-system", "meshpeer-proxy");
-            let root = gw_id.cluster_ca().trust_root().clone();
+            let root = gw_id.trust_root().clone();
             c.gateway = Some(
                 GatewayRole::start(
                     feed.clone(),
