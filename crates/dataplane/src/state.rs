@@ -344,7 +344,13 @@ impl DataplaneState {
         }
     }
 
+    /// The global service of `host`, unless its name is outside this
+    /// cluster's zones (P2): such a service is neither answered, listened
+    /// for nor reachable.
     pub fn service(&self, host: &str) -> Option<&GlobalService> {
+        if self.outside_zones.contains(host) {
+            return None;
+        }
         self.feed.catalog.services.get(host).map(|s| &**s)
     }
 

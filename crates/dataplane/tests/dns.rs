@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn table() -> DnsTable {
     DnsTable {
-        names: HashMap::from([
+        names: meshpeer_dataplane::dns::Names::from_iter([
             (
                 "in-ambient.httpbin.mesh.internal".to_owned(),
                 vec![ip(VIP4), ip(VIP6)],
@@ -936,14 +935,26 @@ fn table_with_rogue_name(rogue: &str) -> DnsTable {
         .build();
     let mut cat = catalog(&c1, &[exports(&c2)], &CatalogConfig::default());
     assert_eq!(cat.services.len(), 1, "{:?}", cat.diagnostics);
-    cat.services[0].hostname = rogue.into();
+    let (host, svc) = cat
+        .services
+        .iter()
+        .next()
+        .map(|(h, s)| (h.clone(), s.clone()))
+        .unwrap();
+    let mut svc = (*svc).clone();
+    svc.hostname = rogue.into();
+    cat.services.remove(&host);
+    cat.services.insert(rogue.to_owned(), Arc::new(svc));
     let feed = Arc::new(CatalogFeed {
         version: 1,
         catalog: Arc::new(cat),
         callers: Vec::new(),
     });
     let state = DataplaneState::build(feed, &StateOptions::default());
-    assert_eq!(state.outside_zones, [rogue]);
+    assert_eq!(
+        state.outside_zones.iter().collect::<Vec<_>>(),
+        [&rogue.to_owned()]
+    );
     (*state.dns).clone()
 }
 

@@ -80,8 +80,8 @@ fn listeners(s: &DataplaneState) -> BTreeMap<SocketAddr, String> {
         .iter()
         .map(|(a, t)| {
             let what = match t {
-                Target::Global { service, port } => {
-                    format!("{}:{port}", s.service(*service).unwrap().hostname)
+                Target::Global { host, port } => {
+                    format!("{}:{port}", s.service(host).unwrap().hostname)
                 }
                 Target::Manual { entry, port } => {
                     format!("manual {}:{port}", s.manual(*entry).unwrap().name.name)
@@ -185,12 +185,12 @@ fn k1_takeover_captures_the_cluster_ip_ports_when_asked() {
         ..StateOptions::default()
     };
     let s = build(cat.clone(), &opts);
-    let web_i = s.by_host["web.shop.mesh.internal"];
+    let web = "web.shop.mesh.internal";
     for port in [80, 9901] {
         assert_eq!(
             s.listeners.get(&sa(ip("10.96.0.10"), port)),
             Some(&Target::Global {
-                service: web_i,
+                host: web.into(),
                 port
             }),
             "ClusterIP port {port}"
@@ -206,7 +206,7 @@ fn k1_takeover_captures_the_cluster_ip_ports_when_asked() {
     assert_eq!(s.listeners.len(), 5, "{:?}", listeners(&s));
     assert_eq!(
         s.dns.names["web.shop.svc.cluster.local"],
-        [s.service(web_i).unwrap().vip]
+        [s.service(web).unwrap().vip]
     );
 }
 
@@ -392,15 +392,15 @@ async fn d1_follow_publishes_a_state_per_version_and_the_dns_table_only_when_it_
 #[test]
 fn p2_a_catalog_name_outside_the_zones_is_neither_answered_nor_listened_for() {
     let mut cat = two_clusters();
-    let cart = cat
-        .services
-        .iter()
-        .position(|s| s.hostname == "cart.shop.mesh.internal")
-        .unwrap();
-    cat.services[cart].hostname = "www.google.com".into();
-    let cart_vip = cat.services[cart].vip;
+    let mut cart = (*cat.services.remove("cart.shop.mesh.internal").unwrap()).clone();
+    cart.hostname = "www.google.com".into();
+    let cart_vip = cart.vip;
+    cat.services.insert(cart.hostname.clone(), Arc::new(cart));
     let s = build(cat, &StateOptions::default());
-    assert_eq!(s.outside_zones, ["www.google.com"]);
+    assert_eq!(
+        s.outside_zones.iter().collect::<Vec<_>>(),
+        ["www.google.com"]
+    );
     assert!(!s.dns.names.contains_key("www.google.com"), "{:?}", s.dns);
     assert!(s.service_by_host("www.google.com").is_none());
     assert!(
@@ -416,12 +416,16 @@ fn p2_a_catalog_name_outside_the_zones_is_neither_answered_nor_listened_for() {
     let mut cat = takeover_catalog();
     let web = cat
         .services
-        .iter()
-        .position(|s| s.takeover.is_some())
-        .unwrap();
-    if let Some(t) = cat.services[web].takeover.as_mut() {
+        .values()
+        .find(|s| s.takeover.is_some())
+        .unwrap()
+        .hostname
+        .clone();
+    let mut svc = (*cat.services[&web]).clone();
+    if let Some(t) = svc.takeover.as_mut() {
         t.hostname = "metadata.google.internal".into();
     }
+    cat.services.insert(web, Arc::new(svc));
     let s = build(
         cat,
         &StateOptions {
@@ -429,7 +433,10 @@ fn p2_a_catalog_name_outside_the_zones_is_neither_answered_nor_listened_for() {
             ..StateOptions::default()
         },
     );
-    assert_eq!(s.outside_zones, ["metadata.google.internal"]);
+    assert_eq!(
+        s.outside_zones.iter().collect::<Vec<_>>(),
+        ["metadata.google.internal"]
+    );
     assert!(!s.dns.names.contains_key("metadata.google.internal"));
     assert!(
         s.listeners.keys().all(|a| a.ip() != ip("10.96.0.10")),

@@ -346,7 +346,7 @@ async fn d3_gateway_refuses_segment_scoped_services_to_other_segments_and_unlink
     let host = |name: &str| {
         view.catalog
             .services
-            .iter()
+            .values()
             .find(|s| s.name == name)
             .unwrap()
             .hostname

@@ -244,7 +244,10 @@ async fn p7_p8_a_proxy_with_a_root_and_a_token_gets_its_certificate_and_follows_
         .unwrap()
         .clone();
     assert_eq!(got.catalog.services.len(), 1);
-    assert_eq!(got.catalog.services[0].hostname, "echo.ns1.mesh.internal");
+    assert_eq!(
+        got.catalog.services.values().next().unwrap().hostname,
+        "echo.ns1.mesh.internal"
+    );
 
     // The controller lists it among its data plane.
     let deadline = tokio::time::Instant::now() + WITHIN;

@@ -254,7 +254,7 @@ async fn o6_services_and_peers_of_a_two_cluster_mesh() {
         assert_eq!(list.cluster, c.name);
         let hosts: Vec<&str> = list.services.iter().map(|s| s.hostname.as_str()).collect();
         assert_eq!(hosts, [IN_AMBIENT], "{}: helloworld is not global", c.name);
-        let s = &list.services.values().next().unwrap();
+        let s = &list.services[0];
         let view = c.controller().current();
         let want = view.catalog.service(IN_AMBIENT).unwrap();
         assert_eq!(s.vip, want.vip.to_string());

@@ -382,7 +382,7 @@ fn shared_services(f: &ClusterFacts) -> Check {
             let imported = f
                 .catalog
                 .services
-                .iter()
+                .values()
                 .filter(|s| s.clusters().any(|c| c != f.name))
                 .count();
             (
@@ -407,7 +407,7 @@ fn shared_services(f: &ClusterFacts) -> Check {
             .map(str::to_owned)
             .to_vec(),
     ];
-    for s in services {
+    for s in services.values() {
         rows.push(vec![
             s.hostname.clone(),
             s.clusters().collect::<Vec<_>>().join(","),

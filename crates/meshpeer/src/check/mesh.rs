@@ -464,7 +464,7 @@ fn stale(all: &[ClusterFacts]) -> Check {
         let hosts: BTreeSet<&str> = feed
             .catalog
             .services
-            .iter()
+            .values()
             .map(|s| s.hostname.as_str())
             .collect();
         for se in entries {

@@ -312,7 +312,7 @@ fn print_summary(demo: &Demo) {
             c.runtime.dns, c.runtime.gateway, c.runtime.api
         );
         let dns = c.runtime.dns;
-        for s in &view.catalog.services {
+        for s in view.catalog.services.values() {
             let port = s.ports.first().map(|p| p.number).unwrap_or(80);
             println!(
                 "  {}  ->  {}  (from {})",

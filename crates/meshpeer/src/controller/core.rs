@@ -236,7 +236,7 @@ impl Core {
         let in_catalog: Vec<String> = self
             .catalog
             .services
-            .iter()
+            .values()
             .flat_map(|s| s.contributions.iter())
             .filter(|c| c.reach != Reach::Local)
             .map(|c| c.cluster.clone())
@@ -308,7 +308,7 @@ impl Core {
         let imported = self
             .catalog
             .services
-            .iter()
+            .values()
             .filter(|s| s.contributions.iter().any(|c| c.reach != Reach::Local))
             .count();
         Status {

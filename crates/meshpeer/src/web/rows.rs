@@ -263,7 +263,7 @@ pub fn services(name: &str, view: &View) -> ServiceList {
         services: view
             .catalog
             .services
-            .iter()
+            .values()
             .map(|s| service_row(s, &stale))
             .collect(),
     }
@@ -403,7 +403,7 @@ mod tests {
             version: 7,
             ..View::default()
         };
-        Arc::make_mut(&mut v.catalog).services.push(GlobalService {
+        let svc = GlobalService {
             hostname: "in-ambient.httpbin.mesh.internal".into(),
             namespace: "httpbin".into(),
             name: "in-ambient".into(),
@@ -431,7 +431,10 @@ mod tests {
                     service: exported("10.0.0.2", &[]),
                 },
             ],
-        });
+        };
+        Arc::make_mut(&mut v.catalog)
+            .services
+            .insert(svc.hostname.clone(), Arc::new(svc));
         v.status.peers.push(PeerView {
             cluster: "cluster2".into(),
             state: LinkState::Synced,

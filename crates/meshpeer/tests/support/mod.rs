@@ -172,7 +172,7 @@ impl Cluster {
                 s.feed
                     .catalog
                     .services
-                    .iter()
+                    .values()
                     .map(|s| (&s.hostname, s.clusters().collect::<Vec<_>>()))
                     .collect::<Vec<_>>()
             )
@@ -255,7 +255,7 @@ impl Cluster {
 pub(crate) fn hosts(v: &View) -> Vec<String> {
     v.catalog
         .services
-        .iter()
+        .values()
         .map(|s| s.hostname.clone())
         .collect()
 }
