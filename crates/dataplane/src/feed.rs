@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::feed_line;
+
 /// A cluster that links to this one: it learns this cluster's services and
 /// may send to them through this cluster's gateway (C4, D3).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,22 +277,28 @@ async fn stream_once(
     info!(controller = %api, "following the controller's catalog");
     let mut body = resp.into_body().into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
+    // The version this stream brought us to: deltas apply to it.
+    let mut current: Option<Arc<CatalogFeed>> = None;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         buf.extend_from_slice(&chunk);
         while let Some(end) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
-            match serde_json::from_slice::<CatalogFeed>(&line[..line.len() - 1]) {
+            match feed_line::decode(current.as_deref(), &line[..line.len() - 1]) {
                 Ok(feed) => {
                     debug!(
                         version = feed.version,
                         services = feed.catalog.services.len(),
                         "catalog received"
                     );
-                    tx.send_replace(Arc::new(feed));
+                    let feed = Arc::new(feed);
+                    current = Some(Arc::clone(&feed));
+                    tx.send_replace(feed);
                 }
+                Err(e @ feed_line::LineError::OutOfStep { .. }) => return Err(e.to_string()),
                 Err(e) => {
-                    warn!(error = %e, "unreadable catalog document from the controller; skipped")
+                    warn!(error = %e, "unreadable catalog line from the controller; reconnecting");
+                    return Err(e.to_string());
                 }
             }
         }

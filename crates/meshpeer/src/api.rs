@@ -269,12 +269,15 @@ fn stream_catalog(s: &Served, remote: String, who: FollowQuery) -> Response {
         version: 0,
         health: who.health.filter(|h| !h.is_empty()),
     });
+    // The whole catalog first, then what changed since the line before
+    // (meshpeer_dataplane::feed_line).
+    let mut sent: Option<Arc<CatalogFeed>> = None;
     let stream = WatchStream::new(s.api.feed.clone())
         .filter(|f| std::future::ready(f.version > 0))
         .map(move |f| {
             guard.sent(f.version);
-            let mut line = serde_json::to_vec(&*f).unwrap_or_default();
-            line.push(b'\n');
+            let line = meshpeer_dataplane::feed_line::encode(sent.as_deref(), &f);
+            sent = Some(f);
             Ok::<_, Infallible>(line)
         });
     (

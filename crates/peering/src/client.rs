@@ -155,6 +155,10 @@ struct Link {
 enum SessionEnd {
     /// Reconnect after a back-off.
     Retry(String),
+    /// The peer refused us (PermissionDenied: our identity or claims no
+    /// longer pass its admission, P1/P3): drop what it sent, then retry
+    /// after a back-off.
+    Refused(String),
     /// Reconnect at once (our own Hello changed).
     Now(String),
 }
@@ -277,15 +281,17 @@ impl Link {
                     let end = self.session(conn).await;
                     self.metrics.peer_connected.get_or_create(&labels).set(0);
                     self.metrics.peer_synced.get_or_create(&labels).set(0);
-                    let (reason, at_once) = match end {
+                    let (reason, at_once, refused) = match end {
                         None => return,
-                        Some(SessionEnd::Retry(r)) => (r, false),
-                        Some(SessionEnd::Now(r)) => (r, true),
+                        Some(SessionEnd::Retry(r)) => (r, false, false),
+                        Some(SessionEnd::Refused(r)) => (r, false, true),
+                        Some(SessionEnd::Now(r)) => (r, true, false),
                     };
                     let d = self
                         .machine
                         .step(Input::StreamEnded { now: at_once }, Instant::now());
                     let retry_in = wait_of(d);
+                    let dropped = refused && self.machine.drop_held();
                     let stale = self.machine.stale();
                     self.metrics
                         .peer_stale
@@ -300,6 +306,9 @@ impl Link {
                         })
                         .await
                     {
+                        return;
+                    }
+                    if dropped && !self.emit(PeerEvent::Expired).await {
                         return;
                     }
                     d
@@ -397,6 +406,9 @@ impl Link {
                             }
                         }
                         Some(Ok(_)) => {}
+                        Some(Err(status)) if status.code() == tonic::Code::PermissionDenied => {
+                            return Some(SessionEnd::Refused(format!("peer refused the stream: {}", status.message())));
+                        }
                         Some(Err(status)) => {
                             return Some(SessionEnd::Retry(format!("peer ended the stream: {}", status.message())));
                         }

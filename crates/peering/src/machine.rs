@@ -136,6 +136,16 @@ impl LinkMachine {
 
     /// The grace period may have ended: drops the stale export. Says whether
     /// it was dropped now.
+    /// Drops the held export now, whatever the grace period (the peer
+    /// refused us: what it sent before may no longer be ours to see).
+    /// Returns whether one was held.
+    pub fn drop_held(&mut self) -> bool {
+        let held = self.held;
+        self.held = false;
+        self.stale_until = None;
+        held
+    }
+
     pub fn expire(&mut self, now: Instant) -> bool {
         match self.stale_until {
             Some(t) if t <= now && self.held => {

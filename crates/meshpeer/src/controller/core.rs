@@ -4,17 +4,14 @@
 //! rendered objects to the output.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
 use meshpeer_model::trust::{
     REASON_HOSTNAME_REFUSED, REASON_SEGMENT_NOT_DEFINED, REASON_SEGMENT_PIN_MISMATCH,
 };
-use meshpeer_model::{
-    CatalogConfig, Cidr, ClusterSnapshot, Export, GlobalCatalog, PeerLink, Reach, catalog_with,
-    exports,
-};
+use meshpeer_model::{Export, GlobalCatalog, PeerLink, Reach};
 use meshpeer_peering::{
     Admission, Backoff, Connector, ExportPublisher, LinkConfig, LocalInfo,
     Metrics as PeeringMetrics, PeerUpdate, PeeringService, run_link,
@@ -27,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::metrics::{ControllerMetrics, RefusalLabels};
 use super::peers::PeerState;
 use super::sink_task::SinkJob;
-use super::view::{RefusedView, ServedView, Status, View};
+use super::view::{RecomputeStats, RefusedView, ServedView, Status, View};
 use meshpeer_dataplane::feed::{Caller, CatalogFeed};
 
 /// Every reason a peer's services may be refused for (P2, P3).
@@ -39,7 +36,6 @@ const REFUSAL_REASONS: [&str; 3] = [
 
 /// Settings the core needs.
 pub(crate) struct CoreSettings {
-    pub(crate) vip_range: Cidr,
     pub(crate) heartbeat: Duration,
     pub(crate) grace: Duration,
     pub(crate) peering_address: String,
@@ -49,12 +45,20 @@ pub(crate) struct CoreSettings {
 
 pub(crate) struct Core {
     pub(crate) settings: CoreSettings,
-    pub(crate) snapshot: ClusterSnapshot,
+    /// This cluster's snapshot and export, kept by what changes (I1).
+    pub(crate) exporter: ExportEngine,
+    /// The catalog, kept by what changes in the export and the peers' (I1).
+    pub(crate) cataloguer: CatalogEngine,
+    /// What of the snapshot besides the export changed since the catalog
+    /// was last brought up to date.
+    pub(crate) own_changes: OwnChanges,
     /// The source delivered its complete state.
     pub(crate) ready: bool,
-    pub(crate) own_export: Export,
     pub(crate) catalog: Arc<GlobalCatalog>,
-    pub(crate) vips: BTreeMap<String, IpAddr>,
+    /// Services exported again since the last catalog update.
+    pub(crate) pending_exported: usize,
+    /// What the last recomputation touched, for status.
+    pub(crate) last_step: RecomputeStats,
     pub(crate) peers: BTreeMap<String, PeerState>,
     pub(crate) link_tasks: BTreeMap<String, (PeerLink, JoinHandle<()>)>,
     pub(crate) publisher: ExportPublisher,
@@ -77,19 +81,44 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// Applies a batch from the source.
+    /// Applies a batch from the source: only the services it touches are
+    /// exported again.
     pub(crate) fn on_update(&mut self, update: Update) {
         self.metrics.source_updates.inc();
-        for change in update.changes {
-            if self.snapshot.apply_change(change) {
-                self.snapshot_dirty = true;
-            }
-        }
-        if !self.ready {
-            info!(cluster = %self.snapshot.config.name, objects = self.snapshot.len(), "cluster state loaded");
-            self.ready = true;
+        let started = Instant::now();
+        let step = self.exporter.apply(update.changes);
+        self.metrics
+            .export_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .services_exported_again
+            .inc_by(step.recomputed as u64);
+        self.pending_exported += step.recomputed;
+        if step.export_changed {
             self.snapshot_dirty = true;
         }
+        if step.snapshot_changed {
+            self.catalog_dirty = true;
+        }
+        self.own_changes.gateways |= step.gateways_changed;
+        self.own_changes.service_entries |= step.service_entries_changed;
+        if !self.ready {
+            let snap = self.exporter.snapshot();
+            info!(cluster = %snap.config.name, objects = snap.len(), "cluster state loaded");
+            self.ready = true;
+            self.snapshot_dirty = true;
+            self.own_changes = OwnChanges::ALL;
+        }
+    }
+
+    /// This cluster's snapshot.
+    pub(crate) fn snapshot(&self) -> &meshpeer_model::ClusterSnapshot {
+        self.exporter.snapshot()
+    }
+
+    /// This cluster's export.
+    pub(crate) fn own_export(&self) -> &Export {
+        self.exporter.export()
     }
 
     /// Applies an event about a peer.
@@ -106,26 +135,30 @@ impl Core {
     /// Done apart from the catalog so that the peering streams, woken by the
     /// new export, get to run before the catalog is computed.
     pub(crate) fn publish_export(&mut self) {
-        if !self.ready || !self.snapshot_dirty {
+        if !self.ready {
             return;
         }
-        self.own_export = exports(&self.snapshot);
+        let export = self.exporter.export();
         // P3: the links' pins bind the peers served from now on, before they
-        // are sent this export.
-        let links =
-            meshpeer_model::links::declared(&self.snapshot, &self.own_export.cluster.network);
-        self.service
-            .set_admission(self.settings.admission.clone().with_links(&links));
-        let version = self.publisher.publish(&self.own_export);
+        // are sent this export (the links may change without the export).
+        if self.own_changes.gateways {
+            let links = meshpeer_model::links::declared(self.snapshot(), &export.cluster.network);
+            self.service
+                .set_admission(self.settings.admission.clone().with_links(&links));
+        }
+        if !self.snapshot_dirty {
+            return;
+        }
+        let version = self.publisher.publish(export);
         debug!(
             version,
-            services = self.own_export.services.len(),
+            services = export.services.len(),
             "export published"
         );
         let info = LocalInfo {
-            cluster: self.own_export.cluster.name.clone(),
-            segment: self.own_export.cluster.segment_name().map(str::to_owned),
-            trust_domain: self.own_export.cluster.trust_domain.clone(),
+            cluster: export.cluster.name.clone(),
+            segment: export.cluster.segment_name().map(str::to_owned),
+            trust_domain: export.cluster.trust_domain.clone(),
         };
         self.local_info.send_if_modified(|cur| {
             let changed = *cur != info;
@@ -149,9 +182,9 @@ impl Core {
                 // A removed link's services leave the catalog now.
                 self.compute_catalog();
             }
-            self.metrics
-                .recompute_seconds
-                .observe(started.elapsed().as_secs_f64());
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics.recompute_seconds.observe(seconds);
+            self.last_step.seconds = seconds;
         }
         self.snapshot_dirty = false;
         self.catalog_dirty = false;
@@ -159,22 +192,34 @@ impl Core {
     }
 
     fn compute_catalog(&mut self) {
-        let config = CatalogConfig {
-            vip_range: self.settings.vip_range,
-            previous_vips: self.vips.clone(),
-        };
         let peers: Vec<&Export> = self
             .peers
             .values()
             .filter_map(|p| p.export.as_deref())
             .collect();
-        self.catalog = Arc::new(catalog_with(
-            &self.snapshot,
-            &self.own_export,
+        let step = self.cataloguer.update(
+            self.exporter.snapshot(),
+            self.exporter.export(),
             peers,
-            &config,
-        ));
-        self.vips = self.catalog.vips();
+            self.own_changes,
+        );
+        self.own_changes = OwnChanges::default();
+        self.metrics
+            .services_merged_again
+            .inc_by(step.merged as u64);
+        self.metrics.hostnames_changed.inc_by(step.hostnames as u64);
+        if step.full {
+            self.metrics.full_recomputes.inc();
+        }
+        self.last_step = RecomputeStats {
+            exported: self.pending_exported,
+            merged: step.merged,
+            hostnames: step.hostnames,
+            full: step.full,
+            seconds: 0.0,
+        };
+        self.pending_exported = 0;
+        self.catalog = Arc::new(self.cataloguer.catalog().clone());
     }
 
     /// Starts, restarts and stops link tasks to match the catalog's links;
@@ -244,7 +289,8 @@ impl Core {
         let mut statuses = Vec::new();
         for (name, peer) in &mut self.peers {
             let generation = self
-                .snapshot
+                .exporter
+                .snapshot()
                 .gateways
                 .get(&peer.link.gateway)
                 .and_then(|g| g.metadata.generation);
@@ -282,7 +328,7 @@ impl Core {
             .set(self.catalog.services.len() as i64);
         self.metrics
             .exported_services
-            .set(self.own_export.services.len() as i64);
+            .set(self.own_export().services.len() as i64);
         self.version += 1;
         // Readers (data plane, API) first; rendering for the output after.
         self.refresh_callers(now);
@@ -315,7 +361,7 @@ impl Core {
             cluster: self.catalog.cluster.clone(),
             peering_address: self.settings.peering_address.clone(),
             export_version: self.publisher.current().version,
-            exported_services: self.own_export.services.len(),
+            exported_services: self.own_export().services.len(),
             imported_services: imported,
             global_services: self.catalog.services.len(),
             peers: self.peers.values().map(PeerState::view).collect(),
@@ -323,6 +369,7 @@ impl Core {
             refused: RefusedView::of(&self.service),
             output_error: self.output_error.borrow().clone(),
             diagnostics: self.catalog.diagnostics.clone(),
+            recompute: self.last_step.clone(),
         }
     }
 

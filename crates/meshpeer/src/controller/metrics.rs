@@ -30,6 +30,17 @@ pub(crate) struct ControllerMetrics {
     pub(crate) exported_services: Gauge,
     /// Time to recompute the export and the catalog.
     pub(crate) recompute_seconds: Histogram,
+    /// Time to bring the export up to date with a batch of changes.
+    pub(crate) export_seconds: Histogram,
+    /// Services whose export was recomputed (I1: those a change touched).
+    pub(crate) services_exported_again: Counter,
+    /// Global services merged again (I1: those whose inputs changed).
+    pub(crate) services_merged_again: Counter,
+    /// Hostnames whose global service was replaced, added or removed.
+    pub(crate) hostnames_changed: Counter,
+    /// Catalog recomputations from scratch (this cluster's identity,
+    /// Segments or links changed).
+    pub(crate) full_recomputes: Counter,
     /// Batches received from the source.
     pub(crate) source_updates: Counter,
     /// Output writes, by result.
@@ -43,6 +54,11 @@ impl ControllerMetrics {
             catalog_services: Gauge::default(),
             exported_services: Gauge::default(),
             recompute_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            export_seconds: Histogram::new(exponential_buckets(0.000_01, 2.0, 20)),
+            services_exported_again: Counter::default(),
+            services_merged_again: Counter::default(),
+            hostnames_changed: Counter::default(),
+            full_recomputes: Counter::default(),
             source_updates: Counter::default(),
             output_applies: Family::default(),
         };
@@ -61,6 +77,31 @@ impl ControllerMetrics {
             "recompute_seconds",
             "Time to recompute the export and the catalog",
             m.recompute_seconds.clone(),
+        );
+        r.register(
+            "export_seconds",
+            "Time to bring the export up to date with a batch of changes from the source",
+            m.export_seconds.clone(),
+        );
+        r.register(
+            "services_exported_again",
+            "Services whose export was recomputed because a change touched them",
+            m.services_exported_again.clone(),
+        );
+        r.register(
+            "services_merged_again",
+            "Global services merged again because their inputs changed",
+            m.services_merged_again.clone(),
+        );
+        r.register(
+            "hostnames_changed",
+            "Hostnames whose global service was replaced, added or removed",
+            m.hostnames_changed.clone(),
+        );
+        r.register(
+            "full_recomputes",
+            "Catalogs recomputed from scratch (the cluster's identity, Segments or links changed)",
+            m.full_recomputes.clone(),
         );
         r.register(
             "source_updates",

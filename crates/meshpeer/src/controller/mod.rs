@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, server_config};
-use meshpeer_model::{Cidr, ClusterConfig, ClusterSnapshot, Export, GlobalCatalog};
+use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
+use meshpeer_model::{Cidr, ClusterConfig, ClusterSnapshot, GlobalCatalog};
 use meshpeer_peering::{
     Connector, ExportPublisher, LocalInfo, Metrics as PeeringMetrics, PeeringService,
     ServerSettings, TlsConnector,
@@ -257,17 +258,18 @@ impl Controller {
         });
         let mut core = Core {
             settings: CoreSettings {
-                vip_range,
                 heartbeat,
                 grace,
                 peering_address: peering_addr.to_string(),
                 admission,
             },
-            snapshot: ClusterSnapshot::new(ClusterConfig::default()),
+            exporter: ExportEngine::new(ClusterSnapshot::new(ClusterConfig::default())),
+            cataloguer: CatalogEngine::new(vip_range, vips),
+            own_changes: OwnChanges::ALL,
             ready: false,
-            own_export: Export::default(),
             catalog: Arc::new(GlobalCatalog::default()),
-            vips,
+            pending_exported: 0,
+            last_step: Default::default(),
             peers: Default::default(),
             link_tasks: Default::default(),
             publisher,

@@ -43,6 +43,26 @@ pub struct Status {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_error: Option<String>,
     pub diagnostics: Vec<Diagnostic>,
+    /// What the last recomputation cost (SPEC I1).
+    #[serde(default)]
+    pub recompute: RecomputeStats,
+}
+
+/// What one recomputation of the export and catalog touched (SPEC I1: it
+/// follows the change, not the mesh).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecomputeStats {
+    /// Services whose export was recomputed.
+    pub exported: usize,
+    /// Global services merged again.
+    pub merged: usize,
+    /// Hostnames whose global service changed.
+    pub hostnames: usize,
+    /// Everything was recomputed (identity, Segments or links changed).
+    pub full: bool,
+    /// Seconds the export and catalog work took.
+    pub seconds: f64,
 }
 
 /// Connection state of a link.
