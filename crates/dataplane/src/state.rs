@@ -46,6 +46,15 @@ struct Placed {
     outside: Vec<String>,
 }
 
+/// What a global service is to place: listeners, DNS names, and a record
+/// of both.
+#[derive(Debug, Default)]
+struct Plan {
+    placed: Placed,
+    listeners: Vec<(SocketAddr, Target)>,
+    names: Vec<(String, IpAddr)>,
+}
+
 /// One version of the data plane's view.
 #[derive(Clone, Debug, Default)]
 pub struct DataplaneState {
@@ -65,6 +74,8 @@ pub struct DataplaneState {
     placed: imbl::HashMap<String, Placed>,
     /// What the manual entries placed.
     manual: Placed,
+    /// What the manual entries want: placed or held by a global service.
+    manual_wants: Placed,
 }
 
 /// The zone of taken-over cluster-local names (K1).
@@ -170,23 +181,30 @@ impl DataplaneState {
             changed.push(host.clone());
         }
         // Manual entries fill in around the global services: redo them when
-        // they changed, or a global service took or left one of their places.
+        // they changed, or a global service takes or leaves one of their
+        // places. They are taken out before the global services go in, so
+        // that taking them out never removes a global service's name.
         let mut redo_manual = old.manual != new.manual;
+        let mut plans = Vec::with_capacity(changed.len());
         for host in &changed {
             let before = next.unplace(host, &mut names);
-            next.place(host, &mut names, opts);
+            let plan = next.plan(host, opts);
             if !redo_manual {
-                let after = next.placed.get(host).cloned().unwrap_or_default();
-                redo_manual = [&before, &after].iter().any(|p| {
-                    p.listeners
-                        .iter()
-                        .any(|a| self.manual.listeners.contains(a))
-                        || p.names.iter().any(|n| self.manual.names.contains(n))
+                let wants = &self.manual_wants;
+                redo_manual = [&before, &plan.placed].iter().any(|p| {
+                    p.listeners.iter().any(|a| wants.listeners.contains(a))
+                        || p.names.iter().any(|n| wants.names.contains(n))
                 });
             }
+            plans.push((host, plan));
         }
         if redo_manual {
             next.unplace_manual(&mut names);
+        }
+        for (host, plan) in plans {
+            next.apply_plan(host, plan, &mut names);
+        }
+        if redo_manual {
             next.place_manual(&mut names);
         }
         let dns_changed = !names.ptr_eq(&self.dns.names) && names != self.dns.names;
@@ -208,56 +226,65 @@ impl DataplaneState {
 
     /// Adds the listeners and names of the global service `host`.
     fn place(&mut self, host: &str, names: &mut Names, opts: &StateOptions) {
-        let feed = Arc::clone(&self.feed);
-        let Some(svc) = feed.catalog.services.get(host) else {
-            return;
+        let plan = self.plan(host, opts);
+        self.apply_plan(host, plan, names);
+    }
+
+    /// What the global service `host` would place, without placing it.
+    fn plan(&self, host: &str, opts: &StateOptions) -> Plan {
+        let mut plan = Plan::default();
+        let Some(svc) = self.feed.catalog.services.get(host) else {
+            return plan;
         };
         let zones = &self.dns.authoritative;
         let in_zones = |h: &str| zones.iter().any(|z| is_in_domain(h, z));
-        let mut placed = Placed::default();
         if !in_zones(&svc.hostname) {
-            placed.outside.push(svc.hostname.clone());
-        } else {
-            let key: Arc<str> = Arc::from(svc.hostname.as_str());
-            let name = svc.hostname.to_ascii_lowercase();
-            names.insert(name.clone(), vec![svc.vip]);
-            placed.names.push(name);
-            for p in &svc.ports {
-                let addr = SocketAddr::new(svc.vip, p.number);
-                self.listeners.insert(
-                    addr,
-                    Target::Global {
-                        host: Arc::clone(&key),
-                        port: p.number,
-                    },
-                );
-                placed.listeners.push(addr);
-            }
-            if let Some(t) = &svc.takeover {
-                if !is_in_domain(&t.hostname, CLUSTER_LOCAL) {
-                    placed.outside.push(t.hostname.clone());
-                } else {
-                    // The cluster-local name now leads to the global service (K1).
-                    let local = t.hostname.to_ascii_lowercase();
-                    names.insert(local.clone(), vec![svc.vip]);
-                    placed.names.push(local);
-                    if opts.capture_cluster_ips {
-                        for addr in cluster_ip_listeners(svc) {
-                            self.listeners.insert(
-                                addr,
-                                Target::Global {
-                                    host: Arc::clone(&key),
-                                    port: addr.port(),
-                                },
-                            );
-                            placed.listeners.push(addr);
-                        }
+            plan.placed.outside.push(svc.hostname.clone());
+            return plan;
+        }
+        let key: Arc<str> = Arc::from(svc.hostname.as_str());
+        let listen = |addr: SocketAddr, plan: &mut Plan| {
+            plan.listeners.push((
+                addr,
+                Target::Global {
+                    host: Arc::clone(&key),
+                    port: addr.port(),
+                },
+            ));
+            plan.placed.listeners.push(addr);
+        };
+        plan.names
+            .push((svc.hostname.to_ascii_lowercase(), svc.vip));
+        for p in &svc.ports {
+            listen(SocketAddr::new(svc.vip, p.number), &mut plan);
+        }
+        if let Some(t) = &svc.takeover {
+            if !is_in_domain(&t.hostname, CLUSTER_LOCAL) {
+                plan.placed.outside.push(t.hostname.clone());
+            } else {
+                // The cluster-local name now leads to the global service (K1).
+                plan.names.push((t.hostname.to_ascii_lowercase(), svc.vip));
+                if opts.capture_cluster_ips {
+                    for addr in cluster_ip_listeners(svc) {
+                        listen(addr, &mut plan);
                     }
                 }
             }
         }
-        self.outside_zones.extend(placed.outside.iter().cloned());
-        self.placed.insert(host.to_owned(), placed);
+        plan.placed.names = plan.names.iter().map(|(n, _)| n.clone()).collect();
+        plan
+    }
+
+    fn apply_plan(&mut self, host: &str, plan: Plan, names: &mut Names) {
+        for (addr, target) in plan.listeners {
+            self.listeners.insert(addr, target);
+        }
+        for (name, vip) in plan.names {
+            names.insert(name, vec![vip]);
+        }
+        self.outside_zones
+            .extend(plan.placed.outside.iter().cloned());
+        self.placed.insert(host.to_owned(), plan.placed);
     }
 
     /// Removes what the global service `host` placed; returns it.
@@ -294,6 +321,7 @@ impl DataplaneState {
             .collect();
         let in_vip_range = |a: &IpAddr| catalog.vip_range.is_some_and(|r| r.contains(*a));
         let mut placed = Placed::default();
+        let mut wants = Placed::default();
         let mut added: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for (i, m) in catalog.manual.iter().enumerate() {
             let addresses: Vec<IpAddr> = m
@@ -304,7 +332,11 @@ impl DataplaneState {
                 .collect();
             for h in &m.hosts {
                 let h = h.to_ascii_lowercase();
-                if in_zones(&h) || owned.contains(h.as_str()) {
+                if in_zones(&h) {
+                    continue;
+                }
+                wants.names.push(h.clone());
+                if owned.contains(h.as_str()) {
                     continue;
                 }
                 added.entry(h).or_default().extend(&addresses);
@@ -312,6 +344,7 @@ impl DataplaneState {
             for a in &addresses {
                 for p in &m.ports {
                     let addr = SocketAddr::new(*a, p.number);
+                    wants.listeners.push(addr);
                     if !self.listeners.contains_key(&addr) {
                         self.listeners.insert(
                             addr,
@@ -330,6 +363,7 @@ impl DataplaneState {
             placed.names.push(h);
         }
         self.manual = placed;
+        self.manual_wants = wants;
     }
 
     fn unplace_manual(&mut self, names: &mut Names) {

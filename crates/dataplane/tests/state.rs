@@ -476,3 +476,176 @@ fn p4_a_manual_entry_never_adds_to_a_global_name_nor_listens_in_the_vip_range() 
         listeners(&s)
     );
 }
+
+mod incremental {
+    //! SPEC I1: the state advanced version by version equals the state
+    //! built from scratch, listeners, DNS table and all.
+
+    use super::*;
+    use meshpeer_model::{
+        Contribution, ExportedService, GlobalService, LocalTakeover, ManualEndpoint, ManualEntry,
+        NsName, Reach, Scope, ServicePort, TrafficDistribution,
+    };
+    use proptest::prelude::*;
+
+    /// A global service: hostname index (3 is outside the zones), port
+    /// set, takeover (with its own ClusterIP, which a manual entry may use
+    /// too).
+    #[derive(Clone, Debug)]
+    struct Svc {
+        host: u8,
+        ports: u8,
+        takeover: Option<u8>,
+        local: bool,
+    }
+
+    #[derive(Clone, Debug)]
+    struct Manual {
+        host: u8,
+        address: u8,
+    }
+
+    fn svc_spec() -> impl Strategy<Value = Svc> {
+        (0..5u8, 1..4u8, prop::option::of(0..2u8), any::<bool>()).prop_map(
+            |(host, ports, takeover, local)| Svc {
+                host,
+                ports,
+                takeover,
+                local,
+            },
+        )
+    }
+
+    fn manual_spec() -> impl Strategy<Value = Manual> {
+        (0..4u8, 0..3u8).prop_map(|(host, address)| Manual { host, address })
+    }
+
+    fn hostname(i: u8) -> String {
+        if i == 3 {
+            "svc3.ns.example.com".into()
+        } else {
+            format!("svc{i}.ns.mesh.internal")
+        }
+    }
+
+    fn catalog_of(services: &[Svc], manual: &[Manual]) -> GlobalCatalog {
+        let mut cat = GlobalCatalog {
+            vip_range: Some("240.240.0.0/16".parse().unwrap()),
+            ..GlobalCatalog::default()
+        };
+        for s in services {
+            let host = hostname(s.host);
+            let ports: Vec<ServicePort> = [80u16, 8080, 9090]
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| s.ports & (1 << i) != 0)
+                .map(|(_, p)| ServicePort::new(&format!("tcp-{p}"), *p, "TCP"))
+                .collect();
+            let name = format!("svc{}", s.host);
+            let exported = ExportedService {
+                namespace: "ns".into(),
+                name: name.clone(),
+                hostname: host.clone(),
+                scope: Scope::Global,
+                traffic_distribution: None,
+                takeover: s.takeover.is_some(),
+                ports: ports.iter().take(2).cloned().collect(),
+                localities: Vec::new(),
+                cluster_ips: Vec::new(),
+            };
+            let takeover = s.takeover.map(|_| LocalTakeover {
+                hostname: format!("{name}.ns.svc.cluster.local"),
+                cluster_ips: vec![ip_of(&format!("10.96.0.{}", s.host))],
+            });
+            let svc = GlobalService {
+                hostname: host.clone(),
+                namespace: "ns".into(),
+                name,
+                segment: None,
+                scope: Scope::Global,
+                vip: ip_of(&format!("240.240.0.{}", s.host + 1)),
+                ports,
+                distribution: TrafficDistribution::PreferNetwork,
+                taken_over: s.takeover.is_some(),
+                takeover,
+                contributions: vec![Contribution {
+                    cluster: "cluster1".into(),
+                    network: "cluster1".into(),
+                    reach: if s.local {
+                        Reach::Local
+                    } else {
+                        Reach::Gateway
+                    },
+                    service: Arc::new(exported),
+                }],
+            };
+            cat.services.insert(host, Arc::new(svc));
+        }
+        for (i, m) in manual.iter().enumerate() {
+            let host = match m.host {
+                0 => "legacy.example".to_owned(),
+                1 => hostname(1),
+                2 => "svc0.ns.svc.cluster.local".to_owned(),
+                _ => "other.example".to_owned(),
+            };
+            let address = match m.address {
+                0 => "192.0.2.10",
+                1 => "10.96.0.1",
+                _ => "240.240.0.2",
+            };
+            cat.manual.push(ManualEntry {
+                name: NsName::new("ns", &format!("m{i}")),
+                hosts: vec![host],
+                addresses: vec![ip_of(address)],
+                ports: vec![ServicePort::new("http", 80, "HTTP")],
+                endpoints: vec![ManualEndpoint {
+                    address: "192.0.2.99".into(),
+                    ports: Default::default(),
+                    network: None,
+                }],
+            });
+        }
+        cat
+    }
+
+    fn ip_of(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn same(a: &DataplaneState, b: &DataplaneState) -> Result<(), TestCaseError> {
+        let la: BTreeMap<_, _> = a.listeners.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let lb: BTreeMap<_, _> = b.listeners.iter().map(|(k, v)| (*k, v.clone())).collect();
+        prop_assert_eq!(la, lb);
+        prop_assert_eq!(&a.dns.names, &b.dns.names);
+        prop_assert_eq!(&a.dns.authoritative, &b.dns.authoritative);
+        prop_assert_eq!(&a.outside_zones, &b.outside_zones);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn i1_the_state_advanced_by_versions_equals_the_state_built_afresh(
+            capture in any::<bool>(),
+            versions in prop::collection::vec(
+                (prop::collection::vec(svc_spec(), 0..5), prop::collection::vec(manual_spec(), 0..3)),
+                1..12,
+            )
+        ) {
+            let opts = StateOptions {
+                capture_cluster_ips: capture,
+                ..StateOptions::default()
+            };
+            let mut state = Arc::new(DataplaneState::default());
+            for (i, (services, manual)) in versions.iter().enumerate() {
+                let f = feed(i as u64 + 1, catalog_of(services, manual));
+                let (next, step) = state.advance(Arc::clone(&f), &opts);
+                let fresh = DataplaneState::build(f, &opts);
+                same(&next, &fresh)?;
+                prop_assert_eq!(step.dns_changed, next.dns.names != state.dns.names || state.feed.version == 0);
+                state = Arc::new(next);
+            }
+        }
+    }
+}

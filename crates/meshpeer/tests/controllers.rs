@@ -434,3 +434,59 @@ async fn c6_a_peer_under_another_root_is_refused_and_the_reason_is_shown() {
     mesh.shutdown().await;
     other.shutdown().await;
 }
+
+/// SPEC I1 with real controllers: a pod of one service of many changes in
+/// cluster2; cluster2 exports that one service again, and cluster1 merges
+/// that one global service again, no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn i1_one_pod_change_costs_one_service_on_both_sides() {
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    let c2 = mesh.cluster("cluster2");
+    c2.write("ns.yaml", &namespace("shop", &[]));
+    for i in 0..200 {
+        c2.write(
+            &format!("svc{i}.yaml"),
+            &service(
+                "shop",
+                &format!("svc{i}"),
+                Some("global"),
+                &format!("10.2.{}.{}", i / 200, i % 200 + 1),
+            ),
+        );
+    }
+    mesh.start().await;
+    mesh.link_all().await;
+    mesh.cluster("cluster1")
+        .wait("all 200 seen", |v| v.catalog.services.len() == 200)
+        .await;
+
+    // svc7's pod moves to another address.
+    mesh.cluster("cluster2").write(
+        "svc7.yaml",
+        &service("shop", "svc7", Some("global"), "10.2.9.9"),
+    );
+    let v2 = mesh
+        .cluster("cluster2")
+        .wait("svc7 exported again", |v| {
+            v.status.recompute.exported == 1 && v.status.exported_services == 200
+        })
+        .await;
+    assert!(!v2.status.recompute.full, "{:?}", v2.status.recompute);
+    let v1 = mesh
+        .cluster("cluster1")
+        .wait("svc7's new endpoint", |v| {
+            v.catalog
+                .service("svc7.shop.mesh.internal")
+                .is_some_and(|s| {
+                    s.contributions.iter().any(|c| {
+                        c.service
+                            .endpoints()
+                            .any(|(_, e)| e.address.to_string() == "10.2.9.9")
+                    })
+                })
+        })
+        .await;
+    let r = &v1.status.recompute;
+    assert_eq!((r.merged, r.hostnames, r.full), (1, 1, false), "{r:?}");
+    mesh.shutdown().await;
+}

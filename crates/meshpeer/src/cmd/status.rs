@@ -89,6 +89,16 @@ pub(crate) fn format_status(s: &Status) -> String {
         "Exports {} services (version {}); sees {} global services, {} with endpoints from peers",
         s.exported_services, s.export_version, s.global_services, s.imported_services
     );
+    let r = &s.recompute;
+    let _ = writeln!(
+        out,
+        "Last change: {} service(s) exported again, {} global service(s) merged again, {} hostname(s) changed{}, in {:.2} ms",
+        r.exported,
+        r.merged,
+        r.hostnames,
+        if r.full { " (recomputed in full)" } else { "" },
+        r.seconds * 1000.0
+    );
     if let Some(e) = &s.output_error {
         let _ = writeln!(out, "Output: FAILING: {e}");
     }
