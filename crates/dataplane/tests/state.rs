@@ -594,7 +594,7 @@ mod incremental {
                 _ => "240.240.0.2",
             };
             cat.manual.push(ManualEntry {
-                name: NsName::new("ns", &format!("m{i}")),
+                name: NsName::new("ns", format!("m{i}")),
                 hosts: vec![host],
                 addresses: vec![ip_of(address)],
                 ports: vec![ServicePort::new("http", 80, "HTTP")],
