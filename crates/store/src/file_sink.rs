@@ -76,21 +76,22 @@ impl Sink for FileSink {
         let dir = self.out_dir.clone();
         // What differs from the last successful apply; everything the first
         // time (then the folder is listed to find files no longer wanted).
-        let mut changed: Vec<Arc<ServiceEntry>> = Vec::new();
+        // `true`: the file is one this sink wrote (no need to read it back
+        // before replacing it).
+        let mut changed: Vec<(Arc<ServiceEntry>, bool)> = Vec::new();
         let mut gone: Vec<String> = Vec::new();
         let mut skipped = 0;
         if self.listed {
             for item in self.applied.diff(desired) {
                 match item {
-                    DiffItem::Add(_, se) | DiffItem::Update { new: (_, se), .. } => {
-                        changed.push(Arc::clone(se))
-                    }
+                    DiffItem::Add(_, se) => changed.push((Arc::clone(se), false)),
+                    DiffItem::Update { new: (_, se), .. } => changed.push((Arc::clone(se), true)),
                     DiffItem::Remove(name, _) => gone.push(format!("{name}.yaml")),
                 }
             }
             skipped = desired.len().saturating_sub(changed.len());
         } else {
-            changed.extend(desired.values().cloned());
+            changed.extend(desired.values().map(|se| (Arc::clone(se), false)));
         }
         let wanted = wanted_files(&changed);
         let all = (!self.listed).then(|| file_names(desired));
@@ -150,15 +151,19 @@ fn file_names(desired: &Desired) -> Result<BTreeSet<String>, SinkError> {
         .collect()
 }
 
-/// `(file name, content)` of each ServiceEntry, its name checked.
-fn wanted_files(entries: &[Arc<ServiceEntry>]) -> Result<Vec<(String, String)>, SinkError> {
+/// A file to write: name, content, and whether this sink wrote it last.
+type Wanted = (String, String, bool);
+
+/// The file of each ServiceEntry, its name checked.
+fn wanted_files(entries: &[(Arc<ServiceEntry>, bool)]) -> Result<Vec<Wanted>, SinkError> {
     entries
         .iter()
-        .map(|se| {
+        .map(|(se, ours)| {
             let name = se.metadata.name.as_deref().unwrap_or_default();
             Ok((
                 file_name(name, "ServiceEntry name")?,
                 to_yaml(std::slice::from_ref(&**se)),
+                *ours,
             ))
         })
         .collect()
@@ -240,15 +245,22 @@ fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
 /// in the folder whose name is not in `names` (every desired file).
 fn apply_files(
     dir: &Path,
-    wanted: Vec<(String, String)>,
+    wanted: Vec<Wanted>,
     names: Option<BTreeSet<String>>,
     gone: Option<Vec<String>>,
 ) -> Result<SinkReport, SinkError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut report = SinkReport::default();
-    for (name, content) in wanted {
+    for (name, content, ours) in wanted {
         let path = dir.join(&name);
-        match fs::read(&path) {
+        // A file this sink wrote last holds an older version of the same
+        // entry: replaced without reading it back.
+        let current = if ours {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        } else {
+            fs::read(&path)
+        };
+        match current {
             Ok(current) if current == content.as_bytes() => {
                 report.unchanged += 1;
                 continue;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use imbl::ordmap::DiffItem;
 use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
 use meshpeer_model::trust::{
     REASON_HOSTNAME_REFUSED, REASON_SEGMENT_NOT_DEFINED, REASON_SEGMENT_PIN_MISMATCH,
@@ -59,6 +60,10 @@ pub(crate) struct Core {
     pub(crate) pending_exported: usize,
     /// What the last recomputation touched, for status.
     pub(crate) last_step: RecomputeStats,
+    /// Global services each peer contributes to, and those any peer
+    /// contributes to, kept by what changes (not counted per publish).
+    pub(crate) contributed: BTreeMap<String, usize>,
+    pub(crate) imported: usize,
     pub(crate) peers: BTreeMap<String, PeerState>,
     pub(crate) link_tasks: BTreeMap<String, (PeerLink, JoinHandle<()>)>,
     pub(crate) publisher: ExportPublisher,
@@ -219,7 +224,47 @@ impl Core {
             seconds: 0.0,
         };
         self.pending_exported = 0;
-        self.catalog = Arc::new(self.cataloguer.catalog().clone());
+        let next = Arc::new(self.cataloguer.catalog().clone());
+        self.account(&Arc::clone(&self.catalog), &next);
+        self.catalog = next;
+    }
+
+    /// Keeps `contributed` and `imported` in step with a new catalog, by
+    /// what changed.
+    fn account(&mut self, old: &GlobalCatalog, new: &GlobalCatalog) {
+        for item in old.services.diff(&new.services) {
+            match item {
+                DiffItem::Add(_, s) => self.count(s, true),
+                DiffItem::Remove(_, s) => self.count(s, false),
+                DiffItem::Update { old, new } => {
+                    self.count(old.1, false);
+                    self.count(new.1, true);
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, s: &meshpeer_model::GlobalService, add: bool) {
+        let mut remote = false;
+        for c in s.contributions.iter().filter(|c| c.reach != Reach::Local) {
+            remote = true;
+            let n = self.contributed.entry(c.cluster.clone()).or_default();
+            if add {
+                *n += 1;
+            } else {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.contributed.remove(&c.cluster);
+                }
+            }
+        }
+        if remote {
+            self.imported = if add {
+                self.imported + 1
+            } else {
+                self.imported.saturating_sub(1)
+            };
+        }
     }
 
     /// Starts, restarts and stops link tasks to match the catalog's links;
@@ -277,15 +322,6 @@ impl Core {
     /// Publishes the view and the output job.
     pub(crate) fn publish(&mut self) {
         let now = SystemTime::now();
-        // Peers whose export is in the catalog.
-        let in_catalog: Vec<String> = self
-            .catalog
-            .services
-            .values()
-            .flat_map(|s| s.contributions.iter())
-            .filter(|c| c.reach != Reach::Local)
-            .map(|c| c.cluster.clone())
-            .collect();
         let mut statuses = Vec::new();
         for (name, peer) in &mut self.peers {
             let generation = self
@@ -299,7 +335,7 @@ impl Core {
                 .refused_peers
                 .iter()
                 .find(|r| &r.cluster == name);
-            let listed = in_catalog.contains(name)
+            let listed = self.contributed.contains_key(name)
                 || peer.export.as_ref().is_some_and(|e| e.services.is_empty());
             peer.update_conditions(listed, generation, now, refusal);
             for reason in REFUSAL_REASONS {
@@ -351,12 +387,7 @@ impl Core {
     }
 
     fn status(&self) -> Status {
-        let imported = self
-            .catalog
-            .services
-            .values()
-            .filter(|s| s.contributions.iter().any(|c| c.reach != Reach::Local))
-            .count();
+        let imported = self.imported;
         Status {
             cluster: self.catalog.cluster.clone(),
             peering_address: self.settings.peering_address.clone(),

@@ -270,6 +270,8 @@ impl Controller {
             catalog: Arc::new(GlobalCatalog::default()),
             pending_exported: 0,
             last_step: Default::default(),
+            contributed: Default::default(),
+            imported: 0,
             peers: Default::default(),
             link_tasks: Default::default(),
             publisher,

@@ -417,7 +417,13 @@ impl Mesh {
     /// proxy (DNS on 127.0.0.1:0), following their controllers. Fast
     /// ejection so that tests see recovery within a second.
     pub(crate) async fn start_dataplane(&mut self) {
-        for c in &mut self.clusters {
+        let names: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
+        self.start_dataplane_of(&names).await;
+    }
+
+    /// [`Mesh::start_dataplane`] for the named clusters only.
+    pub(crate) async fn start_dataplane_of(&mut self, names: &[String]) {
+        for c in self.clusters.iter_mut().filter(|c| names.contains(&c.name)) {
             let feed = c.controller().feed();
             let now = SystemTime::now();
             let identity = |ns: &str, sa: &str| {

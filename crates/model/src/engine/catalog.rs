@@ -74,17 +74,20 @@ struct Merged {
     diagnostics: Vec<Diagnostic>,
 }
 
-/// Counted findings: the catalog's are the keys, in order.
+/// Counted findings: the catalog's are the keys, in order. `changed` says
+/// whether they may differ from the ones last published.
 #[derive(Clone, Debug, Default)]
-struct Findings(BTreeMap<Diagnostic, usize>);
+struct Findings(BTreeMap<Diagnostic, usize>, bool);
 
 impl Findings {
     fn add(&mut self, diags: &[Diagnostic]) {
+        self.1 |= !diags.is_empty();
         for d in diags {
             *self.0.entry(d.clone()).or_default() += 1;
         }
     }
     fn remove(&mut self, diags: &[Diagnostic]) {
+        self.1 |= !diags.is_empty();
         for d in diags {
             if let Some(n) = self.0.get_mut(d) {
                 *n -= 1;
@@ -234,8 +237,10 @@ impl CatalogEngine {
                 }
             }
         }
-        self.findings
-            .replace(&self.own.diagnostics, &own.diagnostics);
+        if !self.own.diagnostics.is_empty() || !own.diagnostics.is_empty() {
+            self.findings
+                .replace(&self.own.diagnostics, &own.diagnostics);
+        }
         self.own = own.clone();
 
         // Peers, by the name they present.
@@ -304,7 +309,7 @@ impl CatalogEngine {
         self.claims.clear();
         self.takeovers.clear();
         self.collisions.clear();
-        self.findings = Findings::default();
+        self.findings = Findings(BTreeMap::new(), true);
         self.findings.add(&self.exhausted_diags);
         self.findings.add(&self.manual_diags);
     }
@@ -657,6 +662,9 @@ impl CatalogEngine {
     }
 
     fn publish_findings(&mut self) {
+        if !std::mem::take(&mut self.findings.1) {
+            return;
+        }
         let fresh: Vec<Diagnostic> = self.findings.0.keys().cloned().collect();
         if fresh != self.catalog.diagnostics {
             self.catalog.diagnostics = fresh;
