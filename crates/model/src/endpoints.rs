@@ -257,6 +257,17 @@ impl EndpointIndex {
     }
 }
 
+/// What finding a Service's endpoints ran into, besides the endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Found {
+    /// Nodes whose labels the endpoints' localities were read from (or
+    /// would have been, had they existed): the endpoints change when they do.
+    pub(crate) nodes: BTreeSet<String>,
+    /// Service port name -> (number, named targetPort, pods that do not
+    /// declare it) (G10: left out of that port's endpoints).
+    pub(crate) unresolved: BTreeMap<String, (u16, String, Vec<String>)>,
+}
+
 /// Where a Service's endpoints came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -270,8 +281,8 @@ pub(crate) enum Source {
 /// When the Service has EndpointSlices they are authoritative (as for
 /// kube-proxy); otherwise the Pods its selector matches are used.
 ///
-/// `nodes` receives the names of the Nodes whose labels gave a locality (or
-/// would have, had they existed): the endpoints change when they do.
+/// `found` receives the Nodes that gave localities and the Pods left out of
+/// a port because they do not declare its named target port.
 pub(crate) fn ready_endpoints(
     snap: &ClusterSnapshot,
     index: &EndpointIndex,
@@ -279,12 +290,12 @@ pub(crate) fn ready_endpoints(
     svc: &Service,
     ports: &[ServicePort],
     default_locality: &Locality,
-    nodes: &mut BTreeSet<String>,
+    found: &mut Found,
 ) -> (Vec<LocalityGroup>, Source) {
     let svc_slices = index.slices(snap, key);
     let (mut eps, source) = if !svc_slices.is_empty() {
         (
-            from_slices(snap, &svc_slices, ports, default_locality, nodes),
+            from_slices(snap, &svc_slices, ports, default_locality, &mut found.nodes),
             Source::EndpointSlices,
         )
     } else {
@@ -300,7 +311,7 @@ pub(crate) fn ready_endpoints(
                     index.pods_matching(snap, &key.namespace, sel),
                     ports,
                     default_locality,
-                    nodes,
+                    found,
                 ),
                 Source::Pods,
             ),
@@ -422,7 +433,7 @@ fn from_pods<'p>(
     pods: impl Iterator<Item = (&'p NsName, &'p Pod)>,
     ports: &[ServicePort],
     default_locality: &Locality,
-    nodes: &mut BTreeSet<String>,
+    found: &mut Found,
 ) -> Vec<(Locality, Endpoint)> {
     let mut out = Vec::new();
     // Address -> its index in `out`.
@@ -441,20 +452,36 @@ fn from_pods<'p>(
         else {
             continue;
         };
-        let targets: Vec<PortTarget> = ports
-            .iter()
-            .filter_map(|sp| {
-                let target = match &sp.target {
-                    None => Some(sp.number),
-                    Some(TargetPort::Number(n)) => Some(*n),
-                    Some(TargetPort::Named(name)) => container_port(pod, name),
-                }?;
-                Some(PortTarget {
+        let mut targets: Vec<PortTarget> = Vec::with_capacity(ports.len());
+        for sp in ports {
+            let target = match &sp.target {
+                None => Some(sp.number),
+                Some(TargetPort::Number(n)) => Some(*n),
+                Some(TargetPort::Named(name)) => {
+                    let t = container_port(pod, name);
+                    if t.is_none() {
+                        // G10: as Kubernetes does, the Pod is no endpoint
+                        // of this port.
+                        found
+                            .unresolved
+                            .entry(sp.name.clone())
+                            .or_insert_with(|| (sp.number, name.clone(), Vec::new()))
+                            .2
+                            .push(key.name.clone());
+                    }
+                    t
+                }
+            };
+            if let Some(target) = target {
+                targets.push(PortTarget {
                     port: sp.number,
                     target,
-                })
-            })
-            .collect();
+                });
+            }
+        }
+        if targets.is_empty() {
+            continue;
+        }
         if merge_seen(&mut out, &seen, address, &targets) {
             continue;
         }
@@ -468,7 +495,7 @@ fn from_pods<'p>(
             }
         };
         let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-        let locality = node_locality(snap, node, nodes)
+        let locality = node_locality(snap, node, &mut found.nodes)
             .or(&Locality::from_labels(&pod.metadata))
             .or(default_locality);
         out.push((

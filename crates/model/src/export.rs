@@ -220,13 +220,13 @@ pub(crate) fn service_part(
         cluster,
         index,
         diags: Vec::new(),
-        nodes: BTreeSet::new(),
+        found: endpoints::Found::default(),
     };
     let service = cx.service(key, svc).map(Arc::new);
     ServicePart {
         service,
         diagnostics: cx.diags,
-        nodes: cx.nodes,
+        nodes: cx.found.nodes,
     }
 }
 
@@ -333,7 +333,7 @@ struct Exporter<'a> {
     cluster: &'a ClusterInfo,
     index: &'a EndpointIndex,
     diags: Vec<Diagnostic>,
-    nodes: BTreeSet<String>,
+    found: endpoints::Found,
 }
 
 impl Exporter<'_> {
@@ -516,8 +516,36 @@ impl Exporter<'_> {
             svc,
             &svc_ports,
             &self.cluster.locality,
-            &mut self.nodes,
+            &mut self.found,
         );
+        // G10: Pods that do not declare a port's named targetPort are left
+        // out of that port, as Kubernetes leaves them out of its endpoints.
+        let unresolved = std::mem::take(&mut self.found.unresolved);
+        for (port, (number, target, pods)) in unresolved {
+            const NAMED: usize = 3;
+            let more = pods.len().saturating_sub(NAMED);
+            self.report(
+                Rule::G10,
+                Severity::Warning,
+                obj.clone(),
+                "spec.ports",
+                format!(
+                    "port {port} ({number}) targets the container port named {target:?}, which {} {} not declare; {} left out of port {number}'s endpoints",
+                    pods.iter()
+                        .take(NAMED)
+                        .map(|p| format!("pod {}/{p}", key.namespace))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + &if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        },
+                    if pods.len() == 1 { "does" } else { "do" },
+                    if pods.len() == 1 { "it is" } else { "they are" }
+                ),
+            );
+        }
         if source == Source::None {
             self.report(
                 Rule::G10,

@@ -694,21 +694,57 @@ fn g10_named_target_ports_resolve_per_pod() {
             svc("a", "bad")
                 .global()
                 .port_named_target("http", 80, "nope")
+                .ready(2),
+        )
+        .service(
+            svc("a", "half")
+                .global()
+                .port("metrics", 9090, 9090)
+                .port_named_target("grpc", 81, "grpc")
                 .ready(1),
         )
         .build();
     let e = exports(&snap);
-    let first = |svc: &str| {
+    let eps = |svc: &str| {
         e.service("a", svc)
             .unwrap()
             .endpoints()
-            .next()
-            .unwrap()
-            .1
-            .clone()
+            .map(|(_, ep)| ep.clone())
+            .collect::<Vec<_>>()
     };
-    assert_eq!(first("web").target(80), Some(8080));
-    assert_eq!(first("bad").target(80), None);
+    assert_eq!(eps("web")[0].target(80), Some(8080));
+    // Kubernetes leaves a Pod that does not declare the named port out of
+    // that port's endpoints: with no other port, the Pod is no endpoint.
+    assert!(eps("bad").is_empty(), "{:?}", eps("bad"));
+    // With another port it still serves that one, and only that one.
+    let half = eps("half");
+    assert_eq!(half.len(), 1);
+    assert_eq!(half[0].target(9090), Some(9090));
+    assert_eq!(half[0].target(81), None, "{:?}", half[0]);
+    // Each such Service is reported, naming the Pods, the Service and the
+    // port's name.
+    let g10 = with_rule(&e.diagnostics, Rule::G10);
+    let bad = g10
+        .iter()
+        .find(|d| d.object.name == "bad" && d.message.contains("\"nope\""))
+        .unwrap_or_else(|| panic!("{g10:#?}"));
+    assert!(
+        bad.message.contains("pod a/bad-0, pod a/bad-1")
+            && bad.message.contains("port http (80)")
+            && bad.message.contains("do not declare"),
+        "{}",
+        bad.message
+    );
+    let half = g10
+        .iter()
+        .find(|d| d.object.name == "half" && d.message.contains("\"grpc\""))
+        .unwrap_or_else(|| panic!("{g10:#?}"));
+    assert!(
+        half.message.contains("pod a/half-0 does not declare"),
+        "{}",
+        half.message
+    );
+    assert!(!g10.iter().any(|d| d.object.name == "web"), "{g10:#?}");
 }
 
 #[test]
