@@ -202,9 +202,12 @@ impl Pool {
             range: *range,
             first,
             count,
+            // Only usable addresses count: a reserved network or broadcast
+            // address takes nothing from the pool.
             taken: reserved
                 .into_iter()
                 .filter_map(|ip| range.offset_of(*ip))
+                .filter(|off| *off >= first && *off < first + count)
                 .collect(),
         }
     }
@@ -414,20 +417,72 @@ mod tests {
 
     #[test]
     fn g11_hash_is_stable_across_releases() {
-        // Pinned: changing the hash would move every VIP on upgrade.
-        let range = Cidr::default_vip_range();
+        // Pinned, all 128 bits and the addresses they give: changing the
+        // hash would move every VIP on upgrade.
+        assert_eq!(hash(""), 0x6c62_272e_07bb_0142_cbf2_9ce4_8422_2325);
+        assert_eq!(hash("a"), 0xe5c9_b637_22c2_ee79_af63_dc4c_8601_ec8c);
+        assert_eq!(
+            hash("in-ambient.httpbin.mesh.internal"),
+            0x93f5_e86e_a03b_fbe9_c162_6547_d771_a0a6
+        );
+        let host = "in-ambient.httpbin.mesh.internal";
         let a = allocate(
-            &range,
-            &set(&["in-ambient.httpbin.mesh.internal"]),
+            &Cidr::default_vip_range(),
+            &set(&[host]),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(a.vips[host], "240.240.205.7".parse::<IpAddr>().unwrap());
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        let a = allocate(
+            &v6,
+            &set(&[host]),
             &BTreeMap::new(),
             &BTreeMap::new(),
             &BTreeSet::new(),
         );
         assert_eq!(
-            a.vips["in-ambient.httpbin.mesh.internal"],
-            hash_ip(&range, "in-ambient.httpbin.mesh.internal")
+            a.vips[host],
+            "fdf5:e86e:a03b:fbe9:c162:6547:d771:a1cd"
+                .parse::<IpAddr>()
+                .unwrap()
         );
-        assert_eq!(hash("") as u64, 0xcbf2_9ce4_8422_2325);
-        assert_eq!(hash("a") as u64, 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn g11_reserved_network_and_broadcast_addresses_cost_nothing() {
+        // A /30 has two usable addresses, whatever holds .0 and .3.
+        let range: Cidr = "10.0.0.0/30".parse().unwrap();
+        for reserved in [&["10.0.0.0"][..], &["10.0.0.3"], &["10.0.0.0", "10.0.0.3"]] {
+            let reserved: BTreeSet<IpAddr> = reserved.iter().map(|s| s.parse().unwrap()).collect();
+            let a = allocate(
+                &range,
+                &set(&["a", "b"]),
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                &reserved,
+            );
+            assert!(a.exhausted.is_empty(), "{reserved:?}: {a:?}");
+            let ips: BTreeSet<IpAddr> = a.vips.values().copied().collect();
+            assert_eq!(
+                ips,
+                ["10.0.0.1", "10.0.0.2"]
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .collect(),
+                "{reserved:?}"
+            );
+        }
+        // A usable reserved address does count.
+        let reserved: BTreeSet<IpAddr> = ["10.0.0.1".parse().unwrap()].into();
+        let a = allocate(
+            &range,
+            &set(&["a", "b"]),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &reserved,
+        );
+        assert_eq!(a.exhausted.len(), 1, "{a:?}");
     }
 }

@@ -572,3 +572,146 @@ fn i1_one_changed_service_of_a_peer_re_merges_one_global_service() {
     );
     assert_eq!((step.merged, step.hostnames, step.changed), (0, 0, false));
 }
+
+/// Two hostnames of `ns0` (services `svc<a>`, `svc<b>`) that hash to the
+/// same address of `range`.
+fn colliding(range: &Cidr) -> (String, String) {
+    let alone = |i: usize| {
+        let host = format!("svc{i}.ns0.mesh.internal");
+        let a = meshpeer_model::vip::allocate(
+            range,
+            &[host.as_str()].into(),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            &Default::default(),
+        );
+        a.vips[&host]
+    };
+    for a in 0..64 {
+        for b in a + 1..64 {
+            if alone(a) == alone(b) {
+                return (format!("svc{a}"), format!("svc{b}"));
+            }
+        }
+    }
+    unreachable!("64 hostnames in 6 addresses collide");
+}
+
+/// `cluster` exports `names` from ns0, each with one ready pod.
+fn exporter(cluster: &str, names: &[&str]) -> ExportEngine {
+    let mut snap = empty_cluster(cluster);
+    snap.apply(Object::Namespace(namespace("ns0", &[])));
+    for (i, name) in names.iter().enumerate() {
+        snap.apply(Object::Service(svc("ns0", name).global().service()));
+        snap.apply(Object::Pod(pod(
+            "ns0",
+            &format!("{name}-0"),
+            &[("app", name)],
+            &format!("10.9.0.{}", i + 1),
+            true,
+            None,
+        )));
+    }
+    ExportEngine::new(snap)
+}
+
+fn linked(me: &str, peers: &[&str]) -> ExportEngine {
+    let mut snap = empty_cluster(me);
+    for (i, p) in peers.iter().enumerate() {
+        snap.apply(Object::Gateway(peer_gateway(
+            p,
+            p,
+            p,
+            &format!("192.0.2.{}", i + 1),
+        )));
+    }
+    ExportEngine::new(snap)
+}
+
+#[test]
+fn g11_colliding_new_hostnames_get_the_same_vips_whatever_the_order_of_events() {
+    let range: Cidr = "10.0.0.0/29".parse().unwrap();
+    let (a, b) = colliding(&range);
+    let host = |s: &str| format!("{s}.ns0.mesh.internal");
+    let me = linked("cluster1", &["cluster2", "cluster3"]);
+
+    // The two services come from two peers in one update, the peers in
+    // either order, and from one peer whose objects came in either order.
+    let two = (exporter("cluster2", &[&a]), exporter("cluster3", &[&b]));
+    let mut seen = Vec::new();
+    for peers in [
+        vec![two.0.export(), two.1.export()],
+        vec![two.1.export(), two.0.export()],
+    ] {
+        let mut cat = CatalogEngine::new(range, BTreeMap::new());
+        cat.update(me.snapshot(), me.export(), peers, OwnChanges::ALL);
+        seen.push(cat.vips().clone());
+    }
+    for names in [[a.as_str(), b.as_str()], [b.as_str(), a.as_str()]] {
+        let one = exporter("cluster2", &names);
+        let mut cat = CatalogEngine::new(range, BTreeMap::new());
+        cat.update(me.snapshot(), me.export(), [one.export()], OwnChanges::ALL);
+        seen.push(cat.vips().clone());
+    }
+    // Both arrive after a first update with neither.
+    for peers in [
+        vec![two.0.export(), two.1.export()],
+        vec![two.1.export(), two.0.export()],
+    ] {
+        let mut cat = CatalogEngine::new(range, BTreeMap::new());
+        cat.update(me.snapshot(), me.export(), [], OwnChanges::ALL);
+        cat.update(me.snapshot(), me.export(), peers, OwnChanges::default());
+        seen.push(cat.vips().clone());
+    }
+    assert_eq!(seen[0].len(), 2, "{:?}", seen[0]);
+    assert_ne!(seen[0][&host(&a)], seen[0][&host(&b)]);
+    for s in &seen[1..] {
+        assert_eq!(s, &seen[0]);
+    }
+    // The allocation is the hostname order's: the first one takes the
+    // address both hash to.
+    let alone = meshpeer_model::vip::allocate(
+        &range,
+        &[host(&a).as_str()].into(),
+        &BTreeMap::new(),
+        &BTreeMap::new(),
+        &Default::default(),
+    );
+    let first = host(&a).min(host(&b));
+    assert_eq!(seen[0][&first], alone.vips[&host(&a)]);
+
+    // One that arrives in a later update finds the address taken, and the
+    // one holding it keeps it (stable while it exists, G11): here the
+    // allocation follows history, and survives a restart through the
+    // addresses handed out before (the previous VIPs).
+    let later = host(&a).max(host(&b));
+    let (early_export, later_export) = if host(&a) == later {
+        (&two.1, &two.0)
+    } else {
+        (&two.0, &two.1)
+    };
+    let mut cat = CatalogEngine::new(range, BTreeMap::new());
+    cat.update(
+        me.snapshot(),
+        me.export(),
+        [later_export.export()],
+        OwnChanges::ALL,
+    );
+    cat.update(
+        me.snapshot(),
+        me.export(),
+        [later_export.export(), early_export.export()],
+        OwnChanges::default(),
+    );
+    let history = cat.vips().clone();
+    assert_eq!(history[&later], alone.vips[&host(&a)]);
+    assert_ne!(history, seen[0]);
+    let mut restarted = CatalogEngine::new(range, history.clone());
+    restarted.update(
+        me.snapshot(),
+        me.export(),
+        [early_export.export(), later_export.export()],
+        OwnChanges::ALL,
+    );
+    assert_eq!(restarted.vips(), &history);
+}
