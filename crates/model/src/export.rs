@@ -418,6 +418,27 @@ impl Exporter<'_> {
                         labels::SERVICE_SCOPE
                     ),
                 );
+            } else if svc_takeover.is_none()
+                && ns_takeover == Some(TakeoverLabel::On)
+                && svc_scope.is_none()
+            {
+                // K2, per Service: the namespace's takeover label misses
+                // every unscoped Service, whatever its siblings do. A Service
+                // that opts out (scope `cluster`, takeover `false`) says so
+                // itself and is not reported.
+                self.report(
+                    Rule::K2,
+                    Severity::Warning,
+                    obj,
+                    &scope_field(),
+                    format!(
+                        "namespace {ns} is labelled {}=true, but this service has no {} (on itself or the namespace), so it is not taken over; label it global or segment, or {}=false to silence this",
+                        labels::SERVICE_TAKEOVER,
+                        labels::SERVICE_SCOPE,
+                        labels::SERVICE_TAKEOVER,
+                        ns = key.namespace,
+                    ),
+                );
             }
             return None;
         };

@@ -1269,9 +1269,8 @@ fn k2_takeover_without_scope_is_a_noop_with_a_diagnostic() {
     let e = exports(&snap);
     assert!(e.services.is_empty());
     let d = with_rule(&e.diagnostics, Rule::K2);
-    assert_eq!(d.len(), 2, "{d:#?}");
     let objects: Vec<String> = d.iter().map(|d| d.object.to_string()).collect();
-    assert_eq!(objects, ["namespace b", "service a/web"]);
+    assert_eq!(objects, ["namespace b", "service a/web", "service b/x"]);
     // Namespace takeover with a service that has its own scope: no K2.
     let snap = ClusterBuilder::new("c1")
         .namespace("b", &[(labels::SERVICE_TAKEOVER, "true")])
@@ -1280,6 +1279,39 @@ fn k2_takeover_without_scope_is_a_noop_with_a_diagnostic() {
     let e = exports(&snap);
     assert!(e.services.values().next().unwrap().takeover);
     assert!(with_rule(&e.diagnostics, Rule::K2).is_empty());
+}
+
+#[test]
+fn k2_every_unscoped_service_of_a_takeover_namespace_is_reported() {
+    // One exported sibling does not hide the others.
+    let snap = ClusterBuilder::new("c1")
+        .namespace("b", &[(labels::SERVICE_TAKEOVER, "true")])
+        .service(svc("b", "exported").global())
+        .service(svc("b", "missed"))
+        .service(svc("b", "missed-too"))
+        .service(svc("b", "local").scope("cluster"))
+        .service(svc("b", "opted-out").takeover("false"))
+        .build();
+    let e = exports(&snap);
+    assert_eq!(e.services.len(), 1);
+    let d = with_rule(&e.diagnostics, Rule::K2);
+    let objects: Vec<String> = d.iter().map(|d| d.object.to_string()).collect();
+    assert_eq!(
+        objects,
+        ["service b/missed", "service b/missed-too"],
+        "{d:#?}"
+    );
+    assert!(
+        d[0].message
+            .contains("namespace b is labelled solo.io/service-takeover=true")
+            && d[0].message.contains("not taken over"),
+        "{}",
+        d[0].message
+    );
+    assert_eq!(
+        d[0].field.as_deref(),
+        Some("metadata.labels[solo.io/service-scope]")
+    );
 }
 
 #[test]
