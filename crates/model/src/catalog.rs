@@ -556,24 +556,39 @@ pub(crate) fn merge(
     }
 
     let taken_over = contributions.iter().any(|c| c.service.takeover);
+    // T1: a cluster that does not annotate votes for the default; it is a
+    // value too, and losing it changes that cluster's routing.
     let dist_votes: Vec<(&str, TrafficDistribution)> = contributions
         .iter()
-        .filter_map(|c| {
-            c.service
-                .traffic_distribution
-                .map(|d| (c.cluster.as_str(), d))
+        .map(|c| {
+            (
+                c.cluster.as_str(),
+                c.service.traffic_distribution.unwrap_or_default(),
+            )
         })
         .collect();
+    let annotated = contributions
+        .iter()
+        .any(|c| c.service.traffic_distribution.is_some());
     let mut distribution = match pick(&dist_votes) {
         Some((d, disagreed)) => {
-            if disagreed {
-                let seen: Vec<String> =
-                    dist_votes.iter().map(|(c, d)| format!("{c}={d}")).collect();
+            if disagreed && annotated {
+                let seen: Vec<String> = contributions
+                    .iter()
+                    .map(|c| match c.service.traffic_distribution {
+                        Some(d) => format!("{}={d}", c.cluster),
+                        None => format!(
+                            "{}={} (not annotated: the default)",
+                            c.cluster,
+                            TrafficDistribution::default()
+                        ),
+                    })
+                    .collect();
                 report(
                     Rule::T1,
                     Severity::Warning,
                     format!(
-                        "clusters disagree on annotation {}: {}; using {d} (most clusters, ties to the cluster whose name sorts first)",
+                        "clusters disagree on annotation {}: {}; using {d} (most clusters, ties to the cluster whose name sorts first); annotate the service the same way in every cluster",
                         labels::TRAFFIC_DISTRIBUTION,
                         seen.join(", ")
                     ),

@@ -1151,6 +1151,62 @@ fn t1_distribution_annotation_and_conflicts() {
 }
 
 #[test]
+fn t1_a_cluster_that_does_not_annotate_votes_for_the_default() {
+    let c1 = ClusterBuilder::new("cluster1")
+        .link("cluster2")
+        .link("cluster3")
+        .service(svc("b", "p").global().distribution("PreferClose"))
+        .build();
+    let c2 = ClusterBuilder::new("cluster2")
+        .service(svc("b", "p").global())
+        .build();
+    let c3 = ClusterBuilder::new("cluster3")
+        .service(svc("b", "p").global())
+        .build();
+    // One each: a tie, won by the cluster whose name sorts first; cluster2
+    // loses its (default) value, and is told so.
+    let v = view(&c1, &[&c2]);
+    assert_eq!(
+        v.services.values().next().unwrap().distribution,
+        TrafficDistribution::PreferClose
+    );
+    let d = with_rule(&v.diagnostics, Rule::T1);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].message.contains("cluster1=PreferClose")
+            && d[0]
+                .message
+                .contains("cluster2=PreferNetwork (not annotated: the default)")
+            && d[0].message.contains("using PreferClose"),
+        "{}",
+        d[0]
+    );
+    // Two clusters keep the default: it wins, and cluster1 is told so.
+    let v = view(&c1, &[&c2, &c3]);
+    assert_eq!(
+        v.services.values().next().unwrap().distribution,
+        TrafficDistribution::PreferNetwork
+    );
+    let d = with_rule(&v.diagnostics, Rule::T1);
+    assert!(
+        d.len() == 1 && d[0].message.contains("using PreferNetwork"),
+        "{d:#?}"
+    );
+    // Nobody annotates: nothing to report.
+    let c1 = ClusterBuilder::new("cluster1")
+        .link("cluster2")
+        .service(svc("b", "p").global())
+        .build();
+    assert!(with_rule(&view(&c1, &[&c2]).diagnostics, Rule::T1).is_empty());
+    // An explicit default agrees with the implicit one.
+    let c1 = ClusterBuilder::new("cluster1")
+        .link("cluster2")
+        .service(svc("b", "p").global().distribution("PreferNetwork"))
+        .build();
+    assert!(with_rule(&view(&c1, &[&c2]).diagnostics, Rule::T1).is_empty());
+}
+
+#[test]
 fn t7_unknown_distribution_falls_back_to_the_default() {
     let (c1, c2) = pair(
         |b| b.service(svc("b", "p").global().distribution("preferclose")),
