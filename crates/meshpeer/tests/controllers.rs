@@ -102,19 +102,72 @@ async fn g8_labelling_a_service_makes_it_appear_in_the_other_cluster_and_unlabel
         c.wait("web gone", |v| v.catalog.services.is_empty()).await;
         assert!(c.output().is_empty(), "{} output: {:?}", c.name, c.output());
     }
-    // Peer conditions (C5) were written for the link.
-    let status = std::fs::read_to_string(
-        c1.out
-            .join("status/istio-eastwest.istio-remote-peer-cluster2.yaml"),
-    )
-    .unwrap();
-    for t in [
-        "gloo.solo.io/PeerConnected",
-        "gloo.solo.io/PeeringSucceeded",
-        "gloo.solo.io/PeerDataPlaneProgrammed",
-    ] {
-        assert!(status.contains(t), "{status}");
+    // Peer conditions (C5) were written for the link, and say what happened:
+    // connected, synced (cluster2 exports nothing now), programmed.
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        status: Status,
     }
+    #[derive(serde::Deserialize)]
+    struct Status {
+        conditions: Vec<meshpeer_model::objects::Condition>,
+    }
+    let path = c1
+        .out
+        .join("status/istio-eastwest.istio-remote-peer-cluster2.yaml");
+    let deadline = tokio::time::Instant::now() + support::WITHIN;
+    let (status, doc) = loop {
+        let status = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Ok(doc) = serde_saphyr::from_str::<Doc>(&status)
+            && status.contains("(0 services)")
+        {
+            break (status, doc);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link's status never said cluster2 exports nothing: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let got: Vec<(&str, &str, &str)> = doc
+        .status
+        .conditions
+        .iter()
+        .map(|c| {
+            (
+                c.type_.as_str(),
+                c.status.as_str(),
+                c.reason.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Accepted", "True", "Accepted"),
+            ("Programmed", "True", "Programmed"),
+            ("gloo.solo.io/PeerConnected", "True", "Connected"),
+            ("gloo.solo.io/PeeringSucceeded", "True", "Synced"),
+            ("gloo.solo.io/PeerDataPlaneProgrammed", "True", "Programmed"),
+        ],
+        "{status}"
+    );
+    let succeeded = &doc.status.conditions[3];
+    assert!(
+        succeeded
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("(0 services)"),
+        "cluster2 exports nothing now: {status}"
+    );
+    assert!(
+        doc.status
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time.is_some()),
+        "{status}"
+    );
     mesh.shutdown().await;
 }
 
@@ -489,4 +542,158 @@ async fn i1_one_pod_change_costs_one_service_on_both_sides() {
     let r = &v1.status.recompute;
     assert_eq!((r.merged, r.hostnames, r.full), (1, 1, false), "{r:?}");
     mesh.shutdown().await;
+}
+
+/// SPEC C5 end to end in Kubernetes mode: the conditions cluster1's
+/// controller computes for its link to cluster2 reach the remote-peer
+/// Gateway's status as a server-side apply (kube-rs against a mocked API
+/// server, tower-test), with the Gateway's generation filled in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c5_the_conditions_the_controller_computes_are_applied_to_the_gateway_status() {
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+
+    const GW: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways/istio-remote-peer-cluster2";
+    const SE: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/serviceentries";
+
+    let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    // The API server: ServiceEntries are applied and echoed; the peer
+    // Gateway exists at generation 3; status applies are handed to the test.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Result<Value, String>>();
+    let server = tokio::spawn(async move {
+        while let Some((req, respond)) = api.next_request().await {
+            let (parts, body) = req.into_parts();
+            let body: Option<Value> = body
+                .collect_bytes()
+                .await
+                .ok()
+                .filter(|b| !b.is_empty())
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let path = parts.uri.path().to_owned();
+            let gateway = json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": "istio-remote-peer-cluster2", "namespace": "istio-eastwest",
+                             "uid": "u-gw", "resourceVersion": "7", "generation": 3},
+                "spec": {"gatewayClassName": "istio-remote", "listeners": []},
+            });
+            let reply = match (&parts.method, path.as_str()) {
+                (&Method::GET, SE) => json!({
+                    "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntryList",
+                    "metadata": {"resourceVersion": "1"}, "items": [],
+                }),
+                (&Method::PATCH, p) if p.starts_with(SE) => {
+                    let mut se = body.clone().unwrap_or_default();
+                    se["metadata"]["uid"] = json!("u-se");
+                    se["metadata"]["resourceVersion"] = json!("2");
+                    se
+                }
+                (&Method::GET, GW) => gateway,
+                (&Method::PATCH, p) if p == format!("{GW}/status") => {
+                    let _ = seen_tx.send(body.ok_or_else(|| "status apply without body".into()));
+                    gateway
+                }
+                (m, p) => {
+                    let _ = seen_tx.send(Err(format!("unexpected request {m} {p}")));
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not here"})
+                }
+            };
+            let status = if reply["kind"] == "Status" {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::OK
+            };
+            respond.send_response(
+                Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.with_sink(
+        "cluster1",
+        Box::new(meshpeer_store::kube_sink::KubeSink::new(client, "meshpeer")),
+    );
+    let c2 = mesh.cluster("cluster2");
+    c2.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", Some("global"), "10.2.0.5")
+        ),
+    );
+    mesh.start().await;
+    mesh.link("cluster1", "cluster2").await;
+    mesh.link("cluster2", "cluster1").await;
+
+    // Status applies follow the link's progress; wait for the synced one.
+    let deadline = tokio::time::Instant::now() + support::WITHIN;
+    let sent = loop {
+        let next = tokio::time::timeout_at(deadline, seen.recv())
+            .await
+            .expect("a status apply saying the link is synced")
+            .expect("API server alive");
+        let sent = next.unwrap_or_else(|e| panic!("{e}"));
+        let synced = sent["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "gloo.solo.io/PeeringSucceeded" && c["status"] == "True");
+        if synced {
+            break sent;
+        }
+    };
+    assert_eq!(sent["metadata"]["name"], "istio-remote-peer-cluster2");
+    let conditions = sent["status"]["conditions"].as_array().unwrap();
+    let got: Vec<(&str, &str, &str)> = conditions
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap(),
+                c["status"].as_str().unwrap(),
+                c["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Accepted", "True", "Accepted"),
+            ("Programmed", "True", "Programmed"),
+            ("gloo.solo.io/PeerConnected", "True", "Connected"),
+            ("gloo.solo.io/PeeringSucceeded", "True", "Synced"),
+            ("gloo.solo.io/PeerDataPlaneProgrammed", "True", "Programmed"),
+        ],
+        "{sent:#}"
+    );
+    for c in conditions {
+        // The file Gateway has no generation: the API server's is used.
+        assert_eq!(c["observedGeneration"], 3, "{c}");
+        assert!(
+            c["lastTransitionTime"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{c}"
+        );
+    }
+    assert!(
+        conditions[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(1 services)"),
+        "{sent:#}"
+    );
+    assert_eq!(
+        conditions[4]["message"],
+        "the peer's 1 services are in this cluster's catalog"
+    );
+    mesh.shutdown().await;
+    server.abort();
 }

@@ -359,125 +359,108 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use meshpeer_model::{
-        Endpoint, ExportedService, LocalTakeover, Locality, LocalityGroup, TrafficDistribution,
-    };
+    use meshpeer_model::testing::{ClusterBuilder, svc};
+    use meshpeer_model::{CatalogConfig, ObjectRef, catalog, exports};
 
     use super::*;
     use crate::controller::view::LinkState;
 
-    fn exported(cluster_ip: &str, pods: &[(&str, &str)]) -> Arc<ExportedService> {
-        let ports: Arc<[PortTarget]> = Arc::from(vec![PortTarget {
-            port: 8000,
-            target: 8080,
-        }]);
-        Arc::new(ExportedService {
-            namespace: "httpbin".into(),
-            name: "in-ambient".into(),
-            hostname: "in-ambient.httpbin.mesh.internal".into(),
-            scope: Scope::Global,
-            traffic_distribution: None,
-            takeover: false,
-            ports: vec![],
-            localities: vec![LocalityGroup {
-                locality: Locality::new("r1", "z1"),
-                endpoints: pods
-                    .iter()
-                    .map(|(name, ip)| Endpoint {
-                        address: ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
-                        name: (*name).to_owned(),
-                        ports: Arc::clone(&ports),
-                    })
-                    .collect(),
-            }],
-            cluster_ips: vec![
-                cluster_ip
-                    .parse()
-                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
-            ],
-        })
-    }
-
+    /// cluster1's view, computed by the model as the controller computes
+    /// it: httpbin/in-ambient exported by cluster1 (two ready pods, one
+    /// not ready, on a node in r1/z1) and cluster2 (one ready pod), taken
+    /// over in cluster1; a mislabelled service in cluster1; peers cluster3
+    /// and cluster2 (stale), in that order.
     fn view() -> View {
+        let c1 = ClusterBuilder::new("cluster1")
+            .link("cluster2")
+            .link("cluster3")
+            .node("node-a", "r1", "z1")
+            .service(
+                svc("httpbin", "in-ambient")
+                    .global()
+                    .takeover("true")
+                    .distribution("PreferClose")
+                    .ready(2)
+                    .not_ready(1)
+                    .on_node("node-a"),
+            )
+            .service(svc("sample", "helloworld").scope("globl"))
+            .build();
+        let c2 = ClusterBuilder::new("cluster2")
+            .link("cluster1")
+            .service(svc("httpbin", "in-ambient").global().ready(1))
+            .build();
+        let c3 = ClusterBuilder::new("cluster3").link("cluster1").build();
+        let catalog = catalog(
+            &c1,
+            &[exports(&c2), exports(&c3)],
+            &CatalogConfig::default(),
+        );
         let mut v = View {
             version: 7,
+            catalog: Arc::new(catalog),
             ..View::default()
         };
-        let svc = GlobalService {
-            hostname: "in-ambient.httpbin.mesh.internal".into(),
-            namespace: "httpbin".into(),
-            name: "in-ambient".into(),
-            segment: None,
-            scope: Scope::Global,
-            vip: std::net::Ipv4Addr::new(127, 255, 0, 7).into(),
-            ports: vec![],
-            distribution: TrafficDistribution::PreferClose,
-            taken_over: true,
-            takeover: Some(LocalTakeover {
-                hostname: "in-ambient.httpbin.svc.cluster.local".into(),
-                cluster_ips: vec![],
-            }),
-            contributions: vec![
-                Contribution {
-                    cluster: "cluster1".into(),
-                    network: "cluster1".into(),
-                    reach: Reach::Local,
-                    service: exported("10.0.0.1", &[("a-0", "10.1.0.1"), ("a-1", "10.1.0.2")]),
-                },
-                Contribution {
-                    cluster: "cluster2".into(),
-                    network: "cluster2".into(),
-                    reach: Reach::Gateway,
-                    service: exported("10.0.0.2", &[]),
-                },
-            ],
-        };
-        Arc::make_mut(&mut v.catalog)
-            .services
-            .insert(svc.hostname.clone(), Arc::new(svc));
-        v.status.peers.push(PeerView {
-            cluster: "cluster2".into(),
-            state: LinkState::Synced,
-            stale: true,
-            connected_since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(86_400)),
-            conditions: vec![Condition {
-                type_: "gloo.solo.io/PeerConnected".into(),
-                status: "True".into(),
-                reason: Some("Connected".into()),
-                message: None,
-                last_transition_time: None,
-                observed_generation: None,
-            }],
-            ..PeerView::default()
-        });
+        for (cluster, stale) in [("cluster3", false), ("cluster2", true)] {
+            v.status.peers.push(PeerView {
+                cluster: cluster.into(),
+                state: LinkState::Synced,
+                stale,
+                connected_since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(86_400)),
+                conditions: vec![Condition {
+                    type_: "gloo.solo.io/PeerConnected".into(),
+                    status: "True".into(),
+                    reason: Some("Connected".into()),
+                    message: Some(format!("connected to {cluster}")),
+                    last_transition_time: None,
+                    observed_generation: None,
+                }],
+                ..PeerView::default()
+            });
+        }
         v
     }
 
     #[test]
     fn o6_service_rows_carry_every_column() {
-        let list = services("cluster1", &view());
+        let v = view();
+        let list = services("cluster1", &v);
         assert_eq!(list.version, 7);
         let [row] = list.services.as_slice() else {
             panic!("one row expected: {list:?}");
         };
-        assert_eq!(row.vip, "127.255.0.7");
+        // The VIP is the one the catalog allocated, in the default range.
+        let vip = v.catalog.vips()["in-ambient.httpbin.mesh.internal"];
+        assert_eq!(row.vip, vip.to_string());
+        assert!(row.vip.starts_with("240.240."), "{}", row.vip);
         assert_eq!(row.traffic_distribution, "PreferClose");
+        assert!(row.taken_over);
         assert_eq!(
             row.takeover.as_deref(),
             Some("in-ambient.httpbin.svc.cluster.local")
         );
         assert_eq!(row.clusters, ["cluster1", "cluster2"]);
-        assert_eq!((row.ready, row.total), (2, 2));
+        // Summed over contributions; the pod that is not ready is not there.
+        assert_eq!((row.ready, row.total), (3, 3));
         let [local, remote] = row.contributions.as_slice() else {
             panic!("two contributions expected: {row:?}");
         };
-        assert_eq!(local.reach, Reach::Local);
+        assert_eq!((local.reach, remote.reach), (Reach::Local, Reach::Gateway));
+        assert_eq!((local.ready, local.total), (2, 2));
+        assert_eq!((remote.ready, remote.total), (1, 1));
+        let names: Vec<&str> = local.endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["in-ambient-0", "in-ambient-1"]);
+        // Locality from the pods' node, as region/zone.
+        assert!(local.endpoints.iter().all(|e| e.locality == "r1/z1"));
+        assert_eq!(
+            local.endpoints[0].ports,
+            [PortTarget {
+                port: 8000,
+                target: 8080
+            }]
+        );
+        // Stale comes from the peer's status, per contribution.
         assert!(!local.stale);
-        assert_eq!(local.endpoints[1].name, "a-1");
-        assert_eq!(local.endpoints[1].address, "10.1.0.2");
-        assert_eq!(local.endpoints[1].locality, "r1/z1");
-        assert!(local.endpoints.iter().all(|e| e.ready));
-        assert_eq!((remote.ready, remote.total), (0, 0));
         assert!(remote.stale, "cluster2's export is kept from a lost stream");
     }
 
@@ -490,25 +473,33 @@ mod tests {
         assert_eq!(row["segment"], serde_json::Value::Null);
         assert_eq!(row["takenOver"], true);
         assert_eq!(row["contributions"][1]["reach"], "gateway");
+        assert_eq!(row["contributions"][1]["stale"], true);
     }
 
     #[test]
-    fn o6_peer_rows_keep_the_controller_conditions() {
-        let list = peers("cluster1", &view());
-        let [p] = list.peers.as_slice() else {
-            panic!("one peer expected: {list:?}");
-        };
+    fn o6_peer_rows_are_sorted_and_keep_the_controller_conditions() {
+        let v = view();
+        let list = peers("cluster1", &v);
+        let names: Vec<&str> = list.peers.iter().map(|p| p.cluster.as_str()).collect();
+        assert_eq!(names, ["cluster2", "cluster3"]);
+        let p = &list.peers[0];
         assert_eq!(p.state, "Synced");
+        assert!(p.stale);
         assert_eq!(p.connected_since.as_deref(), Some("1970-01-02T00:00:00Z"));
-        assert_eq!(p.conditions, view().status.peers[0].conditions);
+        assert_eq!(p.conditions, v.status.peers[1].conditions);
     }
 
     #[test]
     fn o6_diagnostic_rows_put_errors_first_and_count_problems() {
-        use meshpeer_model::ObjectRef;
-
         let mut v = view();
-        Arc::make_mut(&mut v.catalog).diagnostics = vec![
+        // The model's own findings: G5 for the mislabelled service.
+        let computed = v.catalog.diagnostics.clone();
+        let g5 = computed
+            .iter()
+            .find(|d| d.rule == Rule::G5)
+            .unwrap_or_else(|| panic!("{computed:#?}"));
+        assert_eq!(g5.object, ObjectRef::service("sample", "helloworld"));
+        Arc::make_mut(&mut v.catalog).diagnostics.extend([
             Diagnostic::new(
                 "cluster1",
                 Rule::C1,
@@ -518,50 +509,55 @@ mod tests {
             ),
             Diagnostic::new(
                 "cluster1",
-                Rule::G5,
-                Severity::Warning,
-                ObjectRef::service("sample", "helloworld"),
-                "label solo.io/service-scope has \"globl\"",
-            )
-            .with_field("metadata.labels[solo.io/service-scope]"),
-            Diagnostic::new(
-                "cluster1",
                 Rule::F1,
                 Severity::Error,
                 ObjectRef::new("file", None, "broken.yaml"),
                 "cannot be read",
             ),
-        ];
+        ]);
         let list = diagnostics("cluster1", &v);
         assert_eq!(list.version, 7);
-        let rules: Vec<(Severity, Rule)> = list
+        assert_eq!(list.diagnostics.len(), computed.len() + 2);
+        let severities: Vec<Severity> = list.diagnostics.iter().map(|d| d.severity).collect();
+        let mut sorted = severities.clone();
+        sorted.sort();
+        assert_eq!(severities, sorted, "errors, then warnings, then info");
+        assert_eq!(list.diagnostics[0].rule, Rule::F1);
+        assert_eq!(list.diagnostics[0].namespace, None);
+        let g5 = list
             .diagnostics
             .iter()
-            .map(|d| (d.severity, d.rule))
-            .collect();
-        assert_eq!(
-            rules,
-            [
-                (Severity::Error, Rule::F1),
-                (Severity::Warning, Rule::G5),
-                (Severity::Info, Rule::C1)
-            ]
-        );
-        let g5 = &list.diagnostics[1];
+            .find(|d| d.rule == Rule::G5)
+            .unwrap_or_else(|| panic!("{list:#?}"));
         assert_eq!(g5.object, "service sample/helloworld");
         assert_eq!(
             (g5.kind.as_str(), g5.namespace.as_deref(), g5.name.as_str()),
             ("service", Some("sample"), "helloworld")
         );
-        assert_eq!(list.diagnostics[0].namespace, None);
+        assert!(g5.message.contains("\"globl\""), "{}", g5.message);
+        let problems = v
+            .catalog
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != Severity::Info)
+            .count();
+        assert!(problems >= 2, "the G5 warning and the F1 error");
         assert_eq!(
             cluster_row("cluster1", &v).problems,
-            2,
+            problems,
             "info is no problem"
         );
+        let row = cluster_row("cluster1", &v);
+        assert_eq!((row.global_services, row.peers), (1, 2));
+        assert_eq!(row.network, "cluster1");
 
         let json = serde_json::to_value(&list).unwrap_or_default();
-        let row = &json["diagnostics"][1];
+        let at = list
+            .diagnostics
+            .iter()
+            .position(|d| d.rule == Rule::G5)
+            .unwrap_or_default();
+        let row = &json["diagnostics"][at];
         assert_eq!(row["rule"], "G5");
         assert_eq!(row["severity"], "warning");
         assert_eq!(row["field"], "metadata.labels[solo.io/service-scope]");

@@ -101,6 +101,8 @@ pub(crate) struct Cluster {
     pub(crate) proxy: Option<ProxyRole>,
     pub(crate) gateway: Option<GatewayRole>,
     pub(crate) registry: Registry,
+    /// Where the controller writes; `None`: files under `out`.
+    pub(crate) sink: Option<Box<dyn meshpeer_store::Sink>>,
     /// What its proxy and gateway may dial: its pods' range
     /// (`--allow-endpoints 127.<block>.200.0/24`), no node address unless
     /// a test sets some.
@@ -371,6 +373,7 @@ impl Mesh {
                     proxy: None,
                     gateway: None,
                     registry: Registry::default(),
+                    sink: None,
                     endpoints: Arc::new(EndpointPolicy::new(vec![pods], Vec::new())),
                 }
             })
@@ -382,6 +385,12 @@ impl Mesh {
             relays: BTreeMap::new(),
             max_attempts: ProxyConfig::default().max_attempts,
         }
+    }
+
+    /// `name`'s controller will write to `sink` instead of files.
+    pub(crate) fn with_sink(&mut self, name: &str, sink: Box<dyn meshpeer_store::Sink>) {
+        let c = self.clusters.iter_mut().find(|c| c.name == name).unwrap();
+        c.sink = Some(sink);
     }
 
     pub(crate) fn cluster(&self, name: &str) -> &Cluster {
@@ -401,7 +410,9 @@ impl Mesh {
             let identity = Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap());
             let mut cfg = ControllerConfig::new(
                 Box::new(FileSource::new(c.dir.clone(), Duration::from_millis(20))),
-                Box::new(FileSink::new(c.out.clone())),
+                c.sink
+                    .take()
+                    .unwrap_or_else(|| Box::new(FileSink::new(c.out.clone()))),
                 identity,
                 trust_root,
                 "127.0.0.1:0".parse().unwrap(),
