@@ -373,3 +373,25 @@ fn c4_a_linked_cluster_without_a_folder_is_mentioned() {
         "{err}"
     );
 }
+
+/// What each example renders, in full, as snapshots a reviewer reads in
+/// `tests/snapshots/`: a change to any generated object shows up there.
+#[test]
+fn g7_rendered_examples_match_their_reviewed_snapshots() {
+    for scenario in ["httpbin", "bookinfo"] {
+        let ex = examples().join(scenario);
+        for view in ["cluster1", "cluster2"] {
+            let o = meshpeer(&[
+                "render",
+                ex.join("cluster1").to_str().unwrap(),
+                ex.join("cluster2").to_str().unwrap(),
+                "--view",
+                view,
+                "-o",
+                "yaml",
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            insta::assert_snapshot!(format!("{scenario}-{view}"), stdout(&o));
+        }
+    }
+}

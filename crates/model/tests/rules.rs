@@ -749,26 +749,44 @@ fn g10_named_target_ports_resolve_per_pod() {
 
 #[test]
 fn g11_vips_are_unique_deterministic_and_from_the_configured_range() {
-    let mut b = ClusterBuilder::new("c1");
-    for i in 0..200 {
-        b = b.service(svc("ns", &format!("s{i}")).global());
-    }
-    let snap = b.build();
+    // 200 services in a /24: most hostnames collide with another, so the
+    // order they are looked at would show.
+    let range: Cidr = "127.255.0.0/24".parse().unwrap();
     let config = CatalogConfig {
-        vip_range: "127.255.0.0/16".parse().unwrap(),
+        vip_range: range,
         ..Default::default()
     };
-    let v1 = catalog(&snap, &[], &config);
-    let v2 = catalog(&snap, &[], &config);
-    assert_eq!(v1.vips(), v2.vips());
-    let range: Cidr = "127.255.0.0/16".parse().unwrap();
+    let build = |name: &str, order: &mut dyn Iterator<Item = usize>| {
+        let mut b = ClusterBuilder::new(name).link("c2").link("c3");
+        for i in order {
+            b = b.service(svc("ns", &format!("s{i}")).global());
+        }
+        b.build()
+    };
+    // The same services, exported by c1 itself, or by two peers in either
+    // order, each peer's objects applied in either order.
+    let own = build("c1", &mut (0..200));
+    let own_reversed = build("c1", &mut (0..200).rev());
+    let c1 = ClusterBuilder::new("c1").link("c2").link("c3").build();
+    let c2 = build("c2", &mut (0..200).filter(|i| i % 2 == 0));
+    let c3 = build("c3", &mut (0..200).filter(|i| i % 2 == 1).rev());
+    let c2_reversed = build("c2", &mut (0..200).filter(|i| i % 2 == 0).rev());
+    let v1 = catalog(&own, &[], &config);
+    assert_eq!(v1.services.len(), 200);
+    assert_eq!(catalog(&own_reversed, &[], &config).vips(), v1.vips());
+    let from_peers = catalog(&c1, &[exports(&c2), exports(&c3)], &config);
+    assert_eq!(from_peers.vips(), v1.vips());
+    assert_eq!(
+        catalog(&c1, &[exports(&c3), exports(&c2_reversed)], &config).vips(),
+        v1.vips()
+    );
     let mut seen = std::collections::BTreeSet::new();
     for s in v1.services.values() {
         assert!(range.contains(s.vip), "{} outside range", s.vip);
         assert!(seen.insert(s.vip), "duplicate VIP {}", s.vip);
     }
     // The default range.
-    let v = catalog(&snap, &[], &CatalogConfig::default());
+    let v = catalog(&own, &[], &CatalogConfig::default());
     assert!(
         v.services
             .values()
