@@ -199,7 +199,7 @@ impl Demo {
             .output()
             .unwrap_or_else(|e| {
                 panic!(
-                    "this test runs the real kubectl (apt-get install kubernetes-client, as .ci/run does): {e}"
+                    "this test runs the real kubectl (scripts/test.sh installs Debian's kubernetes-client): {e}"
                 )
             });
         assert!(
