@@ -58,6 +58,11 @@ pub(crate) enum Command {
     /// data plane, gateways, peers, networks, segments, diagnostics (SPEC O4).
     /// Exits 1 when a check fails (a warning alone exits 0).
     Check(Box<CheckArgs>),
+    /// Why HOST resolves (or not) in a cluster, and where a connection to
+    /// it goes: the labels and links behind it, the first rule that keeps
+    /// a cluster's part out, the VIP, the traffic distribution and the
+    /// endpoint tiers in the order the proxy tries them.
+    Explain(Box<ExplainArgs>),
     /// Run several clusters on this machine from an example scenario
     /// (controllers, gateways, proxies, sample backends), or act on a
     /// running demo (`curl`, `scale`).
@@ -473,6 +478,44 @@ pub(crate) struct CheckArgs {
     #[arg(short = 'o', long = "output", value_enum, default_value_t = CheckOutput::Text)]
     pub(crate) output: CheckOutput,
     /// How long each controller or health endpoint may take to answer.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub(crate) timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExplainArgs {
+    /// A global hostname (or a taken-over cluster-local one), with an
+    /// optional port: `in-ambient.httpbin.mesh.internal:8000`.
+    #[arg(value_name = "HOST[:PORT]")]
+    pub(crate) target: String,
+    /// The cluster the request starts from (default: the first cluster).
+    #[arg(long, value_name = "CLUSTER")]
+    pub(crate) from: Option<String>,
+    /// File mode: a cluster folder; repeat for each cluster.
+    #[arg(long, value_name = "DIR", conflicts_with = "context")]
+    pub(crate) cluster: Vec<PathBuf>,
+    /// Kubernetes mode: a kubeconfig context; repeat (or separate with
+    /// commas) for each cluster.
+    #[arg(
+        long,
+        visible_alias = "contexts",
+        value_name = "CTX",
+        value_delimiter = ','
+    )]
+    pub(crate) context: Vec<String>,
+    /// A cluster's controller API, once per cluster in order (`-`: default).
+    /// When the --from cluster's controller answers, its live catalog and
+    /// peer states are used. Default in file mode: from
+    /// DIR/.meshpeer/controller.json.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) controller: Vec<String>,
+    /// Kubernetes mode: the clusters' names, once per --context in order
+    /// (default: the context's name).
+    #[arg(long, value_name = "NAME", requires = "context")]
+    pub(crate) cluster_name: Vec<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = CheckOutput::Text)]
+    pub(crate) output: CheckOutput,
+    /// How long each controller may take to answer.
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub(crate) timeout: Duration,
 }

@@ -8,5 +8,6 @@ pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod duration;
+pub mod explain;
 pub mod feed_access;
 pub mod web;

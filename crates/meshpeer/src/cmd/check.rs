@@ -33,7 +33,7 @@ pub(crate) fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Per-cluster flags are given once per cluster, in order; `-` leaves one out.
-fn per_cluster<T: Clone>(
+pub(crate) fn per_cluster<T: Clone>(
     values: &[T],
     n: usize,
     flag: &str,

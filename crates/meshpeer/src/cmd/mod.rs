@@ -5,6 +5,7 @@ mod check;
 mod common;
 mod controller;
 mod demo;
+mod explain;
 mod gateway;
 mod links;
 mod proxy;
@@ -27,6 +28,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(&args),
         Command::Certs(c) => certs::run(c),
         Command::Check(args) => check::run(&args),
+        Command::Explain(args) => explain::run(&args),
         Command::Demo(args) => demo::run(args),
     }
 }

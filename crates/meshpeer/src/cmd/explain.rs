@@ -1,0 +1,59 @@
+//! `meshpeer explain`: why a name resolves (or not), and where it goes.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use meshpeer::check::{ClusterInput, Origin, gather};
+use meshpeer::explain::{Query, explain};
+
+use super::check::per_cluster;
+use crate::cli::{CheckOutput, ExplainArgs};
+
+pub(crate) fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    let origins: Vec<Origin> = if args.cluster.is_empty() {
+        args.context.iter().cloned().map(Origin::Context).collect()
+    } else {
+        args.cluster.iter().cloned().map(Origin::Folder).collect()
+    };
+    if origins.is_empty() {
+        bail!(
+            "name the clusters to read: --cluster DIR (file mode) or --context CTX (Kubernetes), once per cluster"
+        );
+    }
+    let n = origins.len();
+    let controllers = per_cluster(&args.controller, n, "--controller", |c: &String| c == "-")?;
+    let names = per_cluster(&args.cluster_name, n, "--cluster-name", |c: &String| {
+        c == "-"
+    })?;
+    let inputs: Vec<ClusterInput> = origins
+        .into_iter()
+        .zip(controllers)
+        .zip(names)
+        .map(|((origin, controller), name)| ClusterInput {
+            origin,
+            cacerts: None,
+            controller,
+            name,
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let facts = rt.block_on(gather(&inputs, false, args.timeout))?;
+    let from = match &args.from {
+        Some(f) => f.clone(),
+        None => facts.first().map(|f| f.name.clone()).unwrap_or_default(),
+    };
+    let query = Query::parse(&args.target, &from).map_err(anyhow::Error::msg)?;
+    let account = explain(&facts, &query).map_err(anyhow::Error::msg)?;
+    match args.output {
+        CheckOutput::Text => print!("{}", account.render()),
+        CheckOutput::Json => println!("{}", serde_json::to_string_pretty(&account)?),
+    }
+    Ok(if account.resolves {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,104 @@
+//! The account as an operator reads it.
+
+use std::fmt::Write as _;
+
+use meshpeer_model::Reach;
+
+use super::{Explanation, Line};
+
+pub(super) fn render(e: &Explanation) -> String {
+    let mut out = String::new();
+    let target = match e.port {
+        Some(p) => format!("{}:{p}", e.host),
+        None => e.host.clone(),
+    };
+    let _ = writeln!(out, "{target} from {}", e.from);
+    let _ = writeln!(out, "  (from {})", e.source);
+    let verdict = if e.resolves {
+        "resolves"
+    } else {
+        "does not resolve"
+    };
+    let _ = writeln!(out, "\n{} {verdict} in {}:", e.host, e.from);
+    for line in &e.why {
+        let _ = writeln!(out, "  {}", line_text(line));
+    }
+    if let Some(d) = &e.distribution {
+        let _ = writeln!(
+            out,
+            "\nTraffic distribution: {} [{}]\n  from {}",
+            d.value, d.rule, d.source
+        );
+    }
+    if e.resolves {
+        let client = e.client.as_deref().unwrap_or("unknown");
+        if e.tiers.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nNo endpoint to send to from {} ({client}): connections are refused [T6]",
+                e.from
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "\nWhere a connection from {} ({client}) goes, tier by tier (the next tier only when no endpoint of this one is healthy) [T2-T6]:",
+                e.from
+            );
+        }
+        for (i, tier) in e.tiers.iter().enumerate() {
+            for (j, g) in tier.groups.iter().enumerate() {
+                let head = if j == 0 {
+                    format!("{:>3}.", i + 1)
+                } else {
+                    "    ".to_owned()
+                };
+                let locality = if g.locality.is_empty() {
+                    "locality unknown".to_owned()
+                } else {
+                    g.locality.clone()
+                };
+                let how = match g.reach {
+                    Reach::Local => "local".to_owned(),
+                    Reach::Direct => "same network, direct".to_owned(),
+                    Reach::Gateway => format!("through {} (HBONE)", g.via.join(", ")),
+                };
+                let _ = writeln!(
+                    out,
+                    "{head} {} ({}, {locality}), {how}: {} ready",
+                    g.cluster, g.network, g.ready
+                );
+                for ep in &g.endpoints {
+                    let port = ep.port.map(|p| format!(":{p}")).unwrap_or_default();
+                    let name = if ep.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", ep.name)
+                    };
+                    let _ = writeln!(out, "         {}{port}{name}", ep.address);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn line_text(l: &Line) -> String {
+    let mark = if l.ok { "✅" } else { "❌" };
+    let rule = l.rule.map(|r| format!(" [{r}]")).unwrap_or_default();
+    let mut at = Vec::new();
+    if let Some(o) = &l.object {
+        at.push(o.clone());
+    }
+    if let Some(f) = &l.field {
+        at.push(match &l.value {
+            Some(v) => format!("{f}={v}"),
+            None => f.clone(),
+        });
+    }
+    let at = if at.is_empty() || l.ok {
+        String::new()
+    } else {
+        format!("\n       at {}", at.join(", "))
+    };
+    format!("{mark} {}{rule}{at}", l.text)
+}
