@@ -17,6 +17,7 @@ mod forward;
 mod handler;
 mod metrics;
 mod table;
+mod tcp;
 
 use std::fmt;
 use std::io;
@@ -25,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
+use meshpeer_listener::{Gate, Limits};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 pub use self::metrics::DnsMetrics;
@@ -35,8 +37,6 @@ pub use self::table::{DnsTable, Names};
 use self::forward::Upstreams;
 use self::handler::Handler;
 
-/// Responses queued per TCP connection before the connection pushes back.
-const TCP_RESPONSE_BUFFER: usize = 64;
 /// A TCP client that sends nothing for this long is disconnected (at least the
 /// upstream timeout plus a margin, so a pending forward is never cut off).
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +57,14 @@ pub struct DnsConfig {
     /// How long to wait for each upstream (default 2 s): then the next one,
     /// or SERVFAIL after the last.
     pub upstream_timeout: Duration,
+    /// Forwards in flight at most (each a task and a socket); beyond, a
+    /// query to forward is answered SERVFAIL at once and counted
+    /// (`dns_queries_total{result="overloaded"}`). Default 1,024.
+    pub max_forwards: usize,
+    /// DNS-over-TCP connections open at most; one more closes the oldest
+    /// (`dns_tcp_listener_connections_closed_total{reason="shed"}`).
+    /// Default 512.
+    pub max_tcp_connections: usize,
 }
 
 impl DnsConfig {
@@ -67,6 +75,8 @@ impl DnsConfig {
             upstreams: Vec::new(),
             ttl: 5,
             upstream_timeout: Duration::from_secs(2),
+            max_forwards: 1024,
+            max_tcp_connections: 512,
         }
     }
 }
@@ -74,6 +84,8 @@ impl DnsConfig {
 /// A running DNS server (UDP and TCP). Dropping it stops it too, without waiting.
 pub struct DnsServer {
     server: Server<Handler>,
+    /// DNS over TCP (ours, behind a gate); aborted on drop.
+    tcp: AbortOnDrop,
     local_addr: SocketAddr,
     /// Dropped on shutdown: forwards still waiting for the upstream stop.
     _stop: watch::Sender<()>,
@@ -100,26 +112,42 @@ impl DnsServer {
         let (stop_tx, stop) = watch::channel(());
         let upstream = Upstreams::new(&config.upstreams, config.upstream_timeout).map(Arc::new);
         let worst = upstream.as_ref().map_or(Duration::ZERO, |u| u.worst_case());
+        let gate = Gate::new(
+            "dns_tcp",
+            Limits {
+                max_pending: config.max_tcp_connections.max(1),
+                // A DNS connection never authenticates: it is bounded by the
+                // cap (the oldest shed) and by its idle timeout.
+                handshake_timeout: None,
+                max_connections: 0,
+                idle_timeout: TCP_IDLE_TIMEOUT,
+            },
+            Arc::clone(&metrics.tcp),
+        );
         let handler = Handler {
             table,
             ttl: config.ttl,
             upstream,
             metrics,
             stop,
+            forwards: Arc::new(Semaphore::new(config.max_forwards.max(1))),
         };
-        let mut server = Server::new(handler);
+        let mut server = Server::new(handler.clone());
         server.register_socket(udp);
         let idle = TCP_IDLE_TIMEOUT.max(worst + Duration::from_secs(1));
-        server.register_listener(tcp, idle, TCP_RESPONSE_BUFFER);
+        let tcp = AbortOnDrop(tokio::spawn(tcp::serve(tcp, handler, gate, idle)));
         info!(
             %local_addr,
             upstreams = ?config.upstreams,
             ttl = config.ttl,
             upstream_timeout = ?config.upstream_timeout,
+            max_forwards = config.max_forwards,
+            max_tcp_connections = config.max_tcp_connections,
             "dns server listening on udp and tcp"
         );
         Ok(DnsServer {
             server,
+            tcp,
             local_addr,
             _stop: stop_tx,
         })
@@ -133,10 +161,20 @@ impl DnsServer {
     /// Stops accepting queries, drops in-flight forwards and waits for the sockets
     /// to be closed.
     pub async fn shutdown(mut self) {
+        self.tcp.0.abort();
         if let Err(error) = self.server.shutdown_gracefully().await {
             warn!(local_addr = %self.local_addr, %error, "dns server stopped with an error");
         }
         info!(local_addr = %self.local_addr, "dns server stopped");
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -10,12 +10,12 @@ use hickory_proto::op::{
 };
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinDecoder;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::debug;
 
 use super::forward::Upstreams;
@@ -26,6 +26,7 @@ use super::table::{DnsTable, Lookup};
 const MIN_PAYLOAD: u16 = 512;
 
 /// Answers from the current [`DnsTable`], forwards the rest.
+#[derive(Clone)]
 pub(crate) struct Handler {
     pub(crate) table: watch::Receiver<Arc<DnsTable>>,
     pub(crate) ttl: u32,
@@ -33,6 +34,10 @@ pub(crate) struct Handler {
     pub(crate) metrics: Arc<DnsMetrics>,
     /// Its sender is dropped when the server shuts down: in-flight forwards stop.
     pub(crate) stop: watch::Receiver<()>,
+    /// One permit per forward in flight (SPEC B5): when none is left, the
+    /// query is answered SERVFAIL at once instead of spawning a task and
+    /// a socket.
+    pub(crate) forwards: Arc<Semaphore>,
 }
 
 // Written out by hand (this is what `#[async_trait]` expands to) so that the crate
@@ -55,7 +60,46 @@ impl RequestHandler for Handler {
 }
 
 impl Handler {
-    async fn handle<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
+    /// Handles one query as it came off the wire (DNS over TCP, tests):
+    /// undecodable ones get FORMERR when their header can be read, and
+    /// nothing otherwise (as hickory's server does).
+    pub(crate) async fn handle_bytes<R: ResponseHandler>(
+        &self,
+        bytes: Vec<u8>,
+        src: std::net::SocketAddr,
+        protocol: Protocol,
+        handle: R,
+    ) {
+        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
+            record(&self.metrics, None, protocol, QueryResult::FormErr);
+            return;
+        };
+        match Request::from_bytes(bytes, src, protocol) {
+            Ok(request) => {
+                self.handle(&request, handle).await;
+            }
+            Err(error) => {
+                debug!(%error, "undecodable dns request");
+                record(&self.metrics, None, protocol, QueryResult::FormErr);
+                // No question could be read: answer with none.
+                let Ok(none) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                    return;
+                };
+                let asked = Asked {
+                    metadata: header.metadata,
+                    queries: &none,
+                    edns: None,
+                };
+                send_code(handle, &asked, ResponseCode::FormErr).await;
+            }
+        }
+    }
+
+    pub(crate) async fn handle<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
         let asked = Asked::of(request);
         let protocol = request.protocol();
         if request.metadata.op_code != OpCode::Query {
@@ -118,6 +162,16 @@ impl Handler {
         query: &LowerQuery,
         handle: R,
     ) -> ResponseInfo {
+        let Ok(permit) = Arc::clone(&self.forwards).try_acquire_owned() else {
+            debug!(name = %query.name(), "too many dns forwards in flight; SERVFAIL");
+            record(
+                &self.metrics,
+                Some(query),
+                request.protocol(),
+                QueryResult::Overloaded,
+            );
+            return send_code(handle, &Asked::of(request), ResponseCode::ServFail).await;
+        };
         let placeholder = ResponseInfo::from(Header {
             metadata: Metadata::response_from_request(&request.metadata),
             counts: HeaderCounts::default(),
@@ -155,6 +209,7 @@ impl Handler {
                 () = job.run(handle) => {}
                 _ = stop.changed() => {}
             }
+            drop(permit);
         });
         placeholder
     }
