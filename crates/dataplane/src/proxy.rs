@@ -25,6 +25,7 @@ use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
 use crate::state::{DataplaneState, Target};
 
+mod copy;
 mod dial;
 mod manual;
 
@@ -329,9 +330,7 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     ctx.metrics
         .connect_seconds
         .observe(started.elapsed().as_secs_f64());
-    let copied =
-        tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut upstream, 64 * 1024, 64 * 1024)
-            .await;
+    let copied = copy::copy_both(&mut inbound, &mut *upstream, 64 * 1024).await;
     let (sent, received, outcome) = match copied {
         Ok((a, b)) => (a, b, "ok"),
         Err(_) => (0, 0, "reset"),
