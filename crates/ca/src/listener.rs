@@ -11,12 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use meshpeer_identity::{SpiffeId, peer_identity, refusal_reason_io};
+use meshpeer_listener::{Gate, LazyBufReader, Slot};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tower::ServiceExt;
 use tracing::{debug, warn};
 
@@ -32,32 +30,17 @@ pub struct ConnInfo {
     pub client_id: Option<SpiffeId>,
 }
 
-/// Bounds of the listener (SPEC B5).
-#[derive(Clone, Copy, Debug)]
-pub struct ListenerLimits {
-    /// Connections in their TLS handshake at once; more wait unaccepted.
-    pub max_handshakes: usize,
-    /// How long a handshake may take.
-    pub handshake_timeout: Duration,
-    /// Connections served at once (after the handshake).
-    pub max_connections: usize,
-}
-
-impl Default for ListenerLimits {
-    fn default() -> Self {
-        ListenerLimits {
-            max_handshakes: 256,
-            handshake_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-        }
-    }
-}
+/// Bounds of the listener (SPEC B5): connections in their TLS handshake
+/// (capped, the oldest shed, timed out), connections served, idle ones
+/// closed. Default: 1,024 in their handshake, 10 s, 4,096 served, 5 min
+/// idle (the catalog watch is a request in flight, never idle).
+pub type ListenerLimits = meshpeer_listener::Limits;
 
 /// Serves `service` on `listener` over TLS (`tls`: e.g. meshpeer-identity's
 /// `server_config_optional_client` with ALPN h2 and http/1.1) until
 /// `shutdown` completes; then every connection is closed. Handshake
 /// failures are logged with the reason and counted in
-/// `metrics.tls_refusals`.
+/// `metrics.tls_refusals`; the listener's bounds in `metrics.listener`.
 pub async fn serve<S, B>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -75,14 +58,10 @@ pub async fn serve<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes.max(1)));
-    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let gate = Gate::new("cluster", limits, Arc::clone(&metrics.listener));
     let (stop_tx, stop_rx) = watch::channel(false);
     let accept = async {
         loop {
-            let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-                return;
-            };
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -91,37 +70,26 @@ pub async fn serve<S, B>(
                     continue;
                 }
             };
+            let slot = Arc::new(gate.admit());
             let acceptor = acceptor.clone();
             let service = service.clone();
             let metrics = Arc::clone(&metrics);
-            let connections = Arc::clone(&connections);
-            let mut stop = stop_rx.clone();
+            let gate = gate.clone();
+            let stop = stop_rx.clone();
             tokio::spawn(async move {
-                let Some((tls, info)) =
-                    handshake(acceptor, tcp, remote, limits.handshake_timeout, &metrics).await
+                let Some((tls, info)) = handshake(acceptor, tcp, remote, &slot, &metrics).await
                 else {
                     return;
                 };
-                drop(permit);
-                let Ok(_serving) = connections.try_acquire_owned() else {
-                    warn!(%remote, "cluster listener: too many connections; closing this one");
+                if let Err(cut) = slot.authenticate() {
+                    warn!(%remote, "cluster listener: {cut}");
                     return;
-                };
+                }
                 let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     service.clone().oneshot(req)
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection_with_upgrades(
-                    TokioIo::new(tls),
-                    TowerToHyperService::new(svc),
-                );
-                tokio::select! {
-                    r = conn => if let Err(e) = r {
-                        debug!(%remote, error = %e, "cluster listener: connection ended with an error");
-                    },
-                    _ = stop.wait_for(|s| *s) => {}
-                }
+                meshpeer_listener::http::serve_connection(tls, svc, slot, &gate, stop).await;
             });
         }
     };
@@ -132,14 +100,21 @@ pub async fn serve<S, B>(
     let _ = stop_tx.send(true);
 }
 
+/// Read buffer of a connection (rustls reads 4 KiB at a time).
+const READ_BUFFER: usize = 16 * 1024;
+
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
-    timeout: Duration,
+    slot: &Slot,
     metrics: &CaMetrics,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ConnInfo)> {
+) -> Option<(
+    tokio_rustls::server::TlsStream<LazyBufReader<TcpStream>>,
+    ConnInfo,
+)> {
     let _ = tcp.set_nodelay(true);
+    let tcp = LazyBufReader::new(READ_BUFFER, tcp);
     let refused = |reason: &str, text: String| {
         metrics
             .tls_refusals
@@ -149,8 +124,15 @@ async fn handshake(
             .inc();
         warn!(%remote, reason, "cluster listener refused a connection: {text}");
     };
-    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
+    let accepted = tokio::select! {
+        accepted = acceptor.accept(tcp) => accepted,
+        cut = slot.cut() => {
+            debug!(%remote, reason = cut.reason(), "cluster listener: {cut}");
+            return None;
+        }
+    };
+    match accepted {
+        Ok(tls) => {
             let client_id = match tls.get_ref().1.peer_certificates() {
                 None | Some([]) => None,
                 Some(certs) => match peer_identity(certs) {
@@ -163,16 +145,18 @@ async fn handshake(
             };
             Some((tls, ConnInfo { remote, client_id }))
         }
-        Ok(Err(e)) => {
+        Err(e)
+            if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+                || e.to_string().starts_with("received fatal alert: ") =>
+        {
             let refusal = refusal_reason_io(&e);
             refused(refusal.reason(), refusal.to_string());
             None
         }
-        Err(_) => {
-            refused(
-                "handshake_timeout",
-                format!("TLS handshake took longer than {timeout:?}"),
-            );
+        Err(e) => {
+            // The caller left or sent what is not TLS.
+            slot.handshake_failed();
+            debug!(%remote, error = %e, "cluster listener: connection ended during the TLS handshake");
             None
         }
     }

@@ -1,5 +1,8 @@
 //! The signing endpoint's metrics (prefix `ca_` under the registry given).
 
+use std::sync::Arc;
+
+use meshpeer_listener::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,11 +25,15 @@ pub struct CaMetrics {
     /// `ca_listener_tls_refusals_total{reason}`: connections whose TLS
     /// handshake failed (a client certificate not under the root, ...).
     pub tls_refusals: Family<ReasonLabels, Counter>,
+    /// The listener's bounds at work (SPEC B5):
+    /// `ca_listener_connections_closed_total{reason}` (shed, timed out,
+    /// full, idle, handshake_failed), pending and served connections.
+    pub listener: Arc<ListenerMetrics>,
 }
 
 impl CaMetrics {
     /// Registers the counters under `ca_` in `registry`.
-    pub fn register(registry: &mut Registry) -> std::sync::Arc<CaMetrics> {
+    pub fn register(registry: &mut Registry) -> Arc<CaMetrics> {
         let metrics = CaMetrics::default();
         let sub = registry.sub_registry_with_prefix("ca");
         sub.register(
@@ -44,7 +51,11 @@ impl CaMetrics {
             "Connections to the cluster listener refused during the TLS handshake, by reason",
             metrics.tls_refusals.clone(),
         );
-        std::sync::Arc::new(metrics)
+        let metrics = CaMetrics {
+            listener: ListenerMetrics::register(sub),
+            ..metrics
+        };
+        Arc::new(metrics)
     }
 
     /// Counts one refusal for `reason`.

@@ -6,17 +6,17 @@
 //! forwards everything else to the upstream resolver.
 //!
 //! - `table`: the table and how a name is classified (pure).
-//! - `handler`: hickory's request handler: local answers, negative answers, relaying.
-//! - `forward`: the exchange with the upstream over UDP/TCP.
-//! - `metrics`: `dns_queries_total{result}`.
-//!
-//! hickory-server's `Server` does the UDP and TCP framing; it also logs each response
-//! at `info` under the target `hickory_server::server` (filter it if that is noise).
+//! - `handler`: the request handler: local answers, negative answers, relaying.
+//! - `forward`: the exchange with the upstream over UDP/TCP, bounded in number.
+//! - `udp`, `tcp`: the listeners (hickory's framing; our loops, bounded: SPEC B5).
+//! - `metrics`: `dns_queries_total{result}`, `dns_tcp_listener_...`.
 
 mod forward;
 mod handler;
 mod metrics;
 mod table;
+mod tcp;
+mod udp;
 
 use std::fmt;
 use std::io;
@@ -24,10 +24,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::Server;
+use meshpeer_listener::{Gate, Limits};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{Semaphore, watch};
+use tracing::info;
 
 pub use self::metrics::DnsMetrics;
 pub use self::table::{DnsTable, Names};
@@ -35,8 +35,6 @@ pub use self::table::{DnsTable, Names};
 use self::forward::Upstreams;
 use self::handler::Handler;
 
-/// Responses queued per TCP connection before the connection pushes back.
-const TCP_RESPONSE_BUFFER: usize = 64;
 /// A TCP client that sends nothing for this long is disconnected (at least the
 /// upstream timeout plus a margin, so a pending forward is never cut off).
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +55,14 @@ pub struct DnsConfig {
     /// How long to wait for each upstream (default 2 s): then the next one,
     /// or SERVFAIL after the last.
     pub upstream_timeout: Duration,
+    /// Forwards in flight at most (each a task and a socket); beyond, a
+    /// query to forward is answered SERVFAIL at once and counted
+    /// (`dns_queries_total{result="overloaded"}`). Default 1,024.
+    pub max_forwards: usize,
+    /// DNS-over-TCP connections open at most; one more closes the oldest
+    /// (`dns_tcp_listener_connections_closed_total{reason="shed"}`).
+    /// Default 512.
+    pub max_tcp_connections: usize,
 }
 
 impl DnsConfig {
@@ -67,13 +73,17 @@ impl DnsConfig {
             upstreams: Vec::new(),
             ttl: 5,
             upstream_timeout: Duration::from_secs(2),
+            max_forwards: 1024,
+            max_tcp_connections: 512,
         }
     }
 }
 
 /// A running DNS server (UDP and TCP). Dropping it stops it too, without waiting.
 pub struct DnsServer {
-    server: Server<Handler>,
+    /// The UDP and TCP listeners' tasks; aborted on drop.
+    udp: AbortOnDrop,
+    tcp: AbortOnDrop,
     local_addr: SocketAddr,
     /// Dropped on shutdown: forwards still waiting for the upstream stop.
     _stop: watch::Sender<()>,
@@ -100,26 +110,41 @@ impl DnsServer {
         let (stop_tx, stop) = watch::channel(());
         let upstream = Upstreams::new(&config.upstreams, config.upstream_timeout).map(Arc::new);
         let worst = upstream.as_ref().map_or(Duration::ZERO, |u| u.worst_case());
+        let gate = Gate::new(
+            "dns_tcp",
+            Limits {
+                max_pending: config.max_tcp_connections.max(1),
+                // A DNS connection never authenticates: it is bounded by the
+                // cap (the oldest shed) and by its idle timeout.
+                handshake_timeout: None,
+                max_connections: 0,
+                idle_timeout: TCP_IDLE_TIMEOUT,
+            },
+            Arc::clone(&metrics.tcp),
+        );
         let handler = Handler {
             table,
             ttl: config.ttl,
             upstream,
             metrics,
             stop,
+            forwards: Arc::new(Semaphore::new(config.max_forwards.max(1))),
         };
-        let mut server = Server::new(handler);
-        server.register_socket(udp);
         let idle = TCP_IDLE_TIMEOUT.max(worst + Duration::from_secs(1));
-        server.register_listener(tcp, idle, TCP_RESPONSE_BUFFER);
+        let udp = AbortOnDrop(tokio::spawn(udp::serve(udp, handler.clone())));
+        let tcp = AbortOnDrop(tokio::spawn(tcp::serve(tcp, handler, gate, idle)));
         info!(
             %local_addr,
             upstreams = ?config.upstreams,
             ttl = config.ttl,
             upstream_timeout = ?config.upstream_timeout,
+            max_forwards = config.max_forwards,
+            max_tcp_connections = config.max_tcp_connections,
             "dns server listening on udp and tcp"
         );
         Ok(DnsServer {
-            server,
+            udp,
+            tcp,
             local_addr,
             _stop: stop_tx,
         })
@@ -132,12 +157,55 @@ impl DnsServer {
 
     /// Stops accepting queries, drops in-flight forwards and waits for the sockets
     /// to be closed.
-    pub async fn shutdown(mut self) {
-        if let Err(error) = self.server.shutdown_gracefully().await {
-            warn!(local_addr = %self.local_addr, %error, "dns server stopped with an error");
+    pub async fn shutdown(self) {
+        for task in [&self.udp, &self.tcp] {
+            task.0.abort();
+        }
+        let DnsServer { udp, tcp, .. } = self;
+        for mut task in [udp, tcp] {
+            let _ = (&mut task.0).await;
         }
         info!(local_addr = %self.local_addr, "dns server stopped");
     }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Answers one query, given as its wire bytes, as the server does (the
+/// UDP or TCP framing aside) from `table`, without an upstream: a name
+/// that is not ours is answered REFUSED. `None` when nothing is answered
+/// (fewer than the 12 bytes of a header). For tests and fuzzing (SPEC B7):
+/// the same handler as the server's.
+pub async fn answer(table: Arc<DnsTable>, ttl: u32, query: Vec<u8>, tcp: bool) -> Option<Vec<u8>> {
+    use futures_util::{FutureExt, StreamExt};
+    use hickory_server::net::BufDnsStreamHandle;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::server::ResponseHandle;
+
+    let (_table_tx, table) = watch::channel(table);
+    let (_stop_tx, stop) = watch::channel(());
+    let handler = Handler {
+        table,
+        ttl,
+        upstream: None,
+        metrics: Arc::default(),
+        stop,
+        forwards: Arc::new(Semaphore::new(1)),
+    };
+    let client = SocketAddr::from(([127, 0, 0, 1], 5353));
+    let protocol = if tcp { Protocol::Tcp } else { Protocol::Udp };
+    let (responses, mut sent) = BufDnsStreamHandle::new(client);
+    let handle = ResponseHandle::new(client, responses, protocol);
+    handler.handle_bytes(query, client, protocol, handle).await;
+    let message = sent.next().now_or_never().flatten()?;
+    Some(message.into_parts().0)
 }
 
 /// A UDP socket and a TCP listener on the same address and port.

@@ -276,15 +276,15 @@ async fn stream_once(
 ) -> Result<(), String> {
     info!(controller = %api, "following the controller's catalog");
     let mut body = resp.into_body().into_data_stream();
-    let mut buf: Vec<u8> = Vec::new();
+    let mut lines = feed_line::LineReader::new(feed_line::MAX_LINE);
     // The version this stream brought us to: deltas apply to it.
     let mut current: Option<Arc<CatalogFeed>> = None;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
-        buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=end).collect();
-            match feed_line::decode(current.as_deref(), &line[..line.len() - 1]) {
+        lines.push(&chunk).map_err(|e| e.to_string())?;
+        while let Some(line) = lines.next_line() {
+            let line = line.map_err(|e| e.to_string())?;
+            match feed_line::decode(current.as_deref(), &line) {
                 Ok(feed) => {
                     debug!(
                         version = feed.version,

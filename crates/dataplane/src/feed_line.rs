@@ -123,6 +123,96 @@ pub enum LineError {
     OutOfStep { since: u64, held: Option<u64> },
     #[error("a catalog line with neither a catalog nor a delta")]
     Empty,
+    #[error(
+        "a catalog line longer than {max} bytes; reconnecting (a catalog this large is beyond what a follower holds)"
+    )]
+    TooLong { max: usize },
+}
+
+/// The longest line a follower reads by default: a whole catalog far
+/// beyond the peering caps' common sizes (10,000 services x 10 endpoints
+/// is ~10 MB), still a bound on what a broken or hostile stream can make
+/// it hold.
+pub const MAX_LINE: usize = 256 << 20;
+
+/// Splits the stream into lines as chunks arrive. Each byte is scanned
+/// once (a long line in many chunks costs its length, not its length
+/// squared), and at most `max` bytes of an unfinished line are held.
+#[derive(Debug)]
+pub struct LineReader {
+    buf: Vec<u8>,
+    /// Where the next line starts in `buf`.
+    start: usize,
+    /// Bytes of `buf` (from `start`) known to hold no newline.
+    scanned: usize,
+    max: usize,
+}
+
+impl LineReader {
+    pub fn new(max: usize) -> Self {
+        LineReader {
+            buf: Vec::new(),
+            start: 0,
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// Adds a chunk; then take the complete lines with
+    /// [`LineReader::next_line`]. Fails when the unfinished line would grow
+    /// past the limit.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), LineError> {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        // Only what follows the chunk's last newline stays unfinished.
+        let unfinished = match chunk.iter().rposition(|b| *b == b'\n') {
+            Some(i) => chunk.len() - i - 1,
+            None => self.pending() + chunk.len(),
+        };
+        if unfinished > self.max {
+            return Err(LineError::TooLong { max: self.max });
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// The next complete line, without its newline; an error for a line
+    /// longer than the limit.
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>, LineError>> {
+        let from = self.start + self.scanned;
+        let rest = self.buf.get(from..)?;
+        let Some(i) = rest.iter().position(|b| *b == b'\n') else {
+            self.scanned = self.buf.len() - self.start;
+            return None;
+        };
+        let end = from + i;
+        if end - self.start > self.max {
+            return Some(Err(LineError::TooLong { max: self.max }));
+        }
+        let line = if self.start == 0 && end + 1 == self.buf.len() {
+            // The whole buffer is this line: no copy.
+            let mut whole = std::mem::take(&mut self.buf);
+            whole.truncate(end);
+            whole
+        } else {
+            let line = self.buf[self.start..end].to_vec();
+            self.start = end + 1;
+            line
+        };
+        self.scanned = 0;
+        if self.start >= self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        Some(Ok(line))
+    }
+
+    /// Bytes of an unfinished line held now.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
 }
 
 /// The feed a follower holding `current` has after `line`.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use meshpeer_listener::Limits;
 use meshpeer_model::{GlobalService, Reach, Scope};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -38,6 +39,8 @@ pub struct GatewayConfig {
     pub max_attempts: usize,
     /// Which endpoint addresses may be dialled (P5).
     pub endpoints: Arc<EndpointPolicy>,
+    /// The HBONE listener's bounds (B5; [`crate::hbone::default_limits`]).
+    pub listener: Limits,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +49,7 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(2),
             max_attempts: 3,
             endpoints: Arc::default(),
+            listener: crate::hbone::default_limits(),
         }
     }
 }
@@ -200,13 +204,8 @@ fn find_local<'a>(state: &'a DataplaneState, host: &str) -> Option<&'a GlobalSer
     let mut labels = host.split('.');
     let (name, ns) = (labels.next()?, labels.next()?);
     labels.next()?;
-    let mut found = state.feed.catalog.services.values().filter(|s| {
-        s.name == name
-            && s.namespace == ns
-            && s.contributions.iter().any(|c| c.reach == Reach::Local)
-    });
-    let first = found.next()?;
-    found.next().is_none().then_some(&**first)
+    // An index lookup: a tunnel never walks the catalog.
+    state.local_by_name(name, ns)
 }
 
 impl TunnelHandler for GatewayHandler {
@@ -237,6 +236,7 @@ impl TunnelHandler for GatewayHandler {
                 }
             };
             fastrand::shuffle(&mut endpoints);
+            health.sync(&state);
             let now = Instant::now();
             // Healthy endpoints first; ejected ones only if nothing else is left.
             endpoints
@@ -274,6 +274,8 @@ impl TunnelHandler for GatewayHandler {
                 metrics.ejection("endpoint");
             }
             let name = &state.feed.catalog.cluster.name;
+            // The caller is told why in words and counts; the endpoints'
+            // addresses and socket errors stay in this gateway's log.
             let message = if errors.is_empty() {
                 metrics.refusal("endpoint_policy");
                 format!(
@@ -283,9 +285,9 @@ impl TunnelHandler for GatewayHandler {
             } else {
                 metrics.refusal("no_endpoint");
                 let mut m = format!(
-                    "no ready endpoint of {} in cluster {name} answered: {}",
+                    "no ready endpoint of {} in cluster {name} answered ({} tried)",
                     req.authority,
-                    errors.join("; ")
+                    errors.len()
                 );
                 if refused > 0 {
                     m.push_str(&format!(
@@ -294,7 +296,7 @@ impl TunnelHandler for GatewayHandler {
                 }
                 m
             };
-            warn!(caller = %caller, authority = %req.authority, "tunnel failed: {message}");
+            warn!(caller = %caller, authority = %req.authority, errors = %errors.join("; "), "tunnel failed: {message}");
             Err(Refuse {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message,

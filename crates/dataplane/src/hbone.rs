@@ -37,7 +37,9 @@ use meshpeer_identity::Refusal;
 
 pub use client::{ClientTls, HboneClient};
 pub use metrics::{DirectionLabels, HboneMetrics, RefusalLabels, TrafficLabels, TunnelLabels};
-pub use server::{OpenUpstream, Refuse, TunnelHandler, TunnelRequest, Upstream, serve};
+pub use server::{
+    OpenUpstream, Refuse, TunnelHandler, TunnelRequest, Upstream, default_limits, serve,
+};
 pub use tunnel::Tunnel;
 
 /// The port east-west gateways serve HBONE on.

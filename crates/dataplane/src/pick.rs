@@ -4,12 +4,14 @@
 //! checking has ejected. The proxy tries them in order, within a budget:
 //! another destination of the same tier first, then the next tier.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use meshpeer_model::{ClientLocation, GlobalService, Reach, rank};
+use imbl::ordmap::DiffItem;
+use meshpeer_model::{ClientLocation, GlobalCatalog, GlobalService, Reach, rank};
 use tokio::time::Instant;
 
 use crate::state::DataplaneState;
@@ -70,12 +72,24 @@ struct Ejection {
 /// Passive outlier detection: a destination that fails to connect is
 /// ejected for `base`, doubling with each consecutive ejection up to `cap`;
 /// a success clears it.
+///
+/// Its memory is bounded by the catalog (SPEC B6): [`Health::sync`] drops
+/// the state of destinations that left the catalog (visiting only the
+/// services that changed), and entries whose ejection ended long ago are
+/// dropped as the map grows.
 #[derive(Debug)]
 pub struct Health {
     base: Duration,
     cap: Duration,
     ejected: Mutex<HashMap<HealthKey, Ejection>>,
+    /// The catalog the ejections were last checked against.
+    synced: Mutex<Option<Arc<GlobalCatalog>>>,
+    /// Size at which the ejections that ended long ago are swept.
+    sweep_at: AtomicUsize,
 }
+
+/// Ejections kept before the first sweep of those that ended long ago.
+const SWEEP_MIN: usize = 1024;
 
 impl Health {
     pub fn new(base: Duration, cap: Duration) -> Self {
@@ -83,6 +97,65 @@ impl Health {
             base,
             cap: cap.max(base),
             ejected: Mutex::new(HashMap::new()),
+            synced: Mutex::new(None),
+            sweep_at: AtomicUsize::new(SWEEP_MIN),
+        }
+    }
+
+    /// Ejections held now.
+    pub fn len(&self) -> usize {
+        self.ejected.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Brings the ejections in step with `state`'s catalog: the
+    /// destinations of services removed or changed since the catalog last
+    /// synced, and no longer in it, are forgotten. Persistent maps: only
+    /// the services that differ are visited. Cheap when nothing changed
+    /// (one pointer comparison); call it before using the state.
+    pub fn sync(&self, state: &DataplaneState) {
+        let Ok(mut synced) = self.synced.lock() else {
+            return;
+        };
+        let new = &state.feed.catalog;
+        let old = match synced.as_ref() {
+            Some(old) if Arc::ptr_eq(old, new) => return,
+            Some(old) => Arc::clone(old),
+            None => {
+                *synced = Some(Arc::clone(new));
+                return;
+            }
+        };
+        *synced = Some(Arc::clone(new));
+        let Ok(mut ejected) = self.ejected.lock() else {
+            return;
+        };
+        if ejected.is_empty() {
+            return;
+        }
+        for item in old.services.diff(&new.services) {
+            match item {
+                DiffItem::Remove(_, gone) => {
+                    for key in keys_of(gone) {
+                        ejected.remove(&key);
+                    }
+                }
+                DiffItem::Update {
+                    old: (_, before),
+                    new: (_, after),
+                } => {
+                    let kept: HashSet<HealthKey> = keys_of(after).collect();
+                    for key in keys_of(before) {
+                        if !kept.contains(&key) {
+                            ejected.remove(&key);
+                        }
+                    }
+                }
+                DiffItem::Add(..) => {}
+            }
         }
     }
 
@@ -106,6 +179,15 @@ impl Health {
         let d = self.base.saturating_mul(factor).min(self.cap);
         e.times = e.times.saturating_add(1);
         e.until = now + d;
+        // Destinations outside the catalog (manual entries' resolved
+        // addresses) are not synced away: sweep what ended long ago once
+        // the map has doubled.
+        if m.len() >= self.sweep_at.load(Ordering::Relaxed) {
+            let cap = self.cap;
+            m.retain(|_, e| e.until + cap > now);
+            self.sweep_at
+                .store((m.len() * 2).max(SWEEP_MIN), Ordering::Relaxed);
+        }
         d
     }
 
@@ -129,6 +211,25 @@ impl Default for Health {
     fn default() -> Self {
         Health::new(Duration::from_secs(1), Duration::from_secs(30))
     }
+}
+
+/// Every destination key of a global service: its endpoints reached
+/// directly (address and target port), and per cluster reached through a
+/// gateway, `<hostname>:<port>` for each of its ports.
+fn keys_of(svc: &GlobalService) -> impl Iterator<Item = HealthKey> + '_ {
+    svc.contributions.iter().flat_map(move |c| {
+        let direct: Box<dyn Iterator<Item = HealthKey> + '_> = match c.reach {
+            Reach::Local | Reach::Direct => Box::new(c.service.endpoints().flat_map(|(_, e)| {
+                e.ports
+                    .iter()
+                    .map(move |p| HealthKey::Endpoint(SocketAddr::new(e.address, p.target)))
+            })),
+            Reach::Gateway => Box::new(svc.ports.iter().map(move |p| {
+                HealthKey::Remote(c.cluster.clone(), format!("{}:{}", svc.hostname, p.number))
+            })),
+        };
+        direct
+    })
 }
 
 /// The destinations for a connection to `svc` on `port`, tier by tier,

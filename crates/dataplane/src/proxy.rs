@@ -25,6 +25,7 @@ use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
 use crate::state::{DataplaneState, Target};
 
+mod copy;
 mod dial;
 mod manual;
 
@@ -41,6 +42,13 @@ pub struct ProxyConfig {
     pub ejection_cap: Duration,
     /// Which endpoint addresses may be dialled (P5).
     pub endpoints: Arc<EndpointPolicy>,
+    /// Bound on resolving a host name (a peer's gateway given as a name, a
+    /// manual entry's endpoint): then the attempt fails.
+    pub resolve_timeout: Duration,
+    /// Host-name lookups in flight at most (each holds a blocking thread
+    /// until the system resolver returns, even after the timeout); beyond,
+    /// the attempt fails at once.
+    pub max_lookups: usize,
 }
 
 impl Default for ProxyConfig {
@@ -51,6 +59,8 @@ impl Default for ProxyConfig {
             ejection_base: Duration::from_secs(1),
             ejection_cap: Duration::from_secs(30),
             endpoints: Arc::default(),
+            resolve_timeout: Duration::from_secs(2),
+            max_lookups: 64,
         }
     }
 }
@@ -61,10 +71,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 struct Ctx {
     state: watch::Receiver<Arc<DataplaneState>>,
     hbone: HboneClient,
-    health: Health,
+    health: Arc<Health>,
     config: ProxyConfig,
     metrics: Arc<DataplaneMetrics>,
     refusal_log: LogLimit,
+    /// Permits for host-name lookups in flight.
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running proxy.
@@ -92,7 +104,8 @@ impl Proxy {
         let ctx = Arc::new(Ctx {
             state: state.clone(),
             hbone,
-            health: Health::new(config.ejection_base, config.ejection_cap),
+            health: Arc::new(Health::new(config.ejection_base, config.ejection_cap)),
+            lookups: Arc::new(tokio::sync::Semaphore::new(config.max_lookups.max(1))),
             config,
             metrics,
             refusal_log: LogLimit::default(),
@@ -317,9 +330,7 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     ctx.metrics
         .connect_seconds
         .observe(started.elapsed().as_secs_f64());
-    let copied =
-        tokio::io::copy_bidirectional_with_sizes(&mut inbound, &mut upstream, 64 * 1024, 64 * 1024)
-            .await;
+    let copied = copy::copy_both(&mut inbound, &mut *upstream, 64 * 1024).await;
     let (sent, received, outcome) = match copied {
         Ok((a, b)) => (a, b, "ok"),
         Err(_) => (0, 0, "reset"),
@@ -368,6 +379,7 @@ async fn connect_global(
     peer: SocketAddr,
 ) -> Result<(Box<dyn Stream>, Chosen), NoDest> {
     let svc = state.service(host).ok_or("the service is gone")?;
+    ctx.health.sync(state);
     let tiers = {
         let mut rng = fastrand::Rng::new();
         plan(svc, port, state, &ctx.health, Instant::now(), &mut rng)

@@ -44,6 +44,9 @@ struct Placed {
     names: Vec<String>,
     /// Its names outside this cluster's zones (P2).
     outside: Vec<String>,
+    /// `(name, namespace)` when this cluster contributes to it (the
+    /// gateway's aliases for manual entries, D4).
+    local: Option<(String, String)>,
 }
 
 /// What a global service is to place: listeners, DNS names, and a record
@@ -70,6 +73,10 @@ pub struct DataplaneState {
     /// Global hostnames (and taken-over names) of the catalog outside the
     /// zones this cluster answers for: not in DNS, no listener (P2).
     pub outside_zones: BTreeSet<String>,
+    /// Global hostnames with a local contribution, by `(name, namespace)`:
+    /// what the gateway's `<name>.<namespace>.<any suffix>` aliases of
+    /// manual entries (D4) may reach, found without walking the catalog.
+    local_names: imbl::HashMap<(String, String), imbl::OrdSet<String>>,
     /// Per global hostname, what it placed.
     placed: imbl::HashMap<String, Placed>,
     /// What the manual entries placed.
@@ -253,6 +260,9 @@ impl DataplaneState {
             ));
             plan.placed.listeners.push(addr);
         };
+        if svc.contributions.iter().any(|c| c.reach == Reach::Local) {
+            plan.placed.local = Some((svc.name.clone(), svc.namespace.clone()));
+        }
         plan.names
             .push((svc.hostname.to_ascii_lowercase(), svc.vip));
         for p in &svc.ports {
@@ -284,6 +294,12 @@ impl DataplaneState {
         }
         self.outside_zones
             .extend(plan.placed.outside.iter().cloned());
+        if let Some(key) = &plan.placed.local {
+            self.local_names
+                .entry(key.clone())
+                .or_default()
+                .insert(host.to_owned());
+        }
         self.placed.insert(host.to_owned(), plan.placed);
     }
 
@@ -303,6 +319,14 @@ impl DataplaneState {
         }
         for name in &placed.outside {
             self.outside_zones.remove(name);
+        }
+        if let Some(key) = &placed.local
+            && let Some(hosts) = self.local_names.get_mut(key)
+        {
+            hosts.remove(host);
+            if hosts.is_empty() {
+                self.local_names.remove(key);
+            }
         }
         placed
     }
@@ -390,6 +414,27 @@ impl DataplaneState {
 
     pub fn service_by_host(&self, host: &str) -> Option<&GlobalService> {
         self.service(host)
+    }
+
+    /// The global service named `name` in `namespace` that this cluster
+    /// contributes to, when exactly one is (in this cluster's zones).
+    pub fn local_by_name(&self, name: &str, namespace: &str) -> Option<&GlobalService> {
+        let hosts = self
+            .local_names
+            .get(&(name.to_owned(), namespace.to_owned()))?;
+        match hosts.len() {
+            1 => self.service(hosts.get_min()?),
+            _ => None,
+        }
+    }
+
+    /// Every `(name, namespace)` with local global services, and their
+    /// hostnames (for tests of the index).
+    pub fn local_names(&self) -> BTreeMap<(String, String), Vec<String>> {
+        self.local_names
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+            .collect()
     }
 
     pub fn manual(&self, i: usize) -> Option<&ManualEntry> {

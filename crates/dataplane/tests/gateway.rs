@@ -72,6 +72,7 @@ impl Gw {
             connect_timeout: Duration::from_secs(2),
             max_attempts,
             endpoints: Arc::new(endpoints),
+            ..GatewayConfig::default()
         };
         Gw {
             handler: GatewayHandler::new(rx, config, Arc::clone(&metrics)),
@@ -323,16 +324,20 @@ async fn d3_when_an_endpoint_refuses_connections_the_next_one_is_used() {
 }
 
 #[tokio::test]
-async fn d3_when_no_endpoint_answers_the_tunnel_gets_503_naming_them() {
+async fn d3_when_no_endpoint_answers_the_tunnel_gets_503_without_their_addresses() {
     let (listener, port) = endpoint().await;
     let gw = Gw::new(mesh(port, &["127.0.0.2", "127.0.0.3"]), callers());
     let r = gw
         .refused("cluster2.td", "web.shop.mesh.internal:8000")
         .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.message);
+    // Why, in words and counts; pod addresses and socket errors stay in
+    // the gateway's log.
+    assert!(r.message.contains("2 tried"), "{}", r.message);
     for ep in ["127.0.0.2", "127.0.0.3"] {
-        assert!(r.message.contains(&format!("{ep}:{port}")), "{}", r.message);
+        assert!(!r.message.contains(ep), "{}", r.message);
     }
+    assert!(!r.message.contains("refused"), "{}", r.message);
     assert_eq!(gw.ejections(), 2);
     assert_eq!(gw.refusals("no_endpoint"), 1);
     drop(listener);

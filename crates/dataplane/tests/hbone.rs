@@ -355,6 +355,7 @@ impl Gateway {
             tls,
             handler.clone(),
             metrics.clone(),
+            meshpeer_dataplane::hbone::default_limits(),
             async move {
                 let _ = stopped.await;
             },

@@ -619,6 +619,7 @@ mod incremental {
         prop_assert_eq!(&a.dns.names, &b.dns.names);
         prop_assert_eq!(&a.dns.authoritative, &b.dns.authoritative);
         prop_assert_eq!(&a.outside_zones, &b.outside_zones);
+        prop_assert_eq!(a.local_names(), b.local_names());
         Ok(())
     }
 

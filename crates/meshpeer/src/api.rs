@@ -35,6 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use meshpeer_ca::ConnInfo;
+use meshpeer_listener::{Gate, Limits};
 use meshpeer_peering::PeeringService;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
@@ -171,15 +172,50 @@ pub(crate) async fn serve(
         .route("/v1/catalog/watch", routing::get(watch_catalog))
         .route("/metrics", routing::get(metrics))
         .with_state(Served {
-            api: state,
+            api: state.clone(),
             followers,
         });
-    axum::serve(
+    let gate = Gate::new(
+        "api",
+        API_LIMITS,
+        Arc::clone(&state.feed_guard.api_listener),
+    );
+    meshpeer_listener::http::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        gate,
+        move |remote| with_remote(app.clone(), remote),
+        shutdown,
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    Ok(())
+}
+
+/// The plain API's bounds (SPEC B5): it listens on loopback for local
+/// tools (status, check, the feed for tools on this machine).
+const API_LIMITS: Limits = Limits {
+    max_pending: 256,
+    handshake_timeout: Some(Duration::from_secs(10)),
+    max_connections: 1024,
+    idle_timeout: Duration::from_secs(120),
+};
+
+/// `router` for a connection from `remote` (its requests carry
+/// [`ConnectInfo`], as `into_make_service_with_connect_info` would give).
+pub(crate) fn with_remote(
+    router: Router,
+    remote: SocketAddr,
+) -> impl tower::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response, Infallible>> + Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(remote));
+        tower::ServiceExt::oneshot(router.clone(), req)
+    })
 }
 
 /// The view with the peering server's live view of who it serves.

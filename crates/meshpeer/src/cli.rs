@@ -283,9 +283,51 @@ pub(crate) struct ControllerArgs {
         env = "MESHPEER_ALLOWED_PEERS"
     )]
     pub(crate) allowed_peers: Vec<String>,
+    /// Bounds of the TLS listeners (SPEC B5).
+    #[command(flatten)]
+    pub(crate) listener: ListenerArgs,
+    /// Connections the cluster listener serves at once (after their TLS
+    /// handshake); one more is refused.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub(crate) max_connections: usize,
+    /// File mode: a manifest rewritten in place (not renamed into place)
+    /// that would lose objects or readability is used once it has not
+    /// changed for this long; a slow writer's truncate-then-write no
+    /// longer withdraws its services for a moment.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub(crate) write_settle: Duration,
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
+}
+
+/// What a TLS listener holds before and after authentication (SPEC B5).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListenerArgs {
+    /// Connections accepted and not yet through their TLS handshake, held
+    /// at once per listener; one more closes the oldest of them (counted
+    /// as shed), so a flood cannot keep a legitimate caller out.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub(crate) max_pending_connections: usize,
+    /// How long a connection may take to complete its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub(crate) handshake_timeout: Duration,
+    /// An authenticated connection with nothing in flight for this long is
+    /// closed.
+    #[arg(long, default_value = "5m", value_parser = duration)]
+    pub(crate) idle_timeout: Duration,
+}
+
+impl ListenerArgs {
+    /// The limits of a listener serving at most `max_connections`.
+    pub(crate) fn limits(&self, max_connections: usize) -> meshpeer_listener::Limits {
+        meshpeer_listener::Limits {
+            max_pending: self.max_pending_connections,
+            handshake_timeout: Some(self.handshake_timeout),
+            max_connections,
+            idle_timeout: self.idle_timeout,
+        }
+    }
 }
 
 /// `NAMESPACE/SERVICEACCOUNT`.
@@ -364,6 +406,17 @@ pub(crate) struct ProxyArgs {
     /// its timeout, and the last to answer is asked first.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) dns_upstream: Vec<SocketAddr>,
+    /// Queries forwarded upstream at once (each a task and a socket); one
+    /// more is answered SERVFAIL at once and counted (SPEC B5).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub(crate) dns_max_forwards: usize,
+    /// DNS-over-TCP connections open at once; one more closes the oldest.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub(crate) dns_max_tcp_connections: usize,
+    /// How long resolving a host name may take (a peer's gateway given as
+    /// a name, a manual entry's endpoint); then that attempt fails.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub(crate) resolve_timeout: Duration,
     /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).
     #[arg(long)]
     pub(crate) capture_cluster_ips: bool,
@@ -410,6 +463,13 @@ pub(crate) struct GatewayArgs {
     /// Where HBONE tunnels arrive (the east-west Gateway's cross-network port).
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:15008")]
     pub(crate) listen: SocketAddr,
+    /// Bounds of the HBONE listener (SPEC B5).
+    #[command(flatten)]
+    pub(crate) listener: ListenerArgs,
+    /// Callers' connections served at once (after their TLS handshake; a
+    /// proxy pools one or a few); one more is refused.
+    #[arg(long, default_value_t = 16_384, value_name = "N")]
+    pub(crate) max_connections: usize,
     /// Dial endpoints in this CIDR (or at this address) although they are
     /// refused by default: loopback, link-local (cloud metadata),
     /// multicast, unspecified, broadcast and this node's addresses (SPEC

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use meshpeer_ca::ConnInfo;
+use meshpeer_listener::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -149,10 +150,14 @@ struct FeedRefusalLabels {
 pub struct FeedGuard {
     access: FeedAccess,
     refusals: Family<FeedRefusalLabels, Counter>,
+    /// The plain API's listener bounds at work (SPEC B5), registered with
+    /// the feed's counters: the API is where the feed is served plainly.
+    pub(crate) api_listener: Arc<ListenerMetrics>,
 }
 
 impl FeedGuard {
-    /// Registers `feed_refusals_total{listener, reason}` in `registry`.
+    /// Registers `feed_refusals_total{listener, reason}` in `registry`, and
+    /// the plain API listener's `api_listener_*` (B5).
     pub fn new(access: FeedAccess, registry: &mut Registry) -> Arc<FeedGuard> {
         let refusals = Family::<FeedRefusalLabels, Counter>::default();
         registry.register(
@@ -160,7 +165,12 @@ impl FeedGuard {
             "Catalog feed requests refused (SPEC P8), by listener and reason",
             refusals.clone(),
         );
-        Arc::new(FeedGuard { access, refusals })
+        let api_listener = ListenerMetrics::register(registry.sub_registry_with_prefix("api"));
+        Arc::new(FeedGuard {
+            access,
+            refusals,
+            api_listener,
+        })
     }
 
     /// `None` when `caller` may follow the catalog; else the `403` to

@@ -68,8 +68,9 @@ pub fn parse_documents(source: &str, text: &str) -> Parsed {
 struct RawDocument {
     /// 1-based line of the document's first line in the source.
     start_line: usize,
-    /// The document text, prefixed with blank lines so that line numbers in
-    /// parser errors are those of the source.
+    /// The document text; lines in parser errors are counted from
+    /// `start_line` (no padding: a stream of many small documents would
+    /// cost its length times its line count).
     text: String,
 }
 
@@ -90,9 +91,10 @@ fn split_documents(text: &str) -> Vec<RawDocument> {
     let flush =
         |current: &mut String, start_line: usize, has_content: &mut bool, docs: &mut Vec<_>| {
             if *has_content {
-                let mut text = "\n".repeat(start_line - 1);
-                text.push_str(current);
-                docs.push(RawDocument { start_line, text });
+                docs.push(RawDocument {
+                    start_line,
+                    text: current.clone(),
+                });
             }
             current.clear();
             *has_content = false;
@@ -154,6 +156,11 @@ struct DocContext<'a> {
 }
 
 impl DocContext<'_> {
+    /// A line of the document as a line of the source.
+    fn source_line(&self, line: usize) -> usize {
+        line.max(1) + self.start_line - 1
+    }
+
     fn error(&mut self, line: Option<usize>, object: Option<String>, message: String) {
         self.out.errors.push(ParseError {
             source: self.source.to_owned(),
@@ -168,6 +175,14 @@ impl DocContext<'_> {
         let value: serde_json::Value = match from_yaml(self.text) {
             Ok(v) => v,
             Err((line, msg)) => {
+                // The parser counts lines from the document's start.
+                let (line, msg) = match line {
+                    Some(rel) => {
+                        let abs = self.source_line(rel);
+                        (Some(abs), relabel_line(&msg, rel, abs))
+                    }
+                    None => (None, msg),
+                };
                 self.error(line, None, format!("not valid YAML: {msg}"));
                 return;
             }
@@ -314,7 +329,8 @@ impl DocContext<'_> {
                     .err()
                     .and_then(|e| e.location())
                     .map(|l| l.line() as usize)
-                    .or_else(|| locate(self.text, &path));
+                    .or_else(|| locate(self.text, &path))
+                    .map(|l| self.source_line(l));
                 let msg = e.into_inner().to_string();
                 let msg = if path.is_empty() || path == "." {
                     msg
@@ -326,6 +342,22 @@ impl DocContext<'_> {
             }
         }
     }
+}
+
+/// `msg` with its first "line `rel`" (the parser's, counted in the
+/// document) read "line `abs`" (counted in the source).
+fn relabel_line(msg: &str, rel: usize, abs: usize) -> String {
+    let needle = format!("line {rel}");
+    let mut from = 0;
+    while let Some(i) = msg[from..].find(&needle) {
+        let at = from + i;
+        let after = at + needle.len();
+        if !msg[after..].starts_with(|c: char| c.is_ascii_digit()) {
+            return format!("{}line {abs}{}", &msg[..at], &msg[after..]);
+        }
+        from = after;
+    }
+    msg.to_owned()
 }
 
 /// Best-effort line of a field path (`metadata.labels.team`,
@@ -368,8 +400,8 @@ fn from_yaml(text: &str) -> Result<serde_json::Value, (Option<usize>, String)> {
     serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options()).map_err(|e| {
         let line = e.location().map(|l| l.line() as usize);
         let msg = e.without_snippet().to_string();
-        // The message starts with "line L column C: "; the line is reported
-        // separately, keep the column.
+        // The message names the line and column ("... at line L, column
+        // C"); the line is also reported separately.
         (line, msg)
     })
 }
@@ -438,6 +470,32 @@ mod tests {
         let e = &parsed.errors[0];
         assert_eq!(e.line, Some(7), "{e}");
         assert!(e.message.contains("metadata.labels.team"), "{e}");
+    }
+
+    #[test]
+    fn f1_a_syntax_error_in_a_later_document_names_the_source_line() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n   bad: [\n";
+        let parsed = parse_documents("x.yaml", text);
+        assert_eq!(parsed.objects.len(), 1);
+        let e = &parsed.errors[0];
+        assert_eq!(e.line, Some(10), "{e}");
+        assert!(e.message.contains("at line 10,"), "{e}");
+    }
+
+    #[test]
+    fn b7_many_small_documents_cost_their_length_not_its_square() {
+        // 50,000 one-line documents: with each document padded to its
+        // source line this held ~10^9 bytes at once.
+        let text = "---\nfoo: 1\n".repeat(50_000);
+        let docs = split_documents(&text);
+        assert_eq!(docs.len(), 50_000);
+        let held: usize = docs.iter().map(|d| d.text.len()).sum();
+        assert!(
+            held <= text.len(),
+            "{held} bytes held for {} of text",
+            text.len()
+        );
+        assert_eq!(docs[49_999].start_line, 100_000);
     }
 
     #[test]

@@ -46,3 +46,5 @@ pub use server::{
     ClientTls, ConnInfo, ExportPublisher, PeeringService, Published, Refused, ServedPeer,
     ServerSettings, TlsConnector, serve,
 };
+/// The peering listener's bounds (SPEC B5); see [`serve_with`].
+pub use tls::{default_limits as default_listener_limits, serve_with};

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use meshpeer_identity::{ALPN_H2, Refusal, peer_identity, refusal_reason, refusal_reason_io};
+use meshpeer_listener::{Gate, LazyBufReader, Limits, ListenerMetrics, Slot};
 use meshpeer_model::PeerLink;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,17 +22,19 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Endpoint, Server};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::admission::{CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT};
 use crate::client::{ConnectError, Connection, Connector};
 use crate::proto::{self, PeerRequest, peer_request};
 use crate::server::{ConnInfo, PeeringService};
 
-/// A verified peering connection.
+/// A verified peering connection, and its place at the listener's gate
+/// (given back when the connection is dropped).
 struct PeerConn {
-    io: TlsStream<TcpStream>,
+    io: TlsStream<LazyBufReader<TcpStream>>,
     info: ConnInfo,
+    _slot: Slot,
 }
 
 impl Connected for PeerConn {
@@ -67,22 +70,67 @@ impl AsyncWrite for PeerConn {
     }
 }
 
-/// How long a TLS handshake may take.
+/// How long a TLS handshake may take (the client side; the server's is in
+/// its [`Limits`]).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peering listener's bounds by default (SPEC B5): 1,024 connections
+/// before authentication (the oldest shed when more arrive), TLS within
+/// 10 s, 256 authenticated connections (controllers of linked clusters:
+/// one each). Authenticated connections are not closed for idleness: a
+/// peering stream is long-lived, heartbeats keep it busy, and HTTP/2
+/// keepalive ends a connection whose peer is gone.
+pub fn default_limits() -> Limits {
+    Limits {
+        max_connections: 256,
+        ..Limits::default()
+    }
+}
 
 /// Serves the peering service on `listener` over mutual TLS (`tls` must
 /// require client certificates: meshpeer-identity's `server_config`) until
-/// `shutdown` completes. Handshakes run concurrently; a refused peer is
-/// logged with the reason and counted, and never reaches the service.
+/// `shutdown` completes, with [`default_limits`] and metrics of its own
+/// (see [`serve_with`]).
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     service: PeeringService,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with(
+        listener,
+        tls,
+        service,
+        default_limits(),
+        Arc::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves the peering service on `listener` over mutual TLS until
+/// `shutdown` completes. Handshakes run concurrently; a refused peer is
+/// logged with the reason and counted, and never reaches the service.
+///
+/// `limits` bound what the listener holds before a peer is authenticated
+/// (SPEC B5): at most `max_pending` connections in their handshake (a new
+/// one sheds the oldest), each for at most `handshake_timeout`; at most
+/// `max_connections` authenticated. A connection's read buffer is
+/// allocated once it sends something. Counted in `metrics`
+/// (register it under `peering`: `peering_listener_...`).
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: PeeringService,
+    limits: Limits,
+    metrics: Arc<ListenerMetrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let (tx, rx) = mpsc::channel::<Result<PeerConn, io::Error>>(32);
     let svc = service.clone();
+    let gate = Gate::new("peering", limits, metrics);
+    info!(%limits, "peering listener bounds");
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -93,11 +141,12 @@ pub async fn serve(
                     continue;
                 }
             };
+            let slot = gate.admit();
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let svc = svc.clone();
             tokio::spawn(async move {
-                if let Some(conn) = handshake(acceptor, tcp, remote, &svc).await
+                if let Some(conn) = handshake(acceptor, tcp, remote, slot, &svc).await
                     && tx.send(Ok(conn)).await.is_err()
                 {
                     debug!("peering server stopped; dropping connection");
@@ -115,25 +164,44 @@ pub async fn serve(
     result
 }
 
+/// Read buffer of a peering connection (rustls reads 4 KiB at a time).
+const READ_BUFFER: usize = 16 * 1024;
+
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
     remote: SocketAddr,
+    slot: Slot,
     svc: &PeeringService,
 ) -> Option<PeerConn> {
     let _ = tcp.set_nodelay(true);
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(io)) => {
+    let tcp = LazyBufReader::new(READ_BUFFER, tcp);
+    let accepted = tokio::select! {
+        accepted = acceptor.accept(tcp) => accepted,
+        cut = slot.cut() => {
+            debug!(%remote, reason = cut.reason(), "peer connection closed before authentication: {cut}");
+            return None;
+        }
+    };
+    match accepted {
+        Ok(io) => {
             let certs = io.get_ref().1.peer_certificates().unwrap_or_default();
             match peer_identity(certs) {
-                Ok(id) => Some(PeerConn {
-                    info: ConnInfo {
-                        remote: remote.to_string(),
-                        spiffe_id: id.to_string(),
-                        trust_domain: id.trust_domain().to_owned(),
-                    },
-                    io,
-                }),
+                Ok(id) => {
+                    if let Err(cut) = slot.authenticate() {
+                        warn!(%remote, peer = %id, reason = cut.reason(), "peer connection not served: {cut}");
+                        return None;
+                    }
+                    Some(PeerConn {
+                        info: ConnInfo {
+                            remote: remote.to_string(),
+                            spiffe_id: id.to_string(),
+                            trust_domain: id.trust_domain().to_owned(),
+                        },
+                        io,
+                        _slot: slot,
+                    })
+                }
                 Err(refusal) => {
                     warn!(%remote, reason = refusal.reason(), "refused peer connection: {refusal}");
                     svc.refused(&remote.to_string(), &refusal);
@@ -141,17 +209,37 @@ async fn handshake(
                 }
             }
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let refusal = refusal_reason_io(&e);
-            warn!(%remote, reason = refusal.reason(), "refused peer connection: {refusal}");
-            svc.refused(&remote.to_string(), &refusal);
-            None
-        }
-        Err(_) => {
-            warn!(%remote, "peer TLS handshake timed out after {HANDSHAKE_TIMEOUT:?}");
+            // A socket that closed or sent garbage is not a peer's refusal
+            // worth keeping for status (a flood would push real ones out).
+            if is_tls_refusal(&e) {
+                warn!(%remote, reason = refusal.reason(), "refused peer connection: {refusal}");
+                svc.refused(&remote.to_string(), &refusal);
+            } else {
+                slot.handshake_failed();
+                debug!(%remote, error = %e, "peer connection ended during the TLS handshake");
+            }
             None
         }
     }
+}
+
+/// Whether a handshake failed on a certificate (rustls' verdict, or the
+/// peer's alert) rather than on the socket or garbage bytes.
+fn is_tls_refusal(err: &io::Error) -> bool {
+    let certificate = |e: &rustls::Error| {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::AlertReceived(_)
+        )
+    };
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(certificate)
+        || err.to_string().starts_with("received fatal alert: ")
 }
 
 /// Builds the client TLS config for a peer, given the trust domain expected

@@ -13,7 +13,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use meshpeer_model::{
     Change, ClusterConfig, ClusterSnapshot, ConfigError, Diagnostic, Kind, Object, ObjectKey,
@@ -206,6 +206,16 @@ fn read_if_changed(
     Ok(Some((new, Some(bytes))))
 }
 
+/// A read of a file that was not taken yet: an in-place write left fewer
+/// objects than the file had, or a document that cannot be read, which is
+/// what a file caught in the middle of being rewritten looks like.
+#[derive(Debug)]
+struct Held {
+    read: Result<Vec<Object>, Vec<ParseError>>,
+    /// When this content was first read.
+    since: Instant,
+}
+
 /// One manifest file as [`FolderState`] knows it.
 #[derive(Debug)]
 struct ManifestFile {
@@ -220,6 +230,8 @@ struct ManifestFile {
     errors: Vec<ParseError>,
     /// Why the file itself cannot be read (permissions, not UTF-8).
     unreadable: Option<String>,
+    /// Content read but not taken yet (see [`FolderState::set_settle`]).
+    held: Option<Held>,
 }
 
 /// One definition of an object, and the file it came from.
@@ -274,6 +286,9 @@ pub struct FolderState {
     /// Keys defined more than once.
     duplicates: BTreeSet<ObjectKey>,
     diagnostics: Vec<Diagnostic>,
+    /// How long an in-place write that shrank a file must stay unchanged
+    /// before it is taken (zero: at once).
+    settle: Duration,
 }
 
 impl FolderState {
@@ -297,9 +312,31 @@ impl FolderState {
             defs: BTreeMap::new(),
             duplicates: BTreeSet::new(),
             diagnostics: Vec::new(),
+            settle: Duration::ZERO,
         };
         state.poll()?;
         Ok(state)
+    }
+
+    /// Slow writers: a manifest rewritten in place (same file, not a new
+    /// file renamed over it) whose new content parses to fewer objects
+    /// than the file had is taken only once it has stayed unchanged for
+    /// `settle` (a truncate, a pause, then the rest of the write would
+    /// otherwise withdraw the file's services at every peer for a
+    /// moment). A file that stays short, or empty, is taken then. Default
+    /// zero: every read is taken at once. While a file is held,
+    /// [`FolderState::next_check`] says when to read again.
+    pub fn set_settle(&mut self, settle: Duration) {
+        self.settle = settle;
+    }
+
+    /// When a held file may be taken, if any is held: poll again then.
+    pub fn next_check(&self) -> Option<Instant> {
+        self.files
+            .values()
+            .filter_map(|f| f.held.as_ref())
+            .map(|h| h.since + self.settle)
+            .min()
     }
 
     pub fn dir(&self) -> &Path {
@@ -454,9 +491,12 @@ impl FolderState {
     }
 
     fn poll_file(&mut self, path: &Path, touched: &mut BTreeMap<ObjectKey, Option<Object>>) {
-        let seen = self.files.get(path).and_then(|f| f.seen.as_ref());
-        let (seen, bytes) = match read_if_changed(path, seen) {
-            Ok(None) => return,
+        let before = self.files.get(path).and_then(|f| f.seen);
+        let (seen, bytes) = match read_if_changed(path, before.as_ref()) {
+            Ok(None) => {
+                self.settle_held(path, touched);
+                return;
+            }
             Ok(Some((seen, bytes))) => (seen, bytes),
             // Deleted between listing and reading.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -468,13 +508,20 @@ impl FolderState {
                 file.seen = None;
                 file.unreadable = Some(e.to_string());
                 file.errors.clear();
+                file.held = None;
                 warn!(file = %path.display(), error = %e, "cannot read manifest; keeping its last good objects");
                 return;
             }
         };
+        let settle = self.settle;
         let file = self.file_mut(path);
         file.seen = Some(seen);
-        let Some(bytes) = bytes else { return };
+        let Some(bytes) = bytes else {
+            // Same bytes as the last read.
+            self.settle_held(path, touched);
+            return;
+        };
+        file.held = None;
         let text = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(_) => {
@@ -486,17 +533,81 @@ impl FolderState {
         };
         file.unreadable = None;
         let parsed = parse_documents(&path.display().to_string(), &text);
-        if !parsed.errors.is_empty() {
-            for e in &parsed.errors {
-                warn!(file = %path.display(), document = e.document, line = e.line, object = e.object, error = %e.message, "unreadable manifest document; keeping the file's last good objects");
+        let read = if parsed.errors.is_empty() {
+            Ok(parsed.objects)
+        } else {
+            Err(parsed.errors)
+        };
+        // Rewritten in place (not a new file renamed over it) and it would
+        // lose objects or readability: perhaps caught mid-write. Held
+        // until it stays so for the settle time.
+        let in_place = before.is_some_and(|b| b.stat.inode == seen.stat.inode);
+        let loses = match &read {
+            Ok(objects) => {
+                let keys: BTreeSet<ObjectKey> = objects.iter().map(Object::key).collect();
+                keys.len() < file.keys.len()
             }
-            file.errors = parsed.errors;
+            Err(_) => file.errors.is_empty(),
+        };
+        if !settle.is_zero() && in_place && loses {
+            info!(
+                file = %path.display(),
+                settle = ?settle,
+                "manifest rewritten in place with fewer objects or an unreadable document; used once it has not changed for the settle time"
+            );
+            file.held = Some(Held {
+                read,
+                since: Instant::now(),
+            });
             return;
         }
-        file.errors.clear();
-        file.ever_good = true;
-        info!(file = %path.display(), objects = parsed.objects.len(), "manifest reloaded");
-        self.set_objects(path, parsed.objects, touched);
+        self.take(path, read, touched);
+    }
+
+    /// Makes `read` the file's content: its objects, or its problems (the
+    /// last good objects kept).
+    fn take(
+        &mut self,
+        path: &Path,
+        read: Result<Vec<Object>, Vec<ParseError>>,
+        touched: &mut BTreeMap<ObjectKey, Option<Object>>,
+    ) {
+        let file = self.file_mut(path);
+        match read {
+            Err(errors) => {
+                for e in &errors {
+                    warn!(file = %path.display(), document = e.document, line = e.line, object = e.object, error = %e.message, "unreadable manifest document; keeping the file's last good objects");
+                }
+                file.errors = errors;
+            }
+            Ok(objects) => {
+                file.errors.clear();
+                file.ever_good = true;
+                info!(file = %path.display(), objects = objects.len(), "manifest reloaded");
+                self.set_objects(path, objects, touched);
+            }
+        }
+    }
+
+    /// Takes a held file's content once it has not changed for the settle
+    /// time.
+    fn settle_held(&mut self, path: &Path, touched: &mut BTreeMap<ObjectKey, Option<Object>>) {
+        let settle = self.settle;
+        let Some(file) = self.files.get_mut(path) else {
+            return;
+        };
+        if !file
+            .held
+            .as_ref()
+            .is_some_and(|h| h.since.elapsed() >= settle)
+        {
+            return;
+        }
+        let Some(held) = file.held.take() else {
+            return;
+        };
+        info!(file = %path.display(), "manifest unchanged for the settle time; used as it is");
+        self.take(path, held.read, touched);
     }
 
     fn file_mut(&mut self, path: &Path) -> &mut ManifestFile {
@@ -508,6 +619,7 @@ impl FolderState {
                 ever_good: false,
                 errors: Vec::new(),
                 unreadable: None,
+                held: None,
             })
     }
 

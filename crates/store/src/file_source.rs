@@ -34,6 +34,10 @@ const MAX_BURST_PERIODS: u32 = 10;
 /// close after writing, a removal): no partial file can be read then.
 const SETTLE: Duration = Duration::from_millis(2);
 
+/// How long a manifest rewritten in place with fewer objects must stay
+/// unchanged before it is used (see [`FolderState::set_settle`]).
+pub const DEFAULT_WRITE_SETTLE: Duration = Duration::from_secs(1);
+
 /// What the watcher saw since the source last looked.
 #[derive(Default)]
 struct Seen {
@@ -63,12 +67,27 @@ pub fn poll_changes(state: &mut FolderState) -> Result<Vec<Change>, LoadError> {
 pub struct FileSource {
     dir: PathBuf,
     debounce: Duration,
+    settle: Duration,
 }
 
 impl FileSource {
-    /// `debounce`: see [`DEFAULT_DEBOUNCE`].
+    /// `debounce`: see [`DEFAULT_DEBOUNCE`]; in-place writes that shrink a
+    /// file settle for [`DEFAULT_WRITE_SETTLE`].
     pub fn new(dir: PathBuf, debounce: Duration) -> Self {
-        FileSource { dir, debounce }
+        FileSource {
+            dir,
+            debounce,
+            settle: DEFAULT_WRITE_SETTLE,
+        }
+    }
+
+    /// How long a manifest rewritten in place with fewer objects than
+    /// before must stay unchanged before it is used (slow writers: a
+    /// truncate, a pause, the rest; zero: at once). A file renamed into
+    /// place is used at once.
+    pub fn with_write_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     async fn watch(self, tx: mpsc::Sender<Update>) -> Result<(), SourceError> {
@@ -92,6 +111,7 @@ impl FileSource {
             diagnostics = state.diagnostics().len(),
             "cluster folder loaded"
         );
+        state.set_settle(self.settle);
         if tx.send(Update { changes: initial }).await.is_err() {
             return Ok(());
         }
@@ -102,9 +122,32 @@ impl FileSource {
                 .swap(false, std::sync::atomic::Ordering::SeqCst)
         };
         loop {
-            tokio::select! {
+            // A file held while it settles is read again when it may be
+            // taken, events or not.
+            let settle_at = state.next_check().map(Instant::from_std);
+            let settling = async {
+                match settle_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let woken = tokio::select! {
                 () = tx.closed() => return Ok(()),
-                () = seen.wake.notified() => {}
+                () = seen.wake.notified() => true,
+                () = settling => false,
+            };
+            if !woken {
+                let (returned, changes) = blocking(&dir, move || {
+                    let changes = state.poll();
+                    Ok((state, changes))
+                })
+                .await?;
+                state = returned;
+                let changes = changes?;
+                if !changes.is_empty() && tx.send(Update { changes }).await.is_err() {
+                    return Ok(());
+                }
+                continue;
             }
             // Wait until the burst is over: the debounce after writes in
             // progress, a short settle after whole-file events only.

@@ -748,3 +748,131 @@ async fn source_sees_edits_when_given_a_relative_folder() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------- slow writers
+
+/// Three objects in `shop.yaml`: the namespace and two services.
+fn three_objects(web_team: &str) -> String {
+    format!(
+        "{}---\n{}---\n{}",
+        ns_yaml("shop", "a"),
+        svc_yaml("shop", "web", "80").replace(
+            "solo.io/service-scope: global\n",
+            &format!("solo.io/service-scope: global\n    team: \"{web_team}\"\n")
+        ),
+        svc_yaml("shop", "api", "90")
+    )
+}
+
+fn web_team(snap: &ClusterSnapshot) -> Option<String> {
+    snap.services
+        .get(&meshpeer_model::NsName::new("shop", "web"))?
+        .metadata
+        .labels
+        .as_ref()?
+        .get("team")
+        .cloned()
+}
+
+#[test]
+fn f1_folder_state_holds_an_in_place_shrink_until_it_settles() {
+    let dir = cluster_folder();
+    let d = dir.path();
+    write(d, "shop.yaml", &three_objects("a"));
+    let mut state = FolderState::load(d).unwrap();
+    state.set_settle(Duration::from_millis(200));
+    assert!(state.next_check().is_none());
+
+    // Truncated in place: held, nothing withdrawn.
+    fs::File::create(d.join("shop.yaml")).unwrap();
+    assert!(poll_changes(&mut state).unwrap().is_empty());
+    let at = state.next_check().expect("the shrunk file is held");
+    // Written again in full before it settled: used at once.
+    write(d, "shop.yaml", &three_objects("b"));
+    let changes = poll_changes(&mut state).unwrap();
+    assert_eq!(keys_of(&changes), ["apply Service shop/web"]);
+    assert!(state.next_check().is_none());
+
+    // Emptied in place and left so: taken once settled.
+    fs::File::create(d.join("shop.yaml")).unwrap();
+    assert!(poll_changes(&mut state).unwrap().is_empty());
+    let at2 = state.next_check().unwrap();
+    assert!(at2 >= at);
+    std::thread::sleep(at2.saturating_duration_since(std::time::Instant::now()));
+    let changes = poll_changes(&mut state).unwrap();
+    assert_eq!(
+        keys_of(&changes),
+        [
+            "delete Namespace shop",
+            "delete Service shop/api",
+            "delete Service shop/web"
+        ]
+    );
+
+    // A file renamed into place is whole: fewer objects are used at once.
+    write(d, "shop.yaml", &three_objects("a"));
+    assert_eq!(poll_changes(&mut state).unwrap().len(), 3);
+    replace(d, "shop.yaml", &ns_yaml("shop", "a"));
+    let changes = poll_changes(&mut state).unwrap();
+    assert_eq!(
+        keys_of(&changes),
+        ["delete Service shop/api", "delete Service shop/web"]
+    );
+}
+
+#[tokio::test]
+async fn f1_a_slow_in_place_write_withdraws_nothing_at_any_moment() {
+    use std::io::Write as _;
+
+    let dir = cluster_folder();
+    let d = dir.path();
+    write(d, "shop.yaml", &three_objects("a"));
+    let (mut w, _) = Watched::start(d).await;
+    assert_eq!(w.snap.services.len(), 2);
+
+    // A slow writer: truncate, pause longer than the debounce, write half,
+    // pause again, write the rest. Its pauses imitate the writer; nothing
+    // here waits for the source.
+    let text = three_objects("b");
+    let (first, rest) = text.split_at(text.len() / 2);
+    let mut file = fs::File::create(d.join("shop.yaml")).unwrap();
+    file.flush().unwrap();
+    tokio::time::sleep(DEFAULT_DEBOUNCE * 8).await;
+    file.write_all(first.as_bytes()).unwrap();
+    file.flush().unwrap();
+    tokio::time::sleep(DEFAULT_DEBOUNCE * 8).await;
+    file.write_all(rest.as_bytes()).unwrap();
+    drop(file);
+
+    let changes = w
+        .until("the slow write", |s| web_team(s).as_deref() == Some("b"))
+        .await;
+    assert_eq!(
+        keys_of(&changes),
+        ["apply Service shop/web"],
+        "{changes:#?}"
+    );
+    assert_eq!(w.snap, load_cluster_dir(d).unwrap());
+}
+
+#[tokio::test]
+async fn f1_a_file_emptied_in_place_and_left_empty_is_taken() {
+    let dir = cluster_folder();
+    let d = dir.path();
+    let (mut w, _) = Watched::start(d).await;
+    assert_eq!(w.snap.services.len(), 1);
+    let started = std::time::Instant::now();
+    fs::File::create(d.join("shop.yaml")).unwrap();
+    let changes = w.until("the emptied file", |s| s.services.is_empty()).await;
+    assert_eq!(
+        keys_of(&changes),
+        ["delete Namespace shop", "delete Service shop/web"]
+    );
+    // Not before it had settled.
+    assert!(
+        started.elapsed() >= meshpeer_store::file_source::DEFAULT_WRITE_SETTLE,
+        "taken after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.snap, load_cluster_dir(d).unwrap());
+}

@@ -1,8 +1,6 @@
 //! The request handler hickory's `Server` calls for every decoded request.
 
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use hickory_proto::op::{
@@ -10,12 +8,11 @@ use hickory_proto::op::{
 };
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinDecoder;
-use hickory_server::net::runtime::Time;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::debug;
 
 use super::forward::Upstreams;
@@ -26,6 +23,7 @@ use super::table::{DnsTable, Lookup};
 const MIN_PAYLOAD: u16 = 512;
 
 /// Answers from the current [`DnsTable`], forwards the rest.
+#[derive(Clone)]
 pub(crate) struct Handler {
     pub(crate) table: watch::Receiver<Arc<DnsTable>>,
     pub(crate) ttl: u32,
@@ -33,29 +31,66 @@ pub(crate) struct Handler {
     pub(crate) metrics: Arc<DnsMetrics>,
     /// Its sender is dropped when the server shuts down: in-flight forwards stop.
     pub(crate) stop: watch::Receiver<()>,
-}
-
-// Written out by hand (this is what `#[async_trait]` expands to) so that the crate
-// does not need `async-trait` for one impl.
-impl RequestHandler for Handler {
-    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
-        &'life0 self,
-        request: &'life1 Request,
-        response_handle: R,
-    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
-    where
-        R: 'async_trait + ResponseHandler,
-        T: 'async_trait + Time,
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.handle(request, response_handle))
-    }
+    /// One permit per forward in flight (SPEC B5): when none is left, the
+    /// query is answered SERVFAIL at once instead of spawning a task and
+    /// a socket.
+    pub(crate) forwards: Arc<Semaphore>,
 }
 
 impl Handler {
-    async fn handle<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
+    /// Handles one query as it came off the wire (DNS over TCP, tests):
+    /// undecodable ones get FORMERR when their header can be read, and
+    /// nothing otherwise (as hickory's server does).
+    pub(crate) async fn handle_bytes<R: ResponseHandler>(
+        &self,
+        bytes: Vec<u8>,
+        src: std::net::SocketAddr,
+        protocol: Protocol,
+        handle: R,
+    ) {
+        let Ok(header) = Header::read(&mut BinDecoder::new(&bytes)) else {
+            record(&self.metrics, None, protocol, QueryResult::FormErr);
+            return;
+        };
+        let decoded = if counts_fit(&header, bytes.len()) {
+            Request::from_bytes(bytes, src, protocol).map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "its header counts more questions and records than {} bytes can hold",
+                bytes.len()
+            ))
+        };
+        match decoded {
+            Ok(request) => {
+                self.handle(&request, handle).await;
+            }
+            Err(error) => {
+                debug!(%error, "undecodable dns request");
+                record(&self.metrics, None, protocol, QueryResult::FormErr);
+                // No question could be read: answer with none.
+                let Ok(none) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                    return;
+                };
+                let asked = Asked {
+                    metadata: header.metadata,
+                    queries: &none,
+                    edns: None,
+                };
+                send_code(handle, &asked, ResponseCode::FormErr).await;
+            }
+        }
+    }
+
+    /// Counts a query dropped unanswered for want of room (UDP).
+    pub(crate) fn dropped(&self, protocol: Protocol) {
+        record(&self.metrics, None, protocol, QueryResult::Overloaded);
+    }
+
+    pub(crate) async fn handle<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: R,
+    ) -> ResponseInfo {
         let asked = Asked::of(request);
         let protocol = request.protocol();
         if request.metadata.op_code != OpCode::Query {
@@ -118,6 +153,16 @@ impl Handler {
         query: &LowerQuery,
         handle: R,
     ) -> ResponseInfo {
+        let Ok(permit) = Arc::clone(&self.forwards).try_acquire_owned() else {
+            debug!(name = %query.name(), "too many dns forwards in flight; SERVFAIL");
+            record(
+                &self.metrics,
+                Some(query),
+                request.protocol(),
+                QueryResult::Overloaded,
+            );
+            return send_code(handle, &Asked::of(request), ResponseCode::ServFail).await;
+        };
         let placeholder = ResponseInfo::from(Header {
             metadata: Metadata::response_from_request(&request.metadata),
             counts: HeaderCounts::default(),
@@ -155,9 +200,22 @@ impl Handler {
                 () = job.run(handle) => {}
                 _ = stop.changed() => {}
             }
+            drop(permit);
         });
         placeholder
     }
+}
+
+/// Whether the counts of `header` fit in a message of `len` bytes: a
+/// question takes at least 5 bytes (the root name, type, class), a record
+/// at least 11 (name, type, class, TTL, data length). The decoder reserves
+/// room for as many as the header says before reading them, so a 12-byte
+/// message claiming 65,535 questions would cost ~11 MB (found by the B7
+/// property test); such a message is answered FORMERR without decoding.
+fn counts_fit(header: &Header, len: usize) -> bool {
+    let c = header.counts;
+    let records = usize::from(c.answers) + usize::from(c.authorities) + usize::from(c.additionals);
+    usize::from(c.queries) * 5 + records * 11 <= len.saturating_sub(12)
 }
 
 /// An answer from the table: addresses, NODATA or NXDOMAIN.

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use meshpeer_listener::ListenerMetrics;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,10 +28,13 @@ pub(crate) enum QueryResult {
     FormErr,
     /// An opcode other than QUERY (UPDATE, NOTIFY, ...).
     NotImp,
+    /// To forward, but as many forwards as allowed were in flight: answered
+    /// SERVFAIL at once (SPEC B5).
+    Overloaded,
 }
 
 impl QueryResult {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Answer,
         Self::NoData,
         Self::NxDomain,
@@ -39,6 +43,7 @@ impl QueryResult {
         Self::Refused,
         Self::FormErr,
         Self::NotImp,
+        Self::Overloaded,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -51,6 +56,7 @@ impl QueryResult {
             Self::Refused => "refused",
             Self::FormErr => "formerr",
             Self::NotImp => "notimp",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -66,10 +72,14 @@ struct ResultLabels {
     result: QueryResult,
 }
 
-/// Metrics of the DNS server: `dns_queries_total{result=...}`.
+/// Metrics of the DNS server: `dns_queries_total{result=...}`, and the TCP
+/// listener's bounds (`dns_tcp_listener_...`).
 #[derive(Debug, Default)]
 pub struct DnsMetrics {
     queries: Family<ResultLabels, Counter>,
+    /// DNS over TCP: connections shed (the oldest when too many are open),
+    /// idle ones closed.
+    pub tcp: Arc<ListenerMetrics>,
 }
 
 impl DnsMetrics {
@@ -80,11 +90,16 @@ impl DnsMetrics {
         for result in QueryResult::ALL {
             let _ = metrics.queries.get_or_create(&ResultLabels { result });
         }
-        registry.sub_registry_with_prefix("dns").register(
+        let dns = registry.sub_registry_with_prefix("dns");
+        dns.register(
             "queries",
             "DNS queries handled by the proxy's DNS server, by result",
             metrics.queries.clone(),
         );
+        let metrics = DnsMetrics {
+            tcp: ListenerMetrics::register(dns.sub_registry_with_prefix("tcp")),
+            ..metrics
+        };
         Arc::new(metrics)
     }
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use meshpeer_listener::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -66,6 +67,10 @@ pub struct HboneMetrics {
     pub pooled_connections: Gauge,
     /// HTTP/2 connections the gateway serves now.
     pub inbound_connections: Gauge,
+    /// The gateway listener's bounds at work (SPEC B5):
+    /// `hbone_listener_connections_closed_total{reason}`, pending and
+    /// authenticated connections.
+    pub listener: Arc<ListenerMetrics>,
 }
 
 impl HboneMetrics {
@@ -108,6 +113,10 @@ impl HboneMetrics {
             "HTTP/2 connections served by the gateway",
             m.inbound_connections.clone(),
         );
+        let m = HboneMetrics {
+            listener: ListenerMetrics::register(r),
+            ..m
+        };
         Arc::new(m)
     }
 

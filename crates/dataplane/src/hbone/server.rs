@@ -13,7 +13,8 @@ use h2::server::SendResponse;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use meshpeer_identity::{SpiffeId, peer_identity, refusal_reason_io};
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use meshpeer_listener::{Activity, Gate, LazyBufReader, Limits, Slot};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -24,8 +25,8 @@ use super::metrics::{HboneMetrics, INBOUND};
 use super::splice::{Splice, SpliceError};
 use super::{TunnelMeta, wire};
 
-/// Bound on a caller's TLS and HTTP/2 handshakes.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on a caller's HTTP/2 handshake, once TLS is done.
+const HTTP2_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after an accept error (e.g. out of file descriptors), so the loop
 /// does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -69,6 +70,18 @@ pub trait TunnelHandler: Send + Sync + 'static {
     fn open(&self, req: TunnelRequest) -> OpenUpstream;
 }
 
+/// The gateway's listener bounds by default (SPEC B5): 1,024 connections
+/// before authentication (the oldest shed), TLS within 10 s, 16,384
+/// authenticated connections (proxies of linked clusters: one pooled
+/// connection or a few per node), closed after 5 min without a tunnel
+/// (the client pool closes its own after 1 min).
+pub fn default_limits() -> Limits {
+    Limits {
+        max_connections: 16_384,
+        ..Limits::default()
+    }
+}
+
 /// Serves HBONE on `listener` until `shutdown` resolves.
 ///
 /// Each connection's TLS handshake runs in its own task; `tls` (from
@@ -77,6 +90,12 @@ pub trait TunnelHandler: Send + Sync + 'static {
 /// counted, and never reaches `handler`. Requests other than `CONNECT` get
 /// 405, a `CONNECT` whose `:authority` is not `host:port` gets 400.
 ///
+/// `limits` bound what is held (SPEC B5): connections not yet through TLS
+/// are capped (the oldest shed) and timed out, authenticated ones capped
+/// and closed (GOAWAY) when no tunnel ran for the idle timeout; counted in
+/// `metrics.listener`. A connection's read buffer is allocated only once
+/// it sends something.
+///
 /// On shutdown, stops accepting and sends GOAWAY on every connection; open
 /// tunnels run to their end. Accept errors are logged, not returned.
 pub async fn serve(
@@ -84,12 +103,14 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     handler: Arc<dyn TunnelHandler>,
     metrics: Arc<HboneMetrics>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(tls);
+    let gate = Gate::new("hbone", limits, Arc::clone(&metrics.listener));
     let (stop_tx, stop_rx) = watch::channel(false);
     let local = listener.local_addr()?;
-    info!(%local, "serving HBONE");
+    info!(%local, %limits, "serving HBONE");
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -97,12 +118,14 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
                     let span = debug_span!("hbone_conn", direction = INBOUND, %remote);
+                    let slot = gate.admit();
                     let conn = serve_conn(
                         acceptor.clone(),
                         tcp,
-                        remote,
+                        Accepted { remote, slot },
                         handler.clone(),
                         metrics.clone(),
+                        gate.clone(),
                         stop_rx.clone(),
                     );
                     tokio::spawn(conn.instrument(span));
@@ -119,6 +142,12 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection just accepted, and its place at the gate.
+struct Accepted {
+    remote: SocketAddr,
+    slot: Slot,
+}
+
 /// What every stream of one connection shares.
 struct Caller {
     peer: SpiffeId,
@@ -128,57 +157,68 @@ struct Caller {
 }
 
 /// The caller's TLS stream and verified identity, or `None` (logged, and
-/// counted if TLS refused it).
+/// counted if TLS refused it or the gate cut it).
 async fn accept_caller(
     acceptor: &TlsAcceptor,
+    accepted: &Accepted,
     tcp: TcpStream,
-    remote: SocketAddr,
     metrics: &HboneMetrics,
-) -> Option<(TlsStream<BufReader<TcpStream>>, SpiffeId)> {
+) -> Option<(TlsStream<LazyBufReader<TcpStream>>, SpiffeId)> {
+    let remote = accepted.remote;
     let _ = tcp.set_nodelay(true);
-    let tcp = BufReader::with_capacity(wire::SOCKET_READ_BUFFER, tcp);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) if wire::is_tls_error(&err) => {
-            let refusal = refusal_reason_io(&err);
-            warn!(%remote, reason = refusal.reason(), %refusal, "refused HBONE caller");
-            metrics.tls_refused(INBOUND, refusal.reason());
-            return None;
-        }
-        Ok(Err(err)) => {
-            debug!(error = %err, "connection ended during the TLS handshake");
-            return None;
-        }
-        Err(_) => {
-            debug!(timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+    let tcp = LazyBufReader::new(wire::SOCKET_READ_BUFFER, tcp);
+    let tls = tokio::select! {
+        handshake = acceptor.accept(tcp) => match handshake {
+            Ok(tls) => tls,
+            Err(err) if wire::is_tls_error(&err) => {
+                let refusal = refusal_reason_io(&err);
+                warn!(%remote, reason = refusal.reason(), %refusal, "refused HBONE caller");
+                metrics.tls_refused(INBOUND, refusal.reason());
+                return None;
+            }
+            Err(err) => {
+                accepted.slot.handshake_failed();
+                debug!(error = %err, "connection ended during the TLS handshake");
+                return None;
+            }
+        },
+        cut = accepted.slot.cut() => {
+            debug!(reason = cut.reason(), "closed during the TLS handshake: {cut}");
             return None;
         }
     };
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    match peer_identity(certs) {
-        Ok(peer) => Some((tls, peer)),
+    let peer = match peer_identity(certs) {
+        Ok(peer) => peer,
         Err(refusal) => {
             // The verifier already checked this; only a broken config gets here.
             warn!(%remote, reason = refusal.reason(), %refusal, "refused HBONE caller");
             metrics.tls_refused(INBOUND, refusal.reason());
-            None
+            return None;
         }
+    };
+    if let Err(cut) = accepted.slot.authenticate() {
+        debug!(%peer, reason = cut.reason(), "caller not served: {cut}");
+        return None;
     }
+    Some((tls, peer))
 }
 
 async fn serve_conn(
     acceptor: TlsAcceptor,
     tcp: TcpStream,
-    remote: SocketAddr,
+    accepted: Accepted,
     handler: Arc<dyn TunnelHandler>,
     metrics: Arc<HboneMetrics>,
+    gate: Gate,
     mut stop: watch::Receiver<bool>,
 ) {
-    let Some((tls, peer)) = accept_caller(&acceptor, tcp, remote, &metrics).await else {
+    let remote = accepted.remote;
+    let Some((tls, peer)) = accept_caller(&acceptor, &accepted, tcp, &metrics).await else {
         return;
     };
     let handshake = wire::server_builder().handshake::<_, Bytes>(tls);
-    let mut conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let mut conn = match tokio::time::timeout(HTTP2_HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(err)) => {
             debug!(%peer, error = %err, "HTTP/2 handshake failed");
@@ -209,11 +249,20 @@ async fn serve_conn(
         }
     });
     let mut draining = false;
+    // Tunnels in flight: a connection without any for the idle timeout is
+    // closed (GOAWAY; the caller's pool dials again when it needs to).
+    let activity = Activity::new();
+    let idle_timeout = gate.limits().idle_timeout;
     loop {
         tokio::select! {
             next = conn.accept() => match next {
                 Some(Ok((request, respond))) => {
-                    tokio::spawn(handle_stream(caller.clone(), request, respond).in_current_span());
+                    let busy = activity.enter();
+                    let stream = handle_stream(caller.clone(), request, respond);
+                    tokio::spawn(async move {
+                        stream.await;
+                        drop(busy);
+                    }.in_current_span());
                 }
                 Some(Err(err)) => {
                     debug!(error = %err, "connection ended with an error");
@@ -222,6 +271,12 @@ async fn serve_conn(
                 None => break,
             },
             _ = stop.wait_for(|stop| *stop), if !draining => {
+                conn.graceful_shutdown();
+                draining = true;
+            }
+            () = activity.idle_for(idle_timeout), if !draining => {
+                debug!(peer = %caller.peer, idle = ?idle_timeout, "closing an idle caller connection");
+                gate.metrics().closed("idle");
                 conn.graceful_shutdown();
                 draining = true;
             }

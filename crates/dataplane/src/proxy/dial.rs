@@ -2,6 +2,7 @@
 //! or HBONE through a peer's gateway.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use tokio::net::TcpStream;
@@ -45,6 +46,36 @@ pub(super) fn refused(ctx: &Ctx, addr: SocketAddr, why: Refusal) -> String {
     format!("{addr} not dialled: {}", why.as_str())
 }
 
+/// Resolves `host` with the system resolver, bounded: at most
+/// `resolve_timeout`, and at most `max_lookups` in flight (a lookup keeps
+/// its blocking thread until the resolver returns, so its permit is held
+/// until then, not until the timeout).
+pub(super) async fn lookup(ctx: &Ctx, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let Ok(permit) = Arc::clone(&ctx.lookups).try_acquire_owned() else {
+        return Err(format!(
+            "cannot resolve {host}: {} lookups already in flight",
+            ctx.config.max_lookups
+        ));
+    };
+    let name = host.to_owned();
+    let task = tokio::spawn(async move {
+        let found = tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map(|a| a.collect::<Vec<_>>());
+        drop(permit);
+        found
+    });
+    let timeout = ctx.config.resolve_timeout;
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(Ok(addrs))) => Ok(addrs),
+        Ok(Ok(Err(e))) => Err(format!("cannot resolve {host}: {e}")),
+        Ok(Err(e)) => Err(format!("cannot resolve {host}: {e}")),
+        Err(_) => Err(format!(
+            "cannot resolve {host}: no answer within {timeout:?}"
+        )),
+    }
+}
+
 pub(super) async fn connect_dest(
     ctx: &Ctx,
     state: &DataplaneState,
@@ -76,14 +107,16 @@ pub(super) async fn connect_dest(
         } => {
             let mut last = format!("cluster {cluster} has no gateway address");
             for (host, port) in gateways {
-                let addrs: Vec<SocketAddr> =
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(a) => a.collect(),
+                let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => vec![SocketAddr::new(ip, *port)],
+                    Err(_) => match lookup(ctx, host, *port).await {
+                        Ok(a) => a,
                         Err(e) => {
                             last = format!("gateway {host}: {e}");
                             continue;
                         }
-                    };
+                    },
+                };
                 for addr in addrs {
                     match tokio::time::timeout(
                         timeout,

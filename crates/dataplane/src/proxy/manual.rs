@@ -135,10 +135,9 @@ async fn resolve(
     if let Ok(ip) = address.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((address, port))
+    let addrs = super::dial::lookup(ctx, address, port)
         .await
-        .map_err(|e| DialError::Failed(format!("cannot resolve {address}: {e}")))?
-        .collect();
+        .map_err(DialError::Failed)?;
     addrs
         .iter()
         .find(|a| refusal(ctx, state, **a).is_none())

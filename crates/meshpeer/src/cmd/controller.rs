@@ -36,6 +36,7 @@ fn cluster_listener(args: &ControllerArgs, cluster: &Cluster) -> anyhow::Result<
     });
     let mut listener = ClusterListener::new(listen, &cluster.trust_domain);
     listener.ca.max_validity = args.max_cert_lifetime;
+    listener.limits = args.listener.limits(args.max_connections);
     if let Some(client) = &cluster.kube {
         listener
             .ca
@@ -103,7 +104,10 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .unwrap_or_else(|| dir.join(".meshpeer").join("out"));
             (
-                Box::new(FileSource::new(dir.clone(), DEFAULT_DEBOUNCE)),
+                Box::new(
+                    FileSource::new(dir.clone(), DEFAULT_DEBOUNCE)
+                        .with_write_settle(args.write_settle),
+                ),
                 Box::new(FileSink::new(out)),
                 Cluster {
                     name: export.cluster.name,

@@ -52,6 +52,7 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
 
     let config = GatewayConfig {
         endpoints: endpoint_policy(args.allow_endpoints.clone(), &args.node_ip),
+        listener: args.listener.limits(args.max_connections),
         ..GatewayConfig::default()
     };
     let refresh = refresh_node_addresses(Arc::clone(&config.endpoints), args.node_ip.clone());

@@ -37,12 +37,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::{self, Stream, StreamExt};
+use meshpeer_listener::{Gate, Limits};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::WatchStream;
-use tracing::{error, info};
+use tracing::info;
 
 pub use self::rows::{ClusterList, DiagnosticList, PeerList, ServiceList};
 use crate::controller::View;
@@ -91,13 +92,27 @@ pub async fn serve(
         .with_context(|| format!("cannot listen for the web page on {listen}"))?;
     let addr = listener.local_addr()?;
     info!(address = %addr, "global services page at http://{addr}/");
+    let gate = Gate::new("web", WEB_LIMITS, Arc::default());
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            error!(address = %addr, error = %e, "web page server failed");
-        }
+        meshpeer_listener::http::serve(
+            listener,
+            gate,
+            move |remote| crate::api::with_remote(router.clone(), remote),
+            std::future::pending(),
+        )
+        .await;
     });
     Ok((addr, task))
 }
+
+/// The page's bounds (SPEC B5): browsers keep a few connections each; the
+/// event stream (SSE) is a response in flight, never idle.
+const WEB_LIMITS: Limits = Limits {
+    max_pending: 512,
+    handshake_timeout: Some(Duration::from_secs(10)),
+    max_connections: 2048,
+    idle_timeout: Duration::from_secs(120),
+};
 
 /// Why a request names nothing this page serves.
 #[derive(Debug, thiserror::Error)]
