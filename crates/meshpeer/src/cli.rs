@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use meshpeer_dataplane::endpoint_policy::parse_cidr;
 use meshpeer_model::Cidr;
+use meshpeer_peering::Limits;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -296,6 +297,26 @@ pub(crate) struct ControllerArgs {
     /// longer withdraws its services for a moment.
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub(crate) write_settle: Duration,
+    /// Services one peer may make this cluster hold; those beyond are
+    /// refused, counted and shown on the peer's Gateway (SPEC B2).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_services)]
+    pub(crate) max_peer_services: usize,
+    /// Endpoints a peer's service may have; a service with more is refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_endpoints_per_service)]
+    pub(crate) max_endpoints_per_service: usize,
+    /// Ports a peer's service (and each of its endpoints) may have; a
+    /// service with more is refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_ports_per_service)]
+    pub(crate) max_ports_per_service: usize,
+    /// Endpoints of one peer, all its services together; a service that
+    /// would go beyond is refused.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_endpoints)]
+    pub(crate) max_peer_endpoints: usize,
+    /// Take peers' endpoints in this CIDR (or at this address) although
+    /// such addresses are refused by default: loopback, link-local,
+    /// multicast, unspecified, broadcast (SPEC B1, P5). Repeat for more.
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub(crate) allow_endpoints: Vec<Cidr>,
     /// Log format (level from RUST_LOG, default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
@@ -326,6 +347,19 @@ impl ListenerArgs {
             handshake_timeout: Some(self.handshake_timeout),
             max_connections,
             idle_timeout: self.idle_timeout,
+        }
+    }
+}
+
+impl ControllerArgs {
+    /// What one peer may make this cluster hold (SPEC B1, B2).
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_services: self.max_peer_services,
+            max_endpoints_per_service: self.max_endpoints_per_service,
+            max_ports_per_service: self.max_ports_per_service,
+            max_endpoints: self.max_peer_endpoints,
+            allow_endpoints: self.allow_endpoints.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! function: no I/O, no async runtime, no clock. Bad input becomes a
 //! [`Diagnostic`] naming the rule, the object, the field and the value.
 
+pub mod address;
 pub mod catalog;
 pub mod cluster;
 pub mod crd;
@@ -32,7 +33,7 @@ pub mod testing;
 #[cfg(test)]
 mod testing_support;
 pub mod trust;
-mod validate;
+pub mod validate;
 pub mod vip;
 
 pub use catalog::{

@@ -1,9 +1,10 @@
 //! Syntax checks for names, label values and domains. Each returns what is
-//! wrong in words a user can act on.
+//! wrong in words a user can act on. Used on this cluster's own objects and
+//! on what peers send (SPEC B1).
 
 /// RFC 1123 label: 1-63 chars, lower-case alphanumerics and '-', starting and
 /// ending with an alphanumeric.
-pub(crate) fn dns_label(s: &str) -> Result<(), String> {
+pub fn dns_label(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
@@ -23,7 +24,7 @@ pub(crate) fn dns_label(s: &str) -> Result<(), String> {
 }
 
 /// A DNS domain made of RFC 1123 labels (`cluster.dev`), at most 253 chars.
-pub(crate) fn dns_domain(s: &str) -> Result<(), String> {
+pub fn dns_domain(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }
@@ -38,7 +39,7 @@ pub(crate) fn dns_domain(s: &str) -> Result<(), String> {
 
 /// Kubernetes label value: empty, or at most 63 chars of alphanumerics, '-',
 /// '_' and '.', starting and ending with an alphanumeric.
-pub(crate) fn label_value(s: &str) -> Result<(), String> {
+pub fn label_value(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Ok(());
     }
@@ -58,7 +59,7 @@ pub(crate) fn label_value(s: &str) -> Result<(), String> {
 }
 
 /// SPIFFE trust domain: lower-case letters, digits, '.', '-', '_'.
-pub(crate) fn trust_domain(s: &str) -> Result<(), String> {
+pub fn trust_domain(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".into());
     }

@@ -28,10 +28,12 @@ use tracing::{debug, info, warn};
 
 use crate::PROTOCOL_VERSION;
 use crate::backoff::Backoff;
+use crate::limits::{Limits, RefuseReason};
 use crate::machine::{Decision, Input, LinkMachine, Phase};
 use crate::metrics::Metrics;
+use crate::metrics::{PeerLabels, RejectLabels};
 use crate::proto::{self, PeerRequest, PeerResponse, peer_request, peer_response};
-use crate::wire::PeerState;
+use crate::wire::{Applied, CLUSTER_RESOURCE, PeerState, Pending, Refusals, WireError};
 
 /// What this cluster tells its peers about itself (the Hello).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,12 +45,14 @@ pub struct LocalInfo {
 }
 
 impl LocalInfo {
-    pub(crate) fn hello(&self) -> proto::Hello {
+    /// The Hello of a client that decodes messages up to `max_message_bytes`.
+    pub(crate) fn hello(&self, max_message_bytes: usize) -> proto::Hello {
         proto::Hello {
             cluster: self.cluster.clone(),
             segment: self.segment.clone().unwrap_or_default(),
             trust_domain: self.trust_domain.clone(),
             protocol: PROTOCOL_VERSION,
+            max_message_bytes: u64::try_from(max_message_bytes).unwrap_or(u64::MAX),
         }
     }
 }
@@ -83,7 +87,8 @@ pub struct ConnectError {
 
 /// Opens peering streams (mutual TLS in production, in-memory in tests).
 pub trait Connector: Send + Sync + 'static {
-    /// Connects to the peer of `link`, sends `hello` and opens the stream.
+    /// Connects to the peer of `link`, sends `hello` and opens the stream,
+    /// decoding messages up to `hello.max_message_bytes` (B3).
     fn connect(
         &self,
         link: &PeerLink,
@@ -101,6 +106,29 @@ pub struct LinkConfig {
     /// How long a disconnected peer's last export is kept (marked stale).
     pub grace: Duration,
     pub backoff: Backoff,
+    /// What this cluster takes from the peer (B1, B2); also sets the
+    /// largest message the link decodes (B3).
+    pub limits: Arc<Limits>,
+    /// An export of this peer is already held (kept across an edit of the
+    /// link that keeps the peer): it is stale until then, unless a stream
+    /// syncs first, and dropped ([`PeerEvent::Expired`]) after.
+    pub held_until: Option<Instant>,
+}
+
+impl LinkConfig {
+    /// A link with the defaults: 10 s heartbeats, 2 min grace, the default
+    /// back-off and limits, nothing held.
+    pub fn new(link: PeerLink, local: watch::Receiver<LocalInfo>) -> Self {
+        LinkConfig {
+            link,
+            local,
+            heartbeat: Duration::from_secs(10),
+            grace: Duration::from_secs(120),
+            backoff: Backoff::default(),
+            limits: Arc::new(Limits::default()),
+            held_until: None,
+        }
+    }
 }
 
 /// What happened on a link.
@@ -117,13 +145,17 @@ pub enum PeerEvent {
     /// The stream is open (transport up, Hello accepted).
     Connected { remote: String },
     /// The peer's export after a delta was applied; `full_state` on the
-    /// first of a stream.
+    /// first of a stream. `refusals`: the peer's resources this cluster
+    /// does not hold (B1, B2), as of this delta.
     Synced {
         export: Arc<Export>,
         version: u64,
         full_state: bool,
+        refusals: Refusals,
     },
-    /// A delta was rejected (NACKed); the last good export stays.
+    /// A delta was rejected whole (NACKed: no usable cluster resource, a
+    /// peer claiming another name, broken chunks); the last good export
+    /// stays.
     Rejected { version: u64, error: String },
     /// The stream ended. `stale`: an export is kept until the grace period
     /// ends or a reconnect syncs.
@@ -170,7 +202,10 @@ pub async fn run_link(
     events: mpsc::Sender<PeerUpdate>,
     metrics: Arc<Metrics>,
 ) {
-    let machine = LinkMachine::new(cfg.backoff.clone(), cfg.grace);
+    let mut machine = LinkMachine::new(cfg.backoff.clone(), cfg.grace);
+    if let Some(until) = cfg.held_until {
+        machine.hold_until(until);
+    }
     let mut link = Link {
         cfg,
         connector,
@@ -198,6 +233,40 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 impl Link {
     fn peer(&self) -> &str {
         &self.cfg.link.cluster
+    }
+
+    /// Counts what a delta refused and sets what is refused now, by reason
+    /// (the peer is linked: B6).
+    fn count_refusals(&self, labels: &PeerLabels, applied: &Applied, now: &Refusals) {
+        if applied.refused_total > 0 {
+            let first = applied
+                .refused
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            warn!(peer = %self.peer(), refused = applied.refused_total, "refused resources of the peer (the rest applies): {first}");
+        }
+        for reason in RefuseReason::ALL {
+            let n = applied.count(reason);
+            if n > 0 {
+                self.metrics
+                    .resources_refused
+                    .get_or_create(&RejectLabels {
+                        peer: labels.peer.clone(),
+                        reason: reason.as_str().to_owned(),
+                    })
+                    .inc_by(n as u64);
+            }
+        }
+        for reason in RefuseReason::ALL {
+            self.metrics
+                .refused_now
+                .get_or_create(&RejectLabels {
+                    peer: labels.peer.clone(),
+                    reason: reason.as_str().to_owned(),
+                })
+                .set(now.count(reason) as i64);
+        }
     }
 
     /// Sends an event; false when nobody listens any more.
@@ -233,7 +302,11 @@ impl Link {
                 Phase::Connecting { attempt } => attempt,
                 _ => 1,
             };
-            let hello = self.cfg.local.borrow_and_update().hello();
+            let hello = self
+                .cfg
+                .local
+                .borrow_and_update()
+                .hello(self.cfg.limits.max_message_bytes());
             if !self.emit(PeerEvent::Connecting { attempt }).await {
                 return;
             }
@@ -343,6 +416,8 @@ impl Link {
         let labels = Metrics::peer(self.peer());
         let heartbeat = self.cfg.heartbeat;
         let mut state = PeerState::default();
+        // A delta whose chunks are still arriving (B3).
+        let mut pending: Option<Pending> = None;
         let mut synced = false;
         let mut last_heard = Instant::now();
         let mut last_sent = Instant::now();
@@ -354,30 +429,47 @@ impl Link {
                     last_heard = Instant::now();
                     match msg {
                         Some(Ok(PeerResponse { kind: Some(peer_response::Kind::Delta(d)) })) => {
-                            let mut next = state.clone();
-                            let applied = next.apply(&d).and_then(|()| {
-                                let export = next.export();
-                                if export.cluster.name == self.cfg.link.cluster {
-                                    Ok(Arc::new(export.clone()))
+                            self.metrics.resources_received.get_or_create(&labels).inc_by(d.resources.len() as u64);
+                            let mut delta = match pending.take() {
+                                Some(p) if p.nonce() == d.nonce => p,
+                                Some(p) => {
+                                    return Some(SessionEnd::Retry(format!(
+                                        "protocol error: the peer started delta {} before the last chunk of delta {}",
+                                        d.nonce, p.nonce()
+                                    )));
+                                }
+                                None => state.begin(&d),
+                            };
+                            delta.add(&d, &self.cfg.limits);
+                            if d.more {
+                                pending = Some(delta);
+                                continue;
+                            }
+                            let (nonce, version, full_state) =
+                                (delta.nonce().to_owned(), delta.version(), delta.full_state());
+                            let applied = delta.finish().and_then(|(next, applied)| {
+                                let name = &next.export().cluster.name;
+                                if *name == self.cfg.link.cluster {
+                                    Ok((next, applied))
                                 } else {
-                                    Err(crate::wire::WireError {
-                                        resource: crate::wire::CLUSTER_RESOURCE.into(),
+                                    Err(WireError {
+                                        resource: CLUSTER_RESOURCE.into(),
                                         message: format!(
-                                            "the peer says it is cluster {}, but this link is to cluster {}",
-                                            export.cluster.name, self.cfg.link.cluster
+                                            "the peer says it is cluster {name}, but this link is to cluster {}",
+                                            self.cfg.link.cluster
                                         ),
                                     })
                                 }
                             });
                             match applied {
-                                Ok(export) => {
+                                Ok((next, applied)) => {
                                     state = next;
-                                    let ack = proto::Ack { nonce: d.nonce.clone() };
+                                    let ack = applied.ack(&nonce);
                                     if conn.outbound.send(PeerRequest { kind: Some(peer_request::Kind::Ack(ack)) }).await.is_err() {
                                         return Some(SessionEnd::Retry("peer stream closed".into()));
                                     }
                                     last_sent = Instant::now();
-                                    self.metrics.resources_received.get_or_create(&labels).inc_by(d.resources.len() as u64);
+                                    self.count_refusals(&labels, &applied, state.refusals());
                                     if !synced {
                                         synced = true;
                                         self.metrics.peer_synced.get_or_create(&labels).set(1);
@@ -386,20 +478,27 @@ impl Link {
                                         self.metrics.peer_stale.get_or_create(&labels).set(0);
                                     }
                                     self.machine.step(Input::Applied, Instant::now());
-                                    debug!(peer = %self.peer(), version = d.version, full = d.full_state, services = export.services.len(), "applied peer delta");
-                                    if !self.emit(PeerEvent::Synced { export, version: d.version, full_state: d.full_state }).await {
+                                    let export = Arc::new(state.export().clone());
+                                    debug!(peer = %self.peer(), version, full = full_state, services = export.services.len(), refused = state.refusals().len(), "applied peer delta");
+                                    let event = PeerEvent::Synced {
+                                        export,
+                                        version,
+                                        full_state,
+                                        refusals: state.refusals().clone(),
+                                    };
+                                    if !self.emit(event).await {
                                         return None;
                                     }
                                 }
                                 Err(e) => {
-                                    warn!(peer = %self.peer(), version = d.version, error = %e, "rejecting peer delta; keeping the last good state");
+                                    warn!(peer = %self.peer(), version, error = %e, "rejecting peer delta; keeping the last good state");
                                     self.metrics.reject(self.peer(), "nack_sent");
-                                    let nack = proto::Nack { nonce: d.nonce.clone(), error: e.to_string() };
+                                    let nack = proto::Nack { nonce, error: e.to_string() };
                                     if conn.outbound.send(PeerRequest { kind: Some(peer_request::Kind::Nack(nack)) }).await.is_err() {
                                         return Some(SessionEnd::Retry("peer stream closed".into()));
                                     }
                                     last_sent = Instant::now();
-                                    if !self.emit(PeerEvent::Rejected { version: d.version, error: e.to_string() }).await {
+                                    if !self.emit(PeerEvent::Rejected { version, error: e.to_string() }).await {
                                         return None;
                                     }
                                 }

@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod backoff;
 pub mod client;
+pub mod limits;
 pub mod machine;
 pub mod metrics;
 pub mod server;
@@ -41,6 +42,7 @@ pub use backoff::Backoff;
 pub use client::{
     ConnectError, Connection, Connector, LinkConfig, LocalInfo, PeerEvent, PeerUpdate, run_link,
 };
+pub use limits::{Limits, RefuseReason, RefusedResource};
 pub use metrics::Metrics;
 pub use server::{
     ClientTls, ConnInfo, ExportPublisher, PeeringService, Published, Refused, ServedPeer,

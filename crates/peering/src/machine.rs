@@ -78,6 +78,14 @@ impl LinkMachine {
         }
     }
 
+    /// Starts with an export of the peer already held and stale until
+    /// `until` (kept across an edit of the link): a sync clears it, else
+    /// it is dropped then.
+    pub fn hold_until(&mut self, until: Instant) {
+        self.held = true;
+        self.stale_until = Some(until);
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }
@@ -134,8 +142,6 @@ impl LinkMachine {
         }
     }
 
-    /// The grace period may have ended: drops the stale export. Says whether
-    /// it was dropped now.
     /// Drops the held export now, whatever the grace period (the peer
     /// refused us: what it sent before may no longer be ours to see).
     /// Returns whether one was held.
@@ -146,6 +152,8 @@ impl LinkMachine {
         held
     }
 
+    /// The grace period may have ended: drops the stale export. Says whether
+    /// it was dropped now.
     pub fn expire(&mut self, now: Instant) -> bool {
         match self.stale_until {
             Some(t) if t <= now && self.held => {

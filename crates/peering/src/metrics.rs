@@ -22,6 +22,34 @@ pub struct RejectLabels {
     pub reason: String,
 }
 
+/// Every reason `rejects` counts under a peer's name (client side and
+/// served linked peers), so that a peer's label sets can all be removed.
+pub const REJECT_REASONS: [&str; 20] = [
+    "unreachable",
+    "unknown_root",
+    "expired",
+    "wrong_trust_domain",
+    "no_spiffe_id",
+    "not_a_controller",
+    "tls",
+    "refused",
+    "refused_by_peer",
+    "protocol",
+    "nack_sent",
+    "nack_received",
+    "own_trust_domain",
+    "peer_not_allowed",
+    "cluster_name_mismatch",
+    "segment_pin_mismatch",
+    "trust_domain_not_bound",
+    "wrong_identity",
+    "other",
+    "too_large_for_peer",
+];
+
+/// The label every client that is not a linked peer is counted under.
+pub const UNKNOWN_PEER: &str = "unknown";
+
 type HistogramFamily = Family<PeerLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -46,8 +74,15 @@ pub struct Metrics {
     pub delta_ack_seconds: HistogramFamily,
     /// Refused connections and rejected deltas, by reason.
     pub rejects: Family<RejectLabels, Counter>,
+    /// Resources of a linked peer refused on their own (B1, B2), by reason
+    /// (`invalid_name`, ..., `over_service_cap`: [`crate::RefuseReason`]).
+    pub resources_refused: Family<RejectLabels, Counter>,
+    /// Resources of a linked peer refused now (as of its last delta), by reason.
+    pub refused_now: Family<RejectLabels, Gauge>,
     /// Peers currently served (server side).
     pub served_peers: Gauge,
+    /// Streams ended because a newer one came from the same identity (B4).
+    pub sessions_replaced: Counter,
 }
 
 impl Default for Metrics {
@@ -60,7 +95,10 @@ impl Default for Metrics {
             resources_sent: Family::default(),
             delta_ack_seconds: Family::new_with_constructor(latency_histogram),
             rejects: Family::default(),
+            resources_refused: Family::default(),
+            refused_now: Family::default(),
             served_peers: Gauge::default(),
+            sessions_replaced: Counter::default(),
         }
     }
 }
@@ -106,9 +144,24 @@ impl Metrics {
             m.rejects.clone(),
         );
         r.register(
+            "resources_refused",
+            "Resources of linked peers refused on their own (invalid, or beyond a cap), by reason",
+            m.resources_refused.clone(),
+        );
+        r.register(
+            "refused_resources",
+            "Resources of linked peers refused now, as of their last delta, by reason",
+            m.refused_now.clone(),
+        );
+        r.register(
             "served_peers",
             "Peers currently served",
             m.served_peers.clone(),
+        );
+        r.register(
+            "sessions_replaced",
+            "Peering streams ended because a newer stream came from the same identity",
+            m.sessions_replaced.clone(),
         );
         std::sync::Arc::new(m)
     }
@@ -120,6 +173,32 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Removes every label set of `peer` (its link is gone: B6). Label sets
+    /// keyed by a peer's name exist only for linked peers; served clients
+    /// that this cluster does not link to are counted as `unknown`.
+    pub fn forget_peer(&self, peer: &str) {
+        let p = Metrics::peer(peer);
+        self.peer_connected.remove(&p);
+        self.peer_synced.remove(&p);
+        self.peer_stale.remove(&p);
+        self.resources_received.remove(&p);
+        self.resources_sent.remove(&p);
+        self.delta_ack_seconds.remove(&p);
+        let reasons = REJECT_REASONS
+            .iter()
+            .copied()
+            .chain(crate::RefuseReason::ALL.iter().map(|r| r.as_str()));
+        for reason in reasons {
+            let l = RejectLabels {
+                peer: peer.to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.rejects.remove(&l);
+            self.resources_refused.remove(&l);
+            self.refused_now.remove(&l);
+        }
     }
 
     pub(crate) fn peer(peer: &str) -> PeerLabels {

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::{Stream, StreamExt};
 use meshpeer_identity::SpiffeId;
 use meshpeer_model::Export;
-use tokio::sync::{mpsc, watch};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,9 +20,10 @@ use tracing::{debug, info, warn};
 
 use crate::PROTOCOL_VERSION;
 use crate::admission::{Admission, Denial};
-use crate::metrics::Metrics;
+use crate::limits::CHUNK_BYTES;
+use crate::metrics::{Metrics, PeerLabels, UNKNOWN_PEER};
 use crate::proto::{self, PeerRequest, PeerResponse, peer_request, peer_response};
-use crate::wire::ResourceSet;
+use crate::wire::{Diff, ResourceSet};
 
 pub use crate::tls::{ClientTls, TlsConnector, serve};
 
@@ -134,7 +136,14 @@ pub struct ServedPeer {
     pub resources: usize,
     /// The last NACK's error, if the peer rejected something.
     pub last_error: Option<String>,
+    /// Resources the peer refused in the last delta it ACKed (B1, B2), and
+    /// the first few of them (`<resource>: <reason>`).
+    pub refused: usize,
+    pub refused_resources: Vec<String>,
 }
+
+/// How many of a peer's refusals are kept for status.
+const REFUSALS_SHOWN: usize = 10;
 
 /// Settings of the server side.
 #[derive(Clone, Debug)]
@@ -149,6 +158,9 @@ pub struct ServerSettings {
     /// Who may peer (P1, P3); replaced later with
     /// [`PeeringService::set_admission`] as links change.
     pub admission: Admission,
+    /// Concurrent streams one connection may open (B4); beyond, HTTP/2
+    /// refuses them. A peer needs one.
+    pub max_streams_per_connection: u32,
 }
 
 impl ServerSettings {
@@ -160,6 +172,7 @@ impl ServerSettings {
             heartbeat: Duration::from_secs(10),
             hello_timeout: Duration::from_secs(10),
             admission: Admission::new(cluster),
+            max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -176,6 +189,17 @@ pub struct Refused {
 
 const MAX_REFUSALS: usize = 32;
 
+/// Default of [`ServerSettings::max_streams_per_connection`]: a peer needs
+/// one; a few more let a reconnecting client overlap its old stream.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+
+/// The largest message a server decodes (Hello, ACKs with at most 100
+/// refusals, heartbeats).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// tonic's default decode limit: what a client that does not say decodes.
+const DEFAULT_CLIENT_MESSAGE_BYTES: usize = 4 << 20;
+
 struct Shared {
     /// Bumped whenever a peer starts or stops being served.
     served_changed: watch::Sender<u64>,
@@ -186,6 +210,8 @@ struct Shared {
     served: Mutex<BTreeMap<u64, ServedPeer>>,
     next_id: Mutex<u64>,
     admission: watch::Sender<Admission>,
+    /// The live stream of each client identity, and how to end it (B4).
+    sessions: Mutex<BTreeMap<String, (u64, oneshot::Sender<()>)>>,
 }
 
 /// The peering gRPC service.
@@ -220,8 +246,23 @@ impl PeeringService {
                 metrics,
                 served: Mutex::new(BTreeMap::new()),
                 next_id: Mutex::new(0),
+                sessions: Mutex::new(BTreeMap::new()),
             }),
         }
+    }
+
+    /// The gRPC service with its message limits set: requests (Hello,
+    /// ACKs, heartbeats) up to [`MAX_REQUEST_BYTES`]; deltas are chunked
+    /// under each client's own limit (B3).
+    pub fn grpc(self) -> proto::peering_server::PeeringServer<Self> {
+        proto::peering_server::PeeringServer::new(self)
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Concurrent streams one connection may open (B4).
+    pub fn max_streams_per_connection(&self) -> u32 {
+        self.shared.settings.max_streams_per_connection
     }
 
     /// Peers served right now.
@@ -307,14 +348,14 @@ impl PeeringService {
             }
         };
         if hello.protocol != PROTOCOL_VERSION {
-            s.metrics.reject(&hello.cluster, "protocol");
+            s.metrics.reject(UNKNOWN_PEER, "protocol");
             return Err(Status::failed_precondition(format!(
                 "peering protocol {} is not supported; cluster {} speaks {PROTOCOL_VERSION}",
                 hello.protocol, s.settings.cluster
             )));
         }
         if hello.trust_domain != conn.trust_domain {
-            s.metrics.reject(&hello.cluster, "wrong_trust_domain");
+            s.metrics.reject(UNKNOWN_PEER, "wrong_trust_domain");
             warn!(
                 peer = %hello.cluster,
                 claimed = %hello.trust_domain,
@@ -360,14 +401,36 @@ impl PeeringService {
                     last_ack: None,
                     resources: 0,
                     last_error: None,
+                    refused: 0,
+                    refused_resources: Vec::new(),
                 },
             );
+        }
+        // B4: one live stream per identity; a newer one replaces the older
+        // (a client that lost its connection without noticing reconnects
+        // at once instead of waiting out three heartbeats).
+        let (replaced_tx, replaced) = oneshot::channel();
+        let older = s
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|mut m| m.insert(conn.spiffe_id.clone(), (id, replaced_tx)));
+        if let Some((_, end_older)) = older {
+            s.metrics.sessions_replaced.inc();
+            info!(peer = %hello.cluster, id = %conn.spiffe_id, "a newer stream from the same identity replaces the older one");
+            let _ = end_older.send(());
         }
         s.metrics.served_peers.inc();
         s.served_changed.send_modify(|n| *n += 1);
         info!(peer = %hello.cluster, remote = %conn.remote, id = %conn.spiffe_id, "serving peer");
         let (tx, rx) = mpsc::channel(8);
         let shared = Arc::clone(&self.shared);
+        let max_message = match usize::try_from(hello.max_message_bytes) {
+            Ok(0) => DEFAULT_CLIENT_MESSAGE_BYTES,
+            Ok(n) => n,
+            Err(_) => usize::MAX,
+        };
+        let spiffe_id = conn.spiffe_id.clone();
         let session = Session {
             shared: Arc::clone(&shared),
             id,
@@ -376,12 +439,20 @@ impl PeeringService {
             out: tx,
             conn,
             claims,
+            max_message,
         };
         tokio::spawn(async move {
-            let end = session.run(inbound).await;
+            let end = session.run(inbound, replaced).await;
             debug!(peer = %hello.cluster, reason = %end, "peer stream ended");
             if let Ok(mut served) = shared.served.lock() {
                 served.remove(&id);
+            }
+            if let Ok(mut sessions) = shared.sessions.lock()
+                && sessions
+                    .get(&spiffe_id)
+                    .is_some_and(|(live, _)| *live == id)
+            {
+                sessions.remove(&spiffe_id);
             }
             shared.metrics.served_peers.dec();
             shared.served_changed.send_modify(|n| *n += 1);
@@ -423,6 +494,8 @@ struct Session {
     out: mpsc::Sender<Result<PeerResponse, Status>>,
     conn: ConnInfo,
     claims: Claims,
+    /// The largest message the client decodes (its Hello says).
+    max_message: usize,
 }
 
 /// What a served client claimed in its Hello, re-checked when the
@@ -495,14 +568,113 @@ impl Session {
             .is_ok()
     }
 
-    async fn run<S>(self, mut inbound: S) -> String
+    /// The label this client's metrics go under: its name when this
+    /// cluster links to it, else `unknown` (B6: a client does not get to
+    /// name label sets).
+    fn labels(&self, admission: &Admission) -> PeerLabels {
+        let linked = admission
+            .links
+            .get(&self.claims.trust_domain)
+            .is_some_and(|k| k.cluster == self.peer);
+        Metrics::peer(if linked { &self.peer } else { UNKNOWN_PEER })
+    }
+
+    /// Sends one delta, in chunks of about [`CHUNK_BYTES`] (B3), none over
+    /// the client's limit: a resource that would not fit even alone is left
+    /// out, logged and counted. Resources are copied into a chunk only when
+    /// it is built, so a stream holds a few chunks, never a copy of the
+    /// whole state. Err: the stream is gone, or the client stopped reading.
+    async fn send_delta(
+        &self,
+        head: proto::Delta,
+        diff: Diff,
+        labels: &PeerLabels,
+    ) -> Result<usize, String> {
+        // Tag and length of one repeated element; the chunk's own fields.
+        const FRAME: usize = 6;
+        let header = head.encoded_len() + 2 * FRAME;
+        let patience = self.shared.settings.heartbeat * 3;
+        let mut chunk = head.clone();
+        let mut size = header;
+        let mut chunks = 0;
+        let mut skipped = Vec::new();
+        enum Item {
+            Resource(Arc<proto::Resource>),
+            Removed(String),
+        }
+        let items = diff
+            .changed
+            .into_iter()
+            .map(Item::Resource)
+            .chain(diff.removed.into_iter().map(Item::Removed));
+        for item in items {
+            let len = match &item {
+                Item::Resource(r) => r.encoded_len() + FRAME,
+                Item::Removed(n) => n.len() + FRAME,
+            };
+            if header + len > self.max_message {
+                if let Item::Resource(r) = &item {
+                    skipped.push(r.name.clone());
+                }
+                continue;
+            }
+            let filled = !chunk.resources.is_empty() || !chunk.removed.is_empty();
+            if filled && (size + len > CHUNK_BYTES || size + len > self.max_message) {
+                let next = proto::Delta {
+                    full_state: false,
+                    resources: Vec::new(),
+                    removed: Vec::new(),
+                    ..head.clone()
+                };
+                let mut full = std::mem::replace(&mut chunk, next);
+                full.more = true;
+                self.send_chunk(full, patience).await?;
+                chunks += 1;
+                size = header;
+            }
+            match item {
+                Item::Resource(r) => chunk.resources.push((*r).clone()),
+                Item::Removed(n) => chunk.removed.push(n),
+            }
+            size += len;
+        }
+        chunk.more = false;
+        self.send_chunk(chunk, patience).await?;
+        if !skipped.is_empty() {
+            warn!(
+                peer = %self.peer,
+                max_message = self.max_message,
+                resources = ?skipped,
+                "resources larger than the peer accepts are not sent"
+            );
+            for _ in &skipped {
+                self.shared
+                    .metrics
+                    .reject(&labels.peer, "too_large_for_peer");
+            }
+        }
+        Ok(chunks + 1)
+    }
+
+    async fn send_chunk(&self, chunk: proto::Delta, patience: Duration) -> Result<(), String> {
+        let msg = Ok(PeerResponse {
+            kind: Some(peer_response::Kind::Delta(chunk)),
+        });
+        match tokio::time::timeout(patience, self.out.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("peer stream closed".into()),
+            Err(_) => Err(format!("the peer read nothing for {patience:?}")),
+        }
+    }
+
+    async fn run<S>(self, mut inbound: S, mut replaced: oneshot::Receiver<()>) -> String
     where
         S: Stream<Item = Result<PeerRequest, Status>> + Unpin + Send + 'static,
     {
         let heartbeat = self.shared.settings.heartbeat;
         let mut exports = self.shared.exports.clone();
         let mut admission = self.shared.admission.subscribe();
-        let labels = Metrics::peer(&self.peer);
+        let mut labels = self.labels(&admission.borrow_and_update());
         let mut acked: Option<ResourceSet> = None;
         let mut inflight: Option<Inflight> = None;
         let mut nacked_version: Option<u64> = None;
@@ -517,6 +689,7 @@ impl Session {
                 // Version 0: nothing published yet; the first export comes
                 // as a change (a peer must never see an empty state as ours).
                 if current.version > 0 && nacked_version != Some(current.version) {
+                    // O(1): the sets are persistent maps, shared with the publisher.
                     let visible = current.visible_to(self.segment.as_deref()).clone();
                     let full = acked.is_none();
                     let diff = acked
@@ -531,17 +704,18 @@ impl Session {
                             .resources_sent
                             .get_or_create(&labels)
                             .inc_by(diff.changed.len() as u64);
-                        let delta = proto::Delta {
+                        let (resources, removed) = (diff.changed.len(), diff.removed.len());
+                        let head = proto::Delta {
                             nonce: n.clone(),
                             version: current.version,
                             full_state: full,
-                            resources: diff.changed.iter().map(|r| (**r).clone()).collect(),
-                            removed: diff.removed,
+                            ..Default::default()
                         };
-                        debug!(peer = %self.peer, version = current.version, full, resources = delta.resources.len(), removed = delta.removed.len(), "sending delta");
-                        if !self.send(peer_response::Kind::Delta(delta)).await {
-                            return "peer stream closed".into();
-                        }
+                        let chunks = match self.send_delta(head, diff, &labels).await {
+                            Ok(c) => c,
+                            Err(why) => return why,
+                        };
+                        debug!(peer = %self.peer, version = current.version, full, resources, removed, chunks, "sent delta");
                         last_sent = Instant::now();
                         inflight = Some(Inflight {
                             nonce: n,
@@ -553,14 +727,21 @@ impl Session {
                 }
             }
             tokio::select! {
+                _ = &mut replaced => {
+                    let _ = self.out.send(Err(Status::aborted(format!(
+                        "a newer peering stream from {} replaced this one", self.conn.spiffe_id
+                    )))).await;
+                    return "replaced by a newer stream from the same identity".into();
+                }
                 changed = admission.changed() => {
                     if changed.is_ok() {
-                        let verdict = self.claims.admit(&admission.borrow_and_update());
-                        if let Err(denial) = verdict {
+                        let current = admission.borrow_and_update().clone();
+                        if let Err(denial) = self.claims.admit(&current) {
                             let status = self.shared.deny(&self.conn, &denial);
                             let _ = self.out.send(Err(status)).await;
                             return format!("refused: {denial}");
                         }
+                        labels = self.labels(&current);
                     }
                 }
                 changed = exports.changed() => {
@@ -582,20 +763,38 @@ impl Session {
                                 let version = f.version;
                                 acked = Some(f.state);
                                 nacked_version = None;
+                                let refused = usize::try_from(a.refused_total).unwrap_or(usize::MAX).max(a.refused.len());
+                                if refused > 0 {
+                                    info!(peer = %self.peer, version, refused, "the peer refused some of our resources (the rest applies)");
+                                }
+                                let shown: Vec<String> = a
+                                    .refused
+                                    .iter()
+                                    .take(REFUSALS_SHOWN)
+                                    .map(|r| {
+                                        crate::limits::shown(
+                                            &format!("{}: {}: {}", r.resource, r.reason, r.message),
+                                            crate::limits::MAX_SHOWN,
+                                        )
+                                    })
+                                    .collect();
                                 self.update(|p| {
                                     p.acked_version = Some(version);
                                     p.last_ack = Some(SystemTime::now());
                                     p.resources = resources;
                                     p.last_error = None;
+                                    p.refused = refused;
+                                    p.refused_resources = shown;
                                 });
                             }
                         }
                         Some(Ok(PeerRequest { kind: Some(peer_request::Kind::Nack(n)) })) => {
                             if let Some(f) = inflight.take_if(|f| f.nonce == n.nonce) {
-                                warn!(peer = %self.peer, version = f.version, error = %n.error, "peer rejected a delta; it keeps its last good state");
-                                self.shared.metrics.reject(&self.peer, "nack_received");
+                                let error = crate::limits::shown(&n.error, 4096);
+                                warn!(peer = %self.peer, version = f.version, error = %error, "peer rejected a delta; it keeps its last good state");
+                                self.shared.metrics.reject(&labels.peer, "nack_received");
                                 nacked_version = Some(f.version);
-                                self.update(|p| p.last_error = Some(n.error.clone()));
+                                self.update(|p| p.last_error = Some(error));
                             }
                         }
                         Some(Ok(PeerRequest { kind: Some(peer_request::Kind::Hello(_)) })) => {

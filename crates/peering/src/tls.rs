@@ -131,6 +131,7 @@ pub async fn serve_with(
     let svc = service.clone();
     let gate = Gate::new("peering", limits, metrics);
     info!(%limits, "peering listener bounds");
+    let max_streams = service.max_streams_per_connection();
     let accept = tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -157,7 +158,8 @@ pub async fn serve_with(
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(proto::peering_server::PeeringServer::new(service))
+        .max_concurrent_streams(Some(max_streams))
+        .add_service(service.grpc())
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
     accept.abort();
@@ -414,13 +416,19 @@ impl Connector for TlsConnector {
                 .connect_with_connector(connector)
                 .await
                 .map_err(|e| unreachable(format!("peer {} at {addr}: {e}", link.cluster)))?;
+            // B3: decode what the Hello says this client takes.
+            let max_message = match hello.max_message_bytes {
+                0 => 4 << 20,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            };
             let (tx, rx) = mpsc::channel::<PeerRequest>(16);
             let _ = tx
                 .send(PeerRequest {
                     kind: Some(peer_request::Kind::Hello(hello)),
                 })
                 .await;
-            let mut client = proto::peering_client::PeeringClient::new(channel);
+            let mut client = proto::peering_client::PeeringClient::new(channel)
+                .max_decoding_message_size(max_message);
             let response = client
                 .exchange(ReceiverStream::new(rx))
                 .await

@@ -13,6 +13,7 @@
 use std::alloc::System;
 use std::sync::Mutex;
 
+use meshpeer_peering::limits::Limits;
 use meshpeer_peering::proto::{self, resource::Body};
 use meshpeer_peering::wire::PeerState;
 use proptest::prelude::*;
@@ -218,6 +219,9 @@ fn delta() -> impl Strategy<Value = proto::Delta> {
                 full_state,
                 resources,
                 removed,
+                // One message per delta: chunks are put together by the
+                // stream (`Pending`), which `PeerState::apply` goes through.
+                more: false,
             },
         )
 }
@@ -227,14 +231,15 @@ fn apply_checked(state: &mut PeerState, delta: &proto::Delta) -> Result<(), Test
     let before = state.clone();
     let held = before.resources().len() * 512;
     let input = delta.encoded_len();
-    let (result, bytes) = allocated(|| state.apply(delta));
+    let limits = Limits::default();
+    let (result, bytes) = allocated(|| state.apply(delta, &limits));
     prop_assert!(
         bytes <= bound(input, held),
         "applying a delta of {input} bytes allocated {bytes} bytes"
     );
     match result {
         Err(_) => prop_assert_eq!(&*state, &before, "a refused delta changed the state"),
-        Ok(()) => {
+        Ok(_) => {
             // Resources that make an export (a cluster resource came) make
             // the same one read afresh.
             if let Ok(afresh) = state.resources().to_export() {

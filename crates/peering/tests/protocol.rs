@@ -88,6 +88,8 @@ fn setup(initial: &Export, segment: Option<&str>) -> Setup {
         heartbeat: HEARTBEAT,
         grace: GRACE,
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 1),
+        limits: Default::default(),
+        held_until: None,
     };
     tokio::spawn(run_link(
         cfg,
@@ -333,6 +335,8 @@ async fn a_silent_peer_is_dropped_after_three_heartbeats() {
         heartbeat: HEARTBEAT,
         grace: GRACE,
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5), 1),
+        limits: Default::default(),
+        held_until: None,
     };
     tokio::spawn(run_link(
         cfg,
@@ -368,6 +372,7 @@ fn hello(cluster: &str, td: &str) -> PeerRequest {
             segment: String::new(),
             trust_domain: td.into(),
             protocol: meshpeer_peering::PROTOCOL_VERSION,
+            max_message_bytes: 0,
         })),
     }
 }
@@ -419,7 +424,10 @@ async fn the_server_refuses_a_hello_that_does_not_match_the_certificate() {
     assert!(err.message().contains("protocol 99 is not supported"));
 
     let no_hello = PeerRequest {
-        kind: Some(peer_request::Kind::Ack(proto::Ack { nonce: "1".into() })),
+        kind: Some(peer_request::Kind::Ack(proto::Ack {
+            nonce: "1".into(),
+            ..Default::default()
+        })),
     };
     let err = service
         .open(conn("cluster1"), tokio_stream::iter(vec![Ok(no_hello)]))

@@ -99,6 +99,8 @@ fn start_link(link: PeerLink, ca: &RootCa, id: Arc<Identity>) -> mpsc::Receiver<
         heartbeat: Duration::from_secs(10),
         grace: Duration::from_secs(120),
         backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1), 3),
+        limits: Default::default(),
+        held_until: None,
     };
     tokio::spawn(run_link(
         cfg,

@@ -210,6 +210,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         info!(allowed = ?cfg.allowed_peers, "only these trust domains may peer with this cluster");
     }
     cfg.feed_identities = args.feed_identities.iter().cloned().collect();
+    cfg.limits = args.limits();
     cfg.cluster = Some(cluster_listener(&args, &cluster)?);
     let controller = Controller::start(cfg).await?;
     let api = controller

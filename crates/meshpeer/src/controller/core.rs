@@ -14,7 +14,7 @@ use meshpeer_model::trust::{
 };
 use meshpeer_model::{Export, GlobalCatalog, PeerLink, Reach};
 use meshpeer_peering::{
-    Admission, Backoff, Connector, ExportPublisher, LinkConfig, LocalInfo,
+    Admission, Backoff, Connector, ExportPublisher, Limits, LinkConfig, LocalInfo,
     Metrics as PeeringMetrics, PeerUpdate, PeeringService, run_link,
 };
 use meshpeer_store::{PeerStatus, Update};
@@ -42,6 +42,8 @@ pub(crate) struct CoreSettings {
     pub(crate) peering_address: String,
     /// Who may peer, before this cluster's links are known (P1).
     pub(crate) admission: Admission,
+    /// What one peer may make this cluster hold (B1, B2).
+    pub(crate) limits: Arc<Limits>,
 }
 
 pub(crate) struct Core {
@@ -268,7 +270,10 @@ impl Core {
     }
 
     /// Starts, restarts and stops link tasks to match the catalog's links;
-    /// says whether a peer's export was dropped with its link.
+    /// says whether a peer's export was dropped with its link. A link
+    /// edited without changing its peer (same cluster and trust domain:
+    /// labels, annotations, addresses) keeps the peer's export, stale while
+    /// the new link task reconnects, for the grace period at most.
     fn reconcile_links(&mut self) -> bool {
         let wanted: BTreeMap<&str, &PeerLink> = self
             .catalog
@@ -276,34 +281,62 @@ impl Core {
             .iter()
             .map(|l| (l.cluster.as_str(), l))
             .collect();
-        let stale: Vec<String> = self
+        let changed: Vec<String> = self
             .link_tasks
             .iter()
             .filter(|(name, (link, _))| wanted.get(name.as_str()) != Some(&link))
             .map(|(name, _)| name.clone())
             .collect();
         let mut removed_any = false;
-        for name in stale {
-            if let Some((_, task)) = self.link_tasks.remove(&name) {
-                task.abort();
+        let mut kept: BTreeMap<String, PeerState> = BTreeMap::new();
+        for name in changed {
+            let Some((old_link, task)) = self.link_tasks.remove(&name) else {
+                continue;
+            };
+            task.abort();
+            let old = self.peers.remove(&name);
+            let same_peer = wanted.get(name.as_str()).is_some_and(|new| {
+                new.cluster == old_link.cluster && new.trust_domain == old_link.trust_domain
+            });
+            match old {
+                Some(old) if same_peer => {
+                    info!(peer = %name, "link edited; the peer's export is kept (stale) while it reconnects");
+                    kept.insert(name, old);
+                }
+                old => {
+                    removed_any |= old.is_some_and(|p| p.export.is_some());
+                    self.forget_refusal_metrics(&name);
+                    self.peering_metrics.forget_peer(&name);
+                    info!(peer = %name, "link removed, or now to another peer");
+                }
             }
-            if self.peers.remove(&name).is_some_and(|p| p.export.is_some()) {
-                removed_any = true;
-            }
-            self.forget_refusal_metrics(&name);
-            info!(peer = %name, "link removed or changed");
         }
         for (name, link) in wanted {
             if self.link_tasks.contains_key(name) {
                 continue;
             }
             info!(peer = %name, addresses = ?link.addresses.iter().map(|a| &a.value).collect::<Vec<_>>(), port = link.xds_port, "linking to peer");
+            let now = SystemTime::now();
+            let peer = match kept.remove(name) {
+                // A stale export keeps its deadline; a current one gets
+                // the grace period from now.
+                Some(old) => {
+                    let until = old.stale_until.unwrap_or(now + self.settings.grace);
+                    PeerState::kept(link.clone(), old, until)
+                }
+                None => PeerState::new(link.clone()),
+            };
+            let held_until = peer.stale_until.map(|until| {
+                tokio::time::Instant::now() + until.duration_since(now).unwrap_or_default()
+            });
             let cfg = LinkConfig {
                 link: link.clone(),
                 local: self.local_info.subscribe(),
                 heartbeat: self.settings.heartbeat,
                 grace: self.settings.grace,
                 backoff: Backoff::default(),
+                limits: Arc::clone(&self.settings.limits),
+                held_until,
             };
             let task = tokio::spawn(run_link(
                 cfg,
@@ -311,8 +344,7 @@ impl Core {
                 self.peer_events.clone(),
                 Arc::clone(&self.peering_metrics),
             ));
-            self.peers
-                .insert(name.to_owned(), PeerState::new(link.clone()));
+            self.peers.insert(name.to_owned(), peer);
             self.link_tasks
                 .insert(name.to_owned(), (link.clone(), task));
         }

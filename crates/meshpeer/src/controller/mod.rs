@@ -20,7 +20,7 @@ use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config,
 use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
 use meshpeer_model::{Cidr, ClusterConfig, ClusterSnapshot, GlobalCatalog};
 use meshpeer_peering::{
-    Connector, ExportPublisher, LocalInfo, Metrics as PeeringMetrics, PeeringService,
+    Connector, ExportPublisher, Limits, LocalInfo, Metrics as PeeringMetrics, PeeringService,
     ServerSettings, TlsConnector,
 };
 use meshpeer_store::{ClusterSource, Sink};
@@ -62,6 +62,9 @@ pub struct ControllerConfig {
     /// `(namespace, service account)` that may follow the catalog over
     /// mutual TLS (SPEC P8); default: the proxy's and the gateway's.
     pub feed_identities: std::collections::BTreeSet<(String, String)>,
+    /// What one peer may make this cluster hold (SPEC B1, B2): caps, and
+    /// where its endpoints may be despite P5.
+    pub limits: Limits,
 }
 
 impl ControllerConfig {
@@ -87,6 +90,7 @@ impl ControllerConfig {
             allowed_peers: None,
             cluster: None,
             feed_identities: crate::api::FeedAccess::new("").identities,
+            limits: Limits::default(),
         }
     }
 }
@@ -138,7 +142,17 @@ impl Controller {
             allowed_peers,
             cluster,
             feed_identities,
+            limits,
         } = cfg;
+        info!(
+            max_peer_services = limits.max_services,
+            max_endpoints_per_service = limits.max_endpoints_per_service,
+            max_ports_per_service = limits.max_ports_per_service,
+            max_peer_endpoints = limits.max_endpoints,
+            max_message_bytes = limits.max_message_bytes(),
+            allow_endpoints = ?limits.allow_endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "limits on what a peer may send"
+        );
         let feed_guard = crate::api::FeedGuard::new(
             crate::api::FeedAccess {
                 trust_domain: identity.spiffe_id().trust_domain().to_owned(),
@@ -262,6 +276,7 @@ impl Controller {
                 grace,
                 peering_address: peering_addr.to_string(),
                 admission,
+                limits: Arc::new(limits),
             },
             exporter: ExportEngine::new(ClusterSnapshot::new(ClusterConfig::default())),
             cataloguer: CatalogEngine::new(vip_range, vips),

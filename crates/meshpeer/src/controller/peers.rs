@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use meshpeer_model::objects::Condition;
 use meshpeer_model::{Export, PeerLink, PeerRefusal};
 use meshpeer_peering::PeerEvent;
+use meshpeer_peering::wire::Refusals;
 
 use super::view::{LinkState, PeerView};
 
@@ -17,6 +18,13 @@ pub(crate) const PROGRAMMED: &str = "Programmed";
 pub(crate) const PEER_CONNECTED: &str = "gloo.solo.io/PeerConnected";
 pub(crate) const PEERING_SUCCEEDED: &str = "gloo.solo.io/PeeringSucceeded";
 pub(crate) const DATA_PLANE_PROGRAMMED: &str = "gloo.solo.io/PeerDataPlaneProgrammed";
+/// `PeeringSucceeded` reason when some of the peer's resources are refused
+/// on their own (B1, B2) and the rest applies.
+pub(crate) const REASON_PARTIALLY_REFUSED: &str = "PartiallyRefused";
+
+/// Refused resources named in a condition message and in status.
+const NAMED_REFUSALS: usize = 5;
+const LISTED_REFUSALS: usize = 20;
 
 /// One linked peer.
 #[derive(Debug, Clone)]
@@ -31,6 +39,9 @@ pub(crate) struct PeerState {
     pub(crate) export: Option<Arc<Export>>,
     pub(crate) stale_until: Option<SystemTime>,
     pub(crate) last_error: Option<String>,
+    /// The peer's resources refused on their own (B1, B2), as of its last
+    /// delta applied.
+    pub(crate) refusals: Refusals,
     /// Conditions as last computed, to keep transition times.
     pub(crate) conditions: Vec<Condition>,
 }
@@ -47,8 +58,32 @@ impl PeerState {
             export: None,
             stale_until: None,
             last_error: None,
+            refusals: Refusals::default(),
             conditions: Vec::new(),
         }
+    }
+
+    /// A peer whose export is kept across an edit of its link (same
+    /// cluster and trust domain): stale until `until`, reconnecting.
+    pub(crate) fn kept(link: PeerLink, old: PeerState, until: SystemTime) -> Self {
+        PeerState {
+            state: LinkState::Connecting,
+            remote: None,
+            connected_since: None,
+            stale_until: old.export.is_some().then_some(until),
+            last_error: Some("the link was edited; reconnecting".into()),
+            link,
+            ..old
+        }
+    }
+
+    /// `<resource>: <reason>: <why>` of the first `n` refused resources.
+    fn refused_list(&self, n: usize) -> Vec<String> {
+        self.refusals
+            .named()
+            .take(n)
+            .map(ToString::to_string)
+            .collect()
     }
 
     /// Applies an event; says whether the peer's export changed.
@@ -74,13 +109,17 @@ impl PeerState {
                 false
             }
             PeerEvent::Synced {
-                export, version, ..
+                export,
+                version,
+                refusals,
+                ..
             } => {
                 self.state = LinkState::Synced;
                 self.last_sync = Some(at);
                 self.version = Some(version);
                 self.stale_until = None;
                 self.last_error = None;
+                self.refusals = refusals;
                 let changed = self.export.as_ref() != Some(&export);
                 self.export = Some(export);
                 changed
@@ -101,6 +140,7 @@ impl PeerState {
             }
             PeerEvent::Expired => {
                 self.stale_until = None;
+                self.refusals = Refusals::default();
                 self.export.take().is_some()
             }
         }
@@ -129,6 +169,8 @@ impl PeerState {
             stale: self.stale(),
             stale_until: self.stale_until,
             services: self.export.as_ref().map_or(0, |e| e.services.len()),
+            refused: self.refusals.len(),
+            refused_resources: self.refused_list(LISTED_REFUSALS),
             last_error: self.last_error.clone(),
             conditions: self.conditions.clone(),
         }
@@ -207,6 +249,27 @@ impl PeerState {
                 &r.reason,
                 format!("[{}] {}", r.rule, r.message),
             ),
+            (LinkState::Synced, _, _) if !self.refusals.is_empty() => {
+                let named = self.refused_list(NAMED_REFUSALS);
+                let more = self.refusals.len().saturating_sub(named.len());
+                push(
+                    PEERING_SUCCEEDED,
+                    true,
+                    REASON_PARTIALLY_REFUSED,
+                    format!(
+                        "version {} of the peer's export applied ({} services); {} of its resources refused on their own (SPEC B1, B2): {}{}",
+                        self.version.unwrap_or(0),
+                        self.export.as_ref().map_or(0, |e| e.services.len()),
+                        self.refusals.len(),
+                        named.join("; "),
+                        if more > 0 {
+                            format!("; and {more} more (meshpeer status)")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
+            }
             (LinkState::Synced, _, _) => push(
                 PEERING_SUCCEEDED,
                 true,

@@ -114,8 +114,14 @@ pub struct PeerView {
     pub stale: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_until: Option<SystemTime>,
-    /// Services the peer exports to this cluster.
+    /// Services the peer exports to this cluster (those taken).
     pub services: usize,
+    /// Resources of the peer refused on their own (SPEC B1, B2): how many,
+    /// and the first few as `<resource>: <reason>: <why>`.
+    #[serde(default)]
+    pub refused: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_resources: Vec<String>,
     /// Why the last attempt or stream failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -145,6 +151,12 @@ pub struct ServedView {
     pub resources: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Resources of ours the peer refused in the last delta it took (B1,
+    /// B2), and the first few of them.
+    #[serde(default)]
+    pub refused: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_resources: Vec<String>,
 }
 
 /// A refused connection attempt.
@@ -175,6 +187,8 @@ impl ServedView {
                 last_ack: p.last_ack,
                 resources: p.resources,
                 last_error: p.last_error,
+                refused: p.refused,
+                refused_resources: p.refused_resources,
             })
             .collect()
     }

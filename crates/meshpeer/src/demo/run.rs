@@ -275,6 +275,9 @@ impl Demo {
             cfg.api_listen = Some(api);
             let vip_range = format!("127.{}.0.0/16", 256 - u32::from(n).min(100));
             cfg.vip_range = vip_range.parse()?;
+            // The pods are on loopback: peers' endpoints there are taken
+            // (SPEC B1, P5), exactly the demo's pod ranges.
+            cfg.limits.allow_endpoints = pod_ranges();
             let controller = Controller::start(cfg)
                 .await
                 .with_context(|| format!("cannot start cluster {name}'s controller"))?;

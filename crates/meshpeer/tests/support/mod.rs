@@ -420,6 +420,9 @@ impl Mesh {
             cfg.heartbeat = Duration::from_secs(2);
             cfg.grace = Duration::from_secs(5);
             cfg.vip_range = c.vip_range();
+            // Every cluster's pods are on loopback (127.<block>.200.0/24):
+            // peers' endpoints there are taken (SPEC B1, P5).
+            cfg.limits.allow_endpoints = vec!["127.0.0.0/8".parse().unwrap()];
             c.controller = Some(Controller::start(cfg).await.unwrap());
         }
     }
