@@ -9,6 +9,22 @@
 //! an HTTP status and a message that says why; the refusal is logged and
 //! counted. An endpoint the endpoint policy refuses (P5) is never dialled;
 //! the caller is told how many were refused, not their addresses.
+//!
+//! Two kinds of tunnel arrive. meshpeer's proxy marks its own
+//! (`x-meshpeer-payload: tcp`): the bytes are the application's and go to
+//! the endpoint's target port. Any other is taken as Istio's double HBONE
+//! (ztunnel, `src/proxy/outbound.rs` `build_request_through_gateway`): the
+//! outer CONNECT names `<service hostname>:<service port>` and carries an
+//! inner TLS connection and CONNECT for the destination's ztunnel; the
+//! gateway forwards those bytes as they are, never terminated, to port
+//! 15008 of an ambient endpoint (a Pod istio-cni marks
+//! `ambient.istio.io/redirection: enabled`). The authorisation is the same
+//! for both.
+//!
+//! Endpoints are ranked as the caller's proxy ranked clusters (T3, T4):
+//! by the service's traffic distribution from the caller's locality
+//! (`x-meshpeer-locality`), healthy ones first; without the header, in
+//! one tier.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +34,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use meshpeer_listener::Limits;
-use meshpeer_model::{GlobalService, Reach, Scope};
+use meshpeer_model::rank::{ClientLocation, rank};
+use meshpeer_model::{GlobalService, Locality, Reach, Scope};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -41,6 +58,9 @@ pub struct GatewayConfig {
     pub endpoints: Arc<EndpointPolicy>,
     /// The HBONE listener's bounds (B5; [`crate::hbone::default_limits`]).
     pub listener: Limits,
+    /// Where an ambient endpoint's ztunnel takes HBONE (Istio: 15008); the
+    /// inner stream of a double HBONE tunnel goes there.
+    pub ambient_inbound_port: u16,
 }
 
 impl Default for GatewayConfig {
@@ -50,6 +70,7 @@ impl Default for GatewayConfig {
             max_attempts: 3,
             endpoints: Arc::default(),
             listener: crate::hbone::default_limits(),
+            ambient_inbound_port: crate::hbone::HBONE_PORT,
         }
     }
 }
@@ -94,12 +115,23 @@ fn decline(kind: &'static str, status: StatusCode, message: String) -> Decline {
     }
 }
 
-/// The local endpoints a caller may reach for `authority`, or why not.
+/// What a tunnel asks for, besides its target.
+struct Ask<'a> {
+    trust_domain: &'a str,
+    authority: &'a str,
+    /// Istio's double HBONE: only ambient endpoints, at their inbound port.
+    double_hbone: Option<u16>,
+    /// The caller's locality, to rank the endpoints by.
+    locality: Option<Locality>,
+}
+
+/// The local endpoints a caller may reach for `authority`, tier by tier
+/// (nearest to the caller first), with the caller's cluster; or why not.
 fn authorize(
     state: &DataplaneState,
-    trust_domain: &str,
-    authority: &str,
-) -> Result<(Vec<SocketAddr>, String), Decline> {
+    ask: &Ask<'_>,
+) -> Result<(Vec<Vec<SocketAddr>>, String), Decline> {
+    let (trust_domain, authority) = (ask.trust_domain, ask.authority);
     let me = &state.feed.catalog.cluster;
     // Clusters that share a trust domain cannot be told apart (D3): then
     // only link direction is certain, and the segment check passes when
@@ -167,12 +199,43 @@ fn authorize(
             ),
         ));
     }
-    let endpoints: Vec<SocketAddr> = local
-        .service
-        .endpoints()
-        .filter_map(|(_, e)| e.target(port).map(|t| SocketAddr::new(e.address, t)))
-        .collect();
-    if endpoints.is_empty() {
+    let unknown = Locality::default();
+    let client = ClientLocation {
+        network: &local.network,
+        locality: ask.locality.as_ref().unwrap_or(&unknown),
+    };
+    let mut serving = 0usize;
+    let mut tiers: Vec<Vec<SocketAddr>> = Vec::new();
+    for tier in rank(svc, &client) {
+        let mut addrs = Vec::new();
+        for g in tier.iter().filter(|g| g.reach == Reach::Local) {
+            for e in g.endpoints {
+                let Some(target) = e.target(port) else {
+                    continue;
+                };
+                serving += 1;
+                match ask.double_hbone {
+                    None => addrs.push(SocketAddr::new(e.address, target)),
+                    Some(inbound) if e.ambient => addrs.push(SocketAddr::new(e.address, inbound)),
+                    Some(_) => {}
+                }
+            }
+        }
+        if !addrs.is_empty() {
+            tiers.push(addrs);
+        }
+    }
+    if tiers.is_empty() {
+        if serving > 0 {
+            return Err(decline(
+                "not_ambient",
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the tunnel carries Istio's double HBONE (no x-meshpeer-payload: tcp), which only a ztunnel can end, and none of the {serving} ready endpoints of {host} for port {port} in cluster {} is captured by Istio ambient (Pod annotation ambient.istio.io/redirection: enabled)",
+                    me.name
+                ),
+            ));
+        }
         return Err(decline(
             "no_endpoint",
             StatusCode::SERVICE_UNAVAILABLE,
@@ -182,7 +245,7 @@ fn authorize(
             ),
         ));
     }
-    Ok((endpoints, caller.cluster.clone()))
+    Ok((tiers, caller.cluster.clone()))
 }
 
 /// The global service a tunnel asks for: by global hostname, or by
@@ -220,11 +283,14 @@ impl TunnelHandler for GatewayHandler {
         let refusal_log = Arc::clone(&self.refusal_log);
         Box::pin(async move {
             let caller = req.peer.to_string();
-            let (mut endpoints, cluster) = match authorize(
-                &state,
-                req.peer.trust_domain(),
-                &req.authority,
-            ) {
+            let double_hbone = req.meta.double_hbone();
+            let ask = Ask {
+                trust_domain: req.peer.trust_domain(),
+                authority: &req.authority,
+                double_hbone: double_hbone.then_some(config.ambient_inbound_port),
+                locality: req.meta.locality.as_deref().and_then(Locality::from_istio),
+            };
+            let (tiers, cluster) = match authorize(&state, &ask) {
                 Ok(x) => x,
                 Err(d) => {
                     metrics.refusal(d.kind);
@@ -235,10 +301,15 @@ impl TunnelHandler for GatewayHandler {
                     });
                 }
             };
-            fastrand::shuffle(&mut endpoints);
+            // Nearest tier first, each in random order; then healthy
+            // endpoints first, ejected ones only if nothing else is left.
+            let mut endpoints = Vec::new();
+            for mut tier in tiers {
+                fastrand::shuffle(&mut tier);
+                endpoints.extend(tier);
+            }
             health.sync(&state);
             let now = Instant::now();
-            // Healthy endpoints first; ejected ones only if nothing else is left.
             endpoints
                 .sort_by_key(|a| health.is_ejected(&crate::pick::HealthKey::Endpoint(*a), now));
             let mut errors = Vec::new();
@@ -264,7 +335,8 @@ impl TunnelHandler for GatewayHandler {
                         let _ = s.set_nodelay(true);
                         health.succeeded(&dest);
                         let refused = (refused > 0).then_some(refused);
-                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, refused, "tunnel open");
+                        let kind = if double_hbone { "double_hbone" } else { "tcp" };
+                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, refused, kind, "tunnel open");
                         return Ok(Box::new(s) as Box<dyn Upstream>);
                     }
                     Ok(Err(e)) => errors.push(format!("{addr}: {e}")),

@@ -54,6 +54,29 @@ pub struct TunnelMeta {
     pub baggage: Option<String>,
     /// W3C `traceparent`.
     pub traceparent: Option<String>,
+    /// `x-meshpeer-payload`: what the tunnel carries. meshpeer's proxy sends
+    /// [`PAYLOAD_TCP`]: the application's bytes, which the gateway hands
+    /// to the endpoint's target port. Without it the tunnel is taken as
+    /// Istio's double HBONE (ztunnel, `src/proxy/outbound.rs`): an inner
+    /// TLS connection and CONNECT meant for the destination's ztunnel,
+    /// which the gateway forwards as they are to an ambient endpoint's
+    /// port 15008.
+    pub payload: Option<String>,
+    /// `x-meshpeer-locality`: the caller's locality,
+    /// `region/zone/subzone` as Istio writes it, so that the gateway ranks
+    /// its endpoints as the caller's proxy ranked clusters (T3, T4).
+    pub locality: Option<String>,
+}
+
+/// The `x-meshpeer-payload` value of meshpeer's own tunnels.
+pub const PAYLOAD_TCP: &str = "tcp";
+
+impl TunnelMeta {
+    /// Whether the tunnel carries ztunnel's inner HBONE rather than the
+    /// application's bytes.
+    pub fn double_hbone(&self) -> bool {
+        self.payload.as_deref() != Some(PAYLOAD_TCP)
+    }
 }
 
 /// Settings of the client pool; the server applies the same flow-control

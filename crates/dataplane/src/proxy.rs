@@ -24,6 +24,7 @@ use crate::hbone::{HboneClient, TunnelMeta};
 use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
 use crate::state::{DataplaneState, Target};
+use meshpeer_model::Locality;
 
 mod copy;
 mod dial;
@@ -358,8 +359,15 @@ fn refused_field(refused: &[String]) -> Option<tracing::field::DisplayValue<Stri
     (!refused.is_empty()).then(|| tracing::field::display(refused.join(", ")))
 }
 
-fn meta(ctx_cluster: &str, peer: SocketAddr) -> TunnelMeta {
+/// The headers of the proxy's tunnels: the caller (`forwarded`), its
+/// cluster (`baggage`), a trace id, that the bytes are the application's
+/// (`x-meshpeer-payload: tcp`) and the proxy's locality, by which the
+/// gateway ranks its endpoints (T3, T4 at the remote end).
+fn meta(ctx_cluster: &str, locality: &Locality, peer: SocketAddr) -> TunnelMeta {
+    let locality = locality.to_istio();
     TunnelMeta {
+        payload: Some(crate::hbone::PAYLOAD_TCP.to_owned()),
+        locality: (!locality.is_empty()).then_some(locality),
         forwarded: Some(format!("for=\"{peer}\"")),
         baggage: Some(format!("k8s.cluster.name={ctx_cluster}")),
         traceparent: Some(format!(
@@ -387,7 +395,7 @@ async fn connect_global(
     if tiers.is_empty() {
         return Err(format!("{} has no ready endpoint for port {port}", svc.hostname).into());
     }
-    let meta = meta(&state.feed.catalog.cluster.name, peer);
+    let meta = meta(&state.feed.catalog.cluster.name, &state.locality, peer);
     let mut attempts = 0;
     let mut errors = Vec::new();
     let mut refused = Vec::new();
@@ -443,4 +451,25 @@ async fn connect_global(
         ),
         refused,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t3_the_proxys_tunnels_carry_its_locality_and_say_their_bytes_are_tcp() {
+        let peer: SocketAddr = "10.1.0.7:41000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let m = meta("cluster1", &Locality::new("eu", "eu-b"), peer);
+        assert_eq!(m.payload.as_deref(), Some(crate::hbone::PAYLOAD_TCP));
+        assert!(!m.double_hbone());
+        assert_eq!(m.locality.as_deref(), Some("eu/eu-b"));
+        assert_eq!(
+            Locality::from_istio(m.locality.as_deref().unwrap_or_default()),
+            Some(Locality::new("eu", "eu-b"))
+        );
+        assert_eq!(m.baggage.as_deref(), Some("k8s.cluster.name=cluster1"));
+        // An unknown locality is not sent.
+        assert_eq!(meta("cluster1", &Locality::default(), peer).locality, None);
+    }
 }

@@ -12,7 +12,9 @@ use http::StatusCode;
 use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
 use meshpeer_dataplane::feed::{Caller, CatalogFeed};
 use meshpeer_dataplane::gateway::{GatewayConfig, GatewayHandler};
-use meshpeer_dataplane::hbone::{Refuse, TunnelHandler, TunnelMeta, TunnelRequest, Upstream};
+use meshpeer_dataplane::hbone::{
+    PAYLOAD_TCP, Refuse, TunnelHandler, TunnelMeta, TunnelRequest, Upstream,
+};
 use meshpeer_dataplane::metrics::{DataplaneMetrics, KindLabels, ReasonLabels};
 use meshpeer_dataplane::state::{DataplaneState, StateOptions};
 use meshpeer_identity::SpiffeId;
@@ -36,6 +38,14 @@ fn caller(cluster: &str, segment: Option<&str>) -> Caller {
         trust_domain: format!("{cluster}.td"),
         segment: segment.map(str::to_owned),
         connected: true,
+    }
+}
+
+/// The headers of meshpeer's proxy: the bytes are the application's.
+fn tcp() -> TunnelMeta {
+    TunnelMeta {
+        payload: Some(PAYLOAD_TCP.into()),
+        ..TunnelMeta::default()
     }
 }
 
@@ -80,12 +90,22 @@ impl Gw {
         }
     }
 
+    /// A tunnel of meshpeer's proxy (`x-meshpeer-payload: tcp`).
     async fn open(&self, from: &str, authority: &str) -> Result<Box<dyn Upstream>, Refuse> {
+        self.open_with(from, authority, tcp()).await
+    }
+
+    async fn open_with(
+        &self,
+        from: &str,
+        authority: &str,
+        meta: TunnelMeta,
+    ) -> Result<Box<dyn Upstream>, Refuse> {
         let req = TunnelRequest {
             peer: SpiffeId::new(from, "sleep", "sleep").unwrap(),
             remote: "198.51.100.7:40000".parse().unwrap(),
             authority: authority.into(),
-            meta: TunnelMeta::default(),
+            meta,
         };
         tokio::time::timeout(DEADLINE, self.handler.open(req))
             .await
@@ -559,4 +579,107 @@ async fn p5_a_tunnel_to_refused_endpoints_only_gets_503_without_their_addresses(
     assert_eq!(gw.refusals("endpoint_policy"), 1);
     assert_eq!(gw.ejections(), 0);
     assert_accepted_nothing(node_local);
+}
+
+/// cluster1 exports `shop/web` under `PreferClose` with one Pod in zone
+/// `eu-a` (127.0.0.1) and one in zone `eu-b` (127.0.0.2), both on `port`.
+fn zoned(port: u16) -> GlobalCatalog {
+    let on = |name: &str, ip: &str, node: &str| {
+        Object::Pod(pod("shop", name, &[("app", "web")], ip, true, Some(node)))
+    };
+    let c1 = ClusterBuilder::new("cluster1")
+        .trust_domain("cluster1.td")
+        .node("node-a", "eu", "eu-a")
+        .node("node-b", "eu", "eu-b")
+        .service(
+            svc("shop", "web")
+                .global()
+                .annotation(meshpeer_model::labels::TRAFFIC_DISTRIBUTION, "PreferClose")
+                .port("http", 8000, i32::from(port)),
+        )
+        .object(on("web-a", "127.0.0.1", "node-a"))
+        .object(on("web-b", "127.0.0.2", "node-b"))
+        .build();
+    catalog(&c1, &[], &CatalogConfig::default())
+}
+
+/// The address of the endpoint a tunnel reached: whichever listener got it.
+async fn reached(up: Box<dyn Upstream>, a: &TcpListener, b: &TcpListener) -> std::net::IpAddr {
+    let (mut conn, local) = tokio::time::timeout(DEADLINE, async {
+        tokio::select! {
+            r = a.accept() => (r.unwrap().0, a.local_addr().unwrap()),
+            r = b.accept() => (r.unwrap().0, b.local_addr().unwrap()),
+        }
+    })
+    .await
+    .expect("no endpoint saw the tunnel");
+    drop(up);
+    let _ = conn.shutdown().await;
+    local.ip()
+}
+
+#[tokio::test]
+async fn t3_the_gateway_ranks_its_endpoints_from_the_callers_locality() {
+    let (a, b, port) = two_on_one_port().await;
+    let gw = Gw::new(zoned(port), callers());
+    let from = |locality: Option<&str>| TunnelMeta {
+        locality: locality.map(str::to_owned),
+        ..tcp()
+    };
+    // A caller in zone eu-b is sent to the Pod in eu-b, every time.
+    for _ in 0..20 {
+        let up = gw
+            .open_with(
+                "cluster2.td",
+                "web.shop.mesh.internal:8000",
+                from(Some("eu/eu-b")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reached(up, &a, &b).await.to_string(), "127.0.0.2");
+    }
+    // One in eu-a to the Pod in eu-a.
+    for _ in 0..20 {
+        let up = gw
+            .open_with(
+                "cluster2.td",
+                "web.shop.mesh.internal:8000",
+                from(Some("eu/eu-a/rack1")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reached(up, &a, &b).await.to_string(), "127.0.0.1");
+    }
+    // Without a locality (or with one that does not parse), both zones
+    // are one tier: both Pods are used.
+    for locality in [None, Some("eu/eu-a/x/too-many"), Some("bad value!")] {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let up = gw
+                .open_with("cluster2.td", "web.shop.mesh.internal:8000", from(locality))
+                .await
+                .unwrap();
+            seen.insert(reached(up, &a, &b).await.to_string());
+            if seen.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 2, "{locality:?}: only {seen:?} was used");
+    }
+}
+
+#[tokio::test]
+async fn t6_when_the_callers_zone_has_no_live_endpoint_the_gateway_uses_the_next_tier() {
+    // Only the eu-a Pod listens; the eu-b one refuses connections.
+    let (a, port) = endpoint().await;
+    let gw = Gw::new(zoned(port), callers());
+    let meta = TunnelMeta {
+        locality: Some("eu/eu-b".into()),
+        ..tcp()
+    };
+    let up = gw
+        .open_with("cluster2.td", "web.shop.mesh.internal:8000", meta)
+        .await
+        .unwrap();
+    assert_eq!(relays(up, &a).await.ip().to_string(), "127.0.0.1");
 }

@@ -795,6 +795,8 @@ async fn tunnel_headers_reach_the_handler() {
         forwarded: Some("for=\"10.1.2.3:41000\"".into()),
         baggage: Some("k8s.cluster.name=cluster1,k8s.namespace.name=bookinfo".into()),
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        payload: Some("tcp".into()),
+        locality: Some("eu-west1/eu-west1-b".into()),
     };
     let mut tunnel = client
         .connect(mesh.gateway.addr, GATEWAY_TD, "echo.test:7", &meta)

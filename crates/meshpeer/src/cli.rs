@@ -504,6 +504,12 @@ pub(crate) struct GatewayArgs {
     /// proxy pools one or a few); one more is refused.
     #[arg(long, default_value_t = 16_384, value_name = "N")]
     pub(crate) max_connections: usize,
+    /// Where an ambient Pod's ztunnel takes HBONE: the inner stream of
+    /// Istio's double HBONE (a ztunnel caller's tunnel) is forwarded, as
+    /// it is, to this port of an ambient endpoint. meshpeer's own proxies
+    /// mark their tunnels and keep going to the target port.
+    #[arg(long, default_value_t = 15008, value_name = "PORT")]
+    pub(crate) ambient_inbound_port: u16,
     /// Dial endpoints in this CIDR (or at this address) although they are
     /// refused by default: loopback, link-local (cloud metadata),
     /// multicast, unspecified, broadcast and this node's addresses (SPEC

@@ -355,7 +355,11 @@ async fn d3_gateway_refuses_segment_scoped_services_to_other_segments_and_unlink
     let (cart, front) = (host("cart"), host("front"));
     assert_eq!(cart, "cart.shop.cluster.prod");
     let gw: SocketAddr = SocketAddr::from(([127, 0, 0, 1], c2.gateway().addr.port()));
-    let meta = TunnelMeta::default();
+    // As meshpeer's proxy sends them: the bytes are the application's.
+    let meta = TunnelMeta {
+        payload: Some(meshpeer_dataplane::hbone::PAYLOAD_TCP.into()),
+        ..TunnelMeta::default()
+    };
 
     // A global service of cluster2 is open to the linked dev cluster ...
     let client1 = hbone_client(&mesh, "cluster1");

@@ -54,6 +54,24 @@ impl Locality {
         }
     }
 
+    /// Reads Istio's `region/zone/subzone` (trailing parts may be left
+    /// out). `None` when it has more than three parts or a part that is
+    /// not a label value (at most 63 letters, digits, '-', '_', '.').
+    pub fn from_istio(s: &str) -> Option<Locality> {
+        let mut parts = s.split('/');
+        let mut next = || -> Option<String> {
+            let p = parts.next().unwrap_or_default();
+            crate::validate::label_value(p).ok()?;
+            Some(p.to_owned())
+        };
+        let locality = Locality {
+            region: next()?,
+            zone: next()?,
+            subzone: next()?,
+        };
+        parts.next().is_none().then_some(locality)
+    }
+
     /// Fills unknown parts from `fallback`.
     fn or(mut self, fallback: &Locality) -> Locality {
         if self.region.is_empty() {
@@ -107,6 +125,40 @@ pub struct Endpoint {
     /// Service ports this endpoint serves, sorted by service port. Shared by
     /// the endpoints that serve the same ports (most of them).
     pub ports: Arc<[PortTarget]>,
+    /// The Pod's ServiceAccount (`spec.serviceAccountName`, `default` when
+    /// unset); empty when no Pod is known (an EndpointSlice entry without
+    /// a Pod). With the cluster's trust domain it is the workload identity
+    /// Istio gives the Pod: `spiffe://<td>/ns/<namespace>/sa/<account>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    /// The Pod is captured by an Istio ambient data plane (istio-cni marks
+    /// it `ambient.istio.io/redirection: enabled`): its node's ztunnel
+    /// accepts HBONE for it on port 15008, which is where the gateway
+    /// forwards ztunnel's double HBONE (issue 17).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ambient: bool,
+}
+
+/// The Pod annotation istio-cni sets on Pods whose traffic ztunnel
+/// captures (`pkg/config/constants`: `AmbientRedirection`).
+pub const AMBIENT_REDIRECTION: &str = "ambient.istio.io/redirection";
+
+/// `(service account, ambient)` of a Pod.
+fn workload_of(pod: &Pod) -> (String, bool) {
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    let ambient = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AMBIENT_REDIRECTION))
+        .is_some_and(|v| v == "enabled");
+    (sa, ambient)
 }
 
 impl Endpoint {
@@ -415,12 +467,27 @@ fn from_slices(
                 .and_then(|r| r.name.clone())
                 .or_else(|| ep.hostname.clone())
                 .unwrap_or_default();
+            let (service_account, ambient) = ep
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| {
+                    let ns = r
+                        .namespace
+                        .as_deref()
+                        .or(slice.metadata.namespace.as_deref())?;
+                    snap.pods.get(&NsName::new(ns, r.name.as_deref()?))
+                })
+                .map(workload_of)
+                .unwrap_or_default();
             out.push((
                 locality.or(default_locality),
                 Endpoint {
                     address,
                     name,
                     ports: Arc::clone(&targets),
+                    service_account,
+                    ambient,
                 },
             ));
         }
@@ -498,12 +565,15 @@ fn from_pods<'p>(
         let locality = node_locality(snap, node, &mut found.nodes)
             .or(&Locality::from_labels(&pod.metadata))
             .or(default_locality);
+        let (service_account, ambient) = workload_of(pod);
         out.push((
             locality,
             Endpoint {
                 address,
                 name: key.name.clone(),
                 ports: targets,
+                service_account,
+                ambient,
             },
         ));
     }

@@ -335,6 +335,8 @@ fn service_to_proto(s: &ExportedService) -> proto::ServiceResource {
                                 target: u32::from(p.target),
                             })
                             .collect(),
+                        service_account: e.service_account.clone(),
+                        ambient: e.ambient,
                     })
                     .collect(),
             })

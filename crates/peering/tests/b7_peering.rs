@@ -127,12 +127,18 @@ fn endpoint() -> impl Strategy<Value = proto::Endpoint> {
                 .prop_map(|(port, target)| proto::PortTarget { port, target }),
             0..4,
         ),
+        text(),
+        any::<bool>(),
     )
-        .prop_map(|(address, name, ports)| proto::Endpoint {
-            address,
-            name,
-            ports,
-        })
+        .prop_map(
+            |(address, name, ports, service_account, ambient)| proto::Endpoint {
+                address,
+                name,
+                ports,
+                service_account,
+                ambient,
+            },
+        )
 }
 
 fn service() -> impl Strategy<Value = proto::ServiceResource> {

@@ -15,6 +15,8 @@ use super::{HboneError, PoolConfig, TunnelMeta};
 
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const PAYLOAD: HeaderName = HeaderName::from_static("x-meshpeer-payload");
+const LOCALITY: HeaderName = HeaderName::from_static("x-meshpeer-locality");
 
 /// Read buffer under TLS: rustls reads at most 4 KiB per call, so without
 /// it every TLS record costs several `recv` calls.
@@ -82,6 +84,8 @@ pub(crate) fn put_meta(meta: &TunnelMeta, headers: &mut HeaderMap) -> Result<(),
         (FORWARDED, &meta.forwarded),
         (BAGGAGE, &meta.baggage),
         (TRACEPARENT, &meta.traceparent),
+        (PAYLOAD, &meta.payload),
+        (LOCALITY, &meta.locality),
     ];
     for (name, value) in fields {
         if let Some(value) = value {
@@ -111,6 +115,8 @@ pub(crate) fn take_meta(headers: &HeaderMap) -> TunnelMeta {
         forwarded: get(&FORWARDED),
         baggage: get(&BAGGAGE),
         traceparent: get(&TRACEPARENT),
+        payload: get(&PAYLOAD),
+        locality: get(&LOCALITY),
     }
 }
 
@@ -243,6 +249,8 @@ mod tests {
             forwarded: Some("for=\"10.0.0.7\"".into()),
             baggage: Some("k8s.cluster.name=cluster1,k8s.namespace.name=bookinfo".into()),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            payload: Some(crate::hbone::PAYLOAD_TCP.into()),
+            locality: Some("eu-west1/eu-west1-b/rack7".into()),
         };
         let mut headers = HeaderMap::new();
         put_meta(&meta, &mut headers).unwrap_or_else(|e| panic!("{e}"));

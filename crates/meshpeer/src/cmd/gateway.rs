@@ -53,6 +53,7 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     let config = GatewayConfig {
         endpoints: endpoint_policy(args.allow_endpoints.clone(), &args.node_ip),
         listener: args.listener.limits(args.max_connections),
+        ambient_inbound_port: args.ambient_inbound_port,
         ..GatewayConfig::default()
     };
     let refresh = refresh_node_addresses(Arc::clone(&config.endpoints), args.node_ip.clone());

@@ -288,6 +288,17 @@ pub(crate) fn service_from_proto(
                     ),
                 ));
             }
+            if !e.service_account.is_empty()
+                && let Err(why) = meshpeer_model::validate::dns_domain(&e.service_account)
+            {
+                return Err(no(
+                    RefuseReason::InvalidField,
+                    format!(
+                        "endpoint {address}: service account {} is not a DNS-1123 subdomain: {why}",
+                        q(&e.service_account)
+                    ),
+                ));
+            }
             if e.ports.len() > limits.max_ports_per_service {
                 return Err(no(
                     RefuseReason::TooManyPorts,
@@ -325,6 +336,8 @@ pub(crate) fn service_from_proto(
                 address,
                 name: e.name.clone(),
                 ports: targets,
+                service_account: e.service_account.clone(),
+                ambient: e.ambient,
             });
         }
         localities.push(LocalityGroup {

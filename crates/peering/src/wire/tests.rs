@@ -49,6 +49,38 @@ fn exports_round_trip_through_resources() {
 }
 
 #[test]
+fn endpoints_carry_their_service_account_and_ambient_capture() {
+    use meshpeer_model::Object;
+    use meshpeer_model::endpoints::AMBIENT_REDIRECTION;
+    use meshpeer_model::testing::pod;
+    let mut web = pod("shop", "web-0", &[("app", "web")], "10.0.0.5", true, None);
+    if let Some(spec) = web.spec.as_mut() {
+        spec.service_account_name = Some("web".into());
+    }
+    web.metadata.annotations =
+        Some([(AMBIENT_REDIRECTION.to_owned(), "enabled".to_owned())].into());
+    let plain = pod("shop", "web-1", &[("app", "web")], "10.0.0.6", true, None);
+    let snap = ClusterBuilder::new("cluster2")
+        .service(svc("shop", "web").global())
+        .object(Object::Pod(web))
+        .object(Object::Pod(plain))
+        .build();
+    let e = exports(&snap);
+    let eps: Vec<(String, bool)> = e.services[&NsName::new("shop", "web")]
+        .localities
+        .iter()
+        .flat_map(|g| &g.endpoints)
+        .map(|ep| (ep.service_account.clone(), ep.ambient))
+        .collect();
+    assert_eq!(
+        eps,
+        [("web".to_owned(), true), ("default".to_owned(), false)]
+    );
+    let back = ResourceSet::from_export(&e).to_export().unwrap();
+    assert_eq!(back, wire_view(&e));
+}
+
+#[test]
 fn diff_sends_only_what_changed_and_removes_explicitly() {
     let a = ResourceSet::from_export(&sample());
     assert!(a.diff(&a).is_empty());
@@ -230,6 +262,13 @@ fn b1_each_invalid_resource_is_refused_on_its_own_and_the_rest_applies() {
                 ..Default::default()
             });
         }),
+        (
+            "a service account with /",
+            RefuseReason::InvalidField,
+            |s| {
+                s.localities[0].endpoints[0].service_account = "a/b".into();
+            },
+        ),
         (
             "an endpoint name with a newline",
             RefuseReason::InvalidField,
