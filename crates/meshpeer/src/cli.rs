@@ -736,6 +736,22 @@ pub(crate) struct RenderArgs {
     /// Range global-service VIPs are allocated from.
     #[arg(long, value_name = "CIDR", default_value = "240.240.0.0/16")]
     pub(crate) vip_cidr: Cidr,
+    /// Which Istio reads the output: `solo`, the seeds' inline-endpoint
+    /// ServiceEntries (what the controller writes today), or `upstream`,
+    /// ServiceEntries with WorkloadEntries as upstream istiod and ztunnel
+    /// route them (ARCHITECTURE.md, "Istio flavors").
+    #[arg(long, value_enum, default_value_t = IstioFlavor::Solo)]
+    pub(crate) istio_flavor: IstioFlavor,
+}
+
+/// The Istio distribution an output is shaped for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum IstioFlavor {
+    /// Upstream istio/istio: WorkloadEntries, mapped traffic distribution,
+    /// subjectAltNames, mTLS and ambient markers.
+    Upstream,
+    /// Solo's distribution, as the seeds show its objects.
+    Solo,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -395,3 +395,27 @@ fn g7_rendered_examples_match_their_reviewed_snapshots() {
         }
     }
 }
+
+/// The same, as upstream Istio reads it (`--istio-flavor upstream`, issue
+/// 17): ServiceEntries with WorkloadEntries.
+#[test]
+fn g7_rendered_examples_for_upstream_istio_match_their_reviewed_snapshots() {
+    for scenario in ["httpbin", "bookinfo"] {
+        let ex = examples().join(scenario);
+        for view in ["cluster1", "cluster2"] {
+            let o = meshpeer(&[
+                "render",
+                ex.join("cluster1").to_str().unwrap(),
+                ex.join("cluster2").to_str().unwrap(),
+                "--view",
+                view,
+                "--istio-flavor",
+                "upstream",
+                "-o",
+                "yaml",
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            insta::assert_snapshot!(format!("upstream-{scenario}-{view}"), stdout(&o));
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use common::{build_mesh, mesh_spec, views};
 use meshpeer_crdcheck::Validator;
-use meshpeer_model::render::render;
+use meshpeer_model::render::{render, render_upstream};
 use meshpeer_model::testing::{ClusterBuilder, peer_gateway, svc};
 use meshpeer_model::{CatalogConfig, Cidr, catalog, exports};
 use proptest::prelude::*;
@@ -112,6 +112,16 @@ proptest! {
                 let value = serde_json::to_value(&se).unwrap();
                 if let Err(e) = check(&value) {
                     prop_assert!(false, "{}", e);
+                }
+            }
+            // Upstream Istio's flavor (issue 17): entries and WorkloadEntries.
+            for u in render_upstream(&v) {
+                let mut objects = vec![serde_json::to_value(&u.service_entry).unwrap()];
+                objects.extend(u.workload_entries.iter().map(|w| serde_json::to_value(w).unwrap()));
+                for value in objects {
+                    if let Err(e) = check(&value) {
+                        prop_assert!(false, "{}", e);
+                    }
                 }
             }
         }

@@ -5,13 +5,17 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use meshpeer_model::render::{render, table, to_json_list, to_yaml};
+use meshpeer_model::render::{render, render_upstream, table, to_json_list, to_yaml};
 use meshpeer_model::{
     CatalogConfig, Diagnostic, ObjectRef, Rule, Severity, catalog_with, exports, labels,
 };
 use meshpeer_store::load_cluster_dir;
 
-use crate::cli::{Output, RenderArgs};
+use crate::cli::{IstioFlavor, Output, RenderArgs};
+
+fn json<T: serde::Serialize>(object: &T) -> serde_json::Value {
+    serde_json::to_value(object).unwrap_or_default()
+}
 
 pub(crate) fn run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     let mut snapshots = Vec::new();
@@ -94,11 +98,27 @@ pub(crate) fn run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         writeln!(stderr, "{d}")?;
     }
 
-    let entries = render(&cat);
+    let (entries, objects): (Vec<_>, Vec<serde_json::Value>) = match args.istio_flavor {
+        IstioFlavor::Solo => {
+            let entries = render(&cat);
+            let objects = entries.iter().map(json).collect();
+            (entries, objects)
+        }
+        IstioFlavor::Upstream => {
+            let mut entries = Vec::new();
+            let mut objects = Vec::new();
+            for u in render_upstream(&cat) {
+                objects.push(json(&u.service_entry));
+                objects.extend(u.workload_entries.iter().map(json));
+                entries.push(u.service_entry);
+            }
+            (entries, objects)
+        }
+    };
     let out = match args.output {
         Output::Table => table(&entries, None),
-        Output::Yaml => to_yaml(&entries),
-        Output::Json => format!("{}\n", to_json_list(&entries)),
+        Output::Yaml => to_yaml(&objects),
+        Output::Json => format!("{}\n", to_json_list(&objects)),
     };
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;

@@ -2,8 +2,13 @@
 //! `kubectl get serviceentry -n istio-system` (G7, S3), and the output formats
 //! of `meshpeer render`.
 //!
-//! Endpoints are inline in the ServiceEntry (no WorkloadEntries): one object
-//! per global service, updated atomically.
+//! Two flavors. Solo's (this module, `--istio-flavor solo`): endpoints
+//! inline in the ServiceEntry, one object per global service, updated
+//! atomically, as the seeds show it. Upstream Istio's (`upstream`): a
+//! ServiceEntry that selects WorkloadEntries, shaped by what upstream
+//! istiod and ztunnel read (see that module).
+//!
+//! In Solo's flavor:
 //! - Endpoints this cluster can address directly (its own, and those of peers
 //!   in the same network) are listed one by one: address, ports (by the
 //!   ServiceEntry's port names), locality, network, cluster label.
@@ -14,6 +19,10 @@
 //!   gateway (the catalog's links say where it is).
 
 use std::collections::BTreeMap;
+
+pub mod upstream;
+
+pub use upstream::{UpstreamEntry, render_upstream, upstream_entry};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
@@ -162,7 +171,7 @@ pub fn to_yaml<T: serde::Serialize>(objects: &[T]) -> String {
 }
 
 /// `{"apiVersion":"v1","kind":"List","items":[...]}`, pretty-printed.
-pub fn to_json_list(entries: &[ServiceEntry]) -> String {
+pub fn to_json_list<T: serde::Serialize>(entries: &[T]) -> String {
     let list = serde_json::json!({
         "apiVersion": "v1",
         "kind": "List",
