@@ -16,6 +16,22 @@ use meshpeer_model::{CatalogConfig, GlobalCatalog, Object, catalog, exports, lab
 
 const TD: &str = "networking.istio.io/traffic-distribution";
 
+/// Name, network, locality, weight, tlsMode of a remote group's entry.
+type RemoteShape<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<u32>,
+    Option<&'a str>,
+);
+/// Address, network, ambient redirection, ports of a local Pod's entry.
+type LocalShape<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<(&'a str, u32)>,
+);
+
 /// cluster1 (us-east) exports `shop/web` from an ambient Pod with account
 /// `web` (10.1.0.10) and a Pod without ambient or account (10.1.0.11);
 /// cluster2 (us-west) and cluster3 (eu), each its own network and trust
@@ -153,7 +169,7 @@ fn istio_upstream_each_remote_network_is_its_own_workload_entry_marked_mtls() {
         .iter()
         .filter(|w| w.spec.address.is_none())
         .collect();
-    let shape: Vec<(&str, &str, Option<&str>, Option<u32>, Option<&str>)> = remote
+    let shape: Vec<RemoteShape<'_>> = remote
         .iter()
         .map(|w| {
             (
@@ -211,7 +227,7 @@ fn istio_upstream_each_remote_network_is_its_own_workload_entry_marked_mtls() {
 fn istio_upstream_ambient_pods_are_marked_for_hbone_and_others_are_not() {
     let v = mesh(None);
     let u = upstream(&v);
-    let local: Vec<(&str, Option<&str>, Option<&str>, Vec<(&str, u32)>)> = u
+    let local: Vec<LocalShape<'_>> = u
         .workload_entries
         .iter()
         .filter(|w| w.spec.address.is_some())
