@@ -179,7 +179,9 @@ pub(crate) fn merge<'a>(
     // port number -> (cluster, (name, protocol)) votes
     type Votes<'v> = Vec<(&'v str, (&'v str, &'v str))>;
     let mut by_number: BTreeMap<u16, Votes<'_>> = BTreeMap::new();
+    let mut clusters: Vec<&str> = Vec::new();
     for (cluster, ports) in contributions {
+        clusters.push(cluster);
         for p in ports {
             by_number
                 .entry(p.number)
@@ -202,6 +204,20 @@ pub(crate) fn merge<'a>(
             conflicts.push(format!(
                 "clusters disagree on port {number}: {}; using {name}/{protocol} (most clusters, ties to the cluster whose name sorts first)",
                 seen.join(", ")
+            ));
+        }
+        if votes.len() < clusters.len() {
+            let serving: Vec<&str> = votes.iter().map(|(c, _)| *c).collect();
+            let lacking: Vec<&str> = clusters
+                .iter()
+                .copied()
+                .filter(|c| !serving.contains(c))
+                .collect();
+            conflicts.push(format!(
+                "port {number} is served by {} only, not by {}: meshpeer's proxies and gateways send port {number} only to endpoints that serve it, and the rendered endpoints list only their cluster's ports, but an Istio data plane may still send it to {}'s endpoints (Istio gives every endpoint of a ServiceEntry all its ports: pilot/pkg/serviceregistry/serviceentry/conversion.go); serve the same ports in every cluster",
+                serving.join(", "),
+                lacking.join(", "),
+                lacking.join(", ")
             ));
         }
         let mut final_name = name.to_owned();
@@ -263,7 +279,13 @@ mod tests {
                 ("http-9000".to_owned(), 9000, "HTTP".to_owned())
             ]
         );
-        assert_eq!(m.conflicts.len(), 2, "{:?}", m.conflicts);
+        assert_eq!(m.conflicts.len(), 3, "{:?}", m.conflicts);
         assert!(m.conflicts[0].contains("cluster2=web/TCP"));
+        assert!(
+            m.conflicts[1]
+                .starts_with("port 9000 is served by cluster2 only, not by cluster1, cluster3:"),
+            "{}",
+            m.conflicts[1]
+        );
     }
 }

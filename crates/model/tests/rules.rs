@@ -558,8 +558,20 @@ fn g9_ports_are_the_union_by_number_with_a_deterministic_winner() {
         ]
     );
     let d = with_rule(&v.diagnostics, Rule::G9);
-    assert_eq!(d.len(), 1, "{d:#?}");
+    assert_eq!(d.len(), 3, "{d:#?}");
     assert!(d[0].message.contains("cluster2=tcp-web/TCP"), "{}", d[0]);
+    assert!(
+        d[1].message
+            .starts_with("port 9000 is served by cluster1 only, not by cluster2:"),
+        "{}",
+        d[1]
+    );
+    assert!(
+        d[2].message
+            .starts_with("port 9100 is served by cluster2 only, not by cluster1:"),
+        "{}",
+        d[2]
+    );
     // Same winner from cluster2's side.
     let v2 = view(&c2, &[&c1]);
     assert_eq!(
@@ -1731,5 +1743,82 @@ fn p3_an_unusable_pin_refuses_rather_than_trusts() {
     assert!(
         d.iter()
             .any(|d| d.field.as_deref() == Some("metadata.labels[admin.solo.io/segment]"))
+    );
+}
+
+#[test]
+fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_serves() {
+    // cluster2 adds port 9000; cluster1 serves 8000 only.
+    let (c1, c2) = pair(
+        |b| b.service(svc("a", "web").global().port("http", 8000, 8080).ready(1)),
+        |b| {
+            b.service(
+                svc("a", "web")
+                    .global()
+                    .port("http", 8000, 8080)
+                    .port("admin", 9000, 9090)
+                    .ready(1),
+            )
+        },
+    );
+    let ports_of = |e: &meshpeer_model::objects::WorkloadEntrySpec| -> Vec<(String, u32)> {
+        e.ports.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    // cluster2's view: its own endpoint serves both; cluster1 is reached
+    // through its gateway, for 8000 only.
+    let v2 = view(&c2, &[&c1]);
+    let se = &render(&v2)[0];
+    let shapes: Vec<(Option<&str>, Vec<(String, u32)>)> = se
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| (e.network.as_deref(), ports_of(e)))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            (Some("cluster1"), vec![("http".to_owned(), 8000)]),
+            (
+                Some("cluster2"),
+                vec![("admin".to_owned(), 9090), ("http".to_owned(), 8080)]
+            ),
+        ]
+    );
+    // Upstream Istio's flavor: the same maps on the WorkloadEntries.
+    let u = &meshpeer_model::render::render_upstream(&v2)[0];
+    let mut we: Vec<(Option<&str>, Vec<(String, u32)>)> = u
+        .workload_entries
+        .iter()
+        .map(|w| (w.spec.network.as_deref(), ports_of(&w.spec)))
+        .collect();
+    we.sort();
+    assert_eq!(we, shapes);
+    // cluster1's view: its endpoint lists 8000 only; cluster2's gateway
+    // entry 8000 and 9000, each to the service port.
+    let v1 = view(&c1, &[&c2]);
+    let se = &render(&v1)[0];
+    let shapes: Vec<(Option<&str>, Vec<(String, u32)>)> = se
+        .spec
+        .endpoints
+        .iter()
+        .map(|e| (e.network.as_deref(), ports_of(e)))
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            (Some("cluster1"), vec![("http".to_owned(), 8080)]),
+            (
+                Some("cluster2"),
+                vec![("admin".to_owned(), 9000), ("http".to_owned(), 8000)]
+            ),
+        ]
+    );
+    let d = with_rule(&v1.diagnostics, Rule::G9);
+    assert_eq!(d.len(), 1, "{d:#?}");
+    assert!(
+        d[0].message
+            .contains("an Istio data plane may still send it to cluster1"),
+        "{}",
+        d[0]
     );
 }

@@ -111,7 +111,7 @@ pub fn service_entry(svc: &GlobalService) -> ServiceEntry {
                 for (locality, eps) in c.service.locality_groups() {
                     endpoints.push(WorkloadEntrySpec {
                         address: None,
-                        ports: BTreeMap::new(),
+                        ports: served_through_gateway(&port_names, eps),
                         labels: cluster_label.clone(),
                         network: Some(c.network.clone()),
                         locality: non_empty(locality.to_istio()),
@@ -151,6 +151,20 @@ pub fn service_entry(svc: &GlobalService) -> ServiceEntry {
             ..Default::default()
         },
     }
+}
+
+/// The ports a remote cluster's endpoints serve, by the entry's port
+/// names, each to the service port: its gateway is asked for
+/// `<hostname>:<service port>` (G9: only the ports that cluster serves).
+pub(crate) fn served_through_gateway(
+    port_names: &BTreeMap<u16, &str>,
+    endpoints: &[crate::endpoints::Endpoint],
+) -> BTreeMap<String, u32> {
+    port_names
+        .iter()
+        .filter(|(number, _)| endpoints.iter().any(|e| e.target(**number).is_some()))
+        .map(|(number, name)| ((*name).to_owned(), u32::from(*number)))
+        .collect()
 }
 
 fn non_empty(s: String) -> Option<String> {

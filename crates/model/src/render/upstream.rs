@@ -221,7 +221,7 @@ pub fn upstream_entry(catalog: &GlobalCatalog, svc: &GlobalService) -> UpstreamE
                         },
                         spec: WorkloadEntrySpec {
                             address: None,
-                            ports: BTreeMap::new(),
+                            ports: super::served_through_gateway(&port_names, eps),
                             labels: BTreeMap::new(),
                             network: Some(c.network.clone()),
                             locality: non_empty(loc),
