@@ -1746,6 +1746,9 @@ fn p3_an_unusable_pin_refuses_rather_than_trusts() {
     );
 }
 
+/// An endpoint's network and its ports map.
+type PortsOf<'a> = (Option<&'a str>, Vec<(String, u32)>);
+
 #[test]
 fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_serves() {
     // cluster2 adds port 9000; cluster1 serves 8000 only.
@@ -1768,7 +1771,7 @@ fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_s
     // through its gateway, for 8000 only.
     let v2 = view(&c2, &[&c1]);
     let se = &render(&v2)[0];
-    let shapes: Vec<(Option<&str>, Vec<(String, u32)>)> = se
+    let shapes: Vec<PortsOf<'_>> = se
         .spec
         .endpoints
         .iter()
@@ -1786,7 +1789,7 @@ fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_s
     );
     // Upstream Istio's flavor: the same maps on the WorkloadEntries.
     let u = &meshpeer_model::render::render_upstream(&v2)[0];
-    let mut we: Vec<(Option<&str>, Vec<(String, u32)>)> = u
+    let mut we: Vec<PortsOf<'_>> = u
         .workload_entries
         .iter()
         .map(|w| (w.spec.network.as_deref(), ports_of(&w.spec)))
@@ -1797,7 +1800,7 @@ fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_s
     // entry 8000 and 9000, each to the service port.
     let v1 = view(&c1, &[&c2]);
     let se = &render(&v1)[0];
-    let shapes: Vec<(Option<&str>, Vec<(String, u32)>)> = se
+    let shapes: Vec<PortsOf<'_>> = se
         .spec
         .endpoints
         .iter()
