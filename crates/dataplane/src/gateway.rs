@@ -43,6 +43,7 @@ use tracing::{info, warn};
 
 use crate::endpoint_policy::{EndpointPolicy, LogLimit};
 use crate::feed::Caller;
+use crate::flows::{Counted, Flows};
 use crate::hbone::{Refuse, TunnelHandler, TunnelRequest, Upstream};
 use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health};
@@ -290,11 +291,22 @@ impl TunnelHandler for GatewayHandler {
                 double_hbone: double_hbone.then_some(config.ambient_inbound_port),
                 locality: req.meta.locality.as_deref().and_then(Locality::from_istio),
             };
+            // The flow, from catalog names only (issue 16).
+            let me = state.feed.catalog.cluster.name.clone();
+            let source = state
+                .feed
+                .callers
+                .iter()
+                .find(|c| c.trust_domain == req.peer.trust_domain())
+                .map_or("unlinked", |c| c.cluster.as_str());
+            let host = req.authority.rsplit_once(':').map_or("", |(h, _)| h);
+            let flow = Flows::labels(&state, "gateway", source, &me, host);
             let (tiers, cluster) = match authorize(&state, &ask) {
                 Ok(x) => x,
                 Err(d) => {
                     metrics.refusal(d.kind);
-                    info!(caller = %caller, authority = %req.authority, status = d.status.as_u16(), reason = d.kind, "tunnel refused: {}", d.message);
+                    metrics.flows.connection(&state, &flow, d.kind);
+                    info!(caller = %caller, src_cluster = %flow.source_cluster, dst_cluster = %me, authority = %req.authority, status = d.status.as_u16(), reason = d.kind, "tunnel refused: {}", d.message);
                     return Err(Refuse {
                         status: d.status,
                         message: d.message,
@@ -336,8 +348,10 @@ impl TunnelHandler for GatewayHandler {
                         health.succeeded(&dest);
                         let refused = (refused > 0).then_some(refused);
                         let kind = if double_hbone { "double_hbone" } else { "tcp" };
-                        info!(caller = %caller, authority = %req.authority, endpoint = %addr, refused, kind, "tunnel open");
-                        return Ok(Box::new(s) as Box<dyn Upstream>);
+                        metrics.flows.connection(&state, &flow, "ok");
+                        info!(caller = %caller, src_cluster = %flow.source_cluster, dst_cluster = %me, authority = %req.authority, endpoint = %addr, refused, kind, "tunnel open");
+                        let counted = Counted::new(s, metrics.flows.byte_counters(&flow));
+                        return Ok(Box::new(counted) as Box<dyn Upstream>);
                     }
                     Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
                     Err(_) => errors.push(format!("{addr}: timed out")),
@@ -350,12 +364,14 @@ impl TunnelHandler for GatewayHandler {
             // addresses and socket errors stay in this gateway's log.
             let message = if errors.is_empty() {
                 metrics.refusal("endpoint_policy");
+                metrics.flows.connection(&state, &flow, "endpoint_policy");
                 format!(
                     "no endpoint of {} in cluster {name} may be dialled: {refused} refused by the gateway's endpoint policy (P5)",
                     req.authority
                 )
             } else {
                 metrics.refusal("no_endpoint");
+                metrics.flows.connection(&state, &flow, "no_endpoint");
                 let mut m = format!(
                     "no ready endpoint of {} in cluster {name} answered ({} tried)",
                     req.authority,

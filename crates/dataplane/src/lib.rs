@@ -13,6 +13,7 @@ pub mod dns;
 pub mod endpoint_policy;
 pub mod feed;
 pub mod feed_line;
+pub mod flows;
 pub mod gateway;
 pub mod hbone;
 pub mod metrics;

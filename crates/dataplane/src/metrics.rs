@@ -57,6 +57,9 @@ pub struct DataplaneMetrics {
     /// Catalog hostnames outside the zones this cluster answers for, left
     /// out of DNS and listeners in the current version (P2).
     pub names_outside_zones: Gauge,
+    /// Cross-cluster traffic by source cluster, destination cluster and
+    /// global service (issue 16).
+    pub flows: crate::flows::Flows,
 }
 
 impl Default for DataplaneMetrics {
@@ -71,6 +74,7 @@ impl Default for DataplaneMetrics {
             listen_errors: Counter::default(),
             endpoint_refusals: Family::default(),
             names_outside_zones: Gauge::default(),
+            flows: crate::flows::Flows::default(),
         }
     }
 }
@@ -123,6 +127,16 @@ impl DataplaneMetrics {
             "names_outside_zones",
             "Catalog hostnames outside this cluster's zones, not answered nor listened for",
             m.names_outside_zones.clone(),
+        );
+        r.register(
+            "flow_connections",
+            "Connections by reporter, source cluster, destination cluster, global service and outcome",
+            m.flows.connections.clone(),
+        );
+        r.register(
+            "flow_bytes",
+            "Bytes by reporter, source cluster, destination cluster, global service and way",
+            m.flows.bytes.clone(),
         );
         std::sync::Arc::new(m)
     }

@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use self::dial::{DialError, connect_dest};
 use self::manual::connect_manual;
 use crate::endpoint_policy::{EndpointPolicy, LogLimit};
+use crate::flows::Flows;
 use crate::hbone::{HboneClient, TunnelMeta};
 use crate::metrics::DataplaneMetrics;
 use crate::pick::{Dest, Health, plan};
@@ -293,12 +294,18 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     let started = StdInstant::now();
     let _ = inbound.set_nodelay(true);
     let state = ctx.state.borrow().clone();
+    // The global service, for the flow counters (manual entries are not
+    // cross-cluster flows).
+    let mut global: Option<String> = None;
     let (hostname, result) = match state.listeners.get(&local).cloned() {
         Some(Target::Global { host, port }) => match state.service(&host) {
-            Some(svc) => (
-                format!("{}:{port}", svc.hostname),
-                connect_global(&ctx, &state, &host, port, peer).await,
-            ),
+            Some(svc) => {
+                global = Some(svc.hostname.clone());
+                (
+                    format!("{}:{port}", svc.hostname),
+                    connect_global(&ctx, &state, &host, port, peer).await,
+                )
+            }
             None => (local.to_string(), Err("the service is gone".into())),
         },
         Some(Target::Manual { entry, port }) => match state.manual(entry) {
@@ -317,8 +324,14 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
         Ok(x) => x,
         Err(NoDest { why, refused }) => {
             ctx.metrics.connection("outbound", "no_endpoint");
+            let me = &state.feed.catalog.cluster.name;
+            if let Some(service) = &global {
+                let flow = Flows::labels(&state, "proxy", me, "", service);
+                ctx.metrics.flows.connection(&state, &flow, "failed");
+            }
             info!(
                 src = %peer,
+                src_cluster = %me,
                 dst = %hostname,
                 outcome = "failed",
                 refused = refused_field(&refused),
@@ -338,8 +351,17 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     };
     ctx.metrics.bytes("outbound", sent, received);
     ctx.metrics.connection("outbound", outcome);
+    let me = &state.feed.catalog.cluster.name;
+    if let Some(service) = &global {
+        let flow = Flows::labels(&state, "proxy", me, &chosen.cluster, service);
+        let (s, r) = ctx.metrics.flows.byte_counters(&flow);
+        s.inc_by(sent);
+        r.inc_by(received);
+        ctx.metrics.flows.connection(&state, &flow, outcome);
+    }
     info!(
         src = %peer,
+        src_cluster = %me,
         dst = %hostname,
         endpoint = %chosen.dest,
         cluster = %chosen.cluster,

@@ -683,3 +683,90 @@ async fn t6_when_the_callers_zone_has_no_live_endpoint_the_gateway_uses_the_next
         .unwrap();
     assert_eq!(relays(up, &a).await.ip().to_string(), "127.0.0.1");
 }
+
+/// The text exposition of the gateway's dataplane metrics.
+fn exposition(metrics: &DataplaneMetrics) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let r = registry.sub_registry_with_prefix("dataplane");
+    r.register("flow_connections", "", metrics.flows.connections.clone());
+    r.register("flow_bytes", "", metrics.flows.bytes.clone());
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+    out
+}
+
+fn value(text: &str, prefix: &str, labels: &[&str]) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix) && labels.iter().all(|x| l.contains(x)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn flows_are_counted_by_source_cluster_destination_cluster_and_service() {
+    let (listener, port) = endpoint().await;
+    let gw = Gw::new(mesh(port, &["127.0.0.1"]), callers());
+    let up = gw
+        .open("cluster2.td", "web.shop.mesh.internal:8000")
+        .await
+        .unwrap();
+    relays(up, &listener).await;
+    // Refused: a cluster that does not link here (its name is not ours to
+    // print: `unlinked`), and a name that is not in the catalog (`unknown`:
+    // callers cannot make new series).
+    gw.refused("cluster9.td", "web.shop.mesh.internal:8000")
+        .await;
+    gw.refused("cluster2.td", "x-1.shop.mesh.internal:8000")
+        .await;
+    gw.refused("cluster2.td", "x-2.shop.mesh.internal:8000")
+        .await;
+    let text = exposition(&gw.metrics);
+    let flow = [
+        "reporter=\"gateway\"",
+        "source_cluster=\"cluster2\"",
+        "destination_cluster=\"cluster1\"",
+        "service=\"web.shop.mesh.internal\"",
+    ];
+    let with = |extra: &'static str| -> Vec<&'static str> {
+        let mut l = flow.to_vec();
+        l.push(extra);
+        l
+    };
+    let conns = "dataplane_flow_connections_total{";
+    let bytes = "dataplane_flow_bytes_total{";
+    assert_eq!(
+        value(&text, conns, &with("outcome=\"ok\"")),
+        Some(1),
+        "{text}"
+    );
+    // "ping" went to the endpoint, "pong" came back.
+    assert_eq!(
+        value(&text, bytes, &with("way=\"sent\"")),
+        Some(4),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, bytes, &with("way=\"received\"")),
+        Some(4),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            conns,
+            &["source_cluster=\"unlinked\"", "outcome=\"not_linked\""]
+        ),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            conns,
+            &["service=\"unknown\"", "outcome=\"not_exported\""]
+        ),
+        Some(2),
+        "{text}"
+    );
+    assert!(!text.contains("x-1.shop"), "{text}");
+}

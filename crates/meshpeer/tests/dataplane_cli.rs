@@ -372,7 +372,24 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
                 && l.contains("outcome=\"ok\"")
                 && l.ends_with(" 1")
         });
-        if ok {
+        // Issue 16: the same connection as a flow from c1 to c1's service,
+        // with the bytes the backend sent.
+        let flow = format!(
+            "reporter=\"proxy\",source_cluster=\"c1\",destination_cluster=\"c1\",service=\"{NAME}.{NS}.mesh.internal\""
+        );
+        let flow_ok = text.lines().any(|l| {
+            l.starts_with("dataplane_flow_connections_total{")
+                && l.contains(&flow)
+                && l.contains("outcome=\"ok\"")
+                && l.ends_with(" 1")
+        });
+        let flow_bytes = text.lines().any(|l| {
+            l.starts_with("dataplane_flow_bytes_total{")
+                && l.contains(&flow)
+                && l.contains("way=\"received\"")
+                && l.ends_with(&format!(" {}", "backend-a\n".len()))
+        });
+        if ok && flow_ok && flow_bytes {
             break;
         }
         assert!(
