@@ -510,7 +510,7 @@ const REFUSED: [(&str, &str); 5] = [
     ("127.0.0.1", "loopback"),
     ("169.254.169.254", "link_local"),
     ("::1", "loopback"),
-    ("240.240.0.5", "vip_range"),
+    ("240.241.0.5", "vip_range"),
     ("198.51.100.1", "node_address"),
 ];
 
@@ -531,7 +531,7 @@ async fn p5_the_gateway_never_dials_refused_endpoints_and_uses_the_next() {
     let gw = Gw::with_policy(
         cat,
         callers(),
-        node_policy(&["127.0.0.2/32", "240.240.0.0/16"]),
+        node_policy(&["127.0.0.2/32", "240.241.0.0/16"]),
         ips.len(),
     );
     for _ in 0..16 {

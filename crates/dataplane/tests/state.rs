@@ -459,7 +459,7 @@ fn p4_a_manual_entry_never_adds_to_a_global_name_nor_listens_in_the_vip_range() 
     }
     let mut cat = view(&b.build(), &[]);
     let web_vip = cat.service("web.shop.mesh.internal").unwrap().vip;
-    let in_range = ip("240.240.9.9");
+    let in_range = ip("240.241.9.9");
     let m = &mut cat.manual[0];
     m.hosts.push("web.shop.mesh.internal".into());
     m.hosts.push("other.cluster.example".into());

@@ -272,7 +272,7 @@ pub(crate) struct ControllerArgs {
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub(crate) cert_lifetime: Duration,
     /// Range global-service VIPs are allocated from.
-    #[arg(long, value_name = "CIDR", default_value = "240.240.0.0/16")]
+    #[arg(long, value_name = "CIDR", default_value = "240.241.0.0/16")]
     pub(crate) vip_cidr: Cidr,
     /// Only controllers of these trust domains may peer with this cluster
     /// (comma-separated or repeated). Default: any other trust domain under
@@ -734,7 +734,7 @@ pub(crate) struct RenderArgs {
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
     /// Range global-service VIPs are allocated from.
-    #[arg(long, value_name = "CIDR", default_value = "240.240.0.0/16")]
+    #[arg(long, value_name = "CIDR", default_value = "240.241.0.0/16")]
     pub(crate) vip_cidr: Cidr,
     /// Which Istio reads the output: `solo`, the seeds' inline-endpoint
     /// ServiceEntries (what the controller writes today), or `upstream`,

@@ -107,7 +107,7 @@ fn httpbin_in_ambient_from_cluster1_line_by_line() {
         "in-ambient.httpbin.mesh.internal:8000 from cluster1",
         "(from the objects of the clusters read (cluster1, cluster2), as if linked and running)",
         "in-ambient.httpbin.mesh.internal resolves in cluster1:",
-        "✅ in-ambient.httpbin.mesh.internal resolves in cluster1 to 240.240.205.7 (VIP), ports 8000/http (HTTP) [G11]",
+        "✅ in-ambient.httpbin.mesh.internal resolves in cluster1 to 240.241.205.7 (VIP), ports 8000/http (HTTP) [G11]",
         "✅ cluster1 exports httpbin/in-ambient as in-ambient.httpbin.mesh.internal: label solo.io/service-scope=global on the Service; cluster1 is in the default segment (mesh.internal) [G1]",
         "✅ cluster1's own endpoints, dialled directly",
         "✅ 1 ready endpoint serving port 8000 in cluster1 [G10]",
@@ -129,7 +129,7 @@ fn httpbin_in_ambient_from_cluster1_line_by_line() {
         "cluster1",
     );
     assert_eq!(j["resolves"], true);
-    assert_eq!(j["vip"], "240.240.205.7");
+    assert_eq!(j["vip"], "240.241.205.7");
     assert_eq!(j["tiers"][1]["groups"][0]["reach"], "gateway");
     assert_eq!(j["tiers"][1]["groups"][0]["via"][0], "127.0.2.1:15008");
     assert_eq!(j["distribution"]["rule"], "T1");
@@ -235,7 +235,7 @@ fn k1_takeover_makes_the_cluster_local_name_resolve() {
     assert_eq!(code, 0, "{}", lines.join("\n"));
     has(
         &lines,
-        "✅ in-ambient.httpbin.svc.cluster.local is taken over in cluster1: it resolves to 240.240.205.7, the VIP of in-ambient.httpbin.mesh.internal, ports 8000/http (HTTP) [K1]",
+        "✅ in-ambient.httpbin.svc.cluster.local is taken over in cluster1: it resolves to 240.241.205.7, the VIP of in-ambient.httpbin.mesh.internal, ports 8000/http (HTTP) [K1]",
     );
     has(
         &lines,

@@ -27,7 +27,7 @@ pub const MAX_RENDERED_ENDPOINTS: usize = 4096;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CatalogConfig {
-    /// Range VIPs are allocated from (G11). Default `240.240.0.0/16`.
+    /// Range VIPs are allocated from (G11). Default `240.241.0.0/16` (next to Istio's own auto-allocation range).
     pub vip_range: Cidr,
     /// VIPs handed out before (hostname -> address). A service that still
     /// exists keeps its address. Addresses found on meshpeer's own

@@ -37,10 +37,14 @@ impl Cidr {
         Self::from_str(&format!("{base}/{prefix}"))
     }
 
-    /// The default VIP range (G11).
+    /// The default VIP range (G11): `240.241.0.0/16`, class E like Istio's
+    /// but next to it: istiod auto-allocates addresses of ServiceEntries
+    /// that have none from `240.240.0.0/16` (its IP allocation controller,
+    /// `pilot/pkg/serviceregistry/serviceentry`), so VIPs there could
+    /// collide with addresses Istio gives users' own entries.
     pub fn default_vip_range() -> Self {
         Cidr {
-            base: IpAddr::V4(Ipv4Addr::new(240, 240, 0, 0)),
+            base: IpAddr::V4(Ipv4Addr::new(240, 241, 0, 0)),
             prefix: 16,
         }
     }
@@ -366,7 +370,7 @@ mod tests {
     fn g11_previous_addresses_are_kept_and_reserved_avoided() {
         let range = Cidr::default_vip_range();
         let prev: BTreeMap<String, IpAddr> =
-            [("a".to_owned(), "240.240.9.9".parse().unwrap())].into();
+            [("a".to_owned(), "240.241.9.9".parse().unwrap())].into();
         let reserved: BTreeSet<IpAddr> = [hash_ip(&range, "b")].into();
         let a = allocate(
             &range,
@@ -375,7 +379,7 @@ mod tests {
             &BTreeMap::new(),
             &reserved,
         );
-        assert_eq!(a.vips["a"], "240.240.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(a.vips["a"], "240.241.9.9".parse::<IpAddr>().unwrap());
         assert_ne!(a.vips["b"], hash_ip(&range, "b"));
         // Out-of-range previous addresses are replaced.
         let prev: BTreeMap<String, IpAddr> = [("a".to_owned(), "10.0.0.1".parse().unwrap())].into();
@@ -392,7 +396,7 @@ mod tests {
     #[test]
     fn g11_the_current_allocation_wins_over_hints_from_before_a_restart() {
         let range = Cidr::default_vip_range();
-        let x: IpAddr = "240.240.9.9".parse().unwrap();
+        let x: IpAddr = "240.241.9.9".parse().unwrap();
         // "b" holds x now; a stale hint gives x to "a" too.
         let prev: BTreeMap<String, IpAddr> = [("b".to_owned(), x)].into();
         let hints: BTreeMap<String, IpAddr> = [("a".to_owned(), x)].into();
@@ -433,7 +437,7 @@ mod tests {
             &BTreeMap::new(),
             &BTreeSet::new(),
         );
-        assert_eq!(a.vips[host], "240.240.205.7".parse::<IpAddr>().unwrap());
+        assert_eq!(a.vips[host], "240.241.205.7".parse::<IpAddr>().unwrap());
         let v6: Cidr = "fd00::/8".parse().unwrap();
         let a = allocate(
             &v6,

@@ -282,3 +282,22 @@ fn istio_upstream_entry_keys_are_label_values_and_stay_distinct() {
     }
     assert_eq!(entry_key(&a), ka, "not stable");
 }
+
+#[test]
+fn istio_vips_are_outside_istios_own_auto_allocation_range() {
+    // istiod gives ServiceEntries without addresses one from
+    // 240.240.0.0/16: ours must not collide with them.
+    let istio: meshpeer_model::Cidr = "240.240.0.0/16".parse().unwrap();
+    let v = mesh(None);
+    for se in [upstream(&v).service_entry, solo(&v)] {
+        for a in &se.spec.addresses {
+            let ip: std::net::IpAddr = a.parse().unwrap();
+            assert!(!istio.contains(ip), "{a} is in Istio's range");
+            assert!(CatalogConfig::default().vip_range.contains(ip), "{a}");
+        }
+    }
+    assert_eq!(
+        CatalogConfig::default().vip_range.to_string(),
+        "240.241.0.0/16"
+    );
+}

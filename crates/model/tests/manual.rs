@@ -148,14 +148,14 @@ fn p4_hosts_under_a_segment_domain_or_taken_over_local_names_are_ignored() {
 fn p4_an_address_in_the_vip_range_is_refused() {
     let c = view(
         ClusterBuilder::new("cluster1"),
-        &entry("vips", &["a.example"], &["240.240.7.7", "192.0.2.1"]),
+        &entry("vips", &["a.example"], &["240.241.7.7", "192.0.2.1"]),
     );
     assert_eq!(c.manual[0].addresses, [ip("192.0.2.1")]);
     let d = p4(&c);
     assert_eq!(d.len(), 1, "{d:?}");
     assert_eq!(d[0].field.as_deref(), Some("spec.addresses[0]"));
-    assert!(d[0].message.contains("240.240.7.7"), "{}", d[0]);
-    assert!(d[0].message.contains("240.240.0.0/16"), "{}", d[0]);
+    assert!(d[0].message.contains("240.241.7.7"), "{}", d[0]);
+    assert!(d[0].message.contains("240.241.0.0/16"), "{}", d[0]);
 }
 
 #[test]
@@ -165,7 +165,7 @@ fn p4_an_entry_left_without_host_or_address_is_not_used() {
         &format!(
             "{}---\n{}",
             entry("only-ours", &["a.b.mesh.internal"], &["192.0.2.1"]),
-            entry("only-vips", &["a.example"], &["240.240.0.1"])
+            entry("only-vips", &["a.example"], &["240.241.0.1"])
         ),
     );
     assert!(c.manual.is_empty(), "{:?}", c.manual);
@@ -188,7 +188,7 @@ fn p5_the_catalog_carries_its_vip_range_and_old_feeds_read_without_it() {
     let c = view(ClusterBuilder::new("cluster1"), "");
     assert_eq!(c.vip_range, Some(Cidr::default_vip_range()));
     let json = serde_json::to_value(&c).unwrap();
-    assert_eq!(json["vipRange"], "240.240.0.0/16");
+    assert_eq!(json["vipRange"], "240.241.0.0/16");
     let mut old = json;
     old.as_object_mut().unwrap().remove("vipRange");
     let read: GlobalCatalog = serde_json::from_value(old).unwrap();

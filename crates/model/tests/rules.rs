@@ -814,13 +814,13 @@ fn g11_vips_survive_restarts_through_the_generated_service_entries() {
     let first = catalog(&base, &[], &CatalogConfig::default());
     let mut rendered = render(&first).remove(0);
     // Pretend the address was moved earlier (e.g. by a collision since gone).
-    rendered.spec.addresses = vec!["240.240.7.7".into()];
+    rendered.spec.addresses = vec!["240.241.7.7".into()];
     let mut restarted = base.clone();
     restarted.apply(Object::ServiceEntry(rendered));
     let again = catalog(&restarted, &[], &CatalogConfig::default());
     assert_eq!(
         again.services.values().next().unwrap().vip,
-        "240.240.7.7".parse::<IpAddr>().unwrap()
+        "240.241.7.7".parse::<IpAddr>().unwrap()
     );
 
     // A user-written ServiceEntry's address is never handed out.

@@ -432,7 +432,7 @@ mod tests {
         // The VIP is the one the catalog allocated, in the default range.
         let vip = v.catalog.vips()["in-ambient.httpbin.mesh.internal"];
         assert_eq!(row.vip, vip.to_string());
-        assert!(row.vip.starts_with("240.240."), "{}", row.vip);
+        assert!(row.vip.starts_with("240.241."), "{}", row.vip);
         assert_eq!(row.traffic_distribution, "PreferClose");
         assert!(row.taken_over);
         assert_eq!(
