@@ -596,10 +596,10 @@ impl FolderState {
         let Some(file) = self.files.get_mut(path) else {
             return;
         };
-        if !file
+        if file
             .held
             .as_ref()
-            .is_some_and(|h| h.since.elapsed() >= settle)
+            .is_none_or(|h| h.since.elapsed() < settle)
         {
             return;
         }
