@@ -7,7 +7,8 @@
 #
 #   scripts/fuzz.sh [CASES]
 #
-# FUZZ_ONLY=REGEX runs only the targets whose name matches. A failing
+# FUZZ_ONLY=REGEX runs only the targets whose name matches, FUZZ_SKIP=REGEX
+# all but those. A failing
 # target prints its smallest failing input; the script then exits 1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +32,19 @@ TARGETS=(
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr)"
 echo "rustc:   $(rustc --version)"
-echo "command: scripts/fuzz.sh ${CASES}"
+echo "command: ${FUZZ_ONLY:+FUZZ_ONLY=$FUZZ_ONLY }${FUZZ_SKIP:+FUZZ_SKIP=$FUZZ_SKIP }scripts/fuzz.sh ${CASES}"
+
+skip() {
+  [[ -n "${FUZZ_ONLY:-}" && ! "$1" =~ ${FUZZ_ONLY} ]] && return 0
+  [[ -n "${FUZZ_SKIP:-}" && "$1" =~ ${FUZZ_SKIP} ]] && return 0
+  return 1
+}
 
 # Build first, so that the figures are the cases' alone.
 declare -A BUILT=()
 for t in "${TARGETS[@]}"; do
   read -r pkg bin name <<<"$t"
-  [[ -n "${FUZZ_ONLY:-}" && ! "$name" =~ ${FUZZ_ONLY} ]] && continue
+  skip "$name" && continue
   [[ -n "${BUILT[$pkg/$bin]:-}" ]] && continue
   cargo test --quiet --release -p "$pkg" --test "$bin" --no-run 2>&1 | grep -v '^ *Executable' >&2 || true
   BUILT[$pkg/$bin]=1
@@ -48,7 +55,7 @@ printf '%-70s %9s %9s %10s\n' "target" "cases" "seconds" "cases/s"
 failed=0
 for t in "${TARGETS[@]}"; do
   read -r pkg bin name <<<"$t"
-  [[ -n "${FUZZ_ONLY:-}" && ! "$name" =~ ${FUZZ_ONLY} ]] && continue
+  skip "$name" && continue
   log="$(mktemp)"
   start=$(date +%s.%N)
   PROPTEST_CASES="$CASES" cargo test --quiet --release -p "$pkg" --test "$bin" -- \
@@ -60,10 +67,11 @@ for t in "${TARGETS[@]}"; do
   [[ -z "$secs" ]] && secs=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.2f", b - a }')
   if [[ $rc -eq 0 ]]; then
     rate=$(awk -v n="$CASES" -v s="$secs" 'BEGIN { if (s > 0) printf "%d", n / s; else print "-" }')
-    printf '%-70s %9d %9.1f %10s\n' "$name" "$CASES" "$secs" "$rate"
+    printf '%-70s %9d %9.2f %10s\n' "$name" "$CASES" "$secs" "$rate"
   else
-    printf '%-70s %9d %9.1f %10s\n' "$name" "$CASES" "$secs" "FAILED"
-    sed -n '/minimal failing input/,/^test result/p;/panicked/p' "$log" | head -60 >&2
+    printf '%-70s %9d %9.2f %10s\n' "$name" "$CASES" "$secs" "FAILED"
+    grep -E 'Test failed|panicked' "$log" | head -5 >&2
+    sed -n '/minimal failing input/,/^test result/p' "$log" | head -60 >&2
     failed=1
   fi
   rm -f "$log"
