@@ -9,7 +9,8 @@
 //! limit is held; a line applied gives the feed it says (a whole one reads
 //! back equal, a delta only onto the version it names); the state advanced
 //! equals the state built afresh; and no case allocates beyond a bound
-//! proportional to its input.
+//! proportional to its input. And the client itself (`feed::follow`) on a
+//! real socket, through garbage streams to a good one.
 //!
 //! Cases: `PROPTEST_CASES` (default 256; `scripts/fuzz.sh` runs 100,000).
 
@@ -513,4 +514,106 @@ fn b7_feed_arbitrary_bytes_apply_or_are_refused() {
         Ok(())
     });
     eprintln!("{} lines applied", APPLIED.load(Ordering::Relaxed));
+}
+
+// ---- The real client on a real socket -------------------------------------
+
+/// A controller that answers each watch with the next scripted body (in
+/// small chunks), then closes; the last body is held open.
+async fn scripted_controller(
+    bodies: Vec<Vec<u8>>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (served, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for (i, body) in bodies.iter().enumerate() {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client left before asking");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let _ = served.send(i);
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            for chunk in body.chunks(7) {
+                conn.write_all(chunk).await.unwrap();
+                conn.flush().await.unwrap();
+            }
+            if i + 1 == bodies.len() {
+                // Held open: the stream goes on.
+                let _ = conn.read(&mut buf).await;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// The feed client itself (`feed::follow`) over a real socket: a garbage
+/// line and a delta on a fresh stream end the stream, the client keeps the
+/// last good catalog and reconnects; whole and delta lines in small chunks
+/// are applied in order. Nothing broken ever reaches the follower.
+#[tokio::test]
+async fn b7_feed_the_client_keeps_its_last_catalog_through_garbage_and_reconnects() {
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+    let names = |n: &str| vec![("shop".to_owned(), n.to_owned())];
+    let v1 = feed(1, &names("web"), &["cluster2".to_owned()]);
+    let v2 = feed(2, &names("cart"), &["cluster2".to_owned()]);
+    let v3 = feed(3, &names("db"), &[]);
+    let v4 = feed(4, &names("web"), &["cluster3".to_owned()]);
+    let bodies = vec![
+        // A good whole line, then garbage.
+        [
+            feed_line::encode(None, &v1),
+            b"{\"version\":9,\"catalog\":[\n".to_vec(),
+        ]
+        .concat(),
+        // A delta on a fresh stream: out of step.
+        feed_line::encode(Some(&v1), &v2),
+        // Invalid UTF-8 and a line with neither catalog nor delta.
+        b"\xff\xfe\n{\"version\":5}\n".to_vec(),
+        // Whole, then a delta onto it.
+        [
+            feed_line::encode(None, &v3),
+            feed_line::encode(Some(&v3), &v4),
+        ]
+        .concat(),
+    ];
+    let (addr, mut served) = scripted_controller(bodies).await;
+    let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(CatalogFeed::default()));
+    let client = tokio::spawn(meshpeer_dataplane::feed::follow(addr.to_string(), tx));
+    let mut seen = Vec::new();
+    let outcome = tokio::time::timeout(DEADLINE, async {
+        loop {
+            rx.changed().await.unwrap();
+            let f = rx.borrow_and_update().clone();
+            seen.push(f.version);
+            if f.version == 4 {
+                return f;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the client never reached version 4; saw {seen:?}"));
+    assert_eq!(*outcome, v4);
+    // Every version the follower saw was a good one, in order.
+    assert!(
+        seen.iter().all(|v| [1, 3, 4].contains(v)) && seen.is_sorted(),
+        "{seen:?}"
+    );
+    // It went through every stream: the bad ones ended theirs.
+    let mut streams = Vec::new();
+    while let Ok(i) = served.try_recv() {
+        streams.push(i);
+    }
+    assert_eq!(streams, [0, 1, 2, 3]);
+    client.abort();
 }
