@@ -244,39 +244,48 @@ fn b7_hbone_gateway_decisions_on_arbitrary_heads() {
         "[a-z0-9.-]{1,20}",
     ];
     let seen: Mutex<std::collections::BTreeSet<u16>> = Mutex::default();
-    run(
-        (authority(), trust_domain, any::<u8>()),
-        |(authority, td, pick)| {
-            let Some(peer) = SpiffeId::new(&td, "ns", "sa").ok() else {
-                return Ok(());
-            };
-            // One case in 16 dials (and fails): the rest are decided alone.
-            let handler = if pick % 16 == 0 { &dialling } else { &refusing };
-            let req = TunnelRequest {
-                peer,
-                remote: "198.51.100.7:40000".parse().unwrap(),
-                authority: authority.clone(),
-                meta: TunnelMeta::default(),
-            };
-            let (result, used) = allocated(|| rt.block_on(handler.open(req)));
+    let check = |(authority, td, pick): (String, String, u8)| {
+        let Some(peer) = SpiffeId::new(&td, "ns", "sa").ok() else {
+            return Ok(());
+        };
+        // One case in 16 dials (and fails): the rest are decided alone.
+        let handler = if pick % 16 == 0 { &dialling } else { &refusing };
+        let req = TunnelRequest {
+            peer,
+            remote: "198.51.100.7:40000".parse().unwrap(),
+            authority: authority.clone(),
+            meta: TunnelMeta::default(),
+        };
+        let (result, used) = allocated(|| rt.block_on(handler.open(req)));
+        prop_assert!(
+            used <= bound(authority.len()),
+            "{used} bytes for {authority:?}"
+        );
+        if let Err(refuse) = &result {
+            seen.lock().unwrap().insert(refuse.status.as_u16());
             prop_assert!(
-                used <= bound(authority.len()),
-                "{used} bytes for {authority:?}"
+                [400u16, 403, 404, 503].contains(&refuse.status.as_u16()),
+                "{refuse:?}"
             );
-            if let Err(refuse) = &result {
-                seen.lock().unwrap().insert(refuse.status.as_u16());
-                prop_assert!(
-                    [400u16, 403, 404, 503].contains(&refuse.status.as_u16()),
-                    "{refuse:?}"
-                );
-                prop_assert!(
-                    !refuse.message.contains(POD_IP) || authority.contains(POD_IP),
-                    "a refusal names the endpoint: {refuse:?}"
-                );
-            }
-            Ok(())
-        },
-    );
+            prop_assert!(
+                !refuse.message.contains(POD_IP) || authority.contains(POD_IP),
+                "a refusal names the endpoint: {refuse:?}"
+            );
+        }
+        Ok(())
+    };
+    // Cases that reach each decision for sure (the random ones may not,
+    // in 256 cases), then the random ones.
+    for (authority, td, pick) in [
+        ("web.shop.mesh.internal", "cluster2.td", 1),
+        ("nope.shop.mesh.internal:8000", "cluster2.td", 1),
+        ("web.shop.mesh.internal:8000", "evil.td", 1),
+        ("idle.shop.mesh.internal:8000", "cluster2.td", 1),
+        ("web.shop.mesh.internal:8000", "cluster2.td", 0),
+    ] {
+        check((authority.to_owned(), td.to_owned(), pick)).unwrap();
+    }
+    run((authority(), trust_domain, any::<u8>()), check);
     // The cases reach every decision, not only the first check.
     let seen = seen.into_inner().unwrap();
     for status in [400, 403, 404, 503] {
