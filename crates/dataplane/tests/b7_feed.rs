@@ -173,6 +173,7 @@ fn name() -> impl Strategy<Value = String> {
 
 /// A catalog as a controller builds it: a cluster (named anyhow) linked to
 /// a peer, both with global services named anyhow.
+#[allow(clippy::needless_update)]
 fn feed(version: u64, names: &[(String, String)], callers: &[String]) -> CatalogFeed {
     // Mostly linked to the cluster exporting; sometimes to a name anyhow.
     let peer = match names.get(1) {
@@ -211,6 +212,8 @@ fn feed(version: u64, names: &[(String, String)], callers: &[String]) -> Catalog
                 connected: true,
             })
             .collect(),
+        // Fields the feed may gain keep their defaults.
+        ..CatalogFeed::default()
     }
 }
 

@@ -208,10 +208,13 @@ fn gateway(dial: bool) -> GatewayHandler {
             connected: true,
         })
         .to_vec();
+    #[allow(clippy::needless_update)]
     let feed = Arc::new(CatalogFeed {
         version: 1,
         catalog: Arc::new(cat),
         callers,
+        // Fields the feed may gain keep their defaults.
+        ..CatalogFeed::default()
     });
     let state = Arc::new(DataplaneState::build(feed, &StateOptions::default()));
     let (_tx, rx) = watch::channel(state);
