@@ -38,7 +38,8 @@ use meshpeer_identity::Refusal;
 pub use client::{ClientTls, HboneClient};
 pub use metrics::{DirectionLabels, HboneMetrics, RefusalLabels, TrafficLabels, TunnelLabels};
 pub use server::{
-    OpenUpstream, Refuse, TunnelHandler, TunnelRequest, Upstream, default_limits, serve,
+    OpenUpstream, Refuse, TunnelHandler, TunnelRequest, Upstream, connect_target, default_limits,
+    serve, tunnel_meta,
 };
 pub use tunnel::Tunnel;
 

@@ -56,8 +56,7 @@ impl ClusterConfig {
             source_name: source_name.to_owned(),
             message,
         };
-        let mut opts = serde_saphyr::Options::default();
-        opts.with_snippet = false;
+        let opts = crate::parse::yaml_options(text);
         let cfg: ClusterConfig = serde_saphyr::from_str_with_options(text, opts).map_err(|e| {
             err(format!(
                 "{} (fields: name, network, region, zone, trustDomain)",

@@ -297,15 +297,15 @@ impl DocContext<'_> {
             m.insert("apiVersion".into(), serde_json::Value::String(canonical));
         }
         let parsed = match known {
-            Kind::Namespace => self.typed(&value, &label).map(Object::Namespace),
-            Kind::Node => self.typed(&value, &label).map(Object::Node),
-            Kind::Service => self.typed(&value, &label).map(Object::Service),
-            Kind::Pod => self.typed(&value, &label).map(Object::Pod),
-            Kind::EndpointSlice => self.typed(&value, &label).map(Object::EndpointSlice),
-            Kind::Segment => self.typed(&value, &label).map(Object::Segment),
-            Kind::Gateway => self.typed(&value, &label).map(Object::Gateway),
-            Kind::ServiceEntry => self.typed(&value, &label).map(Object::ServiceEntry),
-            Kind::WorkloadEntry => self.typed(&value, &label).map(Object::WorkloadEntry),
+            Kind::Namespace => self.typed(&value, &label, item).map(Object::Namespace),
+            Kind::Node => self.typed(&value, &label, item).map(Object::Node),
+            Kind::Service => self.typed(&value, &label, item).map(Object::Service),
+            Kind::Pod => self.typed(&value, &label, item).map(Object::Pod),
+            Kind::EndpointSlice => self.typed(&value, &label, item).map(Object::EndpointSlice),
+            Kind::Segment => self.typed(&value, &label, item).map(Object::Segment),
+            Kind::Gateway => self.typed(&value, &label, item).map(Object::Gateway),
+            Kind::ServiceEntry => self.typed(&value, &label, item).map(Object::ServiceEntry),
+            Kind::WorkloadEntry => self.typed(&value, &label, item).map(Object::WorkloadEntry),
         };
         let Some(mut obj) = parsed else { return };
         if known.is_namespaced() && obj.metadata().namespace.is_none() {
@@ -318,24 +318,43 @@ impl DocContext<'_> {
         self.out.objects.push(obj);
     }
 
-    fn typed<T: DeserializeOwned>(&mut self, value: &serde_json::Value, label: &str) -> Option<T> {
+    /// `value` as a `T`; an error naming the failing field otherwise.
+    /// `item`: the index of `value` in a `List`.
+    fn typed<T: DeserializeOwned>(
+        &mut self,
+        value: &serde_json::Value,
+        label: &str,
+        item: Option<usize>,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(v) => Some(v),
             Err(e) => {
                 let path = e.path().to_string();
                 // Find the line: parse the text again straight into the type,
-                // which reports where it failed.
-                let line = serde_saphyr::from_str_with_options::<T>(self.text, yaml_options())
-                    .err()
-                    .and_then(|e| e.location())
-                    .map(|l| l.line() as usize)
-                    .or_else(|| locate(self.text, &path))
-                    .map(|l| self.source_line(l));
+                // which reports where it failed. Not for an item of a List:
+                // the text is the whole List (no line of the item would
+                // come of it), and a List of many bad items would be read
+                // again once per item (SPEC B7).
+                let line = match item {
+                    Some(_) => None,
+                    None => {
+                        serde_saphyr::from_str_with_options::<T>(self.text, yaml_options(self.text))
+                            .err()
+                            .and_then(|e| e.location())
+                            .map(|l| l.line() as usize)
+                            .or_else(|| locate(self.text, &path))
+                            .map(|l| self.source_line(l))
+                    }
+                };
                 let msg = e.into_inner().to_string();
                 let msg = if path.is_empty() || path == "." {
                     msg
                 } else {
                     format!("{path}: {msg}")
+                };
+                let msg = match item {
+                    Some(i) => format!("items[{i}]: {msg}"),
+                    None => msg,
                 };
                 self.error(line, Some(label.to_owned()), msg);
                 None
@@ -389,21 +408,34 @@ fn locate(text: &str, path: &str) -> Option<usize> {
     found
 }
 
-fn yaml_options() -> serde_saphyr::Options {
+/// Options for reading `text`: aliases may replay a quarter as many events
+/// as the text has bytes (plus a little), not the parser's default million: a
+/// "billion laughs" of a few hundred bytes would otherwise build ~100 MB of
+/// values before being refused (SPEC B7). Real manifests rarely use
+/// aliases at all.
+pub(crate) fn yaml_options(text: &str) -> serde_saphyr::Options {
     let mut opts = serde_saphyr::Options::default();
     opts.with_snippet = false;
+    opts.alias_limits.max_total_replayed_events = text.len() / 4 + 64;
+    // Deeper than the parser's depth limit (64) is refused anyway; each
+    // open `[`/`{` costs the scanner ~1 KiB before that.
+    if let Some(budget) = opts.budget.as_mut() {
+        budget.flow_nesting_limit = budget.max_depth;
+    }
     opts
 }
 
 /// Parses one YAML document into JSON; on error, the line and a one-line message.
 fn from_yaml(text: &str) -> Result<serde_json::Value, (Option<usize>, String)> {
-    serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options()).map_err(|e| {
-        let line = e.location().map(|l| l.line() as usize);
-        let msg = e.without_snippet().to_string();
-        // The message names the line and column ("... at line L, column
-        // C"); the line is also reported separately.
-        (line, msg)
-    })
+    serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options(text)).map_err(
+        |e| {
+            let line = e.location().map(|l| l.line() as usize);
+            let msg = e.without_snippet().to_string();
+            // The message names the line and column ("... at line L, column
+            // C"); the line is also reported separately.
+            (line, msg)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -290,29 +290,50 @@ async fn serve_conn(
     debug!("caller disconnected");
 }
 
+/// The head check of a tunnel request: `CONNECT` only (else 405), with
+/// an `:authority` that is `host:port`, a non-empty host, a non-zero port
+/// and no userinfo (else 400, quoting at most 256 bytes of what came).
+/// Returns the authority to hand to the [`TunnelHandler`].
+pub fn connect_target(method: &Method, uri: &http::Uri) -> Result<String, Refuse> {
+    if method != Method::CONNECT {
+        return Err(Refuse {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            message: "HBONE accepts only CONNECT".to_owned(),
+        });
+    }
+    match uri.authority() {
+        Some(authority) if wire::valid_target(authority) => Ok(authority.to_string()),
+        other => {
+            let got = other.map_or("nothing", |a| a.as_str());
+            let mut end = got.len().min(256);
+            while !got.is_char_boundary(end) {
+                end -= 1;
+            }
+            Err(Refuse {
+                status: StatusCode::BAD_REQUEST,
+                message: format!("CONNECT needs :authority host:port, got {}", &got[..end]),
+            })
+        }
+    }
+}
+
+/// The tunnel headers a request carries (repeated ones joined, values
+/// that are not visible ASCII ignored), as the gateway hands them on.
+pub fn tunnel_meta(headers: &http::HeaderMap) -> TunnelMeta {
+    wire::take_meta(headers)
+}
+
 async fn handle_stream(
     caller: Arc<Caller>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
     let metrics = &caller.metrics;
-    if request.method() != Method::CONNECT {
-        debug!(method = %request.method(), "refusing a request that is not CONNECT");
-        reply(
-            &mut respond,
-            StatusCode::METHOD_NOT_ALLOWED,
-            "HBONE accepts only CONNECT",
-        );
-        metrics.opened(INBOUND, "refused");
-        return;
-    }
-    let authority = match request.uri().authority() {
-        Some(authority) if wire::valid_target(authority) => authority.to_string(),
-        other => {
-            let got = other.map_or("nothing", |a| a.as_str());
-            debug!(authority = got, "refusing CONNECT without host:port");
-            let message = format!("CONNECT needs :authority host:port, got {got}");
-            reply(&mut respond, StatusCode::BAD_REQUEST, &message);
+    let authority = match connect_target(request.method(), request.uri()) {
+        Ok(authority) => authority,
+        Err(refuse) => {
+            debug!(method = %request.method(), status = refuse.status.as_u16(), "refusing a request: {}", refuse.message);
+            reply(&mut respond, refuse.status, &refuse.message);
             metrics.opened(INBOUND, "refused");
             return;
         }
