@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::hold::Hold;
 use super::metrics::{ControllerMetrics, RefusalLabels};
 use super::peers::PeerState;
 use super::sink_task::SinkJob;
@@ -52,6 +53,9 @@ pub(crate) struct Core {
     pub(crate) exporter: ExportEngine,
     /// The catalog, kept by what changes in the export and the peers' (I1).
     pub(crate) cataloguer: CatalogEngine,
+    /// Output entries kept as they were at start until their peers sync
+    /// again (sync gating after a restart).
+    pub(crate) hold: Hold,
     /// What of the snapshot besides the export changed since the catalog
     /// was last brought up to date.
     pub(crate) own_changes: OwnChanges,
@@ -351,9 +355,48 @@ impl Core {
         removed_any
     }
 
+    /// Releases held output entries whose peers are settled: synced since
+    /// the start, this cluster itself, or not linked; everything once the
+    /// grace period is over. Costs the clusters still waited for.
+    fn settle_hold(&mut self, now: SystemTime) {
+        if self.hold.is_empty() {
+            return;
+        }
+        let own = &self.exporter.snapshot().config.name;
+        let settled: Vec<String> = self
+            .hold
+            .clusters()
+            .filter(|c| c == own || self.peers.get(*c).is_none_or(|p| p.last_sync.is_some()))
+            .map(str::to_owned)
+            .collect();
+        for c in settled {
+            if self.hold.settle(&c) {
+                debug!(peer = %c, "output entries released: the peer synced again");
+            }
+        }
+        if self.hold.expire(now) {
+            warn!(
+                "grace period since the start is over: output entries of peers that did not sync again are released"
+            );
+        }
+        if self.hold.is_empty() {
+            self.cataloguer.release_parked();
+            info!(
+                "every peer contributing to the output synced again (or is gone): the output follows the catalog"
+            );
+        }
+    }
+
+    /// Whether held output entries wait for anything (the 1 s tick checks
+    /// the grace period).
+    pub(crate) fn holding(&self) -> bool {
+        !self.hold.is_empty()
+    }
+
     /// Publishes the view and the output job.
     pub(crate) fn publish(&mut self) {
         let now = SystemTime::now();
+        self.settle_hold(now);
         let mut statuses = Vec::new();
         for (name, peer) in &mut self.peers {
             let generation = self
@@ -414,6 +457,7 @@ impl Core {
         self.sink_tx.send_replace(Arc::new(SinkJob {
             version: self.version,
             catalog: Arc::clone(&self.catalog),
+            held: self.hold.entries().clone(),
             statuses,
         }));
     }
@@ -431,6 +475,7 @@ impl Core {
             served: ServedView::of(&self.service),
             refused: RefusedView::of(&self.service),
             output_error: self.output_error.borrow().clone(),
+            output_held: self.hold.entries().len(),
             diagnostics: self.catalog.diagnostics.clone(),
             recompute: self.last_step.clone(),
         }
