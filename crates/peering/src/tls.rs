@@ -84,7 +84,9 @@ pub async fn serve(
     let (tx, rx) = mpsc::channel::<Result<PeerConn, io::Error>>(32);
     let svc = service.clone();
     let max_streams = service.max_streams_per_connection();
-    let accept = tokio::spawn(async move {
+    // Aborted when this future ends or is dropped (a task aborting the
+    // server): the listener must not outlive the server.
+    let accept = AbortOnDrop(tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
@@ -105,7 +107,7 @@ pub async fn serve(
                 }
             });
         }
-    });
+    }));
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -113,8 +115,17 @@ pub async fn serve(
         .add_service(service.grpc())
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
-    accept.abort();
+    drop(accept);
     result
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn handshake(

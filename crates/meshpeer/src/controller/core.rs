@@ -84,6 +84,13 @@ pub(crate) struct Core {
     /// Clusters that link here, by trust domain, with when their stream
     /// went away (kept for the grace period).
     pub(crate) callers: BTreeMap<String, (Caller, Option<SystemTime>)>,
+    /// When this controller started: until every linked peer is back (or
+    /// the grace period since then is over), the feed says its callers are
+    /// pending, so the gateway keeps the ones it knew.
+    pub(crate) started: SystemTime,
+    /// Every linked peer came back as a caller since the start, or the
+    /// grace period is over (never false again).
+    pub(crate) callers_settled: bool,
     pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
     pub(crate) output_error: watch::Receiver<Option<String>>,
     pub(crate) snapshot_dirty: bool,
@@ -443,10 +450,12 @@ impl Core {
         self.version += 1;
         // Readers (data plane, API) first; rendering for the output after.
         self.refresh_callers(now);
+        self.settle_callers(now);
         self.feed_tx.send_replace(Arc::new(CatalogFeed {
             version: self.version,
             catalog: Arc::clone(&self.catalog),
             callers: self.callers.values().map(|(c, _)| c.clone()).collect(),
+            callers_pending: !self.callers_settled,
         }));
         let status = self.status();
         self.view_tx.send_replace(Arc::new(View {
@@ -479,6 +488,36 @@ impl Core {
             diagnostics: self.catalog.diagnostics.clone(),
             recompute: self.last_step.clone(),
         }
+    }
+
+    /// Settles the callers once every linked peer has synced since the
+    /// start and links here again (its peering stream is up), or the grace
+    /// period since the start is over; says whether that happened now.
+    /// Until then the gateway keeps the callers it knew before a restart.
+    /// A peer that this cluster does not link to is not waited for.
+    pub(crate) fn settle_callers(&mut self, now: SystemTime) -> bool {
+        if self.callers_settled || !self.ready {
+            return false;
+        }
+        let over = now
+            .duration_since(self.started)
+            .is_ok_and(|d| d >= self.settings.grace);
+        let back = self.peers.iter().all(|(name, p)| {
+            p.last_sync.is_some()
+                && self
+                    .callers
+                    .values()
+                    .any(|(c, _)| c.cluster == *name && c.connected)
+        });
+        if !(over || back) {
+            return false;
+        }
+        self.callers_settled = true;
+        info!(
+            grace_over = over,
+            "callers settled: the gateway now follows this controller's list of callers"
+        );
+        true
     }
 
     /// Updates the callers from the peering server; says whether they changed.

@@ -304,6 +304,8 @@ impl Controller {
             view_tx,
             feed_tx,
             callers: Default::default(),
+            started: std::time::SystemTime::now(),
+            callers_settled: false,
             sink_tx,
             output_error: error_rx,
             snapshot_dirty: false,
@@ -330,9 +332,13 @@ impl Controller {
                     }
                     _ = tick.tick() => {
                         // publish() also releases held output entries
-                        // whose grace period is over.
+                        // and settles the callers once the grace period
+                        // since the start is over.
+                        let now = std::time::SystemTime::now();
                         if core.ready
-                            && (core.refresh_callers(std::time::SystemTime::now()) || core.holding())
+                            && (core.refresh_callers(now)
+                                || core.holding()
+                                || core.settle_callers(now))
                         {
                             core.publish();
                         }
