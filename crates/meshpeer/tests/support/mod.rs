@@ -322,7 +322,7 @@ pub(crate) fn segments(join: Option<&str>) -> String {
     )
 }
 
-fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>) -> String {
+pub(crate) fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>) -> String {
     let pin = pin
         .map(|s| format!(", admin.solo.io/segment: \"{s}\""))
         .unwrap_or_default();
