@@ -371,3 +371,175 @@ async fn the_gateway_refuses_no_tunnel_from_a_linked_caller_across_a_restart_of_
     assert_eq!(ask(vip).await.unwrap(), "local-0");
     mesh.shutdown().await;
 }
+
+/// A `meshpeer controller` process of a cluster of `mesh` (file mode),
+/// killed when dropped, with its peering and API addresses from its log.
+struct Process {
+    child: std::process::Child,
+    peering: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn controller_process(mesh: &Mesh, name: &str, cacerts: &std::path::Path) -> Process {
+    use std::io::BufRead;
+    let c = mesh.cluster(name);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshpeer"))
+        .args(["controller", "--cluster-dir"])
+        .arg(&c.dir)
+        .arg("--cacerts")
+        .arg(cacerts)
+        .args([
+            "--api-listen",
+            "127.0.0.1:0",
+            "--peering-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--cluster-listen", "127.0.0.1:0", "--grace", "5m"])
+        .args(["--heartbeat", "2s", "--allow-endpoints", "127.0.0.0/8"])
+        .args([
+            "--vip-cidr",
+            &c.vip_range().to_string(),
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start meshpeer controller");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let address = v["fields"]["address"].as_str().unwrap_or_default();
+                let _ = tx.send((
+                    v["fields"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    address.to_owned(),
+                ));
+            }
+        }
+    });
+    let (mut peering, mut api) = (None, None);
+    while peering.is_none() || api.is_none() {
+        let (message, address) = rx
+            .recv_timeout(WITHIN)
+            .expect("the controller logs its addresses");
+        if message == "peering server listening" {
+            peering = address.parse().ok();
+        } else if message == "API listening (status, catalog, metrics)" {
+            api = address.parse().ok();
+        }
+    }
+    Process {
+        child,
+        peering: peering.unwrap(),
+        api: api.unwrap(),
+    }
+}
+
+/// `GET /v1/status` of a controller process.
+async fn process_status(api: std::net::SocketAddr) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::TcpStream::connect(api).await else {
+        return Value::Null;
+    };
+    let request = format!("GET /v1/status HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(request.as_bytes()).await.is_err() {
+        return Value::Null;
+    }
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response).await;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// Asks the controller's status until `pred` holds (deadline [`WITHIN`]).
+async fn until_status(api: std::net::SocketAddr, what: &str, mut pred: impl FnMut(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let status = process_status(api).await;
+        if pred(&status) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WITHIN:?}; last status {status}"
+        );
+        // Asked again at 20 ms intervals: the status is the condition.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether cluster1's output folder holds a ServiceEntry for `host`.
+fn written(mesh: &Mesh, host: &str) -> bool {
+    mesh.cluster("cluster1").output().contains_key(host)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_gating_file_mode_real_processes_a_killed_controller_keeps_the_peers_entries() {
+    let mesh = two_clusters();
+    let certs = mesh.tmp.path().join("certs");
+    for name in ["cluster1", "cluster2"] {
+        mesh.root
+            .issue_intermediate(
+                name,
+                name,
+                Duration::from_secs(86_400),
+                std::time::SystemTime::now(),
+            )
+            .unwrap()
+            .write(&certs.join(name))
+            .unwrap();
+    }
+    let _c2 = controller_process(&mesh, "cluster2", &certs.join("cluster2"));
+    let relay = support::Relay::start(_c2.peering).await;
+    mesh.cluster("cluster1").write(
+        "peer-cluster2.yaml",
+        &support::peer_gateway("cluster2", 15008, relay.addr.port(), None),
+    );
+    let c1 = controller_process(&mesh, "cluster1", &certs.join("cluster1"));
+    let out = mesh.cluster("cluster1").out.clone();
+    let file = out.join("autogen.shop.remote.yaml");
+    until_status(c1.api, "cluster2 synced and written", |s| {
+        s["importedServices"] == 1 && file.exists()
+    })
+    .await;
+    let before = std::fs::read_to_string(&file).unwrap();
+    let inode = std::fs::metadata(&file).unwrap().ino();
+
+    // cluster1's controller is killed; cluster2 is out of its reach while
+    // it starts again (cluster2 keeps running and exporting).
+    drop(c1);
+    relay.set_up(false);
+    let c1 = controller_process(&mesh, "cluster1", &certs.join("cluster1"));
+    until_status(c1.api, "own cluster loaded, cluster2's entry held", |s| {
+        s["outputHeld"] == 1 && s["exportedServices"] == 1
+    })
+    .await;
+    add_extra(&mesh);
+    until_status(c1.api, "extra exported", |s| s["exportedServices"] == 2).await;
+    until_status(c1.api, "extra written", |_| written(&mesh, EXTRA)).await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+    assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+
+    // cluster2 is reachable again.
+    relay.set_up(true);
+    until_status(c1.api, "cluster2 synced again, nothing held", |s| {
+        s["outputHeld"] == 0 && s["importedServices"] == 1
+    })
+    .await;
+    assert_eq!(mesh.cluster("cluster1").output()[REMOTE], "cluster2");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+}
