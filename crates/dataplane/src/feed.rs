@@ -45,12 +45,40 @@ pub struct CatalogFeed {
     /// Clusters allowed to send here, by trust domain.
     #[serde(default)]
     pub callers: Vec<Caller>,
+    /// The controller started recently and the clusters that link here may
+    /// not all have come back yet (their links back off up to 30 s): a
+    /// follower keeps the callers it knew besides `callers` until this is
+    /// false (every linked peer is back, or the grace period is over).
+    /// Absent (false) from controllers that do not say.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub callers_pending: bool,
 }
 
 impl CatalogFeed {
     /// The caller presenting `trust_domain`, if it links to this cluster.
     pub fn caller(&self, trust_domain: &str) -> Option<&Caller> {
         self.callers.iter().find(|c| c.trust_domain == trust_domain)
+    }
+
+    /// This feed as a follower holding `held` uses it: while the controller
+    /// says its callers are pending (it restarted), the callers of `held`
+    /// that this feed does not list are kept, marked not connected, so a
+    /// tunnel from a linked cluster is not refused because its peering
+    /// stream has not come back yet. Once the controller says they are
+    /// settled, its list is taken as it is (removals apply).
+    pub fn keeping_callers_of(mut self, held: &CatalogFeed) -> CatalogFeed {
+        if !self.callers_pending {
+            return self;
+        }
+        for old in &held.callers {
+            if self.caller(&old.trust_domain).is_none() {
+                self.callers.push(Caller {
+                    connected: false,
+                    ..old.clone()
+                });
+            }
+        }
+        self
     }
 }
 
@@ -293,7 +321,16 @@ async fn stream_once(
                     );
                     let feed = Arc::new(feed);
                     current = Some(Arc::clone(&feed));
-                    tx.send_replace(feed);
+                    // Deltas apply to the stream's own version; what is
+                    // published also keeps the callers known before a
+                    // restart of the controller while it says so.
+                    let published = if feed.callers_pending {
+                        let held = tx.borrow().clone();
+                        Arc::new((*feed).clone().keeping_callers_of(&held))
+                    } else {
+                        feed
+                    };
+                    tx.send_replace(published);
                 }
                 Err(e @ feed_line::LineError::OutOfStep { .. }) => return Err(e.to_string()),
                 Err(e) => {
@@ -328,7 +365,62 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    fn caller(cluster: &str, connected: bool) -> Caller {
+        Caller {
+            cluster: cluster.into(),
+            trust_domain: cluster.into(),
+            segment: None,
+            connected,
+        }
+    }
+
+    fn with_callers(callers: Vec<Caller>, pending: bool) -> CatalogFeed {
+        CatalogFeed {
+            callers,
+            callers_pending: pending,
+            ..CatalogFeed::default()
+        }
+    }
+
+    #[test]
+    fn a_restarted_controllers_pending_callers_keep_the_ones_known_until_settled() {
+        let before = with_callers(
+            vec![caller("cluster2", true), caller("cluster3", true)],
+            false,
+        );
+        // Restarted: only cluster3 is back. cluster2 is kept, not connected.
+        let restarted =
+            with_callers(vec![caller("cluster3", true)], true).keeping_callers_of(&before);
+        assert_eq!(
+            restarted.callers,
+            [caller("cluster3", true), caller("cluster2", false)]
+        );
+        // Still pending: kept from the feed held since.
+        let next =
+            with_callers(vec![caller("cluster3", true)], true).keeping_callers_of(&restarted);
+        assert_eq!(next.callers, restarted.callers);
+        // Settled without cluster2: it is gone.
+        let settled = with_callers(vec![caller("cluster3", true)], false).keeping_callers_of(&next);
+        assert_eq!(settled.callers, [caller("cluster3", true)]);
+        // Lines carry the flag; a controller that does not say means settled.
+        let line = crate::feed_line::encode(None, &restarted);
+        assert!(
+            crate::feed_line::decode(None, &line[..line.len() - 1])
+                .unwrap()
+                .callers_pending
+        );
+        let line = crate::feed_line::encode(None, &settled);
+        assert!(!String::from_utf8_lossy(&line).contains("callers_pending"));
+        assert!(
+            !crate::feed_line::decode(None, &line[..line.len() - 1])
+                .unwrap()
+                .callers_pending
+        );
+    }
 
     #[test]
     fn follower_query_encodes_values_and_leaves_out_empty_ones() {

@@ -50,6 +50,8 @@ struct Line {
     delta: Option<CatalogDelta>,
     #[serde(default)]
     callers: Vec<Caller>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    callers_pending: bool,
 }
 
 /// Whether two catalogs differ in anything but their services.
@@ -80,6 +82,7 @@ pub fn encode(prev: Option<&CatalogFeed>, next: &CatalogFeed) -> Vec<u8> {
             catalog: Some(Arc::clone(&next.catalog)),
             delta: None,
             callers: next.callers.clone(),
+            callers_pending: next.callers_pending,
         },
         Some(prev) => {
             let mut delta = CatalogDelta {
@@ -104,6 +107,7 @@ pub fn encode(prev: Option<&CatalogFeed>, next: &CatalogFeed) -> Vec<u8> {
                 catalog: None,
                 delta: Some(delta),
                 callers: next.callers.clone(),
+                callers_pending: next.callers_pending,
             }
         }
     };
@@ -223,6 +227,7 @@ pub fn decode(current: Option<&CatalogFeed>, line: &[u8]) -> Result<CatalogFeed,
             version: line.version,
             catalog,
             callers: line.callers,
+            callers_pending: line.callers_pending,
         }),
         (None, Some(delta)) => {
             let held =
@@ -249,6 +254,7 @@ pub fn decode(current: Option<&CatalogFeed>, line: &[u8]) -> Result<CatalogFeed,
                 version: line.version,
                 catalog: Arc::new(catalog),
                 callers: line.callers,
+                callers_pending: line.callers_pending,
             })
         }
         (None, None) => Err(LineError::Empty),
@@ -274,6 +280,7 @@ mod tests {
             version,
             catalog: Arc::new(cat),
             callers: Vec::new(),
+            callers_pending: false,
         }
     }
 

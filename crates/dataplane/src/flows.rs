@@ -280,6 +280,7 @@ mod tests {
                 &CatalogConfig::default(),
             )),
             callers: Vec::new(),
+            ..CatalogFeed::default()
         };
         DataplaneState::build(Arc::new(feed), &StateOptions::default())
     }

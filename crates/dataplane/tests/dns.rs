@@ -949,6 +949,7 @@ fn table_with_rogue_name(rogue: &str) -> DnsTable {
         version: 1,
         catalog: Arc::new(cat),
         callers: Vec::new(),
+        callers_pending: false,
     });
     let state = DataplaneState::build(feed, &StateOptions::default());
     assert_eq!(

@@ -201,6 +201,7 @@ impl Mesh {
                 segment: None,
                 connected: true,
             }],
+            ..CatalogFeed::default()
         });
         let state = Arc::new(DataplaneState::build(feed, &StateOptions::default()));
         let (tx, rx) = watch::channel(state);

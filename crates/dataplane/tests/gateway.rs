@@ -73,6 +73,7 @@ impl Gw {
             version: 1,
             catalog: Arc::new(catalog),
             callers,
+            callers_pending: false,
         });
         let state = Arc::new(DataplaneState::build(feed, &StateOptions::default()));
         // The handler reads the state at each open; the sender may go.

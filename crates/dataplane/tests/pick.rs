@@ -175,6 +175,7 @@ fn state_of(catalog: GlobalCatalog) -> DataplaneState {
             version: 1,
             catalog: Arc::new(catalog),
             callers: Vec::new(),
+            callers_pending: false,
         }),
         &StateOptions::default(),
     )
@@ -309,6 +310,7 @@ fn t3_the_tiers_follow_the_client_locality_option() {
             version: 1,
             catalog: Arc::new(mesh(Some("PreferClose"))),
             callers: Vec::new(),
+            callers_pending: false,
         }),
         &opts,
     );

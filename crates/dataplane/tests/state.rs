@@ -40,6 +40,7 @@ fn feed(version: u64, catalog: GlobalCatalog) -> Arc<CatalogFeed> {
         version,
         catalog: Arc::new(catalog),
         callers: Vec::new(),
+        callers_pending: false,
     })
 }
 

@@ -573,6 +573,63 @@ fn i1_one_changed_service_of_a_peer_re_merges_one_global_service() {
     assert_eq!((step.merged, step.hostnames, step.changed), (0, 0, false));
 }
 
+/// After a restart, a remote service whose peer has not synced yet is not
+/// in the catalog: its address is parked, no other hostname takes it, and
+/// it gets it back when the peer syncs (G11 across the restart gate).
+#[test]
+fn g11_a_restart_parks_the_addresses_of_services_not_back_yet() {
+    let mut c1 = empty_cluster("cluster1");
+    c1.apply(Object::Gateway(peer_gateway(
+        "cluster2",
+        "cluster2",
+        "cluster2",
+        "192.0.2.2",
+    )));
+    let e1 = ExportEngine::new(c1);
+    let mut c2 = empty_cluster("cluster2");
+    c2.apply(Object::Namespace(namespace("shop", &[])));
+    for (i, name) in ["back", "late"].iter().enumerate() {
+        c2.apply(Object::Service(svc("shop", name).global().service()));
+        c2.apply(Object::Pod(pod(
+            "shop",
+            &format!("{name}-0"),
+            &[("app", name)],
+            &format!("10.2.0.{}", i + 1),
+            true,
+            None,
+        )));
+    }
+    let e2 = ExportEngine::new(c2);
+    // A /30 holds two VIPs: both were handed out before the restart.
+    let range: Cidr = "10.0.0.0/30".parse().unwrap();
+    let previous: BTreeMap<String, std::net::IpAddr> = [
+        ("back.shop.mesh.internal", "10.0.0.1"),
+        ("late.shop.mesh.internal", "10.0.0.2"),
+    ]
+    .iter()
+    .map(|(h, ip)| ((*h).to_owned(), ip.parse().unwrap()))
+    .collect();
+    let mut cat = CatalogEngine::new(range, previous.clone()).park_restart_vips();
+    // The peer is not back: nothing of it in the catalog, both addresses parked.
+    cat.update(e1.snapshot(), e1.export(), [], OwnChanges::ALL);
+    assert_eq!(cat.parked(), 2);
+    // It syncs: each hostname gets its own address again.
+    cat.update(
+        e1.snapshot(),
+        e1.export(),
+        [e2.export()],
+        OwnChanges::default(),
+    );
+    assert_eq!(cat.vips(), &previous);
+    assert_eq!(cat.parked(), 0);
+    // The gate is over before the peer is back: the addresses go back to
+    // the pool.
+    let mut cat = CatalogEngine::new(range, previous.clone()).park_restart_vips();
+    cat.update(e1.snapshot(), e1.export(), [], OwnChanges::ALL);
+    cat.release_parked();
+    assert_eq!(cat.parked(), 0);
+}
+
 /// Two hostnames of `ns0` (services `svc<a>`, `svc<b>`) that hash to the
 /// same address of `range`.
 fn colliding(range: &Cidr) -> (String, String) {

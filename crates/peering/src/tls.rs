@@ -132,7 +132,9 @@ pub async fn serve_with(
     let gate = Gate::new("peering", limits, metrics);
     info!(%limits, "peering listener bounds");
     let max_streams = service.max_streams_per_connection();
-    let accept = tokio::spawn(async move {
+    // Aborted when this future ends or is dropped (a task aborting the
+    // server): the listener must not outlive the server.
+    let accept = AbortOnDrop(tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
                 Ok(x) => x,
@@ -154,7 +156,7 @@ pub async fn serve_with(
                 }
             });
         }
-    });
+    }));
     let result = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -162,12 +164,21 @@ pub async fn serve_with(
         .add_service(service.grpc())
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
-    accept.abort();
+    drop(accept);
     result
 }
 
 /// Read buffer of a peering connection (rustls reads 4 KiB at a time).
 const READ_BUFFER: usize = 16 * 1024;
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,

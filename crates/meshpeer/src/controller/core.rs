@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::hold::Hold;
 use super::metrics::{ControllerMetrics, RefusalLabels};
 use super::peers::PeerState;
 use super::sink_task::SinkJob;
@@ -52,6 +53,9 @@ pub(crate) struct Core {
     pub(crate) exporter: ExportEngine,
     /// The catalog, kept by what changes in the export and the peers' (I1).
     pub(crate) cataloguer: CatalogEngine,
+    /// Output entries kept as they were at start until their peers sync
+    /// again (sync gating after a restart).
+    pub(crate) hold: Hold,
     /// What of the snapshot besides the export changed since the catalog
     /// was last brought up to date.
     pub(crate) own_changes: OwnChanges,
@@ -80,6 +84,13 @@ pub(crate) struct Core {
     /// Clusters that link here, by trust domain, with when their stream
     /// went away (kept for the grace period).
     pub(crate) callers: BTreeMap<String, (Caller, Option<SystemTime>)>,
+    /// When this controller started: until every linked peer is back (or
+    /// the grace period since then is over), the feed says its callers are
+    /// pending, so the gateway keeps the ones it knew.
+    pub(crate) started: SystemTime,
+    /// Every linked peer came back as a caller since the start, or the
+    /// grace period is over (never false again).
+    pub(crate) callers_settled: bool,
     pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
     pub(crate) output_error: watch::Receiver<Option<String>>,
     pub(crate) snapshot_dirty: bool,
@@ -351,9 +362,48 @@ impl Core {
         removed_any
     }
 
+    /// Releases held output entries whose peers are settled: synced since
+    /// the start, this cluster itself, or not linked; everything once the
+    /// grace period is over. Costs the clusters still waited for.
+    fn settle_hold(&mut self, now: SystemTime) {
+        if self.hold.is_empty() {
+            return;
+        }
+        let own = &self.exporter.snapshot().config.name;
+        let settled: Vec<String> = self
+            .hold
+            .clusters()
+            .filter(|c| c == own || self.peers.get(*c).is_none_or(|p| p.last_sync.is_some()))
+            .map(str::to_owned)
+            .collect();
+        for c in settled {
+            if self.hold.settle(&c) {
+                debug!(peer = %c, "output entries released: the peer synced again");
+            }
+        }
+        if self.hold.expire(now) {
+            warn!(
+                "grace period since the start is over: output entries of peers that did not sync again are released"
+            );
+        }
+        if self.hold.is_empty() {
+            self.cataloguer.release_parked();
+            info!(
+                "every peer contributing to the output synced again (or is gone): the output follows the catalog"
+            );
+        }
+    }
+
+    /// Whether held output entries wait for anything (the 1 s tick checks
+    /// the grace period).
+    pub(crate) fn holding(&self) -> bool {
+        !self.hold.is_empty()
+    }
+
     /// Publishes the view and the output job.
     pub(crate) fn publish(&mut self) {
         let now = SystemTime::now();
+        self.settle_hold(now);
         let mut statuses = Vec::new();
         for (name, peer) in &mut self.peers {
             let generation = self
@@ -400,10 +450,12 @@ impl Core {
         self.version += 1;
         // Readers (data plane, API) first; rendering for the output after.
         self.refresh_callers(now);
+        self.settle_callers(now);
         self.feed_tx.send_replace(Arc::new(CatalogFeed {
             version: self.version,
             catalog: Arc::clone(&self.catalog),
             callers: self.callers.values().map(|(c, _)| c.clone()).collect(),
+            callers_pending: !self.callers_settled,
         }));
         let status = self.status();
         self.view_tx.send_replace(Arc::new(View {
@@ -414,6 +466,7 @@ impl Core {
         self.sink_tx.send_replace(Arc::new(SinkJob {
             version: self.version,
             catalog: Arc::clone(&self.catalog),
+            held: self.hold.entries().clone(),
             statuses,
         }));
     }
@@ -431,9 +484,40 @@ impl Core {
             served: ServedView::of(&self.service),
             refused: RefusedView::of(&self.service),
             output_error: self.output_error.borrow().clone(),
+            output_held: self.hold.entries().len(),
             diagnostics: self.catalog.diagnostics.clone(),
             recompute: self.last_step.clone(),
         }
+    }
+
+    /// Settles the callers once every linked peer has synced since the
+    /// start and links here again (its peering stream is up), or the grace
+    /// period since the start is over; says whether that happened now.
+    /// Until then the gateway keeps the callers it knew before a restart.
+    /// A peer that this cluster does not link to is not waited for.
+    pub(crate) fn settle_callers(&mut self, now: SystemTime) -> bool {
+        if self.callers_settled || !self.ready {
+            return false;
+        }
+        let over = now
+            .duration_since(self.started)
+            .is_ok_and(|d| d >= self.settings.grace);
+        let back = self.peers.iter().all(|(name, p)| {
+            p.last_sync.is_some()
+                && self
+                    .callers
+                    .values()
+                    .any(|(c, _)| c.cluster == *name && c.connected)
+        });
+        if !(over || back) {
+            return false;
+        }
+        self.callers_settled = true;
+        info!(
+            grace_over = over,
+            "callers settled: the gateway now follows this controller's list of callers"
+        );
+        true
     }
 
     /// Updates the callers from the peering server; says whether they changed.

@@ -5,6 +5,7 @@
 //! catalog, a catalog stream for the data plane, metrics).
 
 mod core;
+mod hold;
 mod metrics;
 mod peers;
 mod sink_task;
@@ -167,6 +168,9 @@ impl Controller {
             .existing()
             .await
             .with_context(|| format!("cannot read the existing output ({})", sink.describe()))?;
+        // Sync gating: what the output holds for services peers contribute
+        // to stays as it is until they sync again (or the grace is over).
+        let hold = hold::Hold::new(&existing, std::time::SystemTime::now() + grace);
         let vips = existing
             .iter()
             .filter_map(|se| {
@@ -279,7 +283,8 @@ impl Controller {
                 limits: Arc::new(limits),
             },
             exporter: ExportEngine::new(ClusterSnapshot::new(ClusterConfig::default())),
-            cataloguer: CatalogEngine::new(vip_range, vips),
+            cataloguer: CatalogEngine::new(vip_range, vips).park_restart_vips(),
+            hold,
             own_changes: OwnChanges::ALL,
             ready: false,
             catalog: Arc::new(GlobalCatalog::default()),
@@ -299,6 +304,8 @@ impl Controller {
             view_tx,
             feed_tx,
             callers: Default::default(),
+            started: std::time::SystemTime::now(),
+            callers_settled: false,
             sink_tx,
             output_error: error_rx,
             snapshot_dirty: false,
@@ -324,7 +331,15 @@ impl Controller {
                         continue;
                     }
                     _ = tick.tick() => {
-                        if core.ready && core.refresh_callers(std::time::SystemTime::now()) {
+                        // publish() also releases held output entries
+                        // and settles the callers once the grace period
+                        // since the start is over.
+                        let now = std::time::SystemTime::now();
+                        if core.ready
+                            && (core.refresh_callers(now)
+                                || core.holding()
+                                || core.settle_callers(now))
+                        {
                             core.publish();
                         }
                         continue;

@@ -23,38 +23,67 @@ pub(crate) struct SinkJob {
     pub(crate) version: u64,
     /// Rendered here: one ServiceEntry per global service.
     pub(crate) catalog: Arc<GlobalCatalog>,
+    /// Entries kept as the output held them at start, whatever the catalog
+    /// says, until their peers sync again (sync gating after a restart).
+    pub(crate) held: Desired,
     pub(crate) statuses: Vec<PeerStatus>,
 }
 
-/// The catalog rendered last and its ServiceEntries, by name.
+/// The catalog rendered last and its ServiceEntries, by name; and the
+/// output: those entries with the held ones in their place.
 #[derive(Default)]
 struct Rendered {
     catalog: Arc<GlobalCatalog>,
     entries: Desired,
+    held: Desired,
+    output: Desired,
 }
 
 impl Rendered {
-    /// `render(catalog)`, by what changed since the last catalog: only the
-    /// services that differ are rendered again (SPEC I1).
-    fn render(&mut self, catalog: &Arc<GlobalCatalog>) -> &Desired {
+    /// `render(catalog)` with `held` entries in place of (or besides) the
+    /// rendered ones, by what changed since the last call: only the
+    /// services that differ are rendered again, only the names whose
+    /// entry or hold changed are looked at (SPEC I1).
+    fn render(&mut self, catalog: &Arc<GlobalCatalog>, held: &Desired) -> &Desired {
+        let mut touched = Vec::new();
         for item in self.catalog.services.diff(&catalog.services) {
             match item {
                 DiffItem::Add(_, svc) => {
+                    let name = service_entry_name(svc);
                     self.entries
-                        .insert(service_entry_name(svc), Arc::new(service_entry(svc)));
+                        .insert(name.clone(), Arc::new(service_entry(svc)));
+                    touched.push(name);
                 }
                 DiffItem::Update { old, new } => {
-                    self.entries.remove(&service_entry_name(old.1));
+                    let (was, name) = (service_entry_name(old.1), service_entry_name(new.1));
+                    self.entries.remove(&was);
                     self.entries
-                        .insert(service_entry_name(new.1), Arc::new(service_entry(new.1)));
+                        .insert(name.clone(), Arc::new(service_entry(new.1)));
+                    touched.extend([was, name]);
                 }
                 DiffItem::Remove(_, svc) => {
-                    self.entries.remove(&service_entry_name(svc));
+                    let name = service_entry_name(svc);
+                    self.entries.remove(&name);
+                    touched.push(name);
                 }
             }
         }
+        for item in self.held.diff(held) {
+            match item {
+                DiffItem::Add(name, _)
+                | DiffItem::Remove(name, _)
+                | DiffItem::Update { new: (name, _), .. } => touched.push(name.clone()),
+            }
+        }
+        for name in touched {
+            match held.get(&name).or_else(|| self.entries.get(&name)) {
+                Some(se) => self.output.insert(name, Arc::clone(se)),
+                None => self.output.remove(&name),
+            };
+        }
         self.catalog = Arc::clone(catalog);
-        &self.entries
+        self.held = held.clone();
+        &self.output
     }
 }
 
@@ -70,7 +99,7 @@ pub(crate) async fn run(
     loop {
         let job = jobs.borrow_and_update().clone();
         if job.version > 0 {
-            let result = sink.apply(rendered.render(&job.catalog)).await;
+            let result = sink.apply(rendered.render(&job.catalog, &job.held)).await;
             let mut statuses = job.statuses.clone();
             match &result {
                 Ok(report) => {
@@ -147,13 +176,14 @@ mod tests {
     #[test]
     fn g7_remembered_rendering_equals_rendering_afresh() {
         let mut rendered = Rendered::default();
+        let none = Desired::new();
         let first = catalog_of(
             ClusterBuilder::new("c1")
                 .service(svc("a", "one").global().ready(1))
                 .service(svc("a", "two").global().ready(1))
                 .service(svc("a", "three").global().ready(1)),
         );
-        assert_eq!(rendered.render(&first), &afresh(&first));
+        assert_eq!(rendered.render(&first, &none), &afresh(&first));
         // One service changes (more endpoints), one goes, one comes.
         let second = catalog_of(
             ClusterBuilder::new("c1")
@@ -162,10 +192,44 @@ mod tests {
                 .service(svc("a", "four").global().ready(1)),
         );
         assert_ne!(render(&first), render(&second));
-        assert_eq!(rendered.render(&second), &afresh(&second));
+        assert_eq!(rendered.render(&second, &none), &afresh(&second));
         // And back.
-        assert_eq!(rendered.render(&first), &afresh(&first));
+        assert_eq!(rendered.render(&first, &none), &afresh(&first));
         let empty = Arc::new(GlobalCatalog::default());
-        assert!(rendered.render(&empty).is_empty());
+        assert!(rendered.render(&empty, &none).is_empty());
+    }
+
+    #[test]
+    fn held_entries_stand_in_for_the_rendered_ones_until_released() {
+        let mut rendered = Rendered::default();
+        let catalog = catalog_of(
+            ClusterBuilder::new("c1")
+                .service(svc("a", "one").global().ready(1))
+                .service(svc("a", "two").global().ready(1)),
+        );
+        let fresh = afresh(&catalog);
+        // What the output held at start: `one` with other content, and
+        // `gone` (a remote service whose peer has not synced yet).
+        let mut old_one = (*fresh["autogen.a.one"]).clone();
+        old_one.spec.hosts = vec!["before.a.mesh.internal".into()];
+        let mut gone = old_one.clone();
+        gone.metadata.name = Some("autogen.a.gone".into());
+        let held: Desired = [
+            ("autogen.a.one".to_owned(), Arc::new(old_one.clone())),
+            ("autogen.a.gone".to_owned(), Arc::new(gone.clone())),
+        ]
+        .into_iter()
+        .collect();
+        let out = rendered.render(&catalog, &held).clone();
+        assert_eq!(*out["autogen.a.one"], old_one);
+        assert_eq!(*out["autogen.a.gone"], gone);
+        assert_eq!(out["autogen.a.two"], fresh["autogen.a.two"]);
+        // `gone` is released: it leaves; then `one`: it is rendered.
+        let mut less = held.clone();
+        less.remove("autogen.a.gone");
+        let out = rendered.render(&catalog, &less).clone();
+        assert!(!out.contains_key("autogen.a.gone"));
+        assert_eq!(*out["autogen.a.one"], old_one);
+        assert_eq!(rendered.render(&catalog, &Desired::new()), &fresh);
     }
 }

@@ -42,6 +42,10 @@ pub struct Status {
     /// The last output write, if it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_error: Option<String>,
+    /// Output entries kept as they were at start until the peers that
+    /// contribute to them sync again (or the grace period ends).
+    #[serde(default)]
+    pub output_held: usize,
     pub diagnostics: Vec<Diagnostic>,
     /// What the last recomputation cost (SPEC I1).
     #[serde(default)]

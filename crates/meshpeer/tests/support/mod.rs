@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use meshpeer::controller::{Controller, ControllerConfig, View};
 use meshpeer::dataplane::{GatewayRole, ProxyRole, ProxyRoleConfig};
 use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
+use meshpeer_dataplane::feed::CatalogFeed;
 use meshpeer_dataplane::gateway::GatewayConfig;
 use meshpeer_dataplane::proxy::ProxyConfig;
 use meshpeer_dataplane::state::DataplaneState;
@@ -107,6 +108,13 @@ pub(crate) struct Cluster {
     /// (`--allow-endpoints 127.<block>.200.0/24`), no node address unless
     /// a test sets some.
     pub(crate) endpoints: Arc<EndpointPolicy>,
+    /// Its proxy and gateway follow the controller's catalog over its API
+    /// (NDJSON over HTTP, as across processes) instead of in process; the
+    /// controller must have an API address.
+    pub(crate) follow_api: bool,
+    /// The catalog as its proxy and gateway have it, when following the API.
+    pub(crate) followed: Option<tokio::sync::watch::Receiver<Arc<CatalogFeed>>>,
+    feed_task: Option<JoinHandle<()>>,
 }
 
 impl Cluster {
@@ -277,6 +285,8 @@ pub(crate) struct Mesh {
     pub(crate) relays: BTreeMap<(String, String), Relay>,
     /// Destinations a proxy tries per connection.
     pub(crate) max_attempts: usize,
+    /// The controllers' `--grace` (5 s unless a test sets it).
+    pub(crate) grace: Duration,
 }
 
 pub(crate) fn namespace(name: &str, labels: &[(&str, &str)]) -> String {
@@ -314,7 +324,7 @@ pub(crate) fn segments(join: Option<&str>) -> String {
     )
 }
 
-fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>) -> String {
+pub(crate) fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>) -> String {
     let pin = pin
         .map(|s| format!(", admin.solo.io/segment: \"{s}\""))
         .unwrap_or_default();
@@ -375,6 +385,9 @@ impl Mesh {
                     registry: Registry::default(),
                     sink: None,
                     endpoints: Arc::new(EndpointPolicy::new(vec![pods], Vec::new())),
+                    follow_api: false,
+                    followed: None,
+                    feed_task: None,
                 }
             })
             .collect();
@@ -384,6 +397,7 @@ impl Mesh {
             clusters,
             relays: BTreeMap::new(),
             max_attempts: ProxyConfig::default().max_attempts,
+            grace: Duration::from_secs(5),
         }
     }
 
@@ -399,32 +413,79 @@ impl Mesh {
 
     /// Starts every cluster's controller (peering on 127.0.0.1:0).
     pub(crate) async fn start(&mut self) {
-        for c in &mut self.clusters {
-            let now = SystemTime::now();
-            let ca = self
-                .root
-                .issue_intermediate(&c.name, &c.name, Duration::from_secs(86_400), now)
-                .unwrap();
-            let trust_root = ca.trust_root().clone();
-            let id = SpiffeId::new(c.name.as_str(), "istio-system", "meshpeer").unwrap();
-            let identity = Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap());
-            let mut cfg = ControllerConfig::new(
-                Box::new(FileSource::new(c.dir.clone(), Duration::from_millis(20))),
-                c.sink
-                    .take()
-                    .unwrap_or_else(|| Box::new(FileSink::new(c.out.clone()))),
-                identity,
-                trust_root,
-                "127.0.0.1:0".parse().unwrap(),
-            );
-            cfg.heartbeat = Duration::from_secs(2);
-            cfg.grace = Duration::from_secs(5);
-            cfg.vip_range = c.vip_range();
-            // Every cluster's pods are on loopback (127.<block>.200.0/24):
-            // peers' endpoints there are taken (SPEC B1, P5).
-            cfg.limits.allow_endpoints = vec!["127.0.0.0/8".parse().unwrap()];
-            c.controller = Some(Controller::start(cfg).await.unwrap());
+        let names: Vec<String> = self.clusters.iter().map(|c| c.name.clone()).collect();
+        for name in names {
+            self.start_controller(&name, "127.0.0.1:0".parse().unwrap(), None)
+                .await;
         }
+    }
+
+    /// Starts `name`'s controller: peering on `peering`, its local API
+    /// (status, catalog, the feed over plain HTTP) on `api` when given.
+    pub(crate) async fn start_controller(
+        &mut self,
+        name: &str,
+        peering: SocketAddr,
+        api: Option<SocketAddr>,
+    ) {
+        let cfg = self.controller_config(name, peering, api);
+        self.start_with(name, cfg).await;
+    }
+
+    /// Starts `name`'s controller with `cfg` (from
+    /// [`Mesh::controller_config`], perhaps changed).
+    pub(crate) async fn start_with(&mut self, name: &str, mut cfg: ControllerConfig) {
+        let c = self.clusters.iter_mut().find(|c| c.name == name).unwrap();
+        // A sink given by `with_sink` replaces the output folder (once).
+        if let Some(sink) = c.sink.take() {
+            cfg.sink = sink;
+        }
+        c.controller = Some(Controller::start(cfg).await.unwrap());
+    }
+
+    /// What [`Mesh::start_controller`] starts `name`'s controller with:
+    /// its folder, its output folder, 2 s heartbeats, the mesh's grace.
+    pub(crate) fn controller_config(
+        &self,
+        name: &str,
+        peering: SocketAddr,
+        api: Option<SocketAddr>,
+    ) -> ControllerConfig {
+        let grace = self.grace;
+        let root = &self.root;
+        let c = self.cluster(name);
+        let now = SystemTime::now();
+        let ca = root
+            .issue_intermediate(&c.name, &c.name, Duration::from_secs(86_400), now)
+            .unwrap();
+        let trust_root = ca.trust_root().clone();
+        let id = SpiffeId::new(c.name.as_str(), "istio-system", "meshpeer").unwrap();
+        let identity = Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap());
+        let mut cfg = ControllerConfig::new(
+            Box::new(FileSource::new(c.dir.clone(), Duration::from_millis(20))),
+            Box::new(FileSink::new(c.out.clone())),
+            identity,
+            trust_root,
+            peering,
+        );
+        cfg.heartbeat = Duration::from_secs(2);
+        cfg.grace = grace;
+        cfg.vip_range = c.vip_range();
+        cfg.api_listen = api;
+        // Every cluster's pods are on loopback (127.<block>.200.0/24):
+        // peers' endpoints there are taken (SPEC B1, P5).
+        cfg.limits.allow_endpoints = vec!["127.0.0.0/8".parse().unwrap()];
+        cfg
+    }
+
+    /// Stops `name`'s controller and starts it again on the same peering
+    /// and API addresses, from its folder and output alone (a restart).
+    pub(crate) async fn restart_controller(&mut self, name: &str) {
+        let c = self.clusters.iter_mut().find(|c| c.name == name).unwrap();
+        let old = c.controller.take().expect("controller running");
+        let (peering, api) = (old.peering_addr, old.api_addr);
+        old.shutdown().await;
+        self.start_controller(name, peering, api).await;
     }
 
     /// Starts every cluster's east-west gateway (HBONE on 127.0.0.1:0) and
@@ -438,7 +499,18 @@ impl Mesh {
     /// [`Mesh::start_dataplane`] for the named clusters only.
     pub(crate) async fn start_dataplane_of(&mut self, names: &[String]) {
         for c in self.clusters.iter_mut().filter(|c| names.contains(&c.name)) {
-            let feed = c.controller().feed();
+            let feed = if c.follow_api {
+                let api = c.controller().api_addr.expect("the controller's API is on");
+                let (tx, rx) = tokio::sync::watch::channel(Arc::new(CatalogFeed::default()));
+                c.feed_task = Some(tokio::spawn(meshpeer_dataplane::feed::follow(
+                    api.to_string(),
+                    tx,
+                )));
+                c.followed = Some(rx.clone());
+                rx
+            } else {
+                c.controller().feed()
+            };
             let now = SystemTime::now();
             let identity = |ns: &str, sa: &str| {
                 let ca = self
@@ -532,6 +604,9 @@ impl Mesh {
             }
             if let Some(ctl) = c.controller.take() {
                 ctl.shutdown().await;
+            }
+            if let Some(t) = c.feed_task.take() {
+                t.abort();
             }
         }
     }

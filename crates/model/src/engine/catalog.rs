@@ -134,6 +134,12 @@ pub struct CatalogEngine {
     vips: BTreeMap<String, IpAddr>,
     pool: Pool,
     hints: BTreeMap<String, IpAddr>,
+    /// Addresses a restart read back for hostnames not (yet) in the catalog
+    /// (a peer that has not synced again): kept out of the pool for them
+    /// until [`CatalogEngine::release_parked`].
+    parked: BTreeMap<String, IpAddr>,
+    /// Whether restart addresses of absent hostnames are parked.
+    park: bool,
     reserved: BTreeSet<IpAddr>,
     exhausted: BTreeSet<String>,
     exhausted_diags: Vec<Diagnostic>,
@@ -164,6 +170,8 @@ impl CatalogEngine {
             vips: BTreeMap::new(),
             pool: Pool::new(&vip_range, &BTreeSet::new()),
             hints: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            park: false,
             reserved: BTreeSet::new(),
             exhausted: BTreeSet::new(),
             exhausted_diags: Vec::new(),
@@ -536,7 +544,33 @@ impl CatalogEngine {
                 self.vips.remove(&host);
                 hosts.insert(host);
             }
+            let pool = &mut self.pool;
+            self.parked.retain(|_, ip| pool.claim(*ip));
         }
+    }
+
+    /// Parks the restart addresses (`previous_vips`) of hostnames absent
+    /// from the first catalog: a hostname that comes back later (its peer
+    /// syncs again after a restart) gets its address again, and no other
+    /// hostname takes it meanwhile, until [`CatalogEngine::release_parked`].
+    /// Off by default (the pure `catalog_with` does not park).
+    pub fn park_restart_vips(mut self) -> Self {
+        self.park = true;
+        self
+    }
+
+    /// Hands the addresses parked for hostnames a restart read back, and
+    /// that have not come back, to the pool (once every peer synced again
+    /// or the grace period is over).
+    pub fn release_parked(&mut self) {
+        for (_, ip) in std::mem::take(&mut self.parked) {
+            self.pool.release(ip);
+        }
+    }
+
+    /// Hostnames whose restart address is still parked.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// Settles the hostnames that may have changed: winners of collisions,
@@ -579,8 +613,15 @@ impl CatalogEngine {
             // The first allocation keeps a restart's addresses, in hostname
             // order, as `CatalogConfig::previous_vips` does.
             for (host, ip) in std::mem::take(&mut self.initial_vips) {
-                if self.claims.contains_key(&host) && self.pool.claim(ip) {
+                if !self.pool.claim(ip) {
+                    continue;
+                }
+                if self.claims.contains_key(&host) {
                     self.vips.insert(host, ip);
+                } else if self.park {
+                    self.parked.insert(host, ip);
+                } else {
+                    self.pool.release(ip);
                 }
             }
         }
@@ -604,7 +645,9 @@ impl CatalogEngine {
                 .cloned(),
         );
         for host in &wanted {
-            if let Some(ip) = self.hints.get(host)
+            if let Some(ip) = self.parked.remove(host) {
+                self.vips.insert(host.clone(), ip);
+            } else if let Some(ip) = self.hints.get(host)
                 && self.pool.claim(*ip)
             {
                 self.vips.insert(host.clone(), *ip);
