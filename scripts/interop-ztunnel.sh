@@ -70,6 +70,7 @@ ID=$$
 C1="iztc1-$ID"; C2="iztc2-$ID"; P2="iztp2-$ID"
 WORK=$(mktemp -d /tmp/interop-ztunnel.XXXXXX)
 PIDS=()
+declare -A PID_OF=()
 NAMESPACES=()
 
 cleanup() {
@@ -97,14 +98,20 @@ start() {
   local name=$1 n=$2; shift 2
   ip netns exec "$n" "$@" >"$WORK/logs/$name.log" 2>&1 &
   PIDS+=($!)
+  PID_OF[$name]=$!
   info "started $name (pid $!) in $n: $*"
 }
-# wait_for WHAT SECONDS CMD... : retry CMD until it succeeds
+# wait_for WHAT SECONDS CMD... : retry CMD until it succeeds; gives up at
+# once when the process named in $WATCH (started by `start`) has exited
+WATCH=
 wait_for() {
   local what=$1 secs=$2; shift 2
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || return 1
+    [ $SECONDS -lt $deadline ] || { info "timed out: $what"; return 1; }
+    if [ -n "$WATCH" ] && ! kill -0 "${PID_OF[$WATCH]}" 2>/dev/null; then
+      info "not ready: $what ($WATCH exited)"; return 1
+    fi
     sleep 0.5
   done
   info "ready: $what"
@@ -156,11 +163,10 @@ catalog_has_remote() {
   in_ns "$C1" curl -sf http://127.0.0.1:15014/v1/catalog -o "$WORK/catalog1.json" &&
     python3 - "$WORK/catalog1.json" <<'EOF'
 import json, sys
-c = json.load(open(sys.argv[1]))
-svcs = c["services"]
+svcs = json.load(open(sys.argv[1]))["catalog"]["services"]
 svcs = svcs.values() if isinstance(svcs, dict) else svcs
 s = [s for s in svcs if s["hostname"] == "in-ambient.httpbin.mesh.internal"]
-sys.exit(0 if s and "cluster2" in json.dumps(s[0]) else 1)
+sys.exit(0 if s and any(c["cluster"] == "cluster2" for c in s[0]["contributions"]) else 1)
 EOF
 }
 wait_for "cluster1 sees in-ambient.httpbin.mesh.internal with cluster2's contribution" 60 catalog_has_remote ||
@@ -168,12 +174,9 @@ wait_for "cluster1 sees in-ambient.httpbin.mesh.internal with cluster2's contrib
 in_ns "$C1" "$M" status --controller 127.0.0.1:15014 | sed 's/^/    /'
 VIP=$(python3 - "$WORK/catalog1.json" <<'EOF'
 import json, sys
-c = json.load(open(sys.argv[1]))
-svcs = c["services"]
+svcs = json.load(open(sys.argv[1]))["catalog"]["services"]
 svcs = svcs.values() if isinstance(svcs, dict) else svcs
-s = [s for s in svcs if s["hostname"] == "in-ambient.httpbin.mesh.internal"][0]
-v = s.get("vip") or s.get("vips") or s.get("addresses")
-print(v[0] if isinstance(v, list) else v)
+print([s for s in svcs if s["hostname"] == "in-ambient.httpbin.mesh.internal"][0]["vip"])
 EOF
 )
 info "cluster1's VIP for in-ambient.httpbin.mesh.internal: $VIP"
@@ -212,16 +215,16 @@ SAN="spiffe://$DEST_TD/ns/httpbin/sa/in-ambient"
 cat >"$WORK/ztunnel1.yaml" <<EOF
 # cluster1's view, as istiod would push it from meshpeer's ServiceEntry
 workloads:
-- uid: cluster1//v1/Pod/httpbin/client-in-ambient-b86fbcb48-x7k2q
-  name: client-in-ambient-b86fbcb48-x7k2q
+- uid: cluster1//v1/Pod/httpbin/client-in-ambient-5c64bb49cd-w3dmw
+  name: client-in-ambient-5c64bb49cd-w3dmw
   namespace: httpbin
   serviceAccount: client-in-ambient
   trustDomain: cluster1
-  workloadIps: ["192.168.77.1"]
+  workloadIps: ["10.1.1.9"]
   protocol: HBONE
   network: cluster1
   clusterId: cluster1
-  node: cluster1-node-a
+  node: cluster1-node-b
   services: {}
 # the remote endpoint: no address, on network cluster2, behind its gateway
 - uid: cluster2//v1/Pod/httpbin/in-ambient-b86fbcb48-6rvhp
@@ -298,13 +301,16 @@ start ztunnel2 "$P2" $(ztunnel_env z2 "$CA2" "$WORK/certs/$DEST_TD/ztunnel2.toke
   httpbin/in-ambient-b86fbcb48-6rvhp/in-ambient cluster2 cluster2) "$ZTUNNEL_BIN"
 # shellcheck disable=SC2046
 start ztunnel1 "$C1" $(ztunnel_env z1 "$CA1" "$WORK/certs/cluster1/ztunnel1.token" "$WORK/ztunnel1.yaml" \
-  httpbin/client-in-ambient-b86fbcb48-x7k2q/client-in-ambient cluster1 cluster1) "$ZTUNNEL_BIN"
+  httpbin/client-in-ambient-5c64bb49cd-w3dmw/client-in-ambient cluster1 cluster1) "$ZTUNNEL_BIN"
 ok=1
-wait_for "ztunnel #2 ready (15021/healthz/ready)" 60 in_ns "$P2" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
-wait_for "ztunnel #1 ready (15021/healthz/ready)" 60 in_ns "$C1" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
 has_cert() { in_ns "$1" curl -sf http://localhost:15000/config_dump | grep -q -- "$2"; }
+WATCH=ztunnel2
+wait_for "ztunnel #2 ready (15021/healthz/ready)" 60 in_ns "$P2" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
 wait_for "ztunnel #2 holds a certificate for $SAN" 30 has_cert "$P2" "BEGIN CERTIFICATE" || ok=0
+WATCH=ztunnel1
+wait_for "ztunnel #1 ready (15021/healthz/ready)" 60 in_ns "$C1" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
 wait_for "ztunnel #1 holds a certificate" 30 has_cert "$C1" "BEGIN CERTIFICATE" || ok=0
+WATCH=
 for z in "ztunnel1 $C1" "ztunnel2 $P2"; do
   set -- $z
   in_ns "$2" curl -sf http://localhost:15000/config_dump -o "$WORK/$1.config_dump.json" || true
