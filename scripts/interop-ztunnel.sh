@@ -303,13 +303,19 @@ start ztunnel2 "$P2" $(ztunnel_env z2 "$CA2" "$WORK/certs/$DEST_TD/ztunnel2.toke
 start ztunnel1 "$C1" $(ztunnel_env z1 "$CA1" "$WORK/certs/cluster1/ztunnel1.token" "$WORK/ztunnel1.yaml" \
   httpbin/client-in-ambient-5c64bb49cd-w3dmw/client-in-ambient cluster1 cluster1) "$ZTUNNEL_BIN"
 ok=1
-has_cert() { in_ns "$1" curl -sf http://localhost:15000/config_dump | grep -q -- "$2"; }
+# In dedicated mode ztunnel asks for its certificate on first use (no
+# prefetch: src/state.rs cert_fetcher::new). A TLS ClientHello to its own
+# inbound 15008 makes it fetch the workload's certificate now.
+has_cert() {
+  in_ns "$1" curl -sk --max-time 3 https://127.0.0.1:15008/ >/dev/null 2>&1 || true
+  in_ns "$1" curl -sf http://localhost:15000/config_dump | grep -q -- "BEGIN CERTIFICATE"
+}
 WATCH=ztunnel2
 wait_for "ztunnel #2 ready (15021/healthz/ready)" 60 in_ns "$P2" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
-wait_for "ztunnel #2 holds a certificate for $SAN" 30 has_cert "$P2" "BEGIN CERTIFICATE" || ok=0
+wait_for "ztunnel #2 holds a certificate (CreateCertificate at $CA2)" 30 has_cert "$P2" || ok=0
 WATCH=ztunnel1
 wait_for "ztunnel #1 ready (15021/healthz/ready)" 60 in_ns "$C1" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
-wait_for "ztunnel #1 holds a certificate" 30 has_cert "$C1" "BEGIN CERTIFICATE" || ok=0
+wait_for "ztunnel #1 holds a certificate (CreateCertificate at $CA1)" 30 has_cert "$C1" || ok=0
 WATCH=
 for z in "ztunnel1 $C1" "ztunnel2 $P2"; do
   set -- $z
