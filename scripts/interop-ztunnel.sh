@@ -35,6 +35,8 @@
 #                          destination an identity signed by cluster1's
 #                          controller, the one trust domain ztunnel #2 then
 #                          accepts callers from.
+#   INTEROP_TOKEN_AS_WRITTEN=1 give ztunnel the token file exactly as
+#                          `meshpeer certs token` wrote it (trailing newline).
 #   KEEP_WORK=1            keep the work folder (logs, configs, certs).
 set -euo pipefail
 
@@ -154,6 +156,18 @@ $M certs cluster cluster2 --root "$WORK/certs/root" --out "$WORK/certs/cluster2"
 $M certs token --tokens "$WORK/certs/cluster2/tokens" --namespace istio-eastwest --service-account istio-eastwest --out "$WORK/certs/cluster2/gateway.token" >/dev/null
 $M certs token --tokens "$WORK/certs/cluster1/tokens" --namespace httpbin --service-account client-in-ambient --out "$WORK/certs/cluster1/ztunnel1.token" >/dev/null
 $M certs token --tokens "$WORK/certs/$DEST_TD/tokens" --namespace httpbin --service-account in-ambient --out "$WORK/certs/$DEST_TD/ztunnel2.token" >/dev/null
+# ztunnel sends its token file's bytes verbatim after "Bearer "
+# (src/identity/auth.rs, load_token: no trim); `meshpeer certs token` ends the
+# file with a newline (crates/ca/src/tokens.rs, write_token_file: writeln!),
+# which is not a valid header value. Kubernetes' projected tokens have none.
+# INTEROP.md, finding 0.
+for t in "$WORK/certs/cluster1/ztunnel1.token" "$WORK/certs/$DEST_TD/ztunnel2.token"; do
+  if [ "${INTEROP_TOKEN_AS_WRITTEN:-0}" = 1 ]; then
+    cp "$t" "$t.ztunnel"
+  else
+    (umask 077; printf '%s' "$(cat "$t")" >"$t.ztunnel")
+  fi
+done
 info "root + intermediates for cluster1, cluster2; tokens: cluster1 httpbin/client-in-ambient (ztunnel #1), $DEST_TD httpbin/in-ambient (ztunnel #2), cluster2 istio-eastwest/istio-eastwest (gateway)"
 
 step "4. meshpeer controllers (peering 192.168.77.x:15012, cluster listener :15013)"
@@ -297,10 +311,10 @@ ztunnel_env() { # NAME CA TOKEN CFG WORKLOAD NETWORK CLUSTER
     NETWORK="$6" CLUSTER_ID="$7" ENABLE_ORIG_SRC=false UNSTABLE_ENABLE_SOCKS5=true
 }
 # shellcheck disable=SC2046
-start ztunnel2 "$P2" $(ztunnel_env z2 "$CA2" "$WORK/certs/$DEST_TD/ztunnel2.token" "$WORK/ztunnel2.yaml" \
+start ztunnel2 "$P2" $(ztunnel_env z2 "$CA2" "$WORK/certs/$DEST_TD/ztunnel2.token.ztunnel" "$WORK/ztunnel2.yaml" \
   httpbin/in-ambient-b86fbcb48-6rvhp/in-ambient cluster2 cluster2) "$ZTUNNEL_BIN"
 # shellcheck disable=SC2046
-start ztunnel1 "$C1" $(ztunnel_env z1 "$CA1" "$WORK/certs/cluster1/ztunnel1.token" "$WORK/ztunnel1.yaml" \
+start ztunnel1 "$C1" $(ztunnel_env z1 "$CA1" "$WORK/certs/cluster1/ztunnel1.token.ztunnel" "$WORK/ztunnel1.yaml" \
   httpbin/client-in-ambient-5c64bb49cd-w3dmw/client-in-ambient cluster1 cluster1) "$ZTUNNEL_BIN"
 ok=1
 # In dedicated mode ztunnel asks for its certificate on first use (no
