@@ -322,7 +322,9 @@ ok=1
 # inbound 15008 makes it fetch the workload's certificate now.
 has_cert() {
   in_ns "$1" curl -sk --max-time 3 https://127.0.0.1:15008/ >/dev/null 2>&1 || true
-  in_ns "$1" curl -sf http://localhost:15000/config_dump | grep -q -- "BEGIN CERTIFICATE"
+  local dump
+  dump=$(in_ns "$1" curl -sf http://localhost:15000/config_dump) || return 1
+  python3 -c 'import json,sys; sys.exit(0 if any(c.get("state") == "Available" for c in json.loads(sys.stdin.read()).get("certificates", [])) else 1)' <<<"$dump"
 }
 WATCH=ztunnel2
 wait_for "ztunnel #2 ready (15021/healthz/ready)" 60 in_ns "$P2" curl -sf http://127.0.0.1:15021/healthz/ready || ok=0
@@ -375,7 +377,7 @@ in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -v '^#' | grep 'istio_
 if [ $curl_rc -eq 0 ] && grep -q "hello from cluster2" "$WORK/answer.txt" 2>/dev/null; then
   src="spiffe://cluster1/ns/httpbin/sa/client-in-ambient"
   if grep -q "src.identity=\"$src\"" "$WORK/logs/ztunnel2.log" ||
-     in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -q "source_principal=\"$src\""; then
+     in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -c "source_principal=\"$src\"" >/dev/null; then
     step "PASS: the backend in cluster2 answered through ztunnel -> meshpeer gateway -> ztunnel; ztunnel #2 saw the source identity $src"
     exit 0
   fi
