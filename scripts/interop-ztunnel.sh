@@ -214,6 +214,8 @@ if [ "$CA_RELAY" = 1 ]; then
   start relay1 "$C1" python3 "$HERE/interop-ztunnel-relay.py" relay 127.0.0.1:15113 192.168.77.1:15013 "$WORK/certs" "$WORK/certs/root/root-cert.pem"
   if [ "$DEST_TD" = cluster1 ]; then up2=192.168.77.1:15013; else up2=192.168.77.2:15013; fi
   start relay2 "$C2" python3 "$HERE/interop-ztunnel-relay.py" relay 10.2.0.1:15113 "$up2" "$WORK/certs" "$WORK/certs/root/root-cert.pem"
+  WATCH=relay1 wait_for "relay1" 20 grep -q listening "$WORK/logs/relay1.log" || die "relay1 did not start"
+  WATCH=relay2 wait_for "relay2" 20 grep -q listening "$WORK/logs/relay2.log" || die "relay2 did not start"
   CA1=https://127.0.0.1:15113; CA2=https://10.2.0.1:15113; CAROOT="$WORK/certs/relay-ca.pem"
   info "TLS relays (harness only, INTEROP.md blocker 1): ztunnel -> relay (cert with IP SAN) -> meshpeer cluster listener (chain to the shared root)"
 else
