@@ -209,6 +209,15 @@ start backend "$P2" python3 -m http.server 8080 --bind 10.2.0.21 --directory "$W
 wait_for "backend" 20 in_ns "$P2" curl -sf http://10.2.0.21:8080/hello.txt || { show_log backend; die "backend did not start"; }
 
 step "7. how the ztunnels reach meshpeer's CA"
+# What ztunnel's CA client checks (src/tls/control.rs): the chain to
+# CA_ROOT_CA, then the CA_ADDRESS host (or ALT_CA_HOSTNAME) against the
+# certificate's DNS/IP SANs. openssl does the same check here.
+if command -v openssl >/dev/null; then
+  in_ns "$C2" openssl s_client -connect 192.168.77.2:15013 -alpn h2 -CAfile "$WORK/certs/root/root-cert.pem" \
+    -verify_ip 192.168.77.2 </dev/null >"$WORK/sclient2.txt" 2>/dev/null || true
+  info "meshpeer's cluster listener 192.168.77.2:15013: $(openssl x509 -in "$WORK/sclient2.txt" -noout -ext subjectAltName 2>/dev/null | tr -s ' \n' ' ')"
+  info "checked for IP 192.168.77.2 against the shared root: $(grep -m1 'Verify return code' "$WORK/sclient2.txt" | sed 's/^ *//')"
+fi
 if [ "$CA_RELAY" = 1 ]; then
   python3 "$HERE/interop-ztunnel-relay.py" certs "$WORK/certs" 127.0.0.1 10.2.0.1
   start relay1 "$C1" python3 "$HERE/interop-ztunnel-relay.py" relay 127.0.0.1:15113 192.168.77.1:15013 "$WORK/certs" "$WORK/certs/root/root-cert.pem"
