@@ -35,6 +35,9 @@
 #                          destination an identity signed by cluster1's
 #                          controller, the one trust domain ztunnel #2 then
 #                          accepts callers from.
+#   INTEROP_SHARED_TD=TD   put both clusters in one trust domain TD, as
+#                          Istio's multi-network ambient expects (meshpeer's
+#                          controllers then refuse to peer: INTEROP.md).
 #   INTEROP_TOKEN_AS_WRITTEN=1 give ztunnel the token file exactly as
 #                          `meshpeer certs token` wrote it (trailing newline).
 #   KEEP_WORK=1            keep the work folder (logs, configs, certs).
@@ -151,8 +154,18 @@ info "cluster2's pod httpbin/in-ambient-b86fbcb48-6rvhp: podIP 10.2.0.21, annota
 step "3. certificates and tokens (meshpeer certs)"
 M=$MESHPEER_BIN
 $M certs root-ca --out "$WORK/certs/root" >/dev/null
-$M certs cluster cluster1 --root "$WORK/certs/root" --out "$WORK/certs/cluster1" >/dev/null
-$M certs cluster cluster2 --root "$WORK/certs/root" --out "$WORK/certs/cluster2" >/dev/null
+if [ -n "${INTEROP_SHARED_TD:-}" ]; then
+  # Istio's multi-network model: one trust domain for every cluster.
+  for c in cluster1 cluster2; do
+    $M certs cluster $c --trust-domain "$INTEROP_SHARED_TD" --root "$WORK/certs/root" --out "$WORK/certs/$c" >/dev/null
+    sed -i "s/^trustDomain: .*/trustDomain: $INTEROP_SHARED_TD/" "$WORK/$c/cluster.yaml"
+    sed -i "s|gateway.istio.io/trust-domain: .*|gateway.istio.io/trust-domain: $INTEROP_SHARED_TD|" "$WORK/$c/eastwest.yaml"
+  done
+  info "INTEROP_SHARED_TD: both clusters in trust domain $INTEROP_SHARED_TD"
+else
+  $M certs cluster cluster1 --root "$WORK/certs/root" --out "$WORK/certs/cluster1" >/dev/null
+  $M certs cluster cluster2 --root "$WORK/certs/root" --out "$WORK/certs/cluster2" >/dev/null
+fi
 $M certs token --tokens "$WORK/certs/cluster2/tokens" --namespace istio-eastwest --service-account istio-eastwest --out "$WORK/certs/cluster2/gateway.token" >/dev/null
 $M certs token --tokens "$WORK/certs/cluster1/tokens" --namespace httpbin --service-account client-in-ambient --out "$WORK/certs/cluster1/ztunnel1.token" >/dev/null
 $M certs token --tokens "$WORK/certs/$DEST_TD/tokens" --namespace httpbin --service-account in-ambient --out "$WORK/certs/$DEST_TD/ztunnel2.token" >/dev/null
@@ -183,8 +196,8 @@ s = [s for s in svcs if s["hostname"] == "in-ambient.httpbin.mesh.internal"]
 sys.exit(0 if s and any(c["cluster"] == "cluster2" for c in s[0]["contributions"]) else 1)
 EOF
 }
-wait_for "cluster1 sees in-ambient.httpbin.mesh.internal with cluster2's contribution" 60 catalog_has_remote ||
-  { show_log controller1; show_log controller2; die "peering did not sync"; }
+wait_for "cluster1 sees in-ambient.httpbin.mesh.internal with cluster2's contribution" "${INTEROP_PEERING_WAIT:-60}" catalog_has_remote ||
+  { show_log controller1 12; show_log controller2 12; die "peering did not sync"; }
 in_ns "$C1" "$M" status --controller 127.0.0.1:15014 | sed 's/^/    /'
 VIP=$(python3 - "$WORK/catalog1.json" <<'EOF'
 import json, sys
