@@ -342,7 +342,7 @@ start ztunnel1 "$C1" $(ztunnel_env z1 "$CA1" "$WORK/certs/cluster1/ztunnel1.toke
   httpbin/client-in-ambient-5c64bb49cd-w3dmw/client-in-ambient cluster1 cluster1) "$ZTUNNEL_BIN"
 ok=1
 # In dedicated mode ztunnel asks for its certificate on first use (no
-# prefetch: src/state.rs cert_fetcher::new). A TLS ClientHello to its own
+# prefetch: src/cert_fetcher.rs, new). A TLS ClientHello to its own
 # inbound 15008 makes it fetch the workload's certificate now.
 has_cert() {
   in_ns "$1" curl -sk --max-time 3 https://127.0.0.1:15008/ >/dev/null 2>&1 || true
