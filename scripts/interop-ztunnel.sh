@@ -398,13 +398,22 @@ show_log backend 3
 in_ns "$C2" curl -s http://127.0.0.1:15090/metrics | grep -v '^#' | grep -i 'tunnel\|refus\|ambient' | head -20 | sed 's/^/    gateway2 metric /' || true
 in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -v '^#' | grep 'istio_tcp_connections_opened_total' | sed 's/^/    ztunnel2 metric /' || true
 
+# What this run changed from meshpeer as it is (INTEROP.md, findings).
+workarounds() {
+  [ "${INTEROP_TOKEN_AS_WRITTEN:-0}" = 1 ] || info "harness workaround: ztunnel's token files without meshpeer's trailing newline (finding 0)"
+  [ "$CA_RELAY" = 1 ] && info "harness workaround: TLS relay in front of meshpeer's CA endpoint (finding 1)"
+  [ "$DEST_TD" = cluster2 ] || info "diagnostic: the destination pod holds a $DEST_TD identity, not cluster2's (finding 2)"
+  return 0
+}
 if [ $curl_rc -eq 0 ] && grep -q "hello from cluster2" "$WORK/answer.txt" 2>/dev/null; then
   src="spiffe://cluster1/ns/httpbin/sa/client-in-ambient"
   if grep -q "src.identity=\"$src\"" "$WORK/logs/ztunnel2.log" ||
      in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -c "source_principal=\"$src\"" >/dev/null; then
     step "PASS: the backend in cluster2 answered through ztunnel -> meshpeer gateway -> ztunnel; ztunnel #2 saw the source identity $src"
+    workarounds
     exit 0
   fi
   die "the request went through, but ztunnel #2 does not show the source identity $src"
 fi
+workarounds
 die "the request from cluster1 did not reach the backend in cluster2 (see the logs above and INTEROP.md)"
