@@ -45,7 +45,9 @@
 #                          controllers then refuse to peer: INTEROP.md).
 #   INTEROP_TOKEN_AS_WRITTEN=1 give ztunnel the token file exactly as
 #                          `meshpeer certs token` wrote it (trailing newline).
-#   KEEP_WORK=1            keep the work folder (logs, configs, certs).
+#   ZTUNNEL_LOG=FILTER     ztunnel's RUST_LOG (default info), e.g. info,rustls=debug.
+#   KEEP_WORK=1            keep the work folder (logs, configs, certs; a
+#                          failing run always keeps it).
 set -euo pipefail
 
 if [ -z "${ZTUNNEL_BIN:-}" ]; then
