@@ -380,10 +380,19 @@ for c in d.get("certificates", []):
 EOF
 done
 if [ $ok = 0 ]; then
-  show_log ztunnel1 40; show_log ztunnel2 40
+  for z in ztunnel1 ztunnel2; do
+    echo "--- $z: certificate fetches (last 3)"
+    grep 'identity::manager' "$WORK/logs/$z.log" | tail -n 3 | sed 's/^/    /' || true
+  done
+  for c in controller1 controller2; do
+    echo "--- $c: cluster listener and CA (last 3)"
+    grep 'meshpeer_ca' "$WORK/logs/$c.log" | grep -v 'tokens file loaded' | tail -n 3 | sed 's/^/    /' || true
+  done
   [ "$CA_RELAY" = 1 ] && { show_log relay1 5; show_log relay2 5; }
-  in_ns "$C1" curl -s http://127.0.0.1:15014/metrics | grep -i 'ca_refusals\|certificates_signed' | sed 's/^/    controller1 /' || true
-  in_ns "$C2" curl -s http://127.0.0.1:15014/metrics | grep -i 'ca_refusals\|certificates_signed' | sed 's/^/    controller2 /' || true
+  for n in "$C1 controller1" "$C2 controller2"; do
+    set -- $n
+    in_ns "$1" curl -s http://127.0.0.1:15014/metrics | grep -v '^#' | grep 'ca_' | sed "s/^/    $2 metric /" || true
+  done
   die "a ztunnel did not get its certificate from meshpeer's controller (see INTEROP.md)"
 fi
 [ "$CA_RELAY" = 1 ] && { show_log relay1 3; show_log relay2 3; }
