@@ -45,6 +45,7 @@
 #                          controllers then refuse to peer: INTEROP.md).
 #   INTEROP_TOKEN_AS_WRITTEN=1 give ztunnel the token file exactly as
 #                          `meshpeer certs token` wrote it (trailing newline).
+#   INTEROP_PEERING_WAIT=S how long to wait for peering (default 60 s).
 #   ZTUNNEL_LOG=FILTER     ztunnel's RUST_LOG (default info), e.g. info,rustls=debug.
 #   KEEP_WORK=1            keep the work folder (logs, configs, certs; a
 #                          failing run always keeps it).
