@@ -304,7 +304,7 @@ pub fn write_token_file(path: &Path, token: &str) -> Result<(), TokensError> {
         source,
     };
     let mut file = secret_file(path, true).map_err(|e| io("create", e))?;
-    writeln!(file, "{token}").map_err(|e| io("write", e))?;
+    write!(file, "{token}").map_err(|e| io("write", e))?;
     file.sync_all().map_err(|e| io("write", e))
 }
 

@@ -94,6 +94,8 @@ pub struct Identity {
     source: Source,
     root: TrustRoot,
     id: SpiffeId,
+    /// DNS names and IP addresses a locally issued leaf also carries.
+    server_names: Vec<String>,
     leaf_validity: Duration,
     current: RwLock<Arc<Current>>,
 }
@@ -106,12 +108,26 @@ impl Identity {
         leaf_validity: Duration,
         now: SystemTime,
     ) -> Result<Self, IdentityError> {
+        Identity::serving(ca, id, Vec::new(), leaf_validity, now)
+    }
+
+    /// Like [`Identity::new`], with `server_names` (DNS names, IP
+    /// addresses) as SANs after the SPIFFE ID in every leaf: for a
+    /// listener that clients check by the name or address they dial.
+    pub fn serving(
+        ca: impl Into<Arc<ClusterCa>>,
+        id: SpiffeId,
+        server_names: Vec<String>,
+        leaf_validity: Duration,
+        now: SystemTime,
+    ) -> Result<Self, IdentityError> {
         let ca = ca.into();
-        let current = certified(ca.issue_leaf(&id, leaf_validity, now)?)?;
+        let current = certified(ca.issue_server_leaf(&id, &server_names, leaf_validity, now)?)?;
         Ok(Identity {
             root: ca.trust_root().clone(),
             source: Source::Local(ca),
             id,
+            server_names,
             leaf_validity,
             current: RwLock::new(Arc::new(current)),
         })
@@ -139,6 +155,7 @@ impl Identity {
             root,
             source: Source::Remote(issuer),
             id,
+            server_names: Vec::new(),
             leaf_validity,
             current: RwLock::new(Arc::new(current)),
         })
@@ -200,7 +217,9 @@ impl Identity {
         // Issue off-lock; only the swap happens under the lock.
         let leaf =
             match &self.source {
-                Source::Local(ca) => ca.issue_leaf(&self.id, self.leaf_validity, now)?,
+                Source::Local(ca) => {
+                    ca.issue_server_leaf(&self.id, &self.server_names, self.leaf_validity, now)?
+                }
                 Source::Remote(issuer) => issuer
                     .issue(&self.id, self.leaf_validity)
                     .await

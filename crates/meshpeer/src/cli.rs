@@ -232,6 +232,14 @@ pub(crate) struct ControllerArgs {
     /// without one); in Kubernetes mode: 0.0.0.0:15013.
     #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) cluster_listen: Option<SocketAddr>,
+    /// DNS names and IP addresses the cluster listener's certificate also
+    /// carries (after its SPIFFE ID), for clients that check the name they
+    /// dial, as Istio's CA clients do (ztunnel's `CA_ADDRESS`). Default:
+    /// the listen address when it is a specific one; in Kubernetes mode
+    /// also `meshpeer-controller.istio-system.svc` and its
+    /// `.cluster.local` form.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub(crate) cluster_listener_names: Vec<String>,
     /// A static tokens file for the signing endpoint, one
     /// `token,namespace,serviceaccount` per line (`meshpeer certs token`
     /// adds one); re-read when it changes. Kubernetes mode checks

@@ -13,6 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use meshpeer_ca::{CaMetrics, CaService, CaSettings, ListenerLimits};
@@ -45,6 +46,10 @@ pub struct ClusterListener {
     pub ca: CaSettings,
     /// Bounds on connections (SPEC B5).
     pub limits: ListenerLimits,
+    /// DNS names and IP addresses its certificate carries besides the
+    /// controller's SPIFFE ID (Istio's CA clients check the host they
+    /// dial against them).
+    pub names: Vec<String>,
 }
 
 impl ClusterListener {
@@ -55,6 +60,7 @@ impl ClusterListener {
             listen,
             ca: CaSettings::new(trust_domain),
             limits: ListenerLimits::default(),
+            names: Vec::new(),
         }
     }
 }
@@ -72,12 +78,34 @@ pub(crate) async fn start(
         "the cluster listener signs certificates, so the controller's identity must come from the cluster CA it holds",
     )?;
     let authenticators: Vec<&str> = cfg.ca.authenticators.iter().map(|a| a.name()).collect();
-    let service = CaService::new(ca, cfg.ca.clone(), Arc::clone(&metrics));
+    let service = CaService::new(Arc::clone(&ca), cfg.ca.clone(), Arc::clone(&metrics));
     let router = service
         .routes()
         .into_axum_router()
         .merge(cluster_feed_router(state, followers));
-    let tls = server_config_optional_client(Arc::clone(identity), identity.trust_root(), &ALPN)?;
+    // With names: a leaf of its own, same identity, renewed alongside.
+    let (serving, rotation) = if cfg.names.is_empty() {
+        (Arc::clone(identity), None)
+    } else {
+        let leaf = identity.current();
+        let lifetime = leaf
+            .not_after
+            .duration_since(leaf.not_before)
+            .unwrap_or(Duration::from_secs(86_400));
+        let serving = Arc::new(
+            Identity::serving(
+                Arc::clone(&ca),
+                identity.spiffe_id().clone(),
+                cfg.names.clone(),
+                lifetime,
+                SystemTime::now(),
+            )
+            .context("cannot issue the cluster listener's certificate for its names")?,
+        );
+        let rotation = tokio::spawn(Arc::clone(&serving).run_rotation());
+        (serving, Some(rotation))
+    };
+    let tls = server_config_optional_client(Arc::clone(&serving), identity.trust_root(), &ALPN)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen for the cluster listener on {}", cfg.listen))?;
@@ -89,15 +117,14 @@ pub(crate) async fn start(
         max_cert_lifetime_s = cfg.ca.max_validity.as_secs(),
         "cluster listener (certificates, catalog over mutual TLS) on {addr}"
     );
-    let task = tokio::spawn(meshpeer_ca::serve(
-        listener,
-        tls,
-        router,
-        cfg.limits,
-        metrics,
-        async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        },
-    ));
+    let serve = meshpeer_ca::serve(listener, tls, router, cfg.limits, metrics, async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    });
+    let task = tokio::spawn(async move {
+        serve.await;
+        if let Some(rotation) = rotation {
+            rotation.abort();
+        }
+    });
     Ok((addr, task))
 }

@@ -665,3 +665,58 @@ fn proxy_and_gateway_fail_clearly() {
         "{err}"
     );
 }
+
+/// TLS 1.3 to `addr` as `name`, checked the usual way (webpki: the chain to
+/// the root of `cacerts`, then `name` among the DNS and IP SANs), as
+/// Istio's CA clients check `CA_ADDRESS` (ztunnel's `src/tls/control.rs`).
+fn handshake_as(addr: SocketAddr, cacerts: &Path, name: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(cacerts.join("root-cert.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Issue 17 (what a real ztunnel needed, INTEROP.md findings 0 and 1):
+/// the cluster listener's certificate names the address clients dial, and
+/// a token file holds the token alone, as ztunnel sends the file's bytes.
+#[test]
+fn p7_the_cluster_listener_answers_to_its_address_and_token_files_hold_the_token_alone() {
+    meshpeer_identity::install_default_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+    let dir = cluster_dir(tmp.path());
+    let tokens = tmp.path().join("tokens");
+    let ztunnel_token = tmp.path().join("ztunnel.token");
+    token(&tokens, "istio-system", "ztunnel", &ztunnel_token);
+    let bytes = std::fs::read(&ztunnel_token).unwrap();
+    assert!(!bytes.is_empty());
+    assert!(
+        bytes.iter().all(|b| b.is_ascii_graphic()),
+        "the token file holds more than the token: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+
+    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
+    let addr: SocketAddr = cluster.parse().unwrap();
+    handshake_as(addr, &cacerts, "127.0.0.1")
+        .expect("the listener's address is in its certificate");
+    let err =
+        handshake_as(addr, &cacerts, "elsewhere.example").expect_err("another name is refused");
+    assert!(err.contains("not valid for name"), "{err}");
+}

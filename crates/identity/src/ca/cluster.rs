@@ -252,8 +252,23 @@ impl ClusterCa {
         validity: Duration,
         now: SystemTime,
     ) -> Result<Leaf, CaError> {
+        self.issue_server_leaf(id, &[], validity, now)
+    }
+
+    /// [`ClusterCa::issue_leaf`] with DNS names and IP addresses as SANs
+    /// after the SPIFFE ID, for a listener that clients reach by name or
+    /// address and check it against them (Istio's CA clients, ztunnel's
+    /// among them, check `CA_ADDRESS`'s host this way). An entry that
+    /// parses as an IP address is an IP SAN, any other a DNS name.
+    pub fn issue_server_leaf(
+        &self,
+        id: &SpiffeId,
+        names: &[String],
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Leaf, CaError> {
         let key = generate_key("leaf key")?;
-        let signed = self.sign(&key, id, validity, now)?;
+        let signed = self.sign_with_names(&key, id, names, validity, now)?;
         Ok(Leaf {
             chain: signed.chain,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
@@ -284,6 +299,17 @@ impl ClusterCa {
         validity: Duration,
         now: SystemTime,
     ) -> Result<SignedChain, CaError> {
+        self.sign_with_names(public_key, id, &[], validity, now)
+    }
+
+    fn sign_with_names(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        names: &[String],
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<SignedChain, CaError> {
         if let Some(binding) = self.binding()
             && binding != id.trust_domain()
         {
@@ -307,6 +333,18 @@ impl ClusterCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(uri)];
+        for name in names {
+            let san = match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.clone().try_into().map_err(|source| {
+                    CaError::Generate {
+                        what: "leaf DNS SAN",
+                        source,
+                    }
+                })?),
+            };
+            params.subject_alt_names.push(san);
+        }
         params.not_before = not_before;
         params.not_after = not_after;
         params.is_ca = IsCa::ExplicitNoCa;

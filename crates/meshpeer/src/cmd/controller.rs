@@ -35,6 +35,11 @@ fn cluster_listener(args: &ControllerArgs, cluster: &Cluster) -> anyhow::Result<
         SocketAddr::new(ip, CLUSTER_PORT)
     });
     let mut listener = ClusterListener::new(listen, &cluster.trust_domain);
+    listener.names = if args.cluster_listener_names.is_empty() {
+        default_listener_names(listen.ip(), cluster.kube.is_some())
+    } else {
+        args.cluster_listener_names.clone()
+    };
     listener.ca.max_validity = args.max_cert_lifetime;
     listener.limits = args.listener.limits(args.max_connections);
     if let Some(client) = &cluster.kube {
@@ -59,6 +64,21 @@ fn cluster_listener(args: &ControllerArgs, cluster: &Cluster) -> anyhow::Result<
         None => {}
     }
     Ok(listener)
+}
+
+/// The names the cluster listener's certificate carries by default: its
+/// address when specific; in Kubernetes mode the controller Service's names
+/// (`deploy/base/controller.yaml`).
+fn default_listener_names(ip: IpAddr, kube: bool) -> Vec<String> {
+    let mut names = Vec::new();
+    if !ip.is_unspecified() {
+        names.push(ip.to_string());
+    }
+    if kube {
+        names.push("meshpeer-controller.istio-system.svc".to_owned());
+        names.push("meshpeer-controller.istio-system.svc.cluster.local".to_owned());
+    }
+    names
 }
 
 pub(crate) fn run(args: ControllerArgs) -> anyhow::Result<ExitCode> {

@@ -269,6 +269,7 @@ impl Demo {
                 SocketAddr::new(gw_ip, xds),
             );
             let mut cluster = ClusterListener::new(SocketAddr::new(gw_ip, CLUSTER_PORT), &td);
+            cluster.names = vec![gw_ip.to_string()];
             cluster.ca.authenticators = vec![Arc::new(tokens.authenticator()?)];
             cfg.cluster = Some(cluster);
             let api: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15_014 + 100 * n));
