@@ -80,6 +80,9 @@ struct Upstreams {
     discard: SocketAddr,
     /// Reads a u64 length, sends that many bytes of one buffer (no generating).
     blast: SocketAddr,
+    /// Sends "held\n", reads to EOF, reports, then keeps the connection
+    /// open (its write side too) for a minute.
+    hold: SocketAddr,
     reports: tokio::sync::Mutex<mpsc::UnboundedReceiver<Report>>,
 }
 
@@ -180,6 +183,7 @@ async fn upstreams() -> Upstreams {
         }
     })
     .await;
+    let hold_tx = tx.clone();
     let greet = listen(move |mut s| {
         let tx = tx.clone();
         async move {
@@ -215,7 +219,17 @@ async fn upstreams() -> Upstreams {
         let _ = s.shutdown().await;
     })
     .await;
+    let hold = listen(move |mut s| {
+        let tx = hold_tx.clone();
+        async move {
+            s.write_all(b"held\n").await.unwrap();
+            let _ = tx.send(drain(&mut s).await);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    })
+    .await;
     Upstreams {
+        hold,
         echo,
         discard,
         blast,
@@ -288,6 +302,7 @@ impl TunnelHandler for TestHandler {
             "greet.test" => u.greet,
             "discard.test" => u.discard,
             "blast.test" => u.blast,
+            "hold.test" => u.hold,
             "denied.test" => {
                 let message = format!(
                     "{} is not exported to cluster {}",
@@ -706,6 +721,38 @@ async fn d2_resets_are_propagated() {
     // The connection survives stream resets.
     echo_once(&client, gw, b"still fine").await;
     assert_eq!(client.pooled_connections(), 1);
+}
+
+/// Issue 17 (INTEROP.md observation 3): ztunnel ends a tunnel it is done
+/// with by sending END_STREAM and then dropping the stream (RST_STREAM
+/// CANCEL) while the upstream may still be open; that is a clean close,
+/// not a caller failure. A cancel before END_STREAM stays an error.
+#[tokio::test]
+async fn d2_a_caller_that_ends_its_side_then_cancels_closes_cleanly() {
+    let mesh = Mesh::new().await;
+    let (client, _) = mesh.client(PoolConfig::default());
+    let gw = mesh.gateway.addr;
+    let gw_metrics = mesh.gateway.metrics.clone();
+    let mut tunnel = client
+        .connect(gw, GATEWAY_TD, "hold.test:9", &TunnelMeta::default())
+        .await
+        .unwrap();
+    let mut line = [0u8; 5];
+    tunnel.read_exact(&mut line).await.unwrap();
+    assert_eq!(&line, b"held\n");
+    tunnel.write_all(b"request").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    // The upstream saw the whole request, then EOF; it stays open.
+    match mesh.upstreams.next_report().await {
+        Report::Eof(7) => {}
+        other => panic!("the upstream should read 7 bytes then EOF, got {other:?}"),
+    }
+    drop(tunnel);
+    wait_until("the gateway counts a clean close", || {
+        closed(&gw_metrics, "inbound", "ok") == 1
+    })
+    .await;
+    assert_eq!(closed(&gw_metrics, "inbound", "error"), 0);
 }
 
 // ---------------------------------------------------------------------------

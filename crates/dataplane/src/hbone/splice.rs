@@ -187,6 +187,31 @@ impl Future for Splice<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        match this.poll_both(cx) {
+            // A caller that ended its side (END_STREAM) and then cancels
+            // the stream is done, not failing: ztunnel ends its tunnels so
+            // (it drops the stream once its copy is over: RST_STREAM
+            // CANCEL). What the upstream still had for it is dropped.
+            Poll::Ready(Err(SpliceError::Caller(_))) if this.finished_by_caller(cx) => {
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Splice<'_> {
+    /// The caller sent END_STREAM, then reset with CANCEL or NO_ERROR.
+    fn finished_by_caller(&mut self, cx: &mut Context<'_>) -> bool {
+        self.caller_eof
+            && matches!(
+                self.send.poll_reset(cx),
+                Poll::Ready(Ok(Reason::CANCEL | Reason::NO_ERROR))
+            )
+    }
+
+    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SpliceError>> {
+        let this = self;
         let to_upstream = this.poll_to_upstream(cx)?;
         let to_caller = this.poll_to_caller(cx)?;
         if to_upstream.is_ready() && to_caller.is_ready() {
