@@ -159,6 +159,23 @@ impl Health {
         }
     }
 
+    /// The destinations ejected at `now`, with how long they stay so, in
+    /// key order.
+    pub fn ejected(&self, now: Instant) -> Vec<(HealthKey, Duration)> {
+        let mut out: Vec<(HealthKey, Duration)> = self
+            .ejected
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, e)| e.until > now)
+                    .map(|(k, e)| (k.clone(), e.until - now))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        out
+    }
+
     pub fn is_ejected(&self, key: &HealthKey, now: Instant) -> bool {
         self.ejected
             .lock()

@@ -85,6 +85,7 @@ struct Ctx {
 pub struct Proxy {
     bound: watch::Receiver<imbl::OrdSet<SocketAddr>>,
     manager: JoinHandle<()>,
+    health: Arc<Health>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -103,10 +104,11 @@ impl Proxy {
         config: ProxyConfig,
         metrics: Arc<DataplaneMetrics>,
     ) -> Proxy {
+        let health = Arc::new(Health::new(config.ejection_base, config.ejection_cap));
         let ctx = Arc::new(Ctx {
             state: state.clone(),
             hbone,
-            health: Arc::new(Health::new(config.ejection_base, config.ejection_cap)),
+            health: Arc::clone(&health),
             lookups: Arc::new(tokio::sync::Semaphore::new(config.max_lookups.max(1))),
             config,
             metrics,
@@ -114,7 +116,16 @@ impl Proxy {
         });
         let (bound_tx, bound) = watch::channel(imbl::OrdSet::new());
         let manager = tokio::spawn(manage_listeners(state, ctx, bound_tx));
-        Proxy { bound, manager }
+        Proxy {
+            bound,
+            manager,
+            health,
+        }
+    }
+
+    /// Passive health: the destinations ejected now (T6), for `explain`.
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// Addresses listened on now; `changed()` waits for the next change.

@@ -621,6 +621,10 @@ pub(crate) struct ExplainArgs {
     /// (default: the context's name).
     #[arg(long, value_name = "NAME", requires = "context")]
     pub(crate) cluster_name: Vec<String>,
+    /// The --from cluster's proxy, its `--metrics` address: the tiers show
+    /// what its passive health checking has ejected now (live).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub(crate) proxy: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = CheckOutput::Text)]
     pub(crate) output: CheckOutput,
     /// How long each controller may take to answer.

@@ -720,3 +720,111 @@ fn p7_the_cluster_listener_answers_to_its_address_and_token_files_hold_the_token
         handshake_as(addr, &cacerts, "elsewhere.example").expect_err("another name is refused");
     assert!(err.contains("not valid for name"), "{err}");
 }
+
+/// Issue 16: `explain --proxy` shows, live, what the proxy's passive health
+/// checking has ejected (T6): a Pod that refuses connections is ejected
+/// after a failed attempt, and the account marks it, not the live one.
+#[test]
+fn t6_explain_shows_the_proxys_live_ejections() {
+    meshpeer_identity::install_default_provider();
+    const LIVE: &str = "127.1.43.5";
+    const DEAD: &str = "127.1.43.6";
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+    let dir = tmp.path().join("c1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cluster.yaml"), "name: c1\nregion: r1\nzone: z1\n").unwrap();
+    let pod = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels: {{app: {NAME}}}\n\
+             spec:\n  containers: [{{name: app, image: x}}]\n\
+             status:\n  phase: Running\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n"
+        )
+    };
+    std::fs::write(
+        dir.join("app.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata:\n  name: {NAME}\n  namespace: {NS}\n  labels:\n    solo.io/service-scope: global\n\
+             spec:\n  selector: {{app: {NAME}}}\n  ports:\n  - {{name: tcp, port: 8000, targetPort: 8080}}\n---\n{}---\n{}",
+            pod("live-0", LIVE),
+            pod("dead-0", DEAD)
+        ),
+    )
+    .unwrap();
+    backend(SocketAddr::new(LIVE.parse().unwrap(), 8080), "live\n");
+
+    let tokens = tmp.path().join("tokens");
+    let proxy_token = tmp.path().join("proxy.token");
+    token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
+    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
+    let mut proxy_args = vec!["proxy".to_owned()];
+    proxy_args.extend(reach(&cluster, &cacerts, &proxy_token));
+    proxy_args.extend(
+        [
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--allow-endpoints",
+            LIVE,
+            "--allow-endpoints",
+            DEAD,
+        ]
+        .map(str::to_owned),
+    );
+    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
+    let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
+    let dns: SocketAddr = Proc::field(&up, "dns").parse().unwrap();
+    let metrics = Proc::field(&up, "metrics");
+    let vip = resolve(dns, &format!("{NAME}.{NS}.mesh.internal."))[0];
+
+    // Connections until the dead Pod has been tried (and ejected): each is
+    // still answered by the live one (T6: the next destination).
+    let deadline = Instant::now() + DEADLINE;
+    let ejections = loop {
+        assert_eq!(read_all_from(SocketAddr::new(vip, 8000)), "live\n");
+        let body = http_get(&metrics, "/v1/ejections");
+        if body.contains(&format!("{DEAD}:8080")) {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead Pod was never ejected:\n{body}"
+        );
+    };
+    assert!(ejections.starts_with("HTTP/1.1 200"), "{ejections}");
+    assert!(!ejections.contains(&format!("{LIVE}:8080")), "{ejections}");
+
+    let o = meshpeer(&[
+        "explain",
+        &format!("{NAME}.{NS}.mesh.internal:8000"),
+        "--from",
+        "c1",
+        "--cluster",
+        s(&dir),
+        "--proxy",
+        &metrics,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains(&format!(
+            "(passive health live from the proxy at {metrics})"
+        )),
+        "{out}"
+    );
+    let line = |ip: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{ip}:8080")))
+            .unwrap_or_else(|| panic!("no line for {ip}:\n{out}"))
+            .to_owned()
+    };
+    assert!(line(DEAD).contains("⚠ ejected for"), "{out}");
+    assert!(line(DEAD).contains("[T6]"), "{out}");
+    assert!(!line(LIVE).contains("ejected"), "{out}");
+}

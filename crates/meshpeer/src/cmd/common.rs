@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meshpeer_ca::{CaClient, CaClientConfig, TokenSource};
 use meshpeer_dataplane::feed::{self, CatalogFeed};
+use meshpeer_dataplane::pick::Health;
 use meshpeer_identity::{Identity, LeafIssuer, SpiffeId, TrustRoot, client_config_for};
 use prometheus_client::registry::Registry;
 use rustls::client::ResolvesClientCert;
@@ -321,12 +322,21 @@ async fn wait_for_catalog(
 }
 
 /// The `--metrics` endpoint: `GET /metrics` (Prometheus text, empty until
-/// the role runs) and `GET /healthz` (200 once the role runs, else 503).
+/// the role runs), `GET /healthz` (200 once the role runs, else 503) and,
+/// for a proxy, `GET /v1/ejections` (the destinations passive health
+/// checking has ejected now, which `meshpeer explain --proxy` shows).
 pub(crate) struct Telemetry {
     addr: SocketAddr,
     registry: Arc<OnceLock<Registry>>,
+    health: Arc<OnceLock<Arc<Health>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct TelemetryState {
+    registry: Arc<OnceLock<Registry>>,
+    health: Arc<OnceLock<Arc<Health>>>,
 }
 
 impl Telemetry {
@@ -336,10 +346,15 @@ impl Telemetry {
             .with_context(|| format!("cannot listen for metrics on {listen}"))?;
         let addr = listener.local_addr()?;
         let registry: Arc<OnceLock<Registry>> = Arc::new(OnceLock::new());
+        let health: Arc<OnceLock<Arc<Health>>> = Arc::new(OnceLock::new());
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
-            .with_state(Arc::clone(&registry));
+            .route("/v1/ejections", get(ejections))
+            .with_state(TelemetryState {
+                registry: Arc::clone(&registry),
+                health: Arc::clone(&health),
+            });
         let (stop, mut stop_rx) = watch::channel(false);
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stop_rx.wait_for(|s| *s).await;
@@ -353,6 +368,7 @@ impl Telemetry {
         Ok(Telemetry {
             addr,
             registry,
+            health,
             stop,
             task,
         })
@@ -361,6 +377,11 @@ impl Telemetry {
     /// The role runs: serve its metrics, and healthz is 200 from now on.
     pub(crate) fn ready(&self, registry: Registry) {
         let _ = self.registry.set(registry);
+    }
+
+    /// A proxy's passive health, served at `/v1/ejections`.
+    pub(crate) fn serve_health(&self, health: Arc<Health>) {
+        let _ = self.health.set(health);
     }
 
     pub(crate) fn addr_of(t: Option<&Telemetry>) -> String {
@@ -376,8 +397,8 @@ impl Telemetry {
     }
 }
 
-async fn healthz(State(registry): State<Arc<OnceLock<Registry>>>) -> Response {
-    if registry.get().is_some() {
+async fn healthz(State(t): State<TelemetryState>) -> Response {
+    if t.registry.get().is_some() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (
@@ -388,9 +409,28 @@ async fn healthz(State(registry): State<Arc<OnceLock<Registry>>>) -> Response {
     }
 }
 
-async fn metrics(State(registry): State<Arc<OnceLock<Registry>>>) -> Response {
+/// `[{"endpoint": "10.0.0.5:8080"} | {"cluster": "c2", "authority":
+/// "web.shop.mesh.internal:8000"}, with "remainingMs"]`, or 404 for a role
+/// without passive health.
+async fn ejections(State(t): State<TelemetryState>) -> Response {
+    let Some(health) = t.health.get() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no passive health here (not a proxy)\n",
+        )
+            .into_response();
+    };
+    let list: Vec<meshpeer::explain::Ejected> = health
+        .ejected(tokio::time::Instant::now())
+        .into_iter()
+        .map(|(key, left)| meshpeer::explain::Ejected::of(&key, left))
+        .collect();
+    axum::Json(list).into_response()
+}
+
+async fn metrics(State(t): State<TelemetryState>) -> Response {
     let mut out = String::new();
-    if let Some(r) = registry.get()
+    if let Some(r) = t.registry.get()
         && let Err(e) = prometheus_client::encoding::text::encode(&mut out, r)
     {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();

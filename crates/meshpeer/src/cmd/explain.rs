@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use meshpeer::check::{ClusterInput, Origin, gather};
-use meshpeer::explain::{Query, explain};
+use meshpeer::explain::{Ejected, Query, explain};
 
 use super::check::per_cluster;
 use crate::cli::{CheckOutput, ExplainArgs};
@@ -46,7 +46,16 @@ pub(crate) fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         None => facts.first().map(|f| f.name.clone()).unwrap_or_default(),
     };
     let query = Query::parse(&args.target, &from).map_err(anyhow::Error::msg)?;
-    let account = explain(&facts, &query).map_err(anyhow::Error::msg)?;
+    let mut account = explain(&facts, &query).map_err(anyhow::Error::msg)?;
+    if let Some(proxy) = &args.proxy {
+        let body = rt
+            .block_on(meshpeer::api::get(proxy, "/v1/ejections", args.timeout))
+            .map_err(|e| anyhow::anyhow!("--proxy {proxy}: GET /v1/ejections: {e}"))?;
+        let ejected: Vec<Ejected> = serde_json::from_slice(&body).with_context(|| {
+            format!("--proxy {proxy}: /v1/ejections is not a list of ejections")
+        })?;
+        account = account.with_ejections(proxy, &ejected);
+    }
     match args.output {
         CheckOutput::Text => print!("{}", account.render()),
         CheckOutput::Json => println!("{}", serde_json::to_string_pretty(&account)?),

@@ -80,6 +80,7 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let _ = tokio::time::timeout(LISTEN_SETTLE, listening.wait_for(|l| l.len() >= wanted)).await;
     let bound = listening.borrow().len();
     if let Some(t) = &telemetry {
+        t.serve_health(role.proxy.health());
         t.ready(registry);
     }
     let dns = role.dns.local_addr();

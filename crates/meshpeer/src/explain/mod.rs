@@ -132,6 +132,48 @@ pub struct EndpointLine {
     /// The endpoint port serving the asked port (or the first port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Live, from the proxy: ejected by passive health for this long more
+    /// (T6); the proxy skips it while a healthy one is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_ms: Option<u64>,
+}
+
+/// A destination a proxy's passive health checking has ejected (its
+/// `GET /v1/ejections`): an endpoint, or a service through a peer's
+/// gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ejected {
+    /// `address:port` of an endpoint dialled directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The peer cluster, for a service reached through its gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// `<hostname>:<port>` asked of that gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    pub remaining_ms: u64,
+}
+
+impl Ejected {
+    pub fn of(key: &meshpeer_dataplane::pick::HealthKey, left: std::time::Duration) -> Ejected {
+        let remaining_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+        match key {
+            meshpeer_dataplane::pick::HealthKey::Endpoint(a) => Ejected {
+                endpoint: Some(a.to_string()),
+                cluster: None,
+                authority: None,
+                remaining_ms,
+            },
+            meshpeer_dataplane::pick::HealthKey::Remote(c, auth) => Ejected {
+                endpoint: None,
+                cluster: Some(c.clone()),
+                authority: Some(auth.clone()),
+                remaining_ms,
+            },
+        }
+    }
 }
 
 /// The endpoints of one cluster in one locality.
@@ -148,6 +190,10 @@ pub struct Group {
     pub via: Vec<String>,
     /// Ready endpoints (serving the asked port, when one is asked).
     pub ready: usize,
+    /// Live, from the proxy, for a group reached through a gateway: the
+    /// service through that gateway is ejected for this long more (T6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_ms: Option<u64>,
     /// Listed one by one for endpoints dialled directly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<EndpointLine>,
@@ -192,6 +238,48 @@ pub struct Explanation {
     /// Most preferred first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<Tier>,
+    /// Where the ejection state comes from (`the proxy at ADDR`), when a
+    /// proxy was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+impl Explanation {
+    /// Marks what `proxy` (its address) has ejected now in the tiers.
+    pub fn with_ejections(mut self, proxy: &str, ejected: &[Ejected]) -> Explanation {
+        let port = self.port;
+        let hostname = self.hostname.clone().unwrap_or_else(|| self.host.clone());
+        for tier in &mut self.tiers {
+            for g in &mut tier.groups {
+                for ep in &mut g.endpoints {
+                    let Some(p) = ep.port else { continue };
+                    let addr = format!("{}:{p}", ep.address);
+                    let addr = addr
+                        .parse::<std::net::SocketAddr>()
+                        .map_or(addr, |a| a.to_string());
+                    ep.ejected_ms = ejected
+                        .iter()
+                        .find(|e| e.endpoint.as_deref() == Some(addr.as_str()))
+                        .map(|e| e.remaining_ms);
+                }
+                if g.reach == Reach::Gateway {
+                    g.ejected_ms = ejected
+                        .iter()
+                        .filter(|e| e.cluster.as_deref() == Some(g.cluster.as_str()))
+                        .filter(|e| {
+                            e.authority.as_deref().is_some_and(|a| match port {
+                                Some(p) => a == format!("{hostname}:{p}"),
+                                None => a.starts_with(&format!("{hostname}:")),
+                            })
+                        })
+                        .map(|e| e.remaining_ms)
+                        .max();
+                }
+            }
+        }
+        self.health = Some(format!("the proxy at {proxy}"));
+        self
+    }
 }
 
 impl Explanation {
@@ -245,6 +333,7 @@ pub fn explain(facts: &[ClusterFacts], query: &Query) -> Result<Explanation, Str
         distribution: None,
         client: None,
         tiers: Vec::new(),
+        health: None,
     };
     let found = catalog.services.values().find(|s| {
         s.hostname == query.host
@@ -1032,6 +1121,7 @@ fn tiers(catalog: &GlobalCatalog, svc: &GlobalService, port: Option<u16>, out: &
                         name: e.name.clone(),
                         address: e.address.to_string(),
                         port: port.or(first_port).and_then(|p| e.target(p)),
+                        ejected_ms: None,
                     })
                     .collect()
             };
@@ -1042,6 +1132,7 @@ fn tiers(catalog: &GlobalCatalog, svc: &GlobalService, port: Option<u16>, out: &
                 reach: g.reach,
                 via,
                 ready: serving.len(),
+                ejected_ms: None,
                 endpoints,
             });
         }

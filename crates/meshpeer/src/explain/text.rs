@@ -44,6 +44,9 @@ pub(super) fn render(e: &Explanation) -> String {
                 "\nWhere a connection from {} ({client}) goes, tier by tier (the next tier only when no endpoint of this one is healthy) [T2-T6]:",
                 e.from
             );
+            if let Some(h) = &e.health {
+                let _ = writeln!(out, "  (passive health live from {h})");
+            }
         }
         for (i, tier) in e.tiers.iter().enumerate() {
             for (j, g) in tier.groups.iter().enumerate() {
@@ -64,8 +67,11 @@ pub(super) fn render(e: &Explanation) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "{head} {} ({}, {locality}), {how}: {} ready",
-                    g.cluster, g.network, g.ready
+                    "{head} {} ({}, {locality}), {how}: {} ready{}",
+                    g.cluster,
+                    g.network,
+                    g.ready,
+                    ejected(g.ejected_ms, "through this gateway")
                 );
                 for ep in &g.endpoints {
                     let port = ep.port.map(|p| format!(":{p}")).unwrap_or_default();
@@ -74,12 +80,35 @@ pub(super) fn render(e: &Explanation) -> String {
                     } else {
                         format!(" ({})", ep.name)
                     };
-                    let _ = writeln!(out, "         {}{port}{name}", ep.address);
+                    let _ = writeln!(
+                        out,
+                        "         {}{port}{name}{}",
+                        ep.address,
+                        ejected(ep.ejected_ms, "")
+                    );
                 }
             }
         }
     }
     out
+}
+
+/// ` ⚠ ejected for 12.3 s more (passive health, T6)`, or nothing.
+fn ejected(ms: Option<u64>, what: &str) -> String {
+    match ms {
+        Some(ms) => {
+            let what = if what.is_empty() {
+                String::new()
+            } else {
+                format!(" {what}")
+            };
+            format!(
+                " ⚠ ejected{what} for {:.1} s more (passive health: skipped while a healthy destination is left) [T6]",
+                ms as f64 / 1000.0
+            )
+        }
+        None => String::new(),
+    }
 }
 
 fn line_text(l: &Line) -> String {
