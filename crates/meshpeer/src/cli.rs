@@ -295,8 +295,8 @@ pub(crate) struct ControllerArgs {
     /// Bounds of the TLS listeners (SPEC B5).
     #[command(flatten)]
     pub(crate) listener: ListenerArgs,
-    /// Connections the cluster listener serves at once (after their TLS
-    /// handshake); one more is refused.
+    /// Connections the cluster listener and the peering listener each
+    /// serve at once (after their TLS handshake); one more is refused.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub(crate) max_connections: usize,
     /// File mode: a manifest rewritten in place (not renamed into place)

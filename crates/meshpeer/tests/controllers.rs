@@ -697,3 +697,70 @@ async fn c5_the_conditions_the_controller_computes_are_applied_to_the_gateway_st
     mesh.shutdown().await;
     server.abort();
 }
+
+/// Issue 11: editing a remote-peer Gateway without changing the peer (a
+/// label, an annotation) keeps the peer's services in every version of the
+/// catalog while the link is set up again; it does not drop them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c4_a_link_edit_that_keeps_the_peer_keeps_its_services() {
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.cluster("cluster2").write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", Some("global"), "10.2.0.5")
+        ),
+    );
+    mesh.start().await;
+    mesh.link("cluster1", "cluster2").await;
+    let c1 = mesh.cluster("cluster1");
+    let before = c1
+        .wait("cluster2's web", |v| {
+            contributors(v, WEB).is_some_and(|c| c == ["cluster2"])
+                && v.status.peers.iter().any(|p| p.state == LinkState::Synced)
+        })
+        .await;
+
+    // Every version of the feed from now on must hold web.
+    let mut feed = c1.controller().feed();
+    let sampler = tokio::spawn(async move {
+        let mut missing = Vec::new();
+        while feed.changed().await.is_ok() {
+            let f = feed.borrow_and_update().clone();
+            if f.catalog.service(WEB).is_none() {
+                missing.push(f.version);
+            }
+        }
+        missing
+    });
+
+    // The same Gateway, with one more label and one more annotation.
+    let gateway = std::fs::read_to_string(c1.dir.join("peer-cluster2.yaml")).unwrap();
+    let edited = gateway
+        .replace(
+            "labels: {topology.istio.io/network: cluster2",
+            "labels: {team.example.com/owner: payments, topology.istio.io/network: cluster2",
+        )
+        .replace(
+            "annotations: {gateway.istio.io/trust-domain: cluster2}",
+            "annotations: {gateway.istio.io/trust-domain: cluster2, example.com/note: edited}",
+        );
+    assert_ne!(edited, gateway, "the edit changed nothing");
+    c1.write("peer-cluster2.yaml", &edited);
+    let after = c1
+        .wait("the edit taken and the peer synced", |v| {
+            v.version > before.version
+                && v.status.peers.iter().any(|p| p.state == LinkState::Synced)
+                && contributors(v, WEB).is_some_and(|c| c == ["cluster2"])
+        })
+        .await;
+    assert!(after.version > before.version);
+    assert!(c1.output().contains_key(WEB), "{:?}", c1.output());
+    mesh.shutdown().await;
+    let missing = sampler.await.unwrap();
+    assert!(
+        missing.is_empty(),
+        "catalog versions without {WEB}: {missing:?}"
+    );
+}

@@ -828,3 +828,57 @@ fn t6_explain_shows_the_proxys_live_ejections() {
     assert!(line(DEAD).contains("[T6]"), "{out}");
     assert!(!line(LIVE).contains("ejected"), "{out}");
 }
+
+/// B5: the controller's peering listener takes the listener flags: a
+/// connection that never completes its TLS handshake is closed after
+/// `--handshake-timeout`, counted under `meshpeer_peering_listener_*`.
+#[test]
+fn b5_the_peering_listener_takes_the_controllers_listener_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+    let dir = cluster_dir(tmp.path());
+    let mut ctl = Proc::spawn(
+        "controller",
+        &[
+            "controller",
+            "--cluster-dir",
+            s(&dir),
+            "--cacerts",
+            s(&cacerts),
+            "--api-listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--peering-listen",
+            "127.0.0.1:0",
+            "--handshake-timeout",
+            "300ms",
+        ],
+    );
+    let peering = ctl.wait_for("its peering address", |m| m == "peering server listening");
+    let peering: SocketAddr = Proc::field(&peering, "address").parse().unwrap();
+    let api = ctl.wait_for("its API address", |m| m.starts_with("API listening"));
+    let api = Proc::field(&api, "address");
+    let mut silent = TcpStream::connect(peering).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The listener closes it: EOF (or a reset) well before 10 s.
+    let mut buf = [0u8; 1];
+    let started = Instant::now();
+    let _ = silent.read(&mut buf);
+    assert!(started.elapsed() < Duration::from_secs(5), "not closed");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = http_get(&api, "/metrics");
+        if text.lines().any(|l| {
+            l.starts_with("meshpeer_peering_listener_connections_closed_total{")
+                && l.contains("reason=\"handshake_timeout\"")
+                && l.ends_with(" 1")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

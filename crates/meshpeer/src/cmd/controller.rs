@@ -231,6 +231,8 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.feed_identities = args.feed_identities.iter().cloned().collect();
     cfg.limits = args.limits();
+    // The peering listener has the cluster listener's bounds (SPEC B5).
+    cfg.peering_listener = args.listener.limits(args.max_connections);
     cfg.cluster = Some(cluster_listener(&args, &cluster)?);
     let controller = Controller::start(cfg).await?;
     let api = controller

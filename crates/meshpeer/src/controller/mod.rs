@@ -66,6 +66,9 @@ pub struct ControllerConfig {
     /// What one peer may make this cluster hold (SPEC B1, B2): caps, and
     /// where its endpoints may be despite P5.
     pub limits: Limits,
+    /// Bounds of the peering listener (SPEC B5): connections before their
+    /// handshake, handshake and idle timeouts, connections served.
+    pub peering_listener: meshpeer_listener::Limits,
 }
 
 impl ControllerConfig {
@@ -92,6 +95,7 @@ impl ControllerConfig {
             cluster: None,
             feed_identities: crate::api::FeedAccess::new("").identities,
             limits: Limits::default(),
+            peering_listener: meshpeer_peering::default_listener_limits(),
         }
     }
 }
@@ -144,6 +148,7 @@ impl Controller {
             cluster,
             feed_identities,
             limits,
+            peering_listener,
         } = cfg;
         info!(
             max_peer_services = limits.max_services,
@@ -211,11 +216,24 @@ impl Controller {
         info!(address = %peering_addr, id = %identity.spiffe_id(), "peering server listening");
         let mut stop = shutdown_rx.clone();
         let server_service = service.clone();
+        let peering_limits = peering_listener;
+        let peering_listener_metrics = meshpeer_listener::ListenerMetrics::register(
+            registry.sub_registry_with_prefix("peering"),
+        );
         tasks.push(tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = meshpeer_peering::serve(listener, tls, server_service, signal).await {
+            if let Err(e) = meshpeer_peering::serve_with(
+                listener,
+                tls,
+                server_service,
+                peering_limits,
+                peering_listener_metrics,
+                signal,
+            )
+            .await
+            {
                 error!(error = %e, "peering server failed");
             }
         }));
