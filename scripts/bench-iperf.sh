@@ -14,7 +14,10 @@
 #
 # Usage: scripts/bench-iperf.sh            (release build of meshpeer)
 # Knobs: RUNS (3), SECS (4), MESHPEER_BIN (default: target/release/meshpeer,
-# built when missing), KEEP=1 keeps the work folder.
+# built when missing), KEEP=1 keeps the work folder, PATHS (default: all;
+# e.g. PATHS="direct proxy" measures those only; direct is always
+# measured, for the ratios), PERF=1 records a `perf` profile of the proxy
+# process during the proxy and hbone paths (perf.data in the work folder).
 # Installs iperf3 and haproxy (Debian packages) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -208,7 +211,15 @@ measure() { # addr port extra-args -> median
 }
 
 declare -A RESULT
-paths=(direct haproxy haproxy+splice proxy hbone)
+read -r -a paths <<<"${PATHS:-direct haproxy haproxy+splice proxy hbone}"
+[[ " ${paths[*]} " == *" direct "* ]] || paths=(direct "${paths[@]}")
+want() { [[ " ${paths[*]} " == *" $1 "* ]]; }
+PROXY_PID=$(pgrep -f "$BIN proxy" | head -1)
+profile() { # name: perf for SECS*RUNS*3 seconds on the proxy, in the background
+  if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
+    perf record -q -g -p "$PROXY_PID" -o "$WORK/perf-$1.data" -- sleep $((SECS * RUNS * 3)) >/dev/null 2>&1 &
+  fi
+}
 modes=(up down P4)
 mode_args() { case $1 in up) echo "" ;; down) echo "-R" ;; P4) echo "-P 4" ;; esac; }
 run_path() { # path addr port
@@ -218,18 +229,27 @@ run_path() { # path addr port
   done
 }
 run_path direct $POD1 5201
-run_path haproxy 127.0.0.1 15301
-run_path haproxy+splice 127.0.0.1 15302
-run_path proxy "$VIP" 5201
+want haproxy && run_path haproxy 127.0.0.1 15301
+want haproxy+splice && run_path haproxy+splice 127.0.0.1 15302
+if want proxy; then
+  profile proxy
+  run_path proxy "$VIP" 5201
+fi
+if ! want hbone; then
+  paths_done=1
+fi
 # cluster1's pod not ready: the proxy goes to cluster2 over HBONE.
-pod "$NAME-0" $POD1 False >"$WORK/cluster1/pod.yaml.tmp"
-mv "$WORK/cluster1/pod.yaml.tmp" "$WORK/cluster1/pod.yaml"
-for _ in $(seq 1 100); do
-  iperf3 -c "$VIP" -p 5201 -t 1 >/dev/null 2>&1 || true
-  grep -q "tunnel open" "$(log gateway2)" && break
-done
-grep -q "tunnel open" "$(log gateway2)" || { echo "the proxy never went over HBONE" >&2; exit 1; }
-run_path hbone "$VIP" 5201
+if [ -z "${paths_done:-}" ]; then
+  pod "$NAME-0" $POD1 False >"$WORK/cluster1/pod.yaml.tmp"
+  mv "$WORK/cluster1/pod.yaml.tmp" "$WORK/cluster1/pod.yaml"
+  for _ in $(seq 1 100); do
+    iperf3 -c "$VIP" -p 5201 -t 1 >/dev/null 2>&1 || true
+    grep -q "tunnel open" "$(log gateway2)" && break
+  done
+  grep -q "tunnel open" "$(log gateway2)" || { echo "the proxy never went over HBONE" >&2; exit 1; }
+  profile hbone
+  run_path hbone "$VIP" 5201
+fi
 
 printf '\n%-16s' path
 for m in "${modes[@]}"; do printf '%18s' "$m Gbit/s (x)"; done
