@@ -419,3 +419,39 @@ fn g7_rendered_examples_for_upstream_istio_match_their_reviewed_snapshots() {
         }
     }
 }
+
+/// Issue 17: the upstream flavor says when it cannot name an exporting
+/// Pod's identity (an EndpointSlice without its Pod, as in the bookinfo
+/// example), since ztunnel checks the inner TLS against those names; the
+/// solo flavor has no such names and says nothing.
+#[test]
+fn g7_upstream_flavor_warns_of_endpoints_without_a_known_identity() {
+    let ex = examples().join("bookinfo");
+    let dirs = [ex.join("cluster1"), ex.join("cluster2")];
+    let dirs: Vec<&str> = dirs.iter().map(|d| d.to_str().unwrap()).collect();
+    let o = meshpeer(&["render", dirs[0], dirs[1], "--istio-flavor", "upstream"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let warnings: Vec<String> = stderr(&o)
+        .lines()
+        .filter(|l| l.starts_with("warning[G7]"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("warning[G7] service bookinfo/productpage (cluster cluster1): productpage.bookinfo.mesh.internal: endpoints in cluster1, cluster2 have no known Pod"),
+        "{}",
+        warnings[0]
+    );
+    let solo = meshpeer(&["render", dirs[0], dirs[1]]);
+    assert!(!stderr(&solo).contains("warning[G7]"), "{}", stderr(&solo));
+    // With Pods (httpbin), every identity is known: no warning.
+    let ex = examples().join("httpbin");
+    let o = meshpeer(&[
+        "render",
+        ex.join("cluster1").to_str().unwrap(),
+        ex.join("cluster2").to_str().unwrap(),
+        "--istio-flavor",
+        "upstream",
+    ]);
+    assert!(!stderr(&o).contains("warning[G7]"), "{}", stderr(&o));
+}

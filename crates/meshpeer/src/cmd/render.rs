@@ -93,6 +93,9 @@ pub(crate) fn run(args: &RenderArgs) -> anyhow::Result<ExitCode> {
             ));
         }
     }
+    if args.istio_flavor == IstioFlavor::Upstream {
+        diags.extend(meshpeer_model::render::upstream::identity_gaps(&cat));
+    }
     let mut stderr = std::io::stderr().lock();
     for d in &diags {
         writeln!(stderr, "{d}")?;
