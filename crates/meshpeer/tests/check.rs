@@ -358,6 +358,11 @@ fn o4_healthy_linked_pair_is_all_green() {
     ] {
         assert_eq!(check(&report, None, name).status, Status::Ok, "{name}");
     }
+    // Two clusters, two networks: as seed 002 prints it.
+    assert_eq!(
+        check(&report, None, names::STALE).title,
+        "skipped (flat network not detected)"
+    );
 
     let (code, text) = m.check(&[]);
     assert_eq!(code, 0, "{text}");
