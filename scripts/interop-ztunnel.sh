@@ -27,14 +27,17 @@
 # (istio.v1.auth.IstioCertificateService/CreateCertificate, bearer token).
 #
 # Status (INTEROP.md): with meshpeer as it is this run fails at the inner
-# TLS handshake (ztunnel #2 accepts only its own trust domain, finding 2),
-# after two harness workarounds (findings 0 and 1); INTEROP_DEST_TD=cluster1
-# shows that everything else works end to end.
+# TLS handshake (ztunnel #2 accepts only its own trust domain, finding 2).
+# Findings 0 and 1 are fixed in meshpeer: the ztunnels get their
+# certificates from its cluster listener directly (INTEROP.md, run F). The
+# relay stays for INTEROP_DEST_TD=cluster1, which shows that everything else
+# works end to end.
 #
 # Knobs (see INTEROP.md for what each shows):
-#   INTEROP_CA_RELAY=1     (default) reach meshpeer's CA through a TLS relay
-#                          whose certificate names its address; 0: ztunnel
-#                          talks to meshpeer's cluster listener directly.
+#   INTEROP_CA_RELAY=0     (default) ztunnel talks to meshpeer's cluster
+#                          listener directly; 1: through a TLS relay (needed
+#                          by INTEROP_DEST_TD=cluster1, whose pod gets its
+#                          certificate from cluster1's controller).
 #   INTEROP_DEST_TD=cluster2 (default) trust domain of the destination
 #                          pod's identity; cluster1 (diagnostic) gives the
 #                          destination an identity signed by cluster1's
@@ -66,7 +69,7 @@ if [ -z "$MESHPEER_BIN" ]; then
     MESHPEER_BIN=$(command -v meshpeer || true)
   fi
 fi
-CA_RELAY=${INTEROP_CA_RELAY:-1}
+CA_RELAY=${INTEROP_CA_RELAY:-0}
 DEST_TD=${INTEROP_DEST_TD:-cluster2}
 
 step() { printf '\n=== %s\n' "$*"; }
