@@ -11,26 +11,21 @@
 
 use std::alloc::System;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 use meshpeer_dataplane::dns::{DnsTable, Names, answer};
+use meshpeer_model::testing_b7::{self as b7, run};
 use proptest::prelude::*;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The tests of this binary measure allocations one at a time.
-static MEASURE: Mutex<()> = Mutex::new(());
-
+/// Bytes allocated while `f` runs.
 fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    let change = region.change();
-    let grown = usize::try_from(change.bytes_reallocated).unwrap_or(0);
-    (out, change.bytes_allocated + grown)
+    b7::allocated(GLOBAL, f)
 }
 
 /// What one query may cost: a fixed amount (the response, records,
@@ -55,21 +50,6 @@ fn table() -> Arc<DnsTable> {
         names,
         authoritative: vec!["mesh.internal".to_owned(), "cluster.dev".to_owned()],
     })
-}
-
-fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
-    let config = ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    if let Err(e) = runner.run(&strategy, test) {
-        panic!("{e}");
-    }
 }
 
 /// Answers `query` with the server's handler, checking what holds for
@@ -252,7 +232,7 @@ fn b7_dns_arbitrary_structured_messages() {
 /// make the server reserve room for them.
 #[test]
 fn b7_dns_a_header_count_does_not_size_an_allocation() {
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = b7::alone();
     let rt = runtime();
     let table = table();
     let query = [0x12, 0x34, 0x01, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0];

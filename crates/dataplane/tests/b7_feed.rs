@@ -17,54 +17,31 @@
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::System;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use meshpeer_dataplane::feed::{Caller, CatalogFeed};
 use meshpeer_dataplane::feed_line::{self, LineError, LineReader};
 use meshpeer_dataplane::state::{DataplaneState, StateOptions};
 use meshpeer_model::testing::{ClusterBuilder, svc};
+use meshpeer_model::testing_b7::{self as b7, run};
 use meshpeer_model::{CatalogConfig, catalog, exports};
 use proptest::prelude::*;
 use serde_json::Value;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The tests of this binary measure allocations one at a time.
-static MEASURE: Mutex<()> = Mutex::new(());
-
-/// Bytes allocated (and grown by reallocation) while `f` runs.
+/// Bytes allocated while `f` runs.
 fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    let change = region.change();
-    let grown = usize::try_from(change.bytes_reallocated).unwrap_or(0);
-    (out, change.bytes_allocated + grown)
+    b7::allocated(GLOBAL, f)
 }
 
 /// What one case may allocate: a fixed amount and a multiple of what the
 /// controller sent (the decoded catalog, the indexes built from it).
 fn bound(input: usize) -> usize {
     256 * 1024 + 64 * input
-}
-
-/// Runs `test` over `strategy`'s cases (`PROPTEST_CASES`, default 256),
-/// alone in this binary so that allocations are measured per case.
-fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
-    let config = ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    if let Err(e) = runner.run(&strategy, test) {
-        panic!("{e}");
-    }
 }
 
 // ---- The line reader ----------------------------------------------------

@@ -24,42 +24,22 @@ use meshpeer_dataplane::metrics::DataplaneMetrics;
 use meshpeer_dataplane::state::{DataplaneState, StateOptions};
 use meshpeer_identity::SpiffeId;
 use meshpeer_model::testing::{ClusterBuilder, pod, svc};
+use meshpeer_model::testing_b7::{self as b7, run};
 use meshpeer_model::{CatalogConfig, Object, catalog, exports};
 use proptest::prelude::*;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tokio::sync::watch;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The tests of this binary measure allocations one at a time.
-static MEASURE: Mutex<()> = Mutex::new(());
-
+/// Bytes allocated while `f` runs.
 fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    let change = region.change();
-    let grown = usize::try_from(change.bytes_reallocated).unwrap_or(0);
-    (out, change.bytes_allocated + grown)
+    b7::allocated(GLOBAL, f)
 }
 
 fn bound(input: usize) -> usize {
     256 * 1024 + 64 * input
-}
-
-fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
-    let config = ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    if let Err(e) = runner.run(&strategy, test) {
-        panic!("{e}");
-    }
 }
 
 /// The pods' address: it must never reach a caller.

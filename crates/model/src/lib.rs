@@ -30,6 +30,8 @@ pub mod scope;
 pub mod segments;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testing_b7;
 #[cfg(test)]
 mod testing_support;
 pub mod trust;

@@ -11,28 +11,21 @@
 #![allow(clippy::unwrap_used)]
 
 use std::alloc::System;
-use std::sync::Mutex;
 
+use meshpeer_model::testing_b7::{self as b7, run};
 use meshpeer_peering::limits::Limits;
 use meshpeer_peering::proto::{self, resource::Body};
 use meshpeer_peering::wire::PeerState;
 use proptest::prelude::*;
 use prost::Message;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The tests of this binary measure allocations one at a time.
-static MEASURE: Mutex<()> = Mutex::new(());
-
-/// Bytes allocated (and grown by reallocation) while `f` runs.
+/// Bytes allocated while `f` runs.
 fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    let change = region.change();
-    let grown = usize::try_from(change.bytes_reallocated).unwrap_or(0);
-    (out, change.bytes_allocated + grown)
+    b7::allocated(GLOBAL, f)
 }
 
 /// What one case may allocate: a fixed amount and a multiple of what the
@@ -256,24 +249,6 @@ fn apply_checked(state: &mut PeerState, delta: &proto::Delta) -> Result<(), Test
     Ok(())
 }
 
-/// Runs `test` over `strategy`'s cases (`PROPTEST_CASES`, default 256),
-/// alone in this binary so that allocations are measured per case; fails
-/// with the smallest failing input.
-fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
-    let config = ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    if let Err(e) = runner.run(&strategy, test) {
-        panic!("{e}");
-    }
-}
-
 #[test]
 fn b7_peering_arbitrary_deltas_apply_or_are_refused_whole() {
     run(prop::collection::vec(delta(), 1..5), |deltas| {
@@ -342,7 +317,7 @@ fn b7_peering_arbitrary_bytes_decoded_as_the_wire_does() {
 /// before anything of that size is allocated.
 #[test]
 fn b7_peering_a_huge_length_prefix_allocates_nothing_of_its_size() {
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = b7::alone();
     // Field 1 (delta), length-delimited, claiming 2^40 bytes.
     let mut b = vec![0x0a];
     prost::encoding::encode_varint(1 << 40, &mut b);

@@ -16,29 +16,22 @@
 use std::alloc::System;
 use std::collections::BTreeSet;
 use std::fs;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use meshpeer_model::testing_b7::{self as b7, run};
 use meshpeer_model::{ObjectKey, Parsed, exports, parse_documents};
 use meshpeer_store::file::FolderState;
 use meshpeer_store::load_cluster_dir;
 use proptest::prelude::*;
 use serde_json::Value;
-use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// The tests of this binary measure allocations one at a time.
-static MEASURE: Mutex<()> = Mutex::new(());
-
-/// Bytes allocated (and grown by reallocation) while `f` runs.
+/// Bytes allocated while `f` runs.
 fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let region = Region::new(GLOBAL);
-    let out = f();
-    let change = region.change();
-    let grown = usize::try_from(change.bytes_reallocated).unwrap_or(0);
-    (out, change.bytes_allocated + grown)
+    b7::allocated(GLOBAL, f)
 }
 
 /// What one case may allocate: a fixed amount and a multiple of what the
@@ -50,23 +43,6 @@ fn allocated<T>(f: impl FnOnce() -> T) -> (T, usize) {
 /// cost ~7 KB each: 80 bytes of `- - - ...` allocate ~280 KB).
 fn bound(input: usize) -> usize {
     1024 * 1024 + 256 * input
-}
-
-/// Runs `test` over `strategy`'s cases (`PROPTEST_CASES`, default 256),
-/// alone in this binary so that allocations are measured per case.
-fn run<S: Strategy>(strategy: S, test: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
-    S::Value: std::fmt::Debug,
-{
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
-    let config = ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let mut runner = proptest::test_runner::TestRunner::new(config);
-    if let Err(e) = runner.run(&strategy, test) {
-        panic!("{e}");
-    }
 }
 
 const CLUSTER_YAML: &str = "name: cluster1\nregion: us-east\nzone: us-east-1\n";
@@ -209,7 +185,7 @@ fn b7_folder_arbitrary_text_reads_as_its_documents_do() {
 /// not expanded.
 #[test]
 fn b7_folder_alias_bombs_are_refused_within_the_bound() {
-    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = b7::alone();
     let mut text = String::from(
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    a0: &a0 \"lol\"\n",
     );
