@@ -374,24 +374,35 @@ fn c4_a_linked_cluster_without_a_folder_is_mentioned() {
     );
 }
 
+/// `meshpeer render` of an example's two folders as `view` sees them, in
+/// `flavor`, as YAML.
+fn render_example(scenario: &str, view: &str, flavor: &str) -> String {
+    let ex = examples().join(scenario);
+    let o = meshpeer(&[
+        "render",
+        ex.join("cluster1").to_str().unwrap(),
+        ex.join("cluster2").to_str().unwrap(),
+        "--view",
+        view,
+        "--istio-flavor",
+        flavor,
+        "-o",
+        "yaml",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+}
+
 /// What each example renders, in full, as snapshots a reviewer reads in
 /// `tests/snapshots/`: a change to any generated object shows up there.
 #[test]
 fn g7_rendered_examples_match_their_reviewed_snapshots() {
     for scenario in ["httpbin", "bookinfo"] {
-        let ex = examples().join(scenario);
         for view in ["cluster1", "cluster2"] {
-            let o = meshpeer(&[
-                "render",
-                ex.join("cluster1").to_str().unwrap(),
-                ex.join("cluster2").to_str().unwrap(),
-                "--view",
-                view,
-                "-o",
-                "yaml",
-            ]);
-            assert!(o.status.success(), "{}", stderr(&o));
-            insta::assert_snapshot!(format!("{scenario}-{view}"), stdout(&o));
+            insta::assert_snapshot!(
+                format!("{scenario}-{view}"),
+                render_example(scenario, view, "solo")
+            );
         }
     }
 }
@@ -401,21 +412,11 @@ fn g7_rendered_examples_match_their_reviewed_snapshots() {
 #[test]
 fn g7_rendered_examples_for_upstream_istio_match_their_reviewed_snapshots() {
     for scenario in ["httpbin", "bookinfo"] {
-        let ex = examples().join(scenario);
         for view in ["cluster1", "cluster2"] {
-            let o = meshpeer(&[
-                "render",
-                ex.join("cluster1").to_str().unwrap(),
-                ex.join("cluster2").to_str().unwrap(),
-                "--view",
-                view,
-                "--istio-flavor",
-                "upstream",
-                "-o",
-                "yaml",
-            ]);
-            assert!(o.status.success(), "{}", stderr(&o));
-            insta::assert_snapshot!(format!("upstream-{scenario}-{view}"), stdout(&o));
+            insta::assert_snapshot!(
+                format!("upstream-{scenario}-{view}"),
+                render_example(scenario, view, "upstream")
+            );
         }
     }
 }
