@@ -1749,6 +1749,16 @@ fn p3_an_unusable_pin_refuses_rather_than_trusts() {
 /// An endpoint's network and its ports map.
 type PortsOf<'a> = (Option<&'a str>, Vec<(String, u32)>);
 
+fn ports_of(e: &meshpeer_model::objects::WorkloadEntrySpec) -> PortsOf<'_> {
+    let ports = e.ports.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    (e.network.as_deref(), ports)
+}
+
+/// The network and ports map of each inline endpoint of `se`.
+fn inline_ports(se: &ServiceEntry) -> Vec<PortsOf<'_>> {
+    se.spec.endpoints.iter().map(ports_of).collect()
+}
+
 #[test]
 fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_serves() {
     // cluster2 adds port 9000; cluster1 serves 8000 only.
@@ -1764,19 +1774,11 @@ fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_s
             )
         },
     );
-    let ports_of = |e: &meshpeer_model::objects::WorkloadEntrySpec| -> Vec<(String, u32)> {
-        e.ports.iter().map(|(k, v)| (k.clone(), *v)).collect()
-    };
     // cluster2's view: its own endpoint serves both; cluster1 is reached
     // through its gateway, for 8000 only.
     let v2 = view(&c2, &[&c1]);
     let se = &render(&v2)[0];
-    let shapes: Vec<PortsOf<'_>> = se
-        .spec
-        .endpoints
-        .iter()
-        .map(|e| (e.network.as_deref(), ports_of(e)))
-        .collect();
+    let shapes = inline_ports(se);
     assert_eq!(
         shapes,
         [
@@ -1792,7 +1794,7 @@ fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_s
     let mut we: Vec<PortsOf<'_>> = u
         .workload_entries
         .iter()
-        .map(|w| (w.spec.network.as_deref(), ports_of(&w.spec)))
+        .map(|w| ports_of(&w.spec))
         .collect();
     we.sort();
     assert_eq!(we, shapes);
@@ -1800,12 +1802,7 @@ fn g9_rendered_endpoints_and_gateway_entries_list_only_the_ports_their_cluster_s
     // entry 8000 and 9000, each to the service port.
     let v1 = view(&c1, &[&c2]);
     let se = &render(&v1)[0];
-    let shapes: Vec<PortsOf<'_>> = se
-        .spec
-        .endpoints
-        .iter()
-        .map(|e| (e.network.as_deref(), ports_of(e)))
-        .collect();
+    let shapes = inline_ports(se);
     assert_eq!(
         shapes,
         [
