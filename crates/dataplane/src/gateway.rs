@@ -153,16 +153,13 @@ fn authorize(
             ),
         ));
     };
-    let (host, port) = authority
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_ascii_lowercase(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| {
-            decline(
-                "bad_request",
-                StatusCode::BAD_REQUEST,
-                format!("authority {authority:?} is not <hostname>:<port>"),
-            )
-        })?;
+    let (host, port) = split_authority(authority).ok_or_else(|| {
+        decline(
+            "bad_request",
+            StatusCode::BAD_REQUEST,
+            format!("authority {authority:?} is not <hostname>:<port>"),
+        )
+    })?;
     let svc = find_local(state, &host).ok_or_else(|| {
         decline(
             "not_exported",
@@ -249,6 +246,12 @@ fn authorize(
     Ok((tiers, caller.cluster.clone()))
 }
 
+/// `<host>:<port>` as the lower-cased host and the port.
+fn split_authority(authority: &str) -> Option<(String, u16)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    Some((host.to_ascii_lowercase(), port.parse().ok()?))
+}
+
 /// The global service a tunnel asks for: by global hostname, or by
 /// `<name>.<namespace>.<any suffix>` for the names of manual entries
 /// (D4, e.g. `httpbin.bar.global`) when this cluster exports exactly that
@@ -299,8 +302,14 @@ impl TunnelHandler for GatewayHandler {
                 .iter()
                 .find(|c| c.trust_domain == req.peer.trust_domain())
                 .map_or("unlinked", |c| c.cluster.as_str());
-            let host = req.authority.rsplit_once(':').map_or("", |(h, _)| h);
-            let flow = Flows::labels(&state, "gateway", source, &me, host);
+            let host = split_authority(&req.authority).map(|(h, _)| h);
+            let flow = Flows::labels(
+                &state,
+                "gateway",
+                source,
+                &me,
+                host.as_deref().unwrap_or(""),
+            );
             let (tiers, cluster) = match authorize(&state, &ask) {
                 Ok(x) => x,
                 Err(d) => {
