@@ -50,6 +50,14 @@ pub fn render(catalog: &GlobalCatalog) -> Vec<ServiceEntry> {
 
 /// The ServiceEntry of one global service.
 pub fn service_entry(svc: &GlobalService) -> ServiceEntry {
+    let mut se = entry_shell(svc);
+    se.spec.endpoints = inline_endpoints(svc);
+    se
+}
+
+/// A service's ServiceEntry without endpoints: names, labels and
+/// annotations, hosts, VIP, ports, location and resolution (both flavors).
+pub(crate) fn entry_shell(svc: &GlobalService) -> ServiceEntry {
     let mut labels_map = BTreeMap::from([
         (
             labels::MANAGED_BY.to_owned(),
@@ -77,6 +85,36 @@ pub fn service_entry(svc: &GlobalService) -> ServiceEntry {
         annotations.insert(labels::GEN_TAKEOVER.to_owned(), t.hostname.clone());
     }
 
+    ServiceEntry {
+        metadata: ObjectMeta {
+            name: Some(service_entry_name(svc)),
+            namespace: Some(labels::ISTIO_SYSTEM.to_owned()),
+            labels: Some(labels_map),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: ServiceEntrySpec {
+            hosts: vec![svc.hostname.clone()],
+            addresses: vec![svc.vip.to_string()],
+            ports: svc
+                .ports
+                .iter()
+                .map(|p| ServiceEntryPort {
+                    number: u32::from(p.number),
+                    protocol: Some(p.protocol.clone()),
+                    name: p.name.clone(),
+                    target_port: None,
+                })
+                .collect(),
+            location: Some("MESH_INTERNAL".to_owned()),
+            resolution: Some("STATIC".to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Solo's flavor: every endpoint inline, by reach.
+fn inline_endpoints(svc: &GlobalService) -> Vec<WorkloadEntrySpec> {
     let port_names: BTreeMap<u16, &str> = svc
         .ports
         .iter()
@@ -123,34 +161,7 @@ pub fn service_entry(svc: &GlobalService) -> ServiceEntry {
         }
     }
     endpoints.truncate(MAX_RENDERED_ENDPOINTS);
-
-    ServiceEntry {
-        metadata: ObjectMeta {
-            name: Some(service_entry_name(svc)),
-            namespace: Some(labels::ISTIO_SYSTEM.to_owned()),
-            labels: Some(labels_map),
-            annotations: Some(annotations),
-            ..Default::default()
-        },
-        spec: ServiceEntrySpec {
-            hosts: vec![svc.hostname.clone()],
-            addresses: vec![svc.vip.to_string()],
-            ports: svc
-                .ports
-                .iter()
-                .map(|p| ServiceEntryPort {
-                    number: u32::from(p.number),
-                    protocol: Some(p.protocol.clone()),
-                    name: p.name.clone(),
-                    target_port: None,
-                })
-                .collect(),
-            location: Some("MESH_INTERNAL".to_owned()),
-            resolution: Some("STATIC".to_owned()),
-            endpoints,
-            ..Default::default()
-        },
-    }
+    endpoints
 }
 
 /// The ports a remote cluster's endpoints serve, by the entry's port

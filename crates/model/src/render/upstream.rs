@@ -157,7 +157,7 @@ pub fn render_upstream(catalog: &GlobalCatalog) -> Vec<UpstreamEntry> {
 
 /// One global service as upstream Istio reads it.
 pub fn upstream_entry(catalog: &GlobalCatalog, svc: &GlobalService) -> UpstreamEntry {
-    let mut se = super::service_entry(svc);
+    let mut se = super::entry_shell(svc);
     let name = service_entry_name(svc);
     let key = entry_key(&name);
     let annotations = se.metadata.annotations.get_or_insert_with(BTreeMap::new);
@@ -271,7 +271,6 @@ pub fn upstream_entry(catalog: &GlobalCatalog, svc: &GlobalService) -> UpstreamE
     }
     workload_entries.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     se.spec = ServiceEntrySpec {
-        endpoints: Vec::new(),
         workload_selector: Some(WorkloadSelector {
             labels: BTreeMap::from([(ENTRY.to_owned(), key.clone())]),
         }),
