@@ -55,19 +55,36 @@ pub(crate) fn per_cluster<T: Clone>(
 }
 
 fn inputs(args: &CheckArgs) -> anyhow::Result<Vec<ClusterInput>> {
-    let origins: Vec<Origin> = if args.cluster.is_empty() {
-        args.context.iter().cloned().map(Origin::Context).collect()
+    cluster_inputs(
+        &args.cluster,
+        &args.context,
+        &args.cacerts,
+        &args.controller,
+        &args.cluster_name,
+    )
+}
+
+/// The clusters `check` and `explain` read: folders (`--cluster`) or
+/// contexts, each with its per-cluster flags (given once per cluster, in
+/// order, `-` for none; absent: none for all).
+pub(crate) fn cluster_inputs(
+    cluster: &[PathBuf],
+    context: &[String],
+    cacerts: &[PathBuf],
+    controller: &[String],
+    cluster_name: &[String],
+) -> anyhow::Result<Vec<ClusterInput>> {
+    let origins: Vec<Origin> = if cluster.is_empty() {
+        context.iter().cloned().map(Origin::Context).collect()
     } else {
-        args.cluster.iter().cloned().map(Origin::Folder).collect()
+        cluster.iter().cloned().map(Origin::Folder).collect()
     };
     let n = origins.len();
-    let cacerts = per_cluster(&args.cacerts, n, "--cacerts", |p: &PathBuf| {
+    let cacerts = per_cluster(cacerts, n, "--cacerts", |p: &PathBuf| {
         p.as_path() == Path::new("-")
     })?;
-    let controllers = per_cluster(&args.controller, n, "--controller", |c: &String| c == "-")?;
-    let names = per_cluster(&args.cluster_name, n, "--cluster-name", |c: &String| {
-        c == "-"
-    })?;
+    let controllers = per_cluster(controller, n, "--controller", |c: &String| c == "-")?;
+    let names = per_cluster(cluster_name, n, "--cluster-name", |c: &String| c == "-")?;
     Ok(origins
         .into_iter()
         .zip(cacerts)

@@ -3,39 +3,25 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use meshpeer::check::{ClusterInput, Origin, gather};
+use meshpeer::check::gather;
 use meshpeer::explain::{Ejected, Query, explain};
 
-use super::check::per_cluster;
+use super::check::cluster_inputs;
 use crate::cli::{CheckOutput, ExplainArgs};
 
 pub(crate) fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
-    let origins: Vec<Origin> = if args.cluster.is_empty() {
-        args.context.iter().cloned().map(Origin::Context).collect()
-    } else {
-        args.cluster.iter().cloned().map(Origin::Folder).collect()
-    };
-    if origins.is_empty() {
+    if args.cluster.is_empty() && args.context.is_empty() {
         bail!(
             "name the clusters to read: --cluster DIR (file mode) or --context CTX (Kubernetes), once per cluster"
         );
     }
-    let n = origins.len();
-    let controllers = per_cluster(&args.controller, n, "--controller", |c: &String| c == "-")?;
-    let names = per_cluster(&args.cluster_name, n, "--cluster-name", |c: &String| {
-        c == "-"
-    })?;
-    let inputs: Vec<ClusterInput> = origins
-        .into_iter()
-        .zip(controllers)
-        .zip(names)
-        .map(|((origin, controller), name)| ClusterInput {
-            origin,
-            cacerts: None,
-            controller,
-            name,
-        })
-        .collect();
+    let inputs = cluster_inputs(
+        &args.cluster,
+        &args.context,
+        &[],
+        &args.controller,
+        &args.cluster_name,
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
