@@ -339,7 +339,7 @@ impl Mesh {
 }
 
 #[tokio::test]
-async fn ztunnel_double_hbone_reaches_the_destination_ztunnel_untouched() {
+async fn d3_ztunnel_double_hbone_reaches_the_destination_ztunnel_untouched() {
     let mut mesh = Mesh::start(None).await;
     let authority = format!("{HOST}:8000");
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -362,7 +362,7 @@ async fn ztunnel_double_hbone_reaches_the_destination_ztunnel_untouched() {
 }
 
 #[tokio::test]
-async fn meshpeer_single_hbone_to_an_ambient_endpoint_still_goes_to_its_target_port() {
+async fn d3_meshpeer_single_hbone_to_an_ambient_endpoint_still_goes_to_its_target_port() {
     let mut mesh = Mesh::start(None).await;
     let meta = TunnelMeta {
         payload: Some(PAYLOAD_TCP.into()),
@@ -386,7 +386,7 @@ async fn meshpeer_single_hbone_to_an_ambient_endpoint_still_goes_to_its_target_p
 }
 
 #[tokio::test]
-async fn double_hbone_is_refused_as_single_hbone_is() {
+async fn d3_double_hbone_is_refused_as_single_hbone_is() {
     let mesh = Mesh::start(None).await;
 
     // D3: a cluster that does not link here.
