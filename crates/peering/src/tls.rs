@@ -132,53 +132,57 @@ pub async fn serve_with(
     let gate = Gate::new("peering", limits, metrics);
     info!(%limits, "peering listener bounds");
     let max_streams = service.max_streams_per_connection();
-    // Aborted when this future ends or is dropped (a task aborting the
-    // server): the listener must not outlive the server.
-    let accept = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "peering accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let slot = gate.admit();
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            let svc = svc.clone();
-            tokio::spawn(async move {
-                if let Some(conn) = handshake(acceptor, tcp, remote, slot, &svc).await
-                    && tx.send(Ok(conn)).await.is_err()
-                {
-                    debug!("peering server stopped; dropping connection");
-                }
-            });
-        }
-    }));
-    let result = Server::builder()
+    // The accept loop runs in this future, not in a task of its own: when
+    // the server ends, or this future is dropped (a task aborting the
+    // server), the listener is closed before that returns, so a server
+    // started again on the same port can bind it at once.
+    let accept = accept_loop(listener, acceptor, gate, tx, svc);
+    let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(max_streams))
         .add_service(service.grpc())
-        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
-        .await;
-    drop(accept);
-    result
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown);
+    tokio::select! {
+        result = server => result,
+        never = accept => match never {},
+    }
+}
+
+/// Accepts peering connections for ever, each handshaken in a task of its
+/// own under the gate's bounds and handed to the server through `tx`.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    gate: Gate,
+    tx: mpsc::Sender<Result<PeerConn, io::Error>>,
+    svc: PeeringService,
+) -> std::convert::Infallible {
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "peering accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = gate.admit();
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            if let Some(conn) = handshake(acceptor, tcp, remote, slot, &svc).await
+                && tx.send(Ok(conn)).await.is_err()
+            {
+                debug!("peering server stopped; dropping connection");
+            }
+        });
+    }
 }
 
 /// Read buffer of a peering connection (rustls reads 4 KiB at a time).
 const READ_BUFFER: usize = 16 * 1024;
-
-/// A task aborted when its handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 async fn handshake(
     acceptor: tokio_rustls::TlsAcceptor,
