@@ -282,6 +282,12 @@ pub(crate) struct ControllerArgs {
     /// Range global-service VIPs are allocated from.
     #[arg(long, value_name = "CIDR", default_value = "240.241.0.0/16")]
     pub(crate) vip_cidr: Cidr,
+    /// Which Istio reads the output: `upstream` (default), ServiceEntries
+    /// selecting WorkloadEntries as upstream istiod and ztunnel route them,
+    /// or `solo`, the seeds' inline-endpoint ServiceEntries
+    /// (ARCHITECTURE.md, "Istio flavors").
+    #[arg(long, value_enum, default_value_t = IstioFlavor::Upstream)]
+    pub(crate) istio_flavor: IstioFlavor,
     /// Only controllers of these trust domains may peer with this cluster
     /// (comma-separated or repeated). Default: any other trust domain under
     /// the shared root, as clusters that link here one way need (SPEC C4).
@@ -748,11 +754,11 @@ pub(crate) struct RenderArgs {
     /// Range global-service VIPs are allocated from.
     #[arg(long, value_name = "CIDR", default_value = "240.241.0.0/16")]
     pub(crate) vip_cidr: Cidr,
-    /// Which Istio reads the output: `solo`, the seeds' inline-endpoint
-    /// ServiceEntries (what the controller writes today), or `upstream`,
-    /// ServiceEntries with WorkloadEntries as upstream istiod and ztunnel
-    /// route them (ARCHITECTURE.md, "Istio flavors").
-    #[arg(long, value_enum, default_value_t = IstioFlavor::Solo)]
+    /// Which Istio reads the output: `upstream` (default), ServiceEntries
+    /// with WorkloadEntries as upstream istiod and ztunnel route them, or
+    /// `solo`, the seeds' inline-endpoint ServiceEntries (ARCHITECTURE.md,
+    /// "Istio flavors").
+    #[arg(long, value_enum, default_value_t = IstioFlavor::Upstream)]
     pub(crate) istio_flavor: IstioFlavor,
 }
 
@@ -764,6 +770,15 @@ pub(crate) enum IstioFlavor {
     Upstream,
     /// Solo's distribution, as the seeds show its objects.
     Solo,
+}
+
+impl From<IstioFlavor> for meshpeer_model::render::IstioFlavor {
+    fn from(f: IstioFlavor) -> Self {
+        match f {
+            IstioFlavor::Upstream => meshpeer_model::render::IstioFlavor::Upstream,
+            IstioFlavor::Solo => meshpeer_model::render::IstioFlavor::Solo,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

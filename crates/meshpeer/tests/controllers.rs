@@ -556,6 +556,7 @@ async fn c5_the_conditions_the_controller_computes_are_applied_to_the_gateway_st
 
     const GW: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/istio-eastwest/gateways/istio-remote-peer-cluster2";
     const SE: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/serviceentries";
+    const WE: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/workloadentries";
 
     let (svc, mut api) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
@@ -584,7 +585,11 @@ async fn c5_the_conditions_the_controller_computes_are_applied_to_the_gateway_st
                     "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntryList",
                     "metadata": {"resourceVersion": "1"}, "items": [],
                 }),
-                (&Method::PATCH, p) if p.starts_with(SE) => {
+                (&Method::GET, WE) => json!({
+                    "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntryList",
+                    "metadata": {"resourceVersion": "1"}, "items": [],
+                }),
+                (&Method::PATCH, p) if p.starts_with(SE) || p.starts_with(WE) => {
                     let mut se = body.clone().unwrap_or_default();
                     se["metadata"]["uid"] = json!("u-se");
                     se["metadata"]["resourceVersion"] = json!("2");

@@ -1516,6 +1516,13 @@ fn r2_p7_rbac_grants_exactly_what_the_kubernetes_source_sink_and_token_review_us
         resource_of(Kind::ServiceEntry),
         &["create", "patch", "delete"],
     );
+    // WorkloadEntries (upstream flavor) the same way, and listed there
+    // (the source does not watch them).
+    add(
+        Some(meshpeer_store::kube_sink::NAMESPACE),
+        resource_of(Kind::WorkloadEntry),
+        &["create", "patch", "delete", "list"],
+    );
     // crates/ca/src/tokenreview.rs: the signing endpoint's TokenReviews
     // (cluster-scoped).
     let (group, resource, verb) = meshpeer_ca::tokenreview::required_permission();

@@ -295,7 +295,9 @@ fn untouched(mesh: &Mesh, v: &View) {
     for e in std::fs::read_dir(&c1.out).unwrap().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(
-            name == "status" || (name.starts_with("autogen.") && name.ends_with(".yaml")),
+            name == "status"
+                || name == "workloadentries"
+                || (name.starts_with("autogen.") && name.ends_with(".yaml")),
             "unexpected output file {name}"
         );
     }

@@ -116,6 +116,8 @@ fn bookinfo_example_prints_productpage_with_any() {
         ex.join("cluster2").to_str().unwrap(),
         "-o",
         "json",
+        "--istio-flavor",
+        "solo",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let list: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -159,7 +161,15 @@ fn yaml_output_is_valid_kubernetes_input() {
     // Read back as Kubernetes objects.
     let parsed = meshpeer_model::parse_documents("out.yaml", &text);
     assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    assert_eq!(parsed.objects.len(), 2);
+    // Two ServiceEntries (upstream flavor, the default), each with the
+    // WorkloadEntries it selects.
+    let entries = parsed
+        .objects
+        .iter()
+        .filter(|o| matches!(o, meshpeer_model::Object::ServiceEntry(_)))
+        .count();
+    assert_eq!(entries, 2);
+    assert!(parsed.objects.len() > entries, "no WorkloadEntries");
     // And accepted by the CRD schemas, document by document.
     let validator = schemas();
     for doc in text.split("\n---\n") {
@@ -443,7 +453,7 @@ fn g7_upstream_flavor_warns_of_endpoints_without_a_known_identity() {
         "{}",
         warnings[0]
     );
-    let solo = meshpeer(&["render", dirs[0], dirs[1]]);
+    let solo = meshpeer(&["render", dirs[0], dirs[1], "--istio-flavor", "solo"]);
     assert!(!stderr(&solo).contains("warning[G7]"), "{}", stderr(&solo));
     // With Pods (httpbin), every identity is known: no warning.
     let ex = examples().join("httpbin");

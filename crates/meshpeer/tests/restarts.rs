@@ -117,13 +117,25 @@ struct FakeApi {
 #[derive(Default)]
 struct ApiState {
     entries: BTreeMap<String, Value>,
+    workloads: BTreeMap<String, Value>,
     resource_version: u64,
     applied: Vec<String>,
     deleted: Vec<String>,
     unexpected: Vec<String>,
 }
 
+impl ApiState {
+    fn objects(&mut self, kind: &str) -> &mut BTreeMap<String, Value> {
+        if kind == "WorkloadEntry" {
+            &mut self.workloads
+        } else {
+            &mut self.entries
+        }
+    }
+}
+
 const SE_PATH: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/serviceentries";
+const WE_PATH: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/workloadentries";
 
 impl FakeApi {
     /// A client whose requests this server answers (one per controller).
@@ -154,13 +166,20 @@ impl FakeApi {
             "message": format!("{path} not found"), "reason": "NotFound", "code": 404
         });
         let mut st = self.state.lock().unwrap();
-        let answer = match (&parts.method, path.strip_prefix(SE_PATH)) {
+        // ServiceEntries and WorkloadEntries (upstream flavor), each kind
+        // in its own map.
+        let (kind, rest) = match (path.strip_prefix(SE_PATH), path.strip_prefix(WE_PATH)) {
+            (Some(rest), _) => ("ServiceEntry", Some(rest)),
+            (_, Some(rest)) => ("WorkloadEntry", Some(rest)),
+            _ => ("", None),
+        };
+        let answer = match (&parts.method, rest) {
             (&Method::GET, Some("")) => {
-                let items: Vec<Value> = st.entries.values().cloned().collect();
+                let items: Vec<Value> = st.objects(kind).values().cloned().collect();
                 (
                     StatusCode::OK,
                     json!({
-                        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntryList",
+                        "apiVersion": "networking.istio.io/v1", "kind": format!("{kind}List"),
                         "metadata": {"resourceVersion": st.resource_version.to_string()},
                         "items": items,
                     }),
@@ -170,13 +189,14 @@ impl FakeApi {
                 let name = name.trim_start_matches('/').to_owned();
                 let mut object: Value = serde_json::from_slice(&bytes).unwrap();
                 st.resource_version += 1;
-                let uid = st.entries.get(&name).map_or_else(
-                    || format!("uid-{}", st.resource_version),
+                let rv = st.resource_version;
+                let uid = st.objects(kind).get(&name).map_or_else(
+                    || format!("uid-{rv}"),
                     |o| o["metadata"]["uid"].as_str().unwrap().to_owned(),
                 );
                 object["metadata"]["uid"] = json!(uid);
-                object["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
-                st.entries.insert(name.clone(), object.clone());
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                st.objects(kind).insert(name.clone(), object.clone());
                 st.applied.push(name);
                 (StatusCode::OK, object)
             }
@@ -184,7 +204,7 @@ impl FakeApi {
                 let name = name.trim_start_matches('/').to_owned();
                 st.resource_version += 1;
                 st.deleted.push(name.clone());
-                match st.entries.remove(&name) {
+                match st.objects(kind).remove(&name) {
                     Some(object) => (StatusCode::OK, object),
                     None => (StatusCode::NOT_FOUND, not_found),
                 }
@@ -217,6 +237,29 @@ impl FakeApi {
         .unwrap_or_else(|_| panic!("the API server never held {name}"));
     }
 
+    /// Waits until the server holds a WorkloadEntry whose name starts with
+    /// `prefix` (upstream flavor: written right after the entries).
+    async fn wait_holds_workload(&self, prefix: &str) {
+        let mut changed = self.changed.subscribe();
+        tokio::time::timeout(WITHIN, async {
+            loop {
+                if self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .workloads
+                    .keys()
+                    .any(|n| n.starts_with(prefix))
+                {
+                    return;
+                }
+                changed.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the API server never held a WorkloadEntry {prefix}*"));
+    }
+
     fn resource_version_of(&self, name: &str) -> String {
         let st = self.state.lock().unwrap();
         st.entries[name]["metadata"]["resourceVersion"]
@@ -243,6 +286,8 @@ async fn sync_gating_kube_mode_no_service_entry_of_a_remote_service_is_deleted_a
     start_kube_mode(&mut mesh, &api, "127.0.0.1:0".parse().unwrap()).await;
     api.wait_holds("autogen.shop.local").await;
     api.wait_holds("autogen.shop.remote").await;
+    api.wait_holds_workload("autogen.shop.remote.cluster2.")
+        .await;
     let version = api.resource_version_of("autogen.shop.remote");
     let vip = api.state.lock().unwrap().entries["autogen.shop.remote"]["spec"]["addresses"].clone();
 
@@ -272,6 +317,15 @@ async fn sync_gating_kube_mode_no_service_entry_of_a_remote_service_is_deleted_a
             st.entries.contains_key("autogen.shop.remote"),
             "{:?}",
             st.entries.keys()
+        );
+        // Upstream flavor: the entry's WorkloadEntries (cluster2's group)
+        // are held with it.
+        assert!(
+            st.workloads
+                .keys()
+                .any(|n| n.starts_with("autogen.shop.remote.cluster2.")),
+            "{:?}",
+            st.workloads.keys()
         );
     }
     // Not rewritten either (no apply since).

@@ -301,3 +301,59 @@ fn istio_vips_are_outside_istios_own_auto_allocation_range() {
         "240.241.0.0/16"
     );
 }
+
+/// Seed 002 (flat network): a peer on this cluster's network is reached
+/// Pod to Pod, and its Pods are `autogenflat.<cluster>.<namespace>.<pod>.<hash>`
+/// WorkloadEntries with their addresses, network and locality; a Pod
+/// behind two global services gets one per service.
+#[test]
+fn istio_upstream_a_flat_peers_pods_are_autogenflat_workload_entries() {
+    let c1 = ClusterBuilder::new("cluster1")
+        .trust_domain("cluster1")
+        .network("flat")
+        .locality("us-east", "us-east-1")
+        .link_with("cluster2", "flat", "cluster2")
+        .service(svc("shop", "web").global().port("http", 8000, 8080))
+        .build();
+    let c2 = ClusterBuilder::new("cluster2")
+        .trust_domain("cluster2")
+        .network("flat")
+        .locality("us-west", "us-west-1")
+        .service(
+            svc("shop", "web")
+                .global()
+                .port("http", 8000, 8080)
+                .ready(2),
+        )
+        .service(
+            svc("shop", "api")
+                .global()
+                .port("http", 8000, 8080)
+                .ready(1),
+        )
+        .build();
+    let v = catalog(&c1, &[exports(&c2)], &CatalogConfig::default());
+    let all = render_upstream(&v);
+    assert_eq!(all.len(), 2, "{:?}", v.diagnostics);
+    let mut names = Vec::new();
+    for u in &all {
+        for w in &u.workload_entries {
+            let name = w.metadata.name.as_deref().unwrap();
+            assert!(name.starts_with("autogenflat.cluster2.shop."), "{name}");
+            let hash = name.rsplit('.').next().unwrap();
+            assert_eq!(hash.len(), 12, "{name}");
+            assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()), "{name}");
+            assert!(name.len() <= 253);
+            // Dialled directly: an address, the shared network, no mTLS
+            // marker of a gateway group.
+            assert!(w.spec.address.is_some(), "{name}");
+            assert_eq!(w.spec.network.as_deref(), Some("flat"));
+            assert_eq!(w.spec.locality.as_deref(), Some("us-west/us-west-1"));
+            assert_eq!(label(w, "meshpeer.io/cluster"), Some("cluster2"));
+            names.push(name.to_owned());
+        }
+    }
+    assert_eq!(names.len(), 3, "{names:?}");
+    let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), 3, "one per service and Pod: {names:?}");
+}

@@ -1,6 +1,9 @@
-//! The file-mode sink: ServiceEntries and peer status as YAML files.
+//! The file-mode sink: ServiceEntries, WorkloadEntries and peer status as
+//! YAML files.
 //!
-//! `<out>/<name>.yaml` holds one ServiceEntry; `<out>/status/<namespace>.<name>.yaml`
+//! `<out>/<name>.yaml` holds one ServiceEntry;
+//! `<out>/workloadentries/<name>.yaml` one WorkloadEntry (upstream flavor);
+//! `<out>/status/<namespace>.<name>.yaml`
 //! holds meshpeer's part of a remote-peer Gateway's status. Files are written
 //! atomically (temporary file in the same folder, fsync, rename), only when
 //! their content changes, and only files holding meshpeer-managed objects are
@@ -13,27 +16,39 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshpeer_model::objects::{Condition, ServiceEntry, is_managed};
+use meshpeer_model::objects::{Condition, ServiceEntry, WorkloadEntry, is_managed};
+use meshpeer_model::parse_documents;
 use meshpeer_model::render::to_yaml;
-use meshpeer_model::{Object, parse_documents};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::sink::{Desired, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+use crate::managed::Generated;
+use crate::sink::{Existing, Output, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
 use imbl::ordmap::DiffItem;
 
 /// Subfolder of the output folder holding Gateway status files.
 pub const STATUS_DIR: &str = "status";
+/// Subfolder of the output folder holding WorkloadEntry files.
+pub const WORKLOADS_DIR: &str = "workloadentries";
 
-/// Writes the catalog's ServiceEntries into a folder (see the module docs).
+/// Writes the catalog's ServiceEntries (and WorkloadEntries) into a folder
+/// (see the module docs).
 #[derive(Clone, Debug)]
 pub struct FileSink {
     out_dir: PathBuf,
+    entries: Folder<ServiceEntry>,
+    workloads: Folder<WorkloadEntry>,
+}
+
+/// The files of one kind.
+#[derive(Clone, Debug)]
+struct Folder<K> {
+    dir: PathBuf,
     /// What the last successful `apply` made the folder hold, by name: the
     /// next `apply` writes only what differs from it (a persistent map: the
     /// comparison visits only what changed). (The output folder is
     /// meshpeer's; after a restart the first `apply` compares every file.)
-    applied: Desired,
+    applied: imbl::OrdMap<String, Arc<K>>,
     /// Whether the folder has been listed since this sink started: after
     /// that, it holds exactly the files of `applied` (the folder is
     /// meshpeer's), so unwanted files are known without listing it again.
@@ -41,12 +56,12 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    /// The folder (and its `status/` subfolder) is created when first written.
+    /// The folder (and its subfolders) is created when first written.
     pub fn new(out_dir: PathBuf) -> Self {
         FileSink {
+            entries: Folder::new(out_dir.clone()),
+            workloads: Folder::new(out_dir.join(WORKLOADS_DIR)),
             out_dir,
-            applied: Desired::new(),
-            listed: false,
         }
     }
 
@@ -55,56 +70,97 @@ impl FileSink {
     }
 }
 
-impl Sink for FileSink {
-    fn describe(&self) -> String {
-        format!("folder {}", self.out_dir.display())
+impl<K: Generated> Folder<K> {
+    fn new(dir: PathBuf) -> Self {
+        Folder {
+            dir,
+            applied: imbl::OrdMap::new(),
+            listed: false,
+        }
     }
 
-    /// The meshpeer-managed ServiceEntries of `<out>/*.yaml`, in file name
-    /// order. Files that cannot be read are skipped (and logged).
-    fn existing(&mut self) -> SinkFuture<'_, Vec<ServiceEntry>> {
-        let dir = self.out_dir.clone();
-        Box::pin(blocking(move || read_existing(&dir)))
-    }
-
-    /// Writes `<out>/<metadata.name>.yaml` for each desired entry (rendered
+    /// Writes `<dir>/<metadata.name>.yaml` for each desired object (rendered
     /// with [`to_yaml`]) unless it already holds exactly that, and deletes
-    /// the `<out>/*.yaml` files holding only meshpeer-managed ServiceEntries
-    /// that are not wanted. A file in the way that holds anything else is
-    /// left alone (logged, not counted).
-    fn apply<'a>(&'a mut self, desired: &'a Desired) -> SinkFuture<'a, SinkReport> {
-        let dir = self.out_dir.clone();
+    /// the `<dir>/*.yaml` files holding only meshpeer-managed objects of
+    /// this kind that are not wanted. A file in the way that holds anything
+    /// else is left alone (logged, not counted).
+    async fn apply(
+        &mut self,
+        desired: &imbl::OrdMap<String, Arc<K>>,
+    ) -> Result<SinkReport, SinkError> {
+        let dir = self.dir.clone();
         // What differs from the last successful apply; everything the first
         // time (then the folder is listed to find files no longer wanted).
         // `true`: the file is one this sink wrote (no need to read it back
         // before replacing it).
-        let mut changed: Vec<(Arc<ServiceEntry>, bool)> = Vec::new();
+        let mut changed: Vec<(Arc<K>, bool)> = Vec::new();
         let mut gone: Vec<String> = Vec::new();
         let mut skipped = 0;
         if self.listed {
             for item in self.applied.diff(desired) {
                 match item {
-                    DiffItem::Add(_, se) => changed.push((Arc::clone(se), false)),
-                    DiffItem::Update { new: (_, se), .. } => changed.push((Arc::clone(se), true)),
+                    DiffItem::Add(_, o) => changed.push((Arc::clone(o), false)),
+                    DiffItem::Update { new: (_, o), .. } => changed.push((Arc::clone(o), true)),
                     DiffItem::Remove(name, _) => gone.push(format!("{name}.yaml")),
                 }
             }
             skipped = desired.len().saturating_sub(changed.len());
         } else {
-            changed.extend(desired.values().map(|se| (Arc::clone(se), false)));
+            changed.extend(desired.values().map(|o| (Arc::clone(o), false)));
         }
-        let wanted = wanted_files(&changed);
-        let all = (!self.listed).then(|| file_names(desired));
-        let listed = self.listed;
-        Box::pin(async move {
-            let wanted = wanted?;
-            let all = all.transpose()?;
-            let gone = listed.then_some(gone);
-            let mut report = blocking(move || apply_files(&dir, wanted, all, gone)).await?;
-            report.unchanged += skipped;
-            self.listed = true;
+        let wanted = wanted_files(&changed)?;
+        let all = if self.listed {
+            None
+        } else {
+            Some(file_names::<K>(desired)?)
+        };
+        let gone = self.listed.then_some(gone);
+        if wanted.is_empty() && gone.as_ref().is_some_and(Vec::is_empty) {
             self.applied = desired.clone();
-            Ok(report)
+            return Ok(SinkReport {
+                unchanged: skipped,
+                ..SinkReport::default()
+            });
+        }
+        let mut report = blocking(move || apply_files::<K>(&dir, wanted, all, gone)).await?;
+        report.unchanged += skipped;
+        self.listed = true;
+        self.applied = desired.clone();
+        Ok(report)
+    }
+}
+
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        format!("folder {}", self.out_dir.display())
+    }
+
+    /// The meshpeer-managed ServiceEntries of `<out>/*.yaml` and
+    /// WorkloadEntries of `<out>/workloadentries/*.yaml`, in file name
+    /// order. Files that cannot be read are skipped (and logged).
+    fn existing(&mut self) -> SinkFuture<'_, Existing> {
+        let entries = self.entries.dir.clone();
+        let workloads = self.workloads.dir.clone();
+        Box::pin(blocking(move || {
+            Ok(Existing {
+                entries: read_existing(&entries)?,
+                workloads: read_existing(&workloads)?,
+            })
+        }))
+    }
+
+    /// Makes `<out>` hold the desired ServiceEntries and
+    /// `<out>/workloadentries` the desired WorkloadEntries (see
+    /// [`Folder::apply`]), in that order.
+    fn apply<'a>(&'a mut self, desired: &'a Output) -> SinkFuture<'a, SinkReport> {
+        Box::pin(async move {
+            let a = self.entries.apply(&desired.entries).await?;
+            let b = self.workloads.apply(&desired.workloads).await?;
+            Ok(SinkReport {
+                applied: a.applied + b.applied,
+                unchanged: a.unchanged + b.unchanged,
+                deleted: a.deleted + b.deleted,
+            })
         })
     }
 
@@ -142,35 +198,36 @@ fn file_name(stem: &str, what: &str) -> Result<String, SinkError> {
     Ok(format!("{stem}.yaml"))
 }
 
-/// The file names of the desired ServiceEntries (one per name: they are
-/// keyed by it).
-fn file_names(desired: &Desired) -> Result<BTreeSet<String>, SinkError> {
-    desired
-        .keys()
-        .map(|name| file_name(name, "ServiceEntry name"))
-        .collect()
+/// The file names of the desired objects (one per name: they are keyed by
+/// it).
+fn file_names<K: Generated>(
+    desired: &imbl::OrdMap<String, Arc<K>>,
+) -> Result<BTreeSet<String>, SinkError> {
+    let what = format!("{} name", <K as k8s_openapi::Resource>::KIND);
+    desired.keys().map(|name| file_name(name, &what)).collect()
 }
 
 /// A file to write: name, content, and whether this sink wrote it last.
 type Wanted = (String, String, bool);
 
-/// The file of each ServiceEntry, its name checked.
-fn wanted_files(entries: &[(Arc<ServiceEntry>, bool)]) -> Result<Vec<Wanted>, SinkError> {
-    entries
+/// The file of each object, its name checked.
+fn wanted_files<K: Generated>(objects: &[(Arc<K>, bool)]) -> Result<Vec<Wanted>, SinkError> {
+    let what = format!("{} name", <K as k8s_openapi::Resource>::KIND);
+    objects
         .iter()
-        .map(|(se, ours)| {
-            let name = se.metadata.name.as_deref().unwrap_or_default();
+        .map(|(o, ours)| {
+            let name = o.metadata().name.as_deref().unwrap_or_default();
             Ok((
-                file_name(name, "ServiceEntry name")?,
-                to_yaml(std::slice::from_ref(&**se)),
+                file_name(name, &what)?,
+                to_yaml(std::slice::from_ref(&**o)),
                 *ours,
             ))
         })
         .collect()
 }
 
-/// Whether a file holds nothing but meshpeer-managed ServiceEntries.
-fn holds_only_managed(path: &Path, bytes: &[u8]) -> bool {
+/// Whether a file holds nothing but meshpeer-managed objects of kind `K`.
+fn holds_only_managed<K: Generated>(path: &Path, bytes: &[u8]) -> bool {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return false;
     };
@@ -181,7 +238,7 @@ fn holds_only_managed(path: &Path, bytes: &[u8]) -> bool {
         && parsed
             .objects
             .iter()
-            .all(|o| matches!(o, Object::ServiceEntry(se) if is_managed(&se.metadata)))
+            .all(|o| K::from_object(o.clone()).is_some_and(|k| is_managed(k.metadata())))
 }
 
 /// `*.yaml` files directly in `dir`, not hidden, in name order (none when
@@ -217,7 +274,7 @@ fn yaml_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, SinkError> {
     Ok(files)
 }
 
-fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
+fn read_existing<K: Generated>(dir: &Path) -> Result<Vec<K>, SinkError> {
     let mut out = Vec::new();
     for (_, path) in yaml_files(dir)? {
         let text = match fs::read_to_string(&path) {
@@ -232,10 +289,13 @@ fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
             warn!(file = %path.display(), error = %e, "unreadable output file; skipped");
             continue;
         }
-        out.extend(parsed.objects.into_iter().filter_map(|o| match o {
-            Object::ServiceEntry(se) if is_managed(&se.metadata) => Some(se),
-            _ => None,
-        }));
+        out.extend(
+            parsed
+                .objects
+                .into_iter()
+                .filter_map(K::from_object)
+                .filter(|o| is_managed(o.metadata())),
+        );
     }
     Ok(out)
 }
@@ -243,13 +303,15 @@ fn read_existing(dir: &Path) -> Result<Vec<ServiceEntry>, SinkError> {
 /// Writes `wanted` (the entries that may have changed) and deletes managed
 /// files: those of `gone` when the caller knows them, else every such file
 /// in the folder whose name is not in `names` (every desired file).
-fn apply_files(
+fn apply_files<K: Generated>(
     dir: &Path,
     wanted: Vec<Wanted>,
     names: Option<BTreeSet<String>>,
     gone: Option<Vec<String>>,
 ) -> Result<SinkReport, SinkError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    if !wanted.is_empty() {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
     let mut report = SinkReport::default();
     for (name, content, ours) in wanted {
         let path = dir.join(&name);
@@ -265,7 +327,7 @@ fn apply_files(
                 report.unchanged += 1;
                 continue;
             }
-            Ok(current) if !holds_only_managed(&path, &current) => {
+            Ok(current) if !holds_only_managed::<K>(&path, &current) => {
                 warn!(
                     file = %path.display(),
                     "file holds objects meshpeer does not manage; not overwritten"
@@ -277,7 +339,7 @@ fn apply_files(
             Err(e) => return Err(io_err(&path)(e)),
         }
         write_atomic(&path, content.as_bytes())?;
-        debug!(file = %path.display(), "ServiceEntry written");
+        debug!(file = %path.display(), "written");
         report.applied += 1;
     }
     let candidates = match gone {
@@ -294,9 +356,9 @@ fn apply_files(
         let Ok(current) = fs::read(&path) else {
             continue;
         };
-        if holds_only_managed(&path, &current) {
+        if holds_only_managed::<K>(&path, &current) {
             fs::remove_file(&path).map_err(io_err(&path))?;
-            debug!(file = %path.display(), "ServiceEntry deleted");
+            debug!(file = %path.display(), "deleted");
             report.deleted += 1;
         }
     }

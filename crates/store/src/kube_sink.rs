@@ -1,10 +1,13 @@
-//! Kubernetes mode, output side: generated ServiceEntries and remote-peer
-//! Gateway status, written with server-side apply.
+//! Kubernetes mode, output side: generated ServiceEntries (and, for upstream
+//! Istio, the WorkloadEntries they select) and remote-peer Gateway status,
+//! written with server-side apply.
 //!
 //! Decisions:
-//! - The sink owns ServiceEntries in `istio-system` only (G7 puts every
-//!   generated one there): it lists and prunes there, so it needs no
-//!   cluster-wide RBAC on ServiceEntries. A desired object in another
+//! - The sink owns ServiceEntries and WorkloadEntries in `istio-system` only
+//!   (G7 puts every generated one there): it lists and prunes there, so it
+//!   needs no cluster-wide RBAC on them. Both kinds are managed whatever
+//!   the flavor, so switching from upstream to Solo's prunes the
+//!   WorkloadEntries. A desired object in another
 //!   namespace is refused with an error naming it.
 //! - An object is rewritten only when it differs from what this sink last
 //!   applied, or when the server's copy changed since (its resourceVersion
@@ -24,6 +27,7 @@
 //!   object that failed.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use imbl::ordmap::DiffItem;
@@ -33,12 +37,13 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use meshpeer_model::NsName;
 use meshpeer_model::labels;
-use meshpeer_model::objects::{Condition, Gateway, ServiceEntry, is_managed};
+use meshpeer_model::objects::{Condition, Gateway, ServiceEntry, WorkloadEntry, is_managed};
 use tracing::{debug, info, info_span};
 
-use crate::sink::{Desired, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
+use crate::managed::Generated;
+use crate::sink::{Existing, Output, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
 
-/// The namespace whose ServiceEntries the sink manages.
+/// The namespace whose ServiceEntries and WorkloadEntries the sink manages.
 pub const NAMESPACE: &str = labels::ISTIO_SYSTEM;
 
 /// Gateway status conditions are a list of at most this many (Gateway CRD).
@@ -48,23 +53,44 @@ const MAX_CONDITIONS: usize = 8;
 pub struct KubeSink {
     client: Client,
     field_manager: String,
-    /// What this sink last applied, by name, with the resourceVersion the
-    /// server answered.
-    applied: BTreeMap<String, Applied>,
+    entries: Writer<ServiceEntry>,
+    workloads: Writer<WorkloadEntry>,
     /// Conditions last written per Gateway, as given to `write_status`.
     statuses: BTreeMap<NsName, Vec<Condition>>,
     clock: fn() -> String,
-    /// The desired map of the last successful `apply`.
-    last: Desired,
     /// When the managed objects were last listed; `None`: list next time.
     listed_at: Option<Instant>,
     resync: Duration,
 }
 
+/// The managed objects of one kind: what was applied and how.
+struct Writer<K> {
+    /// What this sink last applied, by name, with the resourceVersion the
+    /// server answered.
+    applied: BTreeMap<String, Applied<K>>,
+    /// The desired map of the last successful `apply`.
+    last: imbl::OrdMap<String, Arc<K>>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
-struct Applied {
-    object: ServiceEntry,
+struct Applied<K> {
+    object: K,
     resource_version: Option<String>,
+}
+
+impl<K> Default for Writer<K> {
+    fn default() -> Self {
+        Writer {
+            applied: BTreeMap::new(),
+            last: imbl::OrdMap::new(),
+        }
+    }
+}
+
+/// What a writer needs of the sink for one call.
+struct Ctx<'a> {
+    client: &'a Client,
+    params: PatchParams,
 }
 
 impl KubeSink {
@@ -74,10 +100,10 @@ impl KubeSink {
         KubeSink {
             client,
             field_manager: field_manager.to_owned(),
-            applied: BTreeMap::new(),
+            entries: Writer::default(),
+            workloads: Writer::default(),
             statuses: BTreeMap::new(),
             clock: now_rfc3339,
-            last: Desired::new(),
             listed_at: None,
             resync: Duration::from_secs(60),
         }
@@ -91,110 +117,60 @@ impl KubeSink {
     }
 
     /// Writes `desired`: in full (listing first) when a resync is due, else
-    /// only what differs from the last `apply`.
-    async fn apply_desired(&mut self, desired: &Desired) -> Result<SinkReport, SinkError> {
+    /// only what differs from the last `apply`. ServiceEntries first, then
+    /// WorkloadEntries; one kind's failure does not stop the other.
+    async fn apply_desired(&mut self, desired: &Output) -> Result<SinkReport, SinkError> {
         let due = self.listed_at.is_none_or(|at| at.elapsed() >= self.resync);
-        let result = if due {
-            let entries: Vec<ServiceEntry> = desired.values().map(|se| (**se).clone()).collect();
-            let r = self.apply_all(&entries).await;
-            if r.is_ok() {
-                self.listed_at = Some(Instant::now());
-            }
-            r
+        let ctx = Ctx {
+            client: &self.client,
+            params: PatchParams::apply(&self.field_manager)
+                .force()
+                .validation_strict(),
+        };
+        let (a, b) = if due {
+            (
+                self.entries.apply_all(&ctx, &desired.entries).await,
+                self.workloads.apply_all(&ctx, &desired.workloads).await,
+            )
         } else {
-            self.apply_changes(desired).await
+            (
+                self.entries.apply_changes(&ctx, &desired.entries).await,
+                self.workloads.apply_changes(&ctx, &desired.workloads).await,
+            )
+        };
+        let result = match (a, b) {
+            (Ok(a), Ok(b)) => Ok(SinkReport {
+                applied: a.applied + b.applied,
+                unchanged: a.unchanged + b.unchanged,
+                deleted: a.deleted + b.deleted,
+            }),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(SinkError::Other(format!("{a}; {b}"))),
         };
         match &result {
-            Ok(_) => self.last = desired.clone(),
+            Ok(report) => {
+                if due {
+                    self.listed_at = Some(Instant::now());
+                    info!(
+                        applied = report.applied,
+                        unchanged = report.unchanged,
+                        deleted = report.deleted,
+                        "output written"
+                    );
+                } else {
+                    debug!(
+                        applied = report.applied,
+                        deleted = report.deleted,
+                        "output written (changes only)"
+                    );
+                }
+            }
             // List and compare everything next time.
             Err(_) => self.listed_at = None,
         }
+        // A writer that failed keeps its last desired map, so its next
+        // delta (if no resync came first) still covers what failed.
         result
-    }
-
-    /// Applies what differs from the last successful `apply`.
-    async fn apply_changes(&mut self, desired: &Desired) -> Result<SinkReport, SinkError> {
-        let mut report = SinkReport::default();
-        let mut failed = Vec::new();
-        let api = self.service_entries();
-        let params = self.apply_params();
-        let last = self.last.clone();
-        for item in last.diff(desired) {
-            match item {
-                DiffItem::Add(name, se)
-                | DiffItem::Update {
-                    new: (name, se), ..
-                } => {
-                    let object = match apply_body(se) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            failed.push(e);
-                            continue;
-                        }
-                    };
-                    if self.applied.get(name).is_some_and(|a| a.object == object) {
-                        report.unchanged += 1;
-                        continue;
-                    }
-                    match api.patch(name, &params, &Patch::Apply(&object)).await {
-                        Ok(written) => {
-                            debug!(serviceentry = %name, "applied");
-                            self.applied.insert(
-                                name.clone(),
-                                Applied {
-                                    object,
-                                    resource_version: written.metadata.resource_version,
-                                },
-                            );
-                            report.applied += 1;
-                        }
-                        Err(e) => {
-                            self.applied.remove(name);
-                            failed.push(format!(
-                                "server-side apply of ServiceEntry {NAMESPACE}/{name}: {e}"
-                            ));
-                        }
-                    }
-                }
-                DiffItem::Remove(name, _) => {
-                    let Some(applied) = self.applied.remove(name) else {
-                        continue;
-                    };
-                    let params = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: None,
-                            resource_version: applied.resource_version,
-                        }),
-                        ..Default::default()
-                    };
-                    match api.delete(name, &params).await {
-                        Ok(_) => {
-                            debug!(serviceentry = %name, "deleted");
-                            report.deleted += 1;
-                        }
-                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                            // Gone, or changed by someone else: the next
-                            // resync sorts it out.
-                            debug!(serviceentry = %name, reason = %s.reason, "already gone or changed; not deleted");
-                            self.listed_at = None;
-                        }
-                        Err(e) => failed.push(format!(
-                            "deleting stale ServiceEntry {NAMESPACE}/{name}: {e}"
-                        )),
-                    }
-                }
-            }
-        }
-        if failed.is_empty() {
-            debug!(
-                applied = report.applied,
-                deleted = report.deleted,
-                "ServiceEntries written (changes only)"
-            );
-            Ok(report)
-        } else {
-            Err(SinkError::Other(failed.join("; ")))
-        }
     }
 
     /// Replaces the clock that stamps `lastTransitionTime` on conditions that
@@ -204,151 +180,17 @@ impl KubeSink {
         self
     }
 
-    fn service_entries(&self) -> Api<ServiceEntry> {
-        Api::namespaced(self.client.clone(), NAMESPACE)
-    }
-
     fn apply_params(&self) -> PatchParams {
         PatchParams::apply(&self.field_manager)
             .force()
             .validation_strict()
     }
 
-    /// Managed ServiceEntries as the server holds them, by name.
-    async fn list_managed(&self) -> Result<BTreeMap<String, ServiceEntry>, SinkError> {
-        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
-        let list = self
-            .service_entries()
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| {
-                SinkError::Other(format!(
-                    "listing ServiceEntries in {NAMESPACE} with label {selector}: {e}"
-                ))
-            })?;
-        Ok(list
-            .items
-            .into_iter()
-            // The selector already says so; checked again because deleting
-            // an object meshpeer does not own must never happen.
-            .filter(|se| is_managed(&se.metadata))
-            .filter_map(|se| Some((se.metadata.name.clone()?, se)))
-            .collect())
+    async fn existing_managed(&mut self) -> Result<Existing, SinkError> {
+        let entries = self.entries.existing(&self.client).await?;
+        let workloads = self.workloads.existing(&self.client).await?;
+        Ok(Existing { entries, workloads })
     }
-
-    async fn apply_all(&mut self, desired: &[ServiceEntry]) -> Result<SinkReport, SinkError> {
-        let live = self.list_managed().await?;
-        let mut report = SinkReport::default();
-        let mut failed = Vec::new();
-        let mut wanted = BTreeSet::new();
-        let api = self.service_entries();
-        let params = self.apply_params();
-
-        for se in desired {
-            let object = match apply_body(se) {
-                Ok(o) => o,
-                Err(e) => {
-                    failed.push(e);
-                    continue;
-                }
-            };
-            let name = object.metadata.name.clone().unwrap_or_default();
-            wanted.insert(name.clone());
-            let server_rv = live.get(&name).map(|l| &l.metadata.resource_version);
-            let unchanged = self
-                .applied
-                .get(&name)
-                .is_some_and(|a| a.object == object && server_rv == Some(&a.resource_version));
-            if unchanged {
-                report.unchanged += 1;
-                continue;
-            }
-            match api.patch(&name, &params, &Patch::Apply(&object)).await {
-                Ok(written) => {
-                    debug!(serviceentry = %name, "applied");
-                    let resource_version = written.metadata.resource_version;
-                    self.applied.insert(
-                        name,
-                        Applied {
-                            object,
-                            resource_version,
-                        },
-                    );
-                    report.applied += 1;
-                }
-                Err(e) => {
-                    self.applied.remove(&name);
-                    failed.push(format!(
-                        "server-side apply of ServiceEntry {NAMESPACE}/{name}: {e}"
-                    ));
-                }
-            }
-        }
-
-        for (name, stale) in live.iter().filter(|(n, _)| !wanted.contains(*n)) {
-            let params = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: stale.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match api.delete(name, &params).await {
-                Ok(_) => {
-                    debug!(serviceentry = %name, "deleted");
-                    report.deleted += 1;
-                }
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
-                    debug!(serviceentry = %name, reason = %s.reason, "already gone or replaced; not deleted");
-                }
-                Err(e) => failed.push(format!(
-                    "deleting stale ServiceEntry {NAMESPACE}/{name}: {e}"
-                )),
-            }
-            self.applied.remove(name);
-        }
-        // Forget what neither the server nor the caller has any more.
-        self.applied
-            .retain(|n, _| wanted.contains(n) || live.contains_key(n));
-
-        if failed.is_empty() {
-            info!(
-                applied = report.applied,
-                unchanged = report.unchanged,
-                deleted = report.deleted,
-                "ServiceEntries written"
-            );
-            Ok(report)
-        } else {
-            Err(SinkError::Other(failed.join("; ")))
-        }
-    }
-
-    async fn existing_managed(&mut self) -> Result<Vec<ServiceEntry>, SinkError> {
-        let live = self.list_managed().await?;
-        self.applied = live
-            .iter()
-            .filter_map(|(name, se)| {
-                let object = apply_body(se).ok()?;
-                let resource_version = se.metadata.resource_version.clone();
-                Some((
-                    name.clone(),
-                    Applied {
-                        object,
-                        resource_version,
-                    },
-                ))
-            })
-            .collect();
-        Ok(live
-            .into_values()
-            .map(|mut se| {
-                se.metadata.managed_fields = None;
-                se
-            })
-            .collect())
-    }
-
     async fn write_all_status(&mut self, statuses: &[PeerStatus]) -> Result<(), SinkError> {
         // `statuses` is the full set: a Gateway left out is forgotten, so if
         // it comes back (deleted and recreated) it is written again.
@@ -431,6 +273,230 @@ impl KubeSink {
     }
 }
 
+impl<K: Generated> Writer<K> {
+    fn api(client: &Client) -> Api<K> {
+        Api::namespaced(client.clone(), NAMESPACE)
+    }
+
+    fn kind() -> &'static str {
+        <K as k8s_openapi::Resource>::KIND
+    }
+
+    /// Managed objects as the server holds them, by name.
+    async fn list_managed(client: &Client) -> Result<BTreeMap<String, K>, SinkError> {
+        let selector = format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+        let list = Self::api(client)
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| {
+                SinkError::Other(format!(
+                    "listing {}s in {NAMESPACE} with label {selector}: {e}",
+                    Self::kind()
+                ))
+            })?;
+        Ok(list
+            .items
+            .into_iter()
+            // The selector already says so; checked again because deleting
+            // an object meshpeer does not own must never happen.
+            .filter(|o| is_managed(o.metadata()))
+            .filter_map(|o| Some((o.metadata().name.clone()?, o)))
+            .collect())
+    }
+
+    /// Applies what differs from the last successful `apply`.
+    async fn apply_changes(
+        &mut self,
+        ctx: &Ctx<'_>,
+        desired: &imbl::OrdMap<String, Arc<K>>,
+    ) -> Result<SinkReport, SinkError> {
+        let kind = Self::kind();
+        let mut report = SinkReport::default();
+        let mut failed = Vec::new();
+        let api = Self::api(ctx.client);
+        let last = self.last.clone();
+        for item in last.diff(desired) {
+            match item {
+                DiffItem::Add(name, o) | DiffItem::Update { new: (name, o), .. } => {
+                    let object = match apply_body(&**o) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            failed.push(e);
+                            continue;
+                        }
+                    };
+                    if self.applied.get(name).is_some_and(|a| a.object == object) {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    match api.patch(name, &ctx.params, &Patch::Apply(&object)).await {
+                        Ok(written) => {
+                            debug!(kind, name = %name, "applied");
+                            self.applied.insert(
+                                name.clone(),
+                                Applied {
+                                    object,
+                                    resource_version: written.metadata().resource_version.clone(),
+                                },
+                            );
+                            report.applied += 1;
+                        }
+                        Err(e) => {
+                            self.applied.remove(name);
+                            failed.push(format!(
+                                "server-side apply of {kind} {NAMESPACE}/{name}: {e}"
+                            ));
+                        }
+                    }
+                }
+                DiffItem::Remove(name, _) => {
+                    let Some(applied) = self.applied.remove(name) else {
+                        continue;
+                    };
+                    let params = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: None,
+                            resource_version: applied.resource_version,
+                        }),
+                        ..Default::default()
+                    };
+                    match api.delete(name, &params).await {
+                        Ok(_) => {
+                            debug!(kind, name = %name, "deleted");
+                            report.deleted += 1;
+                        }
+                        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                            // Gone, or changed by someone else: the next
+                            // resync sorts it out.
+                            debug!(kind, name = %name, reason = %s.reason, "already gone or changed; not deleted");
+                        }
+                        Err(e) => {
+                            failed.push(format!("deleting stale {kind} {NAMESPACE}/{name}: {e}"))
+                        }
+                    }
+                }
+            }
+        }
+        if failed.is_empty() {
+            self.last = desired.clone();
+            Ok(report)
+        } else {
+            Err(SinkError::Other(failed.join("; ")))
+        }
+    }
+
+    async fn apply_all(
+        &mut self,
+        ctx: &Ctx<'_>,
+        desired: &imbl::OrdMap<String, Arc<K>>,
+    ) -> Result<SinkReport, SinkError> {
+        let kind = Self::kind();
+        let live = Self::list_managed(ctx.client).await?;
+        let mut report = SinkReport::default();
+        let mut failed = Vec::new();
+        let mut wanted = BTreeSet::new();
+        let api = Self::api(ctx.client);
+
+        for o in desired.values() {
+            let object = match apply_body(&**o) {
+                Ok(o) => o,
+                Err(e) => {
+                    failed.push(e);
+                    continue;
+                }
+            };
+            let name = object.metadata().name.clone().unwrap_or_default();
+            wanted.insert(name.clone());
+            let server_rv = live.get(&name).map(|l| &l.metadata().resource_version);
+            let unchanged = self
+                .applied
+                .get(&name)
+                .is_some_and(|a| a.object == object && server_rv == Some(&a.resource_version));
+            if unchanged {
+                report.unchanged += 1;
+                continue;
+            }
+            match api.patch(&name, &ctx.params, &Patch::Apply(&object)).await {
+                Ok(written) => {
+                    debug!(kind, name = %name, "applied");
+                    let resource_version = written.metadata().resource_version.clone();
+                    self.applied.insert(
+                        name,
+                        Applied {
+                            object,
+                            resource_version,
+                        },
+                    );
+                    report.applied += 1;
+                }
+                Err(e) => {
+                    self.applied.remove(&name);
+                    failed.push(format!(
+                        "server-side apply of {kind} {NAMESPACE}/{name}: {e}"
+                    ));
+                }
+            }
+        }
+
+        for (name, stale) in live.iter().filter(|(n, _)| !wanted.contains(*n)) {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: stale.metadata().uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(name, &params).await {
+                Ok(_) => {
+                    debug!(kind, name = %name, "deleted");
+                    report.deleted += 1;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    debug!(kind, name = %name, reason = %s.reason, "already gone or replaced; not deleted");
+                }
+                Err(e) => failed.push(format!("deleting stale {kind} {NAMESPACE}/{name}: {e}")),
+            }
+            self.applied.remove(name);
+        }
+        // Forget what neither the server nor the caller has any more.
+        self.applied
+            .retain(|n, _| wanted.contains(n) || live.contains_key(n));
+
+        if failed.is_empty() {
+            self.last = desired.clone();
+            Ok(report)
+        } else {
+            Err(SinkError::Other(failed.join("; ")))
+        }
+    }
+
+    /// Lists the managed objects and remembers them as applied.
+    async fn existing(&mut self, client: &Client) -> Result<Vec<K>, SinkError> {
+        let live = Self::list_managed(client).await?;
+        self.applied = live
+            .iter()
+            .filter_map(|(name, o)| {
+                let object = apply_body(o).ok()?;
+                let resource_version = o.metadata().resource_version.clone();
+                Some((
+                    name.clone(),
+                    Applied {
+                        object,
+                        resource_version,
+                    },
+                ))
+            })
+            .collect();
+        Ok(live
+            .into_values()
+            .map(|mut o| {
+                k8s_openapi::Metadata::metadata_mut(&mut o).managed_fields = None;
+                o
+            })
+            .collect())
+    }
+}
+
 impl Sink for KubeSink {
     fn describe(&self) -> String {
         format!(
@@ -439,14 +505,19 @@ impl Sink for KubeSink {
         )
     }
 
-    /// Lists the managed ServiceEntries and remembers them as applied, so an
-    /// `apply` of the same objects after a restart writes nothing.
-    fn existing(&mut self) -> SinkFuture<'_, Vec<ServiceEntry>> {
+    /// Lists the managed ServiceEntries and WorkloadEntries and remembers
+    /// them as applied, so an `apply` of the same objects after a restart
+    /// writes nothing.
+    fn existing(&mut self) -> SinkFuture<'_, Existing> {
         Box::pin(self.existing_managed())
     }
 
-    fn apply<'a>(&'a mut self, desired: &'a Desired) -> SinkFuture<'a, SinkReport> {
-        let span = info_span!("kube_sink_apply", desired = desired.len());
+    fn apply<'a>(&'a mut self, desired: &'a Output) -> SinkFuture<'a, SinkReport> {
+        let span = info_span!(
+            "kube_sink_apply",
+            entries = desired.entries.len(),
+            workloads = desired.workloads.len()
+        );
         Box::pin(tracing::Instrument::instrument(
             self.apply_desired(desired),
             span,
@@ -463,20 +534,21 @@ impl Sink for KubeSink {
     }
 }
 
-/// What is applied for a desired ServiceEntry: name, namespace, labels,
+/// What is applied for a desired object: name, namespace, labels,
 /// annotations and spec, nothing a server sets; meshpeer's managed-by label
 /// always (an object without it could never be pruned).
-fn apply_body(se: &ServiceEntry) -> Result<ServiceEntry, String> {
-    let meta = &se.metadata;
+fn apply_body<K: Generated>(o: &K) -> Result<K, String> {
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    let meta = o.metadata();
     let name = meta.name.clone().unwrap_or_default();
     if name.is_empty() {
-        return Err("a desired ServiceEntry has no metadata.name".to_owned());
+        return Err(format!("a desired {kind} has no metadata.name"));
     }
     if let Some(ns) = &meta.namespace
         && ns != NAMESPACE
     {
         return Err(format!(
-            "ServiceEntry {ns}/{name}: namespace {ns} is not managed; generated ServiceEntries live in {NAMESPACE}"
+            "{kind} {ns}/{name}: namespace {ns} is not managed; generated {kind}s live in {NAMESPACE}"
         ));
     }
     let mut obj_labels = meta.labels.clone().unwrap_or_default();
@@ -484,16 +556,13 @@ fn apply_body(se: &ServiceEntry) -> Result<ServiceEntry, String> {
         labels::MANAGED_BY.to_owned(),
         labels::MANAGED_BY_VALUE.to_owned(),
     );
-    Ok(ServiceEntry {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(NAMESPACE.to_owned()),
-            labels: Some(obj_labels),
-            annotations: meta.annotations.clone().filter(|a| !a.is_empty()),
-            ..Default::default()
-        },
-        spec: se.spec.clone(),
-    })
+    Ok(o.with_metadata(ObjectMeta {
+        name: Some(name),
+        namespace: Some(NAMESPACE.to_owned()),
+        labels: Some(obj_labels),
+        annotations: meta.annotations.clone().filter(|a| !a.is_empty()),
+        ..Default::default()
+    }))
 }
 
 /// The checks of the Gateway CRD's `status.conditions` schema that the

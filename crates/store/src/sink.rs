@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use meshpeer_model::NsName;
-use meshpeer_model::objects::{Condition, ServiceEntry};
+use meshpeer_model::objects::{Condition, ServiceEntry, WorkloadEntry};
 
 /// The status conditions of one remote-peer Gateway (SPEC C5).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,11 +48,51 @@ pub enum SinkError {
 /// changed (SPEC I1), not entry by entry.
 pub type Desired = imbl::OrdMap<String, Arc<ServiceEntry>>;
 
+/// The WorkloadEntries an output should hold, by name (`--istio-flavor
+/// upstream`: the endpoints its ServiceEntries select).
+pub type Workloads = imbl::OrdMap<String, Arc<WorkloadEntry>>;
+
+/// Everything an output should hold among meshpeer-managed objects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    pub entries: Desired,
+    pub workloads: Workloads,
+}
+
+impl Output {
+    /// An output of ServiceEntries only (Solo's flavor).
+    pub fn of_entries(entries: Desired) -> Self {
+        Output {
+            entries,
+            workloads: Workloads::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.workloads.is_empty()
+    }
+}
+
+/// meshpeer-managed objects an output holds, read back on start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Existing {
+    pub entries: Vec<ServiceEntry>,
+    pub workloads: Vec<WorkloadEntry>,
+}
+
 /// The desired map of a list of ServiceEntries (tests, one-shot writers).
 pub fn desired<I: IntoIterator<Item = ServiceEntry>>(entries: I) -> Desired {
     entries
         .into_iter()
         .map(|se| (se.metadata.name.clone().unwrap_or_default(), Arc::new(se)))
+        .collect()
+}
+
+/// The desired map of a list of WorkloadEntries.
+pub fn workloads<I: IntoIterator<Item = WorkloadEntry>>(entries: I) -> Workloads {
+    entries
+        .into_iter()
+        .map(|we| (we.metadata.name.clone().unwrap_or_default(), Arc::new(we)))
         .collect()
 }
 
@@ -63,15 +103,18 @@ pub trait Sink: Send + 'static {
     /// For logs: `folder out/cluster1`, `Kubernetes istio-system`.
     fn describe(&self) -> String;
 
-    /// meshpeer-managed ServiceEntries the output holds now (read back on
-    /// start, so VIPs survive restarts).
-    fn existing(&mut self) -> SinkFuture<'_, Vec<ServiceEntry>>;
+    /// meshpeer-managed ServiceEntries and WorkloadEntries the output holds
+    /// now (read back on start, so VIPs survive restarts and held entries
+    /// keep their endpoints).
+    fn existing(&mut self) -> SinkFuture<'_, Existing>;
 
     /// Makes the output hold exactly `desired` among meshpeer-managed
-    /// objects: creates and updates what differs, deletes managed objects no
-    /// longer wanted, never touches objects without meshpeer's managed-by
-    /// label.
-    fn apply<'a>(&'a mut self, desired: &'a Desired) -> SinkFuture<'a, SinkReport>;
+    /// objects of both kinds: creates and updates what differs, deletes
+    /// managed objects no longer wanted, never touches objects without
+    /// meshpeer's managed-by label. ServiceEntries are written before
+    /// WorkloadEntries, so a removed entry stops selecting before its
+    /// endpoints go.
+    fn apply<'a>(&'a mut self, desired: &'a Output) -> SinkFuture<'a, SinkReport>;
 
     /// Writes the peer conditions of remote-peer Gateways.
     fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()>;

@@ -9,11 +9,16 @@ use std::path::Path;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use meshpeer_model::NsName;
-use meshpeer_model::objects::{Condition, ServiceEntry, ServiceEntrySpec};
+use meshpeer_model::objects::{
+    Condition, ServiceEntry, ServiceEntrySpec, WorkloadEntry, WorkloadEntrySpec,
+};
 use meshpeer_model::render::to_yaml;
-use meshpeer_store::desired as want;
-use meshpeer_store::file_sink::FileSink;
-use meshpeer_store::{PeerStatus, Sink, SinkReport};
+use meshpeer_store::file_sink::{FileSink, WORKLOADS_DIR};
+use meshpeer_store::{Output, PeerStatus, Sink, SinkReport, desired, workloads};
+
+fn want<I: IntoIterator<Item = ServiceEntry>>(entries: I) -> Output {
+    Output::of_entries(desired(entries))
+}
 
 fn entry(name: &str, vip: &str) -> ServiceEntry {
     ServiceEntry {
@@ -63,7 +68,10 @@ async fn sink_writes_skips_unchanged_and_deletes_only_managed_files() {
     let out = tmp.path().join("out");
     let mut sink = FileSink::new(out.clone());
     assert_eq!(sink.describe(), format!("folder {}", out.display()));
-    assert!(sink.existing().await.unwrap().is_empty(), "no folder yet");
+    assert!(
+        sink.existing().await.unwrap().entries.is_empty(),
+        "no folder yet"
+    );
 
     let a = entry("autogen.shop.web", "240.0.0.1");
     let b = entry("autogen.shop.api", "240.0.0.2");
@@ -189,13 +197,13 @@ async fn sink_existing_reads_back_what_it_wrote() {
     sink.apply(&want(desired.clone())).await.unwrap();
     fs::write(tmp.path().join("user.yaml"), unmanaged("user")).unwrap();
     fs::write(tmp.path().join("broken.yaml"), "kind: [").unwrap();
-    let back = sink.existing().await.unwrap();
+    let back = sink.existing().await.unwrap().entries;
     desired.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     assert_eq!(back, desired);
 
     // A fresh sink on the same folder (a restart) sees the same.
     let mut again = FileSink::new(tmp.path().to_owned());
-    assert_eq!(again.existing().await.unwrap(), desired);
+    assert_eq!(again.existing().await.unwrap().entries, desired);
 }
 
 #[tokio::test]
@@ -278,5 +286,91 @@ async fn sink_writes_and_removes_gateway_status() {
     assert!(names(&status_dir).is_empty());
 
     // Status files are not ServiceEntries.
-    assert!(sink.existing().await.unwrap().is_empty());
+    assert!(sink.existing().await.unwrap().entries.is_empty());
+}
+
+fn workload(name: &str, address: &str) -> WorkloadEntry {
+    WorkloadEntry {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("istio-system".to_owned()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "meshpeer".to_owned(),
+                ),
+                ("meshpeer.io/entry".to_owned(), "autogen.a.b".to_owned()),
+            ])),
+            ..Default::default()
+        },
+        spec: WorkloadEntrySpec {
+            address: Some(address.to_owned()),
+            network: Some("cluster1".to_owned()),
+            ..Default::default()
+        },
+    }
+}
+
+#[tokio::test]
+async fn g7_workload_entries_live_in_their_own_folder_and_are_pruned_like_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let wl = out.join(WORKLOADS_DIR);
+    let mut sink = FileSink::new(out.clone());
+    let (w1, w2) = (
+        workload("autogen.a.b.cluster1.10-0-0-1", "10.0.0.1"),
+        workload("autogen.a.b.cluster1.10-0-0-2", "10.0.0.2"),
+    );
+    let both = Output {
+        entries: desired([entry("autogen.a.b", "240.241.0.1")]),
+        workloads: workloads([w1.clone(), w2.clone()]),
+    };
+    let report = sink.apply(&both).await.unwrap();
+    assert_eq!(report.applied, 3);
+    assert_eq!(names(&out), ["autogen.a.b.yaml", WORKLOADS_DIR]);
+    assert_eq!(
+        names(&wl),
+        [
+            "autogen.a.b.cluster1.10-0-0-1.yaml",
+            "autogen.a.b.cluster1.10-0-0-2.yaml"
+        ]
+    );
+    assert_eq!(
+        fs::read_to_string(wl.join("autogen.a.b.cluster1.10-0-0-1.yaml")).unwrap(),
+        to_yaml(std::slice::from_ref(&w1))
+    );
+    // A user's file in the folder is never touched.
+    fs::write(wl.join("mine.yaml"), "kind: ConfigMap\napiVersion: v1\n").unwrap();
+
+    // A restarted sink reads both kinds back.
+    let mut again = FileSink::new(out.clone());
+    let existing = again.existing().await.unwrap();
+    assert_eq!(existing.entries.len(), 1);
+    assert_eq!(existing.workloads, [w1.clone(), w2.clone()]);
+
+    // One endpoint goes: its file goes, the rest stays as it was.
+    let kept = identity(&wl.join("autogen.a.b.cluster1.10-0-0-1.yaml"));
+    let less = Output {
+        entries: both.entries.clone(),
+        workloads: workloads([w1.clone()]),
+    };
+    let report = again.apply(&less).await.unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(report.applied, 0);
+    assert_eq!(
+        names(&wl),
+        ["autogen.a.b.cluster1.10-0-0-1.yaml", "mine.yaml"]
+    );
+    assert_eq!(
+        identity(&wl.join("autogen.a.b.cluster1.10-0-0-1.yaml")),
+        kept
+    );
+
+    // Solo's flavor (no WorkloadEntries): the managed ones are pruned.
+    let report = again
+        .apply(&Output::of_entries(both.entries.clone()))
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(names(&wl), ["mine.yaml"]);
 }

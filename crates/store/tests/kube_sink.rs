@@ -14,11 +14,14 @@ use kube::Client;
 use kube::client::Body;
 use meshpeer_model::NsName;
 use meshpeer_model::objects::{
-    Condition, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntrySpec,
+    Condition, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntry, WorkloadEntrySpec,
 };
-use meshpeer_store::desired as want;
 use meshpeer_store::kube_sink::KubeSink;
-use meshpeer_store::{PeerStatus, Sink, SinkReport};
+use meshpeer_store::{Output, PeerStatus, Sink, SinkReport, desired};
+
+fn want<I: IntoIterator<Item = ServiceEntry>>(entries: I) -> Output {
+    Output::of_entries(desired(entries))
+}
 use serde_json::{Value, json};
 use tower_test::mock::{Handle, SendResponse};
 
@@ -233,6 +236,25 @@ async fn expect_list(api: &mut ApiHandle, items: Vec<Value>) {
     answer(req.responder, StatusCode::OK, se_list("2000", items));
 }
 
+const WE_PATH: &str = "/apis/networking.istio.io/v1/namespaces/istio-system/workloadentries";
+
+/// LIST of the managed WorkloadEntries in istio-system.
+async fn expect_we_list(api: &mut ApiHandle, items: Vec<Value>) {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::GET);
+    assert_eq!(req.target, format!("{WE_PATH}?{MANAGED}"));
+    answer(
+        req.responder,
+        StatusCode::OK,
+        json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "WorkloadEntryList",
+            "metadata": {"resourceVersion": "2000"},
+            "items": items,
+        }),
+    );
+}
+
 /// Server-side apply of one ServiceEntry; answers with the stored object.
 async fn expect_apply(api: &mut ApiHandle, name: &str, body: &Value, resource_version: &str) {
     let req = next(api).await;
@@ -276,6 +298,7 @@ async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_re
             "2001",
         )
         .await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(
         report.unwrap(),
@@ -296,6 +319,7 @@ async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_re
             "2001",
         );
         expect_list(&mut api, vec![held]).await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(
         report.unwrap(),
@@ -323,6 +347,7 @@ async fn g7_apply_is_a_forced_server_side_apply_and_unchanged_objects_are_not_re
             "2002",
         )
         .await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(report.unwrap().applied, 1);
     assert_quiet(&mut api);
@@ -384,6 +409,7 @@ async fn g12_apply_deletes_only_stale_managed_objects_and_never_unlabelled_ones(
                 }
             }),
         );
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(
         report.unwrap(),
@@ -408,8 +434,9 @@ async fn g11_existing_reads_managed_objects_back_so_a_restart_rewrites_nothing()
 
     let (existing, ()) = tokio::join!(sink.existing(), async {
         expect_list(&mut api, vec![held.clone()]).await;
+        expect_we_list(&mut api, vec![]).await;
     });
-    let existing = existing.unwrap();
+    let existing = existing.unwrap().entries;
     assert_eq!(existing.len(), 1);
     assert_eq!(existing[0].spec.addresses, ["240.240.0.10"]);
     assert_eq!(existing[0].metadata.managed_fields, None);
@@ -417,6 +444,7 @@ async fn g11_existing_reads_managed_objects_back_so_a_restart_rewrites_nothing()
     let desired = want(vec![in_ambient("240.240.0.10")]);
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![held]).await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(report.unwrap().unchanged, 1);
     assert_quiet(&mut api);
@@ -434,6 +462,7 @@ async fn g12_objects_edited_or_deleted_by_someone_else_are_applied_again() {
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![]).await;
         expect_apply(&mut api, name, &body, "2001").await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(report.unwrap().applied, 1);
 
@@ -441,6 +470,7 @@ async fn g12_objects_edited_or_deleted_by_someone_else_are_applied_again() {
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![stored(body.clone(), uid, "2007")]).await;
         expect_apply(&mut api, name, &body, "2008").await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(report.unwrap().applied, 1);
 
@@ -448,6 +478,7 @@ async fn g12_objects_edited_or_deleted_by_someone_else_are_applied_again() {
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![]).await;
         expect_apply(&mut api, name, &body, "2010").await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(report.unwrap().applied, 1);
     assert_quiet(&mut api);
@@ -489,6 +520,7 @@ async fn failed_writes_name_the_object_and_do_not_stop_the_others() {
             }),
         );
         expect_apply(&mut api, "autogen.httpbin.second", &second_body, "2003").await;
+        expect_we_list(&mut api, vec![]).await;
     });
     let err = report.unwrap_err().to_string();
     assert!(
@@ -817,6 +849,7 @@ async fn i1_between_resyncs_only_what_changed_is_written() {
     let (report, ()) = tokio::join!(sink.apply(&desired), async {
         expect_list(&mut api, vec![]).await;
         expect_apply(&mut api, name, &in_ambient_body("240.240.0.10"), "3001").await;
+        expect_we_list(&mut api, vec![]).await;
     });
     assert_eq!(report.unwrap().applied, 1);
 
@@ -847,5 +880,170 @@ async fn i1_between_resyncs_only_what_changed_is_written() {
         );
     });
     assert_eq!(report.unwrap().deleted, 1);
+    assert_quiet(&mut api);
+}
+
+/// A remote network's group of `in-ambient` as the upstream flavor renders
+/// it: a WorkloadEntry without address, selected by the entry's key.
+fn remote_group(name: &str, weight: u32) -> WorkloadEntry {
+    WorkloadEntry {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("istio-system".into()),
+            labels: Some(strings(&[
+                ("meshpeer.io/entry", "autogen.httpbin.in-ambient"),
+                ("meshpeer.io/cluster", "cluster2"),
+                ("security.istio.io/tlsMode", "istio"),
+            ])),
+            ..Default::default()
+        },
+        spec: WorkloadEntrySpec {
+            ports: BTreeMap::from([("http".to_owned(), 8080)]),
+            network: Some("cluster2".into()),
+            weight: Some(weight),
+            ..Default::default()
+        },
+    }
+}
+
+fn remote_group_body(name: &str, weight: u32) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {
+            "name": name,
+            "namespace": "istio-system",
+            "labels": {
+                "app.kubernetes.io/managed-by": "meshpeer",
+                "meshpeer.io/entry": "autogen.httpbin.in-ambient",
+                "meshpeer.io/cluster": "cluster2",
+                "security.istio.io/tlsMode": "istio",
+            },
+        },
+        "spec": {"ports": {"http": 8080}, "network": "cluster2", "weight": weight},
+    })
+}
+
+#[tokio::test]
+async fn g7_upstream_workload_entries_are_applied_after_their_entry_and_pruned_like_it() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::from_secs(3600));
+    let (a, b) = (
+        "autogen.httpbin.in-ambient.cluster2.any",
+        "autogen.httpbin.in-ambient.cluster2.0a1b2c3d",
+    );
+    let desired = Output {
+        entries: desired(vec![in_ambient("240.241.0.10")]),
+        workloads: meshpeer_store::workloads(vec![remote_group(a, 2), remote_group(b, 1)]),
+    };
+    // The server holds a stale managed WorkloadEntry (left by an earlier
+    // run) and one a user wrote without meshpeer's label.
+    let stale = stored(
+        remote_group_body("autogen.httpbin.gone.cluster2.any", 1),
+        "5e1f0000-0000-4000-8000-0000000000aa",
+        "1999",
+    );
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        expect_apply(
+            &mut api,
+            "autogen.httpbin.in-ambient",
+            &in_ambient_body("240.241.0.10"),
+            "3001",
+        )
+        .await;
+        // WorkloadEntries come after the entry that selects them.
+        expect_we_list(&mut api, vec![stale]).await;
+        for (name, weight, rv) in [(b, 1, "3002"), (a, 2, "3003")] {
+            let req = next(&mut api).await;
+            assert_eq!(req.method, Method::PATCH);
+            assert_eq!(req.target, format!("{WE_PATH}/{name}?{APPLY_QUERY}"));
+            let sent = req.body.unwrap();
+            assert_eq!(sent, remote_group_body(name, weight));
+            answer(
+                req.responder,
+                StatusCode::OK,
+                stored(sent, "5e1f0000-0000-4000-8000-000000000001", rv),
+            );
+        }
+        // The stale one is deleted with its uid as precondition.
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::DELETE);
+        assert_eq!(
+            req.target,
+            format!("{WE_PATH}/autogen.httpbin.gone.cluster2.any")
+        );
+        let body = req.body.unwrap();
+        assert_eq!(
+            body["preconditions"]["uid"], "5e1f0000-0000-4000-8000-0000000000aa",
+            "{body:#}"
+        );
+        answer(
+            req.responder,
+            StatusCode::OK,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        );
+    });
+    assert_eq!(
+        report.unwrap(),
+        SinkReport {
+            applied: 3,
+            unchanged: 0,
+            deleted: 1
+        }
+    );
+    assert_quiet(&mut api);
+
+    // One group goes (the locality emptied): only its WorkloadEntry is
+    // deleted, with the resourceVersion last written; nothing is listed.
+    let less = Output {
+        entries: desired.entries.clone(),
+        workloads: meshpeer_store::workloads(vec![remote_group(a, 2)]),
+    };
+    let (report, ()) = tokio::join!(sink.apply(&less), async {
+        let req = next(&mut api).await;
+        assert_eq!(req.method, Method::DELETE);
+        assert_eq!(req.target, format!("{WE_PATH}/{b}"));
+        let body = req.body.unwrap();
+        assert_eq!(body["preconditions"]["resourceVersion"], "3002", "{body:#}");
+        answer(
+            req.responder,
+            StatusCode::OK,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        );
+    });
+    assert_eq!(report.unwrap().deleted, 1);
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn g11_existing_reads_workload_entries_back_so_a_restart_rewrites_none() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_resync(Duration::ZERO);
+    let name = "autogen.httpbin.in-ambient.cluster2.any";
+    let held = stored(
+        remote_group_body(name, 2),
+        "5e1f0000-0000-4000-8000-000000000001",
+        "3003",
+    );
+    let (existing, ()) = tokio::join!(sink.existing(), async {
+        expect_list(&mut api, vec![]).await;
+        expect_we_list(&mut api, vec![held.clone()]).await;
+    });
+    let existing = existing.unwrap();
+    assert!(existing.entries.is_empty());
+    assert_eq!(existing.workloads.len(), 1);
+    assert_eq!(existing.workloads[0].spec.weight, Some(2));
+    assert_eq!(existing.workloads[0].metadata.managed_fields, None);
+
+    let desired = Output {
+        entries: desired(vec![]),
+        workloads: meshpeer_store::workloads(vec![remote_group(name, 2)]),
+    };
+    let (report, ()) = tokio::join!(sink.apply(&desired), async {
+        expect_list(&mut api, vec![]).await;
+        expect_we_list(&mut api, vec![held]).await;
+    });
+    assert_eq!(report.unwrap().unchanged, 1);
     assert_quiet(&mut api);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use meshpeer_dataplane::feed::CatalogFeed;
 use meshpeer_identity::{CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, ClusterCa, ROOT_CERT_FILE};
-use meshpeer_model::objects::{Condition, ServiceEntry};
+use meshpeer_model::objects::Condition;
 use meshpeer_model::{
     CatalogConfig, ClusterSnapshot, Export, GlobalCatalog, NsName, catalog_with, exports, labels,
 };
@@ -183,7 +183,7 @@ pub struct ClusterFacts {
     /// (`<out>/status/*.yaml`), by Gateway.
     pub written_status: BTreeMap<NsName, Vec<Condition>>,
     /// File mode: the output folder and the meshpeer-managed ServiceEntries in it.
-    pub output: Option<(PathBuf, Vec<ServiceEntry>)>,
+    pub output: Option<(PathBuf, meshpeer_store::Existing)>,
 }
 
 impl ClusterFacts {
@@ -490,12 +490,13 @@ fn written_status(dir: &Path) -> BTreeMap<NsName, Vec<Condition>> {
     out
 }
 
-/// The meshpeer-managed ServiceEntries of a file-mode output folder.
-async fn output_entries(dir: PathBuf) -> Option<(PathBuf, Vec<ServiceEntry>)> {
+/// The meshpeer-managed ServiceEntries and WorkloadEntries of a file-mode
+/// output folder.
+async fn output_entries(dir: PathBuf) -> Option<(PathBuf, meshpeer_store::Existing)> {
     if !dir.is_dir() {
         return None;
     }
     let mut sink = FileSink::new(dir.clone());
-    let entries = sink.existing().await.ok()?;
-    Some((dir, entries))
+    let existing = sink.existing().await.ok()?;
+    Some((dir, existing))
 }

@@ -434,8 +434,11 @@ fn segments(all: &[ClusterFacts]) -> Check {
 }
 
 fn stale(all: &[ClusterFacts]) -> Check {
+    use meshpeer_model::render::upstream::{ENTRY, FLAT_PREFIX, GEN_CLUSTER, entry_key};
+
     let mut items = Vec::new();
     let mut checked = 0;
+    let mut flat_entries = 0;
     for f in all {
         let managed_workloads: Vec<String> = f
             .snapshot
@@ -447,14 +450,14 @@ fn stale(all: &[ClusterFacts]) -> Check {
         if !managed_workloads.is_empty() {
             items.push(Item::warn(
                 format!(
-                    "cluster {} holds WorkloadEntries labelled as meshpeer's, which writes none: {}",
+                    "cluster {} has WorkloadEntries labelled as meshpeer's among its own objects, where meshpeer never writes them (it writes to its output): {}",
                     f.name,
                     managed_workloads.join(", ")
                 ),
                 "delete them (leftovers of another tool or version)",
             ));
         }
-        let (Live::Up(s), Some((dir, entries))) = (&f.live, &f.output) else {
+        let (Live::Up(s), Some((dir, output))) = (&f.live, &f.output) else {
             continue;
         };
         let Ok(feed) = &s.catalog else {
@@ -467,7 +470,7 @@ fn stale(all: &[ClusterFacts]) -> Check {
             .values()
             .map(|s| s.hostname.as_str())
             .collect();
-        for se in entries {
+        for se in &output.entries {
             let host = se.spec.hosts.first().map_or("", String::as_str);
             if !hosts.contains(host) {
                 let name = se.metadata.name.as_deref().unwrap_or_default();
@@ -481,9 +484,50 @@ fn stale(all: &[ClusterFacts]) -> Check {
                 ));
             }
         }
+        // Seed 002: the autogenflat entries of a flat network's peer Pods,
+        // compared with the Pods those peers serve now (the live catalog).
+        let serving: BTreeSet<(String, &str, String)> = feed
+            .catalog
+            .services
+            .values()
+            .flat_map(|svc| {
+                let key = entry_key(&meshpeer_model::render::service_entry_name(svc));
+                svc.contributions.iter().flat_map(move |c| {
+                    let key = key.clone();
+                    c.service.endpoints().map(move |(_, ep)| {
+                        (key.clone(), c.cluster.as_str(), ep.address.to_string())
+                    })
+                })
+            })
+            .collect();
+        for we in &output.workloads {
+            let name = we.metadata.name.as_deref().unwrap_or_default();
+            if !name.starts_with(FLAT_PREFIX) {
+                continue;
+            }
+            flat_entries += 1;
+            let label = |k: &str| {
+                we.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(k))
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let (key, cluster) = (label(ENTRY), label(GEN_CLUSTER));
+            let address = we.spec.address.clone().unwrap_or_default();
+            if !serving.contains(&(key, cluster.as_str(), address.clone())) {
+                items.push(Item::warn(
+                    format!(
+                        "cluster {}: WorkloadEntry {name} in {} is for {address} in cluster {cluster}, which no longer serves that service there",
+                        f.name,
+                        dir.display()
+                    ),
+                    "the controller removes it on its next write; if it stays, check the Controller Check for output errors, or delete it (kubectl delete workloadentry -n istio-system NAME)",
+                ));
+            }
+        }
     }
-    // Seed 002: without two clusters on one network there are no flat
-    // endpoints whose entries could go stale.
     let mut networks: BTreeMap<&str, usize> = BTreeMap::new();
     for f in all {
         *networks
@@ -494,12 +538,14 @@ fn stale(all: &[ClusterFacts]) -> Check {
     let check = Check::from_items(None, names::STALE, items, |_| String::new());
     let title = match check.status {
         Status::Warn | Status::Fail => title_of(&check.items, check.status, ""),
+        // Seed 002: without two clusters on one network there are no flat
+        // endpoints whose entries could go stale.
         _ if !flat => "skipped (flat network not detected)".to_owned(),
         _ if checked == 0 => {
-            "skipped (no controller reachable with a file-mode output to compare; meshpeer writes no WorkloadEntries)".to_owned()
+            "skipped (no controller reachable with a file-mode output to compare)".to_owned()
         }
-        _ => "no stale entries (meshpeer writes endpoints into ServiceEntries, no WorkloadEntries)"
-            .to_owned(),
+        _ if flat_entries == 0 => "no autogenflat workload entries found".to_owned(),
+        _ => format!("{flat_entries} autogenflat workload entries, none stale"),
     };
     Check { title, ..check }
 }

@@ -217,6 +217,7 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = ControllerConfig::new(source, sink, identity, trust_root, peering_listen);
     cfg.api_listen = Some(args.api_listen);
     cfg.vip_range = args.vip_cidr;
+    cfg.istio_flavor = args.istio_flavor.into();
     cfg.grace = args.grace;
     cfg.heartbeat = args.heartbeat;
     if !args.allowed_peers.is_empty() {

@@ -467,6 +467,7 @@ impl Core {
             version: self.version,
             catalog: Arc::clone(&self.catalog),
             held: self.hold.entries().clone(),
+            held_workloads: self.hold.workloads().clone(),
             statuses,
         }));
     }

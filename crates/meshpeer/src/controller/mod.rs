@@ -69,6 +69,9 @@ pub struct ControllerConfig {
     /// Bounds of the peering listener (SPEC B5): connections before their
     /// handshake, handshake and idle timeouts, connections served.
     pub peering_listener: meshpeer_listener::Limits,
+    /// The Istio the output is shaped for (`--istio-flavor`; default
+    /// upstream).
+    pub istio_flavor: meshpeer_model::render::IstioFlavor,
 }
 
 impl ControllerConfig {
@@ -96,6 +99,7 @@ impl ControllerConfig {
             feed_identities: crate::api::FeedAccess::new("").identities,
             limits: Limits::default(),
             peering_listener: meshpeer_peering::default_listener_limits(),
+            istio_flavor: Default::default(),
         }
     }
 }
@@ -149,6 +153,7 @@ impl Controller {
             feed_identities,
             limits,
             peering_listener,
+            istio_flavor,
         } = cfg;
         info!(
             max_peer_services = limits.max_services,
@@ -159,6 +164,7 @@ impl Controller {
             allow_endpoints = ?limits.allow_endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "limits on what a peer may send"
         );
+        info!(istio_flavor = %istio_flavor, "output shaped for this Istio");
         let feed_guard = crate::api::FeedGuard::new(
             crate::api::FeedAccess {
                 trust_domain: identity.spiffe_id().trust_domain().to_owned(),
@@ -177,6 +183,7 @@ impl Controller {
         // to stays as it is until they sync again (or the grace is over).
         let hold = hold::Hold::new(&existing, std::time::SystemTime::now() + grace);
         let vips = existing
+            .entries
             .iter()
             .filter_map(|se| {
                 let host = se.spec.hosts.first()?;
@@ -276,6 +283,7 @@ impl Controller {
         let (applied_tx, applied) = watch::channel(0);
         tasks.push(tokio::spawn(sink_task::run(
             sink,
+            istio_flavor,
             sink_rx,
             error_tx,
             applied_tx,

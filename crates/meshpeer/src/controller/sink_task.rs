@@ -4,16 +4,19 @@
 //! Rendering is remembered per service: a service equal to the one rendered
 //! last time reuses its ServiceEntry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use imbl::ordmap::DiffItem;
-use meshpeer_model::catalog::GlobalCatalog;
-use meshpeer_model::render::{service_entry, service_entry_name};
-use meshpeer_store::{Desired, PeerStatus, Sink};
+use meshpeer_model::catalog::{GlobalCatalog, GlobalService};
+use meshpeer_model::objects::{ServiceEntry, WorkloadEntry};
+use meshpeer_model::render::{IstioFlavor, service_entry, service_entry_name, upstream_entry};
+use meshpeer_store::{Desired, Output, PeerStatus, Sink};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::hold::HeldWorkloads;
 use super::metrics::ControllerMetrics;
 use super::peers::DATA_PLANE_PROGRAMMED;
 
@@ -21,49 +24,108 @@ use super::peers::DATA_PLANE_PROGRAMMED;
 #[derive(Debug, Default)]
 pub(crate) struct SinkJob {
     pub(crate) version: u64,
-    /// Rendered here: one ServiceEntry per global service.
+    /// Rendered here: one ServiceEntry per global service (and, upstream,
+    /// its WorkloadEntries).
     pub(crate) catalog: Arc<GlobalCatalog>,
     /// Entries kept as the output held them at start, whatever the catalog
     /// says, until their peers sync again (sync gating after a restart).
     pub(crate) held: Desired,
+    /// The WorkloadEntries of the held entries, by entry name.
+    pub(crate) held_workloads: HeldWorkloads,
     pub(crate) statuses: Vec<PeerStatus>,
 }
 
-/// The catalog rendered last and its ServiceEntries, by name; and the
-/// output: those entries with the held ones in their place.
+/// The WorkloadEntries of one ServiceEntry.
+type Workloads = Arc<[Arc<WorkloadEntry>]>;
+
+/// The catalog rendered last and its objects, by entry name; and the
+/// output: those objects with the held ones in their place.
 #[derive(Default)]
 struct Rendered {
+    flavor: IstioFlavor,
     catalog: Arc<GlobalCatalog>,
     entries: Desired,
+    workloads: imbl::OrdMap<String, Workloads>,
     held: Desired,
-    output: Desired,
+    held_workloads: HeldWorkloads,
+    output: Output,
+    /// Per entry name, the names of the WorkloadEntries `output` holds
+    /// for it.
+    in_output: BTreeMap<String, Vec<String>>,
 }
 
 impl Rendered {
-    /// `render(catalog)` with `held` entries in place of (or besides) the
-    /// rendered ones, by what changed since the last call: only the
-    /// services that differ are rendered again, only the names whose
-    /// entry or hold changed are looked at (SPEC I1).
-    fn render(&mut self, catalog: &Arc<GlobalCatalog>, held: &Desired) -> &Desired {
+    fn new(flavor: IstioFlavor) -> Self {
+        Rendered {
+            flavor,
+            ..Rendered::default()
+        }
+    }
+
+    /// One service's objects in this flavor.
+    fn render_one(
+        &self,
+        catalog: &GlobalCatalog,
+        svc: &GlobalService,
+    ) -> (Arc<ServiceEntry>, Option<Workloads>) {
+        match self.flavor {
+            IstioFlavor::Solo => (Arc::new(service_entry(svc)), None),
+            IstioFlavor::Upstream => {
+                let u = upstream_entry(catalog, svc);
+                let wl: Workloads = u.workload_entries.into_iter().map(Arc::new).collect();
+                (Arc::new(u.service_entry), Some(wl))
+            }
+        }
+    }
+
+    /// `render(catalog)` with `held` entries (and their WorkloadEntries) in
+    /// place of (or besides) the rendered ones, by what changed since the
+    /// last call: only the services that differ are rendered again, only
+    /// the names whose entry or hold changed are looked at (SPEC I1). The
+    /// upstream flavor reads the links' trust domains: a change of the
+    /// links or of the cluster renders every service again.
+    fn render(
+        &mut self,
+        catalog: &Arc<GlobalCatalog>,
+        held: &Desired,
+        held_workloads: &HeldWorkloads,
+    ) -> &Output {
         let mut touched = Vec::new();
-        for item in self.catalog.services.diff(&catalog.services) {
-            match item {
-                DiffItem::Add(_, svc) => {
-                    let name = service_entry_name(svc);
-                    self.entries
-                        .insert(name.clone(), Arc::new(service_entry(svc)));
-                    touched.push(name);
+        let everything = self.flavor == IstioFlavor::Upstream
+            && (self.catalog.links != catalog.links || self.catalog.cluster != catalog.cluster);
+        if everything {
+            touched.extend(self.entries.keys().cloned());
+            self.entries = Desired::new();
+            self.workloads = imbl::OrdMap::new();
+            for svc in catalog.services.values() {
+                let name = service_entry_name(svc);
+                let (se, wl) = self.render_one(catalog, svc);
+                self.entries.insert(name.clone(), se);
+                if let Some(wl) = wl {
+                    self.workloads.insert(name.clone(), wl);
                 }
-                DiffItem::Update { old, new } => {
-                    let (was, name) = (service_entry_name(old.1), service_entry_name(new.1));
-                    self.entries.remove(&was);
-                    self.entries
-                        .insert(name.clone(), Arc::new(service_entry(new.1)));
-                    touched.extend([was, name]);
-                }
-                DiffItem::Remove(_, svc) => {
+                touched.push(name);
+            }
+        } else {
+            for item in self.catalog.services.diff(&catalog.services) {
+                let (was, now) = match item {
+                    DiffItem::Add(_, svc) => (None, Some(svc)),
+                    DiffItem::Update { old, new } => (Some(old.1), Some(new.1)),
+                    DiffItem::Remove(_, svc) => (Some(svc), None),
+                };
+                if let Some(svc) = was {
                     let name = service_entry_name(svc);
                     self.entries.remove(&name);
+                    self.workloads.remove(&name);
+                    touched.push(name);
+                }
+                if let Some(svc) = now {
+                    let name = service_entry_name(svc);
+                    let (se, wl) = self.render_one(catalog, svc);
+                    self.entries.insert(name.clone(), se);
+                    if let Some(wl) = wl {
+                        self.workloads.insert(name.clone(), wl);
+                    }
                     touched.push(name);
                 }
             }
@@ -75,14 +137,43 @@ impl Rendered {
                 | DiffItem::Update { new: (name, _), .. } => touched.push(name.clone()),
             }
         }
+        for item in self.held_workloads.diff(held_workloads) {
+            match item {
+                DiffItem::Add(name, _)
+                | DiffItem::Remove(name, _)
+                | DiffItem::Update { new: (name, _), .. } => touched.push(name.clone()),
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
         for name in touched {
-            match held.get(&name).or_else(|| self.entries.get(&name)) {
-                Some(se) => self.output.insert(name, Arc::clone(se)),
-                None => self.output.remove(&name),
+            for we in self.in_output.remove(&name).unwrap_or_default() {
+                self.output.workloads.remove(&we);
+            }
+            // A held entry brings its own WorkloadEntries (or none).
+            let (se, wl) = match held.get(&name) {
+                Some(se) => (Some(se), held_workloads.get(&name)),
+                None => (self.entries.get(&name), self.workloads.get(&name)),
             };
+            match se {
+                Some(se) => self.output.entries.insert(name.clone(), Arc::clone(se)),
+                None => self.output.entries.remove(&name),
+            };
+            if let (Some(_), Some(wl)) = (se, wl) {
+                let names = wl
+                    .iter()
+                    .map(|we| {
+                        let n = we.metadata.name.clone().unwrap_or_default();
+                        self.output.workloads.insert(n.clone(), Arc::clone(we));
+                        n
+                    })
+                    .collect();
+                self.in_output.insert(name, names);
+            }
         }
         self.catalog = Arc::clone(catalog);
         self.held = held.clone();
+        self.held_workloads = held_workloads.clone();
         &self.output
     }
 }
@@ -90,16 +181,19 @@ impl Rendered {
 /// Runs until the job sender is dropped.
 pub(crate) async fn run(
     mut sink: Box<dyn Sink>,
+    flavor: IstioFlavor,
     mut jobs: watch::Receiver<Arc<SinkJob>>,
     error: watch::Sender<Option<String>>,
     applied: watch::Sender<u64>,
     metrics: Arc<ControllerMetrics>,
 ) {
-    let mut rendered = Rendered::default();
+    let mut rendered = Rendered::new(flavor);
     loop {
         let job = jobs.borrow_and_update().clone();
         if job.version > 0 {
-            let result = sink.apply(rendered.render(&job.catalog, &job.held)).await;
+            let result = sink
+                .apply(rendered.render(&job.catalog, &job.held, &job.held_workloads))
+                .await;
             let mut statuses = job.statuses.clone();
             match &result {
                 Ok(report) => {
@@ -159,59 +253,106 @@ fn ok_label(ok: bool) -> super::metrics::ResultLabels {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use meshpeer_model::render::render;
+    use meshpeer_model::render::{render, render_upstream};
     use meshpeer_model::testing::{ClusterBuilder, svc};
     use meshpeer_model::{CatalogConfig, catalog};
 
     use super::*;
 
-    fn afresh(catalog: &GlobalCatalog) -> Desired {
-        meshpeer_store::desired(render(catalog))
+    fn afresh(flavor: IstioFlavor, catalog: &GlobalCatalog) -> Output {
+        match flavor {
+            IstioFlavor::Solo => Output::of_entries(meshpeer_store::desired(render(catalog))),
+            IstioFlavor::Upstream => {
+                let all = render_upstream(catalog);
+                Output {
+                    entries: meshpeer_store::desired(all.iter().map(|u| u.service_entry.clone())),
+                    workloads: meshpeer_store::workloads(
+                        all.into_iter().flat_map(|u| u.workload_entries),
+                    ),
+                }
+            }
+        }
     }
 
     fn catalog_of(b: ClusterBuilder) -> Arc<GlobalCatalog> {
         Arc::new(catalog(&b.build(), [], &CatalogConfig::default()))
     }
 
-    #[test]
-    fn g7_remembered_rendering_equals_rendering_afresh() {
-        let mut rendered = Rendered::default();
-        let none = Desired::new();
-        let first = catalog_of(
-            ClusterBuilder::new("c1")
-                .service(svc("a", "one").global().ready(1))
-                .service(svc("a", "two").global().ready(1))
-                .service(svc("a", "three").global().ready(1)),
-        );
-        assert_eq!(rendered.render(&first, &none), &afresh(&first));
-        // One service changes (more endpoints), one goes, one comes.
-        let second = catalog_of(
-            ClusterBuilder::new("c1")
-                .service(svc("a", "one").global().ready(1))
-                .service(svc("a", "two").global().ready(3))
-                .service(svc("a", "four").global().ready(1)),
-        );
-        assert_ne!(render(&first), render(&second));
-        assert_eq!(rendered.render(&second, &none), &afresh(&second));
-        // And back.
-        assert_eq!(rendered.render(&first, &none), &afresh(&first));
-        let empty = Arc::new(GlobalCatalog::default());
-        assert!(rendered.render(&empty, &none).is_empty());
+    fn none() -> (Desired, HeldWorkloads) {
+        (Desired::new(), HeldWorkloads::new())
     }
 
     #[test]
-    fn held_entries_stand_in_for_the_rendered_ones_until_released() {
-        let mut rendered = Rendered::default();
+    fn g7_remembered_rendering_equals_rendering_afresh_in_both_flavors() {
+        for flavor in [IstioFlavor::Solo, IstioFlavor::Upstream] {
+            let mut rendered = Rendered::new(flavor);
+            let (held, held_wl) = none();
+            let first = catalog_of(
+                ClusterBuilder::new("c1")
+                    .service(svc("a", "one").global().ready(1))
+                    .service(svc("a", "two").global().ready(1))
+                    .service(svc("a", "three").global().ready(1)),
+            );
+            assert_eq!(
+                rendered.render(&first, &held, &held_wl),
+                &afresh(flavor, &first)
+            );
+            // One service changes (more endpoints), one goes, one comes.
+            let second = catalog_of(
+                ClusterBuilder::new("c1")
+                    .service(svc("a", "one").global().ready(1))
+                    .service(svc("a", "two").global().ready(3))
+                    .service(svc("a", "four").global().ready(1)),
+            );
+            assert_ne!(afresh(flavor, &first), afresh(flavor, &second));
+            let out = rendered.render(&second, &held, &held_wl).clone();
+            assert_eq!(out, afresh(flavor, &second), "{flavor}");
+            if flavor == IstioFlavor::Upstream {
+                // Three endpoints of `two`, one of `one` and one of `four`.
+                assert_eq!(out.workloads.len(), 5);
+            } else {
+                assert!(out.workloads.is_empty());
+            }
+            // And back.
+            assert_eq!(
+                rendered.render(&first, &held, &held_wl),
+                &afresh(flavor, &first)
+            );
+            let empty = Arc::new(GlobalCatalog::default());
+            assert!(rendered.render(&empty, &held, &held_wl).is_empty());
+        }
+    }
+
+    #[test]
+    fn held_entries_stand_in_for_the_rendered_ones_with_their_workload_entries() {
+        let mut rendered = Rendered::new(IstioFlavor::Upstream);
         let catalog = catalog_of(
             ClusterBuilder::new("c1")
-                .service(svc("a", "one").global().ready(1))
+                .service(svc("a", "one").global().ready(2))
                 .service(svc("a", "two").global().ready(1)),
         );
-        let fresh = afresh(&catalog);
-        // What the output held at start: `one` with other content, and
-        // `gone` (a remote service whose peer has not synced yet).
-        let mut old_one = (*fresh["autogen.a.one"]).clone();
+        let fresh = afresh(IstioFlavor::Upstream, &catalog);
+        // What the output held at start: `one` with other content and one
+        // WorkloadEntry of its own, and `gone` (a remote service whose peer
+        // has not synced yet) with none.
+        let mut old_one = (*fresh.entries["autogen.a.one"]).clone();
         old_one.spec.hosts = vec!["before.a.mesh.internal".into()];
+        let old_we = {
+            let first = fresh
+                .workloads
+                .values()
+                .find(|w| {
+                    w.metadata
+                        .name
+                        .as_deref()
+                        .unwrap()
+                        .starts_with("autogen.a.one.")
+                })
+                .unwrap();
+            let mut we = (**first).clone();
+            we.metadata.name = Some("autogen.a.one.c1.before".into());
+            Arc::new(we)
+        };
         let mut gone = old_one.clone();
         gone.metadata.name = Some("autogen.a.gone".into());
         let held: Desired = [
@@ -220,16 +361,33 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let out = rendered.render(&catalog, &held).clone();
-        assert_eq!(*out["autogen.a.one"], old_one);
-        assert_eq!(*out["autogen.a.gone"], gone);
-        assert_eq!(out["autogen.a.two"], fresh["autogen.a.two"]);
-        // `gone` is released: it leaves; then `one`: it is rendered.
+        let held_wl: HeldWorkloads = [(
+            "autogen.a.one".to_owned(),
+            Workloads::from(vec![Arc::clone(&old_we)]),
+        )]
+        .into_iter()
+        .collect();
+        let out = rendered.render(&catalog, &held, &held_wl).clone();
+        assert_eq!(*out.entries["autogen.a.one"], old_one);
+        assert_eq!(*out.entries["autogen.a.gone"], gone);
+        assert_eq!(out.entries["autogen.a.two"], fresh.entries["autogen.a.two"]);
+        let one: Vec<&str> = out
+            .workloads
+            .keys()
+            .filter(|n| n.starts_with("autogen.a.one."))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(one, ["autogen.a.one.c1.before"], "only the held endpoints");
+        // `gone` is released: it leaves; then `one`: it is rendered, and
+        // its held WorkloadEntry gives way to the rendered ones.
         let mut less = held.clone();
         less.remove("autogen.a.gone");
-        let out = rendered.render(&catalog, &less).clone();
-        assert!(!out.contains_key("autogen.a.gone"));
-        assert_eq!(*out["autogen.a.one"], old_one);
-        assert_eq!(rendered.render(&catalog, &Desired::new()), &fresh);
+        let out = rendered.render(&catalog, &less, &held_wl).clone();
+        assert!(!out.entries.contains_key("autogen.a.gone"));
+        assert_eq!(*out.entries["autogen.a.one"], old_one);
+        assert_eq!(
+            rendered.render(&catalog, &Desired::new(), &HeldWorkloads::new()),
+            &fresh
+        );
     }
 }

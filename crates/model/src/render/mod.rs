@@ -31,6 +31,34 @@ use crate::catalog::{GlobalCatalog, GlobalService, MAX_RENDERED_ENDPOINTS, Reach
 use crate::labels;
 use crate::objects::{ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntrySpec};
 
+/// The Istio distribution an output is shaped for (ARCHITECTURE.md, "Istio
+/// flavors").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IstioFlavor {
+    /// Upstream istio/istio: ServiceEntries selecting WorkloadEntries,
+    /// mapped traffic distribution, subjectAltNames, mTLS and ambient
+    /// markers ([`upstream`]).
+    #[default]
+    Upstream,
+    /// Solo's distribution as the seeds show its objects: inline endpoints.
+    Solo,
+}
+
+impl IstioFlavor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IstioFlavor::Upstream => "upstream",
+            IstioFlavor::Solo => "solo",
+        }
+    }
+}
+
+impl std::fmt::Display for IstioFlavor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `autogen.<namespace>.<name>`, or `autogen.<segment>.<namespace>.<name>`.
 pub fn service_entry_name(svc: &GlobalService) -> String {
     match &svc.segment {

@@ -43,6 +43,11 @@
 //!   `istio-system`'s default account (no `serviceAccount`: it would name
 //!   an account of `istio-system`); the Pod's own identity is among the
 //!   entry's `subjectAltNames`, which ztunnel also accepts.
+//! - A peer on this cluster's network (flat, seed 002) is dialled Pod to
+//!   Pod: its Pods are WorkloadEntries named as Solo's are,
+//!   `autogenflat.<cluster>.<namespace>.<pod>.<hash>` (one per service,
+//!   the hash covering entry and address), which `check`'s Stale Workloads
+//!   Check compares with the peers' current Pods.
 //! - `topology.istio.io/cluster` is not written on endpoints: istiod
 //!   overwrites it with its own cluster id; the contributing cluster is in
 //!   `meshpeer.io/cluster`.
@@ -146,6 +151,35 @@ pub fn identity_gaps(catalog: &GlobalCatalog) -> Vec<crate::Diagnostic> {
     out
 }
 
+/// The prefix of the WorkloadEntries of a flat network's peer Pods.
+pub const FLAT_PREFIX: &str = "autogenflat.";
+
+/// `autogenflat.<cluster>.<namespace>.<pod>.<hash>` (seed 002's names):
+/// the hash (12 hex digits) covers the entry and the address, so that one
+/// Pod behind two global services gets one WorkloadEntry per service, and
+/// an endpoint without a Pod name is named by its address. At most 253
+/// characters (a DNS subdomain).
+pub fn flat_name(
+    entry: &str,
+    cluster: &str,
+    namespace: &str,
+    ep: &crate::endpoints::Endpoint,
+) -> String {
+    let addr = ep.address.to_string();
+    let pod = if ep.name.is_empty() {
+        addr.replace([':', '.'], "-")
+    } else {
+        ep.name.clone()
+    };
+    let hash = fnv1a(format!("{entry}/{addr}").as_bytes()) & 0xffff_ffff_ffff;
+    let mut head = format!("{FLAT_PREFIX}{cluster}.{namespace}.{pod}");
+    head.truncate(253 - 13);
+    while head.ends_with(['.', '-']) {
+        head.pop();
+    }
+    format!("{head}.{hash:012x}")
+}
+
 /// The entries of a catalog, in hostname order.
 pub fn render_upstream(catalog: &GlobalCatalog) -> Vec<UpstreamEntry> {
     catalog
@@ -206,13 +240,23 @@ pub fn upstream_entry(catalog: &GlobalCatalog, svc: &GlobalService) -> UpstreamE
         match c.reach {
             Reach::Local | Reach::Direct => {
                 for (locality, ep) in c.service.endpoints() {
-                    let addr = ep.address.to_string().replace([':', '.'], "-");
+                    let we_name = match c.reach {
+                        // A peer's Pod reached directly (flat network,
+                        // seed 002): named as Solo's `autogenflat`
+                        // entries are, per service.
+                        Reach::Direct => flat_name(&name, &c.cluster, &svc.namespace, ep),
+                        _ => format!(
+                            "{name}.{}.{}",
+                            c.cluster,
+                            ep.address.to_string().replace([':', '.'], "-")
+                        ),
+                    };
                     let annotations = ep.ambient.then(|| {
                         BTreeMap::from([(AMBIENT_REDIRECTION.to_owned(), "enabled".to_owned())])
                     });
                     workload_entries.push(WorkloadEntry {
                         metadata: ObjectMeta {
-                            name: Some(format!("{name}.{}.{addr}", c.cluster)),
+                            name: Some(we_name),
                             namespace: Some(labels::ISTIO_SYSTEM.to_owned()),
                             labels: Some(base_labels(&c.cluster)),
                             annotations,
