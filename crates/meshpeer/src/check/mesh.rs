@@ -545,7 +545,14 @@ fn stale(all: &[ClusterFacts]) -> Check {
             "skipped (no controller reachable with a file-mode output to compare)".to_owned()
         }
         _ if flat_entries == 0 => "no autogenflat workload entries found".to_owned(),
-        _ => format!("{flat_entries} autogenflat workload entries, none stale"),
+        _ => format!(
+            "{flat_entries} autogenflat workload {}, none stale",
+            if flat_entries == 1 {
+                "entry"
+            } else {
+                "entries"
+            }
+        ),
     };
     Check { title, ..check }
 }

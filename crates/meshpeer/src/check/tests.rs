@@ -507,3 +507,103 @@ async fn p1_p3_connected_unlinked_peers_and_unpinned_links_are_shown() {
         "{unpinned:?}"
     );
 }
+
+/// Seed 002's Stale Workloads Check on a flat network: the output's
+/// `autogenflat` WorkloadEntries are compared with the Pods the peers
+/// serve now (the controller's live catalog); one for a Pod that is gone
+/// is named, one for a Pod still served is not.
+#[tokio::test]
+async fn stale_workloads_check_names_autogenflat_entries_of_pods_that_are_gone() {
+    use meshpeer_model::objects::{WorkloadEntry, WorkloadEntrySpec};
+    use meshpeer_model::render::upstream::{ENTRY, GEN_CLUSTER, entry_key};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut facts = example_facts(tmp.path()).await;
+    // Not flat (two networks): skipped, as seed 002 prints it.
+    let report = evaluate(&facts, Options { precheck: false });
+    assert_eq!(
+        report.find(None, names::STALE).unwrap().title,
+        "skipped (flat network not detected)"
+    );
+
+    // cluster2 on cluster1's network.
+    let network = facts[0].export.cluster.network.clone();
+    facts[1].export.cluster.network = network;
+    let catalog = facts[0].catalog.clone();
+    let (key, address) = catalog
+        .services
+        .values()
+        .find_map(|svc| {
+            let c = svc.contributions.iter().find(|c| c.cluster == "cluster2")?;
+            let (_, ep) = c.service.endpoints().next()?;
+            Some((
+                entry_key(&meshpeer_model::render::service_entry_name(svc)),
+                ep.address.to_string(),
+            ))
+        })
+        .expect("cluster2 contributes an endpoint");
+    let flat = |name: &str, address: &str| WorkloadEntry {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(
+                [
+                    (ENTRY.to_owned(), key.clone()),
+                    (GEN_CLUSTER.to_owned(), "cluster2".to_owned()),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        spec: WorkloadEntrySpec {
+            address: Some(address.to_owned()),
+            ..Default::default()
+        },
+    };
+    let current = flat("autogenflat.cluster2.httpbin.pod-a.0123456789ab", &address);
+    let gone = flat(
+        "autogenflat.cluster2.httpbin.pod-b.ba9876543210",
+        "10.99.99.99",
+    );
+    let mut state = live(ControllerStatus::default());
+    if let Live::Up(s) = &mut state {
+        s.catalog = Ok(meshpeer_dataplane::feed::CatalogFeed {
+            version: 1,
+            catalog: std::sync::Arc::new(catalog),
+            ..Default::default()
+        });
+    }
+    facts[0].live = state;
+    facts[0].output = Some((
+        tmp.path().join("out"),
+        meshpeer_store::Existing {
+            entries: Vec::new(),
+            workloads: vec![current.clone()],
+        },
+    ));
+    let report = evaluate(&facts, Options { precheck: false });
+    let stale = report.find(None, names::STALE).unwrap();
+    assert_eq!(stale.status, Status::Ok, "{}", report.render(true));
+    assert_eq!(stale.title, "1 autogenflat workload entry, none stale");
+
+    facts[0].output = Some((
+        tmp.path().join("out"),
+        meshpeer_store::Existing {
+            entries: Vec::new(),
+            workloads: vec![current, gone],
+        },
+    ));
+    let report = evaluate(&facts, Options { precheck: false });
+    let stale = report.find(None, names::STALE).unwrap();
+    assert_eq!(stale.status, Status::Warn, "{}", report.render(true));
+    assert_eq!(stale.items.len(), 1, "{}", report.render(true));
+    assert!(
+        stale.items[0]
+            .text
+            .contains("WorkloadEntry autogenflat.cluster2.httpbin.pod-b.ba9876543210")
+            && stale.items[0]
+                .text
+                .contains("10.99.99.99 in cluster cluster2"),
+        "{:?}",
+        stale.items[0]
+    );
+}
