@@ -571,3 +571,94 @@ fn r1_demo_state_survives_a_restart_and_reset_starts_over() {
         root
     );
 }
+
+/// Seed 002's flat network (issue 15, item 7): both clusters on one
+/// network. cluster2's Pods are reached directly, without a gateway, and
+/// cluster1's output names them as `autogenflat.<cluster>.<namespace>.<pod>.<hash>`
+/// WorkloadEntries; after a scale to zero in cluster1 the answers come from
+/// cluster2's Pod; `check`'s Stale Workloads Check finds nothing stale, and
+/// once cluster2's Pod is gone its entry goes from the output too.
+#[test]
+fn r1_httpbin_flat_reaches_the_peers_pods_directly_with_autogenflat_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = Demo::start(tmp.path(), "httpbin-flat", &["--no-web"]);
+    let host = "in-ambient.httpbin.mesh.internal";
+    let workloads = demo
+        .folder("httpbin-flat", "cluster1")
+        .join(".meshpeer/out/workloadentries");
+    let flat = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&workloads)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("autogenflat.cluster2.httpbin.in-ambient-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    demo.until("cluster2's Pod as an autogenflat entry", flat, |v| {
+        v.len() == 1
+    });
+
+    demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster1",
+        "-n",
+        "httpbin",
+        "deployment/in-ambient",
+        "--replicas",
+        "0",
+    ]);
+    // cluster2's Pod answers, dialled directly (its name is in the entry).
+    let entry = flat().remove(0);
+    demo.until(
+        "only cluster2's Pod answers",
+        || {
+            (0..3)
+                .map(|_| demo.hostname("cluster1", host).unwrap())
+                .collect::<Vec<_>>()
+        },
+        |names| {
+            names
+                .iter()
+                .all(|n| n.starts_with("in-ambient-") && entry.contains(&format!(".{n}.")))
+        },
+    );
+
+    // Both outputs together: cluster2's two Pods in cluster1's, cluster1's
+    // remaining client Pod in cluster2's.
+    let c1 = demo.folder("httpbin-flat", "cluster1");
+    let c2 = demo.folder("httpbin-flat", "cluster2");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpeer"))
+        .args(["check", "--cluster"])
+        .arg(&c1)
+        .arg("--cluster")
+        .arg(&c2)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("✅ Stale Workloads Check: 3 autogenflat workload entries, none stale"),
+        "{text}"
+    );
+
+    // cluster2's Pod goes: its entry leaves cluster1's output.
+    demo.ok(&[
+        "scale",
+        "--cluster",
+        "cluster2",
+        "-n",
+        "httpbin",
+        "deployment/in-ambient",
+        "--replicas",
+        "0",
+    ]);
+    demo.until("the autogenflat entry is removed", flat, Vec::is_empty);
+}
