@@ -7,10 +7,12 @@
 //!
 //! - `table`: the table and how a name is classified (pure).
 //! - `handler`: the request handler: local answers, negative answers, relaying.
+//! - `fast`: plain UDP queries for our names answered from the datagram.
 //! - `forward`: the exchange with the upstream over UDP/TCP, bounded in number.
 //! - `udp`, `tcp`: the listeners (hickory's framing; our loops, bounded: SPEC B5).
 //! - `metrics`: `dns_queries_total{result}`, `dns_tcp_listener_...`.
 
+mod fast;
 mod forward;
 mod handler;
 mod metrics;

@@ -982,3 +982,116 @@ async fn p2_a_catalog_name_outside_the_zones_is_forwarded_or_refused_never_given
         assert_eq!(rcode(&error), ResponseCode::Refused, "{transport:?}");
     }
 }
+
+/// Issue 14: plain UDP queries for our names are answered from the
+/// datagram (the fast path); TCP takes the full path through hickory. Both
+/// must give the same answer, query by query: names in any case, every
+/// type and class the table answers differently, NXDOMAIN and NODATA with
+/// the zone's SOA, with and without EDNS, RD and CD set or not, with and
+/// without an upstream (RA). The answers are also checked against the
+/// table, so that two equal wrong answers fail too.
+#[tokio::test]
+async fn d1_udp_fast_answers_equal_the_full_paths_answers() {
+    let names = [
+        "in-ambient.httpbin.mesh.internal.",
+        "IN-Ambient.HTTPBIN.mesh.INTERNAL.",
+        "productpage.bookinfo.cluster.dev.",
+        "in-ambient.httpbin.svc.cluster.local.",
+        "nope.httpbin.mesh.internal.",
+        "httpbin.mesh.internal.",
+        "mesh.internal.",
+        "cluster.prod.",
+        "x.y.cluster.prod.",
+    ];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::ANY,
+        RecordType::TXT,
+        RecordType::MX,
+    ];
+    // One server without upstream (RA clear), one with an upstream that
+    // is never asked (these names are ours; RA set).
+    let (dead, _keep) = bind_pair().await;
+    for upstream in [None, Some(dead.local_addr().unwrap())] {
+        let proxy = Proxy::start(table(), upstream, Duration::from_millis(200)).await;
+        let mut id = 0u16;
+        for name in names {
+            for rtype in types {
+                for edns in [false, true] {
+                    for cd in [false, true] {
+                        id += 1;
+                        let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+                        message.metadata.recursion_desired = id.is_multiple_of(2);
+                        message.metadata.checking_disabled = cd;
+                        message.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+                        if edns {
+                            let mut opt = Edns::new();
+                            opt.set_max_payload(1232);
+                            message.set_edns(opt);
+                        }
+                        let request = message.to_vec().unwrap();
+                        let fast = udp_exchange(proxy.addr(), &request).await;
+                        let full = tcp_exchange(proxy.addr(), &request).await;
+                        let what = format!("{name} {rtype} edns={edns} cd={cd} {upstream:?}");
+                        assert_eq!(fast, full, "{what}");
+                        assert_eq!(fast.metadata.id, id, "{what}");
+                        assert!(fast.metadata.authoritative, "{what}");
+                        assert_eq!(
+                            fast.metadata.recursion_available,
+                            upstream.is_some(),
+                            "{what}"
+                        );
+                        assert_eq!(fast.queries[0].name().to_ascii(), name, "{what}");
+                        let lower = name.to_ascii_lowercase();
+                        let lower = lower.trim_end_matches('.');
+                        let expected: Vec<IpAddr> = table()
+                            .names
+                            .get(lower)
+                            .map(|a| {
+                                a.iter()
+                                    .copied()
+                                    .filter(|ip| match rtype {
+                                        RecordType::A => ip.is_ipv4(),
+                                        RecordType::AAAA => ip.is_ipv6(),
+                                        RecordType::ANY => true,
+                                        _ => false,
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let got: Vec<IpAddr> = fast
+                            .answers
+                            .iter()
+                            .map(|r| match &r.data {
+                                RData::A(a) => IpAddr::V4(a.0),
+                                RData::AAAA(a) => IpAddr::V6(a.0),
+                                other => panic!("{what}: {other:?}"),
+                            })
+                            .collect();
+                        assert_eq!(got, expected, "{what}");
+                        assert!(fast.answers.iter().all(|r| r.ttl == TTL), "{what}");
+                        let known = table().names.contains_key(lower)
+                            || ["httpbin.mesh.internal", "mesh.internal", "cluster.prod"]
+                                .contains(&lower);
+                        let code = if known {
+                            ResponseCode::NoError
+                        } else {
+                            ResponseCode::NXDomain
+                        };
+                        assert_eq!(fast.metadata.response_code, code, "{what}");
+                        // The negative answers of our zones carry their SOA.
+                        let in_zone = !lower.ends_with("svc.cluster.local");
+                        assert_eq!(
+                            fast.authorities.len(),
+                            usize::from(expected.is_empty() && in_zone),
+                            "{what}"
+                        );
+                        assert_eq!(fast.edns.is_some(), edns, "{what}");
+                    }
+                }
+            }
+        }
+        assert_eq!(proxy.count("forwarded"), 0);
+    }
+}

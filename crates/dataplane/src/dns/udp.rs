@@ -1,6 +1,7 @@
-//! DNS over UDP: one task per datagram, at most `MAX_IN_FLIGHT` at once
-//! (beyond, a datagram is dropped and counted: the client asks again);
-//! queries go to the same [`Handler`] as TCP's. hickory's stream does the
+//! DNS over UDP: a plain query for one of our names is answered at once,
+//! from its datagram ([`super::fast`]); any other gets a task, at most
+//! `MAX_IN_FLIGHT` at once (beyond, a datagram is dropped and counted: the
+//! client asks again), and goes to the same [`Handler`] as TCP's. hickory's stream does the
 //! socket work: one datagram read at a time into a fixed buffer, answers
 //! sent before more is read.
 
@@ -9,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use hickory_proto::op::SerialMessage;
+use hickory_server::net::DnsStreamHandle;
 use hickory_server::net::runtime::TokioRuntimeProvider;
 use hickory_server::net::udp::UdpStream;
 use hickory_server::net::xfer::Protocol;
@@ -17,6 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use super::fast::{self, Fast};
 use super::handler::Handler;
 
 /// Datagrams being answered at once (each a small task; forwards are
@@ -41,6 +45,20 @@ pub(crate) async fn serve(socket: UdpSocket, handler: Handler) {
         let (bytes, src) = message.into_parts();
         if !answerable(src) {
             warn!(%src, "dns: a datagram from an address that cannot be answered; dropped");
+            continue;
+        }
+        let answered = {
+            let table = handler.table.borrow();
+            fast::answer(&bytes, &table, handler.ttl, handler.upstream.is_some())
+        };
+        if let Fast::Answer(answer, result) = answered {
+            handler.metrics.count(result);
+            if let Err(error) = responses
+                .with_remote_addr(src)
+                .send(SerialMessage::new(answer, src))
+            {
+                debug!(%error, "dns: udp answer not sent");
+            }
             continue;
         }
         let Ok(permit) = Arc::clone(&in_flight).try_acquire_owned() else {
