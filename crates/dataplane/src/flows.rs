@@ -163,6 +163,54 @@ impl Flows {
         });
     }
 
+    /// The counts of every flow held now (cumulative since this process
+    /// started, less what [`Flows::prune`] removed), one per flow, sorted:
+    /// what the proxy and the gateway report to their controller
+    /// ([`crate::report`]). `failures` are connections whose outcome is
+    /// not `ok`.
+    pub fn snapshot(&self) -> Vec<crate::report::FlowCount> {
+        let created: Vec<(FlowLabels, String)> = match self.created.lock() {
+            Ok(c) => c.iter().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut by_flow: std::collections::BTreeMap<FlowLabels, crate::report::FlowCount> =
+            std::collections::BTreeMap::new();
+        for (flow, outcome) in created {
+            let n = self
+                .connections
+                .get(&FlowOutcomeLabels {
+                    flow: flow.clone(),
+                    outcome: outcome.clone(),
+                })
+                .map_or(0, |c| c.get());
+            let count = by_flow
+                .entry(flow.clone())
+                .or_insert_with(|| crate::report::FlowCount {
+                    source_cluster: flow.source_cluster.clone(),
+                    destination_cluster: flow.destination_cluster.clone(),
+                    service: flow.service.clone(),
+                    ..Default::default()
+                });
+            count.connections += n;
+            if outcome != "ok" {
+                count.failures += n;
+            }
+        }
+        for (flow, count) in &mut by_flow {
+            let bytes = |way: &str| {
+                self.bytes
+                    .get(&FlowByteLabels {
+                        flow: flow.clone(),
+                        way: way.to_owned(),
+                    })
+                    .map_or(0, |c| c.get())
+            };
+            count.bytes_sent = bytes(WAYS[0]);
+            count.bytes_received = bytes(WAYS[1]);
+        }
+        by_flow.into_values().collect()
+    }
+
     /// Series of connections held (for tests and the bound).
     pub fn series(&self) -> usize {
         self.created.lock().map(|c| c.len()).unwrap_or(0)
@@ -330,5 +378,55 @@ mod tests {
         // Pruned once per version.
         flows.prune(&v2);
         assert_eq!(flows.series(), 3);
+    }
+
+    #[test]
+    fn a_snapshot_sums_outcomes_per_flow_failures_apart() {
+        let flows = Flows::default();
+        let v1 = state(1, &["web"]);
+        let host = "web.shop.mesh.internal";
+        let flow = Flows::labels(&v1, "proxy", "cluster1", "cluster2", host);
+        for outcome in ["ok", "ok", "ok", "reset"] {
+            flows.connection(&v1, &flow, outcome);
+        }
+        let (sent, received) = flows.byte_counters(&flow);
+        sent.inc_by(40);
+        received.inc_by(400);
+        let failed = Flows::labels(&v1, "proxy", "cluster1", "", host);
+        flows.connection(&v1, &failed, "failed");
+        let snap = flows.snapshot();
+        assert_eq!(
+            snap,
+            [
+                crate::report::FlowCount {
+                    source_cluster: "cluster1".into(),
+                    destination_cluster: "cluster2".into(),
+                    service: host.into(),
+                    connections: 4,
+                    failures: 1,
+                    bytes_sent: 40,
+                    bytes_received: 400,
+                },
+                crate::report::FlowCount {
+                    source_cluster: "cluster1".into(),
+                    destination_cluster: "none".into(),
+                    service: host.into(),
+                    connections: 1,
+                    failures: 1,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                },
+            ]
+        );
+        // Reading does not create byte series for the failed flow.
+        assert!(
+            flows
+                .bytes
+                .get(&FlowByteLabels {
+                    flow: failed,
+                    way: "sent".into()
+                })
+                .is_none()
+        );
     }
 }

@@ -422,6 +422,12 @@ pub(crate) struct ControllerConnArgs {
     /// The service account of this process's identity.
     #[arg(long, value_name = "SA")]
     pub(crate) service_account: Option<String>,
+    /// How often the flow counts (connections, failures, bytes per source
+    /// cluster, destination cluster and global service) are sent to the
+    /// controller, over the same mutual TLS as the catalog; once more on
+    /// shutdown. `0s`: never.
+    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    pub(crate) report_interval: Duration,
 }
 
 /// `HOST:PORT`, as `--controller` takes it.
