@@ -76,7 +76,8 @@ impl Flows {
     ) -> FlowLabels {
         let me = &state.feed.catalog.cluster.name;
         let known = |c: &str| {
-            if c.is_empty() {
+            // `none` again when a flow's labels are checked by `prune`.
+            if c.is_empty() || c == "none" {
                 "none".to_owned()
             } else if c == me
                 || state.feed.catalog.links.iter().any(|l| l.cluster == c)
@@ -356,12 +357,16 @@ mod tests {
         assert_eq!(odd.service, "unknown");
         assert_eq!(odd.destination_cluster, "unlinked");
         flows.connection(&v1, &odd, "failed");
-        assert_eq!(flows.series(), 5);
+        // A connection no destination took: its cluster is `none`.
+        let failed = Flows::labels(&v1, "proxy", "cluster1", "", "web.shop.mesh.internal");
+        assert_eq!(failed.destination_cluster, "none");
+        flows.connection(&v1, &failed, "failed");
+        assert_eq!(flows.series(), 6);
 
         // `cart` leaves the catalog: its series go, the others stay.
         let v2 = state(2, &["web"]);
         flows.prune(&v2);
-        assert_eq!(flows.series(), 3);
+        assert_eq!(flows.series(), 4, "failures with no destination stay too");
         let cart = Flows::labels(
             &v1,
             "proxy",
@@ -377,7 +382,7 @@ mod tests {
         assert!(text.contains("web.shop.mesh.internal"), "{text}");
         // Pruned once per version.
         flows.prune(&v2);
-        assert_eq!(flows.series(), 3);
+        assert_eq!(flows.series(), 4);
     }
 
     #[test]

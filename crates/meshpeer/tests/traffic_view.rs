@@ -121,8 +121,11 @@ async fn flows_across_clusters_are_counted_exactly_by_both_controllers() {
 
     // cluster1's controller: what its proxy saw leave for cluster2.
     let c1 = mesh.cluster("cluster1").controller().traffic();
+    // Bytes are counted as they pass (the gateway) or as a connection
+    // ends (the proxy): wait for the report that has them all.
+    let all = |f: &FlowRow| f.connections == N && f.bytes_received == N * answer;
     let doc = wait_traffic(&c1, "cluster1's proxy reports N connections", |d| {
-        flow(d, "proxy", "cluster1", "cluster2").is_some_and(|f| f.connections == N)
+        flow(d, "proxy", "cluster1", "cluster2").is_some_and(all)
     })
     .await;
     let f = flow(&doc, "proxy", "cluster1", "cluster2").unwrap();
@@ -141,7 +144,7 @@ async fn flows_across_clusters_are_counted_exactly_by_both_controllers() {
     // cluster2's controller: what its gateway let in from cluster1.
     let c2 = mesh.cluster("cluster2").controller().traffic();
     let doc = wait_traffic(&c2, "cluster2's gateway reports N tunnels", |d| {
-        flow(d, "gateway", "cluster1", "cluster2").is_some_and(|f| f.connections == N)
+        flow(d, "gateway", "cluster1", "cluster2").is_some_and(all)
     })
     .await;
     let f = flow(&doc, "gateway", "cluster1", "cluster2").unwrap();
