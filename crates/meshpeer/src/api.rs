@@ -412,7 +412,13 @@ fn take_report(s: &ApiState, caller: &FeedCaller, identity: &str, body: &[u8]) -
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => {
             tracing::warn!(identity, reason = e.reason(), "traffic report refused: {e}");
-            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+            let status = match e {
+                crate::controller::traffic::ReportRefusal::TooManyReporters => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, format!("{e}\n")).into_response()
         }
     }
 }

@@ -252,8 +252,9 @@ pub(crate) struct ControllerArgs {
     /// Longest lifetime of the certificates signed for proxies and gateways.
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub(crate) max_cert_lifetime: Duration,
-    /// Who may follow the catalog over mutual TLS, as NAMESPACE/SERVICEACCOUNT
-    /// of this cluster's trust domain (repeat, or separate with commas).
+    /// Who may follow the catalog (and report flow counts) over mutual TLS,
+    /// as NAMESPACE/SERVICEACCOUNT of this cluster's trust domain (repeat,
+    /// or separate with commas).
     #[arg(
         long,
         value_name = "NS/SA",
