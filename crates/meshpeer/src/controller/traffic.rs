@@ -757,4 +757,106 @@ mod tests {
             1
         );
     }
+
+    /// SPEC B7 for the controller's report parser and book: arbitrary bytes
+    /// (and edited valid reports) through the JSON reader, arbitrary
+    /// structured reports (any names, counts up to `u64::MAX`) through the
+    /// book: no panic, and what is served stays within the catalog's names
+    /// and the bounds. Seeded, so a failure replays.
+    #[test]
+    fn b7_arbitrary_reports_never_panic_and_stay_within_the_catalogs_names() {
+        let (_tx, rx) = watch::channel(feed(1, &["web", "cart"]));
+        let book = TrafficBook::unregistered(rx);
+        let mut rng = fastrand::Rng::with_seed(16);
+        let (t0, w0) = (Instant::now(), SystemTime::now());
+        let names = [
+            "cluster1",
+            "cluster2",
+            "cluster3",
+            "cluster9",
+            "none",
+            "unlinked",
+            "",
+            WEB,
+            "cart.shop.mesh.internal",
+            "WEB.SHOP.MESH.INTERNAL",
+            "x\u{0}y",
+            "ü",
+        ];
+        let valid = serde_json::to_vec(&report(
+            "proxy",
+            vec![count("cluster1", "cluster2", WEB, 3, 1)],
+        ))
+        .unwrap();
+        for case in 0..2_000u64 {
+            let at = t0 + Duration::from_millis(case * 7);
+            // Bytes: random, or a valid report with some bytes changed.
+            let mut bytes = if rng.bool() {
+                (0..rng.usize(0..200))
+                    .map(|_| rng.u8(..))
+                    .collect::<Vec<u8>>()
+            } else {
+                valid.clone()
+            };
+            for _ in 0..rng.usize(0..4) {
+                if !bytes.is_empty() {
+                    let i = rng.usize(..bytes.len());
+                    bytes[i] = rng.u8(..);
+                }
+            }
+            if let Ok(r) = serde_json::from_slice::<TrafficReport>(&bytes) {
+                let _ = book.ingest_at("bytes", r, at, w0);
+            }
+            // Structured: any names, any counts.
+            let pick = |rng: &mut fastrand::Rng| names[rng.usize(..names.len())].to_owned();
+            let big = |rng: &mut fastrand::Rng| {
+                if rng.u8(..) < 16 {
+                    u64::MAX - rng.u64(..3)
+                } else {
+                    rng.u64(..1_000)
+                }
+            };
+            let flows = (0..rng.usize(0..12))
+                .map(|_| FlowCount {
+                    source_cluster: pick(&mut rng),
+                    destination_cluster: pick(&mut rng),
+                    service: pick(&mut rng),
+                    connections: big(&mut rng),
+                    failures: big(&mut rng),
+                    bytes_sent: big(&mut rng),
+                    bytes_received: big(&mut rng),
+                })
+                .collect();
+            let r = TrafficReport {
+                role: ["proxy", "gateway", "Proxy", ""][rng.usize(..4)].to_owned(),
+                instance: format!("i{}", rng.u8(..4)),
+                interval_ms: rng.u64(..),
+                last: rng.u8(..) < 10,
+                flows,
+            };
+            let _ = book.ingest_at(&format!("id{}", rng.u8(..3)), r, at, w0);
+            let doc = book.doc_at(at, w0);
+            let clusters = ["cluster1", "cluster2", "cluster3", "none", "unlinked"];
+            for f in &doc.flows {
+                assert!(clusters.contains(&f.source_cluster.as_str()), "{f:?}");
+                assert!(clusters.contains(&f.destination_cluster.as_str()), "{f:?}");
+                assert!(
+                    [WEB, "cart.shop.mesh.internal", "unknown"].contains(&f.service.as_str()),
+                    "{f:?}"
+                );
+                assert!(f.failures <= f.connections, "{f:?}");
+                assert!(f.error_rate.is_finite() && (0.0..=1.0).contains(&f.error_rate));
+                assert!(f.connections_per_second.is_finite());
+                let own = if f.reporter == "proxy" {
+                    &f.source_cluster
+                } else {
+                    &f.destination_cluster
+                };
+                assert_eq!(own, "cluster1", "{f:?}");
+            }
+            // 2 roles x 5 sources x 5 destinations x 3 services at most.
+            assert!(doc.flows.len() <= 150);
+            assert!(doc.reporters.len() <= MAX_REPORTERS);
+        }
+    }
 }
