@@ -1,6 +1,6 @@
 // The Global services page in a real headless browser.
 //
-//   node tests/browser/page.spec.mjs URL CLUSTER1_FOLDER [VIP:PORT]
+//   node tests/browser/page.spec.mjs URL CLUSTER1_FOLDER [VIP:PORT DEAD_VIP:PORT]
 //
 // URL: the page of a running two-cluster mesh (cluster1, cluster2) whose
 // clusters both export `in-ambient.httpbin.mesh.internal`; CLUSTER1_FOLDER:
@@ -12,6 +12,9 @@
 // service only cluster2 has (its backend answers a line, then echoes): the
 // script connects to it, so cluster1's proxy sends the connections to
 // cluster2 through the gateways, and the Traffic view must draw them.
+// DEAD_VIP:PORT: cluster1's VIP of `dead.shop.mesh.internal`, only in
+// cluster2, whose pod refuses connections: a connection there fails, and
+// the view must show it as an error.
 //
 // Drives Debian's chromium (/usr/bin/chromium, or $CHROMIUM) with
 // playwright-core; never downloads a browser. Exits 0 when every check
@@ -23,7 +26,7 @@ import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 
 import { join } from 'node:path';
 import { connect } from 'node:net';
 
-const [url, folder, vip] = process.argv.slice(2);
+const [url, folder, vip, deadVip] = process.argv.slice(2);
 const EXECUTABLE = process.env.CHROMIUM || '/usr/bin/chromium';
 // Set to a folder to keep screenshots of the services, peers and problems views.
 const SHOTS = process.env.MESHPEER_BROWSER_SCREENSHOTS;
@@ -36,6 +39,8 @@ const MISSPELT = 'globl';
 const G5 = 'tr[data-testid="problem-row"][data-rule="G5"][data-object="service sample/helloworld"]';
 const BADGE = '#problems-badge';
 const ECHO = 'echo.shop.mesh.internal';
+const DEAD = 'dead.shop.mesh.internal';
+const FAILED = 'g[data-testid="traffic-edge"][data-source="cluster1"][data-destination="none"]';
 const EDGE = 'g[data-testid="traffic-edge"][data-source="cluster1"][data-destination="cluster2"]';
 // A manifest that cannot be read: an F1 error.
 const BROKEN = 'broken.yaml';
@@ -184,11 +189,37 @@ async function trafficView(page) {
     await background;
   }
   if (!(await page.evaluate(() => window.__sameDocument === true))) fail('the page reloaded to show the traffic');
+
+  if (deadVip) {
+    log(`a connection from cluster1 to ${DEAD}, whose only pod (in cluster2) refuses it`);
+    const closed = await new Promise((resolve) => {
+      const [host, port] = [deadVip.slice(0, deadVip.lastIndexOf(':')), Number(deadVip.slice(deadVip.lastIndexOf(':') + 1))];
+      const socket = connect({ host, port });
+      let got = '';
+      socket.on('data', (d) => {
+        got += d.toString();
+      });
+      socket.on('error', () => {});
+      socket.on('close', () => resolve(got));
+    });
+    if (closed !== '') fail(`${DEAD} answered ${JSON.stringify(closed)}`);
+    log('a red edge to "no endpoint", 100% errors, the failure in the table');
+    await page.waitForSelector(`${FAILED}[data-connections="1"][data-failures="1"][data-kind="bad"]`);
+    const failedLabel = (await page.textContent(`${FAILED} [data-testid="traffic-edge-label"]`)).trim();
+    if (!/^1 conn · [\d.]+\/s · 100% err$/.test(failedLabel)) fail(`failure edge label ${JSON.stringify(failedLabel)}`);
+    expect('failure node', (await page.textContent('g[data-testid="traffic-node"][data-cluster="none"] text')).trim(), 'no endpoint');
+    await page.waitForSelector(`tr[data-testid="traffic-row"][data-destination="none"][data-service="${DEAD}"][data-failures="1"]`);
+    // The echo edge stays green: errors are per edge.
+    const kind = await page.getAttribute(EDGE, 'data-failures');
+    expect('failures of the echo edge', kind, '0');
+  }
+
   if (SHOTS) await page.screenshot({ path: join(SHOTS, 'traffic.png'), fullPage: true });
 
   log('per service: the selector keeps only that service\'s flows');
   await page.selectOption('#traffic-service', ECHO);
   await page.waitForSelector(EDGE);
+  if (deadVip) await page.waitForSelector(FAILED, { state: 'detached' });
   await page.selectOption('#traffic-service', GLOBAL);
   await page.waitForSelector(EDGE, { state: 'detached' });
   await page.waitForSelector('#traffic-empty:not([hidden])');

@@ -473,6 +473,7 @@
     let d;
     let lx;
     let ly;
+    let anchor = 'middle';
     // The arrowhead: at (tx, ty), pointing from (fx, fy).
     let head;
     if (e.source === e.destination) {
@@ -498,8 +499,12 @@
       const mx = (a.x + b.x) / 2 + nx * bend;
       const my = (a.y + b.y) / 2 + ny * bend;
       d = `M ${sx.toFixed(1)} ${sy.toFixed(1)} Q ${mx.toFixed(1)} ${my.toFixed(1)} ${ex.toFixed(1)} ${ey.toFixed(1)}`;
-      lx = (sx + 2 * mx + ex) / 4;
-      ly = (sy + 2 * my + ey) / 4 - 6;
+      // The label beside the curve's middle, on the outer side of its bend.
+      lx = (sx + 2 * mx + ex) / 4 + nx * 14;
+      ly = (sy + 2 * my + ey) / 4 + ny * 14 + 4;
+      // ...and growing away from it.
+      if (nx > 0.3) anchor = 'start';
+      else if (nx < -0.3) anchor = 'end';
       head = { fx: mx, fy: my, tx: ex, ty: ey };
     }
     // A triangle drawn in place (no marker to refer to).
@@ -519,7 +524,9 @@
     svg('title', {}, edgeTitle(e)),
     svg('path', { d, 'stroke-width': width.toFixed(1) }),
     svg('polygon', { points: pts, class: 'head' }),
-    svg('text', { x: lx.toFixed(1), y: ly.toFixed(1), 'data-testid': 'traffic-edge-label' }, edgeLabel(e)));
+    svg('text', {
+      x: lx.toFixed(1), y: ly.toFixed(1), 'text-anchor': anchor, 'data-testid': 'traffic-edge-label',
+    }, edgeLabel(e)));
   }
 
   function drawNode(name, p) {

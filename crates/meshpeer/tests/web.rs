@@ -171,19 +171,23 @@ async fn two_clusters() -> (Mesh, SocketAddr, JoinHandle<()>) {
 
 /// A service only cluster2 has, with its backend: cluster1's clients cross.
 const ECHO: &str = "echo.shop.mesh.internal";
+/// A service only cluster2 has, whose only pod refuses connections.
+const DEAD: &str = "dead.shop.mesh.internal";
+
+/// What cluster1's clients can reach in cluster2 when the mesh carries traffic.
+struct Crossing {
+    /// cluster1's VIP:port of [`ECHO`].
+    echo: SocketAddr,
+    /// cluster1's VIP:port of [`DEAD`].
+    dead: SocketAddr,
+    _backend: support::Backend,
+}
 
 /// [`two_clusters`]; with `traffic`, also each cluster's proxy and gateway
-/// (reporting every 300 ms), and `echo.shop` in cluster2 with a backend
-/// answering `cluster2`: returns cluster1's VIP:port for it, and the
-/// backend. The page shows the traffic then.
-async fn mesh_and_page(
-    traffic: bool,
-) -> (
-    Mesh,
-    SocketAddr,
-    JoinHandle<()>,
-    Option<(SocketAddr, support::Backend)>,
-) {
+/// (reporting every 300 ms), `echo.shop` in cluster2 with a backend
+/// answering `cluster2`, and `dead.shop` in cluster2 with no backend. The
+/// page shows the traffic then.
+async fn mesh_and_page(traffic: bool) -> (Mesh, SocketAddr, JoinHandle<()>, Option<Crossing>) {
     let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
     if traffic {
         mesh.report_interval = Some(Duration::from_millis(300));
@@ -239,14 +243,25 @@ async fn mesh_and_page(
                 )
             ),
         );
+        c2.write(
+            "dead.yaml",
+            &service_with(
+                "shop",
+                "dead",
+                &[("solo.io/service-scope", "global")],
+                &[],
+                &[("dead-0", &c2.pod_ip(10), &[])],
+            ),
+        );
         let backend =
             support::Backend::start(format!("{ip}:8080").parse().unwrap(), "cluster2").await;
         c2.wait_caller("cluster1").await;
-        let vip = mesh
-            .cluster("cluster1")
-            .wait_route(ECHO, 8000, &["cluster2"])
-            .await;
-        Some((vip, backend))
+        let c1 = mesh.cluster("cluster1");
+        Some(Crossing {
+            echo: c1.wait_route(ECHO, 8000, &["cluster2"]).await,
+            dead: c1.wait_route(DEAD, 8000, &["cluster2"]).await,
+            _backend: backend,
+        })
     } else {
         None
     };
@@ -590,8 +605,8 @@ async fn o6_g5_problems_list_names_the_object_and_rule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn o6_the_traffic_of_a_cluster_through_the_page_api() {
-    let (mesh, addr, task, echo) = mesh_and_page(true).await;
-    let (vip, _backend) = echo.unwrap();
+    let (mesh, addr, task, crossing) = mesh_and_page(true).await;
+    let vip = crossing.as_ref().unwrap().echo;
     for _ in 0..3 {
         assert_eq!(support::ask(vip).await.unwrap(), "cluster2");
     }
@@ -778,12 +793,13 @@ async fn o6_the_page_in_a_headless_browser() {
         browser_dir.join("node_modules/playwright-core").is_dir(),
         "MESHPEER_BROWSER_TEST=1 but playwright-core is not installed: run `npm ci --prefix tests/browser`"
     );
-    let (mesh, addr, task, echo) = mesh_and_page(true).await;
+    let (mesh, addr, task, crossing) = mesh_and_page(true).await;
     let url = format!("http://{addr}/");
     let folder = mesh.cluster("cluster1").dir.clone();
-    let (vip, _backend) = echo.unwrap();
+    let crossing = crossing.unwrap();
+    let (vip, dead) = (crossing.echo, crossing.dead);
     println!(
-        "page: {url}\ncluster1 folder: {}\n{ECHO} from cluster1: {vip}",
+        "page: {url}\ncluster1 folder: {}\n{ECHO} from cluster1: {vip}\n{DEAD} from cluster1: {dead}",
         folder.display()
     );
 
@@ -792,6 +808,7 @@ async fn o6_the_page_in_a_headless_browser() {
         .arg(&url)
         .arg(&folder)
         .arg(vip.to_string())
+        .arg(dead.to_string())
         .spawn()
         .unwrap_or_else(|e| panic!("MESHPEER_BROWSER_TEST=1 but `node` cannot start: {e}"));
     // The script has its own deadline; the mesh runs while it waits.
