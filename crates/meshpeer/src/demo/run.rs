@@ -423,8 +423,8 @@ impl Demo {
         }
     }
 
-    /// Waits (up to `within`) until every cluster's peers are synced and
-    /// its proxy listens on every VIP of its catalog.
+    /// Waits (up to `within`) until every cluster's peers are synced, its
+    /// proxy listens on every VIP of its catalog and its sample apps run.
     pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         for c in &self.clusters {
@@ -454,6 +454,13 @@ impl Demo {
             tokio::time::timeout(left, ready).await.map_err(|_| {
                 anyhow::anyhow!("{}: the proxy does not listen on every VIP", c.name)
             })?;
+            // The sample apps answer too (they follow the folder on their own).
+            let mut settled = c.backends.settled();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::timeout(left, settled.wait_for(|s| *s))
+                .await
+                .map_err(|_| anyhow::anyhow!("{}: the sample apps did not start", c.name))?
+                .map_err(|_| anyhow::anyhow!("{}: the sample apps stopped", c.name))?;
         }
         Ok(())
     }
