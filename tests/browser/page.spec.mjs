@@ -1,6 +1,6 @@
 // The Global services page in a real headless browser.
 //
-//   node tests/browser/page.spec.mjs URL CLUSTER1_FOLDER
+//   node tests/browser/page.spec.mjs URL CLUSTER1_FOLDER [VIP:PORT DEAD_VIP:PORT]
 //
 // URL: the page of a running two-cluster mesh (cluster1, cluster2) whose
 // clusters both export `in-ambient.httpbin.mesh.internal`; CLUSTER1_FOLDER:
@@ -8,7 +8,13 @@
 // global; the script labels it global, then misspells its scope and adds an
 // unreadable `broken.yaml` to see the Problems view explain why). Started by
 // crates/meshpeer/tests/web.rs with MESHPEER_BROWSER_TEST=1, which sets all
-// of that up.
+// of that up. VIP:PORT: cluster1's VIP of `echo.shop.mesh.internal`, a
+// service only cluster2 has (its backend answers a line, then echoes): the
+// script connects to it, so cluster1's proxy sends the connections to
+// cluster2 through the gateways, and the Traffic view must draw them.
+// DEAD_VIP:PORT: cluster1's VIP of `dead.shop.mesh.internal`, only in
+// cluster2, whose pod refuses connections: a connection there fails, and
+// the view must show it as an error.
 //
 // Drives Debian's chromium (/usr/bin/chromium, or $CHROMIUM) with
 // playwright-core; never downloads a browser. Exits 0 when every check
@@ -18,8 +24,9 @@
 import { chromium } from 'playwright-core';
 import { existsSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 
-const [url, folder] = process.argv.slice(2);
+const [url, folder, vip, deadVip] = process.argv.slice(2);
 const EXECUTABLE = process.env.CHROMIUM || '/usr/bin/chromium';
 // Set to a folder to keep screenshots of the services, peers and problems views.
 const SHOTS = process.env.MESHPEER_BROWSER_SCREENSHOTS;
@@ -31,6 +38,10 @@ const RELABELLED = 'helloworld.sample.mesh.internal';
 const MISSPELT = 'globl';
 const G5 = 'tr[data-testid="problem-row"][data-rule="G5"][data-object="service sample/helloworld"]';
 const BADGE = '#problems-badge';
+const ECHO = 'echo.shop.mesh.internal';
+const DEAD = 'dead.shop.mesh.internal';
+const FAILED = 'g[data-testid="traffic-edge"][data-source="cluster1"][data-destination="none"]';
+const EDGE = 'g[data-testid="traffic-edge"][data-source="cluster1"][data-destination="cluster2"]';
 // A manifest that cannot be read: an F1 error.
 const BROKEN = 'broken.yaml';
 const F1 = `tr[data-testid="problem-row"][data-rule="F1"][data-severity="error"]`;
@@ -113,6 +124,108 @@ function rescope(file, from, to) {
   const tmp = join(folder, '.helloworld.yaml.tmp');
   writeFileSync(tmp, next);
   renameSync(tmp, file);
+}
+
+// One connection to the VIP: the backend's first line, then closed.
+function ask(target) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port });
+    let got = '';
+    socket.setTimeout(10_000, () => socket.destroy(new Error(`${target}: no answer within 10 s`)));
+    socket.on('data', (d) => {
+      got += d.toString();
+      if (got.includes('\n')) socket.end();
+    });
+    socket.on('error', reject);
+    socket.on('close', () => (got.includes('\n') ? resolve(got.trim()) : reject(new Error(`${target} closed: ${JSON.stringify(got)}`))));
+  });
+}
+
+async function askTimes(n) {
+  for (let i = 0; i < n; i += 1) {
+    const who = await ask(vip);
+    if (who !== 'cluster2') fail(`${ECHO} from cluster1 answered by ${JSON.stringify(who)}, not cluster2`);
+  }
+}
+
+// The Traffic view: connections from cluster1's clients to ECHO cross to
+// cluster2; an edge cluster1 -> cluster2 appears with their count, live,
+// with a rate while they keep coming, and follows the service selector.
+async function trafficView(page) {
+  log('the Traffic view of cluster1: the clusters as nodes');
+  await page.selectOption('#cluster-select', 'cluster1');
+  await page.waitForSelector('#cluster-info:has-text("cluster cluster1")');
+  await page.click('#tab-traffic');
+  await page.waitForSelector('#panel-traffic:not([hidden])');
+  if (!page.url().includes('tab=traffic')) fail(`the tab is not in the address: ${page.url()}`);
+  await page.waitForSelector('g[data-testid="traffic-node"][data-cluster="cluster1"]');
+  await page.waitForSelector('g[data-testid="traffic-node"][data-cluster="cluster2"]');
+  if (await page.$(EDGE)) fail('an edge cluster1 -> cluster2 before any request crossed');
+
+  log(`5 connections from cluster1 to ${ECHO} (only in cluster2)`);
+  await askTimes(5);
+  await page.waitForSelector(`${EDGE}[data-connections="5"][data-failures="0"]`);
+  const label = (await page.textContent(`${EDGE} [data-testid="traffic-edge-label"]`)).trim();
+  if (!/^5 conn · [\d.]+\/s · 0% err$/.test(label)) fail(`edge label ${JSON.stringify(label)}`);
+  const row = `tr[data-testid="traffic-row"][data-reporter="proxy"][data-source="cluster1"][data-destination="cluster2"][data-service="${ECHO}"]`;
+  await page.waitForSelector(`${row}[data-connections="5"]`);
+  // SVG drawn in the page itself, nothing fetched to draw it.
+  const inline = await page.$eval('#traffic-graph', (g) => g.namespaceURI === 'http://www.w3.org/2000/svg' && g.querySelectorAll('path').length > 0);
+  if (!inline) fail('the graph is not an inline SVG with paths');
+
+  log('live: requests that keep coming show a rate, without a reload');
+  let sending = true;
+  const background = (async () => {
+    while (sending) await askTimes(1);
+  })();
+  try {
+    await page.waitForFunction((sel) => {
+      const g = document.querySelector(sel);
+      return g && Number(g.dataset.rate) > 0 && Number(g.dataset.connections) > 5 && g.dataset.kind === 'ok';
+    }, EDGE);
+  } finally {
+    sending = false;
+    await background;
+  }
+  if (!(await page.evaluate(() => window.__sameDocument === true))) fail('the page reloaded to show the traffic');
+
+  if (deadVip) {
+    log(`a connection from cluster1 to ${DEAD}, whose only pod (in cluster2) refuses it`);
+    const closed = await new Promise((resolve) => {
+      const [host, port] = [deadVip.slice(0, deadVip.lastIndexOf(':')), Number(deadVip.slice(deadVip.lastIndexOf(':') + 1))];
+      const socket = connect({ host, port });
+      let got = '';
+      socket.on('data', (d) => {
+        got += d.toString();
+      });
+      socket.on('error', () => {});
+      socket.on('close', () => resolve(got));
+    });
+    if (closed !== '') fail(`${DEAD} answered ${JSON.stringify(closed)}`);
+    log('a red edge to "no endpoint", 100% errors, the failure in the table');
+    await page.waitForSelector(`${FAILED}[data-connections="1"][data-failures="1"][data-kind="bad"]`);
+    const failedLabel = (await page.textContent(`${FAILED} [data-testid="traffic-edge-label"]`)).trim();
+    if (!/^1 conn · [\d.]+\/s · 100% err$/.test(failedLabel)) fail(`failure edge label ${JSON.stringify(failedLabel)}`);
+    expect('failure node', (await page.textContent('g[data-testid="traffic-node"][data-cluster="none"] text')).trim(), 'no endpoint');
+    await page.waitForSelector(`tr[data-testid="traffic-row"][data-destination="none"][data-service="${DEAD}"][data-failures="1"]`);
+    // The echo edge stays green: errors are per edge.
+    const kind = await page.getAttribute(EDGE, 'data-failures');
+    expect('failures of the echo edge', kind, '0');
+  }
+
+  if (SHOTS) await page.screenshot({ path: join(SHOTS, 'traffic.png'), fullPage: true });
+
+  log('per service: the selector keeps only that service\'s flows');
+  await page.selectOption('#traffic-service', ECHO);
+  await page.waitForSelector(EDGE);
+  if (deadVip) await page.waitForSelector(FAILED, { state: 'detached' });
+  await page.selectOption('#traffic-service', GLOBAL);
+  await page.waitForSelector(EDGE, { state: 'detached' });
+  await page.waitForSelector('#traffic-empty:not([hidden])');
+  await page.selectOption('#traffic-service', '');
+  await page.waitForSelector(EDGE);
+  expect('header cells without scope', await page.$$eval('th:not([scope])', (ths) => ths.length), 0);
 }
 
 async function main() {
@@ -302,6 +415,8 @@ async function main() {
     if (!(await page.evaluate(() => window.__sameDocument === true))) {
       fail('the page reloaded to show the fix');
     }
+
+    if (vip) await trafficView(page);
 
     if (problems.length) fail(problems.join('\n  '));
   } finally {

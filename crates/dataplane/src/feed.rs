@@ -233,25 +233,7 @@ async fn get_tls(
     tls: &Arc<rustls::ClientConfig>,
     query: &str,
 ) -> Result<http::Response<Incoming>, String> {
-    let host = address
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .unwrap_or(address);
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host} is not a host name: {e}"))?;
-    let connect = async {
-        let tcp = TcpStream::connect(address)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        tokio_rustls::TlsConnector::from(Arc::clone(tls))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with the controller failed: {}", refusal_reason_io(&e)))
-    };
-    let io = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| format!("no TLS connection within {CONNECT_TIMEOUT:?}"))??;
+    let io = connect_tls(address, tls).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| with_causes(&e))?;
@@ -271,9 +253,36 @@ async fn get_tls(
     refused_unless_ok(resp).await
 }
 
+/// A TLS connection to the controller's cluster listener at `address`
+/// (`HOST:PORT`), presenting what `tls` holds; bounded by 10 s.
+pub(crate) async fn connect_tls(
+    address: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let host = address
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .unwrap_or(address);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host} is not a host name: {e}"))?;
+    let connect = async {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        tokio_rustls::TlsConnector::from(Arc::clone(tls))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with the controller failed: {}", refusal_reason_io(&e)))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no TLS connection within {CONNECT_TIMEOUT:?}"))?
+}
+
 /// The response when it is a success; else an error with the status and
 /// the controller's reason (the body's first KiB).
-async fn refused_unless_ok(
+pub(crate) async fn refused_unless_ok(
     resp: http::Response<Incoming>,
 ) -> Result<http::Response<Incoming>, String> {
     let status = resp.status();

@@ -76,7 +76,8 @@ impl Flows {
     ) -> FlowLabels {
         let me = &state.feed.catalog.cluster.name;
         let known = |c: &str| {
-            if c.is_empty() {
+            // `none` again when a flow's labels are checked by `prune`.
+            if c.is_empty() || c == "none" {
                 "none".to_owned()
             } else if c == me
                 || state.feed.catalog.links.iter().any(|l| l.cluster == c)
@@ -161,6 +162,54 @@ impl Flows {
             }
             keep
         });
+    }
+
+    /// The counts of every flow held now (cumulative since this process
+    /// started, less what [`Flows::prune`] removed), one per flow, sorted:
+    /// what the proxy and the gateway report to their controller
+    /// ([`crate::report`]). `failures` are connections whose outcome is
+    /// not `ok`.
+    pub fn snapshot(&self) -> Vec<crate::report::FlowCount> {
+        let created: Vec<(FlowLabels, String)> = match self.created.lock() {
+            Ok(c) => c.iter().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut by_flow: std::collections::BTreeMap<FlowLabels, crate::report::FlowCount> =
+            std::collections::BTreeMap::new();
+        for (flow, outcome) in created {
+            let n = self
+                .connections
+                .get(&FlowOutcomeLabels {
+                    flow: flow.clone(),
+                    outcome: outcome.clone(),
+                })
+                .map_or(0, |c| c.get());
+            let count = by_flow
+                .entry(flow.clone())
+                .or_insert_with(|| crate::report::FlowCount {
+                    source_cluster: flow.source_cluster.clone(),
+                    destination_cluster: flow.destination_cluster.clone(),
+                    service: flow.service.clone(),
+                    ..Default::default()
+                });
+            count.connections += n;
+            if outcome != "ok" {
+                count.failures += n;
+            }
+        }
+        for (flow, count) in &mut by_flow {
+            let bytes = |way: &str| {
+                self.bytes
+                    .get(&FlowByteLabels {
+                        flow: flow.clone(),
+                        way: way.to_owned(),
+                    })
+                    .map_or(0, |c| c.get())
+            };
+            count.bytes_sent = bytes(WAYS[0]);
+            count.bytes_received = bytes(WAYS[1]);
+        }
+        by_flow.into_values().collect()
     }
 
     /// Series of connections held (for tests and the bound).
@@ -308,12 +357,16 @@ mod tests {
         assert_eq!(odd.service, "unknown");
         assert_eq!(odd.destination_cluster, "unlinked");
         flows.connection(&v1, &odd, "failed");
-        assert_eq!(flows.series(), 5);
+        // A connection no destination took: its cluster is `none`.
+        let failed = Flows::labels(&v1, "proxy", "cluster1", "", "web.shop.mesh.internal");
+        assert_eq!(failed.destination_cluster, "none");
+        flows.connection(&v1, &failed, "failed");
+        assert_eq!(flows.series(), 6);
 
         // `cart` leaves the catalog: its series go, the others stay.
         let v2 = state(2, &["web"]);
         flows.prune(&v2);
-        assert_eq!(flows.series(), 3);
+        assert_eq!(flows.series(), 4, "failures with no destination stay too");
         let cart = Flows::labels(
             &v1,
             "proxy",
@@ -329,6 +382,56 @@ mod tests {
         assert!(text.contains("web.shop.mesh.internal"), "{text}");
         // Pruned once per version.
         flows.prune(&v2);
-        assert_eq!(flows.series(), 3);
+        assert_eq!(flows.series(), 4);
+    }
+
+    #[test]
+    fn a_snapshot_sums_outcomes_per_flow_failures_apart() {
+        let flows = Flows::default();
+        let v1 = state(1, &["web"]);
+        let host = "web.shop.mesh.internal";
+        let flow = Flows::labels(&v1, "proxy", "cluster1", "cluster2", host);
+        for outcome in ["ok", "ok", "ok", "reset"] {
+            flows.connection(&v1, &flow, outcome);
+        }
+        let (sent, received) = flows.byte_counters(&flow);
+        sent.inc_by(40);
+        received.inc_by(400);
+        let failed = Flows::labels(&v1, "proxy", "cluster1", "", host);
+        flows.connection(&v1, &failed, "failed");
+        let snap = flows.snapshot();
+        assert_eq!(
+            snap,
+            [
+                crate::report::FlowCount {
+                    source_cluster: "cluster1".into(),
+                    destination_cluster: "cluster2".into(),
+                    service: host.into(),
+                    connections: 4,
+                    failures: 1,
+                    bytes_sent: 40,
+                    bytes_received: 400,
+                },
+                crate::report::FlowCount {
+                    source_cluster: "cluster1".into(),
+                    destination_cluster: "none".into(),
+                    service: host.into(),
+                    connections: 1,
+                    failures: 1,
+                    bytes_sent: 0,
+                    bytes_received: 0,
+                },
+            ]
+        );
+        // Reading does not create byte series for the failed flow.
+        assert!(
+            flows
+                .bytes
+                .get(&FlowByteLabels {
+                    flow: failed,
+                    way: "sent".into()
+                })
+                .is_none()
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! - [`pick`]: destinations for a connection, tier by tier, with passive health (T2-T6).
 //! - [`proxy`]: VIP listeners and connections to picked destinations (D2, D4).
 //! - [`gateway`]: what the east-west gateway lets callers reach (D3).
+//! - [`report`]: flow counts sent to the controller (issue 16).
 
 pub mod dns;
 pub mod endpoint_policy;
@@ -19,4 +20,5 @@ pub mod hbone;
 pub mod metrics;
 pub mod pick;
 pub mod proxy;
+pub mod report;
 pub mod state;

@@ -1,6 +1,8 @@
 // The "Global services" page: reads the JSON API of the server that sent it
 // (see /assets/API.md), redraws on every view change announced on
 // /api/v1/events, and polls every 2 s when the event stream is unavailable.
+// The Traffic view draws the reported flows (/api/v1/traffic) as an inline
+// SVG graph, polled every 2 s while it is shown.
 // No framework and no build step: plain DOM, text set with textContent only.
 'use strict';
 
@@ -9,7 +11,10 @@
   // How often "connected 5m ago" is redrawn between changes.
   const AGES_MS = 10000;
   const RECONNECT_MS = 5000;
-  const TABS = ['services', 'peers', 'problems'];
+  const TABS = ['services', 'peers', 'traffic', 'problems'];
+  // Error rates from which an edge is amber, then red.
+  const ERROR_WARN = 0.01;
+  const ERROR_BAD = 0.1;
   // Errors first: the order of the table and of /api/v1/diagnostics.
   const SEVERITY_RANK = { error: 0, warning: 1, info: 2 };
   const SEVERITY_BADGE = { error: 'bad', warning: 'warn', info: 'info' };
@@ -22,6 +27,10 @@
     services: null,
     peers: null,
     diagnostics: null,
+    traffic: null,
+    trafficService: '',
+    trafficAt: null,
+    trafficInFlight: false,
     expanded: new Set(),
     filter: '',
     mode: 'connecting',
@@ -335,6 +344,275 @@
     return showProblemsBadge(list);
   }
 
+  // ---- traffic ----
+
+  // svg('path', {d: ...}, child, ...): an SVG element; text as text nodes.
+  function svg(tag, attrs, ...children) {
+    // The namespace of the page's own <svg> (the HTML parser gives it).
+    const node = document.createElementNS($('traffic-graph').namespaceURI, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      node.setAttribute(k, String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined) continue;
+      node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return node;
+  }
+
+  function fmtRate(x) {
+    if (!x) return '0';
+    if (x >= 10) return x.toFixed(0);
+    if (x >= 1) return x.toFixed(1);
+    return x.toFixed(2);
+  }
+
+  const fmtPercent = (x) => `${x >= 0.1 || x === 0 ? (x * 100).toFixed(0) : (x * 100).toFixed(1)}%`;
+
+  function fmtBytes(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let i = 0;
+    let v = n;
+    while (v >= 1024 && i < units.length - 1) {
+      v /= 1024;
+      i += 1;
+    }
+    return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
+  }
+
+  const clusterLabel = (c) => ({ none: 'no endpoint', unlinked: 'unlinked' }[c] || c);
+
+  // The flows shown: the selected service's, or all.
+  function shownFlows() {
+    const flows = (state.traffic && state.traffic.flows) || [];
+    return state.trafficService ? flows.filter((f) => f.service === state.trafficService) : flows;
+  }
+
+  // One edge per (source, destination): flows of every service (or the one
+  // selected) summed; where the proxy and the gateway both saw a flow, the
+  // proxy's count is the caller's and is kept.
+  function edgesOf(flows) {
+    const seen = new Map();
+    for (const f of flows) {
+      const key = `${f.sourceCluster}\u0000${f.destinationCluster}\u0000${f.service}`;
+      const had = seen.get(key);
+      if (!had || (had.reporter === 'gateway' && f.reporter === 'proxy')) seen.set(key, f);
+    }
+    const edges = new Map();
+    for (const f of seen.values()) {
+      const key = `${f.sourceCluster}\u0000${f.destinationCluster}`;
+      const e = edges.get(key) || {
+        source: f.sourceCluster, destination: f.destinationCluster, services: new Set(),
+        connections: 0, failures: 0, cps: 0, fps: 0, bps: 0,
+      };
+      e.services.add(f.service);
+      e.connections += f.connections;
+      e.failures += f.failures;
+      e.cps += f.connectionsPerSecond;
+      e.fps += f.failuresPerSecond;
+      e.bps += f.bytesSentPerSecond + f.bytesReceivedPerSecond;
+      edges.set(key, e);
+    }
+    for (const e of edges.values()) {
+      e.errorRate = e.cps > 0 ? Math.min(1, e.fps / e.cps) : (e.connections ? e.failures / e.connections : 0);
+    }
+    return Array.from(edges.values());
+  }
+
+  function edgeKind(e) {
+    if (e.errorRate >= ERROR_BAD) return 'bad';
+    if (e.errorRate >= ERROR_WARN) return 'warn';
+    return e.cps > 0 ? 'ok' : 'idle';
+  }
+
+  // Nodes: this cluster first (on the left), its peers, then any other
+  // cluster a flow names; evenly on a circle.
+  function layout(edges) {
+    const names = [state.cluster];
+    const add = (n) => {
+      if (n && !names.includes(n)) names.push(n);
+    };
+    for (const p of (state.peers && state.peers.peers) || []) add(p.cluster);
+    for (const e of edges) {
+      add(e.source);
+      add(e.destination);
+    }
+    // Two clusters side by side need less height than a ring of them.
+    const height = names.length <= 2 ? 300 : 440;
+    const [cx, cy, r] = [360, names.length <= 2 ? 170 : 225, 150];
+    const pos = new Map();
+    names.forEach((n, i) => {
+      if (names.length === 1) {
+        pos.set(n, { x: cx, y: cy });
+        return;
+      }
+      const a = Math.PI + (2 * Math.PI * i) / names.length;
+      pos.set(n, { x: cx + (names.length === 2 ? 1.4 : 1) * r * Math.cos(a), y: cy + r * Math.sin(a) });
+    });
+    return { pos, height };
+  }
+
+  const NODE_R = 42;
+
+  function edgeLabel(e) {
+    return `${e.connections} conn · ${fmtRate(e.cps)}/s · ${fmtPercent(e.errorRate)} err`;
+  }
+
+  function edgeTitle(e) {
+    return `${clusterLabel(e.source)} → ${clusterLabel(e.destination)}: ${e.connections} connections, ` +
+      `${e.failures} failed; now ${fmtRate(e.cps)}/s, ${fmtPercent(e.errorRate)} errors, ` +
+      `${fmtBytes(Math.round(e.bps))}/s; services: ${Array.from(e.services).join(', ')}`;
+  }
+
+  function drawEdge(e, pos) {
+    const a = pos.get(e.source);
+    const b = pos.get(e.destination);
+    const kind = edgeKind(e);
+    const width = 1.5 + Math.min(6, Math.log2(1 + e.cps));
+    let d;
+    let lx;
+    let ly;
+    let anchor = 'middle';
+    // The arrowhead: at (tx, ty), pointing from (fx, fy).
+    let head;
+    if (e.source === e.destination) {
+      // A loop above the node: this cluster's clients served at home.
+      const x = a.x;
+      const y = a.y - NODE_R;
+      d = `M ${x - 14} ${y + 4} C ${x - 60} ${y - 80}, ${x + 60} ${y - 80}, ${x + 14} ${y + 4}`;
+      lx = x;
+      ly = y - 66;
+      head = { fx: x + 60, fy: y - 80, tx: x + 14, ty: y + 4 };
+    } else {
+      // A curve bent to its left, so that A→B and B→A do not overlap.
+      const dx = b.x - a.x;
+      const dy = b.y - a.y;
+      const len = Math.hypot(dx, dy) || 1;
+      const [ux, uy] = [dx / len, dy / len];
+      const [nx, ny] = [uy, -ux];
+      const bend = 36;
+      const sx = a.x + ux * NODE_R + nx * 10;
+      const sy = a.y + uy * NODE_R + ny * 10;
+      const ex = b.x - ux * (NODE_R + 4) + nx * 10;
+      const ey = b.y - uy * (NODE_R + 4) + ny * 10;
+      const mx = (a.x + b.x) / 2 + nx * bend;
+      const my = (a.y + b.y) / 2 + ny * bend;
+      d = `M ${sx.toFixed(1)} ${sy.toFixed(1)} Q ${mx.toFixed(1)} ${my.toFixed(1)} ${ex.toFixed(1)} ${ey.toFixed(1)}`;
+      // The label beside the curve's middle, on the outer side of its bend.
+      lx = (sx + 2 * mx + ex) / 4 + nx * 14;
+      ly = (sy + 2 * my + ey) / 4 + ny * 14 + 4;
+      // ...and growing away from it.
+      if (nx > 0.3) anchor = 'start';
+      else if (nx < -0.3) anchor = 'end';
+      head = { fx: mx, fy: my, tx: ex, ty: ey };
+    }
+    // A triangle drawn in place (no marker to refer to).
+    const hl = Math.hypot(head.tx - head.fx, head.ty - head.fy) || 1;
+    const [hx, hy] = [(head.tx - head.fx) / hl, (head.ty - head.fy) / hl];
+    const size = 8 + width;
+    const pts = [
+      [head.tx, head.ty],
+      [head.tx - hx * size - hy * size * 0.55, head.ty - hy * size + hx * size * 0.55],
+      [head.tx - hx * size + hy * size * 0.55, head.ty - hy * size - hx * size * 0.55],
+    ].map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ');
+    return svg('g', {
+      class: `edge ${kind}`, 'data-testid': 'traffic-edge', 'data-source': e.source, 'data-destination': e.destination,
+      'data-connections': e.connections, 'data-failures': e.failures, 'data-rate': e.cps.toFixed(3),
+      'data-error-rate': e.errorRate.toFixed(4), 'data-kind': kind,
+    },
+    svg('title', {}, edgeTitle(e)),
+    svg('path', { d, 'stroke-width': width.toFixed(1) }),
+    svg('polygon', { points: pts, class: 'head' }),
+    svg('text', {
+      x: lx.toFixed(1), y: ly.toFixed(1), 'text-anchor': anchor, 'data-testid': 'traffic-edge-label',
+    }, edgeLabel(e)));
+  }
+
+  function drawNode(name, p) {
+    const kind = name === state.cluster ? 'self' : (name === 'none' || name === 'unlinked' ? name : 'peer');
+    return svg('g', { class: `node ${kind}`, 'data-testid': 'traffic-node', 'data-cluster': name },
+      svg('title', {}, name === state.cluster ? `${name} (this cluster)` : clusterLabel(name)),
+      svg('circle', { cx: p.x.toFixed(1), cy: p.y.toFixed(1), r: NODE_R }),
+      svg('text', { x: p.x.toFixed(1), y: (p.y + 5).toFixed(1) }, clusterLabel(name)));
+  }
+
+  function drawGraph(edges) {
+    const { pos, height } = layout(edges);
+    const graph = $('traffic-graph');
+    graph.setAttribute('viewBox', `0 0 720 ${height}`);
+    const parts = edges.map((e) => drawEdge(e, pos));
+    for (const [name, p] of pos) parts.push(drawNode(name, p));
+    if (!edges.length) {
+      parts.push(svg('text', { x: 360, y: height - 20, class: 'empty-graph' },
+        state.trafficService ? `no traffic reported for ${state.trafficService}` : 'no traffic reported yet'));
+    }
+    graph.replaceChildren(...parts);
+  }
+
+  function trafficRow(f) {
+    return el('tr', {
+      'data-testid': 'traffic-row', 'data-source': f.sourceCluster, 'data-destination': f.destinationCluster,
+      'data-service': f.service, 'data-reporter': f.reporter, 'data-connections': f.connections, 'data-failures': f.failures,
+    },
+    el('td', { 'data-col': 'source' }, clusterLabel(f.sourceCluster)),
+    el('td', { 'data-col': 'destination' }, clusterLabel(f.destinationCluster)),
+    el('th', { scope: 'row', class: 'mono', 'data-col': 'service' }, f.service),
+    el('td', { 'data-col': 'reporter' }, f.reporter === 'proxy' ? 'proxy (outbound)' : 'gateway (inbound)'),
+    el('td', { 'data-col': 'connections' }, String(f.connections)),
+    el('td', { 'data-col': 'failures' }, f.failures ? badge(String(f.failures), 'bad') : '0'),
+    el('td', { 'data-col': 'rate' }, `${fmtRate(f.connectionsPerSecond)}/s`),
+    el('td', { 'data-col': 'error-rate' }, fmtPercent(f.errorRate)),
+    el('td', { 'data-col': 'bytes' }, `${fmtBytes(f.bytesSent)} / ${fmtBytes(f.bytesReceived)}`));
+  }
+
+  function showServiceChoice() {
+    const select = $('traffic-service');
+    const names = new Set();
+    for (const s of (state.services && state.services.services) || []) names.add(s.hostname);
+    for (const f of (state.traffic && state.traffic.flows) || []) names.add(f.service);
+    const sorted = Array.from(names).sort();
+    const have = Array.from(select.options).slice(1).map((o) => o.value);
+    if (sorted.join('\n') !== have.join('\n')) {
+      select.replaceChildren(el('option', { value: '' }, 'All global services'),
+        ...sorted.map((n) => el('option', { value: n }, n)));
+    }
+    if (state.trafficService && !names.has(state.trafficService)) state.trafficService = '';
+    select.value = state.trafficService;
+  }
+
+  function renderTraffic() {
+    showServiceChoice();
+    const flows = shownFlows();
+    drawGraph(edgesOf(flows));
+    $('traffic-body').replaceChildren(...flows.map(trafficRow));
+    const all = ((state.traffic && state.traffic.flows) || []).length;
+    $('traffic-count').textContent = flows.length === all ? `(${all})` : `(${flows.length} of ${all})`;
+    $('traffic-empty').hidden = flows.length !== 0;
+    const t = state.traffic;
+    const reporters = (t && t.reporters) || [];
+    $('traffic-updated').textContent = state.trafficAt
+      ? `updated ${clock(state.trafficAt)} · ${plural(reporters.length, 'reporter')} · every 2 s`
+      : '';
+  }
+
+  async function loadTraffic() {
+    if (!state.cluster || state.trafficInFlight) return;
+    state.trafficInFlight = true;
+    try {
+      const t = await getJSON(`/api/v1/traffic?cluster=${encodeURIComponent(state.cluster)}`);
+      if (t.cluster === state.cluster || !t.cluster) {
+        state.traffic = t;
+        state.trafficAt = new Date();
+        renderTraffic();
+      }
+    } catch (e) {
+      showError(`Cannot load the traffic: ${e.message}`);
+    } finally {
+      state.trafficInFlight = false;
+    }
+  }
+
   // ---- loading ----
 
   // Loads the selected cluster's services, peers and diagnostics; a call
@@ -376,6 +654,7 @@
         showClusters();
         renderServices();
         renderPeers();
+        if (state.tab === 'traffic') renderTraffic();
         showError(null);
         showIndicator();
       } while (state.again);
@@ -467,6 +746,10 @@
       if (on && focus) button.focus();
     }
     writeHash();
+    if (tab === 'traffic') {
+      renderTraffic();
+      loadTraffic();
+    }
   }
 
   function wire() {
@@ -491,8 +774,15 @@
       state.cluster = e.target.value;
       state.version = 0;
       state.expanded.clear();
+      state.traffic = null;
+      state.trafficService = '';
       writeHash();
       refresh();
+      if (state.tab === 'traffic') loadTraffic();
+    });
+    $('traffic-service').addEventListener('change', (e) => {
+      state.trafficService = e.target.value;
+      renderTraffic();
     });
     $('filter').addEventListener('input', (e) => {
       state.filter = e.target.value.trim().toLowerCase();
@@ -524,6 +814,10 @@
     setInterval(() => {
       if (state.tab === 'peers') renderPeers();
     }, AGES_MS);
+    // Traffic changes without a view change: poll it while it is shown.
+    setInterval(() => {
+      if (state.tab === 'traffic') loadTraffic();
+    }, POLL_MS);
   }
 
   start();

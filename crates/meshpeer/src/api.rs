@@ -6,6 +6,8 @@
 //! | `GET /v1/status` | [`Status`] as JSON: peers, served peers, counts, diagnostics; plus `dataPlane`: the processes following the catalog ([`StatusDoc`]) |
 //! | `GET /v1/catalog` | `{"version": N, "catalog": GlobalCatalog, "callers": [...]}` (the data plane's feed) |
 //! | `GET /v1/catalog/watch` | the same, one JSON document per line (NDJSON), first the current one, then one per change; for the data plane, which says who it is in the query (`?role=proxy&name=...&health=ADDR`, see [`meshpeer_dataplane::feed::Follower`]) |
+//! | `GET /v1/traffic` | [`TrafficDoc`]: the flows this cluster's proxies and gateways reported (issue 16): per reporter role, source cluster, destination cluster and global service, connections, failures, bytes both ways, their rates and the error rate |
+//! | `POST /v1/traffic` | a [`meshpeer_dataplane::report::TrafficReport`] from a proxy or gateway on loopback (the cluster listener takes them over mutual TLS from this cluster's proxy and gateway identities only; others get `403`) |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! The catalog feed carries endpoints and the gateway's list of authorised
@@ -25,7 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, FromRef, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, FromRef, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
@@ -43,11 +45,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::WatchStream;
 
+use crate::controller::traffic::{TrafficBook, TrafficDoc};
 use crate::controller::view::{RefusedView, ServedView, Status, View};
 pub use crate::feed_access::{
     DEFAULT_FEED_IDENTITIES, FeedAccess, FeedCaller, FeedGuard, FeedRefusal,
 };
 use meshpeer_dataplane::feed::{CatalogFeed, with_causes};
+use meshpeer_dataplane::report::{MAX_REPORT_BYTES, TrafficReport};
 
 #[derive(Clone)]
 pub(crate) struct ApiState {
@@ -57,6 +61,8 @@ pub(crate) struct ApiState {
     pub(crate) registry: Arc<Registry>,
     /// Who may follow the catalog, and the refusals counted.
     pub(crate) feed_guard: Arc<FeedGuard>,
+    /// What the data plane reports (issue 16).
+    pub(crate) traffic: Arc<TrafficBook>,
 }
 
 /// `GET /v1/status` as served: the controller's [`Status`] and the data
@@ -170,6 +176,12 @@ pub(crate) async fn serve(
         .route("/v1/status", routing::get(status))
         .route("/v1/catalog", routing::get(catalog))
         .route("/v1/catalog/watch", routing::get(watch_catalog))
+        .route(
+            "/v1/traffic",
+            routing::get(traffic)
+                .post(report_traffic)
+                .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .route("/metrics", routing::get(metrics))
         .with_state(Served {
             api: state.clone(),
@@ -329,10 +341,86 @@ pub(crate) fn cluster_feed_router(state: ApiState, followers: Followers) -> Rout
     Router::new()
         .route("/v1/catalog", routing::get(cluster_catalog))
         .route("/v1/catalog/watch", routing::get(cluster_watch_catalog))
+        .route(
+            "/v1/traffic",
+            routing::post(cluster_report_traffic).layer(DefaultBodyLimit::max(MAX_REPORT_BYTES)),
+        )
         .with_state(Served {
             api: state,
             followers,
         })
+}
+
+async fn traffic(State(s): State<ApiState>) -> Response {
+    json::<TrafficDoc>(&s.traffic.doc())
+}
+
+async fn report_traffic(
+    State(s): State<ApiState>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    take_report(&s, &FeedCaller::Api(remote), "loopback", &body)
+}
+
+async fn cluster_report_traffic(
+    State(s): State<ApiState>,
+    Extension(conn): Extension<ConnInfo>,
+    body: Bytes,
+) -> Response {
+    let identity = conn
+        .client_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    take_report(&s, &FeedCaller::Cluster(conn), &identity, &body)
+}
+
+/// A traffic report from `caller`, who proved to be `identity`: only the
+/// callers that may follow the catalog may report (SPEC P8: this
+/// cluster's proxy and gateway identities, or loopback).
+fn take_report(s: &ApiState, caller: &FeedCaller, identity: &str, body: &[u8]) -> Response {
+    if let Err(refusal) = s.feed_guard.check(caller) {
+        let why = match &refusal {
+            FeedRefusal::NotLoopback { remote } => format!(
+                "this API takes traffic reports from loopback callers only, and {remote} is not one; proxies and gateways report over mutual TLS on the controller's cluster listener"
+            ),
+            FeedRefusal::NoClientCertificate => "a traffic report needs a client certificate (the proxy's or the gateway's identity); none was presented".to_owned(),
+            FeedRefusal::OtherTrustDomain { id, trust_domain } => format!(
+                "the client certificate {id} is not of this cluster's trust domain {trust_domain}"
+            ),
+            FeedRefusal::NotAllowed { id, allowed } => {
+                format!("{id} may not report traffic; allowed: {allowed}")
+            }
+        };
+        s.traffic.count_result(refusal.reason());
+        tracing::warn!(reason = refusal.reason(), "traffic report refused: {why}");
+        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
+    let report: TrafficReport = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            s.traffic.count_result("unreadable");
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("not a traffic report: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    match s.traffic.ingest(identity, report) {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(identity, reason = e.reason(), "traffic report refused: {e}");
+            let status = match e {
+                crate::controller::traffic::ReportRefusal::TooManyReporters => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

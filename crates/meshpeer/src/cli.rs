@@ -253,8 +253,9 @@ pub(crate) struct ControllerArgs {
     /// Longest lifetime of the certificates signed for proxies and gateways.
     #[arg(long, default_value = "24h", value_parser = duration)]
     pub(crate) max_cert_lifetime: Duration,
-    /// Who may follow the catalog over mutual TLS, as NAMESPACE/SERVICEACCOUNT
-    /// of this cluster's trust domain (repeat, or separate with commas).
+    /// Who may follow the catalog (and report flow counts) over mutual TLS,
+    /// as NAMESPACE/SERVICEACCOUNT of this cluster's trust domain (repeat,
+    /// or separate with commas).
     #[arg(
         long,
         value_name = "NS/SA",
@@ -429,6 +430,12 @@ pub(crate) struct ControllerConnArgs {
     /// The service account of this process's identity.
     #[arg(long, value_name = "SA")]
     pub(crate) service_account: Option<String>,
+    /// How often the flow counts (connections, failures, bytes per source
+    /// cluster, destination cluster and global service) are sent to the
+    /// controller, over the same mutual TLS as the catalog; once more on
+    /// shutdown. `0s`: never.
+    #[arg(long, default_value = "5s", value_parser = duration, value_name = "DURATION")]
+    pub(crate) report_interval: Duration,
 }
 
 /// `HOST:PORT`, as `--controller` takes it.

@@ -13,6 +13,7 @@ use meshpeer_dataplane::gateway::{GatewayConfig, GatewayHandler};
 use meshpeer_dataplane::hbone::{self, HboneClient, HboneMetrics, PoolConfig};
 use meshpeer_dataplane::metrics::DataplaneMetrics;
 use meshpeer_dataplane::proxy::{Proxy, ProxyConfig};
+use meshpeer_dataplane::report::{ReportConfig, Reporter};
 use meshpeer_dataplane::state::{self, DataplaneState, StateOptions};
 use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, server_config};
 use meshpeer_model::Cidr;
@@ -54,7 +55,10 @@ pub struct ProxyRole {
     pub proxy: Proxy,
     pub dns: DnsServer,
     pub state: watch::Receiver<Arc<DataplaneState>>,
+    /// Its counters, flows included.
+    pub metrics: Arc<DataplaneMetrics>,
     follow: JoinHandle<()>,
+    reporter: Option<Reporter>,
 }
 
 impl ProxyRole {
@@ -73,32 +77,48 @@ impl ProxyRole {
             client_config(Arc::clone(&identity), &root, td, &[ALPN_H2]).map_err(|e| e.to_string())
         });
         let hbone = HboneClient::new(tls, cfg.pool.clone(), HboneMetrics::register(registry));
+        let metrics = DataplaneMetrics::register(registry);
         let proxy = Proxy::start(
             state.clone(),
             hbone,
             cfg.proxy.clone(),
-            DataplaneMetrics::register(registry),
+            Arc::clone(&metrics),
         );
         Ok(ProxyRole {
             proxy,
             dns,
             state,
+            metrics,
             follow,
+            reporter: None,
         })
     }
 
+    /// Reports its flow counts to the controller every `cfg.interval`,
+    /// and once more at [`ProxyRole::shutdown`] (issue 16).
+    pub fn report_to(&mut self, cfg: ReportConfig) {
+        self.reporter = Some(Reporter::start(Arc::clone(&self.metrics), cfg));
+    }
+
+    /// Stops listening, then sends the last report.
     pub async fn shutdown(self) {
         self.follow.abort();
         self.proxy.shutdown();
         self.dns.shutdown().await;
+        if let Some(r) = self.reporter {
+            r.stop().await;
+        }
     }
 }
 
 /// A running east-west gateway.
 pub struct GatewayRole {
     pub addr: SocketAddr,
+    /// Its counters, flows included.
+    pub metrics: Arc<DataplaneMetrics>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    reporter: Option<Reporter>,
 }
 
 impl GatewayRole {
@@ -117,10 +137,11 @@ impl GatewayRole {
         let addr = listener.local_addr()?;
         let tls = server_config(identity, &root, PeerPolicy::AnyTrustDomain, &[ALPN_H2])?;
         let limits = config.listener;
+        let dataplane_metrics = DataplaneMetrics::register(registry);
         let handler = Arc::new(GatewayHandler::new(
             state,
             config,
-            DataplaneMetrics::register(registry),
+            Arc::clone(&dataplane_metrics),
         ));
         let metrics = HboneMetrics::register(registry);
         let (stop, mut stop_rx) = watch::channel(false);
@@ -134,16 +155,28 @@ impl GatewayRole {
         });
         Ok(GatewayRole {
             addr,
+            metrics: dataplane_metrics,
             stop,
             tasks: vec![follow, server],
+            reporter: None,
         })
     }
 
+    /// Reports its flow counts to the controller every `cfg.interval`,
+    /// and once more at [`GatewayRole::shutdown`] (issue 16).
+    pub fn report_to(&mut self, cfg: ReportConfig) {
+        self.reporter = Some(Reporter::start(Arc::clone(&self.metrics), cfg));
+    }
+
+    /// Stops listening, then sends the last report.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for t in self.tasks {
             t.abort();
             let _ = t.await;
+        }
+        if let Some(r) = self.reporter {
+            r.stop().await;
         }
     }
 }

@@ -173,6 +173,12 @@ impl FeedGuard {
         })
     }
 
+    /// Whether `caller` is who may follow the catalog (also who may
+    /// report traffic), not counted.
+    pub(crate) fn check(&self, caller: &FeedCaller) -> Result<(), FeedRefusal> {
+        self.access.check(caller)
+    }
+
     /// `None` when `caller` may follow the catalog; else the `403` to
     /// answer (logged and counted).
     pub(crate) fn refusal(&self, caller: &FeedCaller) -> Option<Response> {

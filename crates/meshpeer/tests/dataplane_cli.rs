@@ -314,11 +314,18 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
     let (gw_token, proxy_token) = (tmp.path().join("gw.token"), tmp.path().join("proxy.token"));
     token(&tokens, "istio-eastwest", "istio-eastwest", &gw_token);
     token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
-    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
+    let (ctl, cluster) = controller(&dir, &cacerts, &tokens);
+    let api = ctl
+        .seen
+        .iter()
+        .find(|v| v["fields"]["message"] == "API listening (status, catalog, metrics)")
+        .map(|v| Proc::field(v, "address"))
+        .expect("the controller logged its API address");
     let mut gw_args = vec!["gateway".to_owned()];
     gw_args.extend(reach(&cluster, &cacerts, &gw_token));
     // The pod is on loopback: allowed explicitly (P5).
     gw_args.extend(["--listen", "127.0.0.1:0", "--allow-endpoints", POD_IP].map(str::to_owned));
+    gw_args.extend(["--report-interval", "200ms"].map(str::to_owned));
     let mut gw = Proc::spawn("gateway", &args(&gw_args));
     let mut proxy_args = vec!["proxy".to_owned()];
     proxy_args.extend(reach(&cluster, &cacerts, &proxy_token));
@@ -330,6 +337,8 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
             "127.0.0.1:0",
             "--allow-endpoints",
             POD_IP,
+            "--report-interval",
+            "200ms",
         ]
         .map(str::to_owned),
     );
@@ -395,6 +404,48 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
         assert!(
             Instant::now() < deadline,
             "no ok outbound connection counted:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Issue 16: the proxy reports the flow to the controller over mutual
+    // TLS, and the controller serves it at /v1/traffic, with both reporters
+    // under the identities their certificates prove.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let answer = http_get(&api, "/v1/traffic");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let doc: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let reported = doc["flows"].as_array().is_some_and(|flows| {
+            flows.iter().any(|f| {
+                f["reporter"] == "proxy"
+                    && f["sourceCluster"] == "c1"
+                    && f["destinationCluster"] == "c1"
+                    && f["service"] == format!("{NAME}.{NS}.mesh.internal")
+                    && f["connections"] == 1
+                    && f["bytesReceived"] == "backend-a\n".len()
+            })
+        });
+        let mut reporters: Vec<String> = doc["reporters"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .map(|r| format!("{} {}", r["role"], r["identity"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        reporters.sort();
+        let both = reporters
+            == [
+                "\"gateway\" \"spiffe://c1/ns/istio-eastwest/sa/istio-eastwest\"",
+                "\"proxy\" \"spiffe://c1/ns/istio-system/sa/meshpeer-proxy\"",
+            ];
+        if reported && both {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller never served the proxy's report:\n{answer}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -299,12 +299,77 @@ fn r1_httpbin_replays_seed_004() {
         "0",
     ]);
     assert!(out.contains("deployment.apps/in-ambient scaled"), "{out}");
-    demo.until(
-        "cluster2 serves",
-        || demo.hostname("cluster1", MESH),
-        |r| r.as_deref() == Ok(C2_POD),
-    );
+    // Every request from cluster1 is one connection through its proxy:
+    // counted where it went (issue 16). 5 stayed home above.
+    let mut went = std::collections::BTreeMap::from([("cluster1", 5u64)]);
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let r = demo.hostname("cluster1", MESH);
+        let to = match r.as_deref() {
+            Ok(C1_POD) => "cluster1",
+            Ok(C2_POD) => "cluster2",
+            _ => "none",
+        };
+        *went.entry(to).or_default() += 1;
+        if to == "cluster2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster2 never served: {r:?}");
+    }
     assert_eq!(five(&demo, "cluster1", MESH), vec![C2_POD; 5]);
+    *went.entry("cluster2").or_default() += 5;
+
+    // The Traffic view's API (the controllers' GET /v1/traffic): cluster1's
+    // proxy counted exactly the requests that crossed, and cluster2's
+    // gateway the same connections, byte for byte.
+    let flow = |cluster: &str, reporter: &str, from: &str, to: &str| {
+        let doc = demo.api(&format!("/api/v1/traffic?cluster={cluster}"));
+        doc["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| {
+                f["reporter"] == reporter
+                    && f["sourceCluster"] == from
+                    && f["destinationCluster"] == to
+                    && f["service"] == MESH
+            })
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (to, n) in &went {
+        demo.until(
+            &format!("cluster1's proxy reports {n} connections to {to}"),
+            || flow("cluster1", "proxy", "cluster1", to)["connections"].as_u64(),
+            |c| *c == Some(*n),
+        );
+    }
+    let crossed = went["cluster2"];
+    demo.until(
+        "cluster2's gateway reports the same connections",
+        || flow("cluster2", "gateway", "cluster1", "cluster2")["connections"].as_u64(),
+        |c| *c == Some(crossed),
+    );
+    // The gateway counts a tunnel's bytes as they pass: a report may come
+    // between its opening and its last byte.
+    demo.until(
+        "both sides count the same bytes",
+        || {
+            let out = flow("cluster1", "proxy", "cluster1", "cluster2");
+            let at = flow("cluster2", "gateway", "cluster1", "cluster2");
+            [
+                &out["failures"],
+                &out["bytesSent"],
+                &out["bytesReceived"],
+                &at["bytesSent"],
+                &at["bytesReceived"],
+            ]
+            .map(|v| v.as_u64().unwrap_or(u64::MAX))
+        },
+        |[failures, sent, received, at_sent, at_received]| {
+            *failures == 0 && *sent > 0 && sent == at_sent && received == at_received
+        },
+    );
     demo.ok(&[
         "scale",
         "--cluster",

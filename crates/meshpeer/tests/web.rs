@@ -19,6 +19,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use meshpeer::controller::traffic::TrafficDoc;
 use meshpeer::controller::{LinkState, View};
 use meshpeer::web::rows::{ClusterList, DiagnosticList, DiagnosticRow, PeerList, ServiceList};
 use meshpeer::web::{self, ErrorDoc, VersionEvent};
@@ -164,7 +165,33 @@ impl Events {
 /// Two linked clusters that both export httpbin/in-ambient; cluster1 also
 /// has sample/helloworld, not global yet. The page serves both clusters.
 async fn two_clusters() -> (Mesh, SocketAddr, JoinHandle<()>) {
+    let (mesh, addr, task, _) = mesh_and_page(false).await;
+    (mesh, addr, task)
+}
+
+/// A service only cluster2 has, with its backend: cluster1's clients cross.
+const ECHO: &str = "echo.shop.mesh.internal";
+/// A service only cluster2 has, whose only pod refuses connections.
+const DEAD: &str = "dead.shop.mesh.internal";
+
+/// What cluster1's clients can reach in cluster2 when the mesh carries traffic.
+struct Crossing {
+    /// cluster1's VIP:port of [`ECHO`].
+    echo: SocketAddr,
+    /// cluster1's VIP:port of [`DEAD`].
+    dead: SocketAddr,
+    _backend: support::Backend,
+}
+
+/// [`two_clusters`]; with `traffic`, also each cluster's proxy and gateway
+/// (reporting every 300 ms), `echo.shop` in cluster2 with a backend
+/// answering `cluster2`, and `dead.shop` in cluster2 with no backend. The
+/// page shows the traffic then.
+async fn mesh_and_page(traffic: bool) -> (Mesh, SocketAddr, JoinHandle<()>, Option<Crossing>) {
     let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    if traffic {
+        mesh.report_interval = Some(Duration::from_millis(300));
+    }
     for c in &mesh.clusters {
         let pod = c.pod_ip(1);
         c.write(
@@ -195,7 +222,49 @@ async fn two_clusters() -> (Mesh, SocketAddr, JoinHandle<()>) {
         ),
     );
     mesh.start().await;
+    if traffic {
+        mesh.start_dataplane().await;
+    }
     mesh.link_all().await;
+    let echo = if traffic {
+        let c2 = mesh.cluster("cluster2");
+        let ip = c2.pod_ip(9);
+        c2.write(
+            "echo.yaml",
+            &format!(
+                "{}---\n{}",
+                namespace("shop", &[]),
+                service_with(
+                    "shop",
+                    "echo",
+                    &[("solo.io/service-scope", "global")],
+                    &[],
+                    &[("echo-0", &ip, &[])],
+                )
+            ),
+        );
+        c2.write(
+            "dead.yaml",
+            &service_with(
+                "shop",
+                "dead",
+                &[("solo.io/service-scope", "global")],
+                &[],
+                &[("dead-0", &c2.pod_ip(10), &[])],
+            ),
+        );
+        let backend =
+            support::Backend::start(format!("{ip}:8080").parse().unwrap(), "cluster2").await;
+        c2.wait_caller("cluster1").await;
+        let c1 = mesh.cluster("cluster1");
+        Some(Crossing {
+            echo: c1.wait_route(ECHO, 8000, &["cluster2"]).await,
+            dead: c1.wait_route(DEAD, 8000, &["cluster2"]).await,
+            _backend: backend,
+        })
+    } else {
+        None
+    };
     for c in &mesh.clusters {
         c.wait("in-ambient from both clusters, peer synced", |v| {
             v.catalog
@@ -206,15 +275,25 @@ async fn two_clusters() -> (Mesh, SocketAddr, JoinHandle<()>) {
         })
         .await;
     }
-    let views = mesh
-        .clusters
-        .iter()
-        .map(|c| (c.name.clone(), c.controller().view()))
-        .collect();
-    let (addr, task) = web::serve("127.0.0.1:0".parse().unwrap(), web::router(views))
+    let router = if traffic {
+        web::router_for(
+            mesh.clusters
+                .iter()
+                .map(|c| web::PageCluster::of(&c.name, c.controller()))
+                .collect(),
+        )
+    } else {
+        web::router(
+            mesh.clusters
+                .iter()
+                .map(|c| (c.name.clone(), c.controller().view()))
+                .collect(),
+        )
+    };
+    let (addr, task) = web::serve("127.0.0.1:0".parse().unwrap(), router)
         .await
         .unwrap();
-    (mesh, addr, task)
+    (mesh, addr, task, echo)
 }
 
 /// A page over views that no controller changes.
@@ -524,6 +603,59 @@ async fn o6_g5_problems_list_names_the_object_and_rule() {
     mesh.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn o6_the_traffic_of_a_cluster_through_the_page_api() {
+    let (mesh, addr, task, crossing) = mesh_and_page(true).await;
+    let vip = crossing.as_ref().unwrap().echo;
+    for _ in 0..3 {
+        assert_eq!(support::ask(vip).await.unwrap(), "cluster2");
+    }
+    // Wait for cluster1's controller to have the proxy's report of them.
+    let book = mesh.cluster("cluster1").controller().traffic();
+    let mut taken = book.subscribe();
+    let crossed = |d: &TrafficDoc| {
+        d.flows.iter().any(|f| {
+            f.reporter == "proxy"
+                && f.source_cluster == "cluster1"
+                && f.destination_cluster == "cluster2"
+                && f.service == ECHO
+                && f.connections == 3
+        })
+    };
+    tokio::time::timeout(WITHIN, async {
+        while !crossed(&book.doc()) {
+            taken.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no report of 3 connections: {:#?}", book.doc()));
+
+    let answer = get(addr, "/api/v1/traffic?cluster=cluster1").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type, "application/json");
+    let doc: TrafficDoc = answer.json();
+    assert_eq!(doc.cluster, "cluster1");
+    assert!(crossed(&doc), "{doc:#?}");
+    let raw: serde_json::Value = answer.json();
+    let f = raw["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["service"] == ECHO && f["reporter"] == "proxy")
+        .unwrap();
+    assert_eq!(f["sourceCluster"], "cluster1");
+    assert_eq!(f["destinationCluster"], "cluster2");
+    assert_eq!(f["failures"], 0);
+    // The page's document is the controller's (GET /v1/traffic).
+    let same: TrafficDoc = get(addr, "/api/v1/traffic").await.json();
+    assert_eq!(same.cluster, "cluster1");
+    // cluster2 sees the same connections at its gateway.
+    let doc: TrafficDoc = get(addr, "/api/v1/traffic?cluster=cluster2").await.json();
+    assert_eq!(doc.cluster, "cluster2");
+    task.abort();
+    mesh.shutdown().await;
+}
+
 #[tokio::test]
 async fn o6_an_unknown_cluster_is_404_with_a_message() {
     let (_views, addr) = fixed_page(&["cluster1", "cluster2"]).await;
@@ -531,6 +663,7 @@ async fn o6_an_unknown_cluster_is_404_with_a_message() {
         "/api/v1/services?cluster=nope",
         "/api/v1/peers?cluster=nope",
         "/api/v1/diagnostics?cluster=nope",
+        "/api/v1/traffic?cluster=nope",
     ] {
         let a = get(addr, path).await;
         assert_eq!(a.status, 404, "{path}");
@@ -660,15 +793,22 @@ async fn o6_the_page_in_a_headless_browser() {
         browser_dir.join("node_modules/playwright-core").is_dir(),
         "MESHPEER_BROWSER_TEST=1 but playwright-core is not installed: run `npm ci --prefix tests/browser`"
     );
-    let (mesh, addr, task) = two_clusters().await;
+    let (mesh, addr, task, crossing) = mesh_and_page(true).await;
     let url = format!("http://{addr}/");
     let folder = mesh.cluster("cluster1").dir.clone();
-    println!("page: {url}\ncluster1 folder: {}", folder.display());
+    let crossing = crossing.unwrap();
+    let (vip, dead) = (crossing.echo, crossing.dead);
+    println!(
+        "page: {url}\ncluster1 folder: {}\n{ECHO} from cluster1: {vip}\n{DEAD} from cluster1: {dead}",
+        folder.display()
+    );
 
     let mut child = std::process::Command::new("node")
         .arg(&script)
         .arg(&url)
         .arg(&folder)
+        .arg(vip.to_string())
+        .arg(dead.to_string())
         .spawn()
         .unwrap_or_else(|e| panic!("MESHPEER_BROWSER_TEST=1 but `node` cannot start: {e}"));
     // The script has its own deadline; the mesh runs while it waits.

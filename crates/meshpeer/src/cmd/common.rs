@@ -258,6 +258,36 @@ pub(crate) fn follower(role: &str, metrics: Option<SocketAddr>) -> feed::Followe
     }
 }
 
+/// Sends the role's flow counts to the controller's cluster listener over
+/// mutual TLS, as the catalog comes, every `--report-interval` (issue 16);
+/// `None` when the interval is 0.
+pub(crate) fn report_config(
+    link: &ControllerLink,
+    identity: &Arc<Identity>,
+    who: &feed::Follower,
+    interval: Duration,
+) -> anyhow::Result<Option<meshpeer_dataplane::report::ReportConfig>> {
+    if interval.is_zero() {
+        return Ok(None);
+    }
+    let resolver: Arc<dyn ResolvesClientCert> = Arc::clone(identity) as Arc<dyn ResolvesClientCert>;
+    let tls = client_config_for(
+        Some(resolver),
+        &link.root,
+        &link.controller_id,
+        &[b"http/1.1"],
+    )?;
+    Ok(Some(meshpeer_dataplane::report::ReportConfig {
+        target: meshpeer_dataplane::report::ReportTarget::Tls {
+            address: link.address.clone(),
+            tls,
+        },
+        role: who.role.clone(),
+        instance: who.name.clone(),
+        interval,
+    }))
+}
+
 /// Follows the controller's catalog over mutual TLS (SPEC P8) and waits for
 /// its first version, or for a signal (then `None`).
 pub(crate) async fn wait_or_stop(

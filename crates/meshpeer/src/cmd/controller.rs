@@ -248,7 +248,10 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     );
     let web = match args.web_listen {
         Some(listen) => {
-            let router = meshpeer::web::router(vec![(cluster.name.clone(), controller.view())]);
+            let router = meshpeer::web::router_for(vec![meshpeer::web::PageCluster::of(
+                &cluster.name,
+                &controller,
+            )]);
             Some(meshpeer::web::serve(listen, router).await?.1)
         }
         None => None,

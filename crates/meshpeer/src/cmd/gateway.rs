@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::common::{
     Signals, Telemetry, check_free, controller_link, follower, init_logging, obtain_identity,
-    runtime, wait_or_stop,
+    report_config, runtime, wait_or_stop,
 };
 use crate::cli::GatewayArgs;
 
@@ -58,7 +58,7 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
     };
     let refresh = refresh_node_addresses(Arc::clone(&config.endpoints), args.node_ip.clone());
     let mut registry = Registry::default();
-    let role = GatewayRole::start(
+    let mut role = GatewayRole::start(
         feed,
         Arc::clone(&identity),
         root,
@@ -67,6 +67,10 @@ async fn run_async(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         &mut registry,
     )
     .await?;
+    let who = follower("gateway", args.metrics);
+    if let Some(report) = report_config(&link, &identity, &who, args.conn.report_interval)? {
+        role.report_to(report);
+    }
     if let Some(t) = &telemetry {
         t.ready(registry);
     }

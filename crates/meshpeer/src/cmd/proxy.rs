@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::common::{
     Signals, Telemetry, check_free, controller_link, follower, init_logging, obtain_identity,
-    runtime, wait_or_stop,
+    report_config, runtime, wait_or_stop,
 };
 use crate::cli::ProxyArgs;
 
@@ -68,7 +68,11 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     cfg.proxy.endpoints = endpoint_policy(args.allow_endpoints.clone(), &args.node_ip);
     let refresh = refresh_node_addresses(Arc::clone(&cfg.proxy.endpoints), args.node_ip.clone());
     let mut registry = Registry::default();
-    let role = ProxyRole::start(feed, Arc::clone(&identity), root, cfg, &mut registry).await?;
+    let mut role = ProxyRole::start(feed, Arc::clone(&identity), root, cfg, &mut registry).await?;
+    let who = follower("proxy", args.metrics);
+    if let Some(report) = report_config(&link, &identity, &who, args.conn.report_interval)? {
+        role.report_to(report);
+    }
 
     // The startup line tells how many VIP:port listeners are up.
     let mut state = role.state.clone();

@@ -9,6 +9,7 @@ mod hold;
 mod metrics;
 mod peers;
 mod sink_task;
+pub mod traffic;
 pub mod view;
 
 use std::collections::BTreeSet;
@@ -119,6 +120,7 @@ pub struct Controller {
     tasks: Vec<JoinHandle<()>>,
     service: PeeringService,
     followers: crate::api::Followers,
+    traffic: Arc<traffic::TrafficBook>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -402,12 +404,14 @@ impl Controller {
 
         // Local API.
         let followers = crate::api::Followers::default();
+        let traffic = traffic::TrafficBook::new(feed.clone(), &mut registry);
         let state = crate::api::ApiState {
             view: view.clone(),
             feed: feed.clone(),
             service: service.clone(),
             registry: Arc::new(registry),
             feed_guard,
+            traffic: Arc::clone(&traffic),
         };
         let api_addr = match api_listen {
             Some(addr) => {
@@ -461,7 +465,14 @@ impl Controller {
             tasks,
             service,
             followers,
+            traffic,
         })
+    }
+
+    /// The flows this cluster's proxies and gateways reported (issue 16):
+    /// `GET /v1/traffic`; a data plane in this process reports here.
+    pub fn traffic(&self) -> Arc<traffic::TrafficBook> {
+        Arc::clone(&self.traffic)
     }
 
     /// Lists a data-plane role running in this process (the demo's) among

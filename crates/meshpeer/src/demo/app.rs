@@ -183,6 +183,8 @@ impl Drop for Apps {
 /// Keeps one app per workload address of a cluster folder.
 pub struct Backends {
     running: watch::Receiver<usize>,
+    /// True once the folder was read and its workloads started.
+    settled: watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
 
@@ -190,6 +192,7 @@ impl Backends {
     /// Follows `dir` (as the controller does) and runs its workloads.
     pub fn start(dir: std::path::PathBuf) -> Backends {
         let (count_tx, running) = watch::channel(0);
+        let (settled_tx, settled) = watch::channel(false);
         let task = tokio::spawn(async move {
             let (tx, mut rx) = mpsc::channel(16);
             let source = Box::new(FileSource::new(dir.clone(), Duration::from_millis(20)));
@@ -209,9 +212,20 @@ impl Backends {
                 }
                 apps.reconcile(workloads(&snap)).await;
                 count_tx.send_replace(apps.apps.len());
+                settled_tx.send_replace(true);
             }
         });
-        Backends { running, task }
+        Backends {
+            running,
+            settled,
+            task,
+        }
+    }
+
+    /// True once the folder was read and its workloads started (what
+    /// could not bind is logged), so the demo is ready for requests.
+    pub fn settled(&self) -> watch::Receiver<bool> {
+        self.settled.clone()
     }
 
     /// How many backends run now; `changed()` waits for the next change.

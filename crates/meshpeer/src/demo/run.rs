@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
 use meshpeer_dataplane::gateway::GatewayConfig;
+use meshpeer_dataplane::report::{ReportConfig, ReportTarget};
 use meshpeer_identity::{ClusterCa, Identity, SpiffeId};
 use meshpeer_model::{ClusterSnapshot, exports, labels};
 use meshpeer_store::file_sink::FileSink;
@@ -140,6 +141,10 @@ impl DemoTokens {
 }
 
 const GATEWAY_ID: (&str, &str) = crate::dataplane::GATEWAY_IDENTITY;
+
+/// How often the demo's proxies and gateways report their flow counts
+/// (the page's Traffic view follows within a second or two).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const PROXY_ID: (&str, &str) = crate::dataplane::PROXY_IDENTITY;
 
 /// A gateway's or proxy's identity, obtained from the controller's signing
@@ -303,16 +308,17 @@ impl Demo {
             step(&format!(
                 "{name}: east-west gateway (HBONE on {gw_ip}:{hbone})"
             ));
-            let gateway = GatewayRole::start(
+            let gateway_id = remote_identity(
+                &ctl_id,
+                cluster_addr,
+                &tokens.gateway,
+                GATEWAY_ID,
+                &mut rotations,
+            )
+            .await?;
+            let mut gateway = GatewayRole::start(
                 controller.feed(),
-                remote_identity(
-                    &ctl_id,
-                    cluster_addr,
-                    &tokens.gateway,
-                    GATEWAY_ID,
-                    &mut rotations,
-                )
-                .await?,
+                Arc::clone(&gateway_id),
                 trust_root.clone(),
                 SocketAddr::new(gw_ip, hbone),
                 GatewayConfig {
@@ -331,21 +337,47 @@ impl Demo {
             pcfg.proxy.endpoints = Arc::clone(&endpoints);
             pcfg.dns.upstreams = system_resolvers();
             pcfg.state.capture_cluster_ips = true;
-            let proxy = ProxyRole::start(
+            let proxy_id = remote_identity(
+                &ctl_id,
+                cluster_addr,
+                &tokens.proxy,
+                PROXY_ID,
+                &mut rotations,
+            )
+            .await?;
+            let mut proxy = ProxyRole::start(
                 controller.feed(),
-                remote_identity(
-                    &ctl_id,
-                    cluster_addr,
-                    &tokens.proxy,
-                    PROXY_ID,
-                    &mut rotations,
-                )
-                .await?,
-                trust_root,
+                Arc::clone(&proxy_id),
+                trust_root.clone(),
                 pcfg,
                 &mut registry,
             )
             .await?;
+            // Flow counts go to the controller as they would across
+            // processes: over mutual TLS to its cluster listener (issue 16).
+            for (role, id) in [("proxy", &proxy_id), ("gateway", &gateway_id)] {
+                let resolver: Arc<dyn rustls::client::ResolvesClientCert> =
+                    Arc::clone(id) as Arc<dyn rustls::client::ResolvesClientCert>;
+                let report = ReportConfig {
+                    target: ReportTarget::Tls {
+                        address: cluster_addr.to_string(),
+                        tls: meshpeer_identity::client_config_for(
+                            Some(resolver),
+                            &trust_root,
+                            ctl_id.spiffe_id(),
+                            &[b"http/1.1"],
+                        )?,
+                    },
+                    role: role.to_owned(),
+                    instance: format!("{role} of {name} in the demo process"),
+                    interval: REPORT_INTERVAL,
+                };
+                if role == "proxy" {
+                    proxy.report_to(report);
+                } else {
+                    gateway.report_to(report);
+                }
+            }
 
             let listed = list_in_process(&controller, &proxy_id_name(&td), &gateway_id_name(&td));
             step(&format!("{name}: sample backends"));
@@ -391,8 +423,8 @@ impl Demo {
         }
     }
 
-    /// Waits (up to `within`) until every cluster's peers are synced and
-    /// its proxy listens on every VIP of its catalog.
+    /// Waits (up to `within`) until every cluster's peers are synced, its
+    /// proxy listens on every VIP of its catalog and its sample apps run.
     pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         for c in &self.clusters {
@@ -422,6 +454,13 @@ impl Demo {
             tokio::time::timeout(left, ready).await.map_err(|_| {
                 anyhow::anyhow!("{}: the proxy does not listen on every VIP", c.name)
             })?;
+            // The sample apps answer too (they follow the folder on their own).
+            let mut settled = c.backends.settled();
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::timeout(left, settled.wait_for(|s| *s))
+                .await
+                .map_err(|_| anyhow::anyhow!("{}: the sample apps did not start", c.name))?
+                .map_err(|_| anyhow::anyhow!("{}: the sample apps stopped", c.name))?;
         }
         Ok(())
     }

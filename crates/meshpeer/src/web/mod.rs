@@ -13,6 +13,7 @@
 //! | `GET /api/v1/services?cluster=NAME` | [`ServiceList`]: one row per global service the cluster sees: hostname, scope, segment, VIP, ports, traffic distribution, takeover, contributing clusters, and per cluster its endpoints (name, address, ready, locality) |
 //! | `GET /api/v1/peers?cluster=NAME` | [`PeerList`]: the peers the cluster links to: state, addresses, connected since, last sync, and the SPEC C5 conditions the controller writes on the remote-peer Gateway |
 //! | `GET /api/v1/diagnostics?cluster=NAME` | [`DiagnosticList`]: why the cluster's input is or is not exported and imported: one row per diagnostic, errors first: SPEC rule, severity, object (`service httpbin/in-ambient`, and its kind, namespace, name), field, message, cluster |
+//! | `GET /api/v1/traffic?cluster=NAME` | [`TrafficDoc`]: the flows the cluster's proxies and gateways reported to its controller (as its `GET /v1/traffic`): per reporter, source cluster, destination cluster and global service, connections, failures, bytes, rates, error rate; no flow when the page has no access to them |
 //! | `GET /api/v1/events` | Server-Sent Events: `data: {"cluster":"NAME","version":N}`, first one per cluster (its current version), then one whenever a cluster's view changes (bursts coalesce: versions may be skipped, the last is always sent) |
 //!
 //! `cluster` may be left out: the first cluster served is used. A cluster
@@ -47,17 +48,54 @@ use tracing::info;
 
 pub use self::rows::{ClusterList, DiagnosticList, PeerList, ServiceList};
 use crate::controller::View;
+use crate::controller::traffic::{TrafficBook, TrafficDoc};
 
 /// Where `meshpeer demo` serves the page.
 pub const DEMO_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 15_000);
 
-/// The clusters a page shows: name -> the controller's view.
-type Views = Arc<Vec<(String, watch::Receiver<Arc<View>>)>>;
+/// One cluster a page shows.
+#[derive(Clone)]
+pub struct PageCluster {
+    pub name: String,
+    /// [`crate::controller::Controller::view`].
+    pub view: watch::Receiver<Arc<View>>,
+    /// [`crate::controller::Controller::traffic`]; `None`: no Traffic
+    /// view (the API answers no flow).
+    pub traffic: Option<Arc<TrafficBook>>,
+}
+
+impl PageCluster {
+    /// The cluster of a running controller, its traffic included.
+    pub fn of(name: &str, controller: &crate::controller::Controller) -> Self {
+        PageCluster {
+            name: name.to_owned(),
+            view: controller.view(),
+            traffic: Some(controller.traffic()),
+        }
+    }
+}
+
+/// The clusters a page shows.
+type Views = Arc<Vec<PageCluster>>;
 
 /// The page and its API for `views` (name, [`crate::controller::Controller::view`]),
-/// shown in the order given.
+/// shown in the order given, without traffic.
 pub fn router(views: Vec<(String, watch::Receiver<Arc<View>>)>) -> Router {
+    router_for(
+        views
+            .into_iter()
+            .map(|(name, view)| PageCluster {
+                name,
+                view,
+                traffic: None,
+            })
+            .collect(),
+    )
+}
+
+/// The page and its API for `clusters`, shown in the order given.
+pub fn router_for(shown: Vec<PageCluster>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/index.html", get(index))
@@ -66,17 +104,18 @@ pub fn router(views: Vec<(String, watch::Receiver<Arc<View>>)>) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/diagnostics", get(diagnostics))
+        .route("/api/v1/traffic", get(traffic))
         .route("/api/v1/events", get(events))
         .fallback(not_found)
-        .with_state(Arc::new(views))
+        .with_state(Arc::new(shown))
 }
 
 /// The page for every cluster of a running demo.
 pub fn demo_router(demo: &crate::demo::run::Demo) -> Router {
-    router(
+    router_for(
         demo.clusters
             .iter()
-            .map(|c| (c.name.clone(), c.controller.view()))
+            .map(|c| PageCluster::of(&c.name, &c.controller))
             .collect(),
     )
 }
@@ -146,25 +185,30 @@ struct ClusterQuery {
     cluster: Option<String>,
 }
 
-/// The named cluster's latest view (the first cluster when none is named).
-fn view_of(views: &Views, q: &ClusterQuery) -> Result<(String, Arc<View>), WebError> {
-    let found = match q.cluster.as_deref().filter(|c| !c.is_empty()) {
-        None => views.first().ok_or(WebError::NoCluster)?,
+/// The named cluster (the first cluster when none is named).
+fn cluster_of<'a>(views: &'a Views, q: &ClusterQuery) -> Result<&'a PageCluster, WebError> {
+    match q.cluster.as_deref().filter(|c| !c.is_empty()) {
+        None => views.first().ok_or(WebError::NoCluster),
         Some(name) => {
             views
                 .iter()
-                .find(|(n, _)| n == name)
+                .find(|c| c.name == name)
                 .ok_or_else(|| WebError::UnknownCluster {
                     name: name.to_owned(),
                     known: views
                         .iter()
-                        .map(|(n, _)| n.as_str())
+                        .map(|c| c.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", "),
-                })?
+                })
         }
-    };
-    Ok((found.0.clone(), found.1.borrow().clone()))
+    }
+}
+
+/// The named cluster's latest view (the first cluster when none is named).
+fn view_of(views: &Views, q: &ClusterQuery) -> Result<(String, Arc<View>), WebError> {
+    let found = cluster_of(views, q)?;
+    Ok((found.name.clone(), found.view.borrow().clone()))
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
@@ -217,7 +261,7 @@ async fn clusters(State(views): State<Views>) -> Response {
     json(&ClusterList {
         clusters: views
             .iter()
-            .map(|(name, rx)| rows::cluster_row(name, &rx.borrow()))
+            .map(|c| rows::cluster_row(&c.name, &c.view.borrow()))
             .collect(),
     })
 }
@@ -246,6 +290,19 @@ async fn diagnostics(State(views): State<Views>, Query(q): Query<ClusterQuery>) 
     of_cluster(&views, &q, rows::diagnostics)
 }
 
+async fn traffic(State(views): State<Views>, Query(q): Query<ClusterQuery>) -> Response {
+    match cluster_of(&views, &q) {
+        Ok(c) => json(&match &c.traffic {
+            Some(book) => book.doc(),
+            None => TrafficDoc {
+                cluster: c.name.clone(),
+                ..TrafficDoc::default()
+            },
+        }),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The data of an event of `/api/v1/events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionEvent {
@@ -255,9 +312,9 @@ pub struct VersionEvent {
 
 /// One event per view change of every cluster, the current versions first.
 fn version_events(views: &Views) -> impl Stream<Item = Result<Event, Infallible>> + use<> {
-    let per_cluster = views.iter().map(|(name, rx)| {
-        let name = name.clone();
-        WatchStream::new(rx.clone()).filter_map(move |v| {
+    let per_cluster = views.iter().map(|c| {
+        let name = c.name.clone();
+        WatchStream::new(c.view.clone()).filter_map(move |v| {
             let event = (v.version > 0)
                 .then(|| {
                     serde_json::to_string(&VersionEvent {

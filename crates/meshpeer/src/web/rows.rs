@@ -348,7 +348,7 @@ fn peer_row(p: &PeerView) -> PeerRow {
 }
 
 /// `2026-11-22T03:12:52Z`; empty for a time jiff cannot hold.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     Timestamp::try_from(t)
         .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()

@@ -17,6 +17,7 @@ use meshpeer_dataplane::endpoint_policy::EndpointPolicy;
 use meshpeer_dataplane::feed::CatalogFeed;
 use meshpeer_dataplane::gateway::GatewayConfig;
 use meshpeer_dataplane::proxy::ProxyConfig;
+use meshpeer_dataplane::report::{ReportConfig, ReportTarget};
 use meshpeer_dataplane::state::DataplaneState;
 use meshpeer_identity::{Identity, RootCa, SpiffeId};
 use meshpeer_store::file_sink::FileSink;
@@ -287,6 +288,10 @@ pub(crate) struct Mesh {
     pub(crate) max_attempts: usize,
     /// The controllers' `--grace` (5 s unless a test sets it).
     pub(crate) grace: Duration,
+    /// When set, proxies and gateways report their flow counts this often
+    /// to their controller (over its plain API when following it there,
+    /// else in process).
+    pub(crate) report_interval: Option<Duration>,
 }
 
 pub(crate) fn namespace(name: &str, labels: &[(&str, &str)]) -> String {
@@ -398,6 +403,7 @@ impl Mesh {
             relays: BTreeMap::new(),
             max_attempts: ProxyConfig::default().max_attempts,
             grace: Duration::from_secs(5),
+            report_interval: None,
         }
     }
 
@@ -552,6 +558,31 @@ impl Mesh {
                     .await
                     .unwrap(),
             );
+            if let Some(interval) = self.report_interval {
+                for role in ["proxy", "gateway"] {
+                    let target = if c.follow_api {
+                        let api = c.controller().api_addr.expect("the controller's API is on");
+                        ReportTarget::Plain(api.to_string())
+                    } else {
+                        let book = c.controller().traffic();
+                        let who = format!("{role} of {} in the test process", c.name);
+                        ReportTarget::InProcess(Arc::new(move |r| {
+                            book.ingest(&who, r).map_err(|e| e.to_string())
+                        }))
+                    };
+                    let cfg = ReportConfig {
+                        target,
+                        role: role.to_owned(),
+                        instance: format!("{role} of {}", c.name),
+                        interval,
+                    };
+                    if role == "proxy" {
+                        c.proxy.as_mut().unwrap().report_to(cfg);
+                    } else {
+                        c.gateway.as_mut().unwrap().report_to(cfg);
+                    }
+                }
+            }
         }
     }
 
