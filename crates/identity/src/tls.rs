@@ -80,6 +80,35 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// [`client_config`] for a server that must also speak for `cluster`: its
+/// chain's cluster binding (on the intermediate the root signed, SPEC P6)
+/// must be `cluster` ([`crate::Refusal::WrongCluster`]); a chain bound to
+/// no cluster passes unless `require_binding`
+/// ([`crate::Refusal::NoClusterBinding`]), which a client sets when the
+/// trust domain is shared by several clusters, so that another cluster of
+/// it cannot answer in the expected one's place.
+pub fn client_config_for_cluster(
+    identity: Arc<Identity>,
+    root: &TrustRoot,
+    expected_trust_domain: &str,
+    cluster: &str,
+    require_binding: bool,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let policy = PeerPolicy::TrustDomains([expected_trust_domain.to_owned()].into());
+    let verifier = PeerVerifier::new(root, policy).of_cluster(cluster, require_binding);
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(verifier))
+    .with_client_cert_resolver(identity);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
 /// A server config for listeners where a client certificate is optional
 /// (the controller's cluster listener, SPEC P7/P8): TLS 1.3, aws-lc-rs,
 /// presents `identity`'s current leaf, offers `alpn` in order.
