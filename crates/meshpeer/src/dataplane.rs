@@ -116,6 +116,7 @@ impl GatewayRole {
             .with_context(|| format!("cannot listen for HBONE on {listen}"))?;
         let addr = listener.local_addr()?;
         let tls = server_config(identity, &root, PeerPolicy::AnyTrustDomain, &[ALPN_H2])?;
+        let trust_root = root.clone();
         let limits = config.listener;
         let handler = Arc::new(GatewayHandler::new(
             state,
@@ -128,7 +129,9 @@ impl GatewayRole {
             let signal = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = hbone::serve(listener, tls, handler, metrics, limits, signal).await {
+            if let Err(e) =
+                hbone::serve(listener, tls, trust_root, handler, metrics, limits, signal).await
+            {
                 tracing::error!(error = %e, "gateway stopped");
             }
         });
