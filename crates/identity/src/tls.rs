@@ -116,15 +116,25 @@ pub fn client_config_for_cluster(
 /// A client that presents a certificate is verified in full (chain to
 /// `root`, one SPIFFE URI, P6 bindings; any trust domain, so that the
 /// application can refuse it with a reason); one that presents none is
-/// let in, and the application decides what it may do. Session resumption
-/// is off.
+/// let in, and the application decides what it may do. When `identity`'s
+/// CA is bound to a cluster, a client certificate of `identity`'s trust
+/// domain must also be bound to that cluster ([`crate::Refusal::WrongCluster`],
+/// [`crate::Refusal::NoClusterBinding`]): where clusters share a trust
+/// domain, another cluster's workload may not renew here or follow this
+/// cluster's catalog. Session resumption is off.
 pub fn server_config_optional_client(
     identity: Arc<Identity>,
     root: &TrustRoot,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier =
+    let mut verifier =
         PeerVerifier::new(root, PeerPolicy::AnyTrustDomain).client_certificate_optional();
+    // The listener of a cluster whose CA is bound to it (SPEC P6): a client
+    // certificate of its trust domain must come from this cluster's
+    // intermediate, not from another cluster sharing the trust domain.
+    if let Some(cluster) = identity.cluster_ca().and_then(|ca| ca.cluster_binding()) {
+        verifier = verifier.within_cluster(identity.spiffe_id().trust_domain(), cluster);
+    }
     let mut config = ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

@@ -241,6 +241,10 @@ pub(crate) struct PeerVerifier {
     /// any; `Some((cluster, required))`: a chain bound to another cluster is
     /// refused, and so is one bound to none when `required`.
     cluster: Option<(String, bool)>,
+    /// `(trust domain, cluster)`: a peer of that trust domain must be of
+    /// that cluster (its chain bound to it), e.g. clients of a cluster's
+    /// own listener where other clusters share its trust domain.
+    own_cluster: Option<(String, String)>,
     /// Server side: whether a client must present a certificate.
     client_auth_mandatory: bool,
     root_subjects: Vec<DistinguishedName>,
@@ -258,6 +262,7 @@ impl PeerVerifier {
             },
             identities: None,
             cluster: None,
+            own_cluster: None,
             client_auth_mandatory: true,
             root_subjects,
             algorithms: algorithms(),
@@ -274,6 +279,13 @@ impl PeerVerifier {
     /// cluster unless `required`).
     pub(crate) fn of_cluster(mut self, cluster: &str, required: bool) -> Self {
         self.cluster = Some((cluster.to_owned(), required));
+        self
+    }
+
+    /// Peers of `trust_domain` must have chains bound to `cluster`; peers
+    /// of other trust domains are not checked here.
+    pub(crate) fn within_cluster(mut self, trust_domain: &str, cluster: &str) -> Self {
+        self.own_cluster = Some((trust_domain.to_owned(), cluster.to_owned()));
         self
     }
 
@@ -351,6 +363,22 @@ impl PeerVerifier {
                     return Err(refuse(Refusal::NoClusterBinding { id: id.to_string() }));
                 }
                 _ => {}
+            }
+        }
+        if let Some((td, cluster)) = &self.own_cluster
+            && id.trust_domain() == td
+        {
+            match &bound {
+                Some(got) if got == cluster => {}
+                Some(got) => {
+                    return Err(refuse(Refusal::WrongCluster {
+                        expected: cluster.clone(),
+                        got: got.clone(),
+                    }));
+                }
+                None => {
+                    return Err(refuse(Refusal::NoClusterBinding { id: id.to_string() }));
+                }
             }
         }
         if let Some(allowed) = &self.identities

@@ -346,6 +346,69 @@ async fn p8_feed_refuses_a_client_without_a_certificate_or_of_another_trust_doma
     c.controller.shutdown().await;
 }
 
+/// SPEC P6, P8 where clusters share a trust domain: a proxy of another
+/// cluster of c1's trust domain (its intermediate bound to c9 by the root)
+/// has the very SPIFFE ID c1's proxy has, yet c1's cluster listener refuses
+/// its certificate: it may neither follow c1's catalog nor renew there.
+#[tokio::test]
+async fn p8_p6_a_proxy_of_another_cluster_of_the_same_trust_domain_is_refused_at_the_cluster_listener()
+ {
+    let c = c1("127.0.0.1:0").await;
+    let ca9 = c
+        .root
+        .issue_intermediate("c9", "c1", DAY, SystemTime::now() - DAY)
+        .unwrap();
+    let other = Arc::new(
+        Identity::new(
+            ca9,
+            id("c1", "istio-system", "meshpeer-proxy"),
+            DAY,
+            SystemTime::now(),
+        )
+        .unwrap(),
+    );
+    let tls = client_config_for(
+        Some(other as Arc<dyn ResolvesClientCert>),
+        c.root.trust_root(),
+        &id("c1", "istio-system", "meshpeer"),
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(c.cluster).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("meshpeer-controller").unwrap();
+    // TLS 1.3: the client learns of the refusal when it next reads.
+    let outcome = tokio::time::timeout(WITHIN, async {
+        let mut tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"GET /v1/catalog/watch HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await
+    .unwrap();
+    match outcome {
+        Err(e) => assert!(e.to_string().contains("alert"), "{e}"),
+        Ok(answer) => assert!(answer.is_empty(), "served: {answer}"),
+    }
+    let m = c.metrics().await;
+    assert!(
+        m.contains("meshpeer_ca_listener_tls_refusals_total{reason=\"wrong_cluster\"} 1"),
+        "{m}"
+    );
+    // c1's own proxy (its chain bound to c1) still follows.
+    let (status, _) = c
+        .get_feed(
+            Some(c.minted("istio-system", "meshpeer-proxy")),
+            "/v1/catalog",
+        )
+        .await;
+    assert_eq!(status, 200);
+    c.controller.shutdown().await;
+}
+
 /// This machine's address toward the outside, as a local connection's source.
 fn non_loopback_address() -> IpAddr {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
