@@ -125,8 +125,10 @@ pub async fn serve(
                     let span = debug_span!("hbone_conn", direction = INBOUND, %remote);
                     let slot = gate.admit();
                     let conn = serve_conn(
-                        acceptor.clone(),
-                        root.clone(),
+                        CallerTls {
+                            acceptor: acceptor.clone(),
+                            root: root.clone(),
+                        },
                         tcp,
                         Accepted { remote, slot },
                         handler.clone(),
@@ -148,6 +150,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// How callers are verified: the TLS acceptor, and the shared root their
+/// chains are verified to again to read their cluster binding (SPEC P6).
+struct CallerTls {
+    acceptor: TlsAcceptor,
+    root: TrustRoot,
+}
+
 /// A connection just accepted, and its place at the gate.
 struct Accepted {
     remote: SocketAddr,
@@ -167,8 +176,7 @@ struct Caller {
 /// The caller's TLS stream and verified identity, or `None` (logged, and
 /// counted if TLS refused it or the gate cut it).
 async fn accept_caller(
-    acceptor: &TlsAcceptor,
-    root: &TrustRoot,
+    callers: &CallerTls,
     accepted: &Accepted,
     tcp: TcpStream,
     metrics: &HboneMetrics,
@@ -177,7 +185,7 @@ async fn accept_caller(
     let _ = tcp.set_nodelay(true);
     let tcp = LazyBufReader::new(wire::SOCKET_READ_BUFFER, tcp);
     let tls = tokio::select! {
-        handshake = acceptor.accept(tcp) => match handshake {
+        handshake = callers.acceptor.accept(tcp) => match handshake {
             Ok(tls) => tls,
             Err(err) if wire::is_tls_error(&err) => {
                 let refusal = refusal_reason_io(&err);
@@ -199,7 +207,7 @@ async fn accept_caller(
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
     // Verified again to the root, so that the cluster is read from the
     // path that leads there (SPEC P6).
-    let peer = match verified_client(root, certs) {
+    let peer = match verified_client(&callers.root, certs) {
         Ok(peer) => peer,
         Err(refusal) => {
             // The verifier already checked this; only a broken config gets here.
@@ -216,8 +224,7 @@ async fn accept_caller(
 }
 
 async fn serve_conn(
-    acceptor: TlsAcceptor,
-    root: TrustRoot,
+    callers: CallerTls,
     tcp: TcpStream,
     accepted: Accepted,
     handler: Arc<dyn TunnelHandler>,
@@ -227,7 +234,7 @@ async fn serve_conn(
 ) {
     let remote = accepted.remote;
     let Some((tls, VerifiedPeer { id: peer, cluster })) =
-        accept_caller(&acceptor, &root, &accepted, tcp, &metrics).await
+        accept_caller(&callers, &accepted, tcp, &metrics).await
     else {
         return;
     };
