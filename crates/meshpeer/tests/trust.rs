@@ -501,9 +501,12 @@ mod shared_trust_domain {
 
     use meshpeer::controller::{Controller, ControllerConfig};
     use meshpeer_dataplane::hbone::{
-        ClientTls, HboneClient, HboneError, HboneMetrics, PAYLOAD_TCP, PoolConfig, TunnelMeta,
+        ClientTls, ClusterTls, HboneClient, HboneError, HboneMetrics, PAYLOAD_TCP, PoolConfig,
+        TunnelMeta,
     };
-    use meshpeer_identity::{ClusterCa, Identity, SpiffeId, client_config};
+    use meshpeer_identity::{
+        ClusterCa, Identity, SpiffeId, client_config, client_config_for_cluster,
+    };
     use meshpeer_store::file_sink::FileSink;
     use meshpeer_store::file_source::FileSource;
 
@@ -734,6 +737,70 @@ mod shared_trust_domain {
         let message = refused_by_cluster1(&mesh, &rogue, "no_cluster_binding").await;
         assert!(message.contains("cannot say which cluster"), "{message}");
         rogue.shutdown().await;
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p6_a_proxy_refuses_another_clusters_gateway_answering_for_the_linked_one() {
+        let (mesh, _backend) = mesh().await;
+        // cluster1's proxy, as ProxyRole builds it: the gateway must be
+        // bound to the cluster the link names.
+        let ca = intermediate(&mesh, "cluster1");
+        let id = SpiffeId::new(TD, "istio-system", "meshpeer-proxy").unwrap();
+        let identity =
+            Arc::new(Identity::new(ca, id, Duration::from_secs(3600), SystemTime::now()).unwrap());
+        let root = mesh.root.trust_root().clone();
+        let (i, r) = (identity.clone(), root.clone());
+        let tls: ClientTls = Arc::new(move |td: &str| {
+            client_config(i.clone(), &r, td, &[meshpeer_identity::ALPN_H2])
+                .map_err(|e| e.to_string())
+        });
+        let cluster_tls: ClusterTls = Arc::new(move |td: &str, cluster: &str| {
+            client_config_for_cluster(
+                identity.clone(),
+                &root,
+                td,
+                cluster,
+                true,
+                &[meshpeer_identity::ALPN_H2],
+            )
+            .map_err(|e| e.to_string())
+        });
+        let proxy = HboneClient::with_cluster_tls(
+            tls,
+            cluster_tls,
+            PoolConfig::default(),
+            Arc::new(HboneMetrics::default()),
+        );
+        let meta = TunnelMeta {
+            payload: Some(PAYLOAD_TCP.into()),
+            ..TunnelMeta::default()
+        };
+        let authority = format!("{HOST}:8000");
+        // cluster3's gateway answers where cluster2's is expected.
+        let impostor = mesh.cluster("cluster3").gateway().addr;
+        let refused = tokio::time::timeout(
+            WITHIN,
+            proxy.connect_to_cluster(impostor, TD, "cluster2", &authority, &meta),
+        )
+        .await
+        .unwrap();
+        match refused {
+            Err(HboneError::Tls { refusal, .. }) => {
+                assert_eq!(refusal.reason(), "wrong_cluster", "{refusal}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("cluster3's gateway was taken for cluster2's"),
+        }
+        // cluster2's own gateway is taken.
+        let real = mesh.cluster("cluster2").gateway().addr;
+        let tunnel = tokio::time::timeout(
+            WITHIN,
+            proxy.connect_to_cluster(real, TD, "cluster2", &authority, &meta),
+        )
+        .await
+        .unwrap();
+        assert!(tunnel.is_ok(), "{:?}", tunnel.err());
         mesh.shutdown().await;
     }
 
