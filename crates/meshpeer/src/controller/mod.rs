@@ -192,8 +192,17 @@ impl Controller {
 
         // Peering server.
         let publisher = ExportPublisher::new();
-        let cluster_name = identity.spiffe_id().trust_domain().to_owned();
+        // The cluster's name in the server's messages: its intermediate's
+        // cluster binding when it has one (where clusters share a trust
+        // domain, the trust domain names none of them), else the trust
+        // domain, which is the cluster's name by default.
+        let cluster_name = identity
+            .cluster_ca()
+            .and_then(|ca| ca.cluster_binding())
+            .unwrap_or(identity.spiffe_id().trust_domain())
+            .to_owned();
         let mut settings = ServerSettings::new(&cluster_name);
+        settings.admission.own_trust_domain = identity.spiffe_id().trust_domain().to_owned();
         settings.heartbeat = heartbeat;
         // P1: controllers of other (allowed) trust domains only; the links'
         // pins (P3) are added once the cluster's objects are read.
