@@ -26,28 +26,34 @@
 # ztunnels get their certificates from meshpeer's controllers
 # (istio.v1.auth.IstioCertificateService/CreateCertificate, bearer token).
 #
-# Status (INTEROP.md): with meshpeer as it is this run fails at the inner
-# TLS handshake (ztunnel #2 accepts only its own trust domain, finding 2).
-# Findings 0 and 1 are fixed in meshpeer: the ztunnels get their
-# certificates from its cluster listener directly (INTEROP.md, run F). The
-# relay stays for INTEROP_DEST_TD=cluster1, which shows that everything else
-# works end to end.
+# Status (INTEROP.md): both clusters share the trust domain cluster.local
+# (Istio's multi-network model, which ztunnel's inbound requires: finding
+# 2), each with its own intermediate bound to its cluster by the root
+# (`meshpeer certs cluster NAME --trust-domain TD`); the run passes with
+# no harness workaround (run G). Findings 0 and 1 are fixed in meshpeer:
+# the ztunnels get their certificates from its cluster listener directly.
+# INTEROP_SHARED_TD= (empty) gives each cluster its own trust domain as in
+# runs A-F, where ztunnel #2 refuses the inner handshake. The relay stays
+# for INTEROP_DEST_TD=cluster1 (a diagnostic of that case).
 #
 # Knobs (see INTEROP.md for what each shows):
 #   INTEROP_CA_RELAY=0     (default) ztunnel talks to meshpeer's cluster
 #                          listener directly; 1: through a TLS relay (needed
 #                          by INTEROP_DEST_TD=cluster1, whose pod gets its
 #                          certificate from cluster1's controller).
-#   INTEROP_DEST_TD=cluster2 (default) trust domain of the destination
-#                          pod's identity; cluster1 (diagnostic) gives the
-#                          destination an identity signed by cluster1's
+#   INTEROP_DEST_TD=cluster2 (default) the cluster whose controller signs
+#                          the destination pod's identity; cluster1
+#                          (diagnostic, with INTEROP_SHARED_TD= only) gives
+#                          the destination an identity signed by cluster1's
 #                          controller, the one trust domain ztunnel #2 then
 #                          accepts callers from.
-#   INTEROP_SHARED_TD=TD   put both clusters in one trust domain TD, as
-#                          Istio's multi-network ambient expects (meshpeer's
-#                          controllers then refuse to peer: INTEROP.md).
-#   INTEROP_TOKEN_AS_WRITTEN=1 give ztunnel the token file exactly as
-#                          `meshpeer certs token` wrote it (trailing newline).
+#   INTEROP_SHARED_TD=TD   the trust domain both clusters share (default
+#                          cluster.local, as Istio's multi-network ambient
+#                          expects); empty: each cluster's trust domain is
+#                          its name (meshpeer's per-cluster mode).
+#   INTEROP_TOKEN_AS_WRITTEN=1 (default) give ztunnel the token file exactly
+#                          as `meshpeer certs token` wrote it; 0: a copy
+#                          without a trailing newline (finding 0, fixed).
 #   INTEROP_PEERING_WAIT=S how long to wait for peering (default 60 s).
 #   ZTUNNEL_LOG=FILTER     ztunnel's RUST_LOG (default info), e.g. info,rustls=debug.
 #   KEEP_WORK=1            keep the work folder (logs, configs, certs; a
@@ -71,6 +77,11 @@ if [ -z "$MESHPEER_BIN" ]; then
 fi
 CA_RELAY=${INTEROP_CA_RELAY:-0}
 DEST_TD=${INTEROP_DEST_TD:-cluster2}
+SHARED_TD=${INTEROP_SHARED_TD-cluster.local}
+# Trust domains of cluster1, cluster2 and of the destination pod's identity.
+TD1=${SHARED_TD:-cluster1}
+TD2=${SHARED_TD:-cluster2}
+DTD=${SHARED_TD:-$DEST_TD}
 
 step() { printf '\n=== %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -165,14 +176,19 @@ info "cluster2's pod httpbin/in-ambient-b86fbcb48-6rvhp: podIP 10.2.0.21, annota
 step "3. certificates and tokens (meshpeer certs)"
 M=$MESHPEER_BIN
 $M certs root-ca --out "$WORK/certs/root" >/dev/null
-if [ -n "${INTEROP_SHARED_TD:-}" ]; then
-  # Istio's multi-network model: one trust domain for every cluster.
+if [ -n "$SHARED_TD" ]; then
+  # Istio's multi-network model: one trust domain for every cluster. Each
+  # cluster keeps its own intermediate, which the root binds to the trust
+  # domain (spiffe://TD) and to the cluster (spiffe://TD/meshpeer/cluster/NAME).
   for c in cluster1 cluster2; do
-    $M certs cluster $c --trust-domain "$INTEROP_SHARED_TD" --root "$WORK/certs/root" --out "$WORK/certs/$c" >/dev/null
-    sed -i "s/^trustDomain: .*/trustDomain: $INTEROP_SHARED_TD/" "$WORK/$c/cluster.yaml"
-    sed -i "s|gateway.istio.io/trust-domain: .*|gateway.istio.io/trust-domain: $INTEROP_SHARED_TD|" "$WORK/$c/eastwest.yaml"
+    $M certs cluster $c --trust-domain "$SHARED_TD" --root "$WORK/certs/root" --out "$WORK/certs/$c" >/dev/null
+    sed -i "s/^trustDomain: .*/trustDomain: $SHARED_TD/" "$WORK/$c/cluster.yaml"
+    sed -i "s|gateway.istio.io/trust-domain: .*|gateway.istio.io/trust-domain: $SHARED_TD|" "$WORK/$c/eastwest.yaml"
+    if command -v openssl >/dev/null; then
+      info "$c's intermediate: $(openssl x509 -in "$WORK/certs/$c/ca-cert.pem" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -s ' \n' ' ')"
+    fi
   done
-  info "INTEROP_SHARED_TD: both clusters in trust domain $INTEROP_SHARED_TD"
+  info "both clusters in trust domain $SHARED_TD (INTEROP_SHARED_TD)"
 else
   $M certs cluster cluster1 --root "$WORK/certs/root" --out "$WORK/certs/cluster1" >/dev/null
   $M certs cluster cluster2 --root "$WORK/certs/root" --out "$WORK/certs/cluster2" >/dev/null
@@ -186,7 +202,7 @@ $M certs token --tokens "$WORK/certs/$DEST_TD/tokens" --namespace httpbin --serv
 # which is not a valid header value. Kubernetes' projected tokens have none.
 # INTEROP.md, finding 0.
 for t in "$WORK/certs/cluster1/ztunnel1.token" "$WORK/certs/$DEST_TD/ztunnel2.token"; do
-  if [ "${INTEROP_TOKEN_AS_WRITTEN:-0}" = 1 ]; then
+  if [ "${INTEROP_TOKEN_AS_WRITTEN:-1}" = 1 ]; then
     cp "$t" "$t.ztunnel"
   else
     (umask 077; printf '%s' "$(cat "$t")" >"$t.ztunnel")
@@ -221,7 +237,7 @@ info "cluster1's VIP for in-ambient.httpbin.mesh.internal: $VIP"
 
 step "5. meshpeer gateway of cluster2 (192.168.77.2:15008, ambient inbound port 15008)"
 start gateway2 "$C2" "$M" gateway --controller 192.168.77.2:15013 --root-cert "$WORK/certs/cluster2/root-cert.pem" \
-  --token-file "$WORK/certs/cluster2/gateway.token" --cluster-name cluster2 \
+  --token-file "$WORK/certs/cluster2/gateway.token" --cluster-name cluster2 --trust-domain "$TD2" \
   --namespace istio-eastwest --service-account istio-eastwest \
   --listen 192.168.77.2:15008 --ambient-inbound-port 15008 --metrics 127.0.0.1:15090
 wait_for "gateway2 /healthz" 30 in_ns "$C2" curl -sf http://127.0.0.1:15090/healthz ||
@@ -260,7 +276,7 @@ fi
 info "ztunnel #1 CA_ADDRESS=$CA1, ztunnel #2 CA_ADDRESS=$CA2, CA_ROOT_CA=$CAROOT"
 
 step "8. ztunnel configurations (LOCAL_XDS_PATH)"
-SAN="spiffe://$DEST_TD/ns/httpbin/sa/in-ambient"
+SAN="spiffe://$DTD/ns/httpbin/sa/in-ambient"
 cat >"$WORK/ztunnel1.yaml" <<EOF
 # cluster1's view, as istiod would push it from meshpeer's ServiceEntry
 workloads:
@@ -268,7 +284,7 @@ workloads:
   name: client-in-ambient-5c64bb49cd-w3dmw
   namespace: httpbin
   serviceAccount: client-in-ambient
-  trustDomain: cluster1
+  trustDomain: $TD1
   workloadIps: ["10.1.1.9"]
   protocol: HBONE
   network: cluster1
@@ -280,7 +296,7 @@ workloads:
   name: in-ambient-b86fbcb48-6rvhp
   namespace: httpbin
   serviceAccount: in-ambient
-  trustDomain: $DEST_TD
+  trustDomain: $DTD
   workloadIps: []
   protocol: HBONE
   network: cluster2
@@ -296,7 +312,7 @@ workloads:
   name: istio-eastwest
   namespace: istio-eastwest
   serviceAccount: istio-eastwest
-  trustDomain: cluster2
+  trustDomain: $TD2
   workloadIps: ["192.168.77.2"]
   protocol: HBONE
   network: cluster2
@@ -318,7 +334,7 @@ workloads:
   name: in-ambient-b86fbcb48-6rvhp
   namespace: httpbin
   serviceAccount: in-ambient
-  trustDomain: $DEST_TD
+  trustDomain: $DTD
   workloadIps: ["10.2.0.21"]
   protocol: HBONE
   network: cluster2
@@ -420,13 +436,13 @@ in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -v '^#' | grep 'istio_
 
 # What this run changed from meshpeer as it is (INTEROP.md, findings).
 workarounds() {
-  [ "${INTEROP_TOKEN_AS_WRITTEN:-0}" = 1 ] || info "harness workaround: ztunnel's token files without meshpeer's trailing newline (finding 0)"
+  [ "${INTEROP_TOKEN_AS_WRITTEN:-1}" = 1 ] || info "harness workaround: ztunnel's token files without meshpeer's trailing newline (finding 0)"
   [ "$CA_RELAY" = 1 ] && info "harness workaround: TLS relay in front of meshpeer's CA endpoint (finding 1)"
   [ "$DEST_TD" = cluster2 ] || info "diagnostic: the destination pod holds a $DEST_TD identity, not cluster2's (finding 2)"
   return 0
 }
 if [ $curl_rc -eq 0 ] && grep -q "hello from cluster2" "$WORK/answer.txt" 2>/dev/null; then
-  src="spiffe://cluster1/ns/httpbin/sa/client-in-ambient"
+  src="spiffe://$TD1/ns/httpbin/sa/client-in-ambient"
   if grep -q "src.identity=\"$src\"" "$WORK/logs/ztunnel2.log" ||
      in_ns "$P2" curl -s http://127.0.0.1:15020/metrics | grep -c "source_principal=\"$src\"" >/dev/null; then
     step "PASS: the backend in cluster2 answered through ztunnel -> meshpeer gateway -> ztunnel; ztunnel #2 saw the source identity $src"

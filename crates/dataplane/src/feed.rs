@@ -42,7 +42,9 @@ pub struct CatalogFeed {
     /// Increases with every change.
     pub version: u64,
     pub catalog: Arc<GlobalCatalog>,
-    /// Clusters allowed to send here, by trust domain.
+    /// Clusters allowed to send here, each by trust domain and cluster name
+    /// (clusters may share a trust domain; their chains' cluster bindings
+    /// then tell them apart, SPEC P6).
     #[serde(default)]
     pub callers: Vec<Caller>,
     /// The controller started recently and the clusters that link here may
@@ -55,7 +57,8 @@ pub struct CatalogFeed {
 }
 
 impl CatalogFeed {
-    /// The caller presenting `trust_domain`, if it links to this cluster.
+    /// The first caller presenting `trust_domain`, if one links to this
+    /// cluster (where clusters share a trust domain, one of them).
     pub fn caller(&self, trust_domain: &str) -> Option<&Caller> {
         self.callers.iter().find(|c| c.trust_domain == trust_domain)
     }
@@ -71,7 +74,11 @@ impl CatalogFeed {
             return self;
         }
         for old in &held.callers {
-            if self.caller(&old.trust_domain).is_none() {
+            if !self
+                .callers
+                .iter()
+                .any(|c| c.trust_domain == old.trust_domain && c.cluster == old.cluster)
+            {
                 self.callers.push(Caller {
                     connected: false,
                     ..old.clone()

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+use meshpeer_identity::VerifiedPeer;
 use meshpeer_listener::Limits;
 use meshpeer_model::rank::{ClientLocation, rank};
 use meshpeer_model::{GlobalService, Locality, Reach, Scope};
@@ -118,12 +119,50 @@ fn decline(kind: &'static str, status: StatusCode, message: String) -> Decline {
 
 /// What a tunnel asks for, besides its target.
 struct Ask<'a> {
-    trust_domain: &'a str,
+    /// The caller's verified identity and cluster binding.
+    peer: &'a VerifiedPeer,
     authority: &'a str,
     /// Istio's double HBONE: only ambient endpoints, at their inbound port.
     double_hbone: Option<u16>,
     /// The caller's locality, to rank the endpoints by.
     locality: Option<Locality>,
+}
+
+/// The callers a verified peer may be (D3): the feed's callers of its trust
+/// domain and, when its chain is bound to a cluster, of that cluster. Where
+/// the trust domain is shared (by two callers, or by a caller and this
+/// cluster), a chain without a cluster binding cannot say which cluster it
+/// speaks for and is refused.
+fn callers_of<'a>(
+    state: &'a DataplaneState,
+    peer: &VerifiedPeer,
+) -> Result<Vec<&'a Caller>, Decline> {
+    let td = peer.id.trust_domain();
+    let ours = usize::from(td == state.feed.catalog.cluster.trust_domain);
+    let shared = ours
+        + state
+            .feed
+            .callers
+            .iter()
+            .filter(|c| c.trust_domain == td)
+            .count()
+        > 1;
+    if peer.cluster.is_none() && shared {
+        return Err(decline(
+            "no_cluster_binding",
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is of trust domain {td}, which several clusters share, but its intermediate carries no cluster binding (spiffe://{td}/meshpeer/cluster/<name>), so it cannot say which cluster it speaks for; re-issue that cluster's intermediate with meshpeer certs cluster",
+                peer.id
+            ),
+        ));
+    }
+    Ok(state
+        .feed
+        .callers
+        .iter()
+        .filter(|c| peer.is(&c.trust_domain, &c.cluster))
+        .collect())
 }
 
 /// The local endpoints a caller may reach for `authority`, tier by tier
@@ -132,23 +171,23 @@ fn authorize(
     state: &DataplaneState,
     ask: &Ask<'_>,
 ) -> Result<(Vec<Vec<SocketAddr>>, String), Decline> {
-    let (trust_domain, authority) = (ask.trust_domain, ask.authority);
+    let authority = ask.authority;
+    let trust_domain = ask.peer.id.trust_domain();
     let me = &state.feed.catalog.cluster;
-    // Clusters that share a trust domain cannot be told apart (D3): then
-    // only link direction is certain, and the segment check passes when
-    // any of them is in the service's segment.
-    let callers: Vec<&Caller> = state
-        .feed
-        .callers
-        .iter()
-        .filter(|c| c.trust_domain == trust_domain)
-        .collect();
+    // Clusters are told apart by trust domain and, where they share one,
+    // by their chains' cluster bindings (D3, P6). Chains made before
+    // cluster bindings match on the trust domain alone.
+    let callers = callers_of(state, ask.peer)?;
     let Some(caller) = callers.first().copied() else {
+        let who = match &ask.peer.cluster {
+            Some(c) => format!("cluster {c} (trust domain {trust_domain})"),
+            None => format!("the cluster with trust domain {trust_domain}"),
+        };
         return Err(decline(
             "not_linked",
             StatusCode::FORBIDDEN,
             format!(
-                "the cluster with trust domain {trust_domain} does not link to cluster {} (it holds no Gateway istio-remote-peer-{}, or its peering has been down longer than the grace period); link direction forbids this tunnel",
+                "{who} does not link to cluster {} (it holds no Gateway istio-remote-peer-{}, or its peering has been down longer than the grace period); link direction forbids this tunnel",
                 me.name, me.name
             ),
         ));
@@ -288,19 +327,21 @@ impl TunnelHandler for GatewayHandler {
         Box::pin(async move {
             let caller = req.peer.to_string();
             let double_hbone = req.meta.double_hbone();
+            let peer = VerifiedPeer {
+                id: req.peer.clone(),
+                cluster: req.peer_cluster.clone(),
+            };
             let ask = Ask {
-                trust_domain: req.peer.trust_domain(),
+                peer: &peer,
                 authority: &req.authority,
                 double_hbone: double_hbone.then_some(config.ambient_inbound_port),
                 locality: req.meta.locality.as_deref().and_then(Locality::from_istio),
             };
             // The flow, from catalog names only (issue 16).
             let me = state.feed.catalog.cluster.name.clone();
-            let source = state
-                .feed
-                .callers
-                .iter()
-                .find(|c| c.trust_domain == req.peer.trust_domain())
+            let source = callers_of(&state, &peer)
+                .ok()
+                .and_then(|c| c.first().copied())
                 .map_or("unlinked", |c| c.cluster.as_str());
             let host = split_authority(&req.authority).map(|(h, _)| h);
             let flow = Flows::labels(

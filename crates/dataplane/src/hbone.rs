@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use meshpeer_identity::Refusal;
 
-pub use client::{ClientTls, HboneClient};
+pub use client::{ClientTls, ClusterTls, HboneClient};
 pub use metrics::{DirectionLabels, HboneMetrics, RefusalLabels, TrafficLabels, TunnelLabels};
 pub use server::{
     OpenUpstream, Refuse, TunnelHandler, TunnelRequest, Upstream, connect_target, default_limits,

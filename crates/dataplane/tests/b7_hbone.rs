@@ -235,6 +235,7 @@ fn b7_hbone_gateway_decisions_on_arbitrary_heads() {
         let handler = if pick % 16 == 0 { &dialling } else { &refusing };
         let req = TunnelRequest {
             peer,
+            peer_cluster: None,
             remote: "198.51.100.7:40000".parse().unwrap(),
             authority: authority.clone(),
             meta: TunnelMeta::default(),

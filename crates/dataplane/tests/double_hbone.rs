@@ -55,11 +55,24 @@ fn root() -> RootCa {
     RootCa::generate("root", 365 * DAY, SystemTime::now()).unwrap()
 }
 
-/// A certificate of `spiffe://<td>/ns/<ns>/sa/<sa>` under its cluster's
-/// intermediate.
-fn identity(root: &RootCa, td: &str, ns: &str, sa: &str) -> Arc<Identity> {
+/// A certificate of `spiffe://<td>/ns/<ns>/sa/<sa>` under an intermediate
+/// of `cluster`, bound to it when `bound` (else to the trust domain only,
+/// as before cluster bindings).
+fn identity_of(
+    root: &RootCa,
+    cluster: &str,
+    td: &str,
+    ns: &str,
+    sa: &str,
+    bound: bool,
+) -> Arc<Identity> {
     let now = SystemTime::now();
-    let ca = root.issue_intermediate(td, td, 30 * DAY, now).unwrap();
+    let ca = if bound {
+        root.issue_intermediate(cluster, td, 30 * DAY, now)
+    } else {
+        root.issue_trust_domain_intermediate(cluster, td, 30 * DAY, now)
+    }
+    .unwrap();
     let id = SpiffeId::new(td, ns, sa).unwrap();
     Arc::new(Identity::new(ca, id, DAY, now).unwrap())
 }
@@ -67,7 +80,7 @@ fn identity(root: &RootCa, td: &str, ns: &str, sa: &str) -> Arc<Identity> {
 /// cluster2's view: it exports `shop/web` (ambient Pods) and `shop/plain`
 /// (Pods not captured by ambient), both on port 8000 -> `app_port`, and
 /// keeps `shop/private` (not global) to itself.
-fn cluster2(app_port: u16) -> GlobalCatalog {
+fn cluster2(app_port: u16, td: &str) -> GlobalCatalog {
     let ambient = |name: &str, app: &str| {
         let mut p = pod("shop", name, &[("app", app)], "127.0.0.1", true, None);
         p.metadata.annotations =
@@ -75,7 +88,7 @@ fn cluster2(app_port: u16) -> GlobalCatalog {
         Object::Pod(p)
     };
     let c2 = ClusterBuilder::new("cluster2")
-        .trust_domain("cluster2")
+        .trust_domain(td)
         .service(
             svc("shop", "web")
                 .global()
@@ -180,24 +193,33 @@ struct Mesh {
     app: TcpListener,
     dest: SpiffeId,
     metrics: Arc<DataplaneMetrics>,
+    /// The trust domain every cluster shares, if they do.
+    shared: Option<&'static str>,
 }
 
 impl Mesh {
     /// cluster2's gateway (identity `istio-eastwest`), linked from cluster1
     /// (trust domain `cluster1`) only, dialling endpoints under `policy`.
     async fn start(policy: Option<EndpointPolicy>) -> Mesh {
+        Mesh::start_in(policy, None).await
+    }
+
+    /// [`Mesh::start`] where every cluster has trust domain `shared`, if
+    /// given, each its intermediate bound to it.
+    async fn start_in(policy: Option<EndpointPolicy>, shared: Option<&'static str>) -> Mesh {
+        let td = |cluster: &str| shared.unwrap_or(cluster).to_owned();
         let root = root();
         let trust = root.trust_root().clone();
-        let dest_id = identity(&root, "cluster2", "shop", "web");
+        let dest_id = identity_of(&root, "cluster2", &td("cluster2"), "shop", "web", true);
         let dest = dest_id.spiffe_id().clone();
         let (inbound_port, inbound) = destination_ztunnel(dest_id, trust.clone()).await;
         let (app, app_port) = app().await;
         let feed = Arc::new(CatalogFeed {
             version: 1,
-            catalog: Arc::new(cluster2(app_port)),
+            catalog: Arc::new(cluster2(app_port, &td("cluster2"))),
             callers: vec![Caller {
                 cluster: "cluster1".into(),
-                trust_domain: "cluster1".into(),
+                trust_domain: td("cluster1"),
                 segment: None,
                 connected: true,
             }],
@@ -218,13 +240,21 @@ impl Mesh {
             ..GatewayConfig::default()
         };
         let handler = Arc::new(GatewayHandler::new(rx, config, Arc::clone(&metrics)));
-        let gw_id = identity(&root, "cluster2", "istio-eastwest", "istio-eastwest");
+        let gw_id = identity_of(
+            &root,
+            "cluster2",
+            &td("cluster2"),
+            "istio-eastwest",
+            "istio-eastwest",
+            true,
+        );
         let tls = server_config(gw_id, &trust, PeerPolicy::AnyTrustDomain, &[ALPN_H2]).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gateway = listener.local_addr().unwrap();
         tokio::spawn(serve(
             listener,
             tls,
+            trust.clone(),
             handler,
             Arc::new(HboneMetrics::default()),
             default_limits(),
@@ -237,13 +267,30 @@ impl Mesh {
             app,
             dest,
             metrics,
+            shared,
         }
     }
 
-    /// The outer HBONE client of a workload of trust domain `td`: its
+    fn td(&self, cluster: &str) -> String {
+        self.shared.unwrap_or(cluster).to_owned()
+    }
+
+    /// The outer HBONE client of a workload of `cluster`: its
     /// certificate, the gateway's trust domain checked.
-    fn outer(&self, td: &str) -> HboneClient {
-        let id = identity(&self.root, td, "sleep", "sleep");
+    fn outer(&self, cluster: &str) -> HboneClient {
+        self.outer_as(cluster, true)
+    }
+
+    /// [`Mesh::outer`] with its intermediate bound to its cluster or not.
+    fn outer_as(&self, cluster: &str, bound: bool) -> HboneClient {
+        let id = identity_of(
+            &self.root,
+            cluster,
+            &self.td(cluster),
+            "sleep",
+            "sleep",
+            bound,
+        );
         let trust = self.root.trust_root().clone();
         let tls: ClientTls = Arc::new(move |gateway_td: &str| {
             client_config(id.clone(), &trust, gateway_td, &[ALPN_H2]).map_err(|e| e.to_string())
@@ -256,7 +303,16 @@ impl Mesh {
     }
 
     /// ztunnel's outer CONNECT: its headers, no meshpeer payload header.
-    async fn outer_connect(&self, td: &str, authority: &str) -> Result<Tunnel, HboneError> {
+    async fn outer_connect(&self, cluster: &str, authority: &str) -> Result<Tunnel, HboneError> {
+        self.outer_connect_as(cluster, true, authority).await
+    }
+
+    async fn outer_connect_as(
+        &self,
+        cluster: &str,
+        bound: bool,
+        authority: &str,
+    ) -> Result<Tunnel, HboneError> {
         let meta = TunnelMeta {
             forwarded: Some("for=\"10.1.0.7\"".into()),
             baggage: Some("k8s.cluster.name=cluster1,k8s.namespace.name=sleep".into()),
@@ -265,8 +321,12 @@ impl Mesh {
         };
         tokio::time::timeout(
             DEADLINE,
-            self.outer(td)
-                .connect(self.gateway, "cluster2", authority, &meta),
+            self.outer_as(cluster, bound).connect(
+                self.gateway,
+                &self.td("cluster2"),
+                authority,
+                &meta,
+            ),
         )
         .await
         .expect("the outer CONNECT did not finish")
@@ -277,7 +337,14 @@ impl Mesh {
     /// CONNECT; then `payload` through it, returning what comes back.
     async fn double_hbone(&self, authority: &str, payload: &[u8]) -> Vec<u8> {
         let outer = self.outer_connect("cluster1", authority).await.unwrap();
-        let source = identity(&self.root, "cluster1", "sleep", "sleep");
+        let source = identity_of(
+            &self.root,
+            "cluster1",
+            &self.td("cluster1"),
+            "sleep",
+            "sleep",
+            true,
+        );
         let inner_tls =
             client_config_for(Some(source), self.root.trust_root(), &self.dest, &[ALPN_H2])
                 .unwrap();
@@ -320,9 +387,18 @@ impl Mesh {
         back
     }
 
-    async fn refused(&self, td: &str, authority: &str) -> (StatusCode, String) {
-        match self.outer_connect(td, authority).await {
-            Ok(_) => panic!("a tunnel from {td} to {authority} was opened"),
+    async fn refused(&self, cluster: &str, authority: &str) -> (StatusCode, String) {
+        self.refused_as(cluster, true, authority).await
+    }
+
+    async fn refused_as(
+        &self,
+        cluster: &str,
+        bound: bool,
+        authority: &str,
+    ) -> (StatusCode, String) {
+        match self.outer_connect_as(cluster, bound, authority).await {
+            Ok(_) => panic!("a tunnel from {cluster} to {authority} was opened"),
             Err(HboneError::Refused { status, message }) => {
                 (StatusCode::from_u16(status).unwrap(), message)
             }
@@ -370,7 +446,12 @@ async fn d3_meshpeer_single_hbone_to_an_ambient_endpoint_still_goes_to_its_targe
     };
     let mut tunnel = mesh
         .outer("cluster1")
-        .connect(mesh.gateway, "cluster2", &format!("{HOST}:8000"), &meta)
+        .connect(
+            mesh.gateway,
+            &mesh.td("cluster2"),
+            &format!("{HOST}:8000"),
+            &meta,
+        )
         .await
         .unwrap();
     let (mut conn, _) = tokio::time::timeout(DEADLINE, mesh.app.accept())
@@ -438,4 +519,66 @@ async fn p5_double_hbone_never_reaches_refused_endpoints_and_names_none() {
         !message.contains("127.0.0."),
         "an address leaked: {message}"
     );
+}
+
+// Every cluster in one trust domain, cluster.local (Istio's multi-network
+// model): a caller is told apart by its chain's cluster binding, set by the
+// root on its cluster's intermediate (D3, P6).
+
+const SHARED: &str = "cluster.local";
+
+#[tokio::test]
+async fn d3_shared_trust_domain_double_hbone_from_a_linked_cluster_reaches_the_destination() {
+    let mut mesh = Mesh::start_in(None, Some(SHARED)).await;
+    let authority = format!("{HOST}:8000");
+    let back = mesh
+        .double_hbone(&authority, b"hello across clusters")
+        .await;
+    assert_eq!(back, b"hello across clusters");
+    let seen = tokio::time::timeout(DEADLINE, mesh.inbound.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // The destination sees the source workload's own identity, of the
+    // shared trust domain (what a real ztunnel's inbound requires).
+    assert_eq!(
+        seen.source.to_string(),
+        "spiffe://cluster.local/ns/sleep/sa/sleep"
+    );
+}
+
+#[tokio::test]
+async fn d3_shared_trust_domain_an_unlinked_cluster_with_the_same_spiffe_id_is_refused() {
+    let mesh = Mesh::start_in(None, Some(SHARED)).await;
+    let authority = format!("{HOST}:8000");
+    // cluster3's workload presents spiffe://cluster.local/ns/sleep/sa/sleep,
+    // exactly what cluster1's does; its intermediate is cluster3's.
+    let (status, message) = mesh.refused("cluster3", &authority).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    assert!(
+        message.contains(
+            "cluster cluster3 (trust domain cluster.local) does not link to cluster cluster2"
+        ),
+        "{message}"
+    );
+    // cluster2's own workloads are no caller of its gateway either.
+    let (status, message) = mesh.refused("cluster2", &authority).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    assert_eq!(mesh.refusals("not_linked"), 2);
+    // Nothing reached the destination.
+    let mut mesh = mesh;
+    assert!(mesh.inbound.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn d3_shared_trust_domain_a_chain_without_cluster_binding_is_refused() {
+    let mesh = Mesh::start_in(None, Some(SHARED)).await;
+    // A cluster1 workload whose intermediate was made before cluster
+    // bindings: it cannot say it is cluster1.
+    let (status, message) = mesh
+        .refused_as("cluster1", false, &format!("{HOST}:8000"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{message}");
+    assert!(message.contains("cannot say which cluster"), "{message}");
+    assert_eq!(mesh.refusals("no_cluster_binding"), 1);
 }

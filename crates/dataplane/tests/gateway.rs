@@ -96,14 +96,36 @@ impl Gw {
         self.open_with(from, authority, tcp()).await
     }
 
+    /// A tunnel from trust domain `from` whose chain is bound to `cluster`.
+    async fn open_as(
+        &self,
+        from: &str,
+        cluster: Option<&str>,
+        authority: &str,
+    ) -> Result<Box<dyn Upstream>, Refuse> {
+        self.open_full(from, cluster, authority, tcp()).await
+    }
+
     async fn open_with(
         &self,
         from: &str,
         authority: &str,
         meta: TunnelMeta,
     ) -> Result<Box<dyn Upstream>, Refuse> {
+        // Chains made before cluster bindings: the trust domain decides.
+        self.open_full(from, None, authority, meta).await
+    }
+
+    async fn open_full(
+        &self,
+        from: &str,
+        cluster: Option<&str>,
+        authority: &str,
+        meta: TunnelMeta,
+    ) -> Result<Box<dyn Upstream>, Refuse> {
         let req = TunnelRequest {
             peer: SpiffeId::new(from, "sleep", "sleep").unwrap(),
+            peer_cluster: cluster.map(str::to_owned),
             remote: "198.51.100.7:40000".parse().unwrap(),
             authority: authority.into(),
             meta,
@@ -433,11 +455,11 @@ async fn s7_a_segment_scoped_service_refuses_callers_from_another_segment() {
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.message);
 }
 
-/// D3: clusters sharing a trust domain cannot be told apart; only link
-/// direction is enforced, so a segment-scoped service is open to the trust
-/// domain when any cluster holding it is in the segment.
+/// D3, P6: clusters sharing a trust domain are told apart by their chains'
+/// cluster bindings: each caller is held to its own segment, and a chain
+/// without a binding, which cannot say which cluster it is, is refused.
 #[tokio::test]
-async fn d3_a_shared_trust_domain_only_enforces_link_direction() {
+async fn d3_a_shared_trust_domain_is_told_apart_by_cluster_binding() {
     let (listener, port) = endpoint().await;
     let mut prod = caller("cluster2", Some("prod"));
     let mut dev = caller("cluster3", Some("dev"));
@@ -445,13 +467,43 @@ async fn d3_a_shared_trust_domain_only_enforces_link_direction() {
     dev.trust_domain = "shared.td".into();
     let gw = Gw::new(segmented(port), vec![prod, dev]);
     let up = gw
-        .open("shared.td", "web.shop.cluster.dev:8000")
+        .open_as("shared.td", Some("cluster3"), "web.shop.cluster.dev:8000")
         .await
         .unwrap_or_else(|r| panic!("refused: {} {}", r.status, r.message));
     relays(up, &listener).await;
-    // A trust domain nobody links with is still refused.
+    // cluster2 (segment prod) presents the same SPIFFE ID: its own segment
+    // decides, not cluster3's.
+    let r = gw
+        .open_as("shared.td", Some("cluster2"), "web.shop.cluster.dev:8000")
+        .await
+        .err()
+        .expect("cluster2 is not in segment dev");
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.message);
+    assert!(
+        r.message.contains("cluster cluster2 is in segment prod"),
+        "{}",
+        r.message
+    );
+    // Without a cluster binding, neither.
+    let r = gw.refused("shared.td", "web.shop.cluster.dev:8000").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.message);
+    assert!(
+        r.message.contains("cannot say which cluster"),
+        "{}",
+        r.message
+    );
+    assert_eq!(gw.refusals("no_cluster_binding"), 1);
+    // A cluster of it that does not link here, and a trust domain nobody
+    // links with, are refused.
+    let r = gw
+        .open_as("shared.td", Some("cluster4"), "web.shop.cluster.dev:8000")
+        .await
+        .err()
+        .expect("cluster4 does not link here");
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.message);
     let r = gw.refused("other.td", "web.shop.cluster.dev:8000").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.message);
+    assert_eq!(gw.refusals("not_linked"), 2);
 }
 
 #[tokio::test]

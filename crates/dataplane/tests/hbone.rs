@@ -368,6 +368,7 @@ impl Gateway {
         let task = tokio::spawn(serve(
             listener,
             tls,
+            trust.clone(),
             handler.clone(),
             metrics.clone(),
             meshpeer_dataplane::hbone::default_limits(),

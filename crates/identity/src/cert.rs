@@ -65,17 +65,32 @@ pub(crate) fn spiffe_id_of(der: &CertificateDer<'_>) -> Result<SpiffeId, String>
     }
 }
 
-/// The trust domain a CA certificate is bound to (SPEC P6): the `<td>` of
-/// its `spiffe://<td>` URI SAN (a trailing `/` is allowed), `None` for a CA
-/// without one (made before bindings existed). URI SANs of other schemes
-/// are ignored; a `spiffe://` URI with a path, an invalid trust domain, or
-/// two different bindings is an error.
-pub(crate) fn binding_of(der: &[u8]) -> Result<Option<String>, String> {
+/// The path of the URI SAN that binds a cluster CA to one cluster:
+/// `spiffe://<td>/meshpeer/cluster/<cluster>` (see [`CaBinding`]).
+pub(crate) const CLUSTER_BINDING_PATH: &str = "meshpeer/cluster/";
+
+/// What a CA certificate is bound to by its URI SANs, as the root holder
+/// wrote them when it signed it: a trust domain (`spiffe://<td>`, SPEC P6)
+/// and, optionally, one cluster (`spiffe://<td>/meshpeer/cluster/<name>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CaBinding {
+    /// `None` for a CA without a binding (made before SPEC P6).
+    pub(crate) trust_domain: Option<String>,
+    /// `None` for a CA not bound to a cluster (made before cluster bindings).
+    pub(crate) cluster: Option<String>,
+}
+
+/// A CA certificate's trust domain and cluster bindings. URI SANs of other
+/// schemes are ignored. A cluster binding implies the trust domain binding
+/// of its `<td>`. Errors: a `spiffe://` URI with another path (a workload
+/// identity on a CA), an invalid trust domain or cluster name, two
+/// different trust domains or two different clusters.
+pub(crate) fn bindings_of(der: &[u8]) -> Result<CaBinding, String> {
     let cert = parse(der)?;
     let san = cert
         .subject_alternative_name()
         .map_err(|err| format!("its subjectAltName extension is invalid: {err}"))?;
-    let mut found: Option<String> = None;
+    let mut found = CaBinding::default();
     for name in san.iter().flat_map(|ext| ext.value.general_names.iter()) {
         let GeneralName::URI(uri) = name else {
             continue;
@@ -83,20 +98,41 @@ pub(crate) fn binding_of(der: &[u8]) -> Result<Option<String>, String> {
         let Some(rest) = uri.strip_prefix("spiffe://") else {
             continue;
         };
-        let td = rest.strip_suffix('/').unwrap_or(rest);
-        if td.contains('/') {
-            return Err(format!(
-                "its URI SAN {uri} is a workload identity, not a trust domain binding (spiffe://<trust-domain>)"
-            ));
-        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (td, cluster) = match rest.split_once('/') {
+            None => (rest, None),
+            Some((td, path)) => match path.strip_prefix(CLUSTER_BINDING_PATH) {
+                Some(cluster) => {
+                    SpiffeId::check_cluster_name(cluster).map_err(|problem| {
+                        format!("its cluster binding {uri} is unusable: cluster name {cluster:?} {problem}")
+                    })?;
+                    (td, Some(cluster))
+                }
+                None => {
+                    return Err(format!(
+                        "its URI SAN {uri} is a workload identity, not a trust domain binding (spiffe://<trust-domain>) or a cluster binding (spiffe://<trust-domain>/{CLUSTER_BINDING_PATH}<cluster>)"
+                    ));
+                }
+            },
+        };
         SpiffeId::check_trust_domain(td).map_err(|err| err.to_string())?;
-        match &found {
+        match &found.trust_domain {
             Some(other) if other != td => {
                 return Err(format!(
                     "it is bound to two trust domains ({other} and {td}); a cluster CA is bound to one"
                 ));
             }
-            _ => found = Some(td.to_owned()),
+            _ => found.trust_domain = Some(td.to_owned()),
+        }
+        if let Some(cluster) = cluster {
+            match &found.cluster {
+                Some(other) if other != cluster => {
+                    return Err(format!(
+                        "it is bound to two clusters ({other} and {cluster}); a cluster CA is bound to one"
+                    ));
+                }
+                _ => found.cluster = Some(cluster.to_owned()),
+            }
         }
     }
     Ok(found)

@@ -40,7 +40,7 @@ pub use identity::{Identity, IdentityError, IssueError, IssueFuture, LeafIssuer}
 pub use refusal::{Refusal, refusal_reason, refusal_reason_io};
 pub use spiffe::{SpiffeId, SpiffeIdError};
 pub use tls::{
-    ALPN_H2, client_config, client_config_for, install_default_provider, server_config,
-    server_config_optional_client,
+    ALPN_H2, client_config, client_config_for, client_config_for_cluster, install_default_provider,
+    server_config, server_config_optional_client,
 };
-pub use verify::{PeerPolicy, peer_identity};
+pub use verify::{PeerPolicy, VerifiedPeer, peer_identity, verified_client, verified_server};

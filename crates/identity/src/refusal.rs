@@ -55,6 +55,27 @@ pub enum Refusal {
         /// The issuer's subject.
         issuer: String,
     },
+    /// The peer's chain is bound to another cluster than the one we expect
+    /// (its intermediate's cluster binding, SPEC P6).
+    #[error(
+        "peer certificate chain speaks for cluster {got} (its intermediate's cluster binding), expected cluster {expected}"
+    )]
+    WrongCluster {
+        /// The cluster we expect.
+        expected: String,
+        /// The cluster its intermediate is bound to.
+        got: String,
+    },
+    /// The peer's trust domain is shared by several clusters and its
+    /// intermediate is bound to none, so its chain cannot say which
+    /// cluster it speaks for.
+    #[error(
+        "peer certificate {id} is of a trust domain shared by several clusters, but its intermediate carries no cluster binding (spiffe://<td>/meshpeer/cluster/<name>), so it cannot say which cluster it speaks for; re-issue the intermediate with meshpeer certs cluster"
+    )]
+    NoClusterBinding {
+        /// The peer's SPIFFE ID.
+        id: String,
+    },
     /// The peer's SPIFFE ID is not one we accept (e.g. a server that is not
     /// the controller).
     #[error("peer identity is {got}, expected {}", expected_list(.expected))]
@@ -88,6 +109,7 @@ pub enum Refusal {
 impl Refusal {
     /// A stable short label for metrics: `unknown_root`, `expired`,
     /// `wrong_trust_domain`, `trust_domain_not_bound`, `wrong_identity`,
+    /// `wrong_cluster`, `no_cluster_binding`,
     /// `no_spiffe_id`, `refused_by_peer` or `other`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -96,6 +118,8 @@ impl Refusal {
             Refusal::WrongTrustDomain { .. } => "wrong_trust_domain",
             Refusal::TrustDomainNotBound { .. } => "trust_domain_not_bound",
             Refusal::WrongIdentity { .. } => "wrong_identity",
+            Refusal::WrongCluster { .. } => "wrong_cluster",
+            Refusal::NoClusterBinding { .. } => "no_cluster_binding",
             Refusal::NoSpiffeId { .. } => "no_spiffe_id",
             Refusal::RefusedByPeer { .. } => "refused_by_peer",
             Refusal::Other(_) => "other",

@@ -140,6 +140,20 @@ impl SpiffeId {
         }
     }
 
+    /// Checks that `cluster` can name a cluster in the cluster binding of an
+    /// intermediate CA (`spiffe://<td>/meshpeer/cluster/<cluster>`): one
+    /// SPIFFE path segment of ASCII letters, digits, `.`, `-`, `_`, at most
+    /// 64 bytes. Err: what is wrong with it.
+    pub fn check_cluster_name(cluster: &str) -> Result<(), &'static str> {
+        if cluster.len() > 64 {
+            return Err("is longer than 64 bytes");
+        }
+        match segment_problem(cluster) {
+            None => Ok(()),
+            Some(problem) => Err(problem),
+        }
+    }
+
     /// The trust domain, e.g. `cluster1` in `spiffe://cluster1/ns/x/sa/y`.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain

@@ -80,6 +80,35 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// [`client_config`] for a server that must also speak for `cluster`: its
+/// chain's cluster binding (on the intermediate the root signed, SPEC P6)
+/// must be `cluster` ([`crate::Refusal::WrongCluster`]); a chain bound to
+/// no cluster passes unless `require_binding`
+/// ([`crate::Refusal::NoClusterBinding`]), which a client sets when the
+/// trust domain is shared by several clusters, so that another cluster of
+/// it cannot answer in the expected one's place.
+pub fn client_config_for_cluster(
+    identity: Arc<Identity>,
+    root: &TrustRoot,
+    expected_trust_domain: &str,
+    cluster: &str,
+    require_binding: bool,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let policy = PeerPolicy::TrustDomains([expected_trust_domain.to_owned()].into());
+    let verifier = PeerVerifier::new(root, policy).of_cluster(cluster, require_binding);
+    let mut config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(verifier))
+    .with_client_cert_resolver(identity);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
 /// A server config for listeners where a client certificate is optional
 /// (the controller's cluster listener, SPEC P7/P8): TLS 1.3, aws-lc-rs,
 /// presents `identity`'s current leaf, offers `alpn` in order.
@@ -87,15 +116,25 @@ pub fn client_config(
 /// A client that presents a certificate is verified in full (chain to
 /// `root`, one SPIFFE URI, P6 bindings; any trust domain, so that the
 /// application can refuse it with a reason); one that presents none is
-/// let in, and the application decides what it may do. Session resumption
-/// is off.
+/// let in, and the application decides what it may do. When `identity`'s
+/// CA is bound to a cluster, a client certificate of `identity`'s trust
+/// domain must also be bound to that cluster ([`crate::Refusal::WrongCluster`],
+/// [`crate::Refusal::NoClusterBinding`]): where clusters share a trust
+/// domain, another cluster's workload may not renew here or follow this
+/// cluster's catalog. Session resumption is off.
 pub fn server_config_optional_client(
     identity: Arc<Identity>,
     root: &TrustRoot,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier =
+    let mut verifier =
         PeerVerifier::new(root, PeerPolicy::AnyTrustDomain).client_certificate_optional();
+    // The listener of a cluster whose CA is bound to it (SPEC P6): a client
+    // certificate of its trust domain must come from this cluster's
+    // intermediate, not from another cluster sharing the trust domain.
+    if let Some(cluster) = identity.cluster_ca().and_then(|ca| ca.cluster_binding()) {
+        verifier = verifier.within_cluster(identity.spiffe_id().trust_domain(), cluster);
+    }
     let mut config = ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

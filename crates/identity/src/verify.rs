@@ -78,34 +78,134 @@ pub(crate) fn verify_chain(
 
 /// SPEC P6: every CA of a verified path that is bound to a trust domain
 /// must be bound to the leaf's. Unbound CAs (made before bindings) pass.
+///
+/// Returns the cluster the chain speaks for: the cluster binding of the CA
+/// the root signed (the last of `path`), which only the root's holder can
+/// have written. A cluster binding on a CA below it (one a cluster could
+/// have made, were its CA allowed to sign CAs) must agree with it, or the
+/// chain is refused; the leaf's own SANs never name a cluster.
 pub(crate) fn check_bindings(
     leaf: &SpiffeId,
     path: &[CertificateDer<'static>],
-) -> Result<(), Refusal> {
-    for ca in path {
+) -> Result<Option<String>, Refusal> {
+    let mut top = None;
+    let mut below = Vec::new();
+    for (i, ca) in path.iter().enumerate() {
         let issuer = || {
             cert::facts(ca)
                 .map(|f| f.subject)
                 .unwrap_or_else(|_| "(unreadable subject)".to_owned())
         };
-        match cert::binding_of(ca) {
-            Ok(Some(bound)) if bound != leaf.trust_domain() => {
-                return Err(Refusal::TrustDomainNotBound {
-                    got: leaf.trust_domain().to_owned(),
-                    bound,
-                    issuer: issuer(),
-                });
-            }
-            Ok(_) => {}
-            Err(detail) => {
-                return Err(Refusal::Other(format!(
-                    "peer certificate's issuer {} has an unusable trust domain binding: {detail}",
-                    issuer()
-                )));
+        let bindings = cert::bindings_of(ca).map_err(|detail| {
+            Refusal::Other(format!(
+                "peer certificate's issuer {} has an unusable trust domain binding: {detail}",
+                issuer()
+            ))
+        })?;
+        if let Some(bound) = bindings.trust_domain
+            && bound != leaf.trust_domain()
+        {
+            return Err(Refusal::TrustDomainNotBound {
+                got: leaf.trust_domain().to_owned(),
+                bound,
+                issuer: issuer(),
+            });
+        }
+        if let Some(cluster) = bindings.cluster {
+            if i + 1 == path.len() {
+                top = Some(cluster);
+            } else {
+                below.push((cluster, issuer()));
             }
         }
     }
-    Ok(())
+    for (cluster, issuer) in below {
+        if top.as_deref() != Some(cluster.as_str()) {
+            return Err(Refusal::Other(format!(
+                "peer certificate's issuer {issuer} claims cluster {cluster}, but the CA the root signed on its path is bound to {}; only the root's holder binds a CA to a cluster",
+                top.as_deref().unwrap_or("no cluster")
+            )));
+        }
+    }
+    Ok(top)
+}
+
+/// A peer whose chain was verified to the shared root: its SPIFFE ID (from
+/// its leaf) and the cluster its chain speaks for (from the cluster binding
+/// of the intermediate the root signed, SPEC P6; never from the leaf).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    /// The leaf's SPIFFE ID.
+    pub id: SpiffeId,
+    /// The cluster binding of the peer's intermediate; `None` when it has
+    /// none (made before cluster bindings).
+    pub cluster: Option<String>,
+}
+
+impl VerifiedPeer {
+    /// Whether this peer may be the cluster `cluster` of trust domain
+    /// `trust_domain` that a local link or caller names: same trust domain,
+    /// and, when the chain is bound to a cluster, that cluster. A chain
+    /// without a cluster binding matches on the trust domain alone, which
+    /// tells clusters apart only when each has a trust domain of its own:
+    /// callers check [`VerifiedPeer::cluster`] first where trust domains are
+    /// shared.
+    pub fn is(&self, trust_domain: &str, cluster: &str) -> bool {
+        self.id.trust_domain() == trust_domain
+            && self.cluster.as_deref().is_none_or(|c| c == cluster)
+    }
+}
+
+impl std::fmt::Display for VerifiedPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cluster {
+            Some(c) => write!(f, "{} (cluster {c})", self.id),
+            None => write!(f, "{} (no cluster binding)", self.id),
+        }
+    }
+}
+
+/// A client's identity after a handshake that `server_config` verified,
+/// from `tokio_rustls` `get_ref().1.peer_certificates()`: its SPIFFE ID and
+/// the cluster of its chain. The chain is verified again to `root` (now,
+/// for client authentication) so that the cluster is read from the path
+/// that leads to the root, not from whatever else the client sent along.
+pub fn verified_client(
+    root: &TrustRoot,
+    certs: &[CertificateDer<'_>],
+) -> Result<VerifiedPeer, Refusal> {
+    verified(root, certs, false)
+}
+
+/// [`verified_client`] for a server (after `client_config`'s handshake).
+pub fn verified_server(
+    root: &TrustRoot,
+    certs: &[CertificateDer<'_>],
+) -> Result<VerifiedPeer, Refusal> {
+    verified(root, certs, true)
+}
+
+fn verified(
+    root: &TrustRoot,
+    certs: &[CertificateDer<'_>],
+    server_auth: bool,
+) -> Result<VerifiedPeer, Refusal> {
+    let (leaf, intermediates) = certs.split_first().ok_or_else(|| Refusal::NoSpiffeId {
+        detail: "the peer presented no certificate".to_owned(),
+    })?;
+    let now = UnixTime::now();
+    let path = verify_chain(root, leaf, intermediates, now, server_auth).map_err(|err| {
+        if is_wrong_root(&err) {
+            Refusal::UnknownRoot {
+                our_root_sha256: Some(root.sha256_fingerprint().to_owned()),
+            }
+        } else {
+            Refusal::Other(format!("peer certificate chain is not acceptable: {err}"))
+        }
+    })?;
+    let id = cert::spiffe_id_of(leaf).map_err(|detail| Refusal::NoSpiffeId { detail })?;
+    let cluster = check_bindings(&id, &path)?;
+    Ok(VerifiedPeer { id, cluster })
 }
 
 /// Whether a chain failure means "not issued under this root" (as opposed
@@ -137,6 +237,14 @@ pub(crate) struct PeerVerifier {
     trust_domains: Option<BTreeSet<String>>,
     /// Accepted identities; `None` accepts any (within `trust_domains`).
     identities: Option<BTreeSet<SpiffeId>>,
+    /// The cluster the peer's chain must be bound to (SPEC P6): `None`
+    /// any; `Some((cluster, required))`: a chain bound to another cluster is
+    /// refused, and so is one bound to none when `required`.
+    cluster: Option<(String, bool)>,
+    /// `(trust domain, cluster)`: a peer of that trust domain must be of
+    /// that cluster (its chain bound to it), e.g. clients of a cluster's
+    /// own listener where other clusters share its trust domain.
+    own_cluster: Option<(String, String)>,
     /// Server side: whether a client must present a certificate.
     client_auth_mandatory: bool,
     root_subjects: Vec<DistinguishedName>,
@@ -153,6 +261,8 @@ impl PeerVerifier {
                 PeerPolicy::TrustDomains(set) => Some(set),
             },
             identities: None,
+            cluster: None,
+            own_cluster: None,
             client_auth_mandatory: true,
             root_subjects,
             algorithms: algorithms(),
@@ -162,6 +272,20 @@ impl PeerVerifier {
     /// Accepts exactly `ids` (a server that must be the controller).
     pub(crate) fn only(mut self, ids: BTreeSet<SpiffeId>) -> Self {
         self.identities = Some(ids);
+        self
+    }
+
+    /// Accepts only chains bound to `cluster` (and chains bound to no
+    /// cluster unless `required`).
+    pub(crate) fn of_cluster(mut self, cluster: &str, required: bool) -> Self {
+        self.cluster = Some((cluster.to_owned(), required));
+        self
+    }
+
+    /// Peers of `trust_domain` must have chains bound to `cluster`; peers
+    /// of other trust domains are not checked here.
+    pub(crate) fn within_cluster(mut self, trust_domain: &str, cluster: &str) -> Self {
+        self.own_cluster = Some((trust_domain.to_owned(), cluster.to_owned()));
         self
     }
 
@@ -226,7 +350,37 @@ impl PeerVerifier {
                 got: id.trust_domain().to_owned(),
             }));
         }
-        check_bindings(&id, &path).map_err(refuse)?;
+        let bound = check_bindings(&id, &path).map_err(refuse)?;
+        if let Some((expected, required)) = &self.cluster {
+            match &bound {
+                Some(got) if got != expected => {
+                    return Err(refuse(Refusal::WrongCluster {
+                        expected: expected.clone(),
+                        got: got.clone(),
+                    }));
+                }
+                None if *required => {
+                    return Err(refuse(Refusal::NoClusterBinding { id: id.to_string() }));
+                }
+                _ => {}
+            }
+        }
+        if let Some((td, cluster)) = &self.own_cluster
+            && id.trust_domain() == td
+        {
+            match &bound {
+                Some(got) if got == cluster => {}
+                Some(got) => {
+                    return Err(refuse(Refusal::WrongCluster {
+                        expected: cluster.clone(),
+                        got: got.clone(),
+                    }));
+                }
+                None => {
+                    return Err(refuse(Refusal::NoClusterBinding { id: id.to_string() }));
+                }
+            }
+        }
         if let Some(allowed) = &self.identities
             && !allowed.contains(&id)
         {

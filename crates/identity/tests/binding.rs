@@ -45,7 +45,13 @@ fn p6_intermediate_carries_its_trust_domain_and_keeps_it_through_cacerts() {
         .issue_intermediate("cluster1", "td1.example", YEAR, SystemTime::now() - DAY)
         .unwrap();
     assert_eq!(ca.binding(), Some("td1.example"));
-    assert_eq!(uri_sans(ca.cert_der()), ["spiffe://td1.example"]);
+    assert_eq!(
+        uri_sans(ca.cert_der()),
+        [
+            "spiffe://td1.example",
+            "spiffe://td1.example/meshpeer/cluster/cluster1"
+        ]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     ca.write(dir.path()).unwrap();

@@ -15,7 +15,10 @@ use meshpeer_dataplane::metrics::DataplaneMetrics;
 use meshpeer_dataplane::proxy::{Proxy, ProxyConfig};
 use meshpeer_dataplane::report::{ReportConfig, Reporter};
 use meshpeer_dataplane::state::{self, DataplaneState, StateOptions};
-use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, server_config};
+use meshpeer_identity::{
+    ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, client_config_for_cluster,
+    server_config,
+};
 use meshpeer_model::Cidr;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -73,10 +76,30 @@ impl ProxyRole {
         let dns = DnsServer::start(cfg.dns.clone(), dns_table, DnsMetrics::register(registry))
             .await
             .with_context(|| format!("cannot listen for DNS on {}", cfg.dns.listen))?;
+        let (id, trust) = (Arc::clone(&identity), root.clone());
         let tls: hbone::ClientTls = Arc::new(move |td: &str| {
-            client_config(Arc::clone(&identity), &root, td, &[ALPN_H2]).map_err(|e| e.to_string())
+            client_config(Arc::clone(&id), &trust, td, &[ALPN_H2]).map_err(|e| e.to_string())
         });
-        let hbone = HboneClient::new(tls, cfg.pool.clone(), HboneMetrics::register(registry));
+        // A peer's gateway must speak for the cluster linked (SPEC P6); in
+        // our own trust domain (shared by the mesh) its chain must say so.
+        let own_td = identity.spiffe_id().trust_domain().to_owned();
+        let cluster_tls: hbone::ClusterTls = Arc::new(move |td: &str, cluster: &str| {
+            client_config_for_cluster(
+                Arc::clone(&identity),
+                &root,
+                td,
+                cluster,
+                td == own_td,
+                &[ALPN_H2],
+            )
+            .map_err(|e| e.to_string())
+        });
+        let hbone = HboneClient::with_cluster_tls(
+            tls,
+            cluster_tls,
+            cfg.pool.clone(),
+            HboneMetrics::register(registry),
+        );
         let metrics = DataplaneMetrics::register(registry);
         let proxy = Proxy::start(
             state.clone(),
@@ -136,6 +159,7 @@ impl GatewayRole {
             .with_context(|| format!("cannot listen for HBONE on {listen}"))?;
         let addr = listener.local_addr()?;
         let tls = server_config(identity, &root, PeerPolicy::AnyTrustDomain, &[ALPN_H2])?;
+        let trust_root = root.clone();
         let limits = config.listener;
         let dataplane_metrics = DataplaneMetrics::register(registry);
         let handler = Arc::new(GatewayHandler::new(
@@ -149,7 +173,9 @@ impl GatewayRole {
             let signal = async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = hbone::serve(listener, tls, handler, metrics, limits, signal).await {
+            if let Err(e) =
+                hbone::serve(listener, tls, trust_root, handler, metrics, limits, signal).await
+            {
                 tracing::error!(error = %e, "gateway stopped");
             }
         });

@@ -346,6 +346,69 @@ async fn p8_feed_refuses_a_client_without_a_certificate_or_of_another_trust_doma
     c.controller.shutdown().await;
 }
 
+/// SPEC P6, P8 where clusters share a trust domain: a proxy of another
+/// cluster of c1's trust domain (its intermediate bound to c9 by the root)
+/// has the very SPIFFE ID c1's proxy has, yet c1's cluster listener refuses
+/// its certificate: it may neither follow c1's catalog nor renew there.
+#[tokio::test]
+async fn p8_p6_a_proxy_of_another_cluster_of_the_same_trust_domain_is_refused_at_the_cluster_listener()
+ {
+    let c = c1("127.0.0.1:0").await;
+    let ca9 = c
+        .root
+        .issue_intermediate("c9", "c1", DAY, SystemTime::now() - DAY)
+        .unwrap();
+    let other = Arc::new(
+        Identity::new(
+            ca9,
+            id("c1", "istio-system", "meshpeer-proxy"),
+            DAY,
+            SystemTime::now(),
+        )
+        .unwrap(),
+    );
+    let tls = client_config_for(
+        Some(other as Arc<dyn ResolvesClientCert>),
+        c.root.trust_root(),
+        &id("c1", "istio-system", "meshpeer"),
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(c.cluster).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("meshpeer-controller").unwrap();
+    // TLS 1.3: the client learns of the refusal when it next reads.
+    let outcome = tokio::time::timeout(WITHIN, async {
+        let mut tls = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"GET /v1/catalog/watch HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut buf = [0u8; 64];
+        let n = tls.read(&mut buf).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await
+    .unwrap();
+    match outcome {
+        Err(e) => assert!(e.to_string().contains("alert"), "{e}"),
+        Ok(answer) => assert!(answer.is_empty(), "served: {answer}"),
+    }
+    let m = c.metrics().await;
+    assert!(
+        m.contains("meshpeer_ca_listener_tls_refusals_total{reason=\"wrong_cluster\"} 1"),
+        "{m}"
+    );
+    // c1's own proxy (its chain bound to c1) still follows.
+    let (status, _) = c
+        .get_feed(
+            Some(c.minted("istio-system", "meshpeer-proxy")),
+            "/v1/catalog",
+        )
+        .await;
+    assert_eq!(status, 200);
+    c.controller.shutdown().await;
+}
+
 /// This machine's address toward the outside, as a local connection's source.
 fn non_loopback_address() -> IpAddr {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -423,4 +486,359 @@ async fn p8_the_global_services_page_and_its_api_are_read_only() {
     }
     task.abort();
     c.controller.shutdown().await;
+}
+
+// SPEC P1, P6, D3 where cluster1, cluster2 and cluster3 share the trust
+// domain cluster.local (Istio's multi-network model, what a real ztunnel's
+// inbound needs): each cluster's intermediate is bound to its cluster by
+// the root, and that binding, never a leaf's claim, says which cluster a
+// chain speaks for. The attacker holds cluster3 (its intermediate's key).
+
+mod shared_trust_domain {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use meshpeer::controller::{Controller, ControllerConfig};
+    use meshpeer_dataplane::hbone::{
+        ClientTls, ClusterTls, HboneClient, HboneError, HboneMetrics, PAYLOAD_TCP, PoolConfig,
+        TunnelMeta,
+    };
+    use meshpeer_identity::{
+        ClusterCa, Identity, SpiffeId, client_config, client_config_for_cluster,
+    };
+    use meshpeer_store::file_sink::FileSink;
+    use meshpeer_store::file_source::FileSource;
+
+    use super::support::{Backend, Mesh, WITHIN, ask, namespace, peer_gateway_td, service_with};
+
+    const TD: &str = "cluster.local";
+    const HOST: &str = "web.shop.mesh.internal";
+
+    /// cluster1 (allowing only cluster2 to peer) and cluster2 linked both
+    /// ways; cluster3 runs, linked from nobody. cluster2 exports shop/web,
+    /// whose pod answers with "cluster2".
+    async fn mesh() -> (Mesh, Backend) {
+        let mut mesh = Mesh::shared(&["cluster1", "cluster2", "cluster3"], TD);
+        let mut cfg = mesh.controller_config("cluster1", "127.0.0.1:0".parse().unwrap(), None);
+        cfg.allowed_peers = Some(["cluster2".to_owned()].into());
+        mesh.start_with("cluster1", cfg).await;
+        for c in ["cluster2", "cluster3"] {
+            mesh.start_controller(c, "127.0.0.1:0".parse().unwrap(), None)
+                .await;
+        }
+        mesh.start_dataplane().await;
+        mesh.link("cluster1", "cluster2").await;
+        mesh.link("cluster2", "cluster1").await;
+        let c2 = mesh.cluster("cluster2");
+        let ip = c2.pod_ip(1);
+        c2.write("shop-ns.yaml", &namespace("shop", &[]));
+        c2.write(
+            "web.yaml",
+            &service_with(
+                "shop",
+                "web",
+                &[("solo.io/service-scope", "global")],
+                &[],
+                &[("web-0", &ip, &[])],
+            ),
+        );
+        let backend = Backend::start(format!("{ip}:8080").parse().unwrap(), "cluster2").await;
+        mesh.cluster("cluster2").wait_caller("cluster1").await;
+        (mesh, backend)
+    }
+
+    /// A controller of the shared trust domain whose folder says it is
+    /// `claims`, holding a chain from `ca`, linked to cluster1's peering
+    /// port.
+    async fn rogue(mesh: &Mesh, claims: &str, ca: ClusterCa) -> Controller {
+        let dir = mesh
+            .tmp
+            .path()
+            .join(format!("rogue-{claims}-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("cluster.yaml"),
+            format!("name: {claims}\nregion: r1\nzone: z1\ntrustDomain: {TD}\n"),
+        )
+        .unwrap();
+        let port = mesh.cluster("cluster1").controller().peering_addr.port();
+        std::fs::write(
+            dir.join("peer-cluster1.yaml"),
+            peer_gateway_td("cluster1", TD, 15008, port, None),
+        )
+        .unwrap();
+        let trust_root = ca.trust_root().clone();
+        let id = SpiffeId::new(TD, "istio-system", "meshpeer").unwrap();
+        let identity =
+            Arc::new(Identity::new(ca, id, Duration::from_secs(3600), SystemTime::now()).unwrap());
+        let mut cfg = ControllerConfig::new(
+            Box::new(FileSource::new(dir.clone(), Duration::from_millis(20))),
+            Box::new(FileSink::new(dir.join(".out"))),
+            identity,
+            trust_root,
+            "127.0.0.1:0".parse().unwrap(),
+        );
+        cfg.heartbeat = Duration::from_secs(2);
+        Controller::start(cfg).await.unwrap()
+    }
+
+    fn rand_suffix() -> u128 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    fn intermediate(mesh: &Mesh, cluster: &str) -> ClusterCa {
+        mesh.root
+            .issue_intermediate(cluster, TD, Duration::from_secs(86_400), SystemTime::now())
+            .unwrap()
+    }
+
+    /// Waits until `linking` (a controller that links to cluster1) is told
+    /// cluster1 refuses it, then returns the message cluster1 keeps for
+    /// that refusal, whose reason must be `reason`.
+    async fn refused_by_cluster1(mesh: &Mesh, linking: &Controller, reason: &str) -> String {
+        let told = linking
+            .wait_for(WITHIN, |v| {
+                v.status.peers.iter().any(|p| {
+                    p.cluster == "cluster1"
+                        && p.last_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("refuses peering"))
+                })
+            })
+            .await;
+        assert!(told.is_ok(), "cluster1 never refused: {told:?}");
+        let v = mesh.cluster("cluster1").controller().current();
+        let found = v.status.refused.iter().find(|r| r.reason == reason);
+        found
+            .unwrap_or_else(|| panic!("no {reason} refusal: {:?}", v.status.refused))
+            .message
+            .clone()
+    }
+
+    /// The outer HBONE client of a proxy of `cluster` (its intermediate
+    /// bound to it), checking the gateway's trust domain.
+    fn proxy_of(mesh: &Mesh, cluster: &str) -> HboneClient {
+        let ca = intermediate(mesh, cluster);
+        let id = SpiffeId::new(TD, "istio-system", "meshpeer-proxy").unwrap();
+        let identity =
+            Arc::new(Identity::new(ca, id, Duration::from_secs(3600), SystemTime::now()).unwrap());
+        let root = mesh.root.trust_root().clone();
+        let tls: ClientTls = Arc::new(move |td: &str| {
+            client_config(identity.clone(), &root, td, &[meshpeer_identity::ALPN_H2])
+                .map_err(|e| e.to_string())
+        });
+        HboneClient::new(
+            tls,
+            PoolConfig::default(),
+            Arc::new(HboneMetrics::default()),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p1_d3_linked_clusters_of_one_trust_domain_peer_and_route_over_real_mtls() {
+        let (mesh, _backend) = mesh().await;
+        let c1 = mesh.cluster("cluster1");
+        let vip = c1.wait_route(HOST, 8000, &["cluster2"]).await;
+        // cluster1's proxy -> cluster2's gateway (the caller is told by its
+        // chain's cluster binding) -> cluster2's pod.
+        assert_eq!(ask(vip).await.unwrap(), "cluster2");
+        let v = c1.controller().current();
+        let peer = v
+            .status
+            .peers
+            .iter()
+            .find(|p| p.cluster == "cluster2")
+            .unwrap();
+        assert!(peer.last_sync.is_some(), "{peer:?}");
+        // cluster2 serves cluster1 as a linked peer.
+        let v2 = mesh.cluster("cluster2").controller().current();
+        assert!(
+            v2.status
+                .served
+                .iter()
+                .any(|s| s.cluster == "cluster1" && s.linked),
+            "{:?}",
+            v2.status.served
+        );
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p1_a_chain_of_our_own_clusters_intermediate_is_refused_as_a_peer() {
+        let (mesh, _backend) = mesh().await;
+        // Same SPIFFE ID as every controller of the mesh, from an
+        // intermediate the root bound to cluster1 itself.
+        let own = rogue(&mesh, "cluster9", intermediate(&mesh, "cluster1")).await;
+        let message = refused_by_cluster1(&mesh, &own, "own_cluster").await;
+        assert!(
+            message.contains("bound to this cluster cluster1"),
+            "{message}"
+        );
+        own.shutdown().await;
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p1_an_unlinked_cluster_is_refused_and_cannot_pose_as_a_linked_one() {
+        let (mut mesh, _backend) = mesh().await;
+        // cluster3 links to cluster1, which allows cluster2 only.
+        mesh.link("cluster3", "cluster1").await;
+        let message = refused_by_cluster1(
+            &mesh,
+            mesh.cluster("cluster3").controller(),
+            "peer_not_allowed",
+        )
+        .await;
+        assert!(
+            message.contains("cluster cluster3 (trust domain cluster.local) is not among the allowed peers (cluster2)"),
+            "{message}"
+        );
+        // cluster3's key, its folder saying it is cluster2: its leaf is the
+        // same SPIFFE ID as cluster2's controller, its intermediate is not.
+        let pose = rogue(&mesh, "cluster2", intermediate(&mesh, "cluster3")).await;
+        refused_by_cluster1(&mesh, &pose, "peer_not_allowed").await;
+        // Refused as cluster3 whatever it says; cluster2 stays the only
+        // peer served.
+        let v = mesh.cluster("cluster1").controller().current();
+        assert!(
+            v.status
+                .refused
+                .iter()
+                .all(|r| r.reason != "peer_not_allowed" || r.message.contains("cluster cluster3")),
+            "{:?}",
+            v.status.refused
+        );
+        assert!(
+            v.status.served.iter().all(|s| s.cluster == "cluster2"),
+            "{:?}",
+            v.status.served
+        );
+        pose.shutdown().await;
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p6_an_intermediate_without_cluster_binding_cannot_peer_in_a_shared_trust_domain() {
+        let (mesh, _backend) = mesh().await;
+        let unbound = mesh
+            .root
+            .issue_trust_domain_intermediate(
+                "cluster2",
+                TD,
+                Duration::from_secs(86_400),
+                SystemTime::now(),
+            )
+            .unwrap();
+        let rogue = rogue(&mesh, "cluster2", unbound).await;
+        let message = refused_by_cluster1(&mesh, &rogue, "no_cluster_binding").await;
+        assert!(message.contains("cannot say which cluster"), "{message}");
+        rogue.shutdown().await;
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn p6_a_proxy_refuses_another_clusters_gateway_answering_for_the_linked_one() {
+        let (mesh, _backend) = mesh().await;
+        // cluster1's proxy, as ProxyRole builds it: the gateway must be
+        // bound to the cluster the link names.
+        let ca = intermediate(&mesh, "cluster1");
+        let id = SpiffeId::new(TD, "istio-system", "meshpeer-proxy").unwrap();
+        let identity =
+            Arc::new(Identity::new(ca, id, Duration::from_secs(3600), SystemTime::now()).unwrap());
+        let root = mesh.root.trust_root().clone();
+        let (i, r) = (identity.clone(), root.clone());
+        let tls: ClientTls = Arc::new(move |td: &str| {
+            client_config(i.clone(), &r, td, &[meshpeer_identity::ALPN_H2])
+                .map_err(|e| e.to_string())
+        });
+        let cluster_tls: ClusterTls = Arc::new(move |td: &str, cluster: &str| {
+            client_config_for_cluster(
+                identity.clone(),
+                &root,
+                td,
+                cluster,
+                true,
+                &[meshpeer_identity::ALPN_H2],
+            )
+            .map_err(|e| e.to_string())
+        });
+        let proxy = HboneClient::with_cluster_tls(
+            tls,
+            cluster_tls,
+            PoolConfig::default(),
+            Arc::new(HboneMetrics::default()),
+        );
+        let meta = TunnelMeta {
+            payload: Some(PAYLOAD_TCP.into()),
+            ..TunnelMeta::default()
+        };
+        let authority = format!("{HOST}:8000");
+        // cluster3's gateway answers where cluster2's is expected.
+        let impostor = mesh.cluster("cluster3").gateway().addr;
+        let refused = tokio::time::timeout(
+            WITHIN,
+            proxy.connect_to_cluster(impostor, TD, "cluster2", &authority, &meta),
+        )
+        .await
+        .unwrap();
+        match refused {
+            Err(HboneError::Tls { refusal, .. }) => {
+                assert_eq!(refusal.reason(), "wrong_cluster", "{refusal}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("cluster3's gateway was taken for cluster2's"),
+        }
+        // cluster2's own gateway is taken.
+        let real = mesh.cluster("cluster2").gateway().addr;
+        let tunnel = tokio::time::timeout(
+            WITHIN,
+            proxy.connect_to_cluster(real, TD, "cluster2", &authority, &meta),
+        )
+        .await
+        .unwrap();
+        assert!(tunnel.is_ok(), "{:?}", tunnel.err());
+        mesh.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn d3_the_gateway_admits_a_linked_clusters_caller_and_refuses_another_with_the_same_id() {
+        let (mesh, _backend) = mesh().await;
+        let gateway: SocketAddr = mesh.cluster("cluster2").gateway().addr;
+        let meta = TunnelMeta {
+            payload: Some(PAYLOAD_TCP.into()),
+            ..TunnelMeta::default()
+        };
+        let authority = format!("{HOST}:8000");
+        // cluster1's proxy identity: admitted.
+        let tunnel = tokio::time::timeout(
+            WITHIN,
+            proxy_of(&mesh, "cluster1").connect(gateway, TD, &authority, &meta),
+        )
+        .await
+        .unwrap();
+        assert!(tunnel.is_ok(), "cluster1 refused: {:?}", tunnel.err());
+        // cluster3's, the same SPIFFE ID: 403.
+        let refused = tokio::time::timeout(
+            WITHIN,
+            proxy_of(&mesh, "cluster3").connect(gateway, TD, &authority, &meta),
+        )
+        .await
+        .unwrap();
+        match refused {
+            Err(HboneError::Refused { status, message }) => {
+                assert_eq!(status, 403, "{message}");
+                assert!(
+                    message.contains("cluster cluster3 (trust domain cluster.local) does not link to cluster cluster2"),
+                    "{message}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("cluster3's caller was let through"),
+        }
+        mesh.shutdown().await;
+    }
 }

@@ -24,7 +24,7 @@ pub struct RejectLabels {
 
 /// Every reason `rejects` counts under a peer's name (client side and
 /// served linked peers), so that a peer's label sets can all be removed.
-pub const REJECT_REASONS: [&str; 20] = [
+pub const REJECT_REASONS: [&str; 23] = [
     "unreachable",
     "unknown_root",
     "expired",
@@ -38,6 +38,9 @@ pub const REJECT_REASONS: [&str; 20] = [
     "nack_sent",
     "nack_received",
     "own_trust_domain",
+    "own_cluster",
+    "no_cluster_binding",
+    "wrong_cluster",
     "peer_not_allowed",
     "cluster_name_mismatch",
     "segment_pin_mismatch",

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::{Stream, StreamExt};
-use meshpeer_identity::SpiffeId;
+use meshpeer_identity::{SpiffeId, VerifiedPeer};
 use meshpeer_model::Export;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -117,6 +117,20 @@ pub struct ConnInfo {
     /// SPIFFE id of the peer's certificate.
     pub spiffe_id: String,
     pub trust_domain: String,
+    /// The cluster its chain is bound to (its intermediate's cluster
+    /// binding, verified to the root, SPEC P6); `None`: none.
+    pub cluster: Option<String>,
+}
+
+impl ConnInfo {
+    /// Who this is, for one live stream per peer (B4): its SPIFFE ID and,
+    /// where clusters share a trust domain and so the ID, its cluster.
+    fn key(&self) -> String {
+        match &self.cluster {
+            Some(c) => format!("{} cluster={c}", self.spiffe_id),
+            None => self.spiffe_id.clone(),
+        }
+    }
 }
 
 /// A peer currently served, for status (O5).
@@ -127,6 +141,8 @@ pub struct ServedPeer {
     pub spiffe_id: String,
     /// Trust domain of its certificate.
     pub trust_domain: String,
+    /// The cluster its chain is bound to (SPEC P6), if any.
+    pub cluster_binding: Option<String>,
     pub remote: String,
     pub connected_since: SystemTime,
     /// Export version the peer last ACKed.
@@ -161,6 +177,11 @@ pub struct ServerSettings {
     /// Concurrent streams one connection may open (B4); beyond, HTTP/2
     /// refuses them. A peer needs one.
     pub max_streams_per_connection: u32,
+    /// The shared root, to read a client's cluster binding from the path
+    /// its chain verified along (SPEC P6). Without it, clients speak for no
+    /// cluster, which is enough only where every cluster has a trust
+    /// domain of its own.
+    pub trust_root: Option<meshpeer_identity::TrustRoot>,
 }
 
 impl ServerSettings {
@@ -173,6 +194,7 @@ impl ServerSettings {
             hello_timeout: Duration::from_secs(10),
             admission: Admission::new(cluster),
             max_streams_per_connection: MAX_STREAMS_PER_CONNECTION,
+            trust_root: None,
         }
     }
 }
@@ -288,6 +310,12 @@ impl PeeringService {
             .unwrap_or_default()
     }
 
+    /// The shared root a client's chain is verified to again, to read its
+    /// cluster binding (see [`ServerSettings::trust_root`]).
+    pub(crate) fn trust_root(&self) -> Option<&meshpeer_identity::TrustRoot> {
+        self.shared.settings.trust_root.as_ref()
+    }
+
     /// Records a connection refused during the TLS handshake.
     pub(crate) fn refused(&self, remote: &str, refusal: &meshpeer_identity::Refusal) {
         self.shared
@@ -326,9 +354,13 @@ impl PeeringService {
                 },
             )
         })?;
+        let peer = VerifiedPeer {
+            id,
+            cluster: conn.cluster.clone(),
+        };
         s.admission
             .borrow()
-            .admit_identity(&id)
+            .admit_identity(&peer)
             .map_err(|d| s.deny(&conn, &d))?;
         let hello = match tokio::time::timeout(s.settings.hello_timeout, inbound.next()).await {
             Ok(Some(Ok(PeerRequest {
@@ -371,7 +403,7 @@ impl PeeringService {
             return Err(Status::invalid_argument("Hello.cluster is empty"));
         }
         let claims = Claims {
-            trust_domain: conn.trust_domain.clone(),
+            peer,
             cluster: hello.cluster.clone(),
             segment: (!hello.segment.is_empty()).then(|| hello.segment.clone()),
         };
@@ -395,6 +427,7 @@ impl PeeringService {
                     segment: segment.clone(),
                     spiffe_id: conn.spiffe_id.clone(),
                     trust_domain: conn.trust_domain.clone(),
+                    cluster_binding: conn.cluster.clone(),
                     remote: conn.remote.clone(),
                     connected_since: SystemTime::now(),
                     acked_version: None,
@@ -414,7 +447,7 @@ impl PeeringService {
             .sessions
             .lock()
             .ok()
-            .and_then(|mut m| m.insert(conn.spiffe_id.clone(), (id, replaced_tx)));
+            .and_then(|mut m| m.insert(conn.key(), (id, replaced_tx)));
         if let Some((_, end_older)) = older {
             s.metrics.sessions_replaced.inc();
             info!(peer = %hello.cluster, id = %conn.spiffe_id, "a newer stream from the same identity replaces the older one");
@@ -430,7 +463,7 @@ impl PeeringService {
             Ok(n) => n,
             Err(_) => usize::MAX,
         };
-        let spiffe_id = conn.spiffe_id.clone();
+        let session_key = conn.key();
         let session = Session {
             shared: Arc::clone(&shared),
             id,
@@ -449,10 +482,10 @@ impl PeeringService {
             }
             if let Ok(mut sessions) = shared.sessions.lock()
                 && sessions
-                    .get(&spiffe_id)
+                    .get(&session_key)
                     .is_some_and(|(live, _)| *live == id)
             {
-                sessions.remove(&spiffe_id);
+                sessions.remove(&session_key);
             }
             shared.metrics.served_peers.dec();
             shared.served_changed.send_modify(|n| *n += 1);
@@ -501,14 +534,16 @@ struct Session {
 /// What a served client claimed in its Hello, re-checked when the
 /// admission rules change.
 struct Claims {
-    trust_domain: String,
+    /// Its verified certificate (identity and cluster binding).
+    peer: VerifiedPeer,
     cluster: String,
     segment: Option<String>,
 }
 
 impl Claims {
     fn admit(&self, admission: &Admission) -> Result<(), Denial> {
-        admission.admit_claims(&self.trust_domain, &self.cluster, self.segment.as_deref())
+        admission.admit_identity(&self.peer)?;
+        admission.admit_claims(&self.peer, &self.cluster, self.segment.as_deref())
     }
 }
 
@@ -572,10 +607,7 @@ impl Session {
     /// cluster links to it, else `unknown` (B6: a client does not get to
     /// name label sets).
     fn labels(&self, admission: &Admission) -> PeerLabels {
-        let linked = admission
-            .links
-            .get(&self.claims.trust_domain)
-            .is_some_and(|k| k.cluster == self.peer);
+        let linked = admission.links_to(&self.claims.peer, &self.peer);
         Metrics::peer(if linked { &self.peer } else { UNKNOWN_PEER })
     }
 

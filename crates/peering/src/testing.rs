@@ -104,6 +104,9 @@ impl Connector for MemoryConnector {
                     hello.trust_domain
                 ),
                 trust_domain: hello.trust_domain.clone(),
+                // As a chain from an intermediate `meshpeer certs` bound to
+                // the cluster would say.
+                cluster: Some(hello.cluster.clone()),
             };
             let _ = tx
                 .send(PeerRequest {

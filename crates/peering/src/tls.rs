@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
-use meshpeer_identity::{ALPN_H2, Refusal, peer_identity, refusal_reason, refusal_reason_io};
+use meshpeer_identity::{
+    ALPN_H2, Refusal, VerifiedPeer, peer_identity, refusal_reason, refusal_reason_io,
+    verified_client,
+};
 use meshpeer_listener::{Gate, LazyBufReader, Limits, ListenerMetrics, Slot};
 use meshpeer_model::PeerLink;
 use rustls::pki_types::ServerName;
@@ -203,8 +206,14 @@ async fn handshake(
     match accepted {
         Ok(io) => {
             let certs = io.get_ref().1.peer_certificates().unwrap_or_default();
-            match peer_identity(certs) {
-                Ok(id) => {
+            // The cluster a chain speaks for is read from the path that
+            // leads to the root (SPEC P6), so the chain is verified again.
+            let verified = match svc.trust_root() {
+                Some(root) => verified_client(root, certs),
+                None => peer_identity(certs).map(|id| VerifiedPeer { id, cluster: None }),
+            };
+            match verified {
+                Ok(VerifiedPeer { id, cluster }) => {
                     if let Err(cut) = slot.authenticate() {
                         warn!(%remote, peer = %id, reason = cut.reason(), "peer connection not served: {cut}");
                         return None;
@@ -214,6 +223,7 @@ async fn handshake(
                             remote: remote.to_string(),
                             spiffe_id: id.to_string(),
                             trust_domain: id.trust_domain().to_owned(),
+                            cluster,
                         },
                         io,
                         _slot: slot,
@@ -259,10 +269,11 @@ fn is_tls_refusal(err: &io::Error) -> bool {
         || err.to_string().starts_with("received fatal alert: ")
 }
 
-/// Builds the client TLS config for a peer, given the trust domain expected
-/// of it (meshpeer-identity's `client_config`).
+/// Builds the client TLS config for a peer, given this cluster's link to it
+/// (its trust domain, and its cluster name, which a chain bound to a
+/// cluster must carry: meshpeer-identity's `client_config_for_cluster`).
 pub type ClientTls =
-    Arc<dyn Fn(&str) -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync + 'static>;
+    Arc<dyn Fn(&PeerLink) -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync + 'static>;
 
 /// Dials a peer's control plane (its east-west gateway's addresses, port
 /// `xds-tls`) over mutual TLS and opens the peering stream.
@@ -369,7 +380,7 @@ impl Connector for TlsConnector {
         let link = link.clone();
         let this = self.clone();
         Box::pin(async move {
-            let config = (this.tls)(&link.trust_domain).map_err(|e| ConnectError {
+            let config = (this.tls)(&link).map_err(|e| ConnectError {
                 reason: "tls",
                 message: format!("cannot build the TLS config for peer {}: {e}", link.cluster),
             })?;

@@ -382,6 +382,7 @@ fn conn(td: &str) -> ConnInfo {
         remote: "127.0.0.1:1".into(),
         spiffe_id: format!("spiffe://{td}/ns/istio-system/sa/meshpeer"),
         trust_domain: td.into(),
+        cluster: None,
     }
 }
 

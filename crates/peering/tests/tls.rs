@@ -82,8 +82,8 @@ fn link(port: u16, trust_domain: &str) -> PeerLink {
 
 fn start_link(link: PeerLink, ca: &RootCa, id: Arc<Identity>) -> mpsc::Receiver<PeerUpdate> {
     let root = ca.trust_root().clone();
-    let connector = TlsConnector::new(Arc::new(move |td: &str| {
-        client_config(id.clone(), &root, td, &[ALPN_H2]).map_err(|e| e.to_string())
+    let connector = TlsConnector::new(Arc::new(move |l: &PeerLink| {
+        client_config(id.clone(), &root, &l.trust_domain, &[ALPN_H2]).map_err(|e| e.to_string())
     }));
     let (_tx, local) = watch::channel(LocalInfo {
         cluster: "cluster1".into(),
@@ -378,4 +378,185 @@ async fn p1_allowed_peers_and_own_trust_domain() {
     );
     let reasons: Vec<&str> = service.refusals().iter().map(|r| r.reason).collect();
     assert_eq!(reasons, ["peer_not_allowed", "own_trust_domain"]);
+}
+
+// A mesh where cluster1, cluster2 and cluster3 share the trust domain
+// cluster.local (Istio's multi-network model): each cluster's intermediate
+// is bound to its cluster by the root, and that binding, not the trust
+// domain, tells the clusters apart (P1, P6).
+
+const SHARED: &str = "cluster.local";
+
+fn shared_controller(ca: &RootCa, cluster: &str) -> Arc<Identity> {
+    identity(ca, cluster, SHARED, DAY, SystemTime::now())
+}
+
+/// cluster2's peering server in the shared trust domain, reading clients'
+/// cluster bindings from the shared root; `allowed`: `--allowed-peers`.
+async fn shared_server2(
+    ca: &RootCa,
+    id: Arc<Identity>,
+    allowed: Option<&[&str]>,
+) -> (u16, PeeringService) {
+    // The exports of cluster2 stay published for the test's duration.
+    let publisher = ExportPublisher::new();
+    publisher.publish(&exports(
+        &ClusterBuilder::new("cluster2")
+            .trust_domain(SHARED)
+            .service(svc("shop", "web").global().ready(2))
+            .build(),
+    ));
+    let mut settings = ServerSettings::new("cluster2");
+    settings.admission.own_trust_domain = SHARED.into();
+    settings.admission.own_cluster = "cluster2".into();
+    settings.admission.own_cluster_bound = true;
+    settings.admission.allowed_trust_domains =
+        allowed.map(|a| a.iter().map(|s| (*s).to_owned()).collect());
+    settings.trust_root = Some(ca.trust_root().clone());
+    let service = PeeringService::new(settings, &publisher, Arc::new(Metrics::default()));
+    std::mem::forget(publisher);
+    let tls = server_config(id, ca.trust_root(), PeerPolicy::AnyTrustDomain, &[ALPN_H2]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(serve(
+        listener,
+        tls,
+        service.clone(),
+        std::future::pending(),
+    ));
+    (port, service)
+}
+
+/// A link from `me` (a cluster of the shared trust domain) to cluster2,
+/// checking that the server's chain is bound to cluster2.
+fn start_shared_link(
+    port: u16,
+    me: &str,
+    ca: &RootCa,
+    id: Arc<Identity>,
+) -> mpsc::Receiver<PeerUpdate> {
+    let root = ca.trust_root().clone();
+    let connector = TlsConnector::new(Arc::new(move |l: &PeerLink| {
+        meshpeer_identity::client_config_for_cluster(
+            id.clone(),
+            &root,
+            &l.trust_domain,
+            &l.cluster,
+            true,
+            &[ALPN_H2],
+        )
+        .map_err(|e| e.to_string())
+    }));
+    let (tx, local) = watch::channel(LocalInfo {
+        cluster: me.into(),
+        segment: None,
+        trust_domain: SHARED.into(),
+    });
+    std::mem::forget(tx);
+    let (tx, rx) = mpsc::channel(64);
+    let cfg = LinkConfig {
+        link: link(port, SHARED),
+        local,
+        heartbeat: Duration::from_secs(10),
+        grace: Duration::from_secs(120),
+        backoff: Backoff::new(Duration::from_millis(50), Duration::from_secs(1), 3),
+        limits: Default::default(),
+        held_until: None,
+    };
+    tokio::spawn(run_link(
+        cfg,
+        Arc::new(connector),
+        tx,
+        Arc::new(Metrics::default()),
+    ));
+    rx
+}
+
+#[tokio::test]
+async fn p1_shared_trust_domain_peers_sync_and_the_own_cluster_is_refused() {
+    let ca = root("shared");
+    let (port, service) = shared_server2(&ca, shared_controller(&ca, "cluster2"), None).await;
+    // cluster1, same SPIFFE ID as cluster2's controller, syncs.
+    let mut rx = start_shared_link(port, "cluster1", &ca, shared_controller(&ca, "cluster1"));
+    assert!(
+        matches!(first_outcome(&mut rx).await, PeerEvent::Synced { .. }),
+        "cluster1 syncs with cluster2"
+    );
+    let served = service.served();
+    assert_eq!(served.len(), 1);
+    assert_eq!(served[0].cluster, "cluster1");
+    assert_eq!(served[0].cluster_binding.as_deref(), Some("cluster1"));
+
+    // A chain from cluster2's own intermediate is no peer.
+    let mut rx = start_shared_link(port, "cluster2", &ca, shared_controller(&ca, "cluster2"));
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "refused", "{message}");
+    assert!(
+        message.contains("bound to this cluster cluster2"),
+        "{message}"
+    );
+    assert_eq!(service.refusals().last().unwrap().reason, "own_cluster");
+}
+
+#[tokio::test]
+async fn p1_shared_trust_domain_a_cluster_cannot_claim_another_and_allowed_peers_name_clusters() {
+    let ca = root("shared");
+    let (port, service) =
+        shared_server2(&ca, shared_controller(&ca, "cluster2"), Some(&["cluster1"])).await;
+    // cluster3 is not allowed.
+    let mut rx = start_shared_link(port, "cluster3", &ca, shared_controller(&ca, "cluster3"));
+    let (_, message) = refused(first_outcome(&mut rx).await);
+    assert!(
+        message.contains("cluster cluster3 (trust domain cluster.local) is not among the allowed peers (cluster1)"),
+        "{message}"
+    );
+    // cluster3's controller says it is cluster1: its leaf is the same
+    // SPIFFE ID, but its intermediate is cluster3's.
+    let mut rx = start_shared_link(port, "cluster1", &ca, shared_controller(&ca, "cluster3"));
+    let (_, message) = refused(first_outcome(&mut rx).await);
+    assert!(message.contains("cluster cluster3"), "{message}");
+    let reasons: Vec<&str> = service.refusals().iter().map(|r| r.reason).collect();
+    assert_eq!(reasons, ["peer_not_allowed", "peer_not_allowed"]);
+    assert!(service.served().is_empty());
+}
+
+#[tokio::test]
+async fn p1_shared_trust_domain_a_cluster_cannot_claim_another_in_its_hello() {
+    let ca = root("shared");
+    let (port, service) = shared_server2(&ca, shared_controller(&ca, "cluster2"), None).await;
+    let mut rx = start_shared_link(port, "cluster1", &ca, shared_controller(&ca, "cluster3"));
+    let (_, message) = refused(first_outcome(&mut rx).await);
+    assert!(
+        message.contains(
+            "says it is cluster cluster1, but its intermediate is bound to cluster cluster3"
+        ),
+        "{message}"
+    );
+    assert_eq!(service.refusals()[0].reason, "cluster_name_mismatch");
+}
+
+#[tokio::test]
+async fn p6_shared_trust_domain_an_intermediate_without_cluster_binding_cannot_peer() {
+    let ca = root("shared");
+    let (port, service) = shared_server2(&ca, shared_controller(&ca, "cluster2"), None).await;
+    let unbound = ca
+        .issue_trust_domain_intermediate("cluster1", SHARED, DAY * 365, SystemTime::now() - DAY)
+        .unwrap();
+    let id = SpiffeId::new(SHARED, "istio-system", "meshpeer").unwrap();
+    let client = Arc::new(Identity::new(unbound, id, DAY, SystemTime::now()).unwrap());
+    let mut rx = start_shared_link(port, "cluster1", &ca, client);
+    let (_, message) = refused(first_outcome(&mut rx).await);
+    assert!(message.contains("cannot say which cluster"), "{message}");
+    assert_eq!(service.refusals()[0].reason, "no_cluster_binding");
+}
+
+#[tokio::test]
+async fn p1_shared_trust_domain_a_client_refuses_another_cluster_answering_for_its_peer() {
+    let ca = root("shared");
+    // cluster3's controller answers at the address cluster1 links as cluster2.
+    let (port, _service) = shared_server2(&ca, shared_controller(&ca, "cluster3"), None).await;
+    let mut rx = start_shared_link(port, "cluster1", &ca, shared_controller(&ca, "cluster1"));
+    let (reason, message) = refused(first_outcome(&mut rx).await);
+    assert_eq!(reason, "wrong_cluster", "{message}");
+    assert!(message.contains("speaks for cluster cluster3"), "{message}");
 }

@@ -19,6 +19,14 @@ use super::{HboneError, PoolConfig, TunnelMeta, wire};
 /// with ALPN h2). Called once per dial.
 pub type ClientTls = Arc<dyn Fn(&str) -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync>;
 
+/// Builds the TLS client config for a gateway that must also speak for a
+/// cluster, given its trust domain and the cluster (e.g. from
+/// meshpeer-identity's `client_config_for_cluster`): where clusters share a
+/// trust domain, the gateway's chain must be bound to the cluster linked
+/// (SPEC P6). Called once per dial.
+pub type ClusterTls =
+    Arc<dyn Fn(&str, &str) -> Result<Arc<rustls::ClientConfig>, String> + Send + Sync>;
+
 /// Most of a refusal's body that we keep.
 const MAX_REFUSAL_MESSAGE: usize = 4096;
 
@@ -33,7 +41,21 @@ impl HboneClient {
     /// A client with an empty pool.
     pub fn new(tls: ClientTls, config: PoolConfig, metrics: Arc<HboneMetrics>) -> Self {
         HboneClient {
-            pool: Arc::new(Pool::new(tls, config, metrics)),
+            pool: Arc::new(Pool::new(tls, None, config, metrics)),
+        }
+    }
+
+    /// [`HboneClient::new`], with `cluster_tls` for tunnels that name the
+    /// cluster their gateway must speak for
+    /// ([`HboneClient::connect_to_cluster`]).
+    pub fn with_cluster_tls(
+        tls: ClientTls,
+        cluster_tls: ClusterTls,
+        config: PoolConfig,
+        metrics: Arc<HboneMetrics>,
+    ) -> Self {
+        HboneClient {
+            pool: Arc::new(Pool::new(tls, Some(cluster_tls), config, metrics)),
         }
     }
 
@@ -52,6 +74,33 @@ impl HboneClient {
         authority: &str,
         meta: &TunnelMeta,
     ) -> Result<Tunnel, HboneError> {
+        self.connect_as(gateway, trust_domain, None, authority, meta)
+            .await
+    }
+
+    /// [`HboneClient::connect`] to the gateway of `cluster`: with a
+    /// [`ClusterTls`] ([`HboneClient::with_cluster_tls`]), its chain must
+    /// also be bound to that cluster; connections are pooled per cluster.
+    pub async fn connect_to_cluster(
+        &self,
+        gateway: SocketAddr,
+        trust_domain: &str,
+        cluster: &str,
+        authority: &str,
+        meta: &TunnelMeta,
+    ) -> Result<Tunnel, HboneError> {
+        self.connect_as(gateway, trust_domain, Some(cluster), authority, meta)
+            .await
+    }
+
+    async fn connect_as(
+        &self,
+        gateway: SocketAddr,
+        trust_domain: &str,
+        cluster: Option<&str>,
+        authority: &str,
+        meta: &TunnelMeta,
+    ) -> Result<Tunnel, HboneError> {
         let span = debug_span!(
             "hbone_tunnel",
             direction = OUTBOUND,
@@ -62,6 +111,9 @@ impl HboneClient {
         let key = Key {
             gateway,
             trust_domain: trust_domain.to_owned(),
+            cluster: cluster
+                .filter(|_| self.pool.cluster_tls.is_some())
+                .map(str::to_owned),
         };
         let result = self
             .open(&key, authority, meta, &span)

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::client::ClientTls;
+use super::client::{ClientTls, ClusterTls};
 use super::pool::Key;
 use super::{HboneError, PoolConfig, wire};
 
@@ -30,10 +30,15 @@ pub(crate) type Dialed = (SendRequest<Bytes>, Connection<ClientIo, Bytes>);
 pub(crate) async fn dial(
     config: &PoolConfig,
     tls: &ClientTls,
+    cluster_tls: Option<&ClusterTls>,
     key: &Key,
 ) -> Result<Dialed, HboneError> {
     let gateway = key.gateway;
-    let tls_config = tls(&key.trust_domain).map_err(|msg| HboneError::Tls {
+    let built = match (cluster_tls, &key.cluster) {
+        (Some(make), Some(cluster)) => make(&key.trust_domain, cluster),
+        _ => tls(&key.trust_domain),
+    };
+    let tls_config = built.map_err(|msg| HboneError::Tls {
         gateway,
         refusal: Refusal::Other(format!(
             "no TLS client config for trust domain {}: {msg}",

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
-use super::client::ClientTls;
+use super::client::{ClientTls, ClusterTls};
 use super::dial::{self, Dialed};
 use super::metrics::{HboneMetrics, OUTBOUND};
 use super::{HboneError, PoolConfig, wire};
@@ -34,6 +34,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 pub(crate) struct Key {
     pub(crate) gateway: SocketAddr,
     pub(crate) trust_domain: String,
+    /// The cluster the gateway must speak for, when checked (SPEC P6).
+    pub(crate) cluster: Option<String>,
 }
 
 /// A connection's lifecycle, published by its task.
@@ -103,16 +105,23 @@ impl Drop for Slot {
 pub(crate) struct Pool {
     pub(crate) config: PoolConfig,
     tls: ClientTls,
+    pub(crate) cluster_tls: Option<ClusterTls>,
     pub(crate) metrics: Arc<HboneMetrics>,
     next_id: AtomicU64,
     conns: Mutex<HashMap<Key, Vec<Arc<Conn>>>>,
 }
 
 impl Pool {
-    pub(crate) fn new(tls: ClientTls, config: PoolConfig, metrics: Arc<HboneMetrics>) -> Self {
+    pub(crate) fn new(
+        tls: ClientTls,
+        cluster_tls: Option<ClusterTls>,
+        config: PoolConfig,
+        metrics: Arc<HboneMetrics>,
+    ) -> Self {
         Pool {
             config,
             tls,
+            cluster_tls,
             metrics,
             next_id: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
@@ -213,7 +222,7 @@ impl Pool {
 async fn run_conn(pool: Arc<Pool>, key: Key, conn: Arc<Conn>, state: watch::Sender<ConnState>) {
     let dialed = tokio::time::timeout(
         pool.config.connect_timeout,
-        dial::dial(&pool.config, &pool.tls, &key),
+        dial::dial(&pool.config, &pool.tls, pool.cluster_tls.as_ref(), &key),
     )
     .await
     .unwrap_or_else(|_| {

@@ -12,7 +12,7 @@ use h2::RecvStream;
 use h2::server::SendResponse;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use meshpeer_identity::{SpiffeId, peer_identity, refusal_reason_io};
+use meshpeer_identity::{SpiffeId, TrustRoot, VerifiedPeer, refusal_reason_io, verified_client};
 use meshpeer_listener::{Activity, Gate, LazyBufReader, Limits, Slot};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +36,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct TunnelRequest {
     /// The caller's SPIFFE ID, from its verified certificate.
     pub peer: SpiffeId,
+    /// The cluster the caller's chain speaks for: the cluster binding of
+    /// its intermediate, verified to the shared root (SPEC P6), never read
+    /// from its leaf; `None` when the intermediate has none.
+    pub peer_cluster: Option<String>,
     /// The caller's socket address.
     pub remote: SocketAddr,
     /// The `:authority` asked for, `host:port` (checked).
@@ -101,6 +105,7 @@ pub fn default_limits() -> Limits {
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    root: TrustRoot,
     handler: Arc<dyn TunnelHandler>,
     metrics: Arc<HboneMetrics>,
     limits: Limits,
@@ -120,7 +125,10 @@ pub async fn serve(
                     let span = debug_span!("hbone_conn", direction = INBOUND, %remote);
                     let slot = gate.admit();
                     let conn = serve_conn(
-                        acceptor.clone(),
+                        CallerTls {
+                            acceptor: acceptor.clone(),
+                            root: root.clone(),
+                        },
                         tcp,
                         Accepted { remote, slot },
                         handler.clone(),
@@ -142,6 +150,13 @@ pub async fn serve(
     Ok(())
 }
 
+/// How callers are verified: the TLS acceptor, and the shared root their
+/// chains are verified to again to read their cluster binding (SPEC P6).
+struct CallerTls {
+    acceptor: TlsAcceptor,
+    root: TrustRoot,
+}
+
 /// A connection just accepted, and its place at the gate.
 struct Accepted {
     remote: SocketAddr,
@@ -151,6 +166,8 @@ struct Accepted {
 /// What every stream of one connection shares.
 struct Caller {
     peer: SpiffeId,
+    /// Its chain's cluster binding (SPEC P6).
+    cluster: Option<String>,
     remote: SocketAddr,
     handler: Arc<dyn TunnelHandler>,
     metrics: Arc<HboneMetrics>,
@@ -159,16 +176,16 @@ struct Caller {
 /// The caller's TLS stream and verified identity, or `None` (logged, and
 /// counted if TLS refused it or the gate cut it).
 async fn accept_caller(
-    acceptor: &TlsAcceptor,
+    callers: &CallerTls,
     accepted: &Accepted,
     tcp: TcpStream,
     metrics: &HboneMetrics,
-) -> Option<(TlsStream<LazyBufReader<TcpStream>>, SpiffeId)> {
+) -> Option<(TlsStream<LazyBufReader<TcpStream>>, VerifiedPeer)> {
     let remote = accepted.remote;
     let _ = tcp.set_nodelay(true);
     let tcp = LazyBufReader::new(wire::SOCKET_READ_BUFFER, tcp);
     let tls = tokio::select! {
-        handshake = acceptor.accept(tcp) => match handshake {
+        handshake = callers.acceptor.accept(tcp) => match handshake {
             Ok(tls) => tls,
             Err(err) if wire::is_tls_error(&err) => {
                 let refusal = refusal_reason_io(&err);
@@ -188,7 +205,9 @@ async fn accept_caller(
         }
     };
     let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
-    let peer = match peer_identity(certs) {
+    // Verified again to the root, so that the cluster is read from the
+    // path that leads there (SPEC P6).
+    let peer = match verified_client(&callers.root, certs) {
         Ok(peer) => peer,
         Err(refusal) => {
             // The verifier already checked this; only a broken config gets here.
@@ -198,14 +217,14 @@ async fn accept_caller(
         }
     };
     if let Err(cut) = accepted.slot.authenticate() {
-        debug!(%peer, reason = cut.reason(), "caller not served: {cut}");
+        debug!(peer = %peer.id, reason = cut.reason(), "caller not served: {cut}");
         return None;
     }
     Some((tls, peer))
 }
 
 async fn serve_conn(
-    acceptor: TlsAcceptor,
+    callers: CallerTls,
     tcp: TcpStream,
     accepted: Accepted,
     handler: Arc<dyn TunnelHandler>,
@@ -214,7 +233,9 @@ async fn serve_conn(
     mut stop: watch::Receiver<bool>,
 ) {
     let remote = accepted.remote;
-    let Some((tls, peer)) = accept_caller(&acceptor, &accepted, tcp, &metrics).await else {
+    let Some((tls, VerifiedPeer { id: peer, cluster })) =
+        accept_caller(&callers, &accepted, tcp, &metrics).await
+    else {
         return;
     };
     let handshake = wire::server_builder().handshake::<_, Bytes>(tls);
@@ -233,6 +254,7 @@ async fn serve_conn(
     metrics.inbound_connections.inc();
     let caller = Arc::new(Caller {
         peer,
+        cluster,
         remote,
         handler,
         metrics: metrics.clone(),
@@ -362,6 +384,7 @@ async fn tunnel(
     let recv = request.into_body();
     let open = caller.handler.open(TunnelRequest {
         peer: caller.peer.clone(),
+        peer_cluster: caller.cluster.clone(),
         remote: caller.remote,
         authority: authority.clone(),
         meta,

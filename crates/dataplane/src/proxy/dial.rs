@@ -120,7 +120,8 @@ pub(super) async fn connect_dest(
                 for addr in addrs {
                     match tokio::time::timeout(
                         timeout,
-                        ctx.hbone.connect(addr, trust_domain, authority, meta),
+                        ctx.hbone
+                            .connect_to_cluster(addr, trust_domain, cluster, authority, meta),
                     )
                     .await
                     {

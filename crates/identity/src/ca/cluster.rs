@@ -36,6 +36,9 @@ pub struct ClusterCa {
     /// The trust domain of the intermediate's `spiffe://<td>` URI SAN (SPEC
     /// P6); `None` for an intermediate made before bindings existed.
     binding: Option<String>,
+    /// The cluster of its `spiffe://<td>/meshpeer/cluster/<name>` URI SAN;
+    /// `None` for an intermediate made before cluster bindings.
+    cluster_binding: Option<String>,
     root: TrustRoot,
 }
 
@@ -53,9 +56,10 @@ impl ClusterCa {
             detail,
         };
         let facts = cert::facts(cert.der()).map_err(bad)?;
-        let binding = cert::binding_of(cert.der()).map_err(bad)?;
+        let bindings = cert::bindings_of(cert.der()).map_err(bad)?;
         Ok(ClusterCa {
-            binding,
+            binding: bindings.trust_domain,
+            cluster_binding: bindings.cluster,
             chain_pem: format!("{cert_pem}{}", root.pem),
             cert: cert.der().clone(),
             cert_pem,
@@ -149,7 +153,7 @@ impl ClusterCa {
         };
         let facts = cert::facts(&cert.value).map_err(bad)?;
         // An intermediate without a binding (made before SPEC P6) still loads.
-        let binding = cert::binding_of(&cert.value).map_err(bad)?;
+        let bindings = cert::bindings_of(&cert.value).map_err(bad)?;
         let root = TrustRoot::new(root.value, root.text, &root_path)?;
         check_key(&facts, &key.value, &key_path, &cert_path)?;
         if chain.value.first() != Some(&cert.value) {
@@ -175,7 +179,8 @@ impl ClusterCa {
             chain_pem: chain.text,
             chain_tail,
             facts,
-            binding,
+            binding: bindings.trust_domain,
+            cluster_binding: bindings.cluster,
             root,
         };
         ca.check_issues_verifiable_leaves(now, cert_path, root_path)?;
@@ -236,6 +241,15 @@ impl ClusterCa {
     /// bindings existed, which may issue for any trust domain.
     pub fn binding(&self) -> Option<&str> {
         self.binding.as_deref()
+    }
+
+    /// The cluster this intermediate is bound to (its
+    /// `spiffe://<td>/meshpeer/cluster/<name>` URI SAN, written by the
+    /// root's holder), or `None` for an intermediate made before cluster
+    /// bindings. Peers read it from the chains this CA issues to tell
+    /// clusters of one trust domain apart.
+    pub fn cluster_binding(&self) -> Option<&str> {
+        self.cluster_binding.as_deref()
     }
 
     /// Issues a leaf for `id`: ECDSA P-256, empty subject, the SPIFFE ID as
@@ -378,6 +392,7 @@ impl fmt::Debug for ClusterCa {
             .field("subject", &self.facts.subject)
             .field("not_after", &rfc3339(self.facts.not_after))
             .field("binding", &self.binding)
+            .field("cluster_binding", &self.cluster_binding)
             .field("root", &self.root)
             .finish_non_exhaustive()
     }

@@ -106,16 +106,24 @@ impl RootCa {
     /// Issues the intermediate CA of one cluster (ECDSA P-256, subject
     /// `CN=<cluster_name>, O=meshpeer`, CA with path length 0, key usages
     /// keyCertSign and cRLSign), valid from `now` for `validity`, bound to
-    /// `trust_domain` (SPEC P6) by the URI SAN `spiffe://<trust_domain>`.
+    /// `trust_domain` (SPEC P6) by the URI SAN `spiffe://<trust_domain>` and
+    /// to the cluster by the URI SAN
+    /// `spiffe://<trust_domain>/meshpeer/cluster/<cluster_name>`.
     ///
-    /// The binding is a URI SAN, not X.509 name constraints: rcgen cannot
+    /// The bindings are URI SANs, not X.509 name constraints: rcgen cannot
     /// write URI name constraints, and webpki does not enforce them on URI
     /// SANs anyway. A SAN on the CA is how SPIFFE and Istio tie a signing
     /// certificate to a trust domain; our verifiers ([`crate::server_config`],
     /// [`crate::client_config`]) refuse a leaf whose trust domain differs
     /// from it, and [`ClusterCa::issue_leaf`] refuses to issue one.
     ///
-    /// Fails if `cluster_name` is empty or longer than 64 bytes, the trust
+    /// The cluster binding is what tells clusters apart when they share one
+    /// trust domain (Istio's multi-network model): only the root's holder
+    /// writes it, and a verified peer's cluster is read from the CA the root
+    /// signed on its path, never from its leaf ([`crate::verified_client`]).
+    ///
+    /// Fails if `cluster_name` is empty, longer than 64 bytes or not one
+    /// SPIFFE path segment (letters, digits, `.`, `-`, `_`), the trust
     /// domain is not a valid SPIFFE trust domain, the root has expired at
     /// `now`, or the window does not fit in a certificate.
     pub fn issue_intermediate(
@@ -125,15 +133,38 @@ impl RootCa {
         validity: Duration,
         now: SystemTime,
     ) -> Result<ClusterCa, CaError> {
-        SpiffeId::check_trust_domain(trust_domain)
-            .map_err(|source| CaError::InvalidTrustDomain { source })?;
-        let uri = format!("spiffe://{trust_domain}")
-            .try_into()
-            .map_err(|source| CaError::Generate {
-                what: "intermediate URI SAN",
-                source,
-            })?;
-        self.intermediate(cluster_name, vec![SanType::URI(uri)], validity, now)
+        check_name("cluster name", cluster_name)?;
+        SpiffeId::check_cluster_name(cluster_name).map_err(|problem| CaError::InvalidName {
+            what: "cluster name",
+            value: cluster_name.to_owned(),
+            problem,
+        })?;
+        let mut sans = trust_domain_san(trust_domain)?;
+        sans.push(uri_san(
+            format!(
+                "spiffe://{trust_domain}/{}{cluster_name}",
+                crate::cert::CLUSTER_BINDING_PATH
+            ),
+            "intermediate cluster URI SAN",
+        )?);
+        self.intermediate(cluster_name, sans, validity, now)
+    }
+
+    /// Issues an intermediate bound to `trust_domain` but to no cluster, as
+    /// meshpeer did before cluster bindings. Such intermediates still load
+    /// and verify when each cluster has a trust domain of its own; where
+    /// clusters share a trust domain, their chains cannot say which cluster
+    /// they speak for and are refused. This exists to test and reproduce
+    /// that case. Use [`RootCa::issue_intermediate`].
+    pub fn issue_trust_domain_intermediate(
+        &self,
+        cluster_name: &str,
+        trust_domain: &str,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<ClusterCa, CaError> {
+        let sans = trust_domain_san(trust_domain)?;
+        self.intermediate(cluster_name, sans, validity, now)
     }
 
     /// Issues an intermediate bound to no trust domain, as meshpeer did
@@ -176,6 +207,22 @@ impl RootCa {
             })?;
         ClusterCa::issued(cert, params, key, &self.root)
     }
+}
+
+fn trust_domain_san(trust_domain: &str) -> Result<Vec<SanType>, CaError> {
+    SpiffeId::check_trust_domain(trust_domain)
+        .map_err(|source| CaError::InvalidTrustDomain { source })?;
+    Ok(vec![uri_san(
+        format!("spiffe://{trust_domain}"),
+        "intermediate URI SAN",
+    )?])
+}
+
+fn uri_san(uri: String, what: &'static str) -> Result<SanType, CaError> {
+    Ok(SanType::URI(
+        uri.try_into()
+            .map_err(|source| CaError::Generate { what, source })?,
+    ))
 }
 
 impl fmt::Debug for RootCa {

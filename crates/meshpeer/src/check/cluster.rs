@@ -173,6 +173,10 @@ fn configuration(f: &ClusterFacts) -> Check {
                 ca.binding().unwrap_or("(none)")
             ));
             detail.push(format!(
+                "  intermediate bound to cluster: {}",
+                ca.cluster_binding().unwrap_or("(none)")
+            ));
+            detail.push(format!(
                 "  root valid until {}, SHA-256 {}",
                 date(root.not_after()),
                 root.sha256_fingerprint()
@@ -204,6 +208,18 @@ fn configuration(f: &ClusterFacts) -> Check {
                 )));
             }
             items.push(binding(f, at, ca.binding()));
+            if let Some(other) = ca.cluster_binding().filter(|c| *c != f.name) {
+                items.push(Item::fail(
+                    format!(
+                        "cacerts {at}: the intermediate is bound to cluster {other}, but this is cluster {}: its chains speak for {other}, and the controller refuses to start with it (SPEC P6)",
+                        f.name
+                    ),
+                    format!(
+                        "issue this cluster's own intermediate: meshpeer certs cluster {} --trust-domain {} --root ROOT_DIR --out NEW_DIR",
+                        f.name, f.export.cluster.trust_domain
+                    ),
+                ));
+            }
         }
         CaFacts::Broken { at, error } => items.push(Item::fail(
             format!("cacerts {at} cannot be used: {error}"),

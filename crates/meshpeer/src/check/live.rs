@@ -124,8 +124,14 @@ pub(super) fn controller(f: &ClusterFacts) -> Check {
             "own_trust_domain" => {
                 "something presenting this cluster's own trust domain tried to peer: two clusters share a trust domain, or a certificate of this cluster is used elsewhere"
             }
+            "own_cluster" => {
+                "a chain issued by this cluster's own intermediate tried to peer (clusters share a trust domain; the cluster binding of the intermediate says it is this one): a certificate of this cluster is used elsewhere, or a cluster's cacerts were copied"
+            }
+            "no_cluster_binding" => {
+                "a peer of a trust domain several clusters share presented a chain whose intermediate carries no cluster binding: re-issue that cluster's intermediate with meshpeer certs cluster NAME --trust-domain TD (SPEC P6)"
+            }
             "peer_not_allowed" => {
-                "a cluster outside --allowed-peers tried to peer: add its trust domain to --allowed-peers if it should"
+                "a cluster outside --allowed-peers tried to peer: add its trust domain (or, where clusters share one, its cluster name) to --allowed-peers if it should"
             }
             "segment_pin_mismatch" | "cluster_name_mismatch" => {
                 "a linked cluster claims a segment or name its remote-peer Gateway here does not give it: fix the Gateway's admin.solo.io/segment label if it moved on purpose, else look at that cluster"

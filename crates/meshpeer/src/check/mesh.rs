@@ -275,14 +275,49 @@ fn trust_domains(all: &[ClusterFacts]) -> Check {
         )));
     }
     for (td, clusters) in &by_td {
-        if clusters.len() > 1 {
+        if clusters.len() < 2 {
+            continue;
+        }
+        // A shared trust domain (Istio's multi-network model) is told apart
+        // by each intermediate's cluster binding (SPEC P6).
+        let mut unbound = Vec::new();
+        let mut unknown = Vec::new();
+        for f in all.iter().filter(|f| clusters.contains(&f.name.as_str())) {
+            match &f.ca {
+                CaFacts::Loaded { ca, .. } => {
+                    if ca.cluster_binding() != Some(f.name.as_str()) {
+                        unbound.push(f.name.as_str());
+                    }
+                }
+                _ => unknown.push(f.name.as_str()),
+            }
+        }
+        let reissue = format!(
+            "issue each cluster's intermediate bound to it: meshpeer certs cluster NAME --trust-domain {td} --root ROOT_DIR --out NEW_DIR"
+        );
+        if !unbound.is_empty() {
+            items.push(Item::fail(
+                format!(
+                    "Clusters {} share trust domain {td}, but the intermediate of {} is not bound to its cluster (spiffe://{td}/meshpeer/cluster/<name>): its peers and callers are refused (no_cluster_binding), or it speaks for another cluster",
+                    clusters.join(", "),
+                    unbound.join(", ")
+                ),
+                reissue,
+            ));
+        } else if !unknown.is_empty() {
             items.push(Item::warn(
                 format!(
-                    "Clusters {} share trust domain {td}: a gateway cannot tell their callers apart, only link direction is enforced",
-                    clusters.join(", ")
+                    "Clusters {} share trust domain {td}; the intermediates of {} were not checked (no cacerts given): each must be bound to its cluster",
+                    clusters.join(", "),
+                    unknown.join(", ")
                 ),
-                "give each cluster its own trust domain (trustDomain in cluster.yaml; the default is the cluster name)",
+                "pass each cluster's cacerts to check (or check it where the cacerts are)",
             ));
+        } else {
+            items.push(Item::ok(format!(
+                "Clusters {} share trust domain {td}; each intermediate is bound to its cluster, so peers and gateways tell them apart",
+                clusters.join(", ")
+            )));
         }
     }
     for f in all {

@@ -607,3 +607,98 @@ async fn stale_workloads_check_names_autogenflat_entries_of_pods_that_are_gone()
         stale.items[0]
     );
 }
+
+/// The two example clusters moved into one trust domain, `cluster.local`
+/// (cluster.yaml and the remote-peer Gateways' annotations), each with
+/// cacerts made by `make(root, cluster, now)`.
+async fn shared_facts(
+    tmp: &Path,
+    make: impl Fn(&RootCa, &str, SystemTime) -> meshpeer_identity::ClusterCa,
+) -> Vec<ClusterFacts> {
+    let now = SystemTime::now();
+    let root = RootCa::generate("test root", YEAR, now).unwrap();
+    let mut inputs = Vec::new();
+    for c in ["cluster1", "cluster2"] {
+        let folder = tmp.join("folders").join(c);
+        std::fs::create_dir_all(&folder).unwrap();
+        for entry in std::fs::read_dir(example(c)).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text
+                .replace(&format!("trustDomain: {c}"), "trustDomain: cluster.local")
+                .replace(
+                    "gateway.istio.io/trust-domain: cluster1",
+                    "gateway.istio.io/trust-domain: cluster.local",
+                )
+                .replace(
+                    "gateway.istio.io/trust-domain: cluster2",
+                    "gateway.istio.io/trust-domain: cluster.local",
+                );
+            std::fs::write(folder.join(path.file_name().unwrap()), text).unwrap();
+        }
+        let certs = tmp.join("certs").join(c);
+        make(&root, c, now).write(&certs).unwrap();
+        let mut input = ClusterInput::folder(folder);
+        input.cacerts = Some(certs);
+        inputs.push(input);
+    }
+    gather(&inputs, true, Duration::from_secs(1)).await.unwrap()
+}
+
+#[tokio::test]
+async fn p6_check_says_clusters_share_a_trust_domain_and_whether_intermediates_are_bound_to_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = shared_facts(tmp.path(), |root, c, now| {
+        root.issue_intermediate(c, "cluster.local", YEAR, now)
+            .unwrap()
+    })
+    .await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let td = report.find(None, names::TRUST_DOMAIN).unwrap();
+    assert_eq!(td.status, Status::Ok, "{}", report.render(true));
+    assert!(
+        td.items.iter().any(|i| i.status == Status::Ok
+            && i.text.contains("Clusters cluster1, cluster2 share trust domain cluster.local; each intermediate is bound to its cluster")),
+        "{}",
+        report.render(true)
+    );
+
+    // Intermediates made before cluster bindings cannot tell them apart.
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = shared_facts(tmp.path(), |root, c, now| {
+        root.issue_trust_domain_intermediate(c, "cluster.local", YEAR, now)
+            .unwrap()
+    })
+    .await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let td = report.find(None, names::TRUST_DOMAIN).unwrap();
+    assert_eq!(td.status, Status::Fail, "{}", report.render(true));
+    let item = td.items.iter().find(|i| i.status == Status::Fail).unwrap();
+    assert!(item.text.contains("no_cluster_binding"), "{item:?}");
+    assert!(
+        item.fix
+            .as_deref()
+            .unwrap_or_default()
+            .contains("meshpeer certs cluster NAME --trust-domain cluster.local"),
+        "{item:?}"
+    );
+
+    // An intermediate bound to another cluster fails cluster1's check.
+    let tmp = tempfile::tempdir().unwrap();
+    let facts = shared_facts(tmp.path(), |root, c, now| {
+        let bound = if c == "cluster1" { "cluster9" } else { c };
+        root.issue_intermediate(bound, "cluster.local", YEAR, now)
+            .unwrap()
+    })
+    .await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let config = report.find(Some("cluster1"), names::CONFIGURATION).unwrap();
+    assert_eq!(config.status, Status::Fail, "{}", report.render(true));
+    assert!(
+        config.items.iter().any(|i| i
+            .text
+            .contains("bound to cluster cluster9, but this is cluster cluster1")),
+        "{}",
+        report.render(true)
+    );
+}

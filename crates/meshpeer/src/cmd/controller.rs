@@ -206,6 +206,26 @@ async fn run_async(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             cluster.trust_domain
         ),
     }
+    // The cluster binding says which cluster this CA's chains speak for,
+    // which is what tells clusters of a shared trust domain apart (P6).
+    match ca.cluster_binding() {
+        Some(bound) if bound != cluster.name => anyhow::bail!(
+            "the intermediate in {} is bound to cluster {bound}, but this is cluster {} (SPEC P6): its chains would speak for {bound}; issue one for this cluster: meshpeer certs cluster {} --trust-domain {} --root ROOT_DIR --out NEW_DIR",
+            args.cacerts.display(),
+            cluster.name,
+            cluster.name,
+            cluster.trust_domain
+        ),
+        Some(_) => {}
+        None if cluster.trust_domain != cluster.name => warn!(
+            cacerts = %args.cacerts.display(),
+            "the intermediate is not bound to a cluster (made before cluster bindings): where clusters share trust domain {}, peers and gateways refuse its chains (no_cluster_binding); re-issue it with meshpeer certs cluster {} --trust-domain {}",
+            cluster.trust_domain,
+            cluster.name,
+            cluster.trust_domain
+        ),
+        None => {}
+    }
     let trust_root = ca.trust_root().clone();
     let id = SpiffeId::new(cluster.trust_domain.as_str(), "istio-system", "meshpeer")?;
     let identity = Arc::new(Identity::new(ca, id, args.cert_lifetime, now)?);

@@ -81,8 +81,8 @@ pub(crate) struct Core {
     pub(crate) metrics: Arc<ControllerMetrics>,
     pub(crate) view_tx: watch::Sender<Arc<View>>,
     pub(crate) feed_tx: watch::Sender<Arc<CatalogFeed>>,
-    /// Clusters that link here, by trust domain, with when their stream
-    /// went away (kept for the grace period).
+    /// Clusters that link here, by `<trust domain>/<cluster>`, with when
+    /// their stream went away (kept for the grace period).
     pub(crate) callers: BTreeMap<String, (Caller, Option<SystemTime>)>,
     /// When this controller started: until every linked peer is back (or
     /// the grace period since then is over), the feed says its callers are
@@ -161,8 +161,13 @@ impl Core {
         // are sent this export (the links may change without the export).
         if self.own_changes.gateways {
             let links = meshpeer_model::links::declared(self.snapshot(), &export.cluster.network);
-            self.service
-                .set_admission(self.settings.admission.clone().with_links(&links));
+            let mut admission = self.settings.admission.clone().with_links(&links);
+            if !admission.own_cluster_bound {
+                // Without a cluster binding of our own, our name is the
+                // cluster a peer's chain may not claim.
+                admission.own_cluster = export.cluster.name.clone();
+            }
+            self.service.set_admission(admission);
         }
         if !self.snapshot_dirty {
             return;
@@ -525,15 +530,22 @@ impl Core {
     pub(crate) fn refresh_callers(&mut self, now: SystemTime) -> bool {
         let served = self.service.served();
         let before: Vec<(Caller, Option<SystemTime>)> = self.callers.values().cloned().collect();
+        // A caller is a (trust domain, cluster): clusters may share a trust
+        // domain, and the peering server admitted each one's name only when
+        // its chain's cluster binding says it (P1, P6).
         for (_, (c, gone)) in self.callers.iter_mut() {
-            if !served.iter().any(|p| p.trust_domain == c.trust_domain) && c.connected {
+            if !served
+                .iter()
+                .any(|p| p.trust_domain == c.trust_domain && p.cluster == c.cluster)
+                && c.connected
+            {
                 c.connected = false;
                 *gone = Some(now);
             }
         }
         for p in &served {
             self.callers.insert(
-                p.trust_domain.clone(),
+                format!("{}/{}", p.trust_domain, p.cluster),
                 (
                     Caller {
                         cluster: p.cluster.clone(),

@@ -18,9 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshpeer_identity::{ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config, server_config};
+use meshpeer_identity::{
+    ALPN_H2, Identity, PeerPolicy, TrustRoot, client_config_for_cluster, server_config,
+};
 use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
-use meshpeer_model::{Cidr, ClusterConfig, ClusterSnapshot, GlobalCatalog};
+use meshpeer_model::{Cidr, ClusterConfig, ClusterSnapshot, GlobalCatalog, PeerLink};
 use meshpeer_peering::{
     Connector, ExportPublisher, Limits, LocalInfo, Metrics as PeeringMetrics, PeeringService,
     ServerSettings, TlsConnector,
@@ -199,12 +201,28 @@ impl Controller {
 
         // Peering server.
         let publisher = ExportPublisher::new();
-        let cluster_name = identity.spiffe_id().trust_domain().to_owned();
+        // The cluster's name in the server's messages: its intermediate's
+        // cluster binding when it has one (where clusters share a trust
+        // domain, the trust domain names none of them), else the trust
+        // domain, which is the cluster's name by default.
+        let cluster_name = identity
+            .cluster_ca()
+            .and_then(|ca| ca.cluster_binding())
+            .unwrap_or(identity.spiffe_id().trust_domain())
+            .to_owned();
         let mut settings = ServerSettings::new(&cluster_name);
+        settings.admission.own_trust_domain = identity.spiffe_id().trust_domain().to_owned();
         settings.heartbeat = heartbeat;
         // P1: controllers of other (allowed) trust domains only; the links'
         // pins (P3) are added once the cluster's objects are read.
         settings.admission.allowed_trust_domains = allowed_peers;
+        // Where clusters share a trust domain, our own intermediate's
+        // cluster binding names the chains that are ours (own_cluster).
+        if let Some(own) = identity.cluster_ca().and_then(|ca| ca.cluster_binding()) {
+            settings.admission.own_cluster = own.to_owned();
+            settings.admission.own_cluster_bound = true;
+        }
+        settings.trust_root = Some(trust_root.clone());
         // Peers' controllers present the identity this one does (one
         // convention per mesh; default istio-system/meshpeer).
         let own_id = identity.spiffe_id();
@@ -253,14 +271,25 @@ impl Controller {
             None => {
                 let id = Arc::clone(&identity);
                 let root = trust_root.clone();
+                let own_td = identity.spiffe_id().trust_domain().to_owned();
                 let (ns, sa) = (
                     identity.spiffe_id().namespace().to_owned(),
                     identity.spiffe_id().service_account().to_owned(),
                 );
                 Arc::new(
-                    TlsConnector::new(Arc::new(move |td: &str| {
-                        client_config(Arc::clone(&id), &root, td, &[ALPN_H2])
-                            .map_err(|e| e.to_string())
+                    TlsConnector::new(Arc::new(move |link: &PeerLink| {
+                        // The peer's chain must speak for the linked
+                        // cluster; in our own (shared) trust domain it must
+                        // say so (P1, P6).
+                        client_config_for_cluster(
+                            Arc::clone(&id),
+                            &root,
+                            &link.trust_domain,
+                            &link.cluster,
+                            link.trust_domain == own_td,
+                            &[ALPN_H2],
+                        )
+                        .map_err(|e| e.to_string())
                     }))
                     .with_controller_identity(&ns, &sa),
                 )

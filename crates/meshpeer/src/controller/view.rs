@@ -1,6 +1,7 @@
 //! What a controller shows of itself: its catalog and its status. Served as
 //! JSON by the local API and printed by `meshpeer status`.
 
+use meshpeer_identity::VerifiedPeer;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -181,7 +182,13 @@ impl ServedView {
             .served()
             .into_iter()
             .map(|p| ServedView {
-                linked: admission.links.contains_key(&p.trust_domain),
+                linked: p.spiffe_id.parse().is_ok_and(|id| {
+                    let peer = VerifiedPeer {
+                        id,
+                        cluster: p.cluster_binding.clone(),
+                    };
+                    admission.links_to(&peer, &p.cluster)
+                }),
                 cluster: p.cluster,
                 segment: p.segment,
                 spiffe_id: p.spiffe_id,

@@ -292,6 +292,10 @@ pub(crate) struct Mesh {
     /// to their controller (over its plain API when following it there,
     /// else in process).
     pub(crate) report_interval: Option<Duration>,
+    /// The trust domain every cluster shares (`trustDomain` in each
+    /// cluster.yaml), each cluster's intermediate bound to its cluster;
+    /// `None`: each cluster's trust domain is its name.
+    pub(crate) shared_td: Option<String>,
 }
 
 pub(crate) fn namespace(name: &str, labels: &[(&str, &str)]) -> String {
@@ -330,12 +334,23 @@ pub(crate) fn segments(join: Option<&str>) -> String {
 }
 
 pub(crate) fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>) -> String {
+    peer_gateway_td(peer, peer, hbone, port, pin)
+}
+
+/// [`peer_gateway`] for a peer of trust domain `td`.
+pub(crate) fn peer_gateway_td(
+    peer: &str,
+    td: &str,
+    hbone: u16,
+    port: u16,
+    pin: Option<&str>,
+) -> String {
     let pin = pin
         .map(|s| format!(", admin.solo.io/segment: \"{s}\""))
         .unwrap_or_default();
     format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: istio-remote-peer-{peer}\n  namespace: istio-eastwest\n\
-         \x20 labels: {{topology.istio.io/network: {peer}{pin}}}\n  annotations: {{gateway.istio.io/trust-domain: {peer}}}\n\
+         \x20 labels: {{topology.istio.io/network: {peer}{pin}}}\n  annotations: {{gateway.istio.io/trust-domain: {td}}}\n\
          spec:\n  gatewayClassName: istio-remote\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  listeners:\n\
          \x20 - {{name: cross-network, port: {hbone}, protocol: HBONE, tls: {{mode: Passthrough}}}}\n\
          \x20 - {{name: xds-tls, port: {port}, protocol: TLS, tls: {{mode: Passthrough}}}}\n"
@@ -343,6 +358,26 @@ pub(crate) fn peer_gateway(peer: &str, hbone: u16, port: u16, pin: Option<&str>)
 }
 
 impl Mesh {
+    /// Clusters that all have trust domain `td` (Istio's multi-network
+    /// model), each with its own intermediate bound to it by the root.
+    pub(crate) fn shared(names: &[&str], td: &str) -> Mesh {
+        let mut mesh = Mesh::new(names);
+        for n in names {
+            fs::write(
+                mesh.cluster(n).dir.join("cluster.yaml"),
+                format!("name: {n}\nregion: r1\nzone: z1\ntrustDomain: {td}\n"),
+            )
+            .unwrap();
+        }
+        mesh.shared_td = Some(td.to_owned());
+        mesh
+    }
+
+    /// `name`'s trust domain.
+    pub(crate) fn td(&self, name: &str) -> String {
+        self.shared_td.clone().unwrap_or_else(|| name.to_owned())
+    }
+
     /// Clusters with their own regions and zones: `(name, region, zone)`.
     pub(crate) fn with_localities(clusters: &[(&str, &str, &str)]) -> Mesh {
         let names: Vec<&str> = clusters.iter().map(|c| c.0).collect();
@@ -404,6 +439,7 @@ impl Mesh {
             max_attempts: ProxyConfig::default().max_attempts,
             grace: Duration::from_secs(5),
             report_interval: None,
+            shared_td: None,
         }
     }
 
@@ -461,11 +497,12 @@ impl Mesh {
         let root = &self.root;
         let c = self.cluster(name);
         let now = SystemTime::now();
+        let td = self.td(name);
         let ca = root
-            .issue_intermediate(&c.name, &c.name, Duration::from_secs(86_400), now)
+            .issue_intermediate(&c.name, &td, Duration::from_secs(86_400), now)
             .unwrap();
         let trust_root = ca.trust_root().clone();
-        let id = SpiffeId::new(c.name.as_str(), "istio-system", "meshpeer").unwrap();
+        let id = SpiffeId::new(td.as_str(), "istio-system", "meshpeer").unwrap();
         let identity = Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap());
         let mut cfg = ControllerConfig::new(
             Box::new(FileSource::new(c.dir.clone(), Duration::from_millis(20))),
@@ -504,7 +541,9 @@ impl Mesh {
 
     /// [`Mesh::start_dataplane`] for the named clusters only.
     pub(crate) async fn start_dataplane_of(&mut self, names: &[String]) {
+        let shared_td = self.shared_td.clone();
         for c in self.clusters.iter_mut().filter(|c| names.contains(&c.name)) {
+            let td = shared_td.clone().unwrap_or_else(|| c.name.clone());
             let feed = if c.follow_api {
                 let api = c.controller().api_addr.expect("the controller's API is on");
                 let (tx, rx) = tokio::sync::watch::channel(Arc::new(CatalogFeed::default()));
@@ -521,9 +560,9 @@ impl Mesh {
             let identity = |ns: &str, sa: &str| {
                 let ca = self
                     .root
-                    .issue_intermediate(&c.name, &c.name, Duration::from_secs(86_400), now)
+                    .issue_intermediate(&c.name, &td, Duration::from_secs(86_400), now)
                     .unwrap();
-                let id = SpiffeId::new(c.name.as_str(), ns, sa).unwrap();
+                let id = SpiffeId::new(td.as_str(), ns, sa).unwrap();
                 Arc::new(Identity::new(ca, id, Duration::from_secs(3600), now).unwrap())
             };
             let gw_id = identity("istio-eastwest", "istio-eastwest");
@@ -604,7 +643,7 @@ impl Mesh {
         let port = relay.addr.port();
         self.cluster(from).write(
             &format!("peer-{to}.yaml"),
-            &peer_gateway(to, hbone, port, pin),
+            &peer_gateway_td(to, &self.td(to), hbone, port, pin),
         );
         self.relays.insert((from.to_owned(), to.to_owned()), relay);
     }
