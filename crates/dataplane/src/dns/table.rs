@@ -4,9 +4,119 @@
 
 use std::net::IpAddr;
 
-/// Names to addresses: a persistent map, so that a new version of the table
-/// that changes one name costs O(1) and shares the rest.
-pub type Names = imbl::HashMap<String, Vec<IpAddr>>;
+/// Names to addresses: persistent maps, so that a new version of the table
+/// that changes one name costs O(labels) and shares the rest. Besides the
+/// names, how many of them lie below each of their ancestors, so that
+/// telling an empty non-terminal from NXDOMAIN is one lookup, not a scan
+/// of every name (issue 14: cost follows the query, not the mesh).
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    map: imbl::HashMap<String, Vec<IpAddr>>,
+    /// Strict ancestors of the names (`b.c` and `c` for `a.b.c`) -> how
+    /// many names lie below them.
+    below: imbl::HashMap<String, u32>,
+}
+
+impl PartialEq for Names {
+    fn eq(&self, other: &Self) -> bool {
+        // `below` follows from `map`.
+        self.map == other.map
+    }
+}
+
+impl Eq for Names {}
+
+impl FromIterator<(String, Vec<IpAddr>)> for Names {
+    fn from_iter<I: IntoIterator<Item = (String, Vec<IpAddr>)>>(iter: I) -> Self {
+        let mut names = Names::new();
+        for (name, addrs) in iter {
+            names.insert(name, addrs);
+        }
+        names
+    }
+}
+
+impl Names {
+    pub fn new() -> Self {
+        Names::default()
+    }
+
+    /// Sets the addresses of `name` (lower-case, no trailing dot).
+    pub fn insert(&mut self, name: String, addrs: Vec<IpAddr>) -> Option<Vec<IpAddr>> {
+        let old = self.map.insert(name.clone(), addrs);
+        if old.is_none() {
+            for ancestor in ancestors(&name) {
+                *self.below.entry(ancestor.to_owned()).or_default() += 1;
+            }
+        }
+        old
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Vec<IpAddr>> {
+        let old = self.map.remove(name);
+        if old.is_some() {
+            for ancestor in ancestors(name) {
+                match self.below.get(ancestor).copied() {
+                    Some(n) if n > 1 => {
+                        self.below.insert(ancestor.to_owned(), n - 1);
+                    }
+                    _ => {
+                        self.below.remove(ancestor);
+                    }
+                }
+            }
+        }
+        old
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Vec<IpAddr>> {
+        self.map.get(name)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.map.keys()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<IpAddr>)> {
+        self.map.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether both share their storage (cheap: no change between them).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        self.map.ptr_eq(&other.map) && self.below.ptr_eq(&other.below)
+    }
+
+    /// Whether some name lies strictly below `name` (lower-case).
+    pub fn has_below(&self, name: &str) -> bool {
+        self.below.contains_key(name)
+    }
+}
+
+impl std::ops::Index<&str> for Names {
+    type Output = Vec<IpAddr>;
+
+    /// The addresses of `name`; panics when it is not in the table.
+    fn index(&self, name: &str) -> &Vec<IpAddr> {
+        &self.map[name]
+    }
+}
+
+/// The strict ancestors of a dotted name, nearest first.
+fn ancestors(name: &str) -> impl Iterator<Item = &str> {
+    name.match_indices('.').map(move |(i, _)| &name[i + 1..])
+}
 
 /// What the server answers from; replaced as a whole when the catalog changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,7 +159,7 @@ impl DnsTable {
         let Some(zone) = zone else {
             return Lookup::Foreign;
         };
-        if name.len() == zone.len() || self.names.keys().any(|known| is_below(known, name)) {
+        if name.len() == zone.len() || self.names.has_below(&name.to_ascii_lowercase()) {
             Lookup::Exists { zone }
         } else {
             Lookup::NxDomain { zone }
@@ -193,5 +303,38 @@ mod tests {
             Lookup::NxDomain { zone: "internal" }
         );
         assert_eq!(table.lookup("example.org"), Lookup::Foreign);
+    }
+
+    /// Issue 14: the index of names below each ancestor stays what a scan
+    /// of every name would say, through any sequence of inserts and
+    /// removals (so NXDOMAIN and empty non-terminals are told apart in one
+    /// lookup, whatever the size of the table).
+    #[test]
+    fn d1_interior_names_index_matches_a_scan_through_edits() {
+        use proptest::prelude::*;
+        let label = prop::sample::select(vec!["a", "b", "web", "shop", "mesh", "internal"]);
+        let name = prop::collection::vec(label, 1..5).prop_map(|l| l.join("."));
+        let edits = prop::collection::vec((any::<bool>(), name.clone()), 0..60);
+        let probes = prop::collection::vec(name, 1..20);
+        proptest!(|(edits in edits, probes in probes)| {
+            let mut names = Names::new();
+            for (insert, n) in &edits {
+                if *insert {
+                    names.insert(n.clone(), vec!["240.241.0.1".parse().unwrap()]);
+                } else {
+                    names.remove(n);
+                }
+            }
+            for p in &probes {
+                let scan = names.keys().any(|known| is_below(known, p));
+                prop_assert_eq!(names.has_below(p), scan, "{}", p);
+            }
+            // Equal contents are equal tables, however they were reached.
+            let fresh: Names = names.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(&fresh, &names);
+            for p in &probes {
+                prop_assert_eq!(fresh.has_below(p), names.has_below(p));
+            }
+        });
     }
 }
