@@ -492,7 +492,9 @@ mod tests {
     fn every_scenario_has_two_clusters() {
         assert_eq!(
             scenarios(),
-            ["httpbin", "bookinfo"].map(str::to_owned).to_vec()
+            ["httpbin", "httpbin-flat", "bookinfo"]
+                .map(str::to_owned)
+                .to_vec()
         );
         for s in scenarios() {
             let mut c: Vec<&str> = FILES.iter().filter(|f| f.0 == s).map(|f| f.1).collect();
