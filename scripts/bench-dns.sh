@@ -20,39 +20,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=${SECS:-5}
-BIN=${MESHPEER_BIN:-target/release/meshpeer}
 
-need() {
-  local missing=()
-  for tool in "$@"; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
-    # Package names: dnsperf, nsd (the nsd binary lives in /usr/sbin).
-    local pkgs=()
-    for m in "${missing[@]}"; do pkgs+=("$m"); done
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
-  else
-    echo "missing: ${missing[*]} (apt-get install ${missing[*]})" >&2
-    exit 2
-  fi
-}
+# shellcheck source=scripts/lib/bench-mesh.sh
+source scripts/lib/bench-mesh.sh
 PATH=$PATH:/usr/sbin
 need dnsperf nsd python3
-if [ ! -x "$BIN" ]; then
-  echo "building $BIN (cargo build --release -p meshpeer)" >&2
-  cargo build --release --quiet -p meshpeer
-fi
-BIN=$(realpath "$BIN")
-
-WORK=$(mktemp -d /tmp/meshpeer-dns.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
+mesh_build
 
 PROXY_DNS=15353 NSD_PORT=15355 UPSTREAM_PORT=15354
 GW=127.0.81.1 POD=127.0.81.10
@@ -92,23 +65,6 @@ EOF
 "$BIN" certs cluster cluster1 --root "$WORK/root" --out "$WORK/cacerts" >/dev/null
 "$BIN" certs token --tokens "$WORK/tokens" --namespace istio-system \
   --service-account meshpeer-proxy --out "$WORK/proxy.token" >/dev/null
-
-log() { echo "$WORK/$1.log"; }
-start() { # name args...
-  local name=$1
-  shift
-  RUST_LOG=${RUST_LOG:-warn,meshpeer=info} "$BIN" "$@" >"$(log "$name")" 2>&1 &
-  PIDS+=($!)
-}
-wait_for() { # file pattern what
-  for _ in $(seq 1 300); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for $3; log:" >&2
-  tail -20 "$1" >&2
-  exit 1
-}
 
 start controller controller --cluster-dir "$dir" --cacerts "$WORK/cacerts" \
   --tokens "$WORK/tokens" --api-listen 127.0.0.1:0 --vip-cidr 127.253.0.0/16 \

@@ -20,6 +20,24 @@ need() {
 }
 BIN=${MESHPEER_BIN:-target/release/meshpeer}
 
+# A meshpeer process in the background, its output in $WORK/<name>.log.
+log() { echo "$WORK/$1.log"; }
+start() { # name args...
+  local name=$1
+  shift
+  RUST_LOG=${RUST_LOG:-info} "$BIN" "$@" >"$(log "$name")" 2>&1 &
+  PIDS+=($!)
+}
+wait_for() { # file pattern what
+  for _ in $(seq 1 300); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "timed out waiting for $3; log:" >&2
+  tail -20 "$1" >&2
+  exit 1
+}
+
 mesh_build() {
   if [ ! -x "$BIN" ]; then
     echo "building $BIN (cargo build --release -p meshpeer)" >&2
@@ -85,23 +103,6 @@ for n in 1 2; do
 done
 "$BIN" certs token --tokens "$WORK/tokens1" --namespace istio-system \
   --service-account meshpeer-proxy --out "$WORK/proxy1.token" >/dev/null
-
-log() { echo "$WORK/$1.log"; }
-start() { # name args...
-  local name=$1
-  shift
-  RUST_LOG=${RUST_LOG:-info} "$BIN" "$@" >"$(log "$name")" 2>&1 &
-  PIDS+=($!)
-}
-wait_for() { # file pattern what
-  for _ in $(seq 1 300); do
-    grep -q "$2" "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "timed out waiting for $3; log:" >&2
-  tail -20 "$1" >&2
-  exit 1
-}
 
 # Each controller takes the other's pod (loopback, refused by default: B1).
 start controller1 controller --cluster-dir "$WORK/cluster1" --cacerts "$WORK/cacerts1" \
