@@ -224,40 +224,32 @@ impl FakeApi {
 
     /// Waits until the server holds the ServiceEntry `name`.
     async fn wait_holds(&self, name: &str) {
-        let mut changed = self.changed.subscribe();
-        tokio::time::timeout(WITHIN, async {
-            loop {
-                if self.state.lock().unwrap().entries.contains_key(name) {
-                    return;
-                }
-                changed.changed().await.unwrap();
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the API server never held {name}"));
+        self.wait_until(&format!("held {name}"), |st| st.entries.contains_key(name))
+            .await;
     }
 
     /// Waits until the server holds a WorkloadEntry whose name starts with
     /// `prefix` (upstream flavor: written right after the entries).
     async fn wait_holds_workload(&self, prefix: &str) {
+        self.wait_until(&format!("held a WorkloadEntry {prefix}*"), |st| {
+            st.workloads.keys().any(|n| n.starts_with(prefix))
+        })
+        .await;
+    }
+
+    /// Waits until `pred` holds of the server's state, within [`WITHIN`].
+    async fn wait_until(&self, what: &str, pred: impl Fn(&ApiState) -> bool) {
         let mut changed = self.changed.subscribe();
         tokio::time::timeout(WITHIN, async {
             loop {
-                if self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .workloads
-                    .keys()
-                    .any(|n| n.starts_with(prefix))
-                {
+                if pred(&self.state.lock().unwrap()) {
                     return;
                 }
                 changed.changed().await.unwrap();
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("the API server never held a WorkloadEntry {prefix}*"));
+        .unwrap_or_else(|_| panic!("the API server never {what}"));
     }
 
     fn resource_version_of(&self, name: &str) -> String {

@@ -156,11 +156,7 @@ impl Sink for FileSink {
         Box::pin(async move {
             let a = self.entries.apply(&desired.entries).await?;
             let b = self.workloads.apply(&desired.workloads).await?;
-            Ok(SinkReport {
-                applied: a.applied + b.applied,
-                unchanged: a.unchanged + b.unchanged,
-                deleted: a.deleted + b.deleted,
-            })
+            Ok(a + b)
         })
     }
 

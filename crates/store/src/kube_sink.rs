@@ -123,9 +123,7 @@ impl KubeSink {
         let due = self.listed_at.is_none_or(|at| at.elapsed() >= self.resync);
         let ctx = Ctx {
             client: &self.client,
-            params: PatchParams::apply(&self.field_manager)
-                .force()
-                .validation_strict(),
+            params: self.apply_params(),
         };
         let (a, b) = if due {
             (
@@ -139,11 +137,7 @@ impl KubeSink {
             )
         };
         let result = match (a, b) {
-            (Ok(a), Ok(b)) => Ok(SinkReport {
-                applied: a.applied + b.applied,
-                unchanged: a.unchanged + b.unchanged,
-                deleted: a.deleted + b.deleted,
-            }),
+            (Ok(a), Ok(b)) => Ok(a + b),
             (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
             (Err(a), Err(b)) => Err(SinkError::Other(format!("{a}; {b}"))),
         };

@@ -28,6 +28,19 @@ pub struct SinkReport {
     pub deleted: usize,
 }
 
+impl std::ops::Add for SinkReport {
+    type Output = SinkReport;
+
+    /// What two writes did together (one per kind of object).
+    fn add(self, other: SinkReport) -> SinkReport {
+        SinkReport {
+            applied: self.applied + other.applied,
+            unchanged: self.unchanged + other.unchanged,
+            deleted: self.deleted + other.deleted,
+        }
+    }
+}
+
 /// Output that could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {

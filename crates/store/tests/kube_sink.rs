@@ -255,6 +255,21 @@ async fn expect_we_list(api: &mut ApiHandle, items: Vec<Value>) {
     );
 }
 
+/// A DELETE of `path` whose precondition `key` (`uid` or
+/// `resourceVersion`) is `value`; answered as deleted.
+async fn expect_delete(api: &mut ApiHandle, path: &str, key: &str, value: &str) {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::DELETE);
+    assert_eq!(req.target, path);
+    let body = req.body.unwrap();
+    assert_eq!(body["preconditions"][key], value, "{body:#}");
+    answer(
+        req.responder,
+        StatusCode::OK,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+    );
+}
+
 /// Server-side apply of one ServiceEntry; answers with the stored object.
 async fn expect_apply(api: &mut ApiHandle, name: &str, body: &Value, resource_version: &str) {
     let req = next(api).await;
@@ -868,16 +883,13 @@ async fn i1_between_resyncs_only_what_changed_is_written() {
     // Gone: deleted with the resourceVersion last written as precondition.
     let none = want(vec![]);
     let (report, ()) = tokio::join!(sink.apply(&none), async {
-        let req = next(&mut api).await;
-        assert_eq!(req.method, Method::DELETE);
-        assert_eq!(req.target, format!("{SE_PATH}/{name}"));
-        let body = req.body.unwrap();
-        assert_eq!(body["preconditions"]["resourceVersion"], "3002", "{body:#}");
-        answer(
-            req.responder,
-            StatusCode::OK,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
-        );
+        expect_delete(
+            &mut api,
+            &format!("{SE_PATH}/{name}"),
+            "resourceVersion",
+            "3002",
+        )
+        .await;
     });
     assert_eq!(report.unwrap().deleted, 1);
     assert_quiet(&mut api);
@@ -967,22 +979,13 @@ async fn g7_upstream_workload_entries_are_applied_after_their_entry_and_pruned_l
             );
         }
         // The stale one is deleted with its uid as precondition.
-        let req = next(&mut api).await;
-        assert_eq!(req.method, Method::DELETE);
-        assert_eq!(
-            req.target,
-            format!("{WE_PATH}/autogen.httpbin.gone.cluster2.any")
-        );
-        let body = req.body.unwrap();
-        assert_eq!(
-            body["preconditions"]["uid"], "5e1f0000-0000-4000-8000-0000000000aa",
-            "{body:#}"
-        );
-        answer(
-            req.responder,
-            StatusCode::OK,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
-        );
+        expect_delete(
+            &mut api,
+            &format!("{WE_PATH}/autogen.httpbin.gone.cluster2.any"),
+            "uid",
+            "5e1f0000-0000-4000-8000-0000000000aa",
+        )
+        .await;
     });
     assert_eq!(
         report.unwrap(),
@@ -1001,16 +1004,13 @@ async fn g7_upstream_workload_entries_are_applied_after_their_entry_and_pruned_l
         workloads: meshpeer_store::workloads(vec![remote_group(a, 2)]),
     };
     let (report, ()) = tokio::join!(sink.apply(&less), async {
-        let req = next(&mut api).await;
-        assert_eq!(req.method, Method::DELETE);
-        assert_eq!(req.target, format!("{WE_PATH}/{b}"));
-        let body = req.body.unwrap();
-        assert_eq!(body["preconditions"]["resourceVersion"], "3002", "{body:#}");
-        answer(
-            req.responder,
-            StatusCode::OK,
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
-        );
+        expect_delete(
+            &mut api,
+            &format!("{WE_PATH}/{b}"),
+            "resourceVersion",
+            "3002",
+        )
+        .await;
     });
     assert_eq!(report.unwrap().deleted, 1);
     assert_quiet(&mut api);

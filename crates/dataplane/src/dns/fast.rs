@@ -1,6 +1,7 @@
 //! The UDP fast path (issue 14): a plain query for a name in our zones is
 //! answered straight from its datagram, without decoding it into hickory's
-//! types, without a task, and with one allocation (the answer). Anything
+//! types, without a task, and with two small allocations (the lower-case
+//! name for the lookup, and the answer). Anything
 //! else (another opcode, several questions, records besides a bare OPT,
 //! EDNS options, compressed or odd names, names we forward) goes the full
 //! way ([`super::handler`]), which stays the reference: a test asks both
@@ -67,34 +68,32 @@ pub(crate) fn answer(query: &[u8], table: &DnsTable, ttl: u32, recursion: bool) 
     let in_class = matches!(q.qclass, CLASS_IN | CLASS_ANY);
     let v4 = in_class && matches!(q.qtype, TYPE_A | TYPE_ANY);
     let v6 = in_class && matches!(q.qtype, TYPE_AAAA | TYPE_ANY);
-    let answers: Vec<&IpAddr> = addrs
-        .iter()
-        .filter(|a| match a {
-            IpAddr::V4(_) => v4,
-            IpAddr::V6(_) => v6,
-        })
-        .collect();
-    let soa = if answers.is_empty() { zone } else { None };
+    let asked = |a: &&IpAddr| match a {
+        IpAddr::V4(_) => v4,
+        IpAddr::V6(_) => v6,
+    };
+    let count = addrs.iter().filter(asked).count();
+    let soa = if count == 0 { zone } else { None };
     let result = if code == 3 {
         QueryResult::NxDomain
-    } else if answers.is_empty() {
+    } else if count == 0 {
         QueryResult::NoData
     } else {
         QueryResult::Answer
     };
 
-    let mut out = Vec::with_capacity(12 + q.wire.len() + answers.len() * 28 + 128);
+    let mut out = Vec::with_capacity(12 + q.wire.len() + count * 28 + 128);
     // Header: id; QR, the query's opcode (0) and RD, AA; RA, the query's
     // CD, the code; one question, the counts.
     out.extend_from_slice(&query[..2]);
     out.push(0x80 | 0x04 | (query[2] & 0x01));
     out.push(if recursion { 0x80 } else { 0 } | (query[3] & 0x10) | code);
     out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&u16::try_from(answers.len()).unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(&u16::try_from(count).unwrap_or(0).to_be_bytes());
     out.extend_from_slice(&u16::from(soa.is_some()).to_be_bytes());
     out.extend_from_slice(&u16::from(q.edns.is_some()).to_be_bytes());
     out.extend_from_slice(q.wire);
-    for addr in answers {
+    for addr in addrs.iter().filter(asked) {
         // Owner: a pointer to the question's name (offset 12).
         out.extend_from_slice(&[0xC0, 12]);
         match addr {

@@ -21,22 +21,34 @@ fn example(cluster: &str) -> PathBuf {
         .join(cluster)
 }
 
-/// The two example clusters, with cacerts under one root in `tmp`.
-async fn example_facts(tmp: &Path) -> Vec<ClusterFacts> {
+/// The clusters of `folders` (cluster1, cluster2), each with cacerts under
+/// one root in `<certs>/<cluster>` made by `make(root, cluster, now)`.
+async fn facts_of(
+    folders: [PathBuf; 2],
+    certs: &Path,
+    make: impl Fn(&RootCa, &str, SystemTime) -> meshpeer_identity::ClusterCa,
+) -> Vec<ClusterFacts> {
     let now = SystemTime::now();
     let root = RootCa::generate("test root", YEAR, now).unwrap();
     let mut inputs = Vec::new();
-    for c in ["cluster1", "cluster2"] {
-        let dir = tmp.join(c);
-        root.issue_intermediate(c, c, YEAR, now)
-            .unwrap()
-            .write(&dir)
-            .unwrap();
-        let mut input = ClusterInput::folder(example(c));
+    for (c, folder) in ["cluster1", "cluster2"].into_iter().zip(folders) {
+        let dir = certs.join(c);
+        make(&root, c, now).write(&dir).unwrap();
+        let mut input = ClusterInput::folder(folder);
         input.cacerts = Some(dir);
         inputs.push(input);
     }
     gather(&inputs, true, Duration::from_secs(1)).await.unwrap()
+}
+
+/// The two example clusters, with cacerts under one root in `tmp`.
+async fn example_facts(tmp: &Path) -> Vec<ClusterFacts> {
+    facts_of(
+        [example("cluster1"), example("cluster2")],
+        tmp,
+        |root, c, now| root.issue_intermediate(c, c, YEAR, now).unwrap(),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -70,22 +82,18 @@ async fn facts_with(
     tmp: &Path,
     make: impl Fn(&RootCa, SystemTime) -> meshpeer_identity::ClusterCa,
 ) -> Vec<ClusterFacts> {
-    let now = SystemTime::now();
-    let root = RootCa::generate("test root", YEAR, now).unwrap();
-    let mut inputs = Vec::new();
-    for c in ["cluster1", "cluster2"] {
-        let dir = tmp.join(c);
-        let ca = if c == "cluster1" {
-            make(&root, now)
-        } else {
-            root.issue_intermediate(c, c, YEAR, now).unwrap()
-        };
-        ca.write(&dir).unwrap();
-        let mut input = ClusterInput::folder(example(c));
-        input.cacerts = Some(dir);
-        inputs.push(input);
-    }
-    gather(&inputs, true, Duration::from_secs(1)).await.unwrap()
+    facts_of(
+        [example("cluster1"), example("cluster2")],
+        tmp,
+        |root, c, now| {
+            if c == "cluster1" {
+                make(root, now)
+            } else {
+                root.issue_intermediate(c, c, YEAR, now).unwrap()
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -615,10 +623,7 @@ async fn shared_facts(
     tmp: &Path,
     make: impl Fn(&RootCa, &str, SystemTime) -> meshpeer_identity::ClusterCa,
 ) -> Vec<ClusterFacts> {
-    let now = SystemTime::now();
-    let root = RootCa::generate("test root", YEAR, now).unwrap();
-    let mut inputs = Vec::new();
-    for c in ["cluster1", "cluster2"] {
+    let folders = ["cluster1", "cluster2"].map(|c| {
         let folder = tmp.join("folders").join(c);
         std::fs::create_dir_all(&folder).unwrap();
         for entry in std::fs::read_dir(example(c)).unwrap() {
@@ -636,13 +641,9 @@ async fn shared_facts(
                 );
             std::fs::write(folder.join(path.file_name().unwrap()), text).unwrap();
         }
-        let certs = tmp.join("certs").join(c);
-        make(&root, c, now).write(&certs).unwrap();
-        let mut input = ClusterInput::folder(folder);
-        input.cacerts = Some(certs);
-        inputs.push(input);
-    }
-    gather(&inputs, true, Duration::from_secs(1)).await.unwrap()
+        folder
+    });
+    facts_of(folders, &tmp.join("certs"), make).await
 }
 
 #[tokio::test]
