@@ -357,3 +357,45 @@ fn istio_upstream_a_flat_peers_pods_are_autogenflat_workload_entries() {
     let unique: std::collections::BTreeSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), 3, "one per service and Pod: {names:?}");
 }
+
+/// B1 lets a peer's Pod names hold `_`, upper case and empty labels; the
+/// autogenflat name made of them is still a valid object name, so one
+/// peer's odd name cannot fail the write of the whole output.
+#[test]
+fn istio_upstream_autogenflat_names_are_valid_object_names_whatever_the_pod_name() {
+    use meshpeer_model::endpoints::Endpoint;
+    use meshpeer_model::render::upstream::flat_name;
+    let subdomain = |n: &str| {
+        n.len() <= 253
+            && n.split('.').all(|l| {
+                let b = l.as_bytes();
+                !b.is_empty()
+                    && b.iter()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                    && b[0] != b'-'
+                    && b[b.len() - 1] != b'-'
+            })
+    };
+    let long = "x".repeat(300);
+    for pod in [
+        "web-0",
+        "Web_0",
+        "a..b",
+        "-a-.b-",
+        "_",
+        "",
+        "A.B_C",
+        long.as_str(),
+    ] {
+        let ep = Endpoint {
+            address: "10.2.0.7".parse().unwrap(),
+            name: pod.to_owned(),
+            ports: Vec::new().into(),
+            service_account: String::new(),
+            ambient: false,
+        };
+        let name = flat_name("autogen.shop.web", "cluster2", "shop", &ep);
+        assert!(subdomain(&name), "{pod:?} -> {name}");
+        assert!(name.starts_with("autogenflat.cluster2.shop."), "{name}");
+    }
+}

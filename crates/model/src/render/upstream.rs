@@ -157,8 +157,11 @@ pub const FLAT_PREFIX: &str = "autogenflat.";
 /// `autogenflat.<cluster>.<namespace>.<pod>.<hash>` (seed 002's names):
 /// the hash (12 hex digits) covers the entry and the address, so that one
 /// Pod behind two global services gets one WorkloadEntry per service, and
-/// an endpoint without a Pod name is named by its address. At most 253
-/// characters (a DNS subdomain).
+/// an endpoint without a Pod name is named by its address. Always a valid
+/// object name (a DNS-1123 subdomain of at most 253 characters), whatever
+/// a peer calls its Pod (B1 lets `_`, upper case and empty labels through,
+/// which no Kubernetes object name may hold: such a name would fail the
+/// write).
 pub fn flat_name(
     entry: &str,
     cluster: &str,
@@ -166,10 +169,11 @@ pub fn flat_name(
     ep: &crate::endpoints::Endpoint,
 ) -> String {
     let addr = ep.address.to_string();
-    let pod = if ep.name.is_empty() {
+    let pod = subdomain_labels(&ep.name);
+    let pod = if pod.is_empty() {
         addr.replace([':', '.'], "-")
     } else {
-        ep.name.clone()
+        pod
     };
     let hash = fnv1a(format!("{entry}/{addr}").as_bytes()) & 0xffff_ffff_ffff;
     let mut head = format!("{FLAT_PREFIX}{cluster}.{namespace}.{pod}");
@@ -178,6 +182,24 @@ pub fn flat_name(
         head.pop();
     }
     format!("{head}.{hash:012x}")
+}
+
+/// `name` as DNS-1123 labels: lower case, any other character than a
+/// letter, a digit, `-` or `.` made `-`, labels trimmed of `-`, empty ones
+/// left out.
+fn subdomain_labels(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    name.split('.')
+        .map(|l| l.trim_matches('-'))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The entries of a catalog, in hostname order.
