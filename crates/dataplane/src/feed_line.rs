@@ -11,7 +11,7 @@
 //!
 //! A whole line has the shape of `GET /v1/catalog`. A delta carries the
 //! global services added or changed, the hostnames removed, and the rest of
-//! the catalog (cluster, links, Segments, manual entries, findings) only
+//! the catalog (cluster, links, Segments, manual entries, L7 routes, findings) only
 //! when some of it changed. A follower that gets a delta without holding
 //! the version before it cannot apply it and reconnects for a whole line.
 
@@ -63,6 +63,8 @@ fn rest_differs(a: &GlobalCatalog, b: &GlobalCatalog) -> bool {
         || a.refused_peers != b.refused_peers
         || a.diagnostics != b.diagnostics
         || a.vip_range != b.vip_range
+        || a.routes != b.routes
+        || a.route_status != b.route_status
 }
 
 /// The catalog without its services.

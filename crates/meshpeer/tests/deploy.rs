@@ -1425,6 +1425,7 @@ fn resource_of(kind: Kind) -> (&'static str, &'static str) {
         Kind::Gateway => of::<Gateway>(),
         Kind::ServiceEntry => of::<ServiceEntry>(),
         Kind::WorkloadEntry => of::<WorkloadEntry>(),
+        Kind::HttpRoute => of::<meshpeer_model::objects::HttpRoute>(),
     }
 }
 

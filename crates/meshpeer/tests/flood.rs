@@ -316,14 +316,23 @@ async fn b5_a_flood_of_idle_and_garbage_connections_does_not_stop_a_tunnel_or_a_
         f.wait_closed(IDLE + GARBAGE - MAX_PENDING, name).await;
     }
     // The gateway counts the oldest shed (garbage that is not TLS is
-    // refused by the handshake instead, counted as such).
-    let shed = metric(
-        &c2.registry,
-        &["listener_connections_closed_total", "reason=\"shed\""],
-    );
+    // refused by the handshake instead, counted as such). On a slow
+    // machine the flood outlasts the handshake timeout (10 s), and the
+    // oldest idle connections are closed by it before a newer one would
+    // have shed them: both keep what is pending bounded.
+    let closed = |reason: &str| {
+        metric(
+            &c2.registry,
+            &[
+                "listener_connections_closed_total",
+                &format!("reason=\"{reason}\""),
+            ],
+        )
+    };
+    let (shed, timed_out) = (closed("shed"), closed("handshake_timeout"));
     assert!(
-        shed >= (IDLE - MAX_PENDING) as f64,
-        "cluster2's gateway shed {shed} connections"
+        shed > 0.0 && shed + timed_out >= (IDLE - MAX_PENDING) as f64,
+        "cluster2's gateway shed {shed} connections and timed out {timed_out}"
     );
 
     // The tunnel opened before carries bytes end to end.

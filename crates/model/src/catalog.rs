@@ -158,6 +158,13 @@ pub struct GlobalCatalog {
     /// (P5); `None` in feeds of older controllers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip_range: Option<Cidr>,
+    /// L7 route tables of this cluster's own HTTPRoutes, by (host, port)
+    /// (section 11). Never sent to peers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Arc<crate::routes::RouteTable>>,
+    /// The status of this cluster's HTTPRoutes (L7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub route_status: Vec<crate::routes::RouteStatus>,
 }
 
 impl GlobalCatalog {
@@ -278,6 +285,7 @@ pub fn catalog_with<'a>(
             Some((s.hostname.clone(), Arc::new(s)))
         })
         .collect();
+    let routes = crate::routes::compile(own, own_export, &services, &manual, &mut diags);
     diag::normalize(&mut diags);
     refused_peers.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     GlobalCatalog {
@@ -289,6 +297,8 @@ pub fn catalog_with<'a>(
         refused_peers,
         diagnostics: diags,
         vip_range: Some(config.vip_range),
+        routes: routes.tables,
+        route_status: routes.status,
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, ObjectRef, Rule, Severity};
 use crate::objects::{
-    Gateway, Kind, NsName, Object, ObjectKey, Segment, ServiceEntry, WorkloadEntry,
+    Gateway, HttpRoute, Kind, NsName, Object, ObjectKey, Segment, ServiceEntry, WorkloadEntry,
 };
 use crate::parse::ParseError;
 use crate::validate;
@@ -135,6 +135,8 @@ pub struct ClusterSnapshot {
     pub gateways: BTreeMap<NsName, Gateway>,
     pub service_entries: BTreeMap<NsName, ServiceEntry>,
     pub workload_entries: BTreeMap<NsName, WorkloadEntry>,
+    /// Gateway API HTTPRoutes (section 11): this cluster's own L7 routes.
+    pub http_routes: BTreeMap<NsName, HttpRoute>,
     /// Problems found while loading the input (bad documents, duplicates).
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -220,6 +222,7 @@ impl ClusterSnapshot {
                 .workload_entries
                 .insert(ns, o)
                 .map(Object::WorkloadEntry),
+            Object::HttpRoute(o) => self.http_routes.insert(ns, o).map(Object::HttpRoute),
         }
     }
 
@@ -236,6 +239,7 @@ impl ClusterSnapshot {
             Kind::Gateway => self.gateways.remove(&ns).map(Object::Gateway),
             Kind::ServiceEntry => self.service_entries.remove(&ns).map(Object::ServiceEntry),
             Kind::WorkloadEntry => self.workload_entries.remove(&ns).map(Object::WorkloadEntry),
+            Kind::HttpRoute => self.http_routes.remove(&ns).map(Object::HttpRoute),
         }
     }
 
@@ -284,6 +288,7 @@ impl ClusterSnapshot {
             Kind::Gateway => swap!(gateways),
             Kind::ServiceEntry => swap!(service_entries),
             Kind::WorkloadEntry => swap!(workload_entries),
+            Kind::HttpRoute => swap!(http_routes),
         }
     }
 
@@ -313,6 +318,7 @@ impl ClusterSnapshot {
             Kind::Gateway => keyed(kind, &self.gateways).collect(),
             Kind::ServiceEntry => keyed(kind, &self.service_entries).collect(),
             Kind::WorkloadEntry => keyed(kind, &self.workload_entries).collect(),
+            Kind::HttpRoute => keyed(kind, &self.http_routes).collect(),
         }
     }
 
@@ -343,6 +349,7 @@ impl ClusterSnapshot {
                 .cloned()
                 .map(Object::WorkloadEntry),
         );
+        out.extend(self.http_routes.values().cloned().map(Object::HttpRoute));
         out
     }
 
@@ -357,6 +364,7 @@ impl ClusterSnapshot {
             + self.gateways.len()
             + self.service_entries.len()
             + self.workload_entries.len()
+            + self.http_routes.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -57,7 +57,12 @@ pub enum Rule {
     B2,
     L1,
     L2,
+    L3,
+    L4,
+    L5,
+    L6,
     L7,
+    L8,
     /// A manifest document that cannot be read.
     F1,
     /// A cluster config (`cluster.yaml`) problem.
@@ -111,7 +116,12 @@ impl Rule {
             Rule::B2 => "B2",
             Rule::L1 => "L1",
             Rule::L2 => "L2",
+            Rule::L3 => "L3",
+            Rule::L4 => "L4",
+            Rule::L5 => "L5",
+            Rule::L6 => "L6",
             Rule::L7 => "L7",
+            Rule::L8 => "L8",
             Rule::F1 => "F1",
             Rule::F2 => "F2",
         }

@@ -26,6 +26,7 @@ pub mod pmap;
 pub mod ports;
 pub mod rank;
 pub mod render;
+pub mod routes;
 pub mod scope;
 pub mod segments;
 #[cfg(feature = "testing")]

@@ -306,6 +306,7 @@ impl DocContext<'_> {
             Kind::Gateway => self.typed(&value, &label, item).map(Object::Gateway),
             Kind::ServiceEntry => self.typed(&value, &label, item).map(Object::ServiceEntry),
             Kind::WorkloadEntry => self.typed(&value, &label, item).map(Object::WorkloadEntry),
+            Kind::HttpRoute => self.typed(&value, &label, item).map(Object::HttpRoute),
         };
         let Some(mut obj) = parsed else { return };
         if known.is_namespaced() && obj.metadata().namespace.is_none() {

@@ -419,6 +419,7 @@ proptest! {
                 let step = clusters[*i].apply([c]);
                 own[*i].gateways |= step.gateways_changed;
                 own[*i].service_entries |= step.service_entries_changed;
+                own[*i].routes |= step.routes_changed;
             }
             for i in 0..3 {
                 let me = clusters[i].export().cluster.segment_name().map(str::to_owned);

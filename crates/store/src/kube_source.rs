@@ -144,6 +144,9 @@ fn watch_kind(client: &Client, kind: Kind) -> KindEvents {
         Kind::WorkloadEntry => {
             watch::<meshpeer_model::objects::WorkloadEntry>(client, kind, Object::WorkloadEntry)
         }
+        Kind::HttpRoute => {
+            watch::<meshpeer_model::objects::HttpRoute>(client, kind, Object::HttpRoute)
+        }
     }
 }
 
@@ -178,8 +181,12 @@ fn trim(object: &mut Object) {
     let meta = object.metadata_mut();
     meta.managed_fields = None;
     meta.resource_version = None;
-    if let Object::Node(node) = object {
-        node.status = None;
+    match object {
+        Object::Node(node) => node.status = None,
+        // Written by meshpeer itself (L7): reading it back must not look
+        // like a change of the route.
+        Object::HttpRoute(route) => route.status = None,
+        _ => {}
     }
 }
 

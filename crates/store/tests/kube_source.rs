@@ -181,7 +181,7 @@ fn listed(kind: Kind) -> Vec<Object> {
         Kind::Segment => items::<Segment>(file, Object::Segment),
         Kind::Gateway => items::<Gateway>(file, Object::Gateway),
         Kind::ServiceEntry => items::<ServiceEntry>(file, Object::ServiceEntry),
-        Kind::WorkloadEntry => unreachable!("not watched"),
+        Kind::WorkloadEntry | Kind::HttpRoute => unreachable!("not watched"),
     }
 }
 

@@ -73,7 +73,9 @@ pub(super) fn hint(d: &Diagnostic) -> String {
         Rule::B1 | Rule::B2 => {
             format!("fix {obj} in the cluster that sends it, as the message says")
         }
-        Rule::L1 | Rule::L2 | Rule::L7 => format!("fix the route {obj} as the message says"),
+        Rule::L1 | Rule::L2 | Rule::L3 | Rule::L4 | Rule::L5 | Rule::L6 | Rule::L7 | Rule::L8 => {
+            format!("fix the route {obj} as the message says")
+        }
         Rule::F1 => format!("fix the manifest: {obj} cannot be read as written"),
         Rule::F2 => {
             "fix cluster.yaml (fields: name, network, region, zone, trustDomain)".to_owned()

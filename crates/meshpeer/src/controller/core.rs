@@ -120,6 +120,7 @@ impl Core {
         }
         self.own_changes.gateways |= step.gateways_changed;
         self.own_changes.service_entries |= step.service_entries_changed;
+        self.own_changes.routes |= step.routes_changed;
         if !self.ready {
             let snap = self.exporter.snapshot();
             info!(cluster = %snap.config.name, objects = snap.len(), "cluster state loaded");

@@ -32,6 +32,8 @@ pub struct OwnChanges {
     pub gateways: bool,
     /// ServiceEntries changed: manual entries and VIP reservations may have.
     pub service_entries: bool,
+    /// HTTPRoutes (or Services they may read) changed (section 11).
+    pub routes: bool,
 }
 
 impl OwnChanges {
@@ -39,6 +41,7 @@ impl OwnChanges {
     pub const ALL: OwnChanges = OwnChanges {
         gateways: true,
         service_entries: true,
+        routes: true,
     };
 }
 
@@ -144,6 +147,8 @@ pub struct CatalogEngine {
     exhausted: BTreeSet<String>,
     exhausted_diags: Vec<Diagnostic>,
     manual_diags: Vec<Diagnostic>,
+    /// Findings of the last route compilation.
+    route_diags: Vec<Diagnostic>,
     findings: Findings,
     catalog: GlobalCatalog,
 }
@@ -176,6 +181,7 @@ impl CatalogEngine {
             exhausted: BTreeSet::new(),
             exhausted_diags: Vec::new(),
             manual_diags: Vec::new(),
+            route_diags: Vec::new(),
             findings: Findings::default(),
             catalog: GlobalCatalog::default(),
         }
@@ -290,8 +296,19 @@ impl CatalogEngine {
             .chain(&touched_takeovers)
             .any(|h| self.manual_hosts.contains(h));
         self.settle(hosts);
+        let manual_before = self.catalog.manual.clone();
         if changes.service_entries || full || touched_manual {
             self.refresh_manual(own_snap);
+        }
+        // Routes attach to global names and manual entries and point at
+        // global names: compiled again when one of those changed. Their
+        // cost follows the number of routes, and nothing is done without.
+        if !own_snap.http_routes.is_empty() || !self.catalog.routes.is_empty() {
+            let names_changed = !self.catalog.services.ptr_eq(&before)
+                || manual_before != self.catalog.manual;
+            if changes.routes || full || names_changed || !self.started {
+                self.refresh_routes(own_snap, own);
+            }
         }
         step.changed =
             full || !before.ptr_eq(&self.catalog.services) && before != self.catalog.services;
@@ -320,6 +337,7 @@ impl CatalogEngine {
         self.findings = Findings(BTreeMap::new(), true);
         self.findings.add(&self.exhausted_diags);
         self.findings.add(&self.manual_diags);
+        self.findings.add(&self.route_diags);
     }
 
     fn add_service(
@@ -498,6 +516,22 @@ impl CatalogEngine {
                 diagnostics,
             },
         );
+    }
+
+    /// This cluster's routes compiled against the view (section 11).
+    fn refresh_routes(&mut self, own_snap: &ClusterSnapshot, own: &Export) {
+        let mut diags = Vec::new();
+        let compiled = crate::routes::compile(
+            own_snap,
+            own,
+            &self.catalog.services,
+            &self.catalog.manual,
+            &mut diags,
+        );
+        self.catalog.routes = compiled.tables;
+        self.catalog.route_status = compiled.status;
+        self.findings.replace(&self.route_diags, &diags);
+        self.route_diags = diags;
     }
 
     /// The manual entries (D4), checked against the names meshpeer owns (P4).

@@ -32,6 +32,8 @@ pub struct ExportStep {
     pub gateways_changed: bool,
     /// ServiceEntries changed (manual entries, VIP reservations).
     pub service_entries_changed: bool,
+    /// HTTPRoutes, or a Service while there are some, changed (section 11).
+    pub routes_changed: bool,
 }
 
 /// Services of one namespace by the first label of their selector, so that
@@ -94,6 +96,7 @@ struct Dirty {
     cluster: bool,
     gateways: bool,
     service_entries: bool,
+    routes: bool,
     snapshot: bool,
 }
 
@@ -177,6 +180,7 @@ impl ExportEngine {
             snapshot_changed: dirty.snapshot,
             gateways_changed: dirty.gateways,
             service_entries_changed: dirty.service_entries,
+            routes_changed: dirty.routes,
             ..ExportStep::default()
         };
         let mut diags_changed = false;
@@ -311,6 +315,8 @@ impl ExportEngine {
                 }
             }
             Kind::Service => {
+                // Routes read their parents' and backends' Services.
+                dirty.routes |= !self.snap.http_routes.is_empty();
                 let (o, n) = (as_service(old), as_service(new));
                 self.selectors.service_changed(&ns_name, o, n);
                 dirty.services.insert(ns_name);
@@ -339,6 +345,7 @@ impl ExportEngine {
             }
             Kind::ServiceEntry => dirty.service_entries = true,
             Kind::WorkloadEntry => {}
+            Kind::HttpRoute => dirty.routes = true,
         }
     }
 

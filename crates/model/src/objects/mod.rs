@@ -2,6 +2,7 @@
 //! hand-written subsets of the custom resources.
 
 mod custom;
+mod httproute;
 
 use std::fmt;
 
@@ -14,6 +15,12 @@ pub use custom::{
     Condition, Gateway, GatewayAddress, GatewaySpec, GatewayStatus, Listener, ListenerTls, Segment,
     SegmentSpec, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntry,
     WorkloadEntrySpec, WorkloadSelector, is_managed,
+};
+pub use httproute::{
+    BackendRef, HeaderModifier, HttpBackendRef, HttpHeader, HttpPathMatch, HttpRoute,
+    HttpRouteFilter, HttpRouteMatch, HttpRouteRule, HttpRouteSpec, HttpRouteStatus,
+    HttpRouteTimeouts, HttpValueMatch, ParentRef, PathModifier, RequestMirror, RequestRedirect,
+    RouteParentStatus, UrlRewrite,
 };
 
 /// The kinds meshpeer reads. Everything else in a manifest folder is skipped.
@@ -28,10 +35,11 @@ pub enum Kind {
     Gateway,
     ServiceEntry,
     WorkloadEntry,
+    HttpRoute,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Service,
@@ -41,6 +49,7 @@ impl Kind {
         Kind::Gateway,
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
+        Kind::HttpRoute,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +63,7 @@ impl Kind {
             Kind::Gateway => "Gateway",
             Kind::ServiceEntry => "ServiceEntry",
             Kind::WorkloadEntry => "WorkloadEntry",
+            Kind::HttpRoute => "HTTPRoute",
         }
     }
 
@@ -63,7 +73,7 @@ impl Kind {
             Kind::Namespace | Kind::Node | Kind::Service | Kind::Pod => "",
             Kind::EndpointSlice => "discovery.k8s.io",
             Kind::Segment => "admin.solo.io",
-            Kind::Gateway => "gateway.networking.k8s.io",
+            Kind::Gateway | Kind::HttpRoute => "gateway.networking.k8s.io",
             Kind::ServiceEntry | Kind::WorkloadEntry => "networking.istio.io",
         }
     }
@@ -75,7 +85,7 @@ impl Kind {
                 &["v1"]
             }
             Kind::Segment => &["v1alpha1"],
-            Kind::Gateway => &["v1", "v1beta1"],
+            Kind::Gateway | Kind::HttpRoute => &["v1", "v1beta1"],
             Kind::ServiceEntry | Kind::WorkloadEntry => &["v1", "v1beta1", "v1alpha3"],
         }
     }
@@ -154,6 +164,7 @@ pub enum Object {
     Gateway(Gateway),
     ServiceEntry(ServiceEntry),
     WorkloadEntry(WorkloadEntry),
+    HttpRoute(HttpRoute),
 }
 
 impl Object {
@@ -168,6 +179,7 @@ impl Object {
             Object::Gateway(_) => Kind::Gateway,
             Object::ServiceEntry(_) => Kind::ServiceEntry,
             Object::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Object::HttpRoute(_) => Kind::HttpRoute,
         }
     }
 
@@ -182,6 +194,7 @@ impl Object {
             Object::Gateway(o) => &o.metadata,
             Object::ServiceEntry(o) => &o.metadata,
             Object::WorkloadEntry(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
         }
     }
 
@@ -196,6 +209,7 @@ impl Object {
             Object::Gateway(o) => &mut o.metadata,
             Object::ServiceEntry(o) => &mut o.metadata,
             Object::WorkloadEntry(o) => &mut o.metadata,
+            Object::HttpRoute(o) => &mut o.metadata,
         }
     }
 
@@ -225,6 +239,7 @@ impl Object {
             Object::Gateway(o) => serde_json::to_value(o),
             Object::ServiceEntry(o) => serde_json::to_value(o),
             Object::WorkloadEntry(o) => serde_json::to_value(o),
+            Object::HttpRoute(o) => serde_json::to_value(o),
         };
         // Serializing these types cannot fail: they hold only strings, numbers,
         // maps and sequences with string keys.
