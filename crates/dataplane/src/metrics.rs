@@ -22,6 +22,17 @@ pub struct ByteLabels {
     pub way: String,
 }
 
+/// L8: requests by destination service, destination cluster and status
+/// class. Label values are catalog names (B6).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub service: String,
+    /// The cluster that answered (empty: none did).
+    pub destination_cluster: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub status_class: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
@@ -60,6 +71,10 @@ pub struct DataplaneMetrics {
     /// Cross-cluster traffic by source cluster, destination cluster and
     /// global service (issue 16).
     pub flows: crate::flows::Flows,
+    /// L7 requests (L8).
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// L7 request duration to the response head (L8).
+    pub http_request_seconds: Histogram,
 }
 
 impl Default for DataplaneMetrics {
@@ -75,6 +90,8 @@ impl Default for DataplaneMetrics {
             endpoint_refusals: Family::default(),
             names_outside_zones: Gauge::default(),
             flows: crate::flows::Flows::default(),
+            http_requests: Family::default(),
+            http_request_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
         }
     }
 }
@@ -138,7 +155,34 @@ impl DataplaneMetrics {
             "Bytes by reporter, source cluster, destination cluster, global service and way",
             m.flows.bytes.clone(),
         );
+        r.register(
+            "http_requests",
+            "L7 requests by destination service, destination cluster and status class",
+            m.http_requests.clone(),
+        );
+        r.register(
+            "http_request_seconds",
+            "L7 request duration to the response head",
+            m.http_request_seconds.clone(),
+        );
         std::sync::Arc::new(m)
+    }
+
+    pub(crate) fn http_request(
+        &self,
+        service: &str,
+        destination_cluster: &str,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                service: service.to_owned(),
+                destination_cluster: destination_cluster.to_owned(),
+                status_class: format!("{}xx", status.as_u16() / 100),
+            })
+            .inc();
+        self.http_request_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn connection(&self, direction: &str, outcome: &str) {

@@ -29,6 +29,7 @@ use meshpeer_model::Locality;
 
 mod copy;
 mod dial;
+mod l7;
 mod manual;
 
 /// Settings of a proxy.
@@ -79,6 +80,26 @@ struct Ctx {
     refusal_log: LogLimit,
     /// Permits for host-name lookups in flight.
     lookups: Arc<tokio::sync::Semaphore>,
+    /// L7 (section 11): clients to backends, made on first use, and the
+    /// route tables with their patterns compiled.
+    l7: std::sync::OnceLock<l7::Clients>,
+    tables: l7::TableCache,
+    this: std::sync::Weak<Ctx>,
+}
+
+impl Ctx {
+    fn l7_clients(&self) -> &l7::Clients {
+        self.l7.get_or_init(|| l7::Clients::new(self.this.clone()))
+    }
+
+    /// The route table of a frontend, when its port is routed at L7 (L6).
+    fn route_table(&self, state: &DataplaneState, host: &str, port: u16) -> Option<Arc<l7::Compiled>> {
+        let routes = &state.feed.catalog.routes;
+        let i = routes
+            .binary_search_by(|t| (t.host.as_str(), t.port).cmp(&(host, port)))
+            .ok()?;
+        Some(self.tables.get(&routes[i]))
+    }
 }
 
 /// A running proxy.
@@ -105,7 +126,7 @@ impl Proxy {
         metrics: Arc<DataplaneMetrics>,
     ) -> Proxy {
         let health = Arc::new(Health::new(config.ejection_base, config.ejection_cap));
-        let ctx = Arc::new(Ctx {
+        let ctx = Arc::new_cyclic(|this| Ctx {
             state: state.clone(),
             hbone,
             health: Arc::clone(&health),
@@ -113,6 +134,9 @@ impl Proxy {
             config,
             metrics,
             refusal_log: LogLimit::default(),
+            l7: std::sync::OnceLock::new(),
+            tables: l7::TableCache::default(),
+            this: this.clone(),
         });
         let (bound_tx, bound) = watch::channel(imbl::OrdSet::new());
         let manager = tokio::spawn(manage_listeners(state, ctx, bound_tx));
@@ -305,6 +329,10 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     let started = StdInstant::now();
     let _ = inbound.set_nodelay(true);
     let state = ctx.state.borrow().clone();
+    if let Some(frontend) = l7_frontend(&ctx, &state, local) {
+        l7::serve(inbound, peer, ctx, frontend).await;
+        return;
+    }
     // The global service, for the flow counters (manual entries are not
     // cross-cluster flows).
     let mut global: Option<String> = None;
@@ -314,7 +342,7 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
                 global = Some(svc.hostname.clone());
                 (
                     format!("{}:{port}", svc.hostname),
-                    connect_global(&ctx, &state, &host, port, peer).await,
+                    connect_global(&ctx, &state, &host, port, Some(peer)).await,
                 )
             }
             None => (local.to_string(), Err("the service is gone".into())),
@@ -386,6 +414,44 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     );
 }
 
+/// The L7 frontend a captured address leads to: a frontend with a route
+/// table on an HTTP port (L6). Anything else stays an L4 hop.
+fn l7_frontend(ctx: &Ctx, state: &DataplaneState, local: SocketAddr) -> Option<l7::Frontend> {
+    if state.feed.catalog.routes.is_empty() {
+        return None;
+    }
+    match state.listeners.get(&local)? {
+        Target::Global { host, port } => {
+            let svc = state.service(host)?;
+            let p = svc.ports.iter().find(|p| p.number == *port)?;
+            if !meshpeer_model::routes::is_l7(&p.protocol) {
+                return None;
+            }
+            Some(l7::Frontend {
+                host: svc.hostname.clone(),
+                port: *port,
+                service: Some(svc.hostname.clone()),
+                table: ctx.route_table(state, &svc.hostname, *port)?,
+            })
+        }
+        Target::Manual { entry, port } => {
+            let m = state.manual(*entry)?;
+            let p = m.ports.iter().find(|p| p.number == *port)?;
+            if !meshpeer_model::routes::is_l7(&p.protocol) {
+                return None;
+            }
+            m.hosts.iter().find_map(|h| {
+                Some(l7::Frontend {
+                    host: h.clone(),
+                    port: *port,
+                    service: None,
+                    table: ctx.route_table(state, h, *port)?,
+                })
+            })
+        }
+    }
+}
+
 /// The access log's `refused` field: the endpoints the policy refused on
 /// the way (P5), absent when none was.
 fn refused_field(refused: &[String]) -> Option<tracing::field::DisplayValue<String>> {
@@ -396,12 +462,13 @@ fn refused_field(refused: &[String]) -> Option<tracing::field::DisplayValue<Stri
 /// cluster (`baggage`), a trace id, that the bytes are the application's
 /// (`x-meshpeer-payload: tcp`) and the proxy's locality, by which the
 /// gateway ranks its endpoints (T3, T4 at the remote end).
-fn meta(ctx_cluster: &str, locality: &Locality, peer: SocketAddr) -> TunnelMeta {
+fn meta(ctx_cluster: &str, locality: &Locality, peer: Option<SocketAddr>) -> TunnelMeta {
     let locality = locality.to_istio();
     TunnelMeta {
         payload: Some(crate::hbone::PAYLOAD_TCP.to_owned()),
         locality: (!locality.is_empty()).then_some(locality),
-        forwarded: Some(format!("for=\"{peer}\"")),
+        // A pooled L7 connection serves many clients: none is named.
+        forwarded: peer.map(|peer| format!("for=\"{peer}\"")),
         baggage: Some(format!("k8s.cluster.name={ctx_cluster}")),
         traceparent: Some(format!(
             "00-{:032x}-{:016x}-01",
@@ -417,7 +484,7 @@ async fn connect_global(
     state: &DataplaneState,
     host: &str,
     port: u16,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 ) -> Result<(Box<dyn Stream>, Chosen), NoDest> {
     let svc = state.service(host).ok_or("the service is gone")?;
     ctx.health.sync(state);
@@ -493,7 +560,7 @@ mod tests {
     #[test]
     fn t3_the_proxys_tunnels_carry_its_locality_and_say_their_bytes_are_tcp() {
         let peer: SocketAddr = "10.1.0.7:41000".parse().unwrap_or_else(|e| panic!("{e}"));
-        let m = meta("cluster1", &Locality::new("eu", "eu-b"), peer);
+        let m = meta("cluster1", &Locality::new("eu", "eu-b"), Some(peer));
         assert_eq!(m.payload.as_deref(), Some(crate::hbone::PAYLOAD_TCP));
         assert!(!m.double_hbone());
         assert_eq!(m.locality.as_deref(), Some("eu/eu-b"));
@@ -503,6 +570,6 @@ mod tests {
         );
         assert_eq!(m.baggage.as_deref(), Some("k8s.cluster.name=cluster1"));
         // An unknown locality is not sent.
-        assert_eq!(meta("cluster1", &Locality::default(), peer).locality, None);
+        assert_eq!(meta("cluster1", &Locality::default(), Some(peer)).locality, None);
     }
 }

@@ -1,0 +1,934 @@
+//! L7 routing on a captured address (SPEC section 11): a connection to a
+//! frontend that has a route table is served as HTTP/1.1 or HTTP/2 (prior
+//! knowledge), each request matched against the table's rules (L3), its
+//! filters applied (L4), sent to a backend picked by weight and, for a
+//! global hostname, to an endpoint picked by the T-rules with failover
+//! (L2), under the rule's timeouts and retries (L5); one access-log line
+//! and metrics per request (L8). Connections to backends are pooled per
+//! backend name.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshpeer_model::routes::{
+    BackendTarget, HeaderEdit, PathEdit, PathMatch, Redirect, RouteFilter, RouteRule, RouteTable,
+};
+use regex::Regex;
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use super::{Ctx, Stream, connect_global};
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type Backends = Client<Connector, ProxyBody>;
+
+/// A route table with its patterns compiled.
+pub(super) struct Compiled {
+    table: Arc<RouteTable>,
+    rules: Vec<CompiledRule>,
+}
+
+struct CompiledRule {
+    path: Option<Regex>,
+    headers: Vec<(HeaderName, Matcher)>,
+    query: Vec<(String, Matcher)>,
+}
+
+enum Matcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn new(value: &str, regex: bool) -> Option<Matcher> {
+        Some(if regex {
+            Matcher::Regex(anchored(value)?)
+        } else {
+            Matcher::Exact(value.to_owned())
+        })
+    }
+
+    fn is_match(&self, v: &str) -> bool {
+        match self {
+            Matcher::Exact(e) => e == v,
+            Matcher::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+/// The whole value must match, as the Gateway API means it. The model
+/// refused patterns that do not compile; one that fails here matches
+/// nothing.
+fn anchored(pattern: &str) -> Option<Regex> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(1 << 20)
+        .build()
+        .ok()
+}
+
+impl Compiled {
+    fn new(table: Arc<RouteTable>) -> Compiled {
+        let rules = table
+            .rules
+            .iter()
+            .map(|r| CompiledRule {
+                path: match &r.matches.path {
+                    PathMatch::RegularExpression(p) => {
+                        Some(anchored(p).unwrap_or_else(never_matches))
+                    }
+                    _ => None,
+                },
+                headers: r
+                    .matches
+                    .headers
+                    .iter()
+                    .filter_map(|h| {
+                        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+                        Some((
+                            name,
+                            Matcher::new(&h.value, h.regex)
+                                .unwrap_or_else(|| Matcher::Regex(never_matches())),
+                        ))
+                    })
+                    .collect(),
+                query: r
+                    .matches
+                    .query_params
+                    .iter()
+                    .map(|q| {
+                        (
+                            q.name.clone(),
+                            Matcher::new(&q.value, q.regex)
+                                .unwrap_or_else(|| Matcher::Regex(never_matches())),
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        Compiled { table, rules }
+    }
+
+    /// The first rule whose match holds for the request (L3).
+    fn find<B>(&self, req: &Request<B>) -> Option<&RouteRule> {
+        let path = req.uri().path();
+        let query = req.uri().query().unwrap_or_default();
+        self.table
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .find(|(rule, c)| matches(rule, c, req, path, query))
+            .map(|(rule, _)| rule)
+    }
+}
+
+fn never_matches() -> Regex {
+    #[allow(clippy::unwrap_used)] // a constant pattern that compiles
+    Regex::new("[^\\s\\S]").unwrap()
+}
+
+fn matches<B>(rule: &RouteRule, c: &CompiledRule, req: &Request<B>, path: &str, query: &str) -> bool {
+    let m = &rule.matches;
+    let path_ok = match &m.path {
+        PathMatch::Exact(p) => path == p,
+        PathMatch::PathPrefix(p) => prefix_matches(p, path),
+        PathMatch::RegularExpression(_) => c.path.as_ref().is_some_and(|r| r.is_match(path)),
+    };
+    if !path_ok {
+        return false;
+    }
+    if let Some(method) = &m.method
+        && req.method().as_str() != method
+    {
+        return false;
+    }
+    for (name, want) in &c.headers {
+        let found = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| want.is_match(v));
+        if !found {
+            return false;
+        }
+    }
+    for (name, want) in &c.query {
+        // Only the first parameter of a name counts (Gateway API).
+        let first = query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        });
+        if !first.is_some_and(|v| want.is_match(v)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Element-wise prefix (`/foo` matches `/foo` and `/foo/bar`, not
+/// `/foobar`); the model trimmed trailing slashes.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The path after a `ReplacePrefixMatch` of `prefix` by `with`.
+fn replace_prefix(prefix: &str, with: &str, path: &str) -> String {
+    let rest = if prefix == "/" {
+        path
+    } else {
+        path.strip_prefix(prefix).unwrap_or(path)
+    };
+    let with = with.trim_end_matches('/');
+    let joined = match (with.is_empty(), rest.is_empty()) {
+        (true, true) => "/".to_owned(),
+        (true, false) => rest.to_owned(),
+        (false, _) => format!("{with}{rest}"),
+    };
+    if joined.starts_with('/') {
+        joined
+    } else {
+        format!("/{joined}")
+    }
+}
+
+fn edited_path(edit: &PathEdit, rule: &RouteRule, path: &str) -> String {
+    match edit {
+        PathEdit::ReplaceFullPath(p) => p.clone(),
+        PathEdit::ReplacePrefixMatch(with) => match &rule.matches.path {
+            PathMatch::PathPrefix(prefix) => replace_prefix(prefix, with, path),
+            _ => path.to_owned(),
+        },
+    }
+}
+
+fn apply_headers(edit: &HeaderEdit, headers: &mut http::HeaderMap) {
+    for (name, value) in &edit.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (name, value) in &edit.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    for name in &edit.remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+}
+
+/// Connection-level headers, never forwarded (RFC 9110 7.6.1; HTTP/2
+/// refuses them).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Headers the Connection header names are connection-level too.
+    let named: Vec<HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+/// What the access log and the metrics say of the upstream connection a
+/// response came over (set by the connector, read from the response).
+#[derive(Clone, Debug)]
+struct Upstream {
+    cluster: String,
+    dest: String,
+}
+
+/// Clients to backends, one per protocol, pooling per backend name.
+pub(super) struct Clients {
+    h1: Backends,
+    h2: Backends,
+}
+
+impl Clients {
+    pub(super) fn new(ctx: Weak<Ctx>) -> Clients {
+        let connector = Connector { ctx };
+        let build = |h2: bool| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(64)
+                .http2_only(h2)
+                .build(connector.clone())
+        };
+        Clients {
+            h1: build(false),
+            h2: build(true),
+        }
+    }
+}
+
+/// Opens a connection to a backend named by a request's URI: a global
+/// hostname (T-rules, failover, HBONE across networks) or an address.
+#[derive(Clone)]
+struct Connector {
+    ctx: Weak<Ctx>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = Io;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Io, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let ctx = ctx.upgrade().ok_or("the proxy stopped")?;
+            let host = uri.host().ok_or("no backend in the URI")?.to_owned();
+            let port = uri.port_u16().ok_or("no backend port in the URI")?;
+            if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+                let addr = SocketAddr::new(ip, port);
+                let timeout = ctx.config.connect_timeout;
+                let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| format!("{addr}: timed out after {timeout:?}"))??;
+                let _ = s.set_nodelay(true);
+                let me = ctx.state.borrow().feed.catalog.cluster.name.clone();
+                return Ok(Io {
+                    io: TokioIo::new(Box::new(s)),
+                    upstream: Upstream {
+                        cluster: me,
+                        dest: addr.to_string(),
+                    },
+                });
+            }
+            let state = ctx.state.borrow().clone();
+            match connect_global(&ctx, &state, &host, port, None).await {
+                Ok((s, chosen)) => Ok(Io {
+                    io: TokioIo::new(s),
+                    upstream: Upstream {
+                        cluster: chosen.cluster,
+                        dest: chosen.dest,
+                    },
+                }),
+                Err(e) => Err(e.why.into()),
+            }
+        })
+    }
+}
+
+/// An upstream connection.
+struct Io {
+    io: TokioIo<Box<dyn Stream>>,
+    upstream: Upstream,
+}
+
+impl Connection for Io {
+    fn connected(&self) -> Connected {
+        Connected::new().extra(self.upstream.clone())
+    }
+}
+
+impl hyper::rt::Read for Io {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Io {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Compiled tables, kept while the catalog holds the same table.
+#[derive(Default)]
+pub(super) struct TableCache(Mutex<std::collections::HashMap<(String, u16), Arc<Compiled>>>);
+
+impl TableCache {
+    pub(super) fn get(&self, table: &Arc<RouteTable>) -> Arc<Compiled> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (table.host.clone(), table.port);
+        if let Some(c) = map.get(&key)
+            && Arc::ptr_eq(&c.table, table)
+        {
+            return Arc::clone(c);
+        }
+        // Forget tables of frontends that have gone, now and then.
+        if map.len() > 1024 {
+            map.clear();
+        }
+        let c = Arc::new(Compiled::new(Arc::clone(table)));
+        map.insert(key, Arc::clone(&c));
+        c
+    }
+}
+
+/// The frontend a connection arrived at.
+pub(super) struct Frontend {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// The global service, for metrics (manual entries: `None`).
+    pub(super) service: Option<String>,
+    pub(super) table: Arc<Compiled>,
+}
+
+/// Serves one client connection at L7 until it closes.
+pub(super) async fn serve(inbound: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, frontend: Frontend) {
+    let frontend = Arc::new(frontend);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (ctx, frontend) = (Arc::clone(&ctx), Arc::clone(&frontend));
+        async move { Ok::<_, Infallible>(request(req, peer, &ctx, &frontend).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(inbound), service)
+        .await
+    {
+        debug!(error = %e, "client connection ended");
+    }
+}
+
+fn local(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(format!("{text}\n")))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// What one request did, for the access log and metrics.
+struct Outcome {
+    status: StatusCode,
+    backend: String,
+    cluster: String,
+    endpoint: String,
+    route: String,
+    attempts: u32,
+    why: Option<String>,
+}
+
+async fn request(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &Arc<Ctx>,
+    frontend: &Frontend,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let authority = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| format!("{}:{}", frontend.host, frontend.port));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let (res, outcome) = route(req, ctx, frontend).await;
+    let me = ctx.state.borrow().feed.catalog.cluster.name.clone();
+    let elapsed = started.elapsed();
+    ctx.metrics.http_request(
+        frontend.service.as_deref().unwrap_or(&frontend.host),
+        &outcome.cluster,
+        outcome.status,
+        elapsed,
+    );
+    info!(
+        src = %peer,
+        src_cluster = %me,
+        method = %method,
+        authority = %authority,
+        path = %path,
+        status = outcome.status.as_u16(),
+        route = %outcome.route,
+        backend = %outcome.backend,
+        endpoint = %outcome.endpoint,
+        cluster = %outcome.cluster,
+        attempts = outcome.attempts,
+        duration_ms = elapsed.as_millis() as u64,
+        why = outcome.why.as_deref(),
+        "request"
+    );
+    res
+}
+
+async fn route(
+    mut req: Request<Incoming>,
+    ctx: &Arc<Ctx>,
+    frontend: &Frontend,
+) -> (Response<ProxyBody>, Outcome) {
+    let mut outcome = Outcome {
+        status: StatusCode::NOT_FOUND,
+        backend: String::new(),
+        cluster: String::new(),
+        endpoint: String::new(),
+        route: String::new(),
+        attempts: 0,
+        why: None,
+    };
+    let Some(rule) = frontend.table.find(&req) else {
+        outcome.why = Some("no rule matches".into());
+        return (
+            local(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no route of {}:{} matches this request",
+                    frontend.host, frontend.port
+                ),
+            ),
+            outcome,
+        );
+    };
+    outcome.route = format!("{}#{}", rule.route, rule.rule);
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let mut response_edits: Vec<&HeaderEdit> = Vec::new();
+    let mut mirrors = Vec::new();
+    let mut new_path: Option<String> = None;
+    let mut new_host: Option<String> = None;
+    for f in &rule.filters {
+        match f {
+            RouteFilter::RequestRedirect(r) => {
+                let res = redirect(r, rule, &req, frontend, &path, query.as_deref());
+                outcome.status = res.status();
+                return (res, outcome);
+            }
+            RouteFilter::RequestHeaderModifier(e) => apply_headers(e, req.headers_mut()),
+            RouteFilter::ResponseHeaderModifier(e) => response_edits.push(e),
+            RouteFilter::UrlRewrite(r) => {
+                if let Some(p) = &r.path {
+                    new_path = Some(edited_path(p, rule, &path));
+                }
+                new_host.clone_from(&r.hostname);
+            }
+            RouteFilter::RequestMirror(m) => mirrors.push(m),
+        }
+    }
+    // A backend by weight (L2).
+    let total: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
+        outcome.why = Some("the rule has no backend".into());
+        return (
+            local(StatusCode::INTERNAL_SERVER_ERROR, "the route's rule has no backend"),
+            outcome,
+        );
+    }
+    let mut pick = fastrand::u64(0..total);
+    let backend = rule
+        .backends
+        .iter()
+        .find(|b| {
+            let hit = pick < u64::from(b.weight);
+            pick = pick.saturating_sub(u64::from(b.weight));
+            hit
+        })
+        .unwrap_or(&rule.backends[0]);
+    outcome.backend = backend.target.name();
+    let (authority, h2) = match &backend.target {
+        BackendTarget::Unresolved { reason, .. } => {
+            outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
+            outcome.why = Some(reason.clone());
+            return (
+                local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("backend {} does not resolve: {reason}", backend.target.name()),
+                ),
+                outcome,
+            );
+        }
+        BackendTarget::Global { hostname, port } => {
+            let state = ctx.state.borrow();
+            let h2 = state
+                .service(hostname)
+                .and_then(|s| s.ports.iter().find(|p| p.number == *port))
+                .is_some_and(|p| p.protocol != "HTTP");
+            (format!("{hostname}:{port}"), h2)
+        }
+        BackendTarget::ClusterIp { ip, port, .. } => {
+            let ip: IpAddr = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            (SocketAddr::new(ip, *port).to_string(), false)
+        }
+    };
+    for f in &backend.filters {
+        match f {
+            RouteFilter::RequestHeaderModifier(e) => apply_headers(e, req.headers_mut()),
+            RouteFilter::ResponseHeaderModifier(e) => response_edits.push(e),
+            _ => {}
+        }
+    }
+    // The request as the backend gets it.
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let host_header = new_host
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    let path_and_query = match (&new_path, &query) {
+        (Some(p), Some(q)) => format!("{p}?{q}"),
+        (Some(p), None) => p.clone(),
+        (None, _) => parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+    };
+    let uri: Uri = match format!("http://{authority}{path_and_query}").parse() {
+        Ok(u) => u,
+        Err(e) => {
+            outcome.status = StatusCode::BAD_REQUEST;
+            outcome.why = Some(e.to_string());
+            return (local(StatusCode::BAD_REQUEST, "bad request path"), outcome);
+        }
+    };
+    parts.uri = uri;
+    parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    if let Some(h) = host_header.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        if h2 {
+            // HTTP/2 names the authority in the URI; the Host the client
+            // used goes along as x-forwarded-host.
+            parts.headers.remove(HOST);
+            parts.headers.insert("x-forwarded-host", h);
+        } else {
+            parts.headers.insert(HOST, h);
+        }
+    }
+    let clients = ctx.l7_clients();
+    let client = if h2 { &clients.h2 } else { &clients.h1 };
+    // Only a request without a body is retried or mirrored: a body sent
+    // once is not replayed (L5).
+    let bodiless = body.is_end_stream();
+    for m in mirrors {
+        if bodiless && fastrand::u8(0..100) < m.percent {
+            mirror(client, &parts, &m.target);
+        }
+    }
+    let attempts = if bodiless { 1 + rule.retries } else { 1 };
+    let mut body = Some(body.boxed());
+    let per_try = rule.timeouts.backend_request_ms.map(Duration::from_millis);
+    let overall = rule.timeouts.request_ms.map(Duration::from_millis);
+    let deadline = overall.map(|d| tokio::time::Instant::now() + d);
+    let mut last_error = String::new();
+    let mut last_response = None;
+    for attempt in 1..=attempts {
+        outcome.attempts = attempt;
+        let body = body.take().unwrap_or_else(empty);
+        let mut req = Request::from_parts(parts.clone(), body);
+        *req.extensions_mut() = http::Extensions::new();
+        let call = client.request(req);
+        let limit = match (per_try, deadline) {
+            (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
+            (Some(p), None) => Some(tokio::time::Instant::now() + p),
+            (None, Some(d)) => Some(d),
+            (None, None) => None,
+        };
+        let result = match limit {
+            Some(at) => match tokio::time::timeout_at(at, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let overall_done = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+                    last_error = format!("no answer within the {} timeout", if overall_done { "request" } else { "backendRequest" });
+                    if overall_done || attempt == attempts {
+                        outcome.status = StatusCode::GATEWAY_TIMEOUT;
+                        outcome.why = Some(last_error.clone());
+                        return (local(StatusCode::GATEWAY_TIMEOUT, &last_error), outcome);
+                    }
+                    continue;
+                }
+            },
+            None => call.await,
+        };
+        match result {
+            Ok(res) => {
+                if let Some(up) = res.extensions().get::<Upstream>() {
+                    outcome.cluster.clone_from(&up.cluster);
+                    outcome.endpoint.clone_from(&up.dest);
+                }
+                if res.status() == StatusCode::SERVICE_UNAVAILABLE && attempt < attempts {
+                    last_response = Some(res);
+                    continue;
+                }
+                return (respond(res, &response_edits, &mut outcome), outcome);
+            }
+            Err(e) => {
+                last_error = error_chain(&e);
+                let retriable = e.is_connect() || refused_stream(&e);
+                debug!(attempt, error = %last_error, "backend request failed");
+                if !retriable || attempt == attempts {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(res) = last_response {
+        return (respond(res, &response_edits, &mut outcome), outcome);
+    }
+    outcome.status = StatusCode::SERVICE_UNAVAILABLE;
+    outcome.why = Some(last_error.clone());
+    (
+        local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("backend {} did not answer: {last_error}", backend.target.name()),
+        ),
+        outcome,
+    )
+}
+
+fn respond(
+    res: Response<Incoming>,
+    edits: &[&HeaderEdit],
+    outcome: &mut Outcome,
+) -> Response<ProxyBody> {
+    outcome.status = res.status();
+    let (mut parts, body) = res.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    for e in edits {
+        apply_headers(e, &mut parts.headers);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>()
+            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Sends a copy of a bodiless request to a mirror; its answer is dropped.
+fn mirror(client: &Backends, parts: &http::request::Parts, target: &BackendTarget) {
+    let authority = match target {
+        BackendTarget::Global { hostname, port } => format!("{hostname}:{port}"),
+        BackendTarget::ClusterIp { ip, port, .. } => match ip.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, *port).to_string(),
+            Err(_) => return,
+        },
+        BackendTarget::Unresolved { .. } => return,
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let Ok(uri) = format!("http://{authority}{pq}").parse::<Uri>() else {
+        return;
+    };
+    let mut copy = Request::from_parts(parts.clone(), empty());
+    *copy.uri_mut() = uri;
+    *copy.extensions_mut() = http::Extensions::new();
+    let call = client.request(copy);
+    tokio::spawn(async move {
+        match call.await {
+            Ok(res) => {
+                let _ = res.into_body().collect().await;
+            }
+            Err(e) => debug!(error = %e, "mirror request failed"),
+        }
+    });
+}
+
+/// The redirect a `RequestRedirect` filter answers with (L4).
+fn redirect<B>(
+    r: &Redirect,
+    rule: &RouteRule,
+    req: &Request<B>,
+    frontend: &Frontend,
+    path: &str,
+    query: Option<&str>,
+) -> Response<ProxyBody> {
+    let host_header = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| frontend.host.clone());
+    let (req_host, req_port) = split_host_port(&host_header);
+    let scheme = r.scheme.clone().unwrap_or_else(|| "http".into());
+    let host = r.hostname.clone().unwrap_or(req_host);
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => p,
+        // A new scheme: its well-known port.
+        (None, Some(s)) => {
+            if s == "https" {
+                443
+            } else {
+                80
+            }
+        }
+        (None, None) => req_port.unwrap_or(frontend.port),
+    };
+    let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+    let path = match &r.path {
+        Some(edit) => edited_path(edit, rule, path),
+        None => path.to_owned(),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if !default_port {
+        location.push_str(&format!(":{port}"));
+    }
+    location.push_str(&path);
+    if let Some(q) = query {
+        location.push('?');
+        location.push_str(q);
+    }
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+    let mut res = Response::new(empty());
+    *res.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(LOCATION, v);
+    }
+    res
+}
+
+fn split_host_port(authority: &str) -> (String, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        if let Some((h, p)) = rest.split_once(']') {
+            return (
+                format!("[{h}]"),
+                p.strip_prefix(':').and_then(|p| p.parse().ok()),
+            );
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (h.to_owned(), p.parse().ok()),
+        _ => (authority.to_owned(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l3_path_prefixes_match_whole_segments() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/foo", "/foo"));
+        assert!(prefix_matches("/foo", "/foo/bar"));
+        assert!(!prefix_matches("/foo", "/foobar"));
+        assert!(!prefix_matches("/foo", "/fo"));
+    }
+
+    #[test]
+    fn l4_prefix_rewrites_replace_only_the_matched_part() {
+        assert_eq!(replace_prefix("/foo", "/bar", "/foo/baz"), "/bar/baz");
+        assert_eq!(replace_prefix("/foo", "/bar", "/foo"), "/bar");
+        assert_eq!(replace_prefix("/foo", "/", "/foo/baz"), "/baz");
+        assert_eq!(replace_prefix("/foo", "/", "/foo"), "/");
+        assert_eq!(replace_prefix("/", "/v2", "/x"), "/v2/x");
+        assert_eq!(replace_prefix("/foo", "/bar/", "/foo/baz"), "/bar/baz");
+    }
+
+    #[test]
+    fn l4_redirect_authorities_split_host_and_port() {
+        assert_eq!(split_host_port("a.b:9080"), ("a.b".into(), Some(9080)));
+        assert_eq!(split_host_port("a.b"), ("a.b".into(), None));
+        assert_eq!(split_host_port("[::1]:80"), ("[::1]".into(), Some(80)));
+    }
+
+    #[test]
+    fn l4_hop_by_hop_headers_and_those_connection_names_are_not_forwarded() {
+        let mut h = http::HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("x-private, keep-alive"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("end-user", HeaderValue::from_static("jason"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["end-user"], "jason");
+    }
+}
