@@ -63,12 +63,15 @@ impl HttpBackend {
         let (name, hits) = (self.name.clone(), Arc::clone(&self.hits));
         let flaky = Arc::new(AtomicUsize::new(0));
         self.task = Some(tokio::spawn(async move {
+            // The connections end with the backend, as a pod's do.
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     return;
                 };
+                while conns.try_join_next().is_some() {}
                 let (name, hits, flaky) = (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (name, hits, flaky) = (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
                         async move {
@@ -346,5 +349,389 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
             && l.contains("status_class=\"2xx\"")),
         "{text}"
     );
+    b.mesh.shutdown().await;
+}
+
+/// An HTTPRoute on `reviews` with the given rules (YAML, indented as list
+/// items under `rules:`).
+fn route_named(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: bookinfo}}
+spec:
+  parentRefs: [{{kind: Service, group: \"\", name: reviews, port: 8000}}]
+  rules:
+{rules}"
+    )
+}
+
+fn to(svc: &str) -> String {
+    format!("    backendRefs: [{}]\n", hostname_ref(svc))
+}
+
+/// A rule without matches (every request) to `svc`.
+fn all_to(svc: &str) -> String {
+    format!("  - backendRefs: [{}]\n", hostname_ref(svc))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l3_path_method_query_and_header_matches_in_gateway_api_precedence() {
+    let b = Bookinfo::start().await;
+    let rules = [
+        ("  - matches: [{path: {type: PathPrefix, value: /v2}}]\n", "reviews-v2"),
+        // Listed after the prefix, still first: exact beats prefix.
+        ("  - matches: [{path: {type: Exact, value: /v2/exact}}]\n", "ratings"),
+        ("  - matches: [{path: {type: RegularExpression, value: \"/re/[0-9]+\"}}]\n", "ratings"),
+        ("  - matches: [{path: {type: PathPrefix, value: /m}}]\n", "reviews-v1"),
+        // More specific (a method): first although listed later.
+        ("  - matches: [{path: {type: PathPrefix, value: /m}, method: POST}]\n", "reviews-v2"),
+        ("  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{name: version, value: two}]}]\n", "reviews-v2"),
+        ("  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{type: RegularExpression, name: version, value: \"o.e\"}]}]\n", "reviews-v1"),
+        ("  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{type: RegularExpression, name: x-user, value: \"adm.*\"}]}]\n", "reviews-v2"),
+        ("  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-user, value: bob}, {name: x-team, value: a}]}]\n", "ratings"),
+        ("  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-user, value: bob}]}]\n", "reviews-v1"),
+    ];
+    let yaml: String = rules.iter().map(|(m, svc)| format!("{m}{}", to(svc))).collect();
+    let vip = b.route(&route_named("reviews", &yaml), rules.len()).await;
+    let c = client(false);
+    let cases: &[(&str, &str, &[(&str, &str)], Option<&str>)] = &[
+        ("GET", "/v2", &[], Some("reviews-v2")),
+        ("GET", "/v2/x/y", &[], Some("reviews-v2")),
+        // Element-wise prefixes: /v2x is not under /v2.
+        ("GET", "/v2x", &[], None),
+        ("GET", "/v2/exact", &[], Some("ratings")),
+        ("GET", "/re/123", &[], Some("ratings")),
+        // Regular expressions match the whole path.
+        ("GET", "/re/123/x", &[], None),
+        ("GET", "/re/abc", &[], None),
+        ("POST", "/m", &[], Some("reviews-v2")),
+        ("GET", "/m", &[], Some("reviews-v1")),
+        ("GET", "/q?version=two", &[], Some("reviews-v2")),
+        ("GET", "/q?version=one", &[], Some("reviews-v1")),
+        ("GET", "/q?version=three", &[], None),
+        // Only the first parameter of a name counts.
+        ("GET", "/q?version=two&version=one", &[], Some("reviews-v2")),
+        ("GET", "/h", &[("x-user", "admin")], Some("reviews-v2")),
+        // Header names match whatever their case.
+        ("GET", "/h", &[("X-User", "bob")], Some("reviews-v1")),
+        // More header matches first.
+        ("GET", "/h", &[("x-user", "bob"), ("x-team", "a")], Some("ratings")),
+        ("GET", "/h", &[("x-user", "carol")], None),
+        ("GET", "/", &[], None),
+    ];
+    for (method, path, headers, want) in cases {
+        let a = send(&c, vip, method, path, headers).await;
+        match want {
+            Some(svc) => {
+                assert_eq!(a.status, 200, "{method} {path} {headers:?}: {a:?}");
+                assert!(
+                    a.name().starts_with(&format!("{svc}/")),
+                    "{method} {path} {headers:?}: answered by {} instead of {svc}",
+                    a.name()
+                );
+                // The path and query reach the backend unchanged.
+                let (p, q) = path.split_once('?').unwrap_or((path, ""));
+                assert_eq!(a.body["path"], *p);
+                if !q.is_empty() {
+                    assert_eq!(a.body["query"], q);
+                }
+            }
+            None => assert_eq!(a.status, 404, "{method} {path} {headers:?}: {a:?}"),
+        }
+    }
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_weights_split_1000_requests_within_binomial_bounds() {
+    let b = Bookinfo::start().await;
+    let rules = format!(
+        "  - backendRefs:\n    - {}\n    - {}\n    - {}\n",
+        hostname_ref("reviews-v1").replace('}', ", weight: 80}"),
+        hostname_ref("reviews-v2").replace('}', ", weight: 20}"),
+        hostname_ref("ratings").replace('}', ", weight: 0}"),
+    );
+    let vip = b.route(&route_named("reviews", &rules), 1).await;
+    let c = client(false);
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    const N: usize = 1_000;
+    for _ in 0..N {
+        let a = get(&c, vip, "/", &[]).await;
+        assert_eq!(a.status, 200);
+        *count.entry(a.name().to_owned()).or_default() += 1;
+    }
+    // v2 is Binomial(1000, 0.2): mean 200, sd 12.6; 5 sd either side fails
+    // a correct split once in ~1.7 million runs.
+    let v2 = count.get("reviews-v2/cluster2").copied().unwrap_or(0);
+    assert!((137..=263).contains(&v2), "{count:?}");
+    assert_eq!(count.get("reviews-v1/cluster1").copied().unwrap_or(0), N - v2, "{count:?}");
+    assert!(!count.keys().any(|k| k.starts_with("ratings")), "weight 0 got requests: {count:?}");
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_request_and_response_headers_are_set_added_and_removed_per_rule_and_per_backend() {
+    let b = Bookinfo::start().await;
+    let rules = format!(
+        "  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{{name: x-set, value: one}}]
+        add: [{{name: x-add, value: two}}]
+        remove: [x-remove]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{{name: x-resp, value: 'yes'}}]
+        add: [{{name: x-resp-add, value: more}}]
+        remove: [x-backend]
+    backendRefs:
+    - group: networking.istio.io
+      kind: Hostname
+      name: reviews-v2.bookinfo.mesh.internal
+      port: 8000
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier:
+          set: [{{name: x-backend-req, value: v2}}]
+"
+    );
+    let vip = b.route(&route_named("reviews", &rules), 1).await;
+    for h2 in [false, true] {
+        let a = get(
+            &client(h2),
+            vip,
+            "/",
+            &[("x-set", "client"), ("x-add", "client"), ("x-remove", "gone"), ("x-keep", "kept")],
+        )
+        .await;
+        assert_eq!(a.name(), "reviews-v2/cluster2");
+        assert_eq!(a.sent("x-set"), ["one"]);
+        assert_eq!(a.sent("x-add"), ["client", "two"]);
+        assert!(a.sent("x-remove").is_empty());
+        assert_eq!(a.sent("x-keep"), ["kept"]);
+        assert_eq!(a.sent("x-backend-req"), ["v2"]);
+        assert_eq!(a.headers["x-resp"], "yes");
+        assert_eq!(a.headers["x-resp-add"], "more");
+        assert!(a.headers.get("x-backend").is_none(), "{:?}", a.headers);
+    }
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_redirects_carry_status_scheme_hostname_port_and_path() {
+    let b = Bookinfo::start().await;
+    let redirect = |prefix: &str, spec: &str| {
+        format!(
+            "  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    filters: [{{type: RequestRedirect, requestRedirect: {{{spec}}}}}]\n"
+        )
+    };
+    let rules = [
+        redirect("/r301", "statusCode: 301, hostname: example.com"),
+        redirect("/r302", ""),
+        redirect("/r303", "statusCode: 303, scheme: https"),
+        redirect("/r307", "statusCode: 307, port: 8443"),
+        redirect("/r308", "statusCode: 308, path: {type: ReplaceFullPath, replaceFullPath: /full}"),
+        redirect("/prefix", "path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}"),
+        redirect("/r80", "scheme: http, port: 80"),
+        redirect("/tls", "scheme: https, port: 8443, hostname: secure.example"),
+    ];
+    let vip = b.route(&route_named("reviews", &rules.concat()), rules.len()).await;
+    let c = client(false);
+    let h = REVIEWS;
+    let cases = [
+        ("/r301/a", 301, "http://example.com:8000/r301/a".to_owned()),
+        ("/r302", 302, format!("http://{h}:8000/r302")),
+        ("/r303", 303, format!("https://{h}/r303")),
+        ("/r307", 307, format!("http://{h}:8443/r307")),
+        ("/r308/x?y=1", 308, format!("http://{h}:8000/full?y=1")),
+        ("/prefix/x?y=1", 302, format!("http://{h}:8000/new/x?y=1")),
+        ("/prefix", 302, format!("http://{h}:8000/new")),
+        ("/r80", 302, format!("http://{h}/r80")),
+        ("/tls/a", 302, "https://secure.example:8443/tls/a".to_owned()),
+    ];
+    for (path, status, location) in cases {
+        let a = get(&c, vip, path, &[]).await;
+        assert_eq!((a.status, a.location()), (status, location.as_str()), "{path}");
+    }
+    // No backend was asked.
+    assert!(b.backends.values().all(|x| x.hits.load(Ordering::Relaxed) == 0));
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_url_rewrites_replace_the_path_and_the_host() {
+    let b = Bookinfo::start().await;
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{hostname: rewritten.example, path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}}}}}]
+{v1}  - matches: [{{path: {{type: PathPrefix, value: /whole}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplaceFullPath, replaceFullPath: /replaced}}}}}}]
+{v1}",
+        v1 = to("reviews-v1")
+    );
+    let vip = b.route(&route_named("reviews", &rules), 2).await;
+    let c = client(false);
+    let a = get(&c, vip, "/old/page?x=1", &[]).await;
+    assert_eq!((a.status, a.name()), (200, "reviews-v1/cluster1"));
+    assert_eq!((a.body["path"].as_str(), a.body["query"].as_str()), (Some("/new/page"), Some("x=1")));
+    assert_eq!(a.sent("host"), ["rewritten.example"]);
+    let a = get(&c, vip, "/whole/anything", &[]).await;
+    assert_eq!(a.body["path"], "/replaced");
+    assert_eq!(a.sent("host"), [format!("{REVIEWS}:8000")]);
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_a_hostname_backend_fails_over_to_another_cluster_as_a_connection_does() {
+    let mut b = Bookinfo::start().await;
+    let vip = b.route(&route_named("reviews", &all_to("ratings")), 1).await;
+    let c = client(false);
+    // PreferNetwork: cluster1's own ratings while it answers.
+    for _ in 0..5 {
+        assert_eq!(get(&c, vip, "/", &[]).await.name(), "ratings/cluster1");
+    }
+    b.backends.get_mut("ratings/cluster1").unwrap().stop().await;
+    // Every request still succeeds: a refused connection is retried on
+    // the next tier, through cluster2's gateway (T6).
+    for _ in 0..10 {
+        let a = get(&c, vip, "/", &[]).await;
+        assert_eq!((a.status, a.name()), (200, "ratings/cluster2"), "{a:?}");
+    }
+    b.backends.get_mut("ratings/cluster1").unwrap().resume().await;
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l5_timeouts_answer_504_and_bodiless_requests_are_retried_on_503() {
+    let b = Bookinfo::start().await;
+    let rules = format!(
+        "  - matches: [{{path: {{type: PathPrefix, value: /delay}}}}]
+    timeouts: {{backendRequest: 200ms, request: 1s}}
+{v1}  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+{v1}",
+        v1 = to("reviews-v1")
+    );
+    let vip = b.route(&route_named("reviews", &rules), 2).await;
+    let c = client(false);
+    let a = get(&c, vip, "/delay/5000", &[]).await;
+    assert_eq!(a.status, 504, "{a:?}");
+    let hits = &b.backends["reviews-v1/cluster1"].hits;
+    // The backend answers /flaky with 503 every other time: the retry
+    // (L5, 2 by default) gets the 200.
+    for _ in 0..5 {
+        let before = hits.load(Ordering::Relaxed);
+        let a = get(&c, vip, "/flaky", &[]).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(hits.load(Ordering::Relaxed) - before, 2);
+    }
+    // Always 503: three attempts, then the backend's 503.
+    let before = hits.load(Ordering::Relaxed);
+    let a = get(&c, vip, "/status/503", &[]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.name(), "reviews-v1/cluster1");
+    assert_eq!(hits.load(Ordering::Relaxed) - before, 3);
+    // A request whose body went upstream is not sent again.
+    let before = hits.load(Ordering::Relaxed);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{vip}/status/503"))
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(hits.load(Ordering::Relaxed) - before, 1);
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_route_status_says_accepted_unresolved_and_not_accepted_and_conflicts_go_to_the_first_route() {
+    let b = Bookinfo::start().await;
+    let other_ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n";
+    let routes = [
+        route_named("a-good", &format!("  - matches: [{{path: {{value: /same}}}}]\n{}", to("reviews-v1"))),
+        // The same match in a route whose name sorts later: a-good wins.
+        route_named("b-later", &format!("  - matches: [{{path: {{value: /same}}}}]\n{}", to("reviews-v2"))),
+        route_named(
+            "dangling",
+            "  - matches: [{path: {value: /dangling}}]\n    backendRefs: [{group: networking.istio.io, kind: Hostname, name: nope.bookinfo.mesh.internal, port: 8000}]\n",
+        ),
+        route_named("orphan", &all_to("reviews-v1")).replace("name: reviews, port", "name: nothere, port"),
+        route_named("foreign", &all_to("reviews-v1"))
+            .replace("namespace: bookinfo}", "namespace: other}")
+            .replace("name: reviews, port", "name: reviews, namespace: bookinfo, port"),
+        route_named("ingress", &all_to("reviews-v1"))
+            .replace("{kind: Service, group: \"\", name: reviews, port: 8000}", "{name: my-gateway}"),
+    ];
+    let yaml = format!("{other_ns}---\n{}", routes.join("---\n"));
+    // Rules on reviews:8000: a-good, b-later, dangling.
+    let vip = b.route(&yaml, 3).await;
+    let c = client(false);
+    assert_eq!(get(&c, vip, "/same", &[]).await.name(), "reviews-v1/cluster1");
+    let a = get(&c, vip, "/dangling", &[]).await;
+    assert_eq!(a.status, 500, "{a:?}");
+
+    let v = b.view("cluster1");
+    let status = |name: &str| {
+        v.catalog
+            .route_status
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no status for {name}: {:#?}", v.catalog.route_status))
+    };
+    let cond = |name: &str, t: &str| {
+        let c = status(name).condition(0, t).unwrap();
+        (c.status.clone(), c.reason.clone().unwrap_or_default())
+    };
+    let yes = |r: &str| ("True".to_owned(), r.to_owned());
+    let no = |r: &str| ("False".to_owned(), r.to_owned());
+    assert_eq!(cond("a-good", "Accepted"), yes("Accepted"));
+    assert_eq!(cond("a-good", "ResolvedRefs"), yes("ResolvedRefs"));
+    assert_eq!(cond("b-later", "Accepted"), yes("Accepted"));
+    assert_eq!(cond("dangling", "Accepted"), yes("Accepted"));
+    assert_eq!(cond("dangling", "ResolvedRefs"), no("BackendNotFound"));
+    assert_eq!(cond("orphan", "Accepted"), no("NoMatchingParent"));
+    assert_eq!(cond("foreign", "Accepted"), no("NotAllowedByParent"));
+    // A Gateway parent is another controller's: no status from meshpeer.
+    assert!(v.catalog.route_status.iter().all(|s| s.name != "ingress"));
+    // Each problem is a finding naming the route and the rule.
+    let finding = |name: &str, rule: meshpeer_model::Rule| {
+        v.catalog
+            .diagnostics
+            .iter()
+            .any(|d| d.object.name == name && d.rule == rule)
+    };
+    assert!(finding("dangling", meshpeer_model::Rule::L2));
+    assert!(finding("orphan", meshpeer_model::Rule::L7));
+    assert!(finding("foreign", meshpeer_model::Rule::L7));
+    b.mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l4_request_mirrors_send_a_copy_whose_answer_is_dropped() {
+    let b = Bookinfo::start().await;
+    let rules = format!(
+        "  - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {mirror}}}}}]
+{v1}",
+        mirror = hostname_ref("ratings"),
+        v1 = to("reviews-v1"),
+    );
+    let vip = b.route(&route_named("reviews", &rules), 1).await;
+    let c = client(false);
+    for _ in 0..20 {
+        let a = get(&c, vip, "/status/201", &[("x-copy", "me")]).await;
+        // The client gets the backend's answer, not the mirror's.
+        assert_eq!((a.status, a.name()), (201, "reviews-v1/cluster1"));
+    }
+    let mirrored = &b.backends["ratings/cluster1"].hits;
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while mirrored.load(Ordering::Relaxed) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 20 requests mirrored",
+            mirrored.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     b.mesh.shutdown().await;
 }
