@@ -93,7 +93,12 @@ impl Ctx {
     }
 
     /// The route table of a frontend, when its port is routed at L7 (L6).
-    fn route_table(&self, state: &DataplaneState, host: &str, port: u16) -> Option<Arc<l7::Compiled>> {
+    fn route_table(
+        &self,
+        state: &DataplaneState,
+        host: &str,
+        port: u16,
+    ) -> Option<Arc<l7::Compiled>> {
         let routes = &state.feed.catalog.routes;
         let i = routes
             .binary_search_by(|t| (t.host.as_str(), t.port).cmp(&(host, port)))
@@ -570,6 +575,9 @@ mod tests {
         );
         assert_eq!(m.baggage.as_deref(), Some("k8s.cluster.name=cluster1"));
         // An unknown locality is not sent.
-        assert_eq!(meta("cluster1", &Locality::default(), Some(peer)).locality, None);
+        assert_eq!(
+            meta("cluster1", &Locality::default(), Some(peer)).locality,
+            None
+        );
     }
 }

@@ -128,6 +128,17 @@ pub(crate) enum DemoCommand {
         /// Print the status line and headers too.
         #[arg(short = 'i', long)]
         include: bool,
+        /// An extra request header, `NAME: VALUE` (repeatable), as curl's.
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// The request method, as curl's.
+        #[arg(
+            short = 'X',
+            long = "request",
+            value_name = "METHOD",
+            default_value = "GET"
+        )]
+        method: String,
         /// Give up after this long.
         #[arg(long, default_value = "10s", value_parser = duration)]
         timeout: Duration,

@@ -73,7 +73,8 @@ impl HttpBackend {
                 let (name, hits, flaky) = (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (name, hits, flaky) = (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
+                        let (name, hits, flaky) =
+                            (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
                         async move {
                             hits.fetch_add(1, Ordering::Relaxed);
                             Ok::<_, Infallible>(answer(&name, req, &flaky).await)
@@ -155,7 +156,11 @@ impl Answer {
     fn sent(&self, header: &str) -> Vec<String> {
         self.body["headers"][header]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -176,7 +181,13 @@ fn client(h2: bool) -> HttpClient {
 }
 
 /// `METHOD http://HOST:PORT{path}` sent to `vip` with `headers`.
-async fn send(c: &HttpClient, vip: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+async fn send(
+    c: &HttpClient,
+    vip: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{vip}{path}"))
@@ -192,7 +203,8 @@ async fn send(c: &HttpClient, vip: SocketAddr, method: &str, path: &str, headers
     let status = res.status().as_u16();
     let headers = res.headers().clone();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Answer {
         status,
         headers,
@@ -230,7 +242,13 @@ impl Bookinfo {
             c.write("bookinfo-ns.yaml", &namespace("bookinfo", &[]));
             c.write(
                 &format!("{svc}.yaml"),
-                &service_with("bookinfo", svc, &[GLOBAL], &[], &[(&format!("{svc}-0"), &ip, &[])]),
+                &service_with(
+                    "bookinfo",
+                    svc,
+                    &[GLOBAL],
+                    &[],
+                    &[(&format!("{svc}-0"), &ip, &[])],
+                ),
             );
             let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
             let name = format!("{svc}/{cluster}");
@@ -241,8 +259,12 @@ impl Bookinfo {
         let c1 = mesh.cluster("cluster1");
         c1.wait_route("reviews-v2.bookinfo.mesh.internal", 8000, &["cluster2"])
             .await;
-        c1.wait_route("ratings.bookinfo.mesh.internal", 8000, &["cluster1", "cluster2"])
-            .await;
+        c1.wait_route(
+            "ratings.bookinfo.mesh.internal",
+            8000,
+            &["cluster1", "cluster2"],
+        )
+        .await;
         c1.wait_route(REVIEWS, 8000, &["cluster1"]).await;
         Bookinfo { mesh, backends }
     }
@@ -280,7 +302,9 @@ impl Bookinfo {
 }
 
 fn hostname_ref(svc: &str) -> String {
-    format!("{{group: networking.istio.io, kind: Hostname, name: {svc}.bookinfo.mesh.internal, port: 8000}}")
+    format!(
+        "{{group: networking.istio.io, kind: Hostname, name: {svc}.bookinfo.mesh.internal, port: 8000}}"
+    )
 }
 
 /// Seed 001's route: `end-user: jason` -> v2 (cluster2), everyone else v1.
@@ -308,7 +332,11 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
     for h2 in [false, true] {
         let c = client(h2);
         let jason = get(&c, vip, "/", &[("end-user", "jason")]).await;
-        assert_eq!((jason.status, jason.name()), (200, "reviews-v2/cluster2"), "{jason:?}");
+        assert_eq!(
+            (jason.status, jason.name()),
+            (200, "reviews-v2/cluster2"),
+            "{jason:?}"
+        );
         // The Host the client used goes along (HTTP/1.1 backend).
         assert_eq!(jason.sent("host"), [format!("{REVIEWS}:8000")]);
         let other = get(&c, vip, "/", &[("end-user", "alice")]).await;
@@ -321,7 +349,11 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
     for i in 0..10 {
         let who = if i % 2 == 0 { "jason" } else { "bob" };
         let a = get(&c, vip, "/", &[("end-user", who)]).await;
-        let want = if who == "jason" { "reviews-v2/cluster2" } else { "reviews-v1/cluster1" };
+        let want = if who == "jason" {
+            "reviews-v2/cluster2"
+        } else {
+            "reviews-v1/cluster1"
+        };
         assert_eq!(a.name(), want);
     }
     // L1: the route is cluster1's; cluster2's clients of reviews reach the
@@ -334,7 +366,10 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
     // L7: accepted, every backend resolves.
     let v = b.view("cluster1");
     let st = &v.catalog.route_status[0];
-    assert_eq!((st.namespace.as_str(), st.name.as_str()), ("bookinfo", "reviews"));
+    assert_eq!(
+        (st.namespace.as_str(), st.name.as_str()),
+        ("bookinfo", "reviews")
+    );
     assert_eq!(st.parents.len(), 1);
     assert_eq!(st.parents[0].controller_name, "meshpeer.io/mesh-controller");
     for t in ["Accepted", "ResolvedRefs"] {
@@ -342,11 +377,13 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
     }
     // L8: requests counted by destination cluster.
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &b.mesh.cluster("cluster1").registry).unwrap();
+    prometheus_client::encoding::text::encode(&mut text, &b.mesh.cluster("cluster1").registry)
+        .unwrap();
     assert!(
-        text.lines().any(|l| l.contains("dataplane_http_requests_total{")
-            && l.contains("destination_cluster=\"cluster2\"")
-            && l.contains("status_class=\"2xx\"")),
+        text.lines()
+            .any(|l| l.contains("dataplane_http_requests_total{")
+                && l.contains("destination_cluster=\"cluster2\"")
+                && l.contains("status_class=\"2xx\"")),
         "{text}"
     );
     b.mesh.shutdown().await;
@@ -379,23 +416,58 @@ fn all_to(svc: &str) -> String {
 async fn l3_path_method_query_and_header_matches_in_gateway_api_precedence() {
     let b = Bookinfo::start().await;
     let rules = [
-        ("  - matches: [{path: {type: PathPrefix, value: /v2}}]\n", "reviews-v2"),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /v2}}]\n",
+            "reviews-v2",
+        ),
         // Listed after the prefix, still first: exact beats prefix.
-        ("  - matches: [{path: {type: Exact, value: /v2/exact}}]\n", "ratings"),
-        ("  - matches: [{path: {type: RegularExpression, value: \"/re/[0-9]+\"}}]\n", "ratings"),
-        ("  - matches: [{path: {type: PathPrefix, value: /m}}]\n", "reviews-v1"),
+        (
+            "  - matches: [{path: {type: Exact, value: /v2/exact}}]\n",
+            "ratings",
+        ),
+        (
+            "  - matches: [{path: {type: RegularExpression, value: \"/re/[0-9]+\"}}]\n",
+            "ratings",
+        ),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /m}}]\n",
+            "reviews-v1",
+        ),
         // More specific (a method): first although listed later.
-        ("  - matches: [{path: {type: PathPrefix, value: /m}, method: POST}]\n", "reviews-v2"),
-        ("  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{name: version, value: two}]}]\n", "reviews-v2"),
-        ("  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{type: RegularExpression, name: version, value: \"o.e\"}]}]\n", "reviews-v1"),
-        ("  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{type: RegularExpression, name: x-user, value: \"adm.*\"}]}]\n", "reviews-v2"),
-        ("  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-user, value: bob}, {name: x-team, value: a}]}]\n", "ratings"),
-        ("  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-user, value: bob}]}]\n", "reviews-v1"),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /m}, method: POST}]\n",
+            "reviews-v2",
+        ),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{name: version, value: two}]}]\n",
+            "reviews-v2",
+        ),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{type: RegularExpression, name: version, value: \"o.e\"}]}]\n",
+            "reviews-v1",
+        ),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{type: RegularExpression, name: x-user, value: \"adm.*\"}]}]\n",
+            "reviews-v2",
+        ),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-user, value: bob}, {name: x-team, value: a}]}]\n",
+            "ratings",
+        ),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: x-user, value: bob}]}]\n",
+            "reviews-v1",
+        ),
     ];
-    let yaml: String = rules.iter().map(|(m, svc)| format!("{m}{}", to(svc))).collect();
+    let yaml: String = rules
+        .iter()
+        .map(|(m, svc)| format!("{m}{}", to(svc)))
+        .collect();
     let vip = b.route(&route_named("reviews", &yaml), rules.len()).await;
     let c = client(false);
-    let cases: &[(&str, &str, &[(&str, &str)], Option<&str>)] = &[
+    /// (method, path, headers, the service that answers; none: 404)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+    let cases: &[Case<'_>] = &[
         ("GET", "/v2", &[], Some("reviews-v2")),
         ("GET", "/v2/x/y", &[], Some("reviews-v2")),
         // Element-wise prefixes: /v2x is not under /v2.
@@ -416,7 +488,12 @@ async fn l3_path_method_query_and_header_matches_in_gateway_api_precedence() {
         // Header names match whatever their case.
         ("GET", "/h", &[("X-User", "bob")], Some("reviews-v1")),
         // More header matches first.
-        ("GET", "/h", &[("x-user", "bob"), ("x-team", "a")], Some("ratings")),
+        (
+            "GET",
+            "/h",
+            &[("x-user", "bob"), ("x-team", "a")],
+            Some("ratings"),
+        ),
         ("GET", "/h", &[("x-user", "carol")], None),
         ("GET", "/", &[], None),
     ];
@@ -465,25 +542,31 @@ async fn l2_weights_split_1000_requests_within_binomial_bounds() {
     // a correct split once in ~1.7 million runs.
     let v2 = count.get("reviews-v2/cluster2").copied().unwrap_or(0);
     assert!((137..=263).contains(&v2), "{count:?}");
-    assert_eq!(count.get("reviews-v1/cluster1").copied().unwrap_or(0), N - v2, "{count:?}");
-    assert!(!count.keys().any(|k| k.starts_with("ratings")), "weight 0 got requests: {count:?}");
+    assert_eq!(
+        count.get("reviews-v1/cluster1").copied().unwrap_or(0),
+        N - v2,
+        "{count:?}"
+    );
+    assert!(
+        !count.keys().any(|k| k.starts_with("ratings")),
+        "weight 0 got requests: {count:?}"
+    );
     b.mesh.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l4_request_and_response_headers_are_set_added_and_removed_per_rule_and_per_backend() {
     let b = Bookinfo::start().await;
-    let rules = format!(
-        "  - filters:
+    let rules = "  - filters:
     - type: RequestHeaderModifier
       requestHeaderModifier:
-        set: [{{name: x-set, value: one}}]
-        add: [{{name: x-add, value: two}}]
+        set: [{name: x-set, value: one}]
+        add: [{name: x-add, value: two}]
         remove: [x-remove]
     - type: ResponseHeaderModifier
       responseHeaderModifier:
-        set: [{{name: x-resp, value: 'yes'}}]
-        add: [{{name: x-resp-add, value: more}}]
+        set: [{name: x-resp, value: 'yes'}]
+        add: [{name: x-resp-add, value: more}]
         remove: [x-backend]
     backendRefs:
     - group: networking.istio.io
@@ -493,16 +576,20 @@ async fn l4_request_and_response_headers_are_set_added_and_removed_per_rule_and_
       filters:
       - type: RequestHeaderModifier
         requestHeaderModifier:
-          set: [{{name: x-backend-req, value: v2}}]
-"
-    );
-    let vip = b.route(&route_named("reviews", &rules), 1).await;
+          set: [{name: x-backend-req, value: v2}]
+";
+    let vip = b.route(&route_named("reviews", rules), 1).await;
     for h2 in [false, true] {
         let a = get(
             &client(h2),
             vip,
             "/",
-            &[("x-set", "client"), ("x-add", "client"), ("x-remove", "gone"), ("x-keep", "kept")],
+            &[
+                ("x-set", "client"),
+                ("x-add", "client"),
+                ("x-remove", "gone"),
+                ("x-keep", "kept"),
+            ],
         )
         .await;
         assert_eq!(a.name(), "reviews-v2/cluster2");
@@ -531,12 +618,23 @@ async fn l4_redirects_carry_status_scheme_hostname_port_and_path() {
         redirect("/r302", ""),
         redirect("/r303", "statusCode: 303, scheme: https"),
         redirect("/r307", "statusCode: 307, port: 8443"),
-        redirect("/r308", "statusCode: 308, path: {type: ReplaceFullPath, replaceFullPath: /full}"),
-        redirect("/prefix", "path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}"),
+        redirect(
+            "/r308",
+            "statusCode: 308, path: {type: ReplaceFullPath, replaceFullPath: /full}",
+        ),
+        redirect(
+            "/prefix",
+            "path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}",
+        ),
         redirect("/r80", "scheme: http, port: 80"),
-        redirect("/tls", "scheme: https, port: 8443, hostname: secure.example"),
+        redirect(
+            "/tls",
+            "scheme: https, port: 8443, hostname: secure.example",
+        ),
     ];
-    let vip = b.route(&route_named("reviews", &rules.concat()), rules.len()).await;
+    let vip = b
+        .route(&route_named("reviews", &rules.concat()), rules.len())
+        .await;
     let c = client(false);
     let h = REVIEWS;
     let cases = [
@@ -548,14 +646,26 @@ async fn l4_redirects_carry_status_scheme_hostname_port_and_path() {
         ("/prefix/x?y=1", 302, format!("http://{h}:8000/new/x?y=1")),
         ("/prefix", 302, format!("http://{h}:8000/new")),
         ("/r80", 302, format!("http://{h}/r80")),
-        ("/tls/a", 302, "https://secure.example:8443/tls/a".to_owned()),
+        (
+            "/tls/a",
+            302,
+            "https://secure.example:8443/tls/a".to_owned(),
+        ),
     ];
     for (path, status, location) in cases {
         let a = get(&c, vip, path, &[]).await;
-        assert_eq!((a.status, a.location()), (status, location.as_str()), "{path}");
+        assert_eq!(
+            (a.status, a.location()),
+            (status, location.as_str()),
+            "{path}"
+        );
     }
     // No backend was asked.
-    assert!(b.backends.values().all(|x| x.hits.load(Ordering::Relaxed) == 0));
+    assert!(
+        b.backends
+            .values()
+            .all(|x| x.hits.load(Ordering::Relaxed) == 0)
+    );
     b.mesh.shutdown().await;
 }
 
@@ -574,7 +684,10 @@ async fn l4_url_rewrites_replace_the_path_and_the_host() {
     let c = client(false);
     let a = get(&c, vip, "/old/page?x=1", &[]).await;
     assert_eq!((a.status, a.name()), (200, "reviews-v1/cluster1"));
-    assert_eq!((a.body["path"].as_str(), a.body["query"].as_str()), (Some("/new/page"), Some("x=1")));
+    assert_eq!(
+        (a.body["path"].as_str(), a.body["query"].as_str()),
+        (Some("/new/page"), Some("x=1"))
+    );
     assert_eq!(a.sent("host"), ["rewritten.example"]);
     let a = get(&c, vip, "/whole/anything", &[]).await;
     assert_eq!(a.body["path"], "/replaced");
@@ -585,7 +698,9 @@ async fn l4_url_rewrites_replace_the_path_and_the_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l2_a_hostname_backend_fails_over_to_another_cluster_as_a_connection_does() {
     let mut b = Bookinfo::start().await;
-    let vip = b.route(&route_named("reviews", &all_to("ratings")), 1).await;
+    let vip = b
+        .route(&route_named("reviews", &all_to("ratings")), 1)
+        .await;
     let c = client(false);
     // PreferNetwork: cluster1's own ratings while it answers.
     for _ in 0..5 {
@@ -598,7 +713,11 @@ async fn l2_a_hostname_backend_fails_over_to_another_cluster_as_a_connection_doe
         let a = get(&c, vip, "/", &[]).await;
         assert_eq!((a.status, a.name()), (200, "ratings/cluster2"), "{a:?}");
     }
-    b.backends.get_mut("ratings/cluster1").unwrap().resume().await;
+    b.backends
+        .get_mut("ratings/cluster1")
+        .unwrap()
+        .resume()
+        .await;
     b.mesh.shutdown().await;
 }
 
@@ -645,29 +764,51 @@ async fn l5_timeouts_answer_504_and_bodiless_requests_are_retried_on_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn l7_route_status_says_accepted_unresolved_and_not_accepted_and_conflicts_go_to_the_first_route() {
+async fn l7_route_status_says_accepted_unresolved_and_not_accepted_and_conflicts_go_to_the_first_route()
+ {
     let b = Bookinfo::start().await;
     let other_ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n";
     let routes = [
-        route_named("a-good", &format!("  - matches: [{{path: {{value: /same}}}}]\n{}", to("reviews-v1"))),
+        route_named(
+            "a-good",
+            &format!(
+                "  - matches: [{{path: {{value: /same}}}}]\n{}",
+                to("reviews-v1")
+            ),
+        ),
         // The same match in a route whose name sorts later: a-good wins.
-        route_named("b-later", &format!("  - matches: [{{path: {{value: /same}}}}]\n{}", to("reviews-v2"))),
+        route_named(
+            "b-later",
+            &format!(
+                "  - matches: [{{path: {{value: /same}}}}]\n{}",
+                to("reviews-v2")
+            ),
+        ),
         route_named(
             "dangling",
             "  - matches: [{path: {value: /dangling}}]\n    backendRefs: [{group: networking.istio.io, kind: Hostname, name: nope.bookinfo.mesh.internal, port: 8000}]\n",
         ),
-        route_named("orphan", &all_to("reviews-v1")).replace("name: reviews, port", "name: nothere, port"),
+        route_named("orphan", &all_to("reviews-v1"))
+            .replace("name: reviews, port", "name: nothere, port"),
         route_named("foreign", &all_to("reviews-v1"))
             .replace("namespace: bookinfo}", "namespace: other}")
-            .replace("name: reviews, port", "name: reviews, namespace: bookinfo, port"),
-        route_named("ingress", &all_to("reviews-v1"))
-            .replace("{kind: Service, group: \"\", name: reviews, port: 8000}", "{name: my-gateway}"),
+            .replace(
+                "name: reviews, port",
+                "name: reviews, namespace: bookinfo, port",
+            ),
+        route_named("ingress", &all_to("reviews-v1")).replace(
+            "{kind: Service, group: \"\", name: reviews, port: 8000}",
+            "{name: my-gateway}",
+        ),
     ];
     let yaml = format!("{other_ns}---\n{}", routes.join("---\n"));
     // Rules on reviews:8000: a-good, b-later, dangling.
     let vip = b.route(&yaml, 3).await;
     let c = client(false);
-    assert_eq!(get(&c, vip, "/same", &[]).await.name(), "reviews-v1/cluster1");
+    assert_eq!(
+        get(&c, vip, "/same", &[]).await.name(),
+        "reviews-v1/cluster1"
+    );
     let a = get(&c, vip, "/dangling", &[]).await;
     assert_eq!(a.status, 500, "{a:?}");
 

@@ -140,7 +140,13 @@ fn never_matches() -> Regex {
     Regex::new("[^\\s\\S]").unwrap()
 }
 
-fn matches<B>(rule: &RouteRule, c: &CompiledRule, req: &Request<B>, path: &str, query: &str) -> bool {
+fn matches<B>(
+    rule: &RouteRule,
+    c: &CompiledRule,
+    req: &Request<B>,
+    path: &str,
+    query: &str,
+) -> bool {
     let m = &rule.matches;
     let path_ok = match &m.path {
         PathMatch::Exact(p) => path == p,
@@ -327,7 +333,10 @@ impl tower::Service<Uri> for Connector {
             let ctx = ctx.upgrade().ok_or("the proxy stopped")?;
             let host = uri.host().ok_or("no backend in the URI")?.to_owned();
             let port = uri.port_u16().ok_or("no backend port in the URI")?;
-            if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+            if let Ok(ip) = host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<IpAddr>()
+            {
                 let addr = SocketAddr::new(ip, port);
                 let timeout = ctx.config.connect_timeout;
                 let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -581,7 +590,10 @@ async fn route(
         outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
         outcome.why = Some("the rule has no backend".into());
         return (
-            local(StatusCode::INTERNAL_SERVER_ERROR, "the route's rule has no backend"),
+            local(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the route's rule has no backend",
+            ),
             outcome,
         );
     }
@@ -603,7 +615,10 @@ async fn route(
             return (
                 local(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!("backend {} does not resolve: {reason}", backend.target.name()),
+                    &format!(
+                        "backend {} does not resolve: {reason}",
+                        backend.target.name()
+                    ),
                 ),
                 outcome,
             );
@@ -658,7 +673,11 @@ async fn route(
         }
     };
     parts.uri = uri;
-    parts.version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    parts.version = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     if let Some(h) = host_header.and_then(|h| HeaderValue::from_str(&h).ok()) {
         if h2 {
             // HTTP/2 names the authority in the URI; the Host the client
@@ -703,7 +722,14 @@ async fn route(
                 Ok(r) => r,
                 Err(_) => {
                     let overall_done = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                    last_error = format!("no answer within the {} timeout", if overall_done { "request" } else { "backendRequest" });
+                    last_error = format!(
+                        "no answer within the {} timeout",
+                        if overall_done {
+                            "request"
+                        } else {
+                            "backendRequest"
+                        }
+                    );
                     if overall_done || attempt == attempts {
                         outcome.status = StatusCode::GATEWAY_TIMEOUT;
                         outcome.why = Some(last_error.clone());
@@ -728,7 +754,12 @@ async fn route(
             }
             Err(e) => {
                 last_error = error_chain(&e);
-                let retriable = e.is_connect() || refused_stream(&e);
+                // Connect failures and refused streams never reached the
+                // backend; a bodiless idempotent request whose connection
+                // broke before an answer may be sent again (RFC 9110
+                // 9.2.2): a pooled connection to a backend that went away.
+                let retriable =
+                    e.is_connect() || refused_stream(&e) || parts.method.is_idempotent();
                 debug!(attempt, error = %last_error, "backend request failed");
                 if !retriable || attempt == attempts {
                     break;
@@ -744,7 +775,10 @@ async fn route(
     (
         local(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!("backend {} did not answer: {last_error}", backend.target.name()),
+            &format!(
+                "backend {} did not answer: {last_error}",
+                backend.target.name()
+            ),
         ),
         outcome,
     )
@@ -923,7 +957,10 @@ mod tests {
     #[test]
     fn l4_hop_by_hop_headers_and_those_connection_names_are_not_forwarded() {
         let mut h = http::HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("x-private, keep-alive"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("x-private, keep-alive"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("end-user", HeaderValue::from_static("jason"));

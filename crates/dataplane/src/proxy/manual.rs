@@ -25,7 +25,11 @@ pub(super) async fn connect_manual(
         .find(|p| p.number == port)
         .ok_or("the entry no longer has this port")?;
     let host = m.hosts.first().cloned().unwrap_or_default();
-    let meta = meta(&state.feed.catalog.cluster.name, &state.locality, Some(peer));
+    let meta = meta(
+        &state.feed.catalog.cluster.name,
+        &state.locality,
+        Some(peer),
+    );
     let mut errors = Vec::new();
     let mut refused = Vec::new();
     let mut order: Vec<&ManualEndpoint> = m.endpoints.iter().collect();

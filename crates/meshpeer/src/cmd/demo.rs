@@ -28,8 +28,20 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             cluster,
             url,
             include,
+            headers,
+            method,
             timeout,
-        }) => runtime()?.block_on(curl(&args.state.dir, &cluster, &url, include, timeout)),
+        }) => {
+            let request = client::Request::new(&method, &headers)?;
+            runtime()?.block_on(curl(
+                &args.state.dir,
+                &cluster,
+                &url,
+                &request,
+                include,
+                timeout,
+            ))
+        }
         Some(DemoCommand::Scale {
             cluster,
             namespace,
@@ -130,13 +142,14 @@ async fn curl(
     state: &Path,
     cluster: &str,
     url: &str,
+    request: &client::Request,
     include: bool,
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     let (_, rt) = running(state)?;
     let c = cluster_of(&rt, cluster)?;
     let url: Url = url.parse()?;
-    match client::get(c.dns, &url, timeout).await {
+    match client::send(c.dns, &url, request, timeout).await {
         Ok(r) => {
             if include {
                 println!("{}\n", r.head);

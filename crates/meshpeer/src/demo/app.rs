@@ -4,8 +4,8 @@
 //!
 //! The app answers like the seeds' workloads: `GET /hostname` ->
 //! `{"hostname": "<pod name>"}` (go-httpbin), `GET /productpage` -> 200 and
-//! the Bookinfo title, `GET /` and `/get` -> the pod, cluster and request
-//! headers as JSON.
+//! the Bookinfo title, `/` and `/anything` (any method) and `GET /get` ->
+//! the pod, cluster, method and request headers as JSON.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +15,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{any, get};
 use meshpeer_model::ClusterSnapshot;
 use meshpeer_store::ClusterSource;
 use meshpeer_store::file_source::FileSource;
@@ -97,8 +97,9 @@ fn router(w: Workload) -> Router {
     Router::new()
         .route("/hostname", get(hostname))
         .route("/productpage", get(productpage))
-        .route("/", get(info))
+        .route("/", any(info))
         .route("/get", get(info))
+        .route("/anything", any(info))
         .with_state(w)
 }
 
@@ -113,7 +114,11 @@ async fn productpage(State(w): State<Workload>) -> impl IntoResponse {
     ))
 }
 
-async fn info(State(w): State<Workload>, headers: HeaderMap) -> impl IntoResponse {
+async fn info(
+    State(w): State<Workload>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+) -> impl IntoResponse {
     let headers: BTreeMap<String, String> = headers
         .iter()
         .map(|(k, v)| {
@@ -129,6 +134,7 @@ async fn info(State(w): State<Workload>, headers: HeaderMap) -> impl IntoRespons
             "hostname": w.pod,
             "namespace": w.namespace,
             "cluster": w.cluster,
+            "method": method.as_str(),
             "headers": headers,
         })),
     )

@@ -150,8 +150,84 @@ pub struct Response {
     pub address: SocketAddr,
 }
 
+/// The method and extra headers of a request (`demo curl -X`, `-H`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            method: "GET".into(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl Request {
+    /// From curl's `-X METHOD` and `-H 'Name: value'` arguments; a header
+    /// the client sets itself (Host, User-Agent, Accept) replaces it.
+    pub fn new(method: &str, headers: &[String]) -> anyhow::Result<Request> {
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            bail!("-X {method:?}: a method is letters only (GET, POST, ...)");
+        }
+        let mut out = Vec::new();
+        for h in headers {
+            let Some((name, value)) = h.split_once(':') else {
+                bail!("-H {h:?}: a header is 'Name: value'");
+            };
+            let name = name.trim();
+            let ok = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !ok || value.contains(['\r', '\n']) {
+                bail!("-H {h:?}: not a valid header name or value");
+            }
+            out.push((name.to_owned(), value.trim().to_owned()));
+        }
+        Ok(Request {
+            method: method.to_ascii_uppercase(),
+            headers: out,
+        })
+    }
+
+    /// The request head, with the client's default headers unless given.
+    fn head(&self, url: &Url) -> String {
+        let given = |n: &str| self.headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(n));
+        let mut head = format!("{} {} HTTP/1.1\r\n", self.method, url.path);
+        for (name, value) in [
+            ("Host", format!("{}:{}", url.host, url.port)),
+            ("User-Agent", "meshpeer-demo-curl".to_owned()),
+            ("Accept", "*/*".to_owned()),
+        ] {
+            if !given(name) {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        head
+    }
+}
+
 /// `GET url` as a pod of the cluster whose DNS is `dns` would.
 pub async fn get(dns: SocketAddr, url: &Url, timeout: Duration) -> anyhow::Result<Response> {
+    send(dns, url, &Request::default(), timeout).await
+}
+
+/// `url` with `request`'s method and headers, as a pod of the cluster
+/// whose DNS is `dns` would send it.
+pub async fn send(
+    dns: SocketAddr,
+    url: &Url,
+    request: &Request,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     let ip = match url.host.parse::<IpAddr>() {
         Ok(ip) => ip,
         Err(_) => lookup(dns, &url.host).await?,
@@ -161,10 +237,7 @@ pub async fn get(dns: SocketAddr, url: &Url, timeout: Duration) -> anyhow::Resul
         let mut conn = TcpStream::connect(address)
             .await
             .with_context(|| format!("cannot connect to {} ({address})", url.host))?;
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: meshpeer-demo-curl\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            url.path, url.host, url.port
-        );
+        let req = request.head(url);
         conn.write_all(req.as_bytes()).await?;
         let mut raw = Vec::new();
         conn.read_to_end(&mut raw)
@@ -241,6 +314,26 @@ mod tests {
         assert_eq!((u.port, u.path.as_str()), (9080, "/"));
         assert!("https://x".parse::<Url>().is_err());
         assert!("http://x:http/".parse::<Url>().is_err());
+    }
+
+    #[test]
+    fn l1_curl_headers_and_methods_go_on_the_request_line_and_head() {
+        let url: Url = "http://reviews.bookinfo.mesh.internal:9080/x"
+            .parse()
+            .unwrap();
+        let r = Request::new(
+            "post",
+            &["end-user: jason".into(), "Accept: text/html".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            r.head(&url),
+            "POST /x HTTP/1.1\r\nHost: reviews.bookinfo.mesh.internal:9080\r\nUser-Agent: meshpeer-demo-curl\r\nend-user: jason\r\nAccept: text/html\r\nConnection: close\r\n\r\n"
+        );
+        assert!(Request::new("GET", &["no colon".into()]).is_err());
+        assert!(Request::new("GET", &["bad name: x".into()]).is_err());
+        assert!(Request::new("GET", &["x: a\r\nInjected: y".into()]).is_err());
+        assert!(Request::new("G E T", &[]).is_err());
     }
 
     #[test]

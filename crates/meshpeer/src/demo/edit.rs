@@ -212,13 +212,14 @@ fn doc_of(v: Value) -> anyhow::Result<Doc> {
     })
 }
 
-/// `(file, document, endpoint)` of every EndpointSlice endpoint of
-/// `namespace` whose Pod belongs to `deployment` (`<deployment>-...`).
+/// `(file, document, endpoint, pod)` of every EndpointSlice endpoint of
+/// `namespace` whose Pod belongs to `deployment` (`<deployment>-...`). One
+/// Pod may be an endpoint of several slices (several Services select it).
 fn slice_endpoints(
     files: &BTreeMap<PathBuf, Vec<Doc>>,
     namespace: &str,
     deployment: &str,
-) -> Vec<(PathBuf, usize, usize)> {
+) -> Vec<(PathBuf, usize, usize, String)> {
     let prefix = format!("{deployment}-");
     let mut out = Vec::new();
     for (p, docs) in files {
@@ -229,9 +230,10 @@ fn slice_endpoints(
             }
             for (k, ep) in v["endpoints"].as_array().into_iter().flatten().enumerate() {
                 let r = &ep["targetRef"];
-                if r["kind"] == "Pod" && r["name"].as_str().is_some_and(|n| n.starts_with(&prefix))
+                if r["kind"] == "Pod"
+                    && let Some(pod) = r["name"].as_str().filter(|n| n.starts_with(&prefix))
                 {
-                    out.push((p.clone(), i, k));
+                    out.push((p.clone(), i, k, pod.to_owned()));
                 }
             }
         }
@@ -249,12 +251,16 @@ fn scale_slices(
     replicas: usize,
 ) -> anyhow::Result<Scaled> {
     let current = slice_endpoints(files, namespace, deployment);
-    let before = current.len();
+    let before = pods_of(&current).len();
     let mut touched: Vec<PathBuf> = Vec::new();
     if replicas < before {
+        // The last pods go, with every endpoint they are.
+        let leaving: Vec<String> = pods_of(&current).into_iter().skip(replicas).collect();
         let mut gone: BTreeMap<(PathBuf, usize), Vec<usize>> = BTreeMap::new();
-        for (p, i, k) in current.into_iter().skip(replicas) {
-            gone.entry((p, i)).or_default().push(k);
+        for (p, i, k, pod) in current {
+            if leaving.contains(&pod) {
+                gone.entry((p, i)).or_default().push(k);
+            }
         }
         for ((p, i), ks) in gone {
             let Some(doc) = files.get_mut(&p).and_then(|d| d.get_mut(i)) else {
@@ -279,13 +285,25 @@ fn scale_slices(
             touched.push(p);
         }
     } else if replicas > before {
-        let mut want = replicas - before;
+        // The first pods stashed come back, with every endpoint they were.
+        let stashed_pod = |d: &Doc| -> Option<String> {
+            let v = d.value.as_ref().filter(|v| v["kind"] == STASHED_ENDPOINT)?;
+            Some(
+                v["endpoint"]["targetRef"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        };
+        let mut returning: Vec<String> = Vec::new();
+        for pod in stash.iter().filter_map(stashed_pod) {
+            if returning.len() < replicas - before && !returning.contains(&pod) {
+                returning.push(pod);
+            }
+        }
         let mut kept = Vec::new();
         for d in stash.drain(..) {
-            let back = want > 0
-                && d.value
-                    .as_ref()
-                    .is_some_and(|v| v["kind"] == STASHED_ENDPOINT);
+            let back = stashed_pod(&d).is_some_and(|p| returning.contains(&p));
             if !back {
                 kept.push(d);
                 continue;
@@ -315,7 +333,6 @@ fn scale_slices(
             }
             *doc = doc_of(v)?;
             touched.push(p);
-            want -= 1;
         }
         *stash = kept;
         if replicas > before && touched.is_empty() {
@@ -331,8 +348,19 @@ fn scale_slices(
             write_atomic(&p, &join(docs))?;
         }
     }
-    let after = slice_endpoints(files, namespace, deployment).len();
+    let after = pods_of(&slice_endpoints(files, namespace, deployment)).len();
     Ok(Scaled { before, after })
+}
+
+/// The distinct pods of [`slice_endpoints`], in their order.
+fn pods_of(endpoints: &[(PathBuf, usize, usize, String)]) -> Vec<String> {
+    let mut pods: Vec<String> = Vec::new();
+    for (_, _, _, pod) in endpoints {
+        if !pods.contains(pod) {
+            pods.push(pod.clone());
+        }
+    }
+    pods
 }
 
 /// The kind a `kubectl` resource name means.

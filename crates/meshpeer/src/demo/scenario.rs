@@ -196,6 +196,78 @@ const FILES: &[(&str, &str, &str, &str)] = &[
         "nodes.yaml",
         include_str!("../../../../examples/bookinfo/cluster2/nodes.yaml"),
     ),
+    (
+        "bookinfo-subsets",
+        "cluster1",
+        "bookinfo.yaml",
+        include_str!("../../../../examples/bookinfo/cluster1/bookinfo.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster1",
+        "cluster.yaml",
+        include_str!("../../../../examples/bookinfo/cluster1/cluster.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster1",
+        "eastwest.yaml",
+        include_str!("../../../../examples/bookinfo/cluster1/eastwest.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster1",
+        "istio-system.yaml",
+        include_str!("../../../../examples/bookinfo/cluster1/istio-system.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster1",
+        "nodes.yaml",
+        include_str!("../../../../examples/bookinfo/cluster1/nodes.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster1",
+        "subsets.yaml",
+        include_str!("../../../../examples/bookinfo/subsets/cluster1/subsets.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster2",
+        "bookinfo.yaml",
+        include_str!("../../../../examples/bookinfo/cluster2/bookinfo.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster2",
+        "cluster.yaml",
+        include_str!("../../../../examples/bookinfo/cluster2/cluster.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster2",
+        "eastwest.yaml",
+        include_str!("../../../../examples/bookinfo/cluster2/eastwest.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster2",
+        "istio-system.yaml",
+        include_str!("../../../../examples/bookinfo/cluster2/istio-system.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster2",
+        "nodes.yaml",
+        include_str!("../../../../examples/bookinfo/cluster2/nodes.yaml"),
+    ),
+    (
+        "bookinfo-subsets",
+        "cluster2",
+        "subsets.yaml",
+        include_str!("../../../../examples/bookinfo/subsets/cluster2/subsets.yaml"),
+    ),
 ];
 
 /// The scenarios there are.
@@ -492,7 +564,7 @@ mod tests {
     fn every_scenario_has_two_clusters() {
         assert_eq!(
             scenarios(),
-            ["httpbin", "httpbin-flat", "bookinfo"]
+            ["httpbin", "httpbin-flat", "bookinfo", "bookinfo-subsets"]
                 .map(str::to_owned)
                 .to_vec()
         );
