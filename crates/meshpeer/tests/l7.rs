@@ -344,6 +344,15 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
         let none = get(&c, vip, "/", &[]).await;
         assert_eq!(none.name(), "reviews-v1/cluster1");
     }
+    // Rules apply only to the parent's frontend: reviews-v1 called
+    // directly is not routed, whatever the header.
+    let v1 = b
+        .mesh
+        .cluster("cluster1")
+        .wait_route("reviews-v1.bookinfo.mesh.internal", 8000, &["cluster1"])
+        .await;
+    let direct = get(&client(false), v1, "/", &[("end-user", "jason")]).await;
+    assert_eq!(direct.name(), "reviews-v1/cluster1");
     // One keep-alive connection, requests routed one by one.
     let c = client(false);
     for i in 0..10 {
@@ -829,6 +838,24 @@ async fn l7_route_status_says_accepted_unresolved_and_not_accepted_and_conflicts
     assert_eq!(cond("a-good", "Accepted"), yes("Accepted"));
     assert_eq!(cond("a-good", "ResolvedRefs"), yes("ResolvedRefs"));
     assert_eq!(cond("b-later", "Accepted"), yes("Accepted"));
+    // The loser of the conflict says so (a condition of meshpeer's own,
+    // and a finding).
+    assert_eq!(
+        cond("b-later", "meshpeer.io/Conflicted"),
+        yes("ShadowedRules")
+    );
+    assert!(
+        status("a-good")
+            .condition(0, "meshpeer.io/Conflicted")
+            .is_none()
+    );
+    let msg = status("b-later")
+        .condition(0, "meshpeer.io/Conflicted")
+        .unwrap()
+        .message
+        .clone()
+        .unwrap();
+    assert!(msg.contains("spec.rules[0] never applies to reviews.bookinfo.mesh.internal:8000: rule 0 of route bookinfo/a-good"), "{msg}");
     assert_eq!(cond("dangling", "Accepted"), yes("Accepted"));
     assert_eq!(cond("dangling", "ResolvedRefs"), no("BackendNotFound"));
     assert_eq!(cond("orphan", "Accepted"), no("NoMatchingParent"));
@@ -843,6 +870,7 @@ async fn l7_route_status_says_accepted_unresolved_and_not_accepted_and_conflicts
             .any(|d| d.object.name == name && d.rule == rule)
     };
     assert!(finding("dangling", meshpeer_model::Rule::L2));
+    assert!(finding("b-later", meshpeer_model::Rule::L3));
     assert!(finding("orphan", meshpeer_model::Rule::L7));
     assert!(finding("foreign", meshpeer_model::Rule::L7));
     b.mesh.shutdown().await;

@@ -382,7 +382,7 @@ pub fn compile(
             parents,
         });
     }
-    let tables = by_frontend
+    let tables: Vec<Arc<RouteTable>> = by_frontend
         .into_iter()
         .map(|((host, port), mut rules)| {
             rules.sort_by(|a, b| a.0.cmp(&b.0));
@@ -393,7 +393,67 @@ pub fn compile(
             })
         })
         .collect();
+    report_conflicts(cluster, &tables, &mut status, diags);
     CompiledRoutes { tables, status }
+}
+
+/// The condition type meshpeer adds to a route whose rule never applies
+/// because an earlier rule (of it or of another route) has the same match
+/// on the same frontend (the Gateway API resolves such conflicts by
+/// precedence and has no condition for them).
+pub const CONFLICTED: &str = "meshpeer.io/Conflicted";
+
+/// Rules shadowed by an earlier rule with the same match: a finding (L3)
+/// and a `meshpeer.io/Conflicted` condition on the route that loses.
+fn report_conflicts(
+    cluster: &str,
+    tables: &[Arc<RouteTable>],
+    status: &mut [RouteStatus],
+    diags: &mut Vec<Diagnostic>,
+) {
+    // route -> messages
+    let mut shadowed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in tables {
+        let mut first: Vec<(&RouteMatch, &RouteRule)> = Vec::new();
+        for r in &t.rules {
+            match first.iter().find(|(m, _)| **m == r.matches) {
+                Some((_, winner)) => shadowed.entry(r.route.clone()).or_default().push(format!(
+                    "spec.rules[{}] never applies to {}:{}: rule {} of route {} has the same match and comes first",
+                    r.rule, t.host, t.port, winner.rule, winner.route
+                )),
+                None => first.push((&r.matches, r)),
+            }
+        }
+    }
+    for (route, messages) in shadowed {
+        let (ns, name) = route.split_once('/').unwrap_or(("", &route));
+        let message = messages.join("; ");
+        diags.push(
+            Diagnostic::new(
+                cluster,
+                Rule::L3,
+                Severity::Warning,
+                ObjectRef::namespaced("httproute", ns, name),
+                format!("{message} (the older route wins, then the name that sorts first)"),
+            )
+            .with_field("spec.rules"),
+        );
+        if let Some(st) = status
+            .iter_mut()
+            .find(|s| s.namespace == ns && s.name == name)
+        {
+            for parent in &mut st.parents {
+                parent.conditions.push(Condition {
+                    type_: CONFLICTED.into(),
+                    status: "True".into(),
+                    reason: Some("ShadowedRules".into()),
+                    message: Some(message.clone()),
+                    last_transition_time: None,
+                    observed_generation: st.generation,
+                });
+            }
+        }
+    }
 }
 
 fn parent_name(parent: &ParentRef, route: &NsName) -> String {

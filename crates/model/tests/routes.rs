@@ -359,3 +359,30 @@ fn l5_durations_are_read_as_the_gateway_api_writes_them() {
         assert_eq!(parse_duration_ms(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn l1_a_parent_ref_port_attaches_to_that_port_only() {
+    let parsed = parse_documents(
+        "r.yaml",
+        &route(
+            "r",
+            "{kind: Service, group: \"\", name: two, port: 8081}",
+            "  - backendRefs: [{name: api, port: 80}]\n",
+        ),
+    );
+    let mut b = ClusterBuilder::new("cluster1")
+        .service(
+            svc("shop", "two")
+                .global()
+                .port("http", 8080, 8080)
+                .port("http-admin", 8081, 8081)
+                .ready(1),
+        )
+        .service(svc("shop", "api").global().port("http", 80, 8080).ready(1));
+    for o in parsed.objects {
+        b = b.object(o);
+    }
+    let c = catalog(&b.build(), &[], &CatalogConfig::default());
+    let frontends: Vec<(String, u16)> = c.routes.iter().map(|t| (t.host.clone(), t.port)).collect();
+    assert_eq!(frontends, [("two.shop.mesh.internal".to_owned(), 8081)]);
+}
