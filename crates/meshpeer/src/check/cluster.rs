@@ -8,7 +8,7 @@ use meshpeer_model::objects::{Gateway, label};
 use meshpeer_model::{NsName, labels};
 
 use super::facts::{CACERTS_KEYS, CACERTS_SECRET, CaFacts, CaPlace, ClusterFacts, Origin};
-use super::{Check, Item, Options, Status, diagnostics, live, names, peers};
+use super::{Check, Item, Options, Status, diagnostics, live, names, peers, routes};
 
 /// A certificate expiring sooner than this is a warning.
 const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
@@ -25,6 +25,7 @@ pub(super) fn checks(f: &ClusterFacts, all: &[ClusterFacts], opts: Options) -> V
         out.push(peers::peers(f, all));
         out.push(shared_services(f));
     }
+    out.extend(routes::check(f));
     out.push(diagnostics::check(f));
     out
 }

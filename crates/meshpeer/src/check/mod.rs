@@ -27,6 +27,7 @@ mod live;
 mod mesh;
 mod peers;
 mod render;
+mod routes;
 mod runtime;
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,7 @@ pub mod names {
     pub const TRUST_DOMAIN: &str = "Trust Domain Check";
     pub const SEGMENTS: &str = "Segments Check";
     pub const STALE: &str = "Stale Workloads Check";
+    pub const ROUTES: &str = "Routes Check";
 }
 
 /// The outcome of a check or of one of its lines.

@@ -703,3 +703,64 @@ async fn p6_check_says_clusters_share_a_trust_domain_and_whether_intermediates_a
         report.render(true)
     );
 }
+
+/// Bookinfo with seed 001's layer (examples/bookinfo/subsets) in `tmp`.
+fn subsets_folders(tmp: &Path) -> [PathBuf; 2] {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo");
+    ["cluster1", "cluster2"].map(|c| {
+        let dir = tmp.join("folders").join(c);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(base.join(c)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        std::fs::copy(
+            base.join("subsets").join(c).join("subsets.yaml"),
+            dir.join("subsets.yaml"),
+        )
+        .unwrap();
+        dir
+    })
+}
+
+#[tokio::test]
+async fn l7_the_routes_check_says_why_a_route_is_not_accepted_and_what_it_routes_once_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folders = subsets_folders(tmp.path());
+    let make = |root: &RootCa, c: &str, now| root.issue_intermediate(c, c, YEAR, now).unwrap();
+    let facts = facts_of(folders.clone(), &tmp.path().join("certs"), make).await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let routes = report.find(Some("cluster1"), names::ROUTES).unwrap();
+    assert_eq!(routes.status, Status::Fail, "{}", report.render(true));
+    assert!(
+        routes.title.contains("httproute bookinfo/reviews -> Service bookinfo/reviews:9080: not accepted, NoMatchingParent: Service bookinfo/reviews is not global"),
+        "{}",
+        routes.title
+    );
+    // cluster2 has no route: no Routes Check there.
+    assert!(report.find(Some("cluster2"), names::ROUTES).is_none());
+
+    // reviews made global: accepted, and it says what it routes.
+    let bookinfo = folders[0].join("bookinfo.yaml");
+    let text = std::fs::read_to_string(&bookinfo).unwrap().replacen(
+        "  name: reviews\n  namespace: bookinfo\n  labels:\n",
+        "  name: reviews\n  namespace: bookinfo\n  labels:\n    solo.io/service-scope: global\n",
+        1,
+    );
+    std::fs::write(&bookinfo, text).unwrap();
+    let facts = facts_of(folders, &tmp.path().join("certs2"), make).await;
+    let report = evaluate(&facts, Options { precheck: true });
+    let routes = report.find(Some("cluster1"), names::ROUTES).unwrap();
+    assert_eq!(routes.status, Status::Ok, "{}", report.render(true));
+    assert_eq!(
+        routes.title,
+        "1 route(s) accepted, routing 1 frontend(s) at L7"
+    );
+    assert!(
+        routes.items[0].text.ends_with(
+            "accepted, every backend resolves; routes reviews.bookinfo.mesh.internal:9080"
+        ),
+        "{:?}",
+        routes.items
+    );
+}

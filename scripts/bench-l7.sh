@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# L7 routing through meshpeer's real processes (issue 13, SPEC section 11),
+# measured with wrk, side by side in one run: HTTP/1.1 keep-alive
+# requests/s and p50/p99 latency at 1 and 64 connections, fetching a small
+# file from nginx:
+#   direct          the pod (nginx) itself;
+#   nginx           nginx as a reverse proxy doing the same hop (keep-alive
+#                   to the pod, as the proxy pools);
+#   proxy L4        meshpeer's proxy, the service's port without a route;
+#   proxy L7        the same port once an HTTPRoute attaches to it (a header
+#                   match, a response header set, a Hostname backend): every
+#                   request parsed, matched and sent over a pooled
+#                   connection to an endpoint picked by the T-rules.
+# Two file-mode clusters on loopback (scripts/lib/bench-mesh.sh); the
+# endpoints are cluster1's own (the plain hop, no HBONE).
+#
+# Usage: scripts/bench-l7.sh
+# Knobs: DURATION (5s per run), MESHPEER_BIN (default
+# target/release/meshpeer, built when missing), RUST_LOG (info: the
+# proxy's access log is on, one line per request), KEEP=1 keeps the work
+# folder. Installs wrk and nginx when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5s}
+PATH=$PATH:/usr/sbin
+
+SVC_PORT=8080 PORT_NAME=http
+# shellcheck source=scripts/lib/bench-mesh.sh
+source scripts/lib/bench-mesh.sh
+need wrk nginx curl python3
+mesh_build
+ulimit -n "$(ulimit -Hn)"
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(uname -sr)"
+echo "wrk:     $(wrk --version 2>&1 | head -1)"
+echo "nginx:   $(nginx -v 2>&1)"
+echo "meshpeer: $BIN (RUST_LOG=${RUST_LOG:-info})"
+echo "command: DURATION=$DURATION scripts/bench-l7.sh"
+echo
+
+mesh_start
+
+mkdir -p "$WORK/www" "$WORK/nginx"
+chmod 755 "$WORK" "$WORK/www"
+echo ok >"$WORK/www/small.txt"
+chmod 644 "$WORK/www/small.txt"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  keepalive_timeout 120s;
+  keepalive_requests 1000000;
+  upstream pod {
+    server $POD1:8080;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen $POD1:8080 backlog=4096;
+    root $WORK/www;
+  }
+  # The reverse proxy: the same hop as meshpeer's proxy.
+  server {
+    listen 127.0.0.1:15321 backlog=4096;
+    location / {
+      proxy_pass http://pod;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+    }
+  }
+}
+EOF
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon on;'
+for _ in $(seq 1 50); do [ -s "$WORK/nginx/nginx.pid" ] && break; sleep 0.1; done
+PIDS+=("$(cat "$WORK/nginx/nginx.pid")")
+
+# "requests/s p50_ms p99_ms errors" of one wrk run.
+measure() { # url connections
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  wrk -t"$threads" -c"$2" -d"$DURATION" --latency "$1" 2>&1 | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+errors += int(non2xx.group(1)) if non2xx else 0
+print("%d %.3f %.3f %d" % (rps, p50, p99, errors))
+'
+}
+
+declare -A RPS
+row() { # name url connections
+  local r p50 p99 e
+  read -r r p50 p99 e < <(measure "$2" "$3")
+  RPS[$1/$3]=$r
+  local base=${RPS[direct/$3]:-$r}
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$3" "$r" "$p50" "$p99" "$e" \
+    "$(python3 -c "print('%.2f' % ($r / max($base, 1)))")"
+}
+
+L4_URL="http://$VIP:8080/small.txt"
+echo "HTTP/1.1 keep-alive, small file (wrk --latency -d $DURATION; 1 connection: 1 thread, 64: 2 threads):"
+printf '| path | connections | requests/s | p50 ms | p99 ms | errors | x direct |\n|---|---|---|---|---|---|---|\n'
+for c in 1 64; do
+  row direct "http://$POD1:8080/small.txt" "$c"
+  row nginx "http://127.0.0.1:15321/small.txt" "$c"
+  row "proxy L4" "$L4_URL" "$c"
+done
+
+# The route: every request matched (a header match first, then the
+# default rule), a response header set, sent to the service's own global
+# name (a Hostname backend).
+cat >"$WORK/cluster1/route.yaml" <<EOF
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: $NAME, namespace: $NS}
+spec:
+  parentRefs: [{group: "", kind: Service, name: $NAME, port: 8080}]
+  rules:
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{group: networking.istio.io, kind: Hostname, name: $HOST, port: 8080}]
+  - filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-routed, value: "yes"}]}}]
+    backendRefs: [{group: networking.istio.io, kind: Hostname, name: $HOST, port: 8080}]
+EOF
+for _ in $(seq 1 100); do
+  curl -s -D - -o /dev/null "$L4_URL" | grep -qi '^x-routed: yes' && break
+  sleep 0.1
+done
+curl -s -D - -o /dev/null "$L4_URL" | grep -qi '^x-routed: yes' || {
+  echo "the route never applied" >&2
+  exit 1
+}
+for c in 1 64; do
+  row "proxy L7 (HTTPRoute)" "$L4_URL" "$c"
+done
+echo
+grep -c '"request"' "$(log proxy1)" | sed 's/^/proxy access-log lines: /'
