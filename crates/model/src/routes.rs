@@ -184,7 +184,11 @@ pub enum BackendTarget {
     Global { hostname: String, port: u16 },
     /// A Service of this cluster that is not global: its ClusterIP, which
     /// the cluster's own service proxy balances.
-    ClusterIp { service: String, ip: String, port: u16 },
+    ClusterIp {
+        service: String,
+        ip: String,
+        port: u16,
+    },
     /// Does not resolve (`ResolvedRefs=False`): its share of requests gets
     /// 500.
     Unresolved { name: String, reason: String },
@@ -310,7 +314,10 @@ pub fn compile(
                             Rule::L7,
                             Severity::Error,
                             obj.clone(),
-                            format!("not accepted for its parent {}: {message}", parent_name(parent, key)),
+                            format!(
+                                "not accepted for its parent {}: {message}",
+                                parent_name(parent, key)
+                            ),
                         )
                         .with_field(field.clone()),
                     );
@@ -459,7 +466,10 @@ fn attach(
             if !snap.services.contains_key(&key) {
                 return Err(refusal(
                     "NoMatchingParent",
-                    format!("Service {ns}/{} does not exist in this cluster", parent.name),
+                    format!(
+                        "Service {ns}/{} does not exist in this cluster",
+                        parent.name
+                    ),
                 ));
             }
             let Some(exported) = own.service(ns, &parent.name) else {
@@ -489,7 +499,15 @@ fn attach(
                 }
             }
             if out.is_empty() {
-                return Err(no_http_port(port, &global.ports.iter().map(|p| (p.number, p.protocol.as_str())).collect::<Vec<_>>(), &parent.name));
+                return Err(no_http_port(
+                    port,
+                    &global
+                        .ports
+                        .iter()
+                        .map(|p| (p.number, p.protocol.as_str()))
+                        .collect::<Vec<_>>(),
+                    &parent.name,
+                ));
             }
         } else {
             let Some(entry) = manual
@@ -536,11 +554,15 @@ fn no_http_port(port: Option<i32>, ports: &[(u16, &str)], parent: &str) -> Refus
     match port {
         Some(p) => refusal(
             "NoMatchingParent",
-            format!("{parent} has no HTTP port {p} (ports: {list}); only HTTP, HTTP2 and GRPC ports are routed at L7 (L6)"),
+            format!(
+                "{parent} has no HTTP port {p} (ports: {list}); only HTTP, HTTP2 and GRPC ports are routed at L7 (L6)"
+            ),
         ),
         None => refusal(
             "NoMatchingParent",
-            format!("{parent} has no HTTP port (ports: {list}); only HTTP, HTTP2 and GRPC ports are routed at L7 (L6)"),
+            format!(
+                "{parent} has no HTTP port (ports: {list}); only HTTP, HTTP2 and GRPC ports are routed at L7 (L6)"
+            ),
         ),
     }
 }
@@ -561,17 +583,13 @@ fn resolved_refs(
             .iter()
             .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
         for (j, b) in rule.backend_refs.iter().map(|b| &b.backend).enumerate() {
-            if let BackendTarget::Unresolved { reason: why, .. } =
-                resolve(b, key, snap, services)
-            {
+            if let BackendTarget::Unresolved { reason: why, .. } = resolve(b, key, snap, services) {
                 reason.get_or_insert_with(|| why.split(':').next().unwrap_or_default().to_owned());
                 bad.push(format!("spec.rules[{i}].backendRefs[{j}]: {why}"));
             }
         }
         for b in mirrors {
-            if let BackendTarget::Unresolved { reason: why, .. } =
-                resolve(b, key, snap, services)
-            {
+            if let BackendTarget::Unresolved { reason: why, .. } = resolve(b, key, snap, services) {
                 reason.get_or_insert_with(|| why.split(':').next().unwrap_or_default().to_owned());
                 bad.push(format!("spec.rules[{i}] mirror: {why}"));
             }
@@ -595,7 +613,11 @@ pub fn resolve(
         name: b.name.clone(),
         reason,
     };
-    let Some(port) = b.port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0) else {
+    let Some(port) = b
+        .port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p > 0)
+    else {
         return unresolved(format!(
             "UnsupportedValue: backendRef {} needs a port (1-65535)",
             b.name
@@ -648,9 +670,13 @@ pub fn resolve(
             }
             // A global Service is reached through its global name (T-rules);
             // another through its ClusterIP.
-            let global = services
-                .values()
-                .find(|g| g.namespace == ns && g.name == b.name && g.contributions.iter().any(|c| c.cluster == snap.config.name));
+            let global = services.values().find(|g| {
+                g.namespace == ns
+                    && g.name == b.name
+                    && g.contributions
+                        .iter()
+                        .any(|c| c.cluster == snap.config.name)
+            });
             if let Some(g) = global {
                 return BackendTarget::Global {
                     hostname: g.hostname.clone(),
@@ -694,7 +720,10 @@ fn compile_rules(
         for (j, f) in rule.filters.iter().enumerate() {
             match filter(f, key, snap, services) {
                 Ok(f) => filters.push(f),
-                Err(e) => problems.push(refusal("UnsupportedValue", format!("{at}.filters[{j}]: {e}"))),
+                Err(e) => problems.push(refusal(
+                    "UnsupportedValue",
+                    format!("{at}.filters[{j}]: {e}"),
+                )),
             }
         }
         let redirects = filters
@@ -722,14 +751,21 @@ fn compile_rules(
             match backend(b, key, snap, services) {
                 Ok(Some(b)) => backends.push(b),
                 Ok(None) => {}
-                Err(e) => problems.push(refusal("UnsupportedValue", format!("{at}.backendRefs[{j}]: {e}"))),
+                Err(e) => problems.push(refusal(
+                    "UnsupportedValue",
+                    format!("{at}.backendRefs[{j}]: {e}"),
+                )),
             }
         }
         let mut timeouts = RouteTimeouts::default();
         if let Some(t) = &rule.timeouts {
             for (name, value, slot) in [
                 ("request", &t.request, &mut timeouts.request_ms),
-                ("backendRequest", &t.backend_request, &mut timeouts.backend_request_ms),
+                (
+                    "backendRequest",
+                    &t.backend_request,
+                    &mut timeouts.backend_request_ms,
+                ),
             ] {
                 if let Some(v) = value {
                     match parse_duration_ms(v) {
@@ -768,20 +804,32 @@ fn compile_rules(
                     timeouts: timeouts.clone(),
                     retries: DEFAULT_RETRIES,
                 }),
-                Err(e) => problems.push(refusal("UnsupportedValue", format!("{at}.matches[{j}]: {e}"))),
+                Err(e) => problems.push(refusal(
+                    "UnsupportedValue",
+                    format!("{at}.matches[{j}]: {e}"),
+                )),
             }
         }
         // A prefix rewrite needs a prefix match to replace.
-        if filters.iter().chain(backends.iter().flat_map(|b| &b.filters)).any(|f| {
-            matches!(
-                f,
-                RouteFilter::UrlRewrite(Rewrite { path: Some(PathEdit::ReplacePrefixMatch(_)), .. })
-                    | RouteFilter::RequestRedirect(Redirect { path: Some(PathEdit::ReplacePrefixMatch(_)), .. })
-            )
-        }) && out
+        if filters
             .iter()
-            .filter(|r| r.rule == i)
-            .any(|r| !matches!(r.matches.path, PathMatch::PathPrefix(_)))
+            .chain(backends.iter().flat_map(|b| &b.filters))
+            .any(|f| {
+                matches!(
+                    f,
+                    RouteFilter::UrlRewrite(Rewrite {
+                        path: Some(PathEdit::ReplacePrefixMatch(_)),
+                        ..
+                    }) | RouteFilter::RequestRedirect(Redirect {
+                        path: Some(PathEdit::ReplacePrefixMatch(_)),
+                        ..
+                    })
+                )
+            })
+            && out
+                .iter()
+                .filter(|r| r.rule == i)
+                .any(|r| !matches!(r.matches.path, PathMatch::PathPrefix(_)))
         {
             problems.push(refusal(
                 "UnsupportedValue",
@@ -805,7 +853,11 @@ fn compile_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
                 "PathPrefix" => {
                     // `/foo/` and `/foo` are the same prefix.
                     let trimmed = value.trim_end_matches('/');
-                    PathMatch::PathPrefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+                    PathMatch::PathPrefix(if trimmed.is_empty() {
+                        "/".into()
+                    } else {
+                        trimmed.into()
+                    })
                 }
                 "RegularExpression" => {
                     check_regex(&value)?;
@@ -883,7 +935,10 @@ fn value_match(type_: &Option<String>, name: &str, value: &str) -> Result<ValueM
 /// not compile, or would compile too large, is refused here.
 fn check_regex(pattern: &str) -> Result<(), String> {
     if pattern.len() > 1024 {
-        return Err(format!("regular expression of {} bytes (at most 1024)", pattern.len()));
+        return Err(format!(
+            "regular expression of {} bytes (at most 1024)",
+            pattern.len()
+        ));
     }
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
         .size_limit(1 << 20)
@@ -917,8 +972,16 @@ fn header_edit(m: &HeaderModifier) -> Result<HeaderEdit, String> {
         check_header_name(r)?;
     }
     Ok(HeaderEdit {
-        set: m.set.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
-        add: m.add.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+        set: m
+            .set
+            .iter()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect(),
+        add: m
+            .add
+            .iter()
+            .map(|h| (h.name.clone(), h.value.clone()))
+            .collect(),
         remove: m.remove.clone(),
     })
 }
@@ -927,11 +990,15 @@ fn path_edit(p: &PathModifier) -> Result<PathEdit, String> {
     match p.type_.as_str() {
         "ReplaceFullPath" => match &p.replace_full_path {
             Some(v) if v.starts_with('/') => Ok(PathEdit::ReplaceFullPath(v.clone())),
-            v => Err(format!("replaceFullPath {v:?} must be a path starting with '/'")),
+            v => Err(format!(
+                "replaceFullPath {v:?} must be a path starting with '/'"
+            )),
         },
         "ReplacePrefixMatch" => match &p.replace_prefix_match {
             Some(v) if v.starts_with('/') => Ok(PathEdit::ReplacePrefixMatch(v.clone())),
-            v => Err(format!("replacePrefixMatch {v:?} must be a path starting with '/'")),
+            v => Err(format!(
+                "replacePrefixMatch {v:?} must be a path starting with '/'"
+            )),
         },
         other => Err(format!(
             "path modifier type {other:?} is not one of ReplaceFullPath, ReplacePrefixMatch"
@@ -992,7 +1059,10 @@ fn filter(
             }))
         }
         "URLRewrite" => {
-            let r = f.url_rewrite.as_ref().ok_or_else(|| missing("urlRewrite"))?;
+            let r = f
+                .url_rewrite
+                .as_ref()
+                .ok_or_else(|| missing("urlRewrite"))?;
             Ok(RouteFilter::UrlRewrite(Rewrite {
                 hostname: r.hostname.clone(),
                 path: r.path.as_ref().map(path_edit).transpose()?,

@@ -304,8 +304,8 @@ impl CatalogEngine {
         // global names: compiled again when one of those changed. Their
         // cost follows the number of routes, and nothing is done without.
         if !own_snap.http_routes.is_empty() || !self.catalog.routes.is_empty() {
-            let names_changed = !self.catalog.services.ptr_eq(&before)
-                || manual_before != self.catalog.manual;
+            let names_changed =
+                !self.catalog.services.ptr_eq(&before) || manual_before != self.catalog.manual;
             if changes.routes || full || names_changed || !self.started {
                 self.refresh_routes(own_snap, own);
             }
