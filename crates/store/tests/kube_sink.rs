@@ -1192,9 +1192,20 @@ async fn l7_route_status_is_applied_to_the_status_subresource_keeping_other_cont
     quick(sink.write_route_status(&routes)).await.unwrap();
     assert_quiet(&mut api);
 
-    // A route no longer listed is forgotten: listed again, it is written
-    // again (here to a route without status: every time is now).
+    // A route no longer listed (its mesh parentRef removed) loses
+    // meshpeer's parents; the other controller's stay.
+    let written = stored_route(sent["status"]["parents"].clone());
+    let (result, sent) = tokio::join!(sink.write_route_status(&[]), async {
+        expect_route_get(&mut api, StatusCode::OK, written.clone()).await;
+        expect_route_apply(&mut api, StatusCode::OK, written.clone()).await
+    });
+    result.unwrap();
+    assert_eq!(sent["status"]["parents"], json!([other_parent()]));
+    assert_eq!(sent["metadata"]["resourceVersion"], "4100");
     quick(sink.write_route_status(&[])).await.unwrap();
+    assert_quiet(&mut api);
+    // Listed again, it is written again (here to a route without status:
+    // every time is now).
     let (result, sent) = tokio::join!(sink.write_route_status(&routes), async {
         expect_route_get(&mut api, StatusCode::OK, stored_route(json!([]))).await;
         expect_route_apply(&mut api, StatusCode::OK, stored_route(json!([]))).await
@@ -1204,6 +1215,22 @@ async fn l7_route_status_is_applied_to_the_status_subresource_keeping_other_cont
         sent["status"]["parents"],
         json!([our_parent("True", ROUTE_NOW)])
     );
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn l7_a_restarted_sink_reads_the_route_status_and_rewrites_nothing_the_same() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_clock(route_clock);
+    let earlier = "2026-11-30T08:00:00Z";
+    // What the run before the restart wrote: read, found equal, not sent.
+    let on_server = stored_route(json!([other_parent(), our_parent("True", earlier)]));
+    let routes = reviews_status();
+    let (result, ()) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, on_server).await;
+    });
+    result.unwrap();
+    quick(sink.write_route_status(&routes)).await.unwrap();
     assert_quiet(&mut api);
 }
 

@@ -12,7 +12,13 @@
 //! - The read also gives the transition times: a condition whose status is
 //!   unchanged on the server keeps its time, as on Gateways.
 //! - A route that is gone (404 on read or write) is skipped, not an error.
-//!   Unchanged statuses are not rewritten.
+//!   Unchanged statuses are not rewritten: not when the last call wrote
+//!   them, nor when the server already holds them (a restart rewrites
+//!   nothing).
+//! - A route this sink wrote that leaves the list while it still exists
+//!   (its mesh parentRefs were removed) has meshpeer's parents taken out.
+//!   What a run before a restart wrote is not known: such a route keeps
+//!   them until it is listed again.
 
 use std::collections::BTreeSet;
 
@@ -20,7 +26,7 @@ use k8s_openapi::Resource;
 use kube::Api;
 use kube::api::Patch;
 use meshpeer_model::NsName;
-use meshpeer_model::objects::HttpRoute;
+use meshpeer_model::objects::{HttpRoute, RouteParentStatus};
 use meshpeer_model::routes::{CONTROLLER_NAME, RouteStatus};
 use tracing::debug;
 
@@ -36,14 +42,28 @@ impl KubeSink {
         &mut self,
         routes: &[RouteStatus],
     ) -> Result<(), SinkError> {
-        // `routes` is the full set: a route left out is forgotten, so if it
-        // comes back it is written again.
+        // `routes` is the full set: a route left out loses meshpeer's
+        // parents and is forgotten, so if it comes back it is written again.
         let listed: BTreeSet<NsName> = routes
             .iter()
             .map(|r| NsName::new(&r.namespace, &r.name))
             .collect();
-        self.routes.retain(|key, _| listed.contains(key));
         let mut failed = Vec::new();
+        let gone: Vec<NsName> = self
+            .routes
+            .keys()
+            .filter(|key| !listed.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            match self.clear_route(&key).await {
+                Ok(()) => {
+                    self.routes.remove(&key);
+                }
+                // Kept: tried again next call.
+                Err(e) => failed.push(e),
+            }
+        }
         for route in routes {
             let key = NsName::new(&route.namespace, &route.name);
             if self.routes.get(&key) == Some(&route.parents) {
@@ -67,6 +87,19 @@ impl KubeSink {
         }
     }
 
+    /// The route as the server holds it; `None`: it does not exist.
+    async fn read_route(&self, key: &NsName) -> Result<Option<HttpRoute>, String> {
+        let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api.get(&key.name).await {
+            Ok(current) => Ok(Some(current)),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                debug!(route = %key, "HTTPRoute not found; status not written");
+                Ok(None)
+            }
+            Err(e) => Err(format!("reading HTTPRoute {key} to write its status: {e}")),
+        }
+    }
+
     /// Ok(false): the route does not exist (any more).
     async fn write_one_route(&self, key: &NsName, route: &RouteStatus) -> Result<bool, String> {
         let what = || format!("status of HTTPRoute {key}");
@@ -74,25 +107,11 @@ impl KubeSink {
             check_conditions(&p.conditions, "a route parent")
                 .map_err(|e| format!("{}: {e}", what()))?;
         }
-        let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
-        let current = match api.get(&key.name).await {
-            Ok(current) => current,
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                debug!(route = %key, "HTTPRoute not found; status not written");
-                return Ok(false);
-            }
-            Err(e) => return Err(format!("reading HTTPRoute {key} to write its status: {e}")),
+        let Some(current) = self.read_route(key).await? else {
+            return Ok(false);
         };
-        let on_server = current
-            .status
-            .as_ref()
-            .map(|s| s.parents.as_slice())
-            .unwrap_or_default();
-        let mut parents: Vec<_> = on_server
-            .iter()
-            .filter(|p| p.controller_name != CONTROLLER_NAME)
-            .cloned()
-            .collect();
+        let on_server = parents_of(&current);
+        let mut parents = others(on_server);
         let now = (self.clock)();
         parents.extend(route_parents(
             route,
@@ -100,6 +119,36 @@ impl KubeSink {
             current.metadata.generation,
             &now,
         ));
+        if parents == on_server {
+            debug!(route = %key, "status already on the server");
+            return Ok(true);
+        }
+        self.apply_parents(key, &current, parents).await
+    }
+
+    /// Takes meshpeer's parents out of a route no longer listed.
+    async fn clear_route(&self, key: &NsName) -> Result<(), String> {
+        let Some(current) = self.read_route(key).await? else {
+            return Ok(());
+        };
+        let on_server = parents_of(&current);
+        let parents = others(on_server);
+        if parents.len() == on_server.len() {
+            return Ok(());
+        }
+        self.apply_parents(key, &current, parents).await.map(|_| ())
+    }
+
+    /// Server-side applies `parents` as the route's `status.parents`, with
+    /// the resourceVersion `current` was read at. Ok(false): the route
+    /// does not exist (any more).
+    async fn apply_parents(
+        &self,
+        key: &NsName,
+        current: &HttpRoute,
+        parents: Vec<RouteParentStatus>,
+    ) -> Result<bool, String> {
+        let what = || format!("status of HTTPRoute {key}");
         if parents.len() > MAX_PARENTS {
             return Err(format!(
                 "{}: {} parents with those of other controllers; a route holds at most {MAX_PARENTS}",
@@ -112,6 +161,7 @@ impl KubeSink {
         if let Some(rv) = &current.metadata.resource_version {
             metadata["resourceVersion"] = rv.clone().into();
         }
+        let api: Api<HttpRoute> = Api::namespaced(self.client.clone(), &key.namespace);
         let body = serde_json::json!({
             "apiVersion": HttpRoute::API_VERSION,
             "kind": HttpRoute::KIND,
@@ -137,4 +187,22 @@ impl KubeSink {
             Err(e) => Err(format!("server-side apply of {}: {e}", what())),
         }
     }
+}
+
+/// `status.parents` of a route as the server holds it.
+fn parents_of(route: &HttpRoute) -> &[RouteParentStatus] {
+    route
+        .status
+        .as_ref()
+        .map(|s| s.parents.as_slice())
+        .unwrap_or_default()
+}
+
+/// The parents other controllers wrote, as they are.
+fn others(parents: &[RouteParentStatus]) -> Vec<RouteParentStatus> {
+    parents
+        .iter()
+        .filter(|p| p.controller_name != CONTROLLER_NAME)
+        .cloned()
+        .collect()
 }
