@@ -1,9 +1,8 @@
 //! HTTPRoute status (SPEC L7): meshpeer's entries of `status.parents`.
 //!
 //! Decisions:
-//! - `status.parents` is an atomic list in the Gateway API CRD (it has no
-//!   `x-kubernetes-list-type: map`), so a server-side apply replaces it
-//!   whole: applying only meshpeer's parents would erase those another
+//! - `status.parents` is `x-kubernetes-list-type: atomic` in the Gateway
+//!   API CRD, so a server-side apply replaces it whole: applying only meshpeer's parents would erase those another
 //!   controller (Istio, a gateway implementation) wrote. The route is read
 //!   first; the other controllers' parents are applied back as the server
 //!   holds them, meshpeer's replace its own earlier ones. The apply carries
