@@ -38,7 +38,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 const SECRET_PATH: &str = "/api/v1/namespaces/istio-system/secrets/cacerts";
 
 /// Every kind `KubeSource` lists: its collection path and recorded answer.
-const COLLECTIONS: [(&str, &str); 8] = [
+const COLLECTIONS: [(&str, &str); 9] = [
     ("/api/v1/namespaces", "namespaces.json"),
     ("/api/v1/nodes", "nodes.json"),
     ("/api/v1/services", "services.json"),
@@ -55,6 +55,10 @@ const COLLECTIONS: [(&str, &str); 8] = [
     (
         "/apis/networking.istio.io/v1/serviceentries",
         "serviceentries.json",
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "httproutes.json",
     ),
 ];
 

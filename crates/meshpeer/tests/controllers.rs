@@ -769,3 +769,68 @@ async fn c4_a_link_edit_that_keeps_the_peer_keeps_its_services() {
         "catalog versions without {WEB}: {missing:?}"
     );
 }
+
+/// SPEC L7 in file mode: the status a controller computes for an HTTPRoute
+/// of its folder is written to `<out>/status/httproutes/<ns>.<name>.yaml`
+/// (what the CRD requires: transition times, generations), and the file
+/// goes with the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_route_status_is_written_to_a_status_file_in_file_mode() {
+    const ROUTE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: web, port: 8000}]
+  rules:
+  - backendRefs: [{name: web, port: 8000}]
+";
+    let mut mesh = Mesh::new(&["cluster1"]);
+    let c1 = mesh.cluster("cluster1");
+    c1.write(
+        "shop.yaml",
+        &format!(
+            "{}---\n{}",
+            namespace("shop", &[]),
+            service("shop", "web", Some("global"), "10.1.0.5")
+        ),
+    );
+    c1.write("route.yaml", ROUTE);
+    mesh.start().await;
+    let c1 = mesh.cluster("cluster1");
+    c1.wait("route status", |v| v.catalog.route_status.len() == 1)
+        .await;
+    let file = c1.out.join("status/httproutes/shop.web.yaml");
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(doc["kind"], "HTTPRoute");
+    assert_eq!(doc["metadata"]["name"], "web");
+    let parent = &doc["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "meshpeer.io/mesh-controller");
+    assert_eq!(parent["parentRef"]["name"], "web");
+    let conditions: Vec<(&str, &str)> = parent["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(
+                c["lastTransitionTime"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with('Z')),
+                "{c}"
+            );
+            (c["type"].as_str().unwrap(), c["status"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        conditions,
+        [("Accepted", "True"), ("ResolvedRefs", "True")],
+        "{doc:#}"
+    );
+
+    c1.remove("route.yaml");
+    c1.wait("route gone", |v| v.catalog.route_status.is_empty())
+        .await;
+    assert!(!file.exists(), "{} still there", file.display());
+    mesh.shutdown().await;
+}

@@ -1510,6 +1510,11 @@ fn r2_p7_rbac_grants_exactly_what_the_kubernetes_source_sink_and_token_review_us
     let (gw_group, gateways) = resource_of(Kind::Gateway);
     add(None, (gw_group, gateways), &["get"]);
     add(None, (gw_group, &format!("{gateways}/status")), &["patch"]);
+    // crates/store/src/kube_sink/routes.rs: HTTPRoute status (L7), any
+    // namespace: read the route, server-side apply its status.
+    let (route_group, routes) = resource_of(Kind::HttpRoute);
+    add(None, (route_group, routes), &["get"]);
+    add(None, (route_group, &format!("{routes}/status")), &["patch"]);
     // ServiceEntries in its namespace: server-side apply (patch; create for
     // one that does not exist yet), prune (delete with a uid precondition).
     add(

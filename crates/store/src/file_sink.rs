@@ -4,7 +4,10 @@
 //! `<out>/<name>.yaml` holds one ServiceEntry;
 //! `<out>/workloadentries/<name>.yaml` one WorkloadEntry (upstream flavor);
 //! `<out>/status/<namespace>.<name>.yaml`
-//! holds meshpeer's part of a remote-peer Gateway's status. Files are written
+//! holds meshpeer's part of a remote-peer Gateway's status;
+//! `<out>/status/httproutes/<namespace>.<name>.yaml` meshpeer's parents of
+//! an HTTPRoute's status (SPEC L7), shaped as the route (apiVersion, kind,
+//! metadata, `status.parents`). Files are written
 //! atomically (temporary file in the same folder, fsync, rename), only when
 //! their content changes, and only files holding meshpeer-managed objects are
 //! ever replaced or deleted.
@@ -16,18 +19,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshpeer_model::objects::{Condition, ServiceEntry, WorkloadEntry, is_managed};
+use k8s_openapi::Resource;
+use meshpeer_model::objects::{
+    Condition, HttpRoute, HttpRouteStatus, ServiceEntry, WorkloadEntry, is_managed,
+};
 use meshpeer_model::parse_documents;
 use meshpeer_model::render::to_yaml;
-use serde::Serialize;
+use meshpeer_model::routes::RouteStatus;
+use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::conditions::{now_rfc3339, route_parents};
 use crate::managed::Generated;
 use crate::sink::{Existing, Output, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
 use imbl::ordmap::DiffItem;
 
 /// Subfolder of the output folder holding Gateway status files.
 pub const STATUS_DIR: &str = "status";
+/// Subfolder of [`STATUS_DIR`] holding HTTPRoute status files.
+pub const ROUTE_STATUS_DIR: &str = "httproutes";
 /// Subfolder of the output folder holding WorkloadEntry files.
 pub const WORKLOADS_DIR: &str = "workloadentries";
 
@@ -38,6 +48,8 @@ pub struct FileSink {
     out_dir: PathBuf,
     entries: Folder<ServiceEntry>,
     workloads: Folder<WorkloadEntry>,
+    /// Stamps `lastTransitionTime` on route conditions that changed.
+    clock: fn() -> String,
 }
 
 /// The files of one kind.
@@ -62,7 +74,15 @@ impl FileSink {
             entries: Folder::new(out_dir.clone()),
             workloads: Folder::new(out_dir.join(WORKLOADS_DIR)),
             out_dir,
+            clock: now_rfc3339,
         }
+    }
+
+    /// Replaces the clock that stamps `lastTransitionTime` (tests pin it).
+    /// It returns an RFC 3339 time in UTC.
+    pub fn with_clock(mut self, clock: fn() -> String) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn out_dir(&self) -> &Path {
@@ -166,6 +186,26 @@ impl Sink for FileSink {
         let dir = self.out_dir.join(STATUS_DIR);
         let wanted = status_files(statuses);
         Box::pin(async move { blocking(move || write_status_files(&dir, wanted?)).await })
+    }
+
+    /// Writes `<out>/status/httproutes/<namespace>.<name>.yaml` per route
+    /// and removes the files of routes not listed. A condition whose status
+    /// is the one in the file keeps the file's transition time.
+    fn write_route_status<'a>(&'a mut self, routes: &'a [RouteStatus]) -> SinkFuture<'a, ()> {
+        let dir = self.out_dir.join(STATUS_DIR).join(ROUTE_STATUS_DIR);
+        let routes = routes.to_vec();
+        let now = (self.clock)();
+        Box::pin(async move {
+            blocking(move || {
+                let wanted = route_status_files(&dir, &routes, &now)?;
+                if wanted.is_empty() && !dir.exists() {
+                    // No route ever: no folder for them.
+                    return Ok(());
+                }
+                write_status_files(&dir, wanted)
+            })
+            .await
+        })
     }
 }
 
@@ -403,6 +443,57 @@ fn status_files(statuses: &[PeerStatus]) -> Result<Vec<(String, String)>, SinkEr
         };
         let yaml = serde_saphyr::to_string(&doc)
             .map_err(|e| SinkError::Other(format!("status of Gateway {stem}: {e}")))?;
+        out.push((file, yaml));
+    }
+    Ok(out)
+}
+
+/// `kubectl get httproute -o yaml`, reduced to meshpeer's parents.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RouteStatusDoc {
+    api_version: String,
+    kind: String,
+    metadata: RouteMeta,
+    status: HttpRouteStatus,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RouteMeta {
+    name: String,
+    namespace: String,
+}
+
+/// The files of `routes` in `dir`, their conditions' times kept from the
+/// files there when their status did not change.
+fn route_status_files(
+    dir: &Path,
+    routes: &[RouteStatus],
+    now: &str,
+) -> Result<Vec<(String, String)>, SinkError> {
+    let mut out = Vec::with_capacity(routes.len());
+    for route in routes {
+        let stem = format!("{}.{}", route.namespace, route.name);
+        let file = file_name(&stem, "HTTPRoute")?;
+        // An unreadable earlier file only loses its times.
+        let written = fs::read_to_string(dir.join(&file))
+            .ok()
+            .and_then(|text| serde_saphyr::from_str::<RouteStatusDoc>(&text).ok())
+            .map(|doc| doc.status.parents)
+            .unwrap_or_default();
+        let doc = RouteStatusDoc {
+            api_version: HttpRoute::API_VERSION.to_owned(),
+            kind: HttpRoute::KIND.to_owned(),
+            metadata: RouteMeta {
+                name: route.name.clone(),
+                namespace: route.namespace.clone(),
+            },
+            status: HttpRouteStatus {
+                parents: route_parents(route, &written, None, now),
+            },
+        };
+        let yaml = serde_saphyr::to_string(&doc)
+            .map_err(|e| SinkError::Other(format!("status of HTTPRoute {stem}: {e}")))?;
         out.push((file, yaml));
     }
     Ok(out)

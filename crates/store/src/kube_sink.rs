@@ -1,6 +1,6 @@
 //! Kubernetes mode, output side: generated ServiceEntries (and, for upstream
-//! Istio, the WorkloadEntries they select) and remote-peer Gateway status,
-//! written with server-side apply.
+//! Istio, the WorkloadEntries they select), remote-peer Gateway status and
+//! HTTPRoute status, written with server-side apply.
 //!
 //! Decisions:
 //! - The sink owns ServiceEntries and WorkloadEntries in `istio-system` only
@@ -25,10 +25,13 @@
 //!   believes it applied).
 //! - One object's failure does not stop the others; the error lists every
 //!   object that failed.
+//! - HTTPRoute status: see [`routes`].
+
+mod routes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use imbl::ordmap::DiffItem;
 
@@ -37,17 +40,18 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::{Api, Client};
 use meshpeer_model::NsName;
 use meshpeer_model::labels;
-use meshpeer_model::objects::{Condition, Gateway, ServiceEntry, WorkloadEntry, is_managed};
+use meshpeer_model::objects::{
+    Condition, Gateway, RouteParentStatus, ServiceEntry, WorkloadEntry, is_managed,
+};
+use meshpeer_model::routes::RouteStatus;
 use tracing::{debug, info, info_span};
 
+use crate::conditions::{check_conditions, fill_conditions, now_rfc3339};
 use crate::managed::Generated;
 use crate::sink::{Existing, Output, PeerStatus, Sink, SinkError, SinkFuture, SinkReport};
 
 /// The namespace whose ServiceEntries and WorkloadEntries the sink manages.
 pub const NAMESPACE: &str = labels::ISTIO_SYSTEM;
-
-/// Gateway status conditions are a list of at most this many (Gateway CRD).
-const MAX_CONDITIONS: usize = 8;
 
 /// Writes meshpeer's output to a Kubernetes API server.
 pub struct KubeSink {
@@ -57,6 +61,9 @@ pub struct KubeSink {
     workloads: Writer<WorkloadEntry>,
     /// Conditions last written per Gateway, as given to `write_status`.
     statuses: BTreeMap<NsName, Vec<Condition>>,
+    /// meshpeer's parents last written per HTTPRoute, as given to
+    /// `write_route_status`.
+    routes: BTreeMap<NsName, Vec<RouteParentStatus>>,
     clock: fn() -> String,
     /// When the managed objects were last listed; `None`: list next time.
     listed_at: Option<Instant>,
@@ -103,6 +110,7 @@ impl KubeSink {
             entries: Writer::default(),
             workloads: Writer::default(),
             statuses: BTreeMap::new(),
+            routes: BTreeMap::new(),
             clock: now_rfc3339,
             listed_at: None,
             resync: Duration::from_secs(60),
@@ -218,7 +226,8 @@ impl KubeSink {
     async fn write_one_status(&self, status: &PeerStatus) -> Result<bool, String> {
         let gw = &status.gateway;
         let what = || format!("status of Gateway {gw}");
-        check_conditions(&status.conditions).map_err(|e| format!("{}: {e}", what()))?;
+        check_conditions(&status.conditions, "a Gateway")
+            .map_err(|e| format!("{}: {e}", what()))?;
         let api: Api<Gateway> = Api::namespaced(self.client.clone(), &gw.namespace);
 
         // Fill what the caller left out: the Gateway's generation, and the
@@ -240,8 +249,18 @@ impl KubeSink {
                 }
                 Err(e) => return Err(format!("reading Gateway {gw} to write its status: {e}")),
             };
+            let on_server = current
+                .status
+                .as_ref()
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
             let now = (self.clock)();
-            fill_conditions(&mut conditions, &current, &now);
+            fill_conditions(
+                &mut conditions,
+                on_server,
+                current.metadata.generation,
+                &now,
+            );
         }
 
         let body = serde_json::json!({
@@ -526,6 +545,12 @@ impl Sink for KubeSink {
     fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()> {
         Box::pin(self.write_all_status(statuses))
     }
+
+    /// Server-side applies each route's status subresource, keeping the
+    /// parents of other controllers (see [`routes`]).
+    fn write_route_status<'a>(&'a mut self, routes: &'a [RouteStatus]) -> SinkFuture<'a, ()> {
+        Box::pin(self.write_all_route_status(routes))
+    }
 }
 
 /// What is applied for a desired object: name, namespace, labels,
@@ -557,145 +582,4 @@ fn apply_body<K: Generated>(o: &K) -> Result<K, String> {
         annotations: meta.annotations.clone().filter(|a| !a.is_empty()),
         ..Default::default()
     }))
-}
-
-/// The checks of the Gateway CRD's `status.conditions` schema that the
-/// caller can get wrong (time and generation are filled in here).
-fn check_conditions(conditions: &[Condition]) -> Result<(), String> {
-    if conditions.len() > MAX_CONDITIONS {
-        return Err(format!(
-            "{} conditions; a Gateway holds at most {MAX_CONDITIONS}",
-            conditions.len()
-        ));
-    }
-    let mut seen = BTreeSet::new();
-    for c in conditions {
-        let t = &c.type_;
-        if !valid_condition_type(t) {
-            return Err(format!(
-                "condition type {t:?} is not CamelCase or domain/CamelCase"
-            ));
-        }
-        if !seen.insert(t) {
-            return Err(format!("condition type {t} is given twice"));
-        }
-        if !matches!(c.status.as_str(), "True" | "False" | "Unknown") {
-            return Err(format!(
-                "condition {t}: status {:?} is not True, False or Unknown",
-                c.status
-            ));
-        }
-        let reason = c.reason.as_deref().unwrap_or_default();
-        if !valid_reason(reason) {
-            return Err(format!(
-                "condition {t}: reason {reason:?} must be a CamelCase word (letters, digits, _ , :), 1-1024 characters"
-            ));
-        }
-        if c.message.as_ref().is_some_and(|m| m.len() > 32768) {
-            return Err(format!("condition {t}: message longer than 32768 bytes"));
-        }
-    }
-    Ok(())
-}
-
-/// `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, at most 1024 characters.
-fn valid_reason(r: &str) -> bool {
-    let b = r.as_bytes();
-    let inner = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':');
-    match (b.first(), b.last()) {
-        (Some(first), Some(last)) => {
-            b.len() <= 1024
-                && first.is_ascii_alphabetic()
-                && (b.len() == 1 || last.is_ascii_alphanumeric() || *last == b'_')
-                && b.iter().all(inner)
-        }
-        _ => false,
-    }
-}
-
-/// `^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$`,
-/// at most 316 characters.
-fn valid_condition_type(t: &str) -> bool {
-    let (prefix, name) = match t.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, t),
-    };
-    let dns_label = |l: &str| {
-        let b = l.as_bytes();
-        !b.is_empty()
-            && b.iter()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-            && b[0] != b'-'
-            && b[b.len() - 1] != b'-'
-    };
-    let nb = name.as_bytes();
-    t.len() <= 316
-        && prefix.is_none_or(|p| p.split('.').all(dns_label))
-        && !nb.is_empty()
-        && nb[0].is_ascii_alphanumeric()
-        && nb[nb.len() - 1].is_ascii_alphanumeric()
-        && nb
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// Completes conditions from the Gateway as the server holds it.
-fn fill_conditions(conditions: &mut [Condition], current: &Gateway, now: &str) {
-    let on_server = current
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    for c in conditions {
-        if c.observed_generation.is_none() {
-            c.observed_generation = current.metadata.generation;
-        }
-        if c.last_transition_time.is_none() {
-            let same = on_server
-                .iter()
-                .find(|s| s.type_ == c.type_ && s.status == c.status)
-                .and_then(|s| s.last_transition_time.clone());
-            c.last_transition_time = Some(same.unwrap_or_else(|| now.to_owned()));
-        }
-    }
-}
-
-/// Now, as Kubernetes writes times: RFC 3339, UTC, whole seconds.
-fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let secs = i64::try_from(secs).unwrap_or_default();
-    k8s_openapi::jiff::Timestamp::from_second(secs)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn condition_fields_follow_the_gateway_crd_patterns() {
-        for ok in ["Accepted", "gloo.solo.io/PeerConnected", "a", "A-b_c.d"] {
-            assert!(valid_condition_type(ok), "{ok}");
-        }
-        for bad in ["", "-a", "a-", "Gloo.io/X", "x/", "/X", "a b"] {
-            assert!(!valid_condition_type(bad), "{bad}");
-        }
-        for ok in ["Programmed", "A", "No_Peer", "a,b:c"] {
-            assert!(valid_reason(ok), "{ok}");
-        }
-        for bad in ["", "1a", "a,", "a:", "a b", "a-b"] {
-            assert!(!valid_reason(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn now_is_rfc3339_in_whole_seconds() {
-        let now = now_rfc3339();
-        assert_eq!(now.len(), "2026-01-01T00:00:00Z".len(), "{now}");
-        assert!(now.ends_with('Z'), "{now}");
-    }
 }

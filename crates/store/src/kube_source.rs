@@ -9,15 +9,17 @@
 //!
 //! Decisions:
 //! - A kind whose list answers 404 (its CRD is not installed, e.g. no Segment
-//!   CRD) counts as listed and empty; a warning is logged once and the
+//!   CRD, or no Gateway API HTTPRoute CRD) counts as listed and empty; a warning is logged once and the
 //!   watcher keeps retrying with backoff. When the CRD appears, its objects
 //!   arrive as a `Replace`. Other list errors (403, 5xx) hold the first
 //!   update back: sending a cluster without, say, its Services would make
 //!   the controller withdraw every global service.
 //! - Fields that churn without meaning for the model are dropped before an
 //!   object leaves the source ([`trim`]): `metadata.managedFields`,
-//!   `metadata.resourceVersion` and a Node's `status` (heartbeats, image
-//!   lists; the model reads only node labels). An event that touched only
+//!   `metadata.resourceVersion`, a Node's `status` (heartbeats, image
+//!   lists; the model reads only node labels) and an HTTPRoute's `status`
+//!   (meshpeer writes it, SPEC L7: reading its own write back must not
+//!   look like a change of the route). An event that touched only
 //!   those yields an `Apply` equal to the object already held, so
 //!   `ClusterSnapshot::apply_change` reports no change and nothing is
 //!   recomputed. The source keeps no copy of the cluster to filter such
@@ -37,7 +39,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use meshpeer_model::objects::{Gateway, Segment, ServiceEntry};
+use meshpeer_model::objects::{Gateway, HttpRoute, Segment, ServiceEntry};
 use meshpeer_model::{Change, ClusterConfig, Kind, Object, ObjectKey};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -47,7 +49,7 @@ use crate::source::{ClusterSource, SourceError, Update};
 
 /// The kinds a [`KubeSource`] watches, in the order of the first update's
 /// `Replace` changes.
-pub const WATCHED_KINDS: [Kind; 8] = [
+pub const WATCHED_KINDS: [Kind; 9] = [
     Kind::Namespace,
     Kind::Node,
     Kind::Service,
@@ -56,6 +58,7 @@ pub const WATCHED_KINDS: [Kind; 8] = [
     Kind::Segment,
     Kind::Gateway,
     Kind::ServiceEntry,
+    Kind::HttpRoute,
 ];
 
 /// At most this many changes are collected before an update must be sent,
@@ -144,9 +147,7 @@ fn watch_kind(client: &Client, kind: Kind) -> KindEvents {
         Kind::WorkloadEntry => {
             watch::<meshpeer_model::objects::WorkloadEntry>(client, kind, Object::WorkloadEntry)
         }
-        Kind::HttpRoute => {
-            watch::<meshpeer_model::objects::HttpRoute>(client, kind, Object::HttpRoute)
-        }
+        Kind::HttpRoute => watch::<HttpRoute>(client, kind, Object::HttpRoute),
     }
 }
 
@@ -487,5 +488,24 @@ mod tests {
             unreachable!()
         };
         assert_eq!(node.status, None);
+    }
+
+    #[test]
+    fn l7_route_status_written_back_compares_equal() {
+        let route = |status| {
+            Object::HttpRoute(HttpRoute {
+                metadata: ObjectMeta {
+                    name: Some("reviews".into()),
+                    namespace: Some("bookinfo".into()),
+                    ..Default::default()
+                },
+                status,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            trimmed(route(Some(Default::default()))),
+            trimmed(route(None))
+        );
     }
 }

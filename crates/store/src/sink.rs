@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use meshpeer_model::NsName;
 use meshpeer_model::objects::{Condition, ServiceEntry, WorkloadEntry};
+use meshpeer_model::routes::RouteStatus;
 
 /// The status conditions of one remote-peer Gateway (SPEC C5).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,4 +132,11 @@ pub trait Sink: Send + 'static {
 
     /// Writes the peer conditions of remote-peer Gateways.
     fn write_status<'a>(&'a mut self, statuses: &'a [PeerStatus]) -> SinkFuture<'a, ()>;
+
+    /// Writes meshpeer's parents of each HTTPRoute's status (SPEC L7):
+    /// `routes` is every route meshpeer handles, as the catalog gives them
+    /// (conditions without `lastTransitionTime`: the sink keeps the one
+    /// written before while a condition's status stays, else stamps now).
+    /// A route that no longer exists is not an error.
+    fn write_route_status<'a>(&'a mut self, routes: &'a [RouteStatus]) -> SinkFuture<'a, ()>;
 }

@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -373,4 +375,100 @@ async fn g7_workload_entries_live_in_their_own_folder_and_are_pruned_like_entrie
         .unwrap();
     assert_eq!(report.deleted, 1);
     assert_eq!(names(&wl), ["mine.yaml"]);
+}
+
+const ROUTE_NOW: &str = "2026-12-01T10:00:00Z";
+
+fn route_clock() -> String {
+    ROUTE_NOW.to_owned()
+}
+
+#[tokio::test]
+async fn l7_route_status_files_are_written_validate_and_are_removed_with_their_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut sink = FileSink::new(tmp.path().to_path_buf()).with_clock(route_clock);
+    let dir = tmp.path().join("status").join("httproutes");
+    // No route: no folder.
+    sink.write_route_status(&[]).await.unwrap();
+    assert!(!dir.exists());
+
+    let routes = common::route_status();
+    sink.write_route_status(&routes).await.unwrap();
+    assert_eq!(
+        names(&dir),
+        ["bookinfo.ratings.yaml", "bookinfo.reviews.yaml"]
+    );
+    // The Gateway status files beside them are another matter.
+    sink.write_status(&[]).await.unwrap();
+    assert!(dir.join("bookinfo.reviews.yaml").exists());
+
+    let read = |name: &str| -> serde_json::Value {
+        serde_saphyr::from_str(&fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+    };
+    let reviews = read("bookinfo.reviews.yaml");
+    assert_eq!(
+        reviews,
+        serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "reviews", "namespace": "bookinfo"},
+            "status": {"parents": [{
+                "parentRef": {"group": "", "kind": "Service", "name": "reviews", "port": 9080},
+                "controllerName": "meshpeer.io/mesh-controller",
+                "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted",
+                     "message": "meshpeer routes this parent's HTTP ports",
+                     "lastTransitionTime": ROUTE_NOW, "observedGeneration": 2},
+                    {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs",
+                     "message": "every backendRef resolves",
+                     "lastTransitionTime": ROUTE_NOW, "observedGeneration": 2},
+                ],
+            }]},
+        })
+    );
+    let ratings = read("bookinfo.ratings.yaml");
+    let resolved = &ratings["status"]["parents"][0]["conditions"][1];
+    assert_eq!(
+        (&resolved["type"], &resolved["status"]),
+        (&"ResolvedRefs".into(), &"False".into()),
+        "{ratings:#}"
+    );
+    for doc in [&reviews, &ratings] {
+        common::check_route_status(doc).unwrap();
+    }
+    // What the CRD requires is what the check catches.
+    let mut timeless = reviews.clone();
+    timeless["status"]["parents"][0]["conditions"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("lastTransitionTime");
+    assert!(common::check_route_status(&timeless).is_err());
+
+    // Unchanged: not rewritten. Later, with another clock reading, a
+    // condition that keeps its status keeps its time; one that flips gets
+    // the new time.
+    let before = identity(&dir.join("bookinfo.reviews.yaml"));
+    sink.write_route_status(&routes).await.unwrap();
+    assert_eq!(identity(&dir.join("bookinfo.reviews.yaml")), before);
+    let mut sink = FileSink::new(tmp.path().to_path_buf());
+    let mut flipped = routes.clone();
+    let reviews_status = flipped.iter_mut().find(|r| r.name == "reviews").unwrap();
+    let c = &mut reviews_status.parents[0].conditions[1];
+    c.status = "False".into();
+    c.reason = Some("BackendNotFound".into());
+    sink.write_route_status(&flipped).await.unwrap();
+    let conditions = read("bookinfo.reviews.yaml")["status"]["parents"][0]["conditions"].clone();
+    assert_eq!(conditions[0]["lastTransitionTime"], ROUTE_NOW);
+    assert_ne!(conditions[1]["lastTransitionTime"], ROUTE_NOW);
+    common::check_route_status(&read("bookinfo.reviews.yaml")).unwrap();
+
+    // A route no longer listed loses its file; none left, none there.
+    let only_reviews: Vec<_> = flipped
+        .into_iter()
+        .filter(|r| r.name == "reviews")
+        .collect();
+    sink.write_route_status(&only_reviews).await.unwrap();
+    assert_eq!(names(&dir), ["bookinfo.reviews.yaml"]);
+    sink.write_route_status(&[]).await.unwrap();
+    assert!(names(&dir).is_empty());
 }

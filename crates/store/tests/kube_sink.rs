@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use meshpeer_model::NsName;
 use meshpeer_model::objects::{
     Condition, ServiceEntry, ServiceEntryPort, ServiceEntrySpec, WorkloadEntry, WorkloadEntrySpec,
 };
+use meshpeer_model::routes::RouteStatus;
 use meshpeer_store::kube_sink::KubeSink;
 use meshpeer_store::{Output, PeerStatus, Sink, SinkReport, desired};
 
@@ -1045,5 +1048,247 @@ async fn g11_existing_reads_workload_entries_back_so_a_restart_rewrites_none() {
         expect_we_list(&mut api, vec![held]).await;
     });
     assert_eq!(report.unwrap().unchanged, 1);
+    assert_quiet(&mut api);
+}
+
+// ------------------------------------------------------------ route status
+
+const ROUTE_PATH: &str =
+    "/apis/gateway.networking.k8s.io/v1/namespaces/bookinfo/httproutes/reviews";
+const ROUTE_NOW: &str = "2026-12-01T10:00:00Z";
+
+fn route_clock() -> String {
+    ROUTE_NOW.to_owned()
+}
+
+fn reviews_status() -> Vec<RouteStatus> {
+    common::route_status()
+        .into_iter()
+        .filter(|r| r.name == "reviews")
+        .collect()
+}
+
+/// The parent another controller (a gateway implementation) wrote.
+fn other_parent() -> Value {
+    json!({
+        "parentRef": {"name": "ingress", "namespace": "gateways"},
+        "controllerName": "example.net/gateway-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                        "message": "", "lastTransitionTime": "2026-10-10T10:10:10Z",
+                        "observedGeneration": 2}],
+    })
+}
+
+/// meshpeer's parent of `reviews` with this ResolvedRefs status, both
+/// conditions stamped `time`.
+fn our_parent(resolved: &str, time: &str) -> Value {
+    let reason = if resolved == "True" {
+        "ResolvedRefs"
+    } else {
+        "BackendNotFound"
+    };
+    let message = if resolved == "True" {
+        "every backendRef resolves"
+    } else {
+        "backend gone"
+    };
+    json!({
+        "parentRef": {"group": "", "kind": "Service", "name": "reviews", "port": 9080},
+        "controllerName": "meshpeer.io/mesh-controller",
+        "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted",
+             "message": "meshpeer routes this parent's HTTP ports",
+             "lastTransitionTime": time, "observedGeneration": 2},
+            {"type": "ResolvedRefs", "status": resolved, "reason": reason,
+             "message": message, "lastTransitionTime": time, "observedGeneration": 2},
+        ],
+    })
+}
+
+/// `reviews` as the API server holds it, with these status parents.
+fn stored_route(parents: Value) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "reviews", "namespace": "bookinfo",
+                     "uid": "7c8d9e0f-1a2b-4c3d-9e4f-5a6b7c8d9e01",
+                     "resourceVersion": "4100", "generation": 2},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080}],
+            "rules": [{"backendRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 9080, "weight": 1}]}],
+        },
+        "status": {"parents": parents},
+    })
+}
+
+fn route_not_found() -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "httproutes.gateway.networking.k8s.io \"reviews\" not found",
+        "reason": "NotFound",
+        "details": {"name": "reviews", "group": "gateway.networking.k8s.io", "kind": "httproutes"},
+        "code": 404
+    })
+}
+
+/// GET of the route, answered with `route` (an object, or a 404 Status).
+async fn expect_route_get(api: &mut ApiHandle, status: StatusCode, route: Value) {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::GET);
+    assert_eq!(req.target, ROUTE_PATH);
+    answer(req.responder, status, route);
+}
+
+/// Server-side apply of the route's status subresource; answered with
+/// `status` and `reply`; returns the body sent.
+async fn expect_route_apply(api: &mut ApiHandle, status: StatusCode, reply: Value) -> Value {
+    let req = next(api).await;
+    assert_eq!(req.method, Method::PATCH);
+    assert_eq!(req.target, format!("{ROUTE_PATH}/status?{APPLY_QUERY}"));
+    assert_eq!(
+        req.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
+    let sent = req.body.unwrap();
+    assert!(!has_null(&sent), "{sent:#}");
+    answer(req.responder, status, reply);
+    sent
+}
+
+#[tokio::test]
+async fn l7_route_status_is_applied_to_the_status_subresource_keeping_other_controllers_parents() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_clock(route_clock);
+    let routes = reviews_status();
+
+    // On the server: another controller's parent, and meshpeer's from an
+    // earlier run, when the backend did not resolve.
+    let earlier = "2026-11-30T08:00:00Z";
+    let on_server = stored_route(json!([other_parent(), our_parent("False", earlier)]));
+    let (result, sent) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, on_server.clone()).await;
+        expect_route_apply(&mut api, StatusCode::OK, on_server.clone()).await
+    });
+    result.unwrap();
+    // The other controller's parent as it was (the list is atomic: left
+    // out, it would be erased); meshpeer's replaced. Accepted stayed True:
+    // its time is kept; ResolvedRefs turned True: now. The read's
+    // resourceVersion guards against a write in between.
+    let mut ours = our_parent("True", earlier);
+    ours["conditions"][1]["lastTransitionTime"] = ROUTE_NOW.into();
+    assert_eq!(
+        sent,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "reviews", "namespace": "bookinfo", "resourceVersion": "4100"},
+            "status": {"parents": [other_parent(), ours]},
+        })
+    );
+    common::check_route_status(&sent).unwrap();
+    assert_quiet(&mut api);
+
+    // The same status again: nothing to write.
+    quick(sink.write_route_status(&routes)).await.unwrap();
+    assert_quiet(&mut api);
+
+    // A route no longer listed (its mesh parentRef removed) loses
+    // meshpeer's parents; the other controller's stay.
+    let written = stored_route(sent["status"]["parents"].clone());
+    let (result, sent) = tokio::join!(sink.write_route_status(&[]), async {
+        expect_route_get(&mut api, StatusCode::OK, written.clone()).await;
+        expect_route_apply(&mut api, StatusCode::OK, written.clone()).await
+    });
+    result.unwrap();
+    assert_eq!(sent["status"]["parents"], json!([other_parent()]));
+    assert_eq!(sent["metadata"]["resourceVersion"], "4100");
+    quick(sink.write_route_status(&[])).await.unwrap();
+    assert_quiet(&mut api);
+    // Listed again, it is written again (here to a route without status:
+    // every time is now).
+    let (result, sent) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, stored_route(json!([]))).await;
+        expect_route_apply(&mut api, StatusCode::OK, stored_route(json!([]))).await
+    });
+    result.unwrap();
+    assert_eq!(
+        sent["status"]["parents"],
+        json!([our_parent("True", ROUTE_NOW)])
+    );
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn l7_a_restarted_sink_reads_the_route_status_and_rewrites_nothing_the_same() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_clock(route_clock);
+    let earlier = "2026-11-30T08:00:00Z";
+    // What the run before the restart wrote: read, found equal, not sent.
+    let on_server = stored_route(json!([other_parent(), our_parent("True", earlier)]));
+    let routes = reviews_status();
+    let (result, ()) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, on_server).await;
+    });
+    result.unwrap();
+    quick(sink.write_route_status(&routes)).await.unwrap();
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn l7_status_of_a_route_that_no_longer_exists_is_skipped() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_clock(route_clock);
+    let routes = reviews_status();
+
+    // Gone before the read, then between read and write: not an error,
+    // and not remembered (the next call tries again).
+    let (result, ()) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::NOT_FOUND, route_not_found()).await;
+    });
+    result.unwrap();
+    let (result, _) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, stored_route(json!([]))).await;
+        expect_route_apply(&mut api, StatusCode::NOT_FOUND, route_not_found()).await
+    });
+    result.unwrap();
+    let (result, ()) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::NOT_FOUND, route_not_found()).await;
+    });
+    result.unwrap();
+    assert_quiet(&mut api);
+}
+
+#[tokio::test]
+async fn l7_failed_route_status_writes_name_the_route_and_are_tried_again() {
+    let (client, mut api) = mock_api();
+    let mut sink = KubeSink::new(client, "meshpeer").with_clock(route_clock);
+    let routes = reviews_status();
+    let conflict = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Operation cannot be fulfilled on httproutes.gateway.networking.k8s.io \"reviews\": the object has been modified",
+        "reason": "Conflict", "code": 409
+    });
+    // Someone else wrote the route between the read and the apply.
+    let (result, _) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, stored_route(json!([]))).await;
+        expect_route_apply(&mut api, StatusCode::CONFLICT, conflict).await
+    });
+    let err = result.unwrap_err().to_string();
+    assert!(err.contains("HTTPRoute bookinfo/reviews"), "{err}");
+    // Tried again (the controller retries): read again, written.
+    let (result, _) = tokio::join!(sink.write_route_status(&routes), async {
+        expect_route_get(&mut api, StatusCode::OK, stored_route(json!([]))).await;
+        expect_route_apply(&mut api, StatusCode::OK, stored_route(json!([]))).await
+    });
+    result.unwrap();
+
+    // Conditions a server would reject are refused before any request.
+    let mut bad = routes.clone();
+    bad[0].parents[0].conditions[0].reason = Some("not a reason".into());
+    let err = quick(sink.write_route_status(&bad))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HTTPRoute bookinfo/reviews"), "{err}");
     assert_quiet(&mut api);
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::client::Body;
-use meshpeer_model::objects::{Gateway, Segment, ServiceEntry};
+use meshpeer_model::objects::{Gateway, HttpRoute, Segment, ServiceEntry};
 use meshpeer_model::{Change, ClusterConfig, Kind, Object};
 use meshpeer_store::kube_source::{KubeSource, WATCHED_KINDS};
 use meshpeer_store::{ClusterSource, Update};
@@ -114,7 +114,7 @@ fn watch(path: &str, resource_version: &str) -> String {
 }
 
 /// Every watched kind: its collection path and the recorded list answer.
-const COLLECTIONS: [(Kind, &str, &str); 8] = [
+const COLLECTIONS: [(Kind, &str, &str); 9] = [
     (
         Kind::Namespace,
         "/api/v1/namespaces",
@@ -143,6 +143,11 @@ const COLLECTIONS: [(Kind, &str, &str); 8] = [
         "/apis/networking.istio.io/v1/serviceentries",
         "list-serviceentries.json",
     ),
+    (
+        Kind::HttpRoute,
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "list-httproutes.json",
+    ),
 ];
 
 fn path_of(kind: Kind) -> &'static str {
@@ -150,13 +155,16 @@ fn path_of(kind: Kind) -> &'static str {
 }
 
 /// The objects of a recorded list (or watch line) as the source reports
-/// them: managedFields and resourceVersion dropped, a Node without status.
+/// them: managedFields and resourceVersion dropped, a Node and an HTTPRoute
+/// without status.
 fn as_reported(mut object: Object) -> Object {
     let meta = object.metadata_mut();
     meta.managed_fields = None;
     meta.resource_version = None;
-    if let Object::Node(node) = &mut object {
-        node.status = None;
+    match &mut object {
+        Object::Node(node) => node.status = None,
+        Object::HttpRoute(route) => route.status = None,
+        _ => {}
     }
     object
 }
@@ -181,7 +189,8 @@ fn listed(kind: Kind) -> Vec<Object> {
         Kind::Segment => items::<Segment>(file, Object::Segment),
         Kind::Gateway => items::<Gateway>(file, Object::Gateway),
         Kind::ServiceEntry => items::<ServiceEntry>(file, Object::ServiceEntry),
-        Kind::WorkloadEntry | Kind::HttpRoute => unreachable!("not watched"),
+        Kind::HttpRoute => items::<HttpRoute>(file, Object::HttpRoute),
+        Kind::WorkloadEntry => unreachable!("not watched"),
     }
 }
 
@@ -278,14 +287,15 @@ async fn r2_watch_events_become_apply_and_delete_batched_per_arrival() {
         .collect();
     let _held_lists = serve(&mut api, lists).await;
     let first = next_update(&mut rx).await;
-    assert_eq!(first.changes.len(), 10);
+    assert_eq!(first.changes.len(), 1 + WATCHED_KINDS.len() + 1);
 
-    // Then each watcher watches from its list's resourceVersion. Three
+    // Then each watcher watches from its list's resourceVersion. Four
     // answer with recorded events; the stream then ends and the watcher
     // watches again from the last event's resourceVersion.
     let ns = path_of(Kind::Namespace);
     let nodes = path_of(Kind::Node);
     let pods = path_of(Kind::Pod);
+    let routes = path_of(Kind::HttpRoute);
     let watches = vec![
         (
             watch(ns, "1001"),
@@ -304,9 +314,14 @@ async fn r2_watch_events_become_apply_and_delete_batched_per_arrival() {
         (watch(path_of(Kind::Segment), "1211"), Answer::HoldOpen),
         (watch(path_of(Kind::Gateway), "1007"), Answer::HoldOpen),
         (watch(path_of(Kind::ServiceEntry), "1008"), Answer::HoldOpen),
+        (
+            watch(routes, "1009"),
+            Answer::Ok(fixture("watch-httproutes.jsonl")),
+        ),
         (watch(ns, "1101"), Answer::HoldOpen),
         (watch(nodes, "1102"), Answer::HoldOpen),
         (watch(pods, "1104"), Answer::HoldOpen),
+        (watch(routes, "1302"), Answer::HoldOpen),
     ];
     let _held_watches = serve(&mut api, watches).await;
 
@@ -322,9 +337,17 @@ async fn r2_watch_events_become_apply_and_delete_batched_per_arrival() {
         Change::Apply(pod_events[0].clone()),
         Change::Delete(pod_events[1].key()),
     ];
+    // MODIFIED reviews: only its status (meshpeer's own write, L7) and
+    // resourceVersion changed -> an Apply equal to the listed route; ADDED
+    // ratings -> Apply.
+    let route_events = watched::<HttpRoute>("watch-httproutes.jsonl", Object::HttpRoute);
+    assert_eq!(route_events[..1], listed(Kind::HttpRoute)[..]);
+    assert_eq!(route_events[1].key().name, "ratings");
     let mut want = vec![
         Change::Apply(istio_system[0].clone()),
         Change::Apply(node[0].clone()),
+        Change::Apply(route_events[0].clone()),
+        Change::Apply(route_events[1].clone()),
     ];
     want.extend(pod_changes.clone());
 
@@ -351,16 +374,41 @@ async fn r2_watch_events_become_apply_and_delete_batched_per_arrival() {
     stop(rx, task).await;
 }
 
+/// The resourceVersion of each recorded list.
+fn listed_version(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Namespace => "1001",
+        Kind::Node => "1002",
+        Kind::Service => "1003",
+        Kind::Pod => "1004",
+        Kind::EndpointSlice => "1005",
+        Kind::Segment => "1211",
+        Kind::Gateway => "1007",
+        Kind::ServiceEntry => "1008",
+        Kind::HttpRoute => "1009",
+        Kind::WorkloadEntry => unreachable!("not watched"),
+    }
+}
+
 #[tokio::test]
 async fn r2_missing_segment_crd_does_not_block_the_first_update_and_is_retried() {
+    missing_crd_does_not_block_the_first_update_and_is_retried(Kind::Segment).await;
+}
+
+#[tokio::test]
+async fn l1_missing_httproute_crd_does_not_block_the_first_update_and_is_retried() {
+    missing_crd_does_not_block_the_first_update_and_is_retried(Kind::HttpRoute).await;
+}
+
+async fn missing_crd_does_not_block_the_first_update_and_is_retried(missing: Kind) {
     let (client, mut api) = mock_api();
     let (mut rx, task) = start(client);
 
-    // No Segment CRD: the API server answers its path with a plain 404.
+    // No CRD: the API server answers its path with a plain 404.
     let lists = COLLECTIONS
         .iter()
         .map(|(kind, path, file)| {
-            let answer = if *kind == Kind::Segment {
+            let answer = if *kind == missing {
                 Answer::Status(StatusCode::NOT_FOUND, "404 page not found\n")
             } else {
                 Answer::Ok(fixture(file))
@@ -373,31 +421,22 @@ async fn r2_missing_segment_crd_does_not_block_the_first_update_and_is_retried()
     let first = next_update(&mut rx).await;
     let mut expected = vec![Change::Config(config())];
     expected.extend(WATCHED_KINDS.map(|kind| match kind {
-        Kind::Segment => Change::Replace(kind, vec![]),
+        k if k == missing => Change::Replace(kind, vec![]),
         _ => Change::Replace(kind, listed(kind)),
     }));
     expected.push(Change::SourceDiagnostics(vec![]));
     assert_eq!(first.changes, expected);
 
-    // The other kinds watch; the Segment watcher lists again after its
-    // backoff. This time the CRD is installed.
-    let segments = path_of(Kind::Segment);
+    // The other kinds watch; the missing kind's watcher lists again after
+    // its backoff. This time the CRD is installed.
+    let (_, path, file) = COLLECTIONS.iter().find(|c| c.0 == missing).unwrap();
     let mut next = vec![
-        (list(segments), Answer::Ok(fixture("list-segments.json"))),
-        (watch(segments, "1211"), Answer::HoldOpen),
+        (list(path), Answer::Ok(fixture(file))),
+        (watch(path, listed_version(missing)), Answer::HoldOpen),
     ];
     for (kind, path, _) in COLLECTIONS {
-        if kind != Kind::Segment {
-            let rv = match kind {
-                Kind::Namespace => "1001",
-                Kind::Node => "1002",
-                Kind::Service => "1003",
-                Kind::Pod => "1004",
-                Kind::EndpointSlice => "1005",
-                Kind::Gateway => "1007",
-                _ => "1008",
-            };
-            next.push((watch(path, rv), Answer::HoldOpen));
+        if kind != missing {
+            next.push((watch(path, listed_version(kind)), Answer::HoldOpen));
         }
     }
     let _held = serve(&mut api, next).await;
@@ -405,7 +444,7 @@ async fn r2_missing_segment_crd_does_not_block_the_first_update_and_is_retried()
     let update = next_update(&mut rx).await;
     assert_eq!(
         update.changes,
-        vec![Change::Replace(Kind::Segment, listed(Kind::Segment))]
+        vec![Change::Replace(missing, listed(missing))]
     );
 
     stop(rx, task).await;
@@ -441,16 +480,8 @@ async fn r2_relist_after_an_expired_watch_is_a_replace_of_that_kind() {
         (list(ns), Answer::Ok(relisted.to_string())),
         (watch(ns, "1600"), Answer::HoldOpen),
     ];
-    for (kind, rv) in [
-        (Kind::Node, "1002"),
-        (Kind::Service, "1003"),
-        (Kind::Pod, "1004"),
-        (Kind::EndpointSlice, "1005"),
-        (Kind::Segment, "1211"),
-        (Kind::Gateway, "1007"),
-        (Kind::ServiceEntry, "1008"),
-    ] {
-        exchanges.push((watch(path_of(kind), rv), Answer::HoldOpen));
+    for kind in WATCHED_KINDS.into_iter().filter(|k| *k != Kind::Namespace) {
+        exchanges.push((watch(path_of(kind), listed_version(kind)), Answer::HoldOpen));
     }
     let _held = serve(&mut api, exchanges).await;
 

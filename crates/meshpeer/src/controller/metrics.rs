@@ -45,6 +45,8 @@ pub(crate) struct ControllerMetrics {
     pub(crate) source_updates: Counter,
     /// Output writes, by result.
     pub(crate) output_applies: Family<ResultLabels, Counter>,
+    /// HTTPRoute status writes (SPEC L7), by result.
+    pub(crate) route_status_writes: Family<ResultLabels, Counter>,
 }
 
 impl ControllerMetrics {
@@ -61,6 +63,7 @@ impl ControllerMetrics {
             full_recomputes: Counter::default(),
             source_updates: Counter::default(),
             output_applies: Family::default(),
+            route_status_writes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("controller");
         r.register(
@@ -117,6 +120,11 @@ impl ControllerMetrics {
             "output_applies",
             "Output writes, by result",
             m.output_applies.clone(),
+        );
+        r.register(
+            "route_status_writes",
+            "HTTPRoute status writes, by result",
+            m.route_status_writes.clone(),
         );
         std::sync::Arc::new(m)
     }

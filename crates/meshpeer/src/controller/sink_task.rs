@@ -1,5 +1,7 @@
-//! The output writer: renders the latest catalog and applies it and the peer
-//! statuses to the sink, off the controller's loop. Only the latest job
+//! The output writer: renders the latest catalog and applies it, the peer
+//! statuses and the HTTPRoute statuses (`catalog.route_status`, written only
+//! when they changed since the last successful write) to the sink, off the
+//! controller's loop. Only the latest job
 //! matters: jobs that arrive while one is being written are coalesced.
 //! Rendering is remembered per service: a service equal to the one rendered
 //! last time reuses its ServiceEntry.
@@ -12,6 +14,7 @@ use imbl::ordmap::DiffItem;
 use meshpeer_model::catalog::{GlobalCatalog, GlobalService};
 use meshpeer_model::objects::{ServiceEntry, WorkloadEntry};
 use meshpeer_model::render::{IstioFlavor, service_entry, service_entry_name, upstream_entry};
+use meshpeer_model::routes::RouteStatus;
 use meshpeer_store::{Desired, Output, PeerStatus, Sink};
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -188,6 +191,9 @@ pub(crate) async fn run(
     metrics: Arc<ControllerMetrics>,
 ) {
     let mut rendered = Rendered::new(flavor);
+    // The route statuses last written; `None` until a write succeeds (the
+    // first one also clears what an earlier run left).
+    let mut routes_written: Option<Vec<RouteStatus>> = None;
     loop {
         let job = jobs.borrow_and_update().clone();
         if job.version > 0 {
@@ -226,9 +232,17 @@ pub(crate) async fn run(
             if let Err(e) = sink.write_status(&statuses).await {
                 warn!(sink = %sink.describe(), error = %e, "cannot write peer status");
             }
+            let routes_ok = write_route_status(
+                &mut *sink,
+                &job.catalog.route_status,
+                &mut routes_written,
+                &metrics,
+            )
+            .await;
             if result.is_ok() {
                 applied.send_replace(job.version);
-            } else {
+            }
+            if result.is_err() || !routes_ok {
                 // Retry after a pause, unless a newer job comes first.
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -239,6 +253,39 @@ pub(crate) async fn run(
         }
         if jobs.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// Writes the route statuses unless they are the ones last written; false
+/// when the write failed (to be retried).
+async fn write_route_status(
+    sink: &mut dyn Sink,
+    routes: &[RouteStatus],
+    written: &mut Option<Vec<RouteStatus>>,
+    metrics: &ControllerMetrics,
+) -> bool {
+    if written.as_deref() == Some(routes) {
+        return true;
+    }
+    match sink.write_route_status(routes).await {
+        Ok(()) => {
+            metrics
+                .route_status_writes
+                .get_or_create(&ok_label(true))
+                .inc();
+            debug!(routes = routes.len(), "route status written");
+            *written = Some(routes.to_vec());
+            true
+        }
+        Err(e) => {
+            metrics
+                .route_status_writes
+                .get_or_create(&ok_label(false))
+                .inc();
+            warn!(sink = %sink.describe(), error = %e, "cannot write route status; will retry");
+            *written = None;
+            false
         }
     }
 }
@@ -389,5 +436,121 @@ mod tests {
             rendered.render(&catalog, &Desired::new(), &HeldWorkloads::new()),
             &fresh
         );
+    }
+
+    /// Records route status writes; the first `fail` of them fail.
+    struct RouteRecorder {
+        writes: tokio::sync::mpsc::UnboundedSender<Vec<RouteStatus>>,
+        fail: usize,
+    }
+
+    impl Sink for RouteRecorder {
+        fn describe(&self) -> String {
+            "recorder".into()
+        }
+
+        fn existing(&mut self) -> meshpeer_store::SinkFuture<'_, meshpeer_store::Existing> {
+            Box::pin(async { Ok(meshpeer_store::Existing::default()) })
+        }
+
+        fn apply<'a>(
+            &'a mut self,
+            _: &'a Output,
+        ) -> meshpeer_store::SinkFuture<'a, meshpeer_store::SinkReport> {
+            Box::pin(async { Ok(meshpeer_store::SinkReport::default()) })
+        }
+
+        fn write_status<'a>(
+            &'a mut self,
+            _: &'a [PeerStatus],
+        ) -> meshpeer_store::SinkFuture<'a, ()> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn write_route_status<'a>(
+            &'a mut self,
+            routes: &'a [RouteStatus],
+        ) -> meshpeer_store::SinkFuture<'a, ()> {
+            let _ = self.writes.send(routes.to_vec());
+            let fail = self.fail > 0;
+            self.fail = self.fail.saturating_sub(1);
+            Box::pin(async move {
+                if fail {
+                    Err(meshpeer_store::SinkError::Other("refused".into()))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    fn route(name: &str, generation: i64) -> RouteStatus {
+        RouteStatus {
+            namespace: "bookinfo".into(),
+            name: name.into(),
+            generation: Some(generation),
+            parents: Vec::new(),
+        }
+    }
+
+    fn job(version: u64, routes: Vec<RouteStatus>) -> Arc<SinkJob> {
+        Arc::new(SinkJob {
+            version,
+            catalog: Arc::new(GlobalCatalog {
+                route_status: routes,
+                ..GlobalCatalog::default()
+            }),
+            ..SinkJob::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn l7_route_status_is_written_when_it_changed_and_retried_when_it_failed() {
+        let (writes_tx, mut writes) = tokio::sync::mpsc::unbounded_channel();
+        let sink = RouteRecorder {
+            writes: writes_tx,
+            fail: 1,
+        };
+        let (jobs_tx, jobs) = watch::channel(Arc::new(SinkJob::default()));
+        let (error, _) = watch::channel(None);
+        let (applied, mut applied_rx) = watch::channel(0);
+        let metrics =
+            ControllerMetrics::register(&mut prometheus_client::registry::Registry::default());
+        let task = tokio::spawn(run(
+            Box::new(sink),
+            IstioFlavor::Solo,
+            jobs,
+            error,
+            applied,
+            Arc::clone(&metrics),
+        ));
+
+        // The first write fails: tried again after the pause, unasked.
+        jobs_tx.send_replace(job(1, vec![route("reviews", 1)]));
+        assert_eq!(writes.recv().await.unwrap(), vec![route("reviews", 1)]);
+        assert_eq!(writes.recv().await.unwrap(), vec![route("reviews", 1)]);
+        let failed = metrics
+            .route_status_writes
+            .get_or_create(&ok_label(false))
+            .get();
+        assert_eq!(failed, 1);
+
+        // A new catalog with the same route status: not written again.
+        jobs_tx.send_replace(job(2, vec![route("reviews", 1)]));
+        applied_rx.wait_for(|v| *v == 2).await.unwrap();
+        // A changed one (and then none) is.
+        jobs_tx.send_replace(job(3, vec![route("reviews", 2)]));
+        assert_eq!(writes.recv().await.unwrap(), vec![route("reviews", 2)]);
+        jobs_tx.send_replace(job(4, vec![]));
+        assert_eq!(writes.recv().await.unwrap(), vec![]);
+        applied_rx.wait_for(|v| *v == 4).await.unwrap();
+        assert!(writes.try_recv().is_err(), "job 2 wrote nothing");
+        let ok = metrics
+            .route_status_writes
+            .get_or_create(&ok_label(true))
+            .get();
+        assert_eq!(ok, 3);
+        drop(jobs_tx);
+        task.await.unwrap();
     }
 }
