@@ -624,6 +624,21 @@ pub(crate) struct ExplainArgs {
     /// The cluster the request starts from (default: the first cluster).
     #[arg(long, value_name = "CLUSTER")]
     pub(crate) from: Option<String>,
+    /// L7: a request header to match the routes with, `NAME: VALUE`
+    /// (repeatable), as curl's.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub(crate) headers: Vec<String>,
+    /// L7: the request method to match the routes with.
+    #[arg(
+        short = 'X',
+        long = "request",
+        value_name = "METHOD",
+        default_value = "GET"
+    )]
+    pub(crate) method: String,
+    /// L7: the request path (and query) to match the routes with.
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub(crate) path: String,
     /// File mode: a cluster folder; repeat for each cluster.
     #[arg(long, value_name = "DIR", conflicts_with = "context")]
     pub(crate) cluster: Vec<PathBuf>,

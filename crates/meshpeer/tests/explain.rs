@@ -430,3 +430,89 @@ fn bad_input_says_what_is_allowed() {
         "{err}"
     );
 }
+
+/// `meshpeer explain` with a request (`-H`, `-X`, `--path`), over both
+/// clusters of `root`: stdout lines, trimmed.
+fn explain_request(root: &Path, target: &str, from: &str, request: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshpeer"))
+        .arg("explain")
+        .arg(target)
+        .args(["--from", from])
+        .args(request)
+        .arg("--cluster")
+        .arg(root.join("cluster1"))
+        .arg("--cluster")
+        .arg(root.join("cluster2"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Seed 001: which rule of reviews' HTTPRoute a request takes, and where
+/// it sends it (L2, L3).
+#[test]
+fn l3_explain_names_the_rule_a_request_takes_and_its_backends() {
+    let tmp = copy_example("bookinfo");
+    for c in ["cluster1", "cluster2"] {
+        fs::copy(
+            examples()
+                .join("bookinfo/subsets")
+                .join(c)
+                .join("subsets.yaml"),
+            tmp.path().join(c).join("subsets.yaml"),
+        )
+        .unwrap();
+    }
+    edit(
+        tmp.path(),
+        "cluster1",
+        "bookinfo.yaml",
+        "  name: reviews\n  namespace: bookinfo\n  labels:\n",
+        "  name: reviews\n  namespace: bookinfo\n  labels:\n    solo.io/service-scope: global\n",
+    );
+    let host = "reviews.bookinfo.mesh.internal:9080";
+    let lines = explain_request(tmp.path(), host, "cluster1", &["-H", "end-user: jason"]);
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("L7 routes of reviews.bookinfo.mesh.internal:9080"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(
+        lines[at + 1..],
+        [
+            "➜ bookinfo/reviews#0: path under /, header end-user = jason",
+            "bookinfo/reviews#1: path under /",
+            "GET / end-user: jason takes bookinfo/reviews#0",
+            "-> reviews-v2.bookinfo.mesh.internal:9080 weight 1 (100%) [L2]",
+        ]
+    );
+    let lines = explain_request(
+        tmp.path(),
+        host,
+        "cluster1",
+        &["-X", "post", "--path", "/x?y=1"],
+    );
+    assert!(
+        lines.contains(&"POST /x?y=1 takes bookinfo/reviews#1".to_owned()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .contains(&"-> reviews-v1.bookinfo.mesh.internal:9080 weight 1 (100%) [L2]".to_owned())
+    );
+    // Routes are cluster1's: from cluster2 the name has none.
+    let lines = explain_request(tmp.path(), host, "cluster2", &["-H", "end-user: jason"]);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("L7 routes")),
+        "{lines:#?}"
+    );
+}

@@ -27,7 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshpeer_model::routes::{
     BackendTarget, HeaderEdit, PathEdit, PathMatch, Redirect, RouteFilter, RouteRule, RouteTable,
 };
-use regex::Regex;
+
+pub(super) use meshpeer_model::routes::CompiledTable as Compiled;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
@@ -36,163 +37,30 @@ use super::{Ctx, Stream, connect_global};
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type Backends = Client<Connector, ProxyBody>;
 
-/// A route table with its patterns compiled.
-pub(super) struct Compiled {
-    table: Arc<RouteTable>,
-    rules: Vec<CompiledRule>,
-}
+/// A request as the route table matches it.
+struct Matched<'a, B>(&'a Request<B>);
 
-struct CompiledRule {
-    path: Option<Regex>,
-    headers: Vec<(HeaderName, Matcher)>,
-    query: Vec<(String, Matcher)>,
-}
-
-enum Matcher {
-    Exact(String),
-    Regex(Regex),
-}
-
-impl Matcher {
-    fn new(value: &str, regex: bool) -> Option<Matcher> {
-        Some(if regex {
-            Matcher::Regex(anchored(value)?)
-        } else {
-            Matcher::Exact(value.to_owned())
-        })
+impl<B> meshpeer_model::routes::Request for Matched<'_, B> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
     }
 
-    fn is_match(&self, v: &str) -> bool {
-        match self {
-            Matcher::Exact(e) => e == v,
-            Matcher::Regex(r) => r.is_match(v),
-        }
-    }
-}
-
-/// The whole value must match, as the Gateway API means it. The model
-/// refused patterns that do not compile; one that fails here matches
-/// nothing.
-fn anchored(pattern: &str) -> Option<Regex> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
-        .ok()
-}
-
-impl Compiled {
-    fn new(table: Arc<RouteTable>) -> Compiled {
-        let rules = table
-            .rules
-            .iter()
-            .map(|r| CompiledRule {
-                path: match &r.matches.path {
-                    PathMatch::RegularExpression(p) => {
-                        Some(anchored(p).unwrap_or_else(never_matches))
-                    }
-                    _ => None,
-                },
-                headers: r
-                    .matches
-                    .headers
-                    .iter()
-                    .filter_map(|h| {
-                        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-                        Some((
-                            name,
-                            Matcher::new(&h.value, h.regex)
-                                .unwrap_or_else(|| Matcher::Regex(never_matches())),
-                        ))
-                    })
-                    .collect(),
-                query: r
-                    .matches
-                    .query_params
-                    .iter()
-                    .map(|q| {
-                        (
-                            q.name.clone(),
-                            Matcher::new(&q.value, q.regex)
-                                .unwrap_or_else(|| Matcher::Regex(never_matches())),
-                        )
-                    })
-                    .collect(),
-            })
-            .collect();
-        Compiled { table, rules }
+    fn path(&self) -> &str {
+        self.0.uri().path()
     }
 
-    /// The first rule whose match holds for the request (L3).
-    fn find<B>(&self, req: &Request<B>) -> Option<&RouteRule> {
-        let path = req.uri().path();
-        let query = req.uri().query().unwrap_or_default();
-        self.table
-            .rules
-            .iter()
-            .zip(&self.rules)
-            .find(|(rule, c)| matches(rule, c, req, path, query))
-            .map(|(rule, _)| rule)
+    fn query(&self) -> &str {
+        self.0.uri().query().unwrap_or_default()
     }
-}
 
-fn never_matches() -> Regex {
-    #[allow(clippy::unwrap_used)] // a constant pattern that compiles
-    Regex::new("[^\\s\\S]").unwrap()
-}
-
-fn matches<B>(
-    rule: &RouteRule,
-    c: &CompiledRule,
-    req: &Request<B>,
-    path: &str,
-    query: &str,
-) -> bool {
-    let m = &rule.matches;
-    let path_ok = match &m.path {
-        PathMatch::Exact(p) => path == p,
-        PathMatch::PathPrefix(p) => prefix_matches(p, path),
-        PathMatch::RegularExpression(_) => c.path.as_ref().is_some_and(|r| r.is_match(path)),
-    };
-    if !path_ok {
-        return false;
-    }
-    if let Some(method) = &m.method
-        && req.method().as_str() != method
-    {
-        return false;
-    }
-    for (name, want) in &c.headers {
-        let found = req
+    fn any_header(&self, name: &str, pred: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.0
             .headers()
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| want.is_match(v));
-        if !found {
-            return false;
-        }
+            .any(pred)
     }
-    for (name, want) in &c.query {
-        // Only the first parameter of a name counts (Gateway API).
-        let first = query.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then_some(v)
-        });
-        if !first.is_some_and(|v| want.is_match(v)) {
-            return false;
-        }
-    }
-    true
-}
-
-/// Element-wise prefix (`/foo` matches `/foo` and `/foo/bar`, not
-/// `/foobar`); the model trimmed trailing slashes.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if prefix == "/" {
-        return true;
-    }
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The path after a `ReplacePrefixMatch` of `prefix` by `with`.
@@ -416,7 +284,7 @@ impl TableCache {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let key = (table.host.clone(), table.port);
         if let Some(c) = map.get(&key)
-            && Arc::ptr_eq(&c.table, table)
+            && Arc::ptr_eq(c.table(), table)
         {
             return Arc::clone(c);
         }
@@ -546,7 +414,7 @@ async fn route(
         attempts: 0,
         why: None,
     };
-    let Some(rule) = frontend.table.find(&req) else {
+    let Some(rule) = frontend.table.find(&Matched(&req)) else {
         outcome.why = Some("no rule matches".into());
         return (
             local(
@@ -927,15 +795,6 @@ fn split_host_port(authority: &str) -> (String, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn l3_path_prefixes_match_whole_segments() {
-        assert!(prefix_matches("/", "/anything"));
-        assert!(prefix_matches("/foo", "/foo"));
-        assert!(prefix_matches("/foo", "/foo/bar"));
-        assert!(!prefix_matches("/foo", "/foobar"));
-        assert!(!prefix_matches("/foo", "/fo"));
-    }
 
     #[test]
     fn l4_prefix_rewrites_replace_only_the_matched_part() {

@@ -31,7 +31,9 @@ pub(crate) fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         Some(f) => f.clone(),
         None => facts.first().map(|f| f.name.clone()).unwrap_or_default(),
     };
-    let query = Query::parse(&args.target, &from).map_err(anyhow::Error::msg)?;
+    let query = Query::parse(&args.target, &from)
+        .and_then(|q| q.with_request(&args.method, &args.path, &args.headers))
+        .map_err(anyhow::Error::msg)?;
     let mut account = explain(&facts, &query).map_err(anyhow::Error::msg)?;
     if let Some(proxy) = &args.proxy {
         let body = rt

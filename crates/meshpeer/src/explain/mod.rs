@@ -21,6 +21,8 @@ use meshpeer_model::{
 };
 use serde::{Deserialize, Serialize};
 
+use meshpeer_model::routes::{BackendTarget, CompiledTable, RequestParts};
+
 use crate::check::{ClusterFacts, Live};
 use crate::controller::LinkState;
 
@@ -31,6 +33,9 @@ pub struct Query {
     pub host: String,
     pub port: Option<u16>,
     pub from: String,
+    /// The request whose route is asked for, when the port is routed at
+    /// L7 (default `GET /`, no headers).
+    pub request: RequestParts,
 }
 
 impl Query {
@@ -55,8 +60,86 @@ impl Query {
             host,
             port,
             from: from.to_owned(),
+            request: RequestParts {
+                method: "GET".into(),
+                path: "/".into(),
+                ..RequestParts::default()
+            },
         })
     }
+
+    /// The request to match at L7: `-X METHOD`, `--path /p?q`, `-H 'Name:
+    /// value'` (repeatable), as curl takes them.
+    pub fn with_request(
+        mut self,
+        method: &str,
+        path: &str,
+        headers: &[String],
+    ) -> Result<Query, String> {
+        if !path.starts_with('/') {
+            return Err(format!("--path {path:?} must start with '/'"));
+        }
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let mut parsed = Vec::new();
+        for h in headers {
+            let (n, v) = h
+                .split_once(':')
+                .ok_or_else(|| format!("-H {h:?}: a header is 'Name: value'"))?;
+            parsed.push((n.trim().to_owned(), v.trim().to_owned()));
+        }
+        self.request = RequestParts {
+            method: method.to_ascii_uppercase(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: parsed,
+        };
+        Ok(self)
+    }
+}
+
+/// L7 (section 11): the rules a frontend's routes give it, which one the
+/// request asked about takes, and where that sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteAccount {
+    /// `host:port`.
+    pub frontend: String,
+    /// The request matched, as `METHOD /path?query header: value ...`.
+    pub request: String,
+    /// Every rule, in the order the proxy tries them (L3).
+    pub rules: Vec<RuleLine>,
+    /// The index in `rules` of the rule the request takes; none: 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<usize>,
+    /// What the matched rule does besides sending (filters, redirect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
+    /// Where the matched rule sends requests, by weight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<BackendLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleLine {
+    /// `namespace/name`.
+    pub route: String,
+    pub rule: usize,
+    /// The match, as text.
+    #[serde(rename = "match")]
+    pub matches: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendLine {
+    pub name: String,
+    pub weight: u32,
+    /// Share of the rule's requests, in percent (`66.7`).
+    pub percent: String,
+    /// Why it does not resolve (its share gets 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
 }
 
 /// One line of the account.
@@ -242,6 +325,9 @@ pub struct Explanation {
     /// proxy was asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// L7 routes of the frontend, when it has some (section 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RouteAccount>,
 }
 
 impl Explanation {
@@ -334,6 +420,7 @@ pub fn explain(facts: &[ClusterFacts], query: &Query) -> Result<Explanation, Str
         client: None,
         tiers: Vec::new(),
         health: None,
+        routes: None,
     };
     let found = catalog.services.values().find(|s| {
         s.hostname == query.host
@@ -498,6 +585,119 @@ fn present(
     }
     out.distribution = Some(distribution(catalog, svc));
     tiers(catalog, svc, query.port, out);
+    out.routes = route_account(catalog, svc, query);
+}
+
+/// The route account of the frontend asked about: the port given, else
+/// the first port with routes.
+fn route_account(
+    catalog: &GlobalCatalog,
+    svc: &GlobalService,
+    query: &Query,
+) -> Option<RouteAccount> {
+    let table = catalog
+        .routes
+        .iter()
+        .find(|t| t.host == svc.hostname && query.port.is_none_or(|p| p == t.port))?;
+    let compiled = CompiledTable::new(std::sync::Arc::clone(table));
+    let matched = compiled.find(&query.request);
+    let rules: Vec<RuleLine> = table
+        .rules
+        .iter()
+        .map(|r| RuleLine {
+            route: r.route.clone(),
+            rule: r.rule,
+            matches: match_text(&r.matches),
+        })
+        .collect();
+    let index = matched.and_then(|m| table.rules.iter().position(|r| std::ptr::eq(r, m)));
+    let total: u64 = matched
+        .map(|m| m.backends.iter().map(|b| u64::from(b.weight)).sum())
+        .unwrap_or(0);
+    let backends = matched
+        .map(|m| {
+            m.backends
+                .iter()
+                .map(|b| BackendLine {
+                    name: b.target.name(),
+                    weight: b.weight,
+                    percent: if total == 0 {
+                        "0".into()
+                    } else {
+                        format!("{:.1}", f64::from(b.weight) * 100.0 / total as f64)
+                            .trim_end_matches(".0")
+                            .to_owned()
+                    },
+                    unresolved: match &b.target {
+                        BackendTarget::Unresolved { reason, .. } => Some(reason.clone()),
+                        _ => None,
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let filters = matched
+        .map(|m| m.filters.iter().map(filter_text).collect())
+        .unwrap_or_default();
+    let r = &query.request;
+    let mut request = format!("{} {}", r.method, r.path);
+    if !r.query.is_empty() {
+        request.push('?');
+        request.push_str(&r.query);
+    }
+    for (n, v) in &r.headers {
+        request.push_str(&format!(" {n}: {v}"));
+    }
+    Some(RouteAccount {
+        frontend: format!("{}:{}", table.host, table.port),
+        request,
+        rules,
+        matched: index,
+        filters,
+        backends,
+    })
+}
+
+fn match_text(m: &meshpeer_model::routes::RouteMatch) -> String {
+    use meshpeer_model::routes::PathMatch;
+    let mut parts = vec![match &m.path {
+        PathMatch::Exact(p) => format!("path = {p}"),
+        PathMatch::PathPrefix(p) => format!("path under {p}"),
+        PathMatch::RegularExpression(p) => format!("path ~ {p}"),
+    }];
+    if let Some(method) = &m.method {
+        parts.push(format!("method {method}"));
+    }
+    for h in &m.headers {
+        parts.push(format!(
+            "header {} {} {}",
+            h.name,
+            if h.regex { "~" } else { "=" },
+            h.value
+        ));
+    }
+    for q in &m.query_params {
+        parts.push(format!(
+            "query {} {} {}",
+            q.name,
+            if q.regex { "~" } else { "=" },
+            q.value
+        ));
+    }
+    parts.join(", ")
+}
+
+fn filter_text(f: &meshpeer_model::routes::RouteFilter) -> String {
+    use meshpeer_model::routes::RouteFilter;
+    match f {
+        RouteFilter::RequestHeaderModifier(_) => "request headers modified".into(),
+        RouteFilter::ResponseHeaderModifier(_) => "response headers modified".into(),
+        RouteFilter::RequestRedirect(r) => format!("redirect ({}): no backend is asked", r.status),
+        RouteFilter::UrlRewrite(_) => "URL rewritten".into(),
+        RouteFilter::RequestMirror(m) => {
+            format!("mirrored to {} ({}%)", m.target.name(), m.percent)
+        }
+    }
 }
 
 fn absent(

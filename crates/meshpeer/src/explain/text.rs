@@ -90,7 +90,49 @@ pub(super) fn render(e: &Explanation) -> String {
             }
         }
     }
+    if let Some(r) = &e.routes {
+        routes(r, &mut out);
+    }
     out
+}
+
+fn routes(r: &super::RouteAccount, out: &mut String) {
+    let _ = writeln!(
+        out,
+        "\nL7 routes of {}, tried in this order [L3] (requests on this port follow them; each backend picks its endpoint by its own tiers: explain the backend's name for them):",
+        r.frontend
+    );
+    for (i, rule) in r.rules.iter().enumerate() {
+        let mark = if r.matched == Some(i) { "➜" } else { " " };
+        let _ = writeln!(
+            out,
+            "  {mark} {}#{}: {}",
+            rule.route, rule.rule, rule.matches
+        );
+    }
+    match r.matched {
+        None => {
+            let _ = writeln!(out, "{} matches no rule: 404 [L3]", r.request);
+        }
+        Some(i) => {
+            let rule = &r.rules[i];
+            let _ = writeln!(out, "{} takes {}#{}", r.request, rule.route, rule.rule);
+            for f in &r.filters {
+                let _ = writeln!(out, "  {f} [L4]");
+            }
+            for b in &r.backends {
+                let why = match &b.unresolved {
+                    Some(w) => format!(" ❌ does not resolve, its share gets 500: {w}"),
+                    None => String::new(),
+                };
+                let _ = writeln!(
+                    out,
+                    "  -> {} weight {} ({}%){why} [L2]",
+                    b.name, b.weight, b.percent
+                );
+            }
+        }
+    }
 }
 
 /// ` ⚠ ejected for 12.3 s more (passive health, T6)`, or nothing.

@@ -9,6 +9,10 @@
 //! frontends a route attaches to, which backends resolve, the order of the
 //! rules) is decided here.
 
+mod matching;
+
+pub use matching::{CompiledTable, Request, RequestParts, prefix_matches};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
