@@ -195,8 +195,26 @@
         el('td', { class: 'mono' }, e.ports.map((p) => `${p.port}→${p.target}`).join(', '))))));
   }
 
+  function routeTable(s) {
+    return el('table', { 'data-testid': 'route-table' },
+      el('caption', {}, 'L7 routes (HTTPRoutes of this cluster)'),
+      el('thead', {}, el('tr', {},
+        ['Port', 'Route', 'Rules', 'Status'].map((h) => el('th', { scope: 'col' }, h)))),
+      el('tbody', {}, s.routes.map((r) => el('tr', { 'data-testid': 'route-row', 'data-route': r.route },
+        el('td', { class: 'mono' }, String(r.port)),
+        el('th', { scope: 'row', class: 'mono' }, r.route),
+        el('td', {}, String(r.rules)),
+        el('td', {}, r.conditions.map((c) => badge(
+          `${c.type} ${c.status}${c.reason ? ` (${c.reason})` : ''}`,
+          c.type === 'meshpeer.io/Conflicted' ? 'warn' : (c.status === 'True' ? 'ok' : 'bad'),
+          { title: c.message || '' })))))));
+  }
+
   function detailsRow(s, id) {
     const cell = el('td', { colspan: 10 });
+    if (s.routes && s.routes.length) {
+      cell.append(routeTable(s));
+    }
     for (const c of s.contributions) {
       const how = { local: 'this cluster', direct: 'same network, direct', gateway: 'through its east-west gateway' }[c.reach] || c.reach;
       cell.append(el('h3', {}, `${c.cluster} · network ${c.network} · ${how}${c.stale ? ' · stale (peer disconnected)' : ''}`));
@@ -231,7 +249,10 @@
     el('td', { 'data-col': 'scope' }, s.scope),
     el('td', { 'data-col': 'segment' }, s.segment || 'default'),
     el('td', { class: 'mono', 'data-col': 'vip' }, s.vip),
-    el('td', { class: 'mono', 'data-col': 'ports' }, s.ports.map((p) => `${p.number}/${p.protocol}`).join(', ')),
+    el('td', { class: 'mono', 'data-col': 'ports' }, s.ports.map((p) => {
+      const routed = (s.routes || []).some((r) => r.port === p.number);
+      return `${p.number}/${p.protocol}${routed ? ' (L7 routes)' : ''}`;
+    }).join(', ')),
     el('td', { 'data-col': 'distribution' }, s.trafficDistribution),
     el('td', { 'data-col': 'takeover' }, takeover),
     el('td', { 'data-col': 'clusters' }, s.clusters.join(', ')),

@@ -75,8 +75,10 @@ pub(crate) enum Command {
 pub(crate) struct DemoArgs {
     #[command(subcommand)]
     pub(crate) command: Option<DemoCommand>,
-    /// The scenario: `httpbin` (seed 004), `bookinfo` (seed 000) or
-    /// `httpbin-flat` (httpbin with both clusters on one network, seed 002).
+    /// The scenario: `httpbin` (seed 004), `bookinfo` (seed 000),
+    /// `bookinfo-subsets` (seed 001: reviews-v1 and reviews-v2 in two
+    /// clusters, an HTTPRoute between them) or `httpbin-flat` (httpbin with
+    /// both clusters on one network, seed 002).
     #[arg(value_name = "SCENARIO", default_value = "httpbin")]
     pub(crate) scenario: String,
     #[command(flatten)]

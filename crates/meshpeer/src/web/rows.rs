@@ -75,6 +75,23 @@ pub struct ServiceRow {
     pub total: usize,
     /// Per contributing cluster, in the order of `clusters`.
     pub contributions: Vec<ContributionRow>,
+    /// HTTPRoutes of this cluster routing the service's ports (L7).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteRow>,
+}
+
+/// An HTTPRoute routing one port of a global service here (L7), with the
+/// status meshpeer gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRow {
+    pub port: u16,
+    /// `namespace/name`.
+    pub route: String,
+    /// Its rules (one per match) on this port.
+    pub rules: usize,
+    /// `Accepted`, `ResolvedRefs`, `meshpeer.io/Conflicted`.
+    pub conditions: Vec<meshpeer_model::objects::Condition>,
 }
 
 /// One cluster's part of a global service, with its endpoints.
@@ -264,12 +281,47 @@ pub fn services(name: &str, view: &View) -> ServiceList {
             .catalog
             .services
             .values()
-            .map(|s| service_row(s, &stale))
+            .map(|s| service_row(s, &stale, &view.catalog))
             .collect(),
     }
 }
 
-fn service_row(s: &GlobalService, stale: &[&str]) -> ServiceRow {
+/// The routes of the catalog's tables for `hostname`, by port and route.
+fn route_rows(catalog: &meshpeer_model::GlobalCatalog, hostname: &str) -> Vec<RouteRow> {
+    let mut rows: Vec<RouteRow> = Vec::new();
+    for t in catalog.routes.iter().filter(|t| t.host == hostname) {
+        for r in &t.rules {
+            match rows
+                .iter_mut()
+                .find(|x| x.port == t.port && x.route == r.route)
+            {
+                Some(row) => row.rules += 1,
+                None => {
+                    let conditions = catalog
+                        .route_status
+                        .iter()
+                        .find(|s| format!("{}/{}", s.namespace, s.name) == r.route)
+                        .and_then(|s| s.parents.first())
+                        .map(|p| p.conditions.clone())
+                        .unwrap_or_default();
+                    rows.push(RouteRow {
+                        port: t.port,
+                        route: r.route.clone(),
+                        rules: 1,
+                        conditions,
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
+fn service_row(
+    s: &GlobalService,
+    stale: &[&str],
+    catalog: &meshpeer_model::GlobalCatalog,
+) -> ServiceRow {
     let contributions: Vec<ContributionRow> = s
         .contributions
         .iter()
@@ -290,6 +342,7 @@ fn service_row(s: &GlobalService, stale: &[&str]) -> ServiceRow {
         ready: contributions.iter().map(|c| c.ready).sum(),
         total: contributions.iter().map(|c| c.total).sum(),
         contributions,
+        routes: route_rows(catalog, &s.hostname),
     }
 }
 
@@ -462,6 +515,67 @@ mod tests {
         // Stale comes from the peer's status, per contribution.
         assert!(!local.stale);
         assert!(remote.stale, "cluster2's export is kept from a lost stream");
+    }
+
+    #[test]
+    fn l7_service_rows_list_the_routes_of_their_ports_with_their_status() {
+        use meshpeer_model::routes::{
+            RouteMatch, RouteRule, RouteStatus, RouteTable, RouteTimeouts,
+        };
+        let mut v = view();
+        let mut catalog = (*v.catalog).clone();
+        let rule = |i: usize| RouteRule {
+            route: "httpbin/r".into(),
+            rule: i,
+            rule_name: None,
+            matches: RouteMatch::default(),
+            filters: Vec::new(),
+            backends: Vec::new(),
+            timeouts: RouteTimeouts::default(),
+            retries: 2,
+        };
+        catalog.routes = vec![Arc::new(RouteTable {
+            host: "in-ambient.httpbin.mesh.internal".into(),
+            port: 8000,
+            rules: vec![rule(0), rule(1)],
+        })];
+        let accepted = Condition {
+            type_: "Accepted".into(),
+            status: "True".into(),
+            reason: Some("Accepted".into()),
+            message: None,
+            last_transition_time: None,
+            observed_generation: None,
+        };
+        catalog.route_status = vec![RouteStatus {
+            namespace: "httpbin".into(),
+            name: "r".into(),
+            generation: None,
+            parents: vec![meshpeer_model::objects::RouteParentStatus {
+                parent_ref: Default::default(),
+                controller_name: "meshpeer.io/mesh-controller".into(),
+                conditions: vec![accepted.clone()],
+            }],
+        }];
+        v.catalog = Arc::new(catalog);
+        let list = services("cluster1", &v);
+        assert_eq!(
+            list.services[0].routes,
+            [RouteRow {
+                port: 8000,
+                route: "httpbin/r".into(),
+                rules: 2,
+                conditions: vec![accepted],
+            }]
+        );
+        let json = serde_json::to_value(&list).unwrap_or_default();
+        assert_eq!(
+            json["services"][0]["routes"][0]["conditions"][0]["type"],
+            "Accepted"
+        );
+        // No routes: no field.
+        let json = serde_json::to_value(services("cluster1", &view())).unwrap_or_default();
+        assert!(json["services"][0].get("routes").is_none());
     }
 
     #[test]
