@@ -904,3 +904,117 @@ async fn l4_request_mirrors_send_a_copy_whose_answer_is_dropped() {
     }
     b.mesh.shutdown().await;
 }
+
+/// A global Service `name` in `bookinfo` with the given ports
+/// `(name, port, targetPort)` and one ready pod at `ip`.
+fn service_ports(name: &str, ports: &[(&str, u16, u16)], ip: &str) -> String {
+    let ports: Vec<String> = ports
+        .iter()
+        .map(|(n, p, t)| format!("{{name: {n}, port: {p}, targetPort: {t}}}"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bookinfo, labels: {{solo.io/service-scope: global}}}}\n\
+         spec:\n  selector: {{app: {name}}}\n  ports: [{}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}-0, namespace: bookinfo, labels: {{app: {name}}}}}\n\
+         spec:\n  containers: [{{name: app, image: x}}]\n\
+         status:\n  phase: Running\n  podIP: {ip}\n  conditions: [{{type: Ready, status: \"True\"}}]\n",
+        ports.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_only_routed_http_ports_are_parsed_and_http2_backends_get_http2() {
+    let b = Bookinfo::start().await;
+    let (c1, c2) = (b.mesh.cluster("cluster1"), b.mesh.cluster("cluster2"));
+    // cluster2: an HTTP/2 service (port name http2); cluster1: a Service
+    // with an HTTP port and a TCP port.
+    let ip2 = c2.pod_ip(7);
+    c2.write(
+        "h2.yaml",
+        &service_ports("h2svc", &[("http2", 9000, 9090)], &ip2),
+    );
+    let _h2 = HttpBackend::start(format!("{ip2}:9090").parse().unwrap(), "h2svc/cluster2").await;
+    let ip1 = c1.pod_ip(7);
+    c1.write(
+        "mixed.yaml",
+        &service_ports(
+            "mixed",
+            &[("http", 8000, 8080), ("tcp-echo", 9000, 9090)],
+            &ip1,
+        ),
+    );
+    let _http = HttpBackend::start(format!("{ip1}:8080").parse().unwrap(), "mixed/cluster1").await;
+    let _echo =
+        support::Backend::start(format!("{ip1}:9090").parse().unwrap(), "echo/cluster1").await;
+    c1.wait_route("h2svc.bookinfo.mesh.internal", 9000, &["cluster2"])
+        .await;
+    let mixed = "mixed.bookinfo.mesh.internal";
+    let http_vip = c1.wait_route(mixed, 8000, &["cluster1"]).await;
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mixed, namespace: bookinfo}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: mixed}]
+  rules:
+  - backendRefs: [{group: networking.istio.io, kind: Hostname, name: h2svc.bookinfo.mesh.internal, port: 9000}]
+";
+    c1.write("mixed-route.yaml", route);
+    let mut state = c1.proxy().state.clone();
+    tokio::time::timeout(
+        WITHIN,
+        state.wait_for(|s| s.feed.catalog.routes.iter().any(|t| t.host == mixed)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Only the HTTP port got a table; the TCP port is not a frontend.
+    let tables: Vec<u16> = state
+        .borrow()
+        .feed
+        .catalog
+        .routes
+        .iter()
+        .filter(|t| t.host == mixed)
+        .map(|t| t.port)
+        .collect();
+    assert_eq!(tables, [8000]);
+    let c = client(false);
+    let req = |vip: SocketAddr| {
+        let c = c.clone();
+        async move {
+            let res = c
+                .request(
+                    Request::builder()
+                        .uri(format!("http://{vip}/"))
+                        .header("host", format!("{mixed}:8000"))
+                        .header("connection", "keep-alive, x-hop")
+                        .header("x-hop", "1")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    // Routed: HTTP/2 to the backend, the client's Host as
+    // x-forwarded-host, connection-level headers dropped.
+    let a = req(http_vip).await;
+    assert_eq!(a["name"], "h2svc/cluster2", "{a}");
+    assert_eq!(a["version"], "HTTP/2.0");
+    assert_eq!(a["headers"]["x-forwarded-host"][0], format!("{mixed}:8000"));
+    assert!(a["headers"].get("x-hop").is_none(), "{a}");
+    // The TCP port of the same service stays a byte stream.
+    let echo_vip = SocketAddr::new(http_vip.ip(), 9000);
+    assert_eq!(support::ask(echo_vip).await.unwrap(), "echo/cluster1");
+    // An HTTP port without a route is not parsed: every header arrives as
+    // the client sent it.
+    let v1 = c1
+        .wait_route("reviews-v1.bookinfo.mesh.internal", 8000, &["cluster1"])
+        .await;
+    let a = req(v1).await;
+    assert_eq!(a["name"], "reviews-v1/cluster1");
+    assert_eq!(a["headers"]["x-hop"][0], "1");
+    b.mesh.shutdown().await;
+}

@@ -102,6 +102,18 @@ enum Op {
         ip: u8,
     },
     DeleteEntries,
+    /// An HTTPRoute on a Service, to a Service or a Hostname (section 11).
+    Route {
+        ns: u8,
+        n: u8,
+        parent: u8,
+        backend: u8,
+        hostname: bool,
+    },
+    DeleteRoute {
+        ns: u8,
+        n: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -128,6 +140,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..8u8, 0..6u8).prop_map(|(ip, host)| Op::UserEntry { ip, host }),
         1 => (0..4u8, 0..8u8).prop_map(|(svc, ip)| Op::GeneratedEntry { svc, ip }),
         1 => Just(Op::DeleteEntries),
+        2 => (0..2u8, 0..2u8, 0..4u8, 0..4u8, any::<bool>())
+            .prop_map(|(ns, n, parent, backend, hostname)| Op::Route { ns, n, parent, backend, hostname }),
+        1 => (0..2u8, 0..2u8).prop_map(|(ns, n)| Op::DeleteRoute { ns, n }),
     ]
 }
 
@@ -160,6 +175,28 @@ fn service(ns: u8, name: u8, variant: u8) -> Object {
         sel.insert("app".into(), format!("svc{}", (name + 1) % 4));
     }
     Object::Service(s)
+}
+
+fn route(ns: u8, n: u8, parent: u8, backend: u8, hostname: bool) -> Object {
+    let ns = ns_name(ns);
+    let backend = if hostname {
+        serde_json::json!({"group": "networking.istio.io", "kind": "Hostname",
+            "name": format!("svc{backend}.{ns}.mesh.internal"), "port": 8000})
+    } else {
+        serde_json::json!({"name": format!("svc{backend}"), "port": 8000})
+    };
+    let route = serde_json::json!({
+        "metadata": {"name": format!("route{n}"), "namespace": ns},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": format!("svc{parent}")}],
+            "rules": [
+                {"matches": [{"headers": [{"name": "x-user", "value": format!("u{n}")}]}],
+                 "backendRefs": [backend.clone()]},
+                {"backendRefs": [backend]},
+            ],
+        },
+    });
+    Object::HttpRoute(serde_json::from_value(route).unwrap())
 }
 
 fn entry(name: &str, host: &str, ip: &str, managed: bool) -> Object {
@@ -320,6 +357,14 @@ fn change_in(op: &Op, snap: &ClusterSnapshot, peers: &str) -> Change {
             true,
         )),
         Op::DeleteEntries => Change::Replace(Kind::ServiceEntry, Vec::new()),
+        Op::Route {
+            ns,
+            n,
+            parent,
+            backend,
+            hostname,
+        } => Change::Apply(route(ns, n, parent, backend, hostname)),
+        Op::DeleteRoute { ns, n } => del(Kind::HttpRoute, &ns_name(ns), format!("route{n}")),
         Op::Config { region } => {
             let mut c = snap.config.clone();
             c.region = (region > 0).then(|| format!("region{region}"));

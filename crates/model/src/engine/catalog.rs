@@ -303,7 +303,10 @@ impl CatalogEngine {
         // Routes attach to global names and manual entries and point at
         // global names: compiled again when one of those changed. Their
         // cost follows the number of routes, and nothing is done without.
-        if !own_snap.http_routes.is_empty() || !self.catalog.routes.is_empty() {
+        let had_routes = !self.catalog.routes.is_empty()
+            || !self.catalog.route_status.is_empty()
+            || !self.route_diags.is_empty();
+        if !own_snap.http_routes.is_empty() || had_routes {
             let names_changed =
                 !self.catalog.services.ptr_eq(&before) || manual_before != self.catalog.manual;
             if changes.routes || full || names_changed || !self.started {
