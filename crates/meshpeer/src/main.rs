@@ -2,6 +2,7 @@
 
 mod cli;
 mod cmd;
+mod log_writer;
 
 use std::process::ExitCode;
 
@@ -10,11 +11,14 @@ use clap::Parser;
 fn main() -> ExitCode {
     meshpeer_identity::install_default_provider();
     let cli = cli::Cli::parse();
-    match cmd::run(cli) {
+    let code = match cmd::run(cli) {
         Ok(code) => code,
         Err(e) => {
+            log_writer::flush();
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    log_writer::flush();
+    code
 }

@@ -573,11 +573,20 @@ async fn route(
     let deadline = overall.map(|d| tokio::time::Instant::now() + d);
     let mut last_error = String::new();
     let mut last_response = None;
+    let idempotent = parts.method.is_idempotent();
+    // The head is copied only for attempts that may follow.
+    parts.extensions = http::Extensions::new();
+    let mut parts = Some(parts);
     for attempt in 1..=attempts {
         outcome.attempts = attempt;
         let body = body.take().unwrap_or_else(empty);
-        let mut req = Request::from_parts(parts.clone(), body);
-        *req.extensions_mut() = http::Extensions::new();
+        let head = if attempt < attempts {
+            parts.clone()
+        } else {
+            parts.take()
+        };
+        let Some(head) = head else { break };
+        let req = Request::from_parts(head, body);
         let call = client.request(req);
         let limit = match (per_try, deadline) {
             (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
@@ -626,8 +635,7 @@ async fn route(
                 // backend; a bodiless idempotent request whose connection
                 // broke before an answer may be sent again (RFC 9110
                 // 9.2.2): a pooled connection to a backend that went away.
-                let retriable =
-                    e.is_connect() || refused_stream(&e) || parts.method.is_idempotent();
+                let retriable = e.is_connect() || refused_stream(&e) || idempotent;
                 debug!(attempt, error = %last_error, "backend request failed");
                 if !retriable || attempt == attempts {
                     break;
