@@ -294,6 +294,14 @@ async function main() {
       ts.map((t) => `${t.dataset.cluster}:${t.querySelectorAll('[data-testid="endpoint-row"]').length}`));
     expect('endpoint tables', tables.join(' '), 'cluster1:1 cluster2:1');
     expect('aria-expanded', await page.getAttribute(`${row(GLOBAL)} [data-testid="toggle-endpoints"]`, 'aria-expanded'), 'true');
+    // cluster1's HTTPRoute on the service (L7): its row, its conditions,
+    // and the port marked as routed.
+    const routeRow = `${details} [data-testid="route-table"] tr[data-testid="route-row"][data-route="httpbin/in-ambient"]`;
+    await page.waitForSelector(routeRow);
+    const routeCells = await page.$$eval(`${routeRow} td`, (tds) => tds.map((td) => td.textContent));
+    expect('route row', routeCells.join(' | '), '8000 | 2 | Accepted True (Accepted)ResolvedRefs True (ResolvedRefs)');
+    const ports = await page.textContent(`${row(GLOBAL)} [data-col="ports"]`);
+    expect('routed port', ports, '8000/HTTP (L7 routes)');
 
     log(`labelling helloworld global in ${folder}`);
     relabel(join(folder, 'helloworld.yaml'));

@@ -210,6 +210,23 @@ async fn mesh_and_page(traffic: bool) -> (Mesh, SocketAddr, JoinHandle<()>, Opti
         );
     }
     let c1 = mesh.cluster("cluster1");
+    if traffic {
+        // An HTTPRoute on in-ambient (L7), for the page's route table: a
+        // header rule and a default rule, both to the service itself.
+        c1.write(
+            "route.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: in-ambient, namespace: httpbin}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: in-ambient, port: 8000}]
+  rules:
+  - matches: [{headers: [{name: end-user, value: jason}]}]
+    backendRefs: [{group: networking.istio.io, kind: Hostname, name: in-ambient.httpbin.mesh.internal, port: 8000}]
+  - backendRefs: [{group: networking.istio.io, kind: Hostname, name: in-ambient.httpbin.mesh.internal, port: 8000}]
+",
+        );
+    }
     c1.write("sample.yaml", &namespace("sample", &[]));
     c1.write(
         "helloworld.yaml",
