@@ -384,6 +384,20 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
     for t in ["Accepted", "ResolvedRefs"] {
         assert_eq!(st.condition(0, t).unwrap().status, "True", "{st:#?}");
     }
+    // The Traffic view's flows (issue 16): the requests that went to v2,
+    // from cluster1 to cluster2 (the seed's 2 + 5 of the keep-alive loop).
+    let flows = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.contains("dataplane_flow_connections_total{")
+                    && l.contains("reporter=\"proxy\"")
+                    && l.contains("destination_cluster=\"cluster2\"")
+                    && l.contains("service=\"reviews-v2.bookinfo.mesh.internal\"")
+                    && l.contains("outcome=\"ok\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
     // L8: requests counted by destination cluster.
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &b.mesh.cluster("cluster1").registry)
@@ -395,6 +409,7 @@ async fn l1_l2_l3_seed_001_a_header_sends_one_user_to_v2_in_the_other_cluster() 
                 && l.contains("status_class=\"2xx\"")),
         "{text}"
     );
+    assert_eq!(flows(&text), 7.0, "{text}");
     b.mesh.shutdown().await;
 }
 

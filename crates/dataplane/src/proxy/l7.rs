@@ -344,6 +344,8 @@ fn empty() -> ProxyBody {
 /// What one request did, for the access log and metrics.
 struct Outcome {
     status: StatusCode,
+    /// The global service of a `Hostname` backend.
+    service: Option<String>,
     backend: String,
     cluster: String,
     endpoint: String,
@@ -373,8 +375,21 @@ async fn request(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
     let (res, outcome) = route(req, ctx, frontend).await;
-    let me = ctx.state.borrow().feed.catalog.cluster.name.clone();
+    let state = ctx.state.borrow().clone();
+    let me = state.feed.catalog.cluster.name.clone();
     let elapsed = started.elapsed();
+    // The Traffic view (issue 16) counts each request as one exchange from
+    // this cluster to the cluster that answered, under the global service
+    // it went to (a Hostname backend's, else the frontend's).
+    if let Some(service) = outcome.service.as_deref().or(frontend.service.as_deref()) {
+        let flow = crate::flows::Flows::labels(&state, "proxy", &me, &outcome.cluster, service);
+        let result = if outcome.status.is_server_error() || outcome.cluster.is_empty() {
+            "failed"
+        } else {
+            "ok"
+        };
+        ctx.metrics.flows.connection(&state, &flow, result);
+    }
     ctx.metrics.http_request(
         frontend.service.as_deref().unwrap_or(&frontend.host),
         &outcome.cluster,
@@ -407,6 +422,7 @@ async fn route(
 ) -> (Response<ProxyBody>, Outcome) {
     let mut outcome = Outcome {
         status: StatusCode::NOT_FOUND,
+        service: None,
         backend: String::new(),
         cluster: String::new(),
         endpoint: String::new(),
@@ -492,6 +508,7 @@ async fn route(
             );
         }
         BackendTarget::Global { hostname, port } => {
+            outcome.service = Some(hostname.clone());
             let state = ctx.state.borrow();
             let h2 = state
                 .service(hostname)
