@@ -386,3 +386,36 @@ fn l1_a_parent_ref_port_attaches_to_that_port_only() {
     let frontends: Vec<(String, u16)> = c.routes.iter().map(|t| (t.host.clone(), t.port)).collect();
     assert_eq!(frontends, [("two.shop.mesh.internal".to_owned(), 8081)]);
 }
+
+#[test]
+fn l7_a_route_with_some_bad_rules_keeps_its_good_ones_and_says_it_is_partially_invalid() {
+    let c = view(&route(
+        "mixed",
+        WEB,
+        "  - matches: [{path: {type: RegularExpression, value: \"(\"}}]\n    backendRefs: [{name: api, port: 80}]\n\
+         \x20 - matches: [{path: {value: /good}}]\n    backendRefs: [{name: api, port: 80}]\n",
+    ));
+    // Only rule 1 is routed.
+    let rules: Vec<usize> = c.routes[0].rules.iter().map(|r| r.rule).collect();
+    assert_eq!(rules, [1]);
+    assert_eq!(accepted(&c, "mixed"), ("True".into(), "Accepted".into()));
+    let s = c.route_status.iter().find(|s| s.name == "mixed").unwrap();
+    let p = s.condition(0, "PartiallyInvalid").unwrap();
+    assert_eq!(
+        (p.status.as_str(), p.reason.as_deref()),
+        ("True", Some("UnsupportedValue"))
+    );
+    assert!(
+        p.message
+            .as_deref()
+            .unwrap()
+            .contains("spec.rules[0].matches[0]: regular expression \"(\" does not compile"),
+        "{p:?}"
+    );
+    let f = finding(&c, "mixed");
+    assert!(
+        f.iter()
+            .any(|m| m.starts_with("rules left out (the others are routed)")),
+        "{f:?}"
+    );
+}

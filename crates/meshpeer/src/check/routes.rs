@@ -78,6 +78,12 @@ fn item(
             fix_route,
         );
     }
+    if let Some(p) = cond("PartiallyInvalid").filter(|c| c.status == "True") {
+        return Item::warn(
+            format!("{name}: accepted, but some rules are left out, {}", why(p)),
+            fix_route,
+        );
+    }
     if let Some(c) = cond(CONFLICTED) {
         return Item::warn(format!("{name}: accepted, {}", why(c)), fix_route);
     }

@@ -294,16 +294,49 @@ pub fn compile(
                 continue; // not a parent kind meshpeer handles
             };
             let field = format!("spec.parentRefs[{i}]");
+            // Some rules usable: accepted, partially invalid; none (and
+            // some were written): not accepted.
             let accepted = match found {
-                Ok(f) if problems.is_empty() => {
+                Ok(_) if !problems.is_empty() && rules.is_empty() => Err(problems[0].clone()),
+                Ok(f) => {
                     frontends.extend(f);
                     Ok(())
                 }
-                Ok(_) => Err(problems[0].clone()),
                 Err(e) => Err(e),
             };
             let mut conditions = Vec::new();
             match &accepted {
+                Ok(()) if !problems.is_empty() => {
+                    let message = problems
+                        .iter()
+                        .map(|(_, m)| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    diags.push(
+                        Diagnostic::new(
+                            cluster,
+                            Rule::L7,
+                            Severity::Error,
+                            obj.clone(),
+                            format!("rules left out (the others are routed): {message}"),
+                        )
+                        .with_field(field.clone()),
+                    );
+                    conditions.push(condition(
+                        "Accepted",
+                        true,
+                        "Accepted",
+                        "meshpeer routes this parent's HTTP ports with the route's valid rules",
+                        route,
+                    ));
+                    conditions.push(condition(
+                        "PartiallyInvalid",
+                        true,
+                        &problems[0].0,
+                        &format!("rules left out: {message}"),
+                        route,
+                    ));
+                }
                 Ok(()) => conditions.push(condition(
                     "Accepted",
                     true,
@@ -768,8 +801,9 @@ pub fn resolve(
     }
 }
 
-/// The route's rules, one entry per match, each with the match it came
-/// from; problems that make the route unusable go to `problems`.
+/// The route's usable rules, one entry per match; a rule with a problem is
+/// left out whole (the Gateway API's partially invalid route), its
+/// problems go to `problems`.
 fn compile_rules(
     route: &HttpRoute,
     key: &NsName,
@@ -779,6 +813,25 @@ fn compile_rules(
 ) -> Vec<RouteRule> {
     let mut out = Vec::new();
     for (i, rule) in route.spec.rules.iter().enumerate() {
+        let (problems_before, out_before) = (problems.len(), out.len());
+        compile_rule(i, rule, key, snap, services, problems, &mut out);
+        if problems.len() > problems_before {
+            out.truncate(out_before);
+        }
+    }
+    out
+}
+
+fn compile_rule(
+    i: usize,
+    rule: &crate::objects::HttpRouteRule,
+    key: &NsName,
+    snap: &ClusterSnapshot,
+    services: &ArcMap<String, GlobalService>,
+    problems: &mut Vec<Refusal>,
+    out: &mut Vec<RouteRule>,
+) {
+    {
         let at = format!("spec.rules[{i}]");
         let mut filters = Vec::new();
         for (j, f) in rule.filters.iter().enumerate() {
@@ -901,7 +954,6 @@ fn compile_rules(
             ));
         }
     }
-    out
 }
 
 fn compile_match(m: &HttpRouteMatch) -> Result<RouteMatch, String> {
