@@ -41,24 +41,7 @@ echo
 
 mesh_start
 
-mkdir -p "$WORK/www" "$WORK/nginx"
-chmod 755 "$WORK" "$WORK/www"
-echo ok >"$WORK/www/small.txt"
-chmod 644 "$WORK/www/small.txt"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
-  keepalive_timeout 120s;
-  keepalive_requests 1000000;
+nginx_start "  keepalive_requests 1000000;
   upstream pod {
     server $POD1:8080;
     keepalive 128;
@@ -74,15 +57,12 @@ http {
     location / {
       proxy_pass http://pod;
       proxy_http_version 1.1;
-      proxy_set_header Connection "";
+      proxy_set_header Connection \"\";
       proxy_set_header Host \$http_host;
     }
-  }
-}
-EOF
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon on;'
-for _ in $(seq 1 50); do [ -s "$WORK/nginx/nginx.pid" ] && break; sleep 0.1; done
-PIDS+=("$(cat "$WORK/nginx/nginx.pid")")
+  }"
+echo ok >"$WORK/www/small.txt"
+chmod 644 "$WORK/www/small.txt"
 
 # "requests/s p50_ms p99_ms errors" of one wrk run.
 measure() { # url connections

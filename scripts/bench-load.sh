@@ -45,36 +45,14 @@ echo
 mesh_start
 
 # nginx at both pods' addresses: a small file and 1 MiB.
-mkdir -p "$WORK/www" "$WORK/nginx"
-# nginx's workers run as an unprivileged user: let them in.
-chmod 755 "$WORK" "$WORK/www"
-echo ok >"$WORK/www/small.txt"
-head -c 1048576 /dev/urandom >"$WORK/www/1m.bin"
-chmod 644 "$WORK/www/small.txt" "$WORK/www/1m.bin"
-cat >"$WORK/nginx/nginx.conf" <<EOF
-worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
-  keepalive_timeout 120s;
-  client_header_timeout 120s;
-  server {
+nginx_start "  server {
     listen $POD1:8080 backlog=4096;
     listen $POD2:8080 backlog=4096;
     root $WORK/www;
-  }
-}
-EOF
-nginx -c "$WORK/nginx/nginx.conf" -g 'daemon on;'
-for _ in $(seq 1 50); do [ -s "$WORK/nginx/nginx.pid" ] && break; sleep 0.1; done
-PIDS+=("$(cat "$WORK/nginx/nginx.pid")")
+  }"
+echo ok >"$WORK/www/small.txt"
+head -c 1048576 /dev/urandom >"$WORK/www/1m.bin"
+chmod 644 "$WORK/www/small.txt" "$WORK/www/1m.bin"
 cat >"$WORK/haproxy.cfg" <<EOF
 global
   nbthread 2

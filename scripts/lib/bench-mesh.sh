@@ -150,3 +150,33 @@ EOF
 )
 echo "VIP of $HOST in cluster1: $VIP"
 }
+
+# nginx with the given `http {}` body (server and upstream blocks) after
+# the settings both benches share (no access log, temp paths and pid in
+# $WORK/nginx, long keep-alive); started as a daemon, stopped with the
+# other processes. Content is served from $WORK/www.
+nginx_start() { # http-body
+  mkdir -p "$WORK/www" "$WORK/nginx"
+  # nginx's workers run as an unprivileged user: let them in.
+  chmod 755 "$WORK" "$WORK/www"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  keepalive_timeout 120s;
+  client_header_timeout 120s;
+$1
+}
+EOF
+  nginx -c "$WORK/nginx/nginx.conf" -g 'daemon on;'
+  for _ in $(seq 1 50); do [ -s "$WORK/nginx/nginx.pid" ] && break; sleep 0.1; done
+  PIDS+=("$(cat "$WORK/nginx/nginx.pid")")
+}
