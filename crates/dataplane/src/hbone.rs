@@ -99,9 +99,14 @@ pub struct PoolConfig {
     pub conn_window: u32,
     /// Largest HTTP/2 frame we accept (clamped to 16 KiB..16 MiB-1).
     pub max_frame_size: u32,
-    /// Bound on TCP connect, TLS handshake and the gateway's first bytes;
-    /// also bounds the wait for the `CONNECT` response.
+    /// Bound on reaching the gateway: TCP connect, TLS handshake and the
+    /// gateway's first bytes.
     pub connect_timeout: Duration,
+    /// Bound on the wait for the `CONNECT` response: the gateway answers
+    /// once it has reached an endpoint (trying the next when one fails), so
+    /// this is longer than reaching the gateway, and kept apart from it so
+    /// that a slow answer is not taken for an unreachable gateway.
+    pub answer_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -115,6 +120,7 @@ impl Default for PoolConfig {
             conn_window: 16 << 20,
             max_frame_size: 1 << 20,
             connect_timeout: Duration::from_secs(5),
+            answer_timeout: Duration::from_secs(10),
         }
     }
 }

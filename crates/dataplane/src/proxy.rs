@@ -35,8 +35,10 @@ mod manual;
 /// Settings of a proxy.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    /// Time allowed for one connection attempt (direct, or through a gateway
-    /// to its endpoint).
+    /// Time allowed for one direct connection attempt. Through a gateway,
+    /// the HBONE pool's bounds apply: its connect timeout to reach the
+    /// gateway (the proxy role sets it to this), its answer timeout for
+    /// the gateway to reach an endpoint and answer.
     pub connect_timeout: Duration,
     /// At most this many destinations are tried for one connection.
     pub max_attempts: usize,

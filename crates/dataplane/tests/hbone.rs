@@ -303,6 +303,20 @@ impl TunnelHandler for TestHandler {
             "discard.test" => u.discard,
             "blast.test" => u.blast,
             "hold.test" => u.hold,
+            // As a gateway whose endpoint takes a while: echo, after 300 ms.
+            "slow.test" => {
+                let echo = u.echo;
+                return Box::pin(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    match TcpStream::connect(echo).await {
+                        Ok(stream) => Ok(Box::new(stream) as Box<dyn Upstream>),
+                        Err(err) => Err(Refuse {
+                            status: http::StatusCode::SERVICE_UNAVAILABLE,
+                            message: err.to_string(),
+                        }),
+                    }
+                });
+            }
             "denied.test" => {
                 let message = format!(
                     "{} is not exported to cluster {}",
@@ -863,6 +877,56 @@ async fn tunnel_headers_reach_the_handler() {
         "spiffe://cluster1/ns/istio-system/sa/ztunnel"
     );
     assert_eq!(req.remote.ip(), mesh.gateway.addr.ip());
+}
+
+/// Reaching the gateway and waiting for its answer are bounded apart
+/// (issue 14): a gateway that takes longer to reach its endpoint than the
+/// connect timeout still gets its tunnel opened; past the answer timeout,
+/// the tunnel fails and says which wait ran out.
+#[tokio::test]
+async fn d2_the_gateways_answer_is_waited_for_apart_from_reaching_it() {
+    let mesh = Mesh::new().await;
+    let quick_reach = PoolConfig {
+        connect_timeout: Duration::from_millis(200),
+        answer_timeout: Duration::from_secs(5),
+        ..PoolConfig::default()
+    };
+    let (client, _) = mesh.client(quick_reach);
+    let mut tunnel = client
+        .connect(
+            mesh.gateway.addr,
+            GATEWAY_TD,
+            "slow.test:7",
+            &TunnelMeta::default(),
+        )
+        .await
+        .expect("a 300 ms answer is within the answer timeout");
+    tunnel.write_all(b"ping").await.unwrap();
+    tunnel.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tunnel.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"ping");
+
+    let impatient = PoolConfig {
+        connect_timeout: Duration::from_secs(5),
+        answer_timeout: Duration::from_millis(100),
+        ..PoolConfig::default()
+    };
+    let (client, _) = mesh.client(impatient);
+    let err = client
+        .connect(
+            mesh.gateway.addr,
+            GATEWAY_TD,
+            "slow.test:7",
+            &TunnelMeta::default(),
+        )
+        .await
+        .expect_err("a 300 ms answer is past a 100 ms answer timeout");
+    assert!(
+        err.to_string()
+            .contains("the gateway did not answer the CONNECT within 100ms"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -44,11 +44,17 @@ pub struct ProxyRoleConfig {
 
 impl ProxyRoleConfig {
     pub fn new(dns_listen: SocketAddr) -> Self {
+        let proxy = ProxyConfig::default();
         ProxyRoleConfig {
             dns: DnsConfig::new(dns_listen),
-            proxy: ProxyConfig::default(),
+            // Reaching a peer's gateway is bounded as a direct connection
+            // is; its answer by the pool's answer timeout.
+            pool: PoolConfig {
+                connect_timeout: proxy.connect_timeout,
+                ..PoolConfig::default()
+            },
+            proxy,
             state: StateOptions::default(),
-            pool: PoolConfig::default(),
         }
     }
 }

@@ -65,8 +65,8 @@ impl HboneClient {
     /// Reuses a pooled HTTP/2 connection to (gateway, trust_domain) with a
     /// free stream slot, else dials a new one (callers arriving meanwhile
     /// share that dial). A request that fails on a pooled connection that
-    /// went stale is retried once on a new connection. Dialing and waiting
-    /// for the gateway's answer are each bounded by `connect_timeout`.
+    /// went stale is retried once on a new connection. Reaching the gateway
+    /// is bounded by `connect_timeout`, its answer by `answer_timeout`.
     pub async fn connect(
         &self,
         gateway: SocketAddr,
@@ -197,7 +197,7 @@ impl HboneClient {
             Ok(pair) => pair,
             Err(err) => return Err(stale(slot, protocol("cannot send the CONNECT", err))),
         };
-        let timeout = self.pool.config.connect_timeout;
+        let timeout = self.pool.config.answer_timeout;
         let response = match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) if connection_level(&err) => {

@@ -117,21 +117,17 @@ pub(super) async fn connect_dest(
                         }
                     },
                 };
+                // Bounded by the HBONE pool: reaching the gateway by its
+                // connect timeout (the proxy's), its answer (it reaches an
+                // endpoint first) by its answer timeout.
                 for addr in addrs {
-                    match tokio::time::timeout(
-                        timeout,
-                        ctx.hbone
-                            .connect_to_cluster(addr, trust_domain, cluster, authority, meta),
-                    )
-                    .await
+                    match ctx
+                        .hbone
+                        .connect_to_cluster(addr, trust_domain, cluster, authority, meta)
+                        .await
                     {
-                        Ok(Ok(t)) => return Ok(Box::new(t)),
-                        Ok(Err(e)) => last = format!("gateway of {cluster} at {addr}: {e}"),
-                        Err(_) => {
-                            last = format!(
-                                "gateway of {cluster} at {addr}: timed out after {timeout:?}"
-                            )
-                        }
+                        Ok(t) => return Ok(Box::new(t)),
+                        Err(e) => last = format!("gateway of {cluster} at {addr}: {e}"),
                     }
                 }
             }
