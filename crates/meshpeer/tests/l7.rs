@@ -1033,3 +1033,52 @@ spec:
     assert_eq!(a["headers"]["x-hop"][0], "1");
     b.mesh.shutdown().await;
 }
+
+/// A Service backend that is not global goes to its ClusterIP, dialled as
+/// any endpoint is: under the endpoint policy (P5). A tenant's Service
+/// whose ClusterIP is an address the proxy may not dial (here loopback
+/// outside the pods' range) gets 503, and nothing there is reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_p5_service_backends_dial_their_cluster_ip_under_the_endpoint_policy() {
+    let b = Bookinfo::start().await;
+    let c1 = b.mesh.cluster("cluster1");
+    let octet = c1.pod_ip(1).split('.').nth(1).unwrap().to_owned();
+    // Two local Services, not global: one whose ClusterIP is in the pods'
+    // range (allowed), one outside it.
+    let allowed = format!("127.{octet}.200.40");
+    let refused = format!("127.{octet}.201.40");
+    let local = |name: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bookinfo}}\n\
+             spec:\n  clusterIP: {ip}\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8000, targetPort: 8080}}]\n"
+        )
+    };
+    c1.write(
+        "local.yaml",
+        &format!(
+            "{}---\n{}",
+            local("in-range", &allowed),
+            local("outside", &refused)
+        ),
+    );
+    let _in_range =
+        HttpBackend::start(format!("{allowed}:8000").parse().unwrap(), "in-range").await;
+    let outside = HttpBackend::start(format!("{refused}:8000").parse().unwrap(), "outside").await;
+    let rules = "  - matches: [{path: {value: /in}}]\n    backendRefs: [{name: in-range, port: 8000}]\n\
+                 \x20 - matches: [{path: {value: /out}}]\n    backendRefs: [{name: outside, port: 8000}]\n";
+    let vip = b.route(&route_named("reviews", rules), 2).await;
+    let c = client(false);
+    let a = get(&c, vip, "/in", &[]).await;
+    assert_eq!((a.status, a.name()), (200, "in-range"), "{a:?}");
+    let a = get(&c, vip, "/out", &[]).await;
+    assert_eq!(a.status, 503, "{a:?}");
+    assert!(
+        a.body
+            .as_str()
+            .unwrap_or_default()
+            .contains("not dialled: loopback"),
+        "{a:?}"
+    );
+    assert_eq!(outside.hits.load(Ordering::Relaxed), 0);
+    b.mesh.shutdown().await;
+}

@@ -32,7 +32,10 @@ pub(super) use meshpeer_model::routes::CompiledTable as Compiled;
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use super::dial::{DialError, connect_dest};
 use super::{Ctx, Stream, connect_global};
+use crate::hbone::TunnelMeta;
+use crate::pick::Dest;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type Backends = Client<Connector, ProxyBody>;
@@ -201,26 +204,29 @@ impl tower::Service<Uri> for Connector {
             let ctx = ctx.upgrade().ok_or("the proxy stopped")?;
             let host = uri.host().ok_or("no backend in the URI")?.to_owned();
             let port = uri.port_u16().ok_or("no backend port in the URI")?;
+            let state = ctx.state.borrow().clone();
             if let Ok(ip) = host
                 .trim_matches(|c| c == '[' || c == ']')
                 .parse::<IpAddr>()
             {
-                let addr = SocketAddr::new(ip, port);
-                let timeout = ctx.config.connect_timeout;
-                let s = tokio::time::timeout(timeout, TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| format!("{addr}: timed out after {timeout:?}"))??;
-                let _ = s.set_nodelay(true);
-                let me = ctx.state.borrow().feed.catalog.cluster.name.clone();
-                return Ok(Io {
-                    io: TokioIo::new(Box::new(s)),
-                    upstream: Upstream {
-                        cluster: me,
-                        dest: addr.to_string(),
-                    },
-                });
+                // A ClusterIP: dialled as any direct endpoint is, under the
+                // endpoint policy (P5) and the connect timeout.
+                let dest = Dest::Direct {
+                    addr: SocketAddr::new(ip, port),
+                    cluster: state.feed.catalog.cluster.name.clone(),
+                    name: String::new(),
+                };
+                return match connect_dest(&ctx, &state, &dest, &TunnelMeta::default()).await {
+                    Ok(s) => Ok(Io {
+                        io: TokioIo::new(s),
+                        upstream: Upstream {
+                            cluster: dest.cluster().to_owned(),
+                            dest: SocketAddr::new(ip, port).to_string(),
+                        },
+                    }),
+                    Err(DialError::Refused(e) | DialError::Failed(e)) => Err(e.into()),
+                };
             }
-            let state = ctx.state.borrow().clone();
             match connect_global(&ctx, &state, &host, port, None).await {
                 Ok((s, chosen)) => Ok(Io {
                     io: TokioIo::new(s),
