@@ -167,8 +167,9 @@ impl Default for Request {
 }
 
 impl Request {
-    /// From curl's `-X METHOD` and `-H 'Name: value'` arguments; a header
-    /// the client sets itself (Host, User-Agent, Accept) replaces it.
+    /// From curl's `-X METHOD` and `-H 'Name: value'` arguments (`demo
+    /// curl`, `explain`); a header the client sets itself (Host,
+    /// User-Agent, Accept) replaces it.
     pub fn new(method: &str, headers: &[String]) -> anyhow::Result<Request> {
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
             bail!("-X {method:?}: a method is letters only (GET, POST, ...)");
@@ -179,11 +180,7 @@ impl Request {
                 bail!("-H {h:?}: a header is 'Name: value'");
             };
             let name = name.trim();
-            let ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !ok || value.contains(['\r', '\n']) {
+            if !meshpeer_model::routes::is_header_name(name) || value.contains(['\r', '\n']) {
                 bail!("-H {h:?}: not a valid header name or value");
             }
             out.push((name.to_owned(), value.trim().to_owned()));

@@ -80,18 +80,14 @@ impl Query {
             return Err(format!("--path {path:?} must start with '/'"));
         }
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
-        let mut parsed = Vec::new();
-        for h in headers {
-            let (n, v) = h
-                .split_once(':')
-                .ok_or_else(|| format!("-H {h:?}: a header is 'Name: value'"))?;
-            parsed.push((n.trim().to_owned(), v.trim().to_owned()));
-        }
+        // Checked as `demo curl` checks them.
+        let given =
+            crate::demo::client::Request::new(method, headers).map_err(|e| e.to_string())?;
         self.request = RequestParts {
-            method: method.to_ascii_uppercase(),
+            method: given.method,
             path: path.to_owned(),
             query: query.to_owned(),
-            headers: parsed,
+            headers: given.headers,
         };
         Ok(self)
     }

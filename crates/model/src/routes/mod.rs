@@ -1064,13 +1064,18 @@ fn check_regex(pattern: &str) -> Result<(), String> {
 }
 
 /// RFC 7230 token characters, as the Gateway API's header name pattern.
-fn check_header_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
+/// Whether `name` is an HTTP header name as the Gateway API allows one:
+/// RFC 7230 token characters, at most 256.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 256
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn check_header_name(name: &str) -> Result<(), String> {
+    if is_header_name(name) {
         Ok(())
     } else {
         Err(format!("{name:?} is not a valid header name"))
