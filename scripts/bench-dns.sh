@@ -39,27 +39,9 @@ echo "command: SECS=$SECS scripts/bench-dns.sh"
 echo
 
 # The cluster: one global service with one ready pod.
+SVC_PORT=80 PORT_NAME=http
+cluster 1 "$POD"
 dir=$WORK/cluster1
-mkdir -p "$dir"
-printf 'name: cluster1\nregion: r1\nzone: z1\n' >"$dir/cluster.yaml"
-cat >"$dir/app.yaml" <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: $NS}
----
-apiVersion: v1
-kind: Service
-metadata: {name: $NAME, namespace: $NS, labels: {solo.io/service-scope: global}}
-spec:
-  selector: {app: $NAME}
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: $NAME-0, namespace: $NS, labels: {app: $NAME}}
-spec: {containers: [{name: app, image: app}]}
-status: {phase: Running, podIP: $POD, conditions: [{type: Ready, status: "True"}]}
-EOF
 "$BIN" expose "$dir" --address $GW --write >/dev/null
 "$BIN" certs root-ca --out "$WORK/root" >/dev/null
 "$BIN" certs cluster cluster1 --root "$WORK/root" --out "$WORK/cacerts" >/dev/null
@@ -77,28 +59,7 @@ start proxy proxy --controller "$GW:15013" --root-cert "$WORK/root/root-cert.pem
 wait_for "$(log proxy)" "proxy running" "the proxy"
 
 # The VIP the proxy answers, for NSD's zone.
-VIP=$(python3 - "$PROXY_DNS" "$HOST" <<'EOF'
-import socket, struct, sys, time
-q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\0"
-q += struct.pack(">HH", 1, 1)
-deadline = time.time() + 30
-while True:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(1)
-    s.sendto(q, ("127.0.0.1", int(sys.argv[1])))
-    try:
-        r = s.recv(512)
-        if r[3] & 0x0F == 0 and struct.unpack(">H", r[6:8])[0] > 0:
-            print(".".join(str(b) for b in r[-4:]))
-            break
-    except socket.timeout:
-        pass
-    if time.time() > deadline:
-        sys.exit("the proxy never answered " + sys.argv[2])
-    time.sleep(0.1)
-EOF
-)
+VIP=$(dns_a "$PROXY_DNS" "$HOST")
 echo "the proxy answers $HOST -> $VIP"
 
 # Two NSD servers: one authoritative for mesh.internal with the same record

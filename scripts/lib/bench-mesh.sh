@@ -89,6 +89,32 @@ EOF
   pod "$NAME-0" "$2" True >"$dir/pod.yaml"
 }
 
+# The first A record the DNS server at 127.0.0.1:PORT answers for HOST,
+# asked again until it answers (30 s at most).
+dns_a() { # port host
+python3 - "$1" "$2" <<'EOF'
+import socket, struct, sys, time
+q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\0"
+q += struct.pack(">HH", 1, 1)
+deadline = time.time() + 30
+while True:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    s.sendto(q, ("127.0.0.1", int(sys.argv[1])))
+    try:
+        r = s.recv(512)
+        if r[3] & 0x0F == 0 and struct.unpack(">H", r[6:8])[0] > 0:
+            print(".".join(str(b) for b in r[-4:]))
+            break
+    except socket.timeout:
+        pass
+    if time.time() > deadline:
+        sys.exit("no answer for " + sys.argv[2])
+    time.sleep(0.1)
+EOF
+}
+
 mesh_start() {
 cluster 1 $POD1
 cluster 2 $POD2
@@ -127,27 +153,19 @@ start proxy1 proxy --controller "$GW1:15013" --root-cert "$WORK/root/root-cert.p
   --allow-endpoints $POD1 --log-format json
 for p in gateway1 gateway2; do wait_for "$(log $p)" "gateway running" "$p"; done
 wait_for "$(log proxy1)" "proxy running" "proxy1"
-VIP=$(python3 - "$(log proxy1)" "$HOST" <<'EOF'
-import json, socket, struct, sys
-dns = None
+# The proxy's DNS port, from its "proxy running" log line.
+dns_port=$(python3 - "$(log proxy1)" <<'EOF'
+import json, sys
 for line in open(sys.argv[1]):
     try:
         v = json.loads(line)
     except ValueError:
         continue
     if str(v.get("fields", {}).get("message", "")).startswith("proxy running"):
-        dns = v["fields"]["dns"]
-host, port = dns.rsplit(":", 1)
-q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0)
-q += b"".join(bytes([len(p)]) + p.encode() for p in sys.argv[2].split(".")) + b"\0"
-q += struct.pack(">HH", 1, 1)
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.settimeout(2)
-s.sendto(q, (host, int(port)))
-r = s.recv(512)
-print(".".join(str(b) for b in r[-4:]))
+        print(v["fields"]["dns"].rsplit(":", 1)[1])
 EOF
 )
+VIP=$(dns_a "$dns_port" "$HOST")
 echo "VIP of $HOST in cluster1: $VIP"
 }
 
