@@ -166,6 +166,21 @@ impl Demo {
         Ok(v["hostname"].as_str().unwrap().to_owned())
     }
 
+    /// `meshpeer demo scale --cluster CLUSTER -n NS deployment/NAME
+    /// --replicas N`, which must succeed; its stdout.
+    fn scale(&self, cluster: &str, ns: &str, deployment: &str, replicas: usize) -> String {
+        self.ok(&[
+            "scale",
+            "--cluster",
+            cluster,
+            "-n",
+            ns,
+            &format!("deployment/{deployment}"),
+            "--replicas",
+            &replicas.to_string(),
+        ])
+    }
+
     /// `meshpeer demo curl` with extra arguments (`-H`, `-X`, `-i`).
     fn curl_with(&self, cluster: &str, args: &[&str], url: &str) -> Result<String, (i32, String)> {
         let mut all = vec!["demo", "curl", "--cluster", cluster];
@@ -304,16 +319,7 @@ fn r1_httpbin_replays_seed_004() {
     assert_eq!(five(&demo, "cluster2", MESH), vec![C2_POD; 5]);
 
     // Scale to zero in cluster1: its clients are served by cluster2.
-    let out = demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "httpbin",
-        "deployment/in-ambient",
-        "--replicas",
-        "0",
-    ]);
+    let out = demo.scale("cluster1", "httpbin", "in-ambient", 0);
     assert!(out.contains("deployment.apps/in-ambient scaled"), "{out}");
     // Every request from cluster1 is one connection through its proxy:
     // counted where it went (issue 16). 5 stayed home above.
@@ -386,16 +392,7 @@ fn r1_httpbin_replays_seed_004() {
             *failures == 0 && *sent > 0 && sent == at_sent && received == at_received
         },
     );
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "httpbin",
-        "deployment/in-ambient",
-        "--replicas",
-        "1",
-    ]);
+    demo.scale("cluster1", "httpbin", "in-ambient", 1);
     demo.until(
         "back to cluster1",
         || demo.hostname("cluster1", MESH),
@@ -499,16 +496,7 @@ fn r1_httpbin_replays_seed_004() {
         || demo.hostname("cluster1", local),
         |r| r.as_deref() == Ok(C1_POD),
     );
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "httpbin",
-        "deployment/in-ambient",
-        "--replicas",
-        "0",
-    ]);
+    demo.scale("cluster1", "httpbin", "in-ambient", 0);
     demo.until(
         "takeover spans cluster2",
         || demo.hostname("cluster1", local),
@@ -555,16 +543,7 @@ fn r1_bookinfo_productpage_of_seed_000_from_both_clusters() {
         );
     }
     // Scale cluster1's productpage to zero: every answer is cluster2's, 200.
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "bookinfo",
-        "deployment/productpage-v1",
-        "--replicas",
-        "0",
-    ]);
+    demo.scale("cluster1", "bookinfo", "productpage-v1", 0);
     let served_by = |from: &str| {
         let body = demo
             .curl(from, url)
@@ -576,16 +555,7 @@ fn r1_bookinfo_productpage_of_seed_000_from_both_clusters() {
         || (0..5).all(|_| served_by("cluster1")),
         |all| *all,
     );
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "bookinfo",
-        "deployment/productpage-v1",
-        "--replicas",
-        "1",
-    ]);
+    demo.scale("cluster1", "bookinfo", "productpage-v1", 1);
     demo.until("cluster1 back", || served_by("cluster1"), |c2| !*c2);
 
     // Cluster-local services stay local: no global name for reviews.
@@ -683,16 +653,7 @@ fn r1_httpbin_flat_reaches_the_peers_pods_directly_with_autogenflat_entries() {
         v.len() == 1
     });
 
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "httpbin",
-        "deployment/in-ambient",
-        "--replicas",
-        "0",
-    ]);
+    demo.scale("cluster1", "httpbin", "in-ambient", 0);
     // cluster2's Pod answers, dialled directly (its name is in the entry).
     let entry = flat().remove(0);
     demo.until(
@@ -731,16 +692,7 @@ fn r1_httpbin_flat_reaches_the_peers_pods_directly_with_autogenflat_entries() {
     );
 
     // cluster2's Pod goes: its entry leaves cluster1's output.
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster2",
-        "-n",
-        "httpbin",
-        "deployment/in-ambient",
-        "--replicas",
-        "0",
-    ]);
+    demo.scale("cluster2", "httpbin", "in-ambient", 0);
     demo.until("the autogenflat entry is removed", flat, Vec::is_empty);
 }
 
@@ -811,31 +763,13 @@ fn r1_bookinfo_subsets_replays_seed_001() {
 
     // reviews-v1 scaled to zero: the route still sends everyone else
     // there, and they get a 503 that says so; jason still gets v2.
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "bookinfo",
-        "deployment/reviews-v1",
-        "--replicas",
-        "0",
-    ]);
+    demo.scale("cluster1", "bookinfo", "reviews-v1", 0);
     demo.until("v1 gone", || who(&[]), |w| w.starts_with("error 22"));
     let err = who(&[]);
     assert!(err.contains("HTTP 503"), "{err}");
     assert!(who(&jason).ends_with("@cluster2"));
     let head = demo.curl_with("cluster1", &["-i"], url).unwrap_err();
     assert_eq!(head.0, 22);
-    demo.ok(&[
-        "scale",
-        "--cluster",
-        "cluster1",
-        "-n",
-        "bookinfo",
-        "deployment/reviews-v1",
-        "--replicas",
-        "1",
-    ]);
+    demo.scale("cluster1", "bookinfo", "reviews-v1", 1);
     demo.until("v1 back", || who(&[]), |w| w.starts_with("reviews-v1-"));
 }

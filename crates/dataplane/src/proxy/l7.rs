@@ -36,6 +36,7 @@ use super::dial::{DialError, connect_dest};
 use super::{Ctx, Stream, connect_global};
 use crate::hbone::TunnelMeta;
 use crate::pick::Dest;
+use crate::state::DataplaneState;
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 type Backends = Client<Connector, ProxyBody>;
@@ -380,8 +381,9 @@ async fn request(
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    let (res, outcome) = route(req, ctx, frontend).await;
+    // One view of the catalog for the whole request.
     let state = ctx.state.borrow().clone();
+    let (res, outcome) = route(req, ctx, &state, frontend).await;
     let me = state.feed.catalog.cluster.name.clone();
     let elapsed = started.elapsed();
     // The Traffic view (issue 16) counts each request as one exchange from
@@ -424,6 +426,7 @@ async fn request(
 async fn route(
     mut req: Request<Incoming>,
     ctx: &Arc<Ctx>,
+    state: &DataplaneState,
     frontend: &Frontend,
 ) -> (Response<ProxyBody>, Outcome) {
     let mut outcome = Outcome {
@@ -515,7 +518,6 @@ async fn route(
         }
         BackendTarget::Global { hostname, port } => {
             outcome.service = Some(hostname.clone());
-            let state = ctx.state.borrow();
             let h2 = state
                 .service(hostname)
                 .and_then(|s| s.ports.iter().find(|p| p.number == *port))
