@@ -933,3 +933,116 @@ fn b5_the_peering_listener_takes_the_controllers_listener_bounds() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// L8 through the real binaries: a request on a routed port gets one
+/// access-log line naming the method, authority, path, status, route and
+/// rule, backend, endpoint and cluster, and is counted in
+/// `dataplane_http_requests_total` (the log lines come through the batched
+/// log writer of a real process).
+#[test]
+fn l8_a_routed_request_gets_an_access_log_line_and_is_counted() {
+    meshpeer_identity::install_default_provider();
+    const ROUTED: &str = "routed-cli";
+    const ROUTED_POD: &str = "127.1.42.6";
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "c1");
+    let dir = tmp.path().join("c1");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cluster.yaml"), "name: c1\nregion: r1\nzone: z1\n").unwrap();
+    std::fs::write(
+        dir.join("app.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: {ROUTED}, namespace: {NS}, labels: {{solo.io/service-scope: global}}}}\n\
+             spec:\n  selector: {{app: {ROUTED}}}\n  ports: [{{name: http, port: 8000, targetPort: 8080}}]\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: {ROUTED}-0, namespace: {NS}, labels: {{app: {ROUTED}}}}}\n\
+             spec:\n  containers: [{{name: app, image: x}}]\n\
+             status:\n  phase: Running\n  podIP: {ROUTED_POD}\n  conditions: [{{type: Ready, status: \"True\"}}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {ROUTED}, namespace: {NS}}}\n\
+             spec:\n  parentRefs: [{{group: \"\", kind: Service, name: {ROUTED}}}]\n  rules:\n\
+             \x20 - backendRefs: [{{group: networking.istio.io, kind: Hostname, name: {ROUTED}.{NS}.mesh.internal, port: 8000}}]\n"
+        ),
+    )
+    .unwrap();
+    // An HTTP/1.1 backend: one answer per connection.
+    let listener = std::net::TcpListener::bind((ROUTED_POD, 8080)).expect("bind the backend");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n",
+            );
+        }
+    });
+    let tokens = tmp.path().join("tokens");
+    let proxy_token = tmp.path().join("proxy.token");
+    token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
+    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
+    let mut proxy_args = vec!["proxy".to_owned()];
+    proxy_args.extend(reach(&cluster, &cacerts, &proxy_token));
+    proxy_args.extend(
+        [
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--allow-endpoints",
+            ROUTED_POD,
+        ]
+        .map(str::to_owned),
+    );
+    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
+    let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
+    let dns: SocketAddr = Proc::field(&up, "dns").parse().unwrap();
+    let metrics = Proc::field(&up, "metrics");
+    let host = format!("{ROUTED}.{NS}.mesh.internal");
+    let vip = resolve(dns, &format!("{host}."))[0];
+    let vip = SocketAddr::new(vip, 8000).to_string();
+    // The route reaches the proxy with the catalog: until then the port is
+    // an L4 hop (no access-log line of the L7 kind); ask until one comes.
+    let deadline = Instant::now() + DEADLINE;
+    let line = loop {
+        let answer = http_get(&vip, "/some/path?q=1");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let got = proxy
+            .lines
+            .recv_timeout(Duration::from_millis(200))
+            .ok()
+            .into_iter()
+            .chain(proxy.lines.try_iter())
+            .find(|v| v["fields"]["message"] == "request");
+        if let Some(v) = got {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line; {}",
+            proxy.log()
+        );
+    };
+    let f = &line["fields"];
+    assert_eq!(f["method"], "GET", "{line}");
+    assert_eq!(f["authority"], "x", "{line}");
+    assert_eq!(f["path"], "/some/path?q=1", "{line}");
+    assert_eq!(f["status"], 200, "{line}");
+    assert_eq!(f["route"], format!("{NS}/{ROUTED}#0"), "{line}");
+    assert_eq!(f["backend"], format!("{host}:8000"), "{line}");
+    assert_eq!(
+        f["endpoint"],
+        format!("{ROUTED_POD}:8080 ({ROUTED}-0)"),
+        "{line}"
+    );
+    assert_eq!(f["cluster"], "c1", "{line}");
+    assert_eq!(f["src_cluster"], "c1", "{line}");
+    assert!(f["duration_ms"].is_u64(), "{line}");
+    let text = http_get(&metrics, "/metrics");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dataplane_http_requests_total{")
+                && l.contains(&format!("service=\"{host}\""))
+                && l.contains("destination_cluster=\"c1\"")
+                && l.contains("status_class=\"2xx\"")),
+        "{text}"
+    );
+}
