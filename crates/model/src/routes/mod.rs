@@ -279,6 +279,7 @@ pub fn compile(
     diags: &mut Vec<Diagnostic>,
 ) -> CompiledRoutes {
     let cluster = &snap.config.name;
+    let names = Names { own, services };
     // Rules per frontend, with their sort keys.
     let mut by_frontend: BTreeMap<(String, u16), Vec<(SortKey, RouteRule)>> = BTreeMap::new();
     let mut status = Vec::new();
@@ -287,8 +288,8 @@ pub fn compile(
         let mut parents = Vec::new();
         let mut frontends: Vec<Frontend> = Vec::new();
         let mut problems: Vec<(String, String)> = Vec::new(); // (reason, message) of the rules
-        let rules = compile_rules(route, key, snap, services, &mut problems);
-        let resolved = resolved_refs(route, key, snap, services);
+        let rules = compile_rules(route, key, snap, &names, &mut problems);
+        let resolved = resolved_refs(route, key, snap, &names);
         for (i, parent) in route.spec.parent_refs.iter().enumerate() {
             let Some(found) = attach(parent, key, snap, own, services, manual) else {
                 continue; // not a parent kind meshpeer handles
@@ -670,7 +671,7 @@ fn resolved_refs(
     route: &HttpRoute,
     key: &NsName,
     snap: &ClusterSnapshot,
-    services: &ArcMap<String, GlobalService>,
+    names: &Names<'_>,
 ) -> Result<(), Refusal> {
     let mut bad = Vec::new();
     let mut reason = None;
@@ -680,13 +681,13 @@ fn resolved_refs(
             .iter()
             .filter_map(|f| f.request_mirror.as_ref().map(|m| &m.backend_ref));
         for (j, b) in rule.backend_refs.iter().map(|b| &b.backend).enumerate() {
-            if let BackendTarget::Unresolved { reason: why, .. } = resolve(b, key, snap, services) {
+            if let BackendTarget::Unresolved { reason: why, .. } = resolve(b, key, snap, names) {
                 reason.get_or_insert_with(|| why.split(':').next().unwrap_or_default().to_owned());
                 bad.push(format!("spec.rules[{i}].backendRefs[{j}]: {why}"));
             }
         }
         for b in mirrors {
-            if let BackendTarget::Unresolved { reason: why, .. } = resolve(b, key, snap, services) {
+            if let BackendTarget::Unresolved { reason: why, .. } = resolve(b, key, snap, names) {
                 reason.get_or_insert_with(|| why.split(':').next().unwrap_or_default().to_owned());
                 bad.push(format!("spec.rules[{i}] mirror: {why}"));
             }
@@ -698,13 +699,20 @@ fn resolved_refs(
     }
 }
 
+/// The names routes resolve against: this cluster's export (its own
+/// Services' global names) and the global services visible here.
+pub struct Names<'a> {
+    pub own: &'a Export,
+    pub services: &'a ArcMap<String, GlobalService>,
+}
+
 /// Where one backendRef leads (L2). The reason of an unresolved one starts
 /// with the Gateway API reason (`BackendNotFound: ...`).
 pub fn resolve(
     b: &BackendRef,
     route: &NsName,
     snap: &ClusterSnapshot,
-    services: &ArcMap<String, GlobalService>,
+    names: &Names<'_>,
 ) -> BackendTarget {
     let unresolved = |reason: String| BackendTarget::Unresolved {
         name: b.name.clone(),
@@ -721,7 +729,7 @@ pub fn resolve(
         ));
     };
     match (b.group(), b.kind()) {
-        ("networking.istio.io", "Hostname") => match services.get(&b.name) {
+        ("networking.istio.io", "Hostname") => match names.services.get(&b.name) {
             Some(svc) if svc.ports.iter().any(|p| p.number == port) => BackendTarget::Global {
                 hostname: svc.hostname.clone(),
                 port,
@@ -767,13 +775,17 @@ pub fn resolve(
             }
             // A global Service is reached through its global name (T-rules);
             // another through its ClusterIP.
-            let global = services.values().find(|g| {
-                g.namespace == ns
-                    && g.name == b.name
-                    && g.contributions
+            // Found through this cluster's own export, not by walking the
+            // view (SPEC I1).
+            let global = names
+                .own
+                .service(ns, &b.name)
+                .and_then(|e| names.services.get(&e.hostname))
+                .filter(|g| {
+                    g.contributions
                         .iter()
                         .any(|c| c.cluster == snap.config.name)
-            });
+                });
             if let Some(g) = global {
                 return BackendTarget::Global {
                     hostname: g.hostname.clone(),
@@ -808,13 +820,13 @@ fn compile_rules(
     route: &HttpRoute,
     key: &NsName,
     snap: &ClusterSnapshot,
-    services: &ArcMap<String, GlobalService>,
+    names: &Names<'_>,
     problems: &mut Vec<Refusal>,
 ) -> Vec<RouteRule> {
     let mut out = Vec::new();
     for (i, rule) in route.spec.rules.iter().enumerate() {
         let (problems_before, out_before) = (problems.len(), out.len());
-        compile_rule(i, rule, key, snap, services, problems, &mut out);
+        compile_rule(i, rule, key, snap, names, problems, &mut out);
         if problems.len() > problems_before {
             out.truncate(out_before);
         }
@@ -827,7 +839,7 @@ fn compile_rule(
     rule: &crate::objects::HttpRouteRule,
     key: &NsName,
     snap: &ClusterSnapshot,
-    services: &ArcMap<String, GlobalService>,
+    names: &Names<'_>,
     problems: &mut Vec<Refusal>,
     out: &mut Vec<RouteRule>,
 ) {
@@ -835,7 +847,7 @@ fn compile_rule(
         let at = format!("spec.rules[{i}]");
         let mut filters = Vec::new();
         for (j, f) in rule.filters.iter().enumerate() {
-            match filter(f, key, snap, services) {
+            match filter(f, key, snap, names) {
                 Ok(f) => filters.push(f),
                 Err(e) => problems.push(refusal(
                     "UnsupportedValue",
@@ -865,7 +877,7 @@ fn compile_rule(
         }
         let mut backends = Vec::new();
         for (j, b) in rule.backend_refs.iter().enumerate() {
-            match backend(b, key, snap, services) {
+            match backend(b, key, snap, names) {
                 Ok(Some(b)) => backends.push(b),
                 Ok(None) => {}
                 Err(e) => problems.push(refusal(
@@ -1131,7 +1143,7 @@ fn filter(
     f: &HttpRouteFilter,
     key: &NsName,
     snap: &ClusterSnapshot,
-    services: &ArcMap<String, GlobalService>,
+    names: &Names<'_>,
 ) -> Result<RouteFilter, String> {
     let missing = |field: &str| format!("filter {} needs its field {field}", f.type_);
     match f.type_.as_str() {
@@ -1199,7 +1211,7 @@ fn filter(
                 return Err(format!("mirror percent {percent} is not 0-100"));
             }
             Ok(RouteFilter::RequestMirror(Mirror {
-                target: resolve(&m.backend_ref, key, snap, services),
+                target: resolve(&m.backend_ref, key, snap, names),
                 percent: percent as u8,
             }))
         }
@@ -1214,7 +1226,7 @@ fn backend(
     b: &HttpBackendRef,
     key: &NsName,
     snap: &ClusterSnapshot,
-    services: &ArcMap<String, GlobalService>,
+    names: &Names<'_>,
 ) -> Result<Option<RouteBackend>, String> {
     let weight = b.weight.unwrap_or(1);
     let weight = u32::try_from(weight)
@@ -1228,7 +1240,7 @@ fn backend(
     for f in &b.filters {
         match f.type_.as_str() {
             "RequestHeaderModifier" | "ResponseHeaderModifier" => {
-                filters.push(filter(f, key, snap, services)?)
+                filters.push(filter(f, key, snap, names)?)
             }
             other => {
                 return Err(format!(
@@ -1238,7 +1250,7 @@ fn backend(
         }
     }
     Ok(Some(RouteBackend {
-        target: resolve(&b.backend, key, snap, services),
+        target: resolve(&b.backend, key, snap, names),
         weight,
         filters,
     }))
