@@ -5,7 +5,9 @@
 # file from nginx:
 #   direct          the pod (nginx) itself;
 #   nginx           nginx as a reverse proxy doing the same hop (keep-alive
-#                   to the pod, as the proxy pools);
+#                   to the pod, as the proxy pools), in its own processes;
+#   nginx, access log  the same with a JSON access log line per request
+#                   (buffered), as the proxy writes one;
 #   proxy L4        meshpeer's proxy, the service's port without a route;
 #   proxy L7        the same port once an HTTPRoute attaches to it (a header
 #                   match, a response header set, a Hostname backend): every
@@ -18,7 +20,9 @@
 # Knobs: DURATION (5s per run), MESHPEER_BIN (default
 # target/release/meshpeer, built when missing), RUST_LOG (info: the
 # proxy's access log is on, one line per request), KEEP=1 keeps the work
-# folder. Installs wrk and nginx when missing.
+# folder, PERF=1 records a `perf` profile of the proxy during the L7 run at
+# 64 connections (report printed at the end). Installs wrk and nginx when
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,19 +45,36 @@ echo
 
 mesh_start
 
-nginx_start "  keepalive_requests 1000000;
+# The pod, and nginx as a reverse proxy doing the same hop as the proxy
+# (upstream keep-alive), each in its own processes.
+nginx_start pod "  keepalive_requests 1000000;
+  server {
+    listen $POD1:8080 backlog=4096;
+    root $WORK/www;
+  }"
+# Port 15322 is the same proxy with a JSON access log, buffered as
+# meshpeer's is batched (a line per request, like the proxy's).
+nginx_start reverse-proxy "  keepalive_requests 1000000;
+  log_format json escape=json '{\"time\":\"\$time_iso8601\",\"src\":\"\$remote_addr:\$remote_port\",'
+    '\"method\":\"\$request_method\",\"authority\":\"\$http_host\",\"path\":\"\$request_uri\",'
+    '\"status\":\$status,\"endpoint\":\"\$upstream_addr\",\"duration\":\$request_time}';
   upstream pod {
     server $POD1:8080;
     keepalive 128;
     keepalive_requests 1000000;
   }
   server {
-    listen $POD1:8080 backlog=4096;
-    root $WORK/www;
-  }
-  # The reverse proxy: the same hop as meshpeer's proxy.
-  server {
     listen 127.0.0.1:15321 backlog=4096;
+    location / {
+      proxy_pass http://pod;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$http_host;
+    }
+  }
+  server {
+    listen 127.0.0.1:15322 backlog=4096;
+    access_log $WORK/reverse-proxy/access.log json buffer=64k flush=1s;
     location / {
       proxy_pass http://pod;
       proxy_http_version 1.1;
@@ -99,6 +120,7 @@ printf '| path | connections | requests/s | p50 ms | p99 ms | errors | x direct 
 for c in 1 64; do
   row direct "http://$POD1:8080/small.txt" "$c"
   row nginx "http://127.0.0.1:15321/small.txt" "$c"
+  row "nginx, access log" "http://127.0.0.1:15322/small.txt" "$c"
   row "proxy L4" "$L4_URL" "$c"
 done
 
@@ -125,8 +147,18 @@ curl -s -D - -o /dev/null "$L4_URL" | grep -qi '^x-routed: yes' || {
   echo "the route never applied" >&2
   exit 1
 }
+PROXY_PID=$(pgrep -f "$BIN proxy" | head -1)
 for c in 1 64; do
+  if [ "$c" = 64 ] && [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
+    perf record -q -g -p "$PROXY_PID" -o "$WORK/perf-l7.data" -- sleep 4 >/dev/null 2>&1 &
+  fi
   row "proxy L7 (HTTPRoute)" "$L4_URL" "$c"
 done
 echo
 grep -c '"request"' "$(log proxy1)" | sed 's/^/proxy access-log lines: /'
+if [ -f "$WORK/perf-l7.data" ]; then
+  echo
+  echo "perf profile of the proxy, L7 at 64 connections (self time, top 60):"
+  perf report -i "$WORK/perf-l7.data" --stdio --no-header --no-children -g none --sort dso,sym --percent-limit 0.6 2>/dev/null \
+    | grep -v '^$' | grep -v '^#' | head -60
+fi

@@ -45,7 +45,7 @@ echo
 mesh_start
 
 # nginx at both pods' addresses: a small file and 1 MiB.
-nginx_start "  server {
+nginx_start pods "  server {
     listen $POD1:8080 backlog=4096;
     listen $POD2:8080 backlog=4096;
     root $WORK/www;

@@ -169,32 +169,37 @@ VIP=$(dns_a "$dns_port" "$HOST")
 echo "VIP of $HOST in cluster1: $VIP"
 }
 
-# nginx with the given `http {}` body (server and upstream blocks) after
-# the settings both benches share (no access log, temp paths and pid in
-# $WORK/nginx, long keep-alive); started as a daemon, stopped with the
-# other processes. Content is served from $WORK/www.
-nginx_start() { # http-body
-  mkdir -p "$WORK/www" "$WORK/nginx"
+# An nginx instance NAME (its own master and workers) with the given
+# `http {}` body (server and upstream blocks) after the settings the
+# benches share (no access log, temp paths and pid in $WORK/NAME, long
+# keep-alive); started as a daemon, stopped with the other processes.
+# Content is served from $WORK/www. The pods and a reverse proxy in front
+# of them are separate instances, as meshpeer's proxy and the pods are
+# separate processes: one nginx for both would serve a proxied request's
+# backend half in the worker that proxies it, with no wake-up between.
+nginx_start() { # name http-body
+  local dir=$WORK/$1
+  mkdir -p "$WORK/www" "$dir"
   # nginx's workers run as an unprivileged user: let them in.
   chmod 755 "$WORK" "$WORK/www"
-  cat >"$WORK/nginx/nginx.conf" <<EOF
+  cat >"$dir/nginx.conf" <<EOF
 worker_processes 2;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
 events { worker_connections 8192; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
+  client_body_temp_path $dir;
+  proxy_temp_path $dir;
+  fastcgi_temp_path $dir;
+  uwsgi_temp_path $dir;
+  scgi_temp_path $dir;
   keepalive_timeout 120s;
   client_header_timeout 120s;
-$1
+$2
 }
 EOF
-  nginx -c "$WORK/nginx/nginx.conf" -g 'daemon on;'
-  for _ in $(seq 1 50); do [ -s "$WORK/nginx/nginx.pid" ] && break; sleep 0.1; done
-  PIDS+=("$(cat "$WORK/nginx/nginx.pid")")
+  nginx -c "$dir/nginx.conf" -g 'daemon on;'
+  for _ in $(seq 1 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
+  PIDS+=("$(cat "$dir/nginx.pid")")
 }

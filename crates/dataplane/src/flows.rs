@@ -104,6 +104,19 @@ impl Flows {
     /// Counts one connection of `flow` that ended (or was refused) with
     /// `outcome`.
     pub fn connection(&self, state: &DataplaneState, flow: &FlowLabels, outcome: &str) {
+        self.connection_counter(state, flow, outcome).inc();
+    }
+
+    /// The counter [`Flows::connection`] counts into, for a caller that
+    /// counts many exchanges of one flow (an L7 connection's requests):
+    /// valid while the catalog version is `state`'s (a newer one may prune
+    /// it).
+    pub fn connection_counter(
+        &self,
+        state: &DataplaneState,
+        flow: &FlowLabels,
+        outcome: &str,
+    ) -> Counter {
         self.prune(state);
         if let Ok(mut c) = self.created.lock() {
             c.insert((flow.clone(), outcome.to_owned()));
@@ -113,7 +126,7 @@ impl Flows {
                 flow: flow.clone(),
                 outcome: outcome.to_owned(),
             })
-            .inc();
+            .clone()
     }
 
     /// The byte counters of `flow`: `(sent, received)`.

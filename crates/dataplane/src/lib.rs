@@ -10,6 +10,7 @@
 //! - [`gateway`]: what the east-west gateway lets callers reach (D3).
 //! - [`report`]: flow counts sent to the controller (issue 16).
 
+pub mod access_log;
 pub mod dns;
 pub mod endpoint_policy;
 pub mod feed;

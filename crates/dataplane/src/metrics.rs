@@ -168,21 +168,21 @@ impl DataplaneMetrics {
         std::sync::Arc::new(m)
     }
 
-    pub(crate) fn http_request(
+    /// The counter of L7 requests to `service` answered from
+    /// `destination_cluster` with `status`'s class (L8).
+    pub(crate) fn http_requests(
         &self,
         service: &str,
         destination_cluster: &str,
         status: http::StatusCode,
-        elapsed: std::time::Duration,
-    ) {
+    ) -> Counter {
         self.http_requests
             .get_or_create(&HttpLabels {
                 service: service.to_owned(),
                 destination_cluster: destination_cluster.to_owned(),
                 status_class: format!("{}xx", status.as_u16() / 100),
             })
-            .inc();
-        self.http_request_seconds.observe(elapsed.as_secs_f64());
+            .clone()
     }
 
     pub(crate) fn connection(&self, direction: &str, outcome: &str) {

@@ -54,6 +54,13 @@ pub struct ProxyConfig {
     /// until the system resolver returns, even after the timeout); beyond,
     /// the attempt fails at once.
     pub max_lookups: usize,
+    /// Time a client of an L7 port (section 11) has to send a whole request
+    /// head: its first on a new connection, and each next one on a kept-alive
+    /// HTTP/1.1 connection (which this also bounds when idle); then the
+    /// connection is closed (B5). HTTP/2 connections are pinged at this
+    /// interval once a request has come, and closed when a ping goes
+    /// unanswered as long.
+    pub header_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -66,6 +73,7 @@ impl Default for ProxyConfig {
             endpoints: Arc::default(),
             resolve_timeout: Duration::from_secs(2),
             max_lookups: 64,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -337,7 +345,7 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     let _ = inbound.set_nodelay(true);
     let state = ctx.state.borrow().clone();
     if let Some(frontend) = l7_frontend(&ctx, &state, local) {
-        l7::serve(inbound, peer, ctx, frontend).await;
+        l7::serve(inbound, peer, local, ctx, frontend).await;
         return;
     }
     // The global service, for the flow counters (manual entries are not

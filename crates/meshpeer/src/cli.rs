@@ -486,6 +486,12 @@ pub(crate) struct ProxyArgs {
     /// a name, a manual entry's endpoint); then that attempt fails.
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub(crate) resolve_timeout: Duration,
+    /// How long a client of a routed (L7) port has to send a whole request
+    /// head, on a new connection or between requests on a kept-alive one;
+    /// then it is closed (SPEC B5). HTTP/2 clients are pinged at this
+    /// interval.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub(crate) header_timeout: Duration,
     /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).
     #[arg(long)]
     pub(crate) capture_cluster_ips: bool,

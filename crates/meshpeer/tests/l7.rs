@@ -224,7 +224,10 @@ struct Bookinfo {
 
 impl Bookinfo {
     async fn start() -> Bookinfo {
-        let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+        Bookinfo::start_with(Mesh::new(&["cluster1", "cluster2"])).await
+    }
+
+    async fn start_with(mut mesh: Mesh) -> Bookinfo {
         mesh.start().await;
         mesh.start_dataplane().await;
         mesh.link_all().await;
@@ -1081,4 +1084,66 @@ async fn l2_p5_service_backends_dial_their_cluster_ip_under_the_endpoint_policy(
     );
     assert_eq!(outside.hits.load(Ordering::Relaxed), 0);
     b.mesh.shutdown().await;
+}
+
+/// Waits until the peer closes `s` (EOF or reset), failing after `WITHIN`;
+/// what it sent before closing.
+async fn closed(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the proxy kept the connection open; it sent {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+/// B5 on L7 ports: a client that sends no request head, part of one, or
+/// part of HTTP/2's preface is closed once the header timeout passes; a
+/// client that sends its request in time is answered, and its kept-alive
+/// connection is closed when it then idles as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b5_l7_clients_that_send_no_whole_request_head_in_time_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.header_timeout = Some(Duration::from_millis(500));
+    let b = Bookinfo::start_with(mesh).await;
+    let vip = b.route(&seed_route(), 2).await;
+    let connect = || tokio::net::TcpStream::connect(vip);
+    let mut silent = connect().await.unwrap();
+    let mut partial = connect().await.unwrap();
+    partial
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {REVIEWS}\r\nend-user:").as_bytes())
+        .await
+        .unwrap();
+    let mut preface = connect().await.unwrap();
+    preface.write_all(b"PRI * HTTP/2").await.unwrap();
+    let mut served = connect().await.unwrap();
+    served
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {REVIEWS}:8000\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    for (what, s) in [
+        ("silent", &mut silent),
+        ("partial head", &mut partial),
+        ("partial preface", &mut preface),
+    ] {
+        let got = closed(s).await;
+        assert!(
+            !String::from_utf8_lossy(&got).contains("200 OK"),
+            "{what}: {got:?}"
+        );
+    }
+    // Answered (by v1 in cluster1, seed 001's default rule), then closed
+    // once idle.
+    let got = String::from_utf8_lossy(&closed(&mut served).await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(got.contains("reviews-v1/cluster1"), "{got}");
 }

@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,10 +24,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshpeer_model::routes::{
     BackendTarget, HeaderEdit, PathEdit, PathMatch, Redirect, RouteFilter, RouteRule, RouteTable,
 };
+use prometheus_client::metrics::counter::Counter;
 
 pub(super) use meshpeer_model::routes::CompiledTable as Compiled;
 use tokio::net::TcpStream;
@@ -123,29 +125,31 @@ fn apply_headers(edit: &HeaderEdit, headers: &mut http::HeaderMap) {
 
 /// Connection-level headers, never forwarded (RFC 9110 7.6.1; HTTP/2
 /// refuses them).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TE,
+    http::header::TRAILER,
 ];
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     // Headers the Connection header names are connection-level too.
-    let named: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(http::header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in HOP_BY_HOP {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
 }
@@ -314,18 +318,80 @@ pub(super) struct Frontend {
     pub(super) table: Arc<Compiled>,
 }
 
+/// One client connection at L7.
+struct Conn {
+    frontend: Frontend,
+    peer: SocketAddr,
+    /// The address the client connected to.
+    local: SocketAddr,
+    /// A request has come (its head was read).
+    served: AtomicBool,
+    /// The counters its last request counted into: a connection's requests
+    /// mostly count into the same ones, found again without building their
+    /// labels.
+    counters: Mutex<Option<Counted>>,
+}
+
+/// What [`Conn::counters`] holds: the counters of one kind of answer, for
+/// one catalog version (a newer version may prune their series).
+struct Counted {
+    version: u64,
+    service: Option<String>,
+    cluster: String,
+    status_class: u16,
+    requests: Counter,
+    flow: Option<Counter>,
+}
+
 /// Serves one client connection at L7 until it closes.
-pub(super) async fn serve(inbound: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, frontend: Frontend) {
-    let frontend = Arc::new(frontend);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (ctx, frontend) = (Arc::clone(&ctx), Arc::clone(&frontend));
-        async move { Ok::<_, Infallible>(request(req, peer, &ctx, &frontend).await) }
+pub(super) async fn serve(
+    inbound: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<Ctx>,
+    frontend: Frontend,
+) {
+    let conn = Arc::new(Conn {
+        frontend,
+        peer,
+        local,
+        counters: Mutex::new(None),
+        served: AtomicBool::new(false),
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder
-        .serve_connection(TokioIo::new(inbound), service)
-        .await
-    {
+    let limit = ctx.config.header_timeout;
+    let service = {
+        let conn = Arc::clone(&conn);
+        let ctx = Arc::clone(&ctx);
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (ctx, conn) = (Arc::clone(&ctx), Arc::clone(&conn));
+            async move { Ok::<_, Infallible>(request(req, &conn, &ctx).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limit);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limit)
+        .keep_alive_timeout(limit);
+    let serving = builder.serve_connection(TokioIo::new(inbound), service);
+    tokio::pin!(serving);
+    // hyper times out heads once it knows the protocol; before that (the
+    // bytes that tell HTTP/2's preface from HTTP/1.1) a client that sends
+    // nothing, or a few bytes, is closed here.
+    let result = match tokio::time::timeout(limit, serving.as_mut()).await {
+        Ok(r) => r,
+        Err(_) if !conn.served.load(Ordering::Relaxed) => {
+            debug!(timeout = ?limit, "no request from the client in time");
+            ctx.metrics.connection("inbound", "header_timeout");
+            return;
+        }
+        Err(_) => serving.await,
+    };
+    if let Err(e) = result {
         debug!(error = %e, "client connection ended");
     }
 }
@@ -361,66 +427,128 @@ struct Outcome {
     why: Option<String>,
 }
 
-async fn request(
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    ctx: &Arc<Ctx>,
-    frontend: &Frontend,
-) -> Response<ProxyBody> {
+async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Response<ProxyBody> {
     let started = Instant::now();
+    conn.served.store(true, Ordering::Relaxed);
+    let frontend = &conn.frontend;
+    // For the access log: shared with the request, not copied.
     let method = req.method().clone();
-    let authority = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| format!("{}:{}", frontend.host, frontend.port));
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let host = req.headers().get(HOST).cloned();
+    let uri = req.uri().clone();
     // One view of the catalog for the whole request.
     let state = ctx.state.borrow().clone();
     let (res, outcome) = route(req, ctx, &state, frontend).await;
-    let me = state.feed.catalog.cluster.name.clone();
+    let me = &state.feed.catalog.cluster.name;
     let elapsed = started.elapsed();
-    // The Traffic view (issue 16) counts each request as one exchange from
-    // this cluster to the cluster that answered, under the global service
-    // it went to (a Hostname backend's, else the frontend's).
-    if let Some(service) = outcome.service.as_deref().or(frontend.service.as_deref()) {
-        let flow = crate::flows::Flows::labels(&state, "proxy", &me, &outcome.cluster, service);
+    count(conn, ctx, &state, &outcome);
+    ctx.metrics
+        .http_request_seconds
+        .observe(elapsed.as_secs_f64());
+    if tracing::enabled!(tracing::Level::INFO) {
+        let duration_ms = elapsed.as_millis() as u64;
+        match crate::access_log::json_sink() {
+            Some(sink) => {
+                let mut line = crate::access_log::JsonLine::info("request");
+                line.display("src", conn.peer)
+                    .str("src_cluster", me)
+                    .str("method", method.as_str())
+                    .display("authority", Authority(host.as_ref(), &uri, frontend))
+                    .str("path", uri.path_and_query().map_or("/", |p| p.as_str()))
+                    .u64("status", u64::from(outcome.status.as_u16()))
+                    .str("route", &outcome.route)
+                    .str("backend", &outcome.backend)
+                    .str("endpoint", &outcome.endpoint)
+                    .str("cluster", &outcome.cluster)
+                    .u64("attempts", u64::from(outcome.attempts))
+                    .u64("duration_ms", duration_ms);
+                if let Some(why) = &outcome.why {
+                    line.str("why", why);
+                }
+                line.finish(module_path!(), conn.peer, conn.local, sink);
+            }
+            None => info!(
+                src = %conn.peer,
+                src_cluster = %me,
+                method = %method,
+                authority = %Authority(host.as_ref(), &uri, frontend),
+                path = uri.path_and_query().map_or("/", |p| p.as_str()),
+                status = outcome.status.as_u16(),
+                route = %outcome.route,
+                backend = %outcome.backend,
+                endpoint = %outcome.endpoint,
+                cluster = %outcome.cluster,
+                attempts = outcome.attempts,
+                duration_ms,
+                why = outcome.why.as_deref(),
+                "request"
+            ),
+        }
+    }
+    res
+}
+
+/// The authority a request named: its Host header, else its URI's, else
+/// the frontend's.
+struct Authority<'a>(Option<&'a HeaderValue>, &'a Uri, &'a Frontend);
+
+impl std::fmt::Display for Authority<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.0.and_then(|h| h.to_str().ok()), self.1.authority()) {
+            (Some(h), _) => f.write_str(h),
+            (None, Some(a)) => f.write_str(a.as_str()),
+            (None, None) => write!(f, "{}:{}", self.2.host, self.2.port),
+        }
+    }
+}
+
+/// Counts a request (L8), and for the Traffic view (issue 16) as one
+/// exchange from this cluster to the cluster that answered, under the
+/// global service it went to (a Hostname backend's, else the frontend's).
+fn count(conn: &Conn, ctx: &Ctx, state: &DataplaneState, outcome: &Outcome) {
+    let frontend = &conn.frontend;
+    let service = outcome.service.as_deref().or(frontend.service.as_deref());
+    let status_class = outcome.status.as_u16() / 100;
+    let version = state.feed.version;
+    let mut cached = conn.counters.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cached.as_ref()
+        && c.version == version
+        && c.status_class == status_class
+        && c.cluster == outcome.cluster
+        && c.service.as_deref() == service
+    {
+        c.requests.inc();
+        if let Some(flow) = &c.flow {
+            flow.inc();
+        }
+        return;
+    }
+    let me = &state.feed.catalog.cluster.name;
+    let flow = service.map(|service| {
+        let flow = crate::flows::Flows::labels(state, "proxy", me, &outcome.cluster, service);
         let result = if outcome.status.is_server_error() || outcome.cluster.is_empty() {
             "failed"
         } else {
             "ok"
         };
-        ctx.metrics.flows.connection(&state, &flow, result);
-    }
-    ctx.metrics.http_request(
+        ctx.metrics.flows.connection_counter(state, &flow, result)
+    });
+    let requests = ctx.metrics.http_requests(
         frontend.service.as_deref().unwrap_or(&frontend.host),
         &outcome.cluster,
         outcome.status,
-        elapsed,
     );
-    info!(
-        src = %peer,
-        src_cluster = %me,
-        method = %method,
-        authority = %authority,
-        path = %path,
-        status = outcome.status.as_u16(),
-        route = %outcome.route,
-        backend = %outcome.backend,
-        endpoint = %outcome.endpoint,
-        cluster = %outcome.cluster,
-        attempts = outcome.attempts,
-        duration_ms = elapsed.as_millis() as u64,
-        why = outcome.why.as_deref(),
-        "request"
-    );
-    res
+    requests.inc();
+    if let Some(flow) = &flow {
+        flow.inc();
+    }
+    *cached = Some(Counted {
+        version,
+        service: service.map(str::to_owned),
+        cluster: outcome.cluster.clone(),
+        status_class,
+        requests,
+        flow,
+    });
 }
 
 async fn route(
@@ -453,8 +581,9 @@ async fn route(
         );
     };
     outcome.route = format!("{}#{}", rule.route, rule.rule);
-    let path = req.uri().path().to_owned();
-    let query = req.uri().query().map(str::to_owned);
+    // The request's URI, kept while its head is edited (a shared copy).
+    let uri = req.uri().clone();
+    let (path, query) = (uri.path(), uri.query());
     let mut response_edits: Vec<&HeaderEdit> = Vec::new();
     let mut mirrors = Vec::new();
     let mut new_path: Option<String> = None;
@@ -462,7 +591,7 @@ async fn route(
     for f in &rule.filters {
         match f {
             RouteFilter::RequestRedirect(r) => {
-                let res = redirect(r, rule, &req, frontend, &path, query.as_deref());
+                let res = redirect(r, rule, &req, frontend, path, query);
                 outcome.status = res.status();
                 return (res, outcome);
             }
@@ -470,7 +599,7 @@ async fn route(
             RouteFilter::ResponseHeaderModifier(e) => response_edits.push(e),
             RouteFilter::UrlRewrite(r) => {
                 if let Some(p) = &r.path {
-                    new_path = Some(edited_path(p, rule, &path));
+                    new_path = Some(edited_path(p, rule, path));
                 }
                 new_host.clone_from(&r.hostname);
             }
@@ -539,25 +668,32 @@ async fn route(
     // The request as the backend gets it.
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let host_header = new_host
-        .or_else(|| {
+    let host_header = match new_host {
+        Some(h) => HeaderValue::from_str(&h).ok(),
+        None => parts.headers.get(HOST).cloned().or_else(|| {
             parts
-                .headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-    let path_and_query = match (&new_path, &query) {
-        (Some(p), Some(q)) => format!("{p}?{q}"),
-        (Some(p), None) => p.clone(),
-        (None, _) => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        }),
+    };
+    let path_and_query = match (&new_path, query) {
+        (Some(p), Some(q)) => http::uri::PathAndQuery::try_from(format!("{p}?{q}")),
+        (Some(p), None) => http::uri::PathAndQuery::try_from(p.as_str()),
+        (None, _) => Ok(parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into()),
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
     };
-    let uri: Uri = match format!("http://{authority}{path_and_query}").parse() {
+    let uri = path_and_query.map_err(http::Error::from).and_then(|pq| {
+        Uri::builder()
+            .scheme(http::uri::Scheme::HTTP)
+            .authority(authority.as_str())
+            .path_and_query(pq)
+            .build()
+    });
+    let uri: Uri = match uri {
         Ok(u) => u,
         Err(e) => {
             outcome.status = StatusCode::BAD_REQUEST;
@@ -571,7 +707,7 @@ async fn route(
     } else {
         Version::HTTP_11
     };
-    if let Some(h) = host_header.and_then(|h| HeaderValue::from_str(&h).ok()) {
+    if let Some(h) = host_header {
         if h2 {
             // HTTP/2 names the authority in the URI; the Host the client
             // used goes along as x-forwarded-host.

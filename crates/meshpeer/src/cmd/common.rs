@@ -41,7 +41,14 @@ pub(crate) fn init_logging(format: LogFormat) {
         .with_writer(crate::log_writer::BatchedStderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            builder.json().init();
+            // The L7 access log writes its JSON lines itself (L8).
+            meshpeer_dataplane::access_log::set_json_sink(|line| {
+                use std::io::Write;
+                let _ = crate::log_writer::LineWriter.write_all(line);
+            });
+        }
     }
 }
 

@@ -286,6 +286,8 @@ pub(crate) struct Mesh {
     pub(crate) relays: BTreeMap<(String, String), Relay>,
     /// Destinations a proxy tries per connection.
     pub(crate) max_attempts: usize,
+    /// The proxies' L7 header timeout (B5); the default when `None`.
+    pub(crate) header_timeout: Option<Duration>,
     /// The controllers' `--grace` (5 s unless a test sets it).
     pub(crate) grace: Duration,
     /// When set, proxies and gateways report their flow counts this often
@@ -437,6 +439,7 @@ impl Mesh {
             clusters,
             relays: BTreeMap::new(),
             max_attempts: ProxyConfig::default().max_attempts,
+            header_timeout: None,
             grace: Duration::from_secs(5),
             report_interval: None,
             shared_td: None,
@@ -590,6 +593,9 @@ impl Mesh {
                 ejection_cap: Duration::from_secs(1),
                 max_attempts: self.max_attempts,
                 endpoints: Arc::clone(&c.endpoints),
+                header_timeout: self
+                    .header_timeout
+                    .unwrap_or(ProxyConfig::default().header_timeout),
                 ..ProxyConfig::default()
             };
             c.proxy = Some(

@@ -1,0 +1,218 @@
+//! The L7 access log's line (L8), written by hand.
+//!
+//! One line per request is the busiest log of the data plane: through
+//! `tracing`'s JSON formatter it cost about a tenth of the proxy's CPU per
+//! request (field visitors, the span list, UTF-8 checks on every piece;
+//! BENCHMARKS.md). When the process logs JSON, the binary hands this module
+//! its line writer ([`set_json_sink`]) and the proxy writes the line itself,
+//! in the layout `tracing` gives the process's other JSON lines
+//! (`{"timestamp", "level", "fields": {"message", ...}, "target", "span",
+//! "spans"}`). Otherwise (text logs, tests without a sink) the line goes
+//! through `tracing`. Either way `RUST_LOG` decides whether there is a line
+//! at all.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+static SINK: OnceLock<fn(&[u8])> = OnceLock::new();
+
+/// Where finished JSON lines go; set once, by a process that logs JSON.
+pub fn set_json_sink(sink: fn(&[u8])) {
+    let _ = SINK.set(sink);
+}
+
+pub(crate) fn json_sink() -> Option<fn(&[u8])> {
+    SINK.get().copied()
+}
+
+/// A JSON log line being written.
+pub(crate) struct JsonLine {
+    buf: String,
+}
+
+impl JsonLine {
+    /// Starts an `INFO` line with `message`.
+    pub(crate) fn info(message: &str) -> JsonLine {
+        let mut buf = String::with_capacity(640);
+        buf.push_str("{\"timestamp\":\"");
+        rfc3339_micros(SystemTime::now(), &mut buf);
+        buf.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":");
+        let mut line = JsonLine { buf };
+        line.string(message);
+        line
+    }
+
+    pub(crate) fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        self.string(value);
+        self
+    }
+
+    pub(crate) fn display(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
+        self.key(key);
+        self.buf.push('"');
+        let _ = write!(Escaping(&mut self.buf), "{value}");
+        self.buf.push('"');
+        self
+    }
+
+    pub(crate) fn u64(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        let _ = write!(self.buf, "{value}");
+        self
+    }
+
+    fn key(&mut self, key: &str) {
+        self.buf.push(',');
+        self.string(key);
+        self.buf.push(':');
+    }
+
+    fn string(&mut self, s: &str) {
+        self.buf.push('"');
+        let _ = Escaping(&mut self.buf).write_str(s);
+        self.buf.push('"');
+    }
+
+    /// Closes the line, under the connection's span (`conn`, with the
+    /// client's address and the address it connected to, as the proxy's
+    /// connection span names them), and hands it to `sink`.
+    pub(crate) fn finish(
+        mut self,
+        target: &str,
+        peer: impl std::fmt::Display,
+        dst: impl std::fmt::Display,
+        sink: fn(&[u8]),
+    ) {
+        self.buf.push_str("},\"target\":");
+        self.string(target);
+        self.buf.push_str(",\"span\":");
+        let start = self.buf.len();
+        self.buf.push_str("{\"dst\":\"");
+        let _ = write!(Escaping(&mut self.buf), "{dst}");
+        self.buf.push_str("\",\"peer\":\"");
+        let _ = write!(Escaping(&mut self.buf), "{peer}");
+        self.buf.push_str("\",\"name\":\"conn\"}");
+        let end = self.buf.len();
+        self.buf.push_str(",\"spans\":[");
+        self.buf.extend_from_within(start..end);
+        self.buf.push_str("]}\n");
+        sink(self.buf.as_bytes());
+    }
+}
+
+/// Escapes what is written through it as the inside of a JSON string.
+struct Escaping<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let esc = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.push_str(&s[start..i]);
+            if esc.is_empty() {
+                let _ = write!(self.0, "\\u{b:04x}");
+            } else {
+                self.0.push_str(esc);
+            }
+            start = i + 1;
+        }
+        self.0.push_str(&s[start..]);
+        Ok(())
+    }
+}
+
+/// `t` as `tracing`'s JSON lines write it: RFC 3339, UTC, microseconds
+/// (`2026-12-07T03:20:01.123456Z`).
+fn rfc3339_micros(t: SystemTime, out: &mut String) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    );
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01
+/// (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static LAST: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+    fn keep(line: &[u8]) {
+        *LAST.lock().unwrap() = line.to_vec();
+    }
+
+    #[test]
+    fn l8_a_line_is_the_json_tracing_would_write() {
+        let mut line = JsonLine::info("request");
+        line.display("src", "10.0.0.1:5000")
+            .str("path", "/a\"b\\c\n\u{1}é")
+            .u64("status", 200);
+        line.finish("t::l7", "10.0.0.1:5000", "[::1]:80", keep);
+        let bytes = LAST.lock().unwrap().clone();
+        assert_eq!(bytes.last(), Some(&b'\n'));
+        assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let ts = v["timestamp"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-12-07T03:20:01.123456Z".len(), "{ts}");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "t::l7");
+        assert_eq!(
+            v["fields"],
+            serde_json::json!({
+                "message": "request",
+                "src": "10.0.0.1:5000",
+                "path": "/a\"b\\c\n\u{1}é",
+                "status": 200,
+            })
+        );
+        let span = serde_json::json!({"dst": "[::1]:80", "peer": "10.0.0.1:5000", "name": "conn"});
+        assert_eq!(v["span"], span);
+        assert_eq!(v["spans"], serde_json::json!([span]));
+    }
+
+    #[test]
+    fn l8_dates_are_the_calendars() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_794), (2026, 12, 7));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let mut s = String::new();
+        rfc3339_micros(
+            UNIX_EPOCH + std::time::Duration::new(1_796_613_601, 123_456_789),
+            &mut s,
+        );
+        assert_eq!(s, "2026-12-07T03:20:01.123456Z");
+    }
+}
