@@ -8,13 +8,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc rather than glibc's malloc: the data plane allocates and frees
-/// small buffers on every worker for every request and connection (hyper's
-/// heads, header maps, log lines), where glibc's per-arena locks and
-/// consolidation showed up in the L7 profile (BENCHMARKS.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     meshpeer_identity::install_default_provider();
     let cli = cli::Cli::parse();

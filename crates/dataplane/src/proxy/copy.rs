@@ -1,6 +1,10 @@
 //! Copying a proxied connection both ways with buffers that exist only
 //! while data flows (SPEC B6): a connection that sends nothing holds no
 //! buffer, and one that goes quiet after a trickle gives its buffers back.
+//! A read that fits the stack (a request, an answer) is written on from
+//! there: only a bulk flow, or bytes the writer cannot take yet, get a
+//! buffer (allocating and zeroing one per message was the L4 hop's largest
+//! cost in user space; BENCHMARKS.md).
 //! Half-close is kept: when one side ends, the other's write side is shut
 //! down and the other direction runs on.
 
@@ -11,8 +15,9 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// First read of a direction without a buffer: on the stack.
-const FIRST_READ: usize = 1024;
+/// A read of a direction without a buffer: on the stack. A read that fills
+/// it is taken as the start of a bulk flow.
+const FIRST_READ: usize = 2048;
 
 /// Copies `a` to `b` and `b` to `a` until both directions ended; returns
 /// the bytes copied each way `(a to b, b to a)`.
@@ -87,9 +92,18 @@ impl Half {
             if self.pos == self.cap && !self.eof {
                 self.pos = 0;
                 self.cap = 0;
-                match self.poll_fill(cx, reader.as_mut()) {
+                let read = if self.buf.is_none() {
+                    self.poll_small(cx, reader.as_mut(), writer.as_mut())
+                } else {
+                    self.poll_fill(cx, reader.as_mut())
+                };
+                match read {
                     Poll::Ready(result) => result?,
                     Poll::Pending => {
+                        if self.pos < self.cap {
+                            // Bytes the writer could not take: it wakes us.
+                            return Poll::Pending;
+                        }
                         if self.needs_flush {
                             ready!(writer.as_mut().poll_flush(cx))?;
                             self.needs_flush = false;
@@ -121,31 +135,67 @@ impl Half {
         }
     }
 
-    /// Reads into the buffer, allocating it once data arrives.
+    /// Without a buffer: reads onto the stack and writes what it read on
+    /// at once. A buffer is taken for what the writer does not take (then
+    /// `Pending`: the writer wakes us), or when the read filled the stack
+    /// (a bulk flow: the next reads go to the buffer).
+    fn poll_small<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let mut stack = [0u8; FIRST_READ];
+        let mut read = ReadBuf::new(&mut stack);
+        ready!(reader.poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        self.last_read = n;
+        if n == 0 {
+            self.eof = true;
+            return Poll::Ready(Ok(()));
+        }
+        let mut written = 0;
+        while written < n {
+            match writer.as_mut().poll_write(cx, &stack[written..n]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(w)) => {
+                    written += w;
+                    self.total += w as u64;
+                    self.needs_flush = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        if written < n || n == FIRST_READ {
+            let mut buf = vec![0; self.size].into_boxed_slice();
+            let rest = n - written;
+            buf[..rest].copy_from_slice(&stack[written..n]);
+            self.buf = Some(buf);
+            self.cap = rest;
+            if rest > 0 {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads into the buffer.
     fn poll_fill<R: AsyncRead + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         reader: Pin<&mut R>,
     ) -> Poll<io::Result<()>> {
-        let n = match &mut self.buf {
-            Some(buf) => {
-                let mut read = ReadBuf::new(buf);
-                ready!(reader.poll_read(cx, &mut read))?;
-                read.filled().len()
-            }
-            None => {
-                let mut first = [0u8; FIRST_READ];
-                let mut read = ReadBuf::new(&mut first);
-                ready!(reader.poll_read(cx, &mut read))?;
-                let n = read.filled().len();
-                if n > 0 {
-                    let mut buf = vec![0; self.size].into_boxed_slice();
-                    buf[..n].copy_from_slice(&first[..n]);
-                    self.buf = Some(buf);
-                }
-                n
-            }
+        let Some(buf) = &mut self.buf else {
+            return Poll::Ready(Err(io::Error::other("copy buffer missing")));
         };
+        let mut read = ReadBuf::new(buf);
+        ready!(reader.poll_read(cx, &mut read))?;
+        let n = read.filled().len();
         self.last_read = n;
         if n == 0 {
             self.eof = true;
@@ -185,6 +235,80 @@ mod tests {
         assert_eq!(client_side.await.unwrap(), down);
         let (ab, ba) = copier.await.unwrap().unwrap();
         assert_eq!((ab, ba), (up.len() as u64, down.len() as u64));
+    }
+
+    /// Request and answer sized messages are written on from the stack: no
+    /// buffer is taken for them; a bulk flow takes one, and gives it back
+    /// once it goes quiet.
+    #[test]
+    fn b6_small_messages_take_no_buffer_and_a_bulk_flow_gives_its_back() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let (mut client, mut a) = tokio::io::duplex(1 << 20);
+        let (mut b, mut server) = tokio::io::duplex(1 << 20);
+        let mut half = Half::new(64 * 1024);
+        let mut poll = |half: &mut Half| {
+            assert!(
+                half.poll_copy(&mut cx, Pin::new(&mut a), Pin::new(&mut b))
+                    .is_pending()
+            );
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for i in 0..10u8 {
+            let msg = vec![i; 700];
+            rt.block_on(client.write_all(&msg)).unwrap();
+            poll(&mut half);
+            assert!(!half.holds_buffer(), "message {i}");
+            let mut got = vec![0; 700];
+            rt.block_on(server.read_exact(&mut got)).unwrap();
+            assert_eq!(got, msg);
+        }
+        let bulk: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        rt.block_on(client.write_all(&bulk)).unwrap();
+        poll(&mut half);
+        // The writer's pipe holds 1 MiB: everything went through, and the
+        // last read was a full buffer's worth or a tail.
+        let mut got = vec![0; bulk.len()];
+        rt.block_on(server.read_exact(&mut got)).unwrap();
+        assert_eq!(got, bulk);
+        rt.block_on(client.write_all(b"quiet")).unwrap();
+        poll(&mut half);
+        assert!(!half.holds_buffer(), "a trickle after the flow");
+        let mut got = [0; 5];
+        rt.block_on(server.read_exact(&mut got)).unwrap();
+        assert_eq!(&got, b"quiet");
+        assert_eq!(half.total, 7_000 + 200_000 + 5);
+    }
+
+    /// Bytes the writer cannot take yet are kept in a buffer, and written
+    /// once it can.
+    #[test]
+    fn b6_what_the_writer_cannot_take_yet_waits_in_a_buffer() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let (mut client, mut a) = tokio::io::duplex(1 << 16);
+        // A pipe that takes 100 bytes at a time.
+        let (mut b, mut server) = tokio::io::duplex(100);
+        let mut half = Half::new(64 * 1024);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let msg: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8).collect();
+        rt.block_on(client.write_all(&msg)).unwrap();
+        let mut got = Vec::new();
+        while got.len() < msg.len() {
+            assert!(
+                half.poll_copy(&mut cx, Pin::new(&mut a), Pin::new(&mut b))
+                    .is_pending()
+            );
+            assert!(half.holds_buffer() || got.len() + 100 >= msg.len());
+            let mut chunk = [0; 100];
+            let n = rt.block_on(server.read(&mut chunk)).unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, msg);
     }
 
     #[test]
