@@ -413,20 +413,44 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
         r.inc_by(received);
         ctx.metrics.flows.connection(&state, &flow, outcome);
     }
-    info!(
-        src = %peer,
-        src_cluster = %me,
-        dst = %hostname,
-        endpoint = %chosen.dest,
-        cluster = %chosen.cluster,
-        attempts = chosen.attempts,
-        refused = refused_field(&chosen.refused),
-        bytes_sent = sent,
-        bytes_received = received,
-        duration_ms = started.elapsed().as_millis() as u64,
-        outcome,
-        "connection"
-    );
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    // The access log's line, written by hand when the process logs JSON
+    // (`access_log`), else through tracing.
+    let Some(sink) = crate::access_log::json_sink() else {
+        info!(
+            src = %peer,
+            src_cluster = %me,
+            dst = %hostname,
+            endpoint = %chosen.dest,
+            cluster = %chosen.cluster,
+            attempts = chosen.attempts,
+            refused = refused_field(&chosen.refused),
+            bytes_sent = sent,
+            bytes_received = received,
+            duration_ms,
+            outcome,
+            "connection"
+        );
+        return;
+    };
+    let mut line = crate::access_log::JsonLine::info("connection");
+    line.display("src", peer)
+        .str("src_cluster", me)
+        .str("dst", &hostname)
+        .str("endpoint", &chosen.dest)
+        .str("cluster", &chosen.cluster)
+        .u64("attempts", chosen.attempts as u64);
+    if !chosen.refused.is_empty() {
+        line.str("refused", &chosen.refused.join(", "));
+    }
+    line.u64("bytes_sent", sent)
+        .u64("bytes_received", received)
+        .u64("duration_ms", duration_ms)
+        .str("outcome", outcome);
+    line.finish(module_path!(), peer, local, sink);
 }
 
 /// The L7 frontend a captured address leads to: a frontend with a route

@@ -408,6 +408,33 @@ fn d1_d2_proxy_resolves_and_reaches_a_global_service_and_the_gateway_wants_clien
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // L8 on an L4 port: the connection's access-log line (written by hand
+    // when the process logs JSON), in the layout tracing gives every line.
+    let line = proxy.wait_for("the connection's access-log line", |m| m == "connection");
+    let f = &line["fields"];
+    assert_eq!(f["src_cluster"], "c1", "{line}");
+    assert_eq!(
+        f["dst"],
+        format!("{NAME}.{NS}.mesh.internal:8000"),
+        "{line}"
+    );
+    assert_eq!(f["cluster"], "c1", "{line}");
+    assert_eq!(f["attempts"], 1, "{line}");
+    assert_eq!(f["bytes_received"], "backend-a\n".len(), "{line}");
+    assert_eq!(f["outcome"], "ok", "{line}");
+    assert!(
+        f["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(POD_IP)),
+        "{line}"
+    );
+    assert!(f["duration_ms"].is_u64(), "{line}");
+    assert!(f.get("refused").is_none(), "{line}");
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["target"], "meshpeer_dataplane::proxy", "{line}");
+    assert_eq!(line["span"]["name"], "conn", "{line}");
+    assert_eq!(line["span"]["dst"], format!("{vip}:8000"), "{line}");
+
     // Issue 16: the proxy reports the flow to the controller over mutual
     // TLS, and the controller serves it at /v1/traffic, with both reporters
     // under the identities their certificates prove.
@@ -1044,5 +1071,89 @@ fn l8_a_routed_request_gets_an_access_log_line_and_is_counted() {
                 && l.contains("destination_cluster=\"c1\"")
                 && l.contains("status_class=\"2xx\"")),
         "{text}"
+    );
+}
+
+/// Seconds since midnight UTC of a JSON log line's `timestamp`
+/// (`2026-12-07T03:20:01.123456Z`).
+fn seconds_of_day(line: &Value) -> f64 {
+    let ts = line["timestamp"].as_str().unwrap_or_default();
+    let time = ts
+        .split('T')
+        .nth(1)
+        .unwrap_or_default()
+        .trim_end_matches('Z');
+    time.split(':')
+        .map(|p| p.parse::<f64>().unwrap_or(0.0))
+        .fold(0.0, |acc, p| acc * 60.0 + p)
+}
+
+/// L2 at start-up: a route backend that does not resolve while a linked
+/// peer has not sent its first state is most likely one of the peer's
+/// services, so the controller logs it only once the peer synced or the
+/// grace period is over (and only if it still holds): a start-up does not
+/// warn about backends the first sync resolves. Here cluster2 never
+/// answers: the finding is logged, after the grace period.
+#[test]
+fn l2_unresolved_route_backends_are_logged_once_the_linked_peers_synced_or_the_grace_is_over() {
+    meshpeer_identity::install_default_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "cluster1");
+    // Seed 002's cluster1, linked to a cluster2 that is not running.
+    let dir = tmp.path().join("cluster1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/httpbin/cluster1");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        dir.join("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: to-gone, namespace: httpbin}\n\
+         spec:\n  parentRefs: [{group: \"\", kind: Service, name: in-ambient, port: 8000}]\n  \
+         rules:\n  - backendRefs: [{group: networking.istio.io, kind: Hostname, name: gone.httpbin.mesh.internal, port: 8000}]\n",
+    )
+    .unwrap();
+    let mut ctl = Proc::spawn(
+        "controller",
+        &[
+            "controller",
+            "--cluster-dir",
+            s(&dir),
+            "--cacerts",
+            s(&cacerts),
+            "--api-listen",
+            "127.0.0.1:0",
+            "--cluster-listen",
+            "127.0.0.1:0",
+            "--peering-listen",
+            "127.0.0.1:0",
+            "--grace",
+            "2s",
+        ],
+    );
+    let up = ctl.wait_for("its API address", |m| {
+        m == "API listening (status, catalog, metrics)"
+    });
+    let warned = ctl.wait_for("the route's unresolved backend", |m| {
+        m.contains("gone.httpbin.mesh.internal")
+    });
+    assert_eq!(warned["fields"]["rule"], "L2", "{warned}");
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    let after = (seconds_of_day(&warned) - seconds_of_day(&up)).rem_euclid(86_400.0);
+    assert!(
+        after >= 1.5,
+        "logged {after:.3} s after start, before the 2 s grace period was over: {warned}"
+    );
+    // Logged once.
+    assert_eq!(
+        ctl.seen
+            .iter()
+            .filter(|v| v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("gone.httpbin.mesh.internal")))
+            .count(),
+        1
     );
 }

@@ -91,6 +91,10 @@ pub(crate) struct Core {
     /// Every linked peer came back as a caller since the start, or the
     /// grace period is over (never false again).
     pub(crate) callers_settled: bool,
+    /// Route backends that did not resolve (L2) while a linked peer had not
+    /// sent its first state: logged once every linked peer has (or the
+    /// grace period is over), if they still hold.
+    pub(crate) deferred_diagnostics: Vec<meshpeer_model::Diagnostic>,
     pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
     pub(crate) output_error: watch::Receiver<Option<String>>,
     pub(crate) snapshot_dirty: bool,
@@ -583,16 +587,62 @@ impl Core {
         }
     }
 
-    /// Logs diagnostics that are new since the last batch.
-    pub(crate) fn log_new_diagnostics(&self, before: &[meshpeer_model::Diagnostic]) {
-        for d in &self.catalog.diagnostics {
-            if !before.contains(d) {
-                match d.severity {
-                    meshpeer_model::Severity::Error => warn!(rule = %d.rule, "{d}"),
-                    meshpeer_model::Severity::Warning => warn!(rule = %d.rule, "{d}"),
-                    meshpeer_model::Severity::Info => info!(rule = %d.rule, "{d}"),
-                }
+    /// Logs diagnostics that are new since the last batch. A route backend
+    /// that does not resolve (L2) while a linked peer has not yet sent its
+    /// first state is most likely one of that peer's services: it is logged
+    /// later ([`Core::log_deferred_diagnostics`]), and only if it still
+    /// holds then, so a start-up does not log findings that the first sync
+    /// clears. The catalog (page, `check`, `status`) has it all along.
+    pub(crate) fn log_new_diagnostics(&mut self, before: &[meshpeer_model::Diagnostic]) {
+        let waiting = self.waiting_for_first_sync(SystemTime::now());
+        let new: Vec<meshpeer_model::Diagnostic> = self
+            .catalog
+            .diagnostics
+            .iter()
+            .filter(|d| !before.contains(d))
+            .cloned()
+            .collect();
+        for d in new {
+            if waiting && d.rule == meshpeer_model::Rule::L2 {
+                self.deferred_diagnostics.push(d);
+            } else {
+                log_diagnostic(&d);
             }
         }
+        self.log_deferred_diagnostics(SystemTime::now());
+    }
+
+    /// Logs the deferred diagnostics that still hold, once no linked peer
+    /// is awaited any more; says how many were logged.
+    pub(crate) fn log_deferred_diagnostics(&mut self, now: SystemTime) -> usize {
+        if self.deferred_diagnostics.is_empty() || self.waiting_for_first_sync(now) {
+            return 0;
+        }
+        let mut logged = 0;
+        for d in std::mem::take(&mut self.deferred_diagnostics) {
+            if self.catalog.diagnostics.contains(&d) {
+                log_diagnostic(&d);
+                logged += 1;
+            }
+        }
+        logged
+    }
+
+    /// Some linked peer has not sent its first state since the start, and
+    /// the grace period is not over.
+    fn waiting_for_first_sync(&self, now: SystemTime) -> bool {
+        let over = now
+            .duration_since(self.started)
+            .is_ok_and(|d| d >= self.settings.grace);
+        !over && self.peers.values().any(|p| p.last_sync.is_none())
+    }
+}
+
+fn log_diagnostic(d: &meshpeer_model::Diagnostic) {
+    match d.severity {
+        meshpeer_model::Severity::Error | meshpeer_model::Severity::Warning => {
+            warn!(rule = %d.rule, "{d}")
+        }
+        meshpeer_model::Severity::Info => info!(rule = %d.rule, "{d}"),
     }
 }

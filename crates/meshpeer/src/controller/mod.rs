@@ -363,6 +363,7 @@ impl Controller {
             callers: Default::default(),
             started: std::time::SystemTime::now(),
             callers_settled: false,
+            deferred_diagnostics: Vec::new(),
             sink_tx,
             output_error: error_rx,
             snapshot_dirty: false,
@@ -392,6 +393,7 @@ impl Controller {
                         // and settles the callers once the grace period
                         // since the start is over.
                         let now = std::time::SystemTime::now();
+                        core.log_deferred_diagnostics(now);
                         if core.ready
                             && (core.refresh_callers(now)
                                 || core.holding()
