@@ -398,7 +398,7 @@ async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx
     ctx.metrics
         .connect_seconds
         .observe(started.elapsed().as_secs_f64());
-    let copied = copy::copy_both(&mut inbound, &mut *upstream, 64 * 1024).await;
+    let copied = copy::copy_both(&mut inbound, &mut *upstream, 256 * 1024).await;
     let (sent, received, outcome) = match copied {
         Ok((a, b)) => (a, b, "ok"),
         Err(_) => (0, 0, "reset"),
