@@ -137,7 +137,7 @@ fn rfc3339_micros(t: SystemTime, out: &mut String) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
+    let (y, m, day) = meshpeer_identity::civil_from_days(days as i64);
     let _ = write!(
         out,
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
@@ -146,21 +146,6 @@ fn rfc3339_micros(t: SystemTime, out: &mut String) {
         rem % 60,
         d.subsec_micros()
     );
-}
-
-/// The proleptic Gregorian date of a day counted from 1970-01-01
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -203,16 +188,18 @@ mod tests {
     }
 
     #[test]
-    fn l8_dates_are_the_calendars() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(20_794), (2026, 12, 7));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    fn l8_timestamps_are_rfc3339_utc_with_microseconds() {
         let mut s = String::new();
         rfc3339_micros(
             UNIX_EPOCH + std::time::Duration::new(1_796_613_601, 123_456_789),
             &mut s,
         );
         assert_eq!(s, "2026-12-07T03:20:01.123456Z");
+        s.clear();
+        rfc3339_micros(
+            UNIX_EPOCH + std::time::Duration::new(951_868_799, 7_000),
+            &mut s,
+        );
+        assert_eq!(s, "2000-02-29T23:59:59.000007Z");
     }
 }

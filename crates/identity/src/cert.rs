@@ -185,8 +185,10 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
+/// Proleptic Gregorian date `(year, month, day)` of a day count since
+/// 1970-01-01 (H. Hinnant's algorithm); what the data plane's log lines
+/// write their timestamps with too.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -35,6 +35,7 @@ pub use ca::{
     CA_CERT_FILE, CA_KEY_FILE, CERT_CHAIN_FILE, CaError, ClusterCa, IssuedError, LEAF_BACKDATE,
     Leaf, ROOT_CERT_FILE, ROOT_KEY_FILE, RootCa, SignedChain, TrustRoot,
 };
+pub use cert::civil_from_days;
 pub use csr::{CertificateRequest, CsrError, MAX_CSR_LEN};
 pub use identity::{Identity, IdentityError, IssueError, IssueFuture, LeafIssuer};
 pub use refusal::{Refusal, refusal_reason, refusal_reason_io};

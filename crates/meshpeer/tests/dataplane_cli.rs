@@ -193,31 +193,36 @@ fn token(tokens: &Path, ns: &str, sa: &str, out: &Path) {
 /// `meshpeer controller` on `dir` (tokens from `tokens`); returns it and
 /// its cluster listener's address.
 fn controller(dir: &Path, cacerts: &Path, tokens: &Path) -> (Proc, String) {
-    let mut p = Proc::spawn(
-        "controller",
-        &[
-            "controller",
-            "--cluster-dir",
-            s(dir),
-            "--cacerts",
-            s(cacerts),
-            "--tokens",
-            s(tokens),
-            "--api-listen",
-            "127.0.0.1:0",
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--peering-listen",
-            "127.0.0.1:0",
-            "--vip-cidr",
-            "127.253.0.0/16",
-        ],
+    let mut p = spawn_controller(
+        dir,
+        cacerts,
+        &["--tokens", s(tokens), "--vip-cidr", "127.253.0.0/16"],
     );
     let line = p.wait_for("its cluster listener's address", |m| {
         m.starts_with("cluster listener (certificates, catalog over mutual TLS)")
     });
     let cluster = Proc::field(&line, "address");
     (p, cluster)
+}
+
+/// `meshpeer controller` on `dir` with its listeners on free loopback ports,
+/// and `extra` flags.
+fn spawn_controller(dir: &Path, cacerts: &Path, extra: &[&str]) -> Proc {
+    let mut argv = vec![
+        "controller",
+        "--cluster-dir",
+        s(dir),
+        "--cacerts",
+        s(cacerts),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--cluster-listen",
+        "127.0.0.1:0",
+        "--peering-listen",
+        "127.0.0.1:0",
+    ];
+    argv.extend_from_slice(extra);
+    Proc::spawn("controller", &argv)
 }
 
 /// The flags that lead a proxy or gateway to the controller at `cluster`
@@ -915,24 +920,7 @@ fn b5_the_peering_listener_takes_the_controllers_listener_bounds() {
     let tmp = tempfile::tempdir().unwrap();
     let cacerts = certs(tmp.path(), "c1");
     let dir = cluster_dir(tmp.path());
-    let mut ctl = Proc::spawn(
-        "controller",
-        &[
-            "controller",
-            "--cluster-dir",
-            s(&dir),
-            "--cacerts",
-            s(&cacerts),
-            "--api-listen",
-            "127.0.0.1:0",
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--peering-listen",
-            "127.0.0.1:0",
-            "--handshake-timeout",
-            "300ms",
-        ],
-    );
+    let mut ctl = spawn_controller(&dir, &cacerts, &["--handshake-timeout", "300ms"]);
     let peering = ctl.wait_for("its peering address", |m| m == "peering server listening");
     let peering: SocketAddr = Proc::field(&peering, "address").parse().unwrap();
     let api = ctl.wait_for("its API address", |m| m.starts_with("API listening"));
@@ -1115,24 +1103,7 @@ fn l2_unresolved_route_backends_are_logged_once_the_linked_peers_synced_or_the_g
          rules:\n  - backendRefs: [{group: networking.istio.io, kind: Hostname, name: gone.httpbin.mesh.internal, port: 8000}]\n",
     )
     .unwrap();
-    let mut ctl = Proc::spawn(
-        "controller",
-        &[
-            "controller",
-            "--cluster-dir",
-            s(&dir),
-            "--cacerts",
-            s(&cacerts),
-            "--api-listen",
-            "127.0.0.1:0",
-            "--cluster-listen",
-            "127.0.0.1:0",
-            "--peering-listen",
-            "127.0.0.1:0",
-            "--grace",
-            "2s",
-        ],
-    );
+    let mut ctl = spawn_controller(&dir, &cacerts, &["--grace", "2s"]);
     let up = ctl.wait_for("its API address", |m| {
         m == "API listening (status, catalog, metrics)"
     });
