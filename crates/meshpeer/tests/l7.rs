@@ -36,7 +36,8 @@ const GLOBAL: (&str, &str) = ("solo.io/service-scope", "global");
 const REVIEWS: &str = "reviews.bookinfo.mesh.internal";
 
 /// An HTTP backend (HTTP/1.1 and HTTP/2 prior knowledge) answering with
-/// its name, the request's method, path, query, Host and headers as JSON.
+/// its name, the request's method, path, query, Host, headers and body as
+/// JSON.
 /// `/status/N` answers N; `/flaky` answers 503 every other time;
 /// `/delay/MS` answers after MS milliseconds.
 struct HttpBackend {
@@ -44,6 +45,8 @@ struct HttpBackend {
     addr: SocketAddr,
     name: String,
     hits: Arc<AtomicUsize>,
+    /// The body of the last request it got.
+    last_body: Arc<std::sync::Mutex<String>>,
 }
 
 impl HttpBackend {
@@ -53,6 +56,7 @@ impl HttpBackend {
             addr,
             name: name.to_owned(),
             hits: Arc::default(),
+            last_body: Arc::default(),
         };
         b.resume().await;
         b
@@ -61,6 +65,7 @@ impl HttpBackend {
     async fn resume(&mut self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         let (name, hits) = (self.name.clone(), Arc::clone(&self.hits));
+        let last_body = Arc::clone(&self.last_body);
         let flaky = Arc::new(AtomicUsize::new(0));
         self.task = Some(tokio::spawn(async move {
             // The connections end with the backend, as a pod's do.
@@ -71,13 +76,15 @@ impl HttpBackend {
                 };
                 while conns.try_join_next().is_some() {}
                 let (name, hits, flaky) = (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
+                let last_body = Arc::clone(&last_body);
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let (name, hits, flaky) =
                             (name.clone(), Arc::clone(&hits), Arc::clone(&flaky));
+                        let last_body = Arc::clone(&last_body);
                         async move {
                             hits.fetch_add(1, Ordering::Relaxed);
-                            Ok::<_, Infallible>(answer(&name, req, &flaky).await)
+                            Ok::<_, Infallible>(answer(&name, req, &flaky, &last_body).await)
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -104,7 +111,12 @@ impl Drop for HttpBackend {
     }
 }
 
-async fn answer(name: &str, req: Request<Incoming>, flaky: &AtomicUsize) -> Response<Full<Bytes>> {
+async fn answer(
+    name: &str,
+    req: Request<Incoming>,
+    flaky: &AtomicUsize,
+    last_body: &std::sync::Mutex<String>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let mut status = 200;
     if let Some(code) = path.strip_prefix("/status/") {
@@ -123,13 +135,22 @@ async fn answer(name: &str, req: Request<Incoming>, flaky: &AtomicUsize) -> Resp
             .or_default()
             .push(v.to_str().unwrap_or_default().to_owned());
     }
+    let (parts, body) = req.into_parts();
+    let got = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    last_body.lock().unwrap().clone_from(&got);
     let body = json!({
         "name": name,
-        "method": req.method().as_str(),
+        "method": parts.method.as_str(),
         "path": path,
-        "query": req.uri().query(),
-        "version": format!("{:?}", req.version()),
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
         "headers": headers,
+        "body": got,
     });
     Response::builder()
         .status(status)
@@ -749,7 +770,7 @@ async fn l2_a_hostname_backend_fails_over_to_another_cluster_as_a_connection_doe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn l5_timeouts_answer_504_and_bodiless_requests_are_retried_on_503() {
+async fn l5_timeouts_answer_504_and_requests_whose_body_can_be_sent_again_are_retried_on_503() {
     let b = Bookinfo::start().await;
     let rules = format!(
         "  - matches: [{{path: {{type: PathPrefix, value: /delay}}}}]
@@ -777,15 +798,49 @@ async fn l5_timeouts_answer_504_and_bodiless_requests_are_retried_on_503() {
     assert_eq!(a.status, 503);
     assert_eq!(a.name(), "reviews-v1/cluster1");
     assert_eq!(hits.load(Ordering::Relaxed) - before, 3);
-    // A request whose body went upstream is not sent again.
+    // A body of a declared length up to 64 KiB is read whole first, so it
+    // is sent again, whole, each time.
+    let post = |path: &str, body: Bytes| {
+        Request::builder()
+            .method("POST")
+            .uri(format!("http://{vip}{path}"))
+            .body(Full::new(body))
+            .unwrap()
+    };
     let before = hits.load(Ordering::Relaxed);
-    let req = Request::builder()
-        .method("POST")
-        .uri(format!("http://{vip}/status/503"))
-        .body(Full::new(Bytes::from_static(b"payload")))
+    let res = c
+        .request(post("/flaky", Bytes::from_static(b"payload")))
+        .await
         .unwrap();
-    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let echoed: Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(echoed["body"], "payload", "{echoed}");
+    assert_eq!(hits.load(Ordering::Relaxed) - before, 2);
+    // A longer body is streamed once: one attempt.
+    let before = hits.load(Ordering::Relaxed);
+    let big = Bytes::from(vec![b'x'; 100 * 1024]);
+    let res = c.request(post("/status/503", big)).await.unwrap();
     assert_eq!(res.status(), 503);
+    assert_eq!(hits.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(
+        b.backends["reviews-v1/cluster1"]
+            .last_body
+            .lock()
+            .unwrap()
+            .len(),
+        100 * 1024
+    );
+    // So is a body of no declared length (chunked): one attempt.
+    let before = hits.load(Ordering::Relaxed);
+    let head = raw_exchange(
+        vip,
+        &format!(
+            "POST /status/503 HTTP/1.1\r\nHost: {REVIEWS}:8000\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7\r\npayload\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert_eq!(hits.load(Ordering::Relaxed) - before, 1);
     b.mesh.shutdown().await;
 }
@@ -917,6 +972,27 @@ async fn l4_request_mirrors_send_a_copy_whose_answer_is_dropped() {
             tokio::time::Instant::now() < deadline,
             "only {} of 20 requests mirrored",
             mirrored.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A request with a body (of a declared length up to 64 KiB): the
+    // mirror gets the same body.
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{vip}/status/201"))
+        .header("host", format!("{REVIEWS}:8000"))
+        .body(Full::new(Bytes::from_static(b"the same body")))
+        .unwrap();
+    let res = c.request(req).await.unwrap();
+    assert_eq!(res.status(), 201);
+    let mirror = &b.backends["ratings/cluster1"];
+    while mirror.hits.load(Ordering::Relaxed) < 21
+        || *mirror.last_body.lock().unwrap() != "the same body"
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mirror never got the body; it got {:?}",
+            mirror.last_body.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1146,4 +1222,27 @@ async fn b5_l7_clients_that_send_no_whole_request_head_in_time_are_closed() {
     let got = String::from_utf8_lossy(&closed(&mut served).await).into_owned();
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     assert!(got.contains("reviews-v1/cluster1"), "{got}");
+}
+
+/// Sends `request` as written on a new connection to `vip`; the answer's
+/// status line and headers.
+async fn raw_exchange(vip: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WITHIN, read)
+        .await
+        .expect("no answer within the deadline");
+    String::from_utf8_lossy(&got).into_owned()
 }

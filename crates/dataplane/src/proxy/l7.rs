@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -414,6 +414,14 @@ fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// The largest request body read whole so that it can be sent again
+/// (retries, L5) or copied (mirrors, L4); a longer one is streamed once.
+const MAX_REPLAYED_BODY: u64 = 64 * 1024;
+
 /// What one request did, for the access log and metrics.
 struct Outcome {
     status: StatusCode,
@@ -719,16 +727,53 @@ async fn route(
     }
     let clients = ctx.l7_clients();
     let client = if h2 { &clients.h2 } else { &clients.h1 };
-    // Only a request without a body is retried or mirrored: a body sent
-    // once is not replayed (L5).
-    let bodiless = body.is_end_stream();
+    // A body that can be sent again is retried and mirrored (L4, L5): none,
+    // or one whose declared length is at most MAX_REPLAYED_BODY, read whole
+    // first. A longer or unsized body is streamed once: one attempt, no
+    // mirror.
+    let (replay, mut streamed): (Option<Bytes>, Option<ProxyBody>) = if body.is_end_stream() {
+        (Some(Bytes::new()), None)
+    } else if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n <= MAX_REPLAYED_BODY)
+    {
+        match Limited::new(body, MAX_REPLAYED_BODY as usize)
+            .collect()
+            .await
+        {
+            Ok(b) => (Some(b.to_bytes()), None),
+            Err(e) => {
+                outcome.status = StatusCode::BAD_REQUEST;
+                outcome.why = Some(format!("the request body could not be read: {e}"));
+                return (
+                    local(
+                        StatusCode::BAD_REQUEST,
+                        "the request body could not be read",
+                    ),
+                    outcome,
+                );
+            }
+        }
+    } else {
+        for m in &mirrors {
+            debug!(mirror = %m.target.name(), "not mirrored: the request body is streamed");
+        }
+        mirrors.clear();
+        (None, Some(body.boxed()))
+    };
+    let attempts = if replay.is_some() {
+        1 + rule.retries
+    } else {
+        1
+    };
     for m in mirrors {
-        if bodiless && fastrand::u8(0..100) < m.percent {
-            mirror(client, &parts, &m.target);
+        if fastrand::u8(0..100) < m.percent
+            && let Some(bytes) = &replay
+        {
+            mirror(client, &parts, &m.target, bytes.clone());
         }
     }
-    let attempts = if bodiless { 1 + rule.retries } else { 1 };
-    let mut body = Some(body.boxed());
     let per_try = rule.timeouts.backend_request_ms.map(Duration::from_millis);
     let overall = rule.timeouts.request_ms.map(Duration::from_millis);
     let deadline = overall.map(|d| tokio::time::Instant::now() + d);
@@ -740,7 +785,11 @@ async fn route(
     let mut parts = Some(parts);
     for attempt in 1..=attempts {
         outcome.attempts = attempt;
-        let body = body.take().unwrap_or_else(empty);
+        let body = match &replay {
+            Some(bytes) if bytes.is_empty() => empty(),
+            Some(bytes) => full(bytes.clone()),
+            None => streamed.take().unwrap_or_else(empty),
+        };
         let head = if attempt < attempts {
             parts.clone()
         } else {
@@ -793,7 +842,8 @@ async fn route(
             Err(e) => {
                 last_error = error_chain(&e);
                 // Connect failures and refused streams never reached the
-                // backend; a bodiless idempotent request whose connection
+                // backend; an idempotent request (its body, if any, read
+                // whole: only such requests have more attempts) whose connection
                 // broke before an answer may be sent again (RFC 9110
                 // 9.2.2): a pooled connection to a backend that went away.
                 let retriable = e.is_connect() || refused_stream(&e) || idempotent;
@@ -859,8 +909,9 @@ fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Sends a copy of a bodiless request to a mirror; its answer is dropped.
-fn mirror(client: &Backends, parts: &http::request::Parts, target: &BackendTarget) {
+/// Sends a copy of a request (its head, and its body read whole) to a
+/// mirror; its answer is dropped.
+fn mirror(client: &Backends, parts: &http::request::Parts, target: &BackendTarget, body: Bytes) {
     let authority = match target {
         BackendTarget::Global { hostname, port } => format!("{hostname}:{port}"),
         BackendTarget::ClusterIp { ip, port, .. } => match ip.parse::<IpAddr>() {
@@ -877,7 +928,8 @@ fn mirror(client: &Backends, parts: &http::request::Parts, target: &BackendTarge
     let Ok(uri) = format!("http://{authority}{pq}").parse::<Uri>() else {
         return;
     };
-    let mut copy = Request::from_parts(parts.clone(), empty());
+    let body = if body.is_empty() { empty() } else { full(body) };
+    let mut copy = Request::from_parts(parts.clone(), body);
     *copy.uri_mut() = uri;
     *copy.extensions_mut() = http::Extensions::new();
     let call = client.request(copy);
