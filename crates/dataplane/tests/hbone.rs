@@ -728,10 +728,12 @@ async fn d2_resets_are_propagated() {
         Report::Eof(n) => assert!(n <= 200_000),
         Report::Error(n, kind) => assert!(n <= 200_000, "{kind:?}"),
     }
+    // A cancel by the caller: counted apart from errors.
     wait_until("the gateway counts the cancelled tunnel", || {
-        closed(&gw_metrics, "inbound", "error") == 2
+        closed(&gw_metrics, "inbound", "cancelled") == 1
     })
     .await;
+    assert_eq!(closed(&gw_metrics, "inbound", "error"), 1);
 
     // The connection survives stream resets.
     echo_once(&client, gw, b"still fine").await;
@@ -768,6 +770,34 @@ async fn d2_a_caller_that_ends_its_side_then_cancels_closes_cleanly() {
     })
     .await;
     assert_eq!(closed(&gw_metrics, "inbound", "error"), 0);
+}
+
+/// INTEROP.md, run I: ztunnel also drops the stream (RST_STREAM CANCEL)
+/// without its own END_STREAM, while the gateway's connection to the
+/// destination is still open. That is counted `cancelled`, not `error`
+/// (the gateway's error rate counts failures), and logged
+/// `caller_cancelled`; a caller that ended its side first is `ok`.
+#[tokio::test]
+async fn d2_a_caller_that_cancels_without_ending_its_side_is_counted_cancelled_not_failed() {
+    let mesh = Mesh::new().await;
+    let (client, _) = mesh.client(PoolConfig::default());
+    let gw = mesh.gateway.addr;
+    let gw_metrics = mesh.gateway.metrics.clone();
+    for n in 1..=3u64 {
+        let mut tunnel = client
+            .connect(gw, GATEWAY_TD, "hold.test:9", &TunnelMeta::default())
+            .await
+            .unwrap();
+        let mut line = [0u8; 5];
+        tunnel.read_exact(&mut line).await.unwrap();
+        drop(tunnel);
+        wait_until("the gateway counts the cancel", || {
+            closed(&gw_metrics, "inbound", "cancelled") == n
+        })
+        .await;
+    }
+    assert_eq!(closed(&gw_metrics, "inbound", "error"), 0);
+    assert_eq!(closed(&gw_metrics, "inbound", "ok"), 0);
 }
 
 // ---------------------------------------------------------------------------

@@ -85,7 +85,7 @@ impl HboneMetrics {
         );
         r.register(
             "tunnels_closed",
-            "Tunnels ended by direction and outcome (ok, error)",
+            "Tunnels ended by direction and outcome (ok; cancelled: the caller reset the stream with CANCEL before ending its side; error)",
             m.tunnels_closed.clone(),
         );
         r.register(
@@ -166,9 +166,9 @@ pub(crate) struct TunnelCounters {
 }
 
 impl TunnelCounters {
-    /// Counts the tunnel closed; call once.
-    pub(crate) fn closed(&self, ok: bool) {
-        let outcome = if ok { "ok" } else { "error" };
+    /// Counts the tunnel closed with `outcome` (`ok`, `cancelled`,
+    /// `error`); call once.
+    pub(crate) fn closed(&self, outcome: &'static str) {
         self.metrics
             .tunnels_closed
             .get_or_create(&TunnelLabels {

@@ -432,10 +432,15 @@ async fn tunnel(
     let mut splice = Splice::new(upstream, send, recv, &counters);
     let result = (&mut splice).await;
     let (from_caller, to_caller) = splice.totals();
-    counters.closed(result.is_ok());
+    counters.closed(match &result {
+        Ok(()) => "ok",
+        Err(SpliceError::Cancelled(_)) => "cancelled",
+        Err(_) => "error",
+    });
     // The gateway's access log: one line per tunnel.
     let (outcome, error) = match &result {
         Ok(()) => ("ok", String::new()),
+        Err(SpliceError::Cancelled(err)) => ("caller_cancelled", err.to_string()),
         Err(SpliceError::Caller(err)) => ("caller_reset", err.to_string()),
         Err(SpliceError::Upstream(err)) => ("upstream_reset", err.to_string()),
     };

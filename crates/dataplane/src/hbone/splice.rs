@@ -35,8 +35,14 @@ const BUFFER_SIZES: [usize; 3] = [1024, 16 * 1024, 256 * 1024];
 /// How a splice failed.
 #[derive(Debug)]
 pub(crate) enum SpliceError {
-    /// The caller reset the stream or its connection failed.
+    /// The caller reset the stream, or its connection failed.
     Caller(io::Error),
+    /// The caller reset the stream with CANCEL or NO_ERROR before it ended
+    /// its side: it no longer wants the stream. Not a failure: ztunnel
+    /// ends its tunnels so once its own copy is over, even while the
+    /// upstream is still open (INTEROP.md, run I); a client that drops a
+    /// tunnel mid-transfer looks the same.
+    Cancelled(io::Error),
     /// Reading from or writing to the upstream failed.
     Upstream(io::Error),
 }
@@ -128,9 +134,7 @@ impl<'a> Splice<'a> {
             }
             match self.recv.poll_data(cx) {
                 Poll::Ready(Some(Ok(chunk))) => self.inbound = chunk,
-                Poll::Ready(Some(Err(err))) => {
-                    return Poll::Ready(Err(SpliceError::Caller(wire::h2_to_io(err))));
-                }
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(caller_error(err))),
                 Poll::Ready(None) => self.caller_eof = true,
                 Poll::Pending => {
                     if self.needs_flush {
@@ -157,7 +161,7 @@ impl<'a> Splice<'a> {
             if self.upstream_eof {
                 self.send
                     .send_data(Bytes::new(), true)
-                    .map_err(|err| SpliceError::Caller(wire::h2_to_io(err)))?;
+                    .map_err(caller_error)?;
                 self.caller_eos_sent = true;
                 return Poll::Ready(Ok(()));
             }
@@ -182,6 +186,19 @@ impl<'a> Splice<'a> {
     }
 }
 
+/// A caller's h2 error: a reset with CANCEL or NO_ERROR is a cancel.
+fn caller_error(err: h2::Error) -> SpliceError {
+    let cancel = err.is_reset()
+        && err.is_remote()
+        && matches!(err.reason(), Some(Reason::CANCEL | Reason::NO_ERROR));
+    let err = wire::h2_to_io(err);
+    if cancel {
+        SpliceError::Cancelled(err)
+    } else {
+        SpliceError::Caller(err)
+    }
+}
+
 impl Future for Splice<'_> {
     type Output = Result<(), SpliceError>;
 
@@ -192,7 +209,9 @@ impl Future for Splice<'_> {
             // the stream is done, not failing: ztunnel ends its tunnels so
             // (it drops the stream once its copy is over: RST_STREAM
             // CANCEL). What the upstream still had for it is dropped.
-            Poll::Ready(Err(SpliceError::Caller(_))) if this.finished_by_caller(cx) => {
+            Poll::Ready(Err(SpliceError::Caller(_) | SpliceError::Cancelled(_)))
+                if this.finished_by_caller(cx) =>
+            {
                 Poll::Ready(Ok(()))
             }
             other => other,
@@ -220,10 +239,13 @@ impl Splice<'_> {
         // Both directions may be waiting on the upstream alone; a reset by
         // the caller must still end the tunnel (and close the upstream).
         match this.send.poll_reset(cx) {
+            Poll::Ready(Ok(reason @ (Reason::CANCEL | Reason::NO_ERROR))) => {
+                Poll::Ready(Err(SpliceError::Cancelled(wire::reset_error(reason))))
+            }
             Poll::Ready(Ok(reason)) => {
                 Poll::Ready(Err(SpliceError::Caller(wire::reset_error(reason))))
             }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(SpliceError::Caller(wire::h2_to_io(err)))),
+            Poll::Ready(Err(err)) => Poll::Ready(Err(caller_error(err))),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -172,7 +172,7 @@ impl Drop for Tunnel {
             self.send.send_reset(Reason::CANCEL);
         }
         let ok = ended && !self.failed;
-        self.counters.closed(ok);
+        self.counters.closed(if ok { "ok" } else { "error" });
         debug!(
             parent: &self.span,
             sent = self.sent,
