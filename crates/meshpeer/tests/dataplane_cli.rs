@@ -225,6 +225,34 @@ fn spawn_controller(dir: &Path, cacerts: &Path, extra: &[&str]) -> Proc {
     Proc::spawn("controller", &argv)
 }
 
+/// A controller on `dir` (its tokens file in `tmp`) and a proxy that reaches
+/// it, with its DNS and metrics on free loopback ports and leave to dial
+/// the endpoints `allow` (P5); both, and the proxy's DNS and metrics
+/// addresses from its startup line.
+fn controller_and_proxy(
+    tmp: &Path,
+    dir: &Path,
+    cacerts: &Path,
+    allow: &[&str],
+) -> (Proc, Proc, SocketAddr, String) {
+    let tokens = tmp.join("tokens");
+    let proxy_token = tmp.join("proxy.token");
+    token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
+    let (ctl, cluster) = controller(dir, cacerts, &tokens);
+    let mut proxy_args = vec!["proxy".to_owned()];
+    proxy_args.extend(reach(&cluster, cacerts, &proxy_token));
+    proxy_args
+        .extend(["--dns-listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"].map(str::to_owned));
+    for a in allow {
+        proxy_args.extend(["--allow-endpoints".to_owned(), (*a).to_owned()]);
+    }
+    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
+    let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
+    let dns: SocketAddr = Proc::field(&up, "dns").parse().unwrap();
+    let metrics = Proc::field(&up, "metrics");
+    (ctl, proxy, dns, metrics)
+}
+
 /// The flags that lead a proxy or gateway to the controller at `cluster`
 /// with the shared root of `cacerts` and the token in `token`.
 fn reach(cluster: &str, cacerts: &Path, token: &Path) -> Vec<String> {
@@ -837,29 +865,8 @@ fn t6_explain_shows_the_proxys_live_ejections() {
     .unwrap();
     backend(SocketAddr::new(LIVE.parse().unwrap(), 8080), "live\n");
 
-    let tokens = tmp.path().join("tokens");
-    let proxy_token = tmp.path().join("proxy.token");
-    token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
-    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
-    let mut proxy_args = vec!["proxy".to_owned()];
-    proxy_args.extend(reach(&cluster, &cacerts, &proxy_token));
-    proxy_args.extend(
-        [
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--allow-endpoints",
-            LIVE,
-            "--allow-endpoints",
-            DEAD,
-        ]
-        .map(str::to_owned),
-    );
-    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
-    let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
-    let dns: SocketAddr = Proc::field(&up, "dns").parse().unwrap();
-    let metrics = Proc::field(&up, "metrics");
+    let (_ctl, _proxy, dns, metrics) =
+        controller_and_proxy(tmp.path(), &dir, &cacerts, &[LIVE, DEAD]);
     let vip = resolve(dns, &format!("{NAME}.{NS}.mesh.internal."))[0];
 
     // Connections until the dead Pod has been tried (and ejected): each is
@@ -990,27 +997,8 @@ fn l8_a_routed_request_gets_an_access_log_line_and_is_counted() {
             );
         }
     });
-    let tokens = tmp.path().join("tokens");
-    let proxy_token = tmp.path().join("proxy.token");
-    token(&tokens, "istio-system", "meshpeer-proxy", &proxy_token);
-    let (_ctl, cluster) = controller(&dir, &cacerts, &tokens);
-    let mut proxy_args = vec!["proxy".to_owned()];
-    proxy_args.extend(reach(&cluster, &cacerts, &proxy_token));
-    proxy_args.extend(
-        [
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--metrics",
-            "127.0.0.1:0",
-            "--allow-endpoints",
-            ROUTED_POD,
-        ]
-        .map(str::to_owned),
-    );
-    let mut proxy = Proc::spawn("proxy", &args(&proxy_args));
-    let up = proxy.wait_for("its startup line", |m| m.starts_with("proxy running"));
-    let dns: SocketAddr = Proc::field(&up, "dns").parse().unwrap();
-    let metrics = Proc::field(&up, "metrics");
+    let (_ctl, proxy, dns, metrics) =
+        controller_and_proxy(tmp.path(), &dir, &cacerts, &[ROUTED_POD]);
     let host = format!("{ROUTED}.{NS}.mesh.internal");
     let vip = resolve(dns, &format!("{host}."))[0];
     let vip = SocketAddr::new(vip, 8000).to_string();
