@@ -916,19 +916,25 @@ async fn tunnel_headers_reach_the_handler() {
 #[tokio::test]
 async fn d2_the_gateways_answer_is_waited_for_apart_from_reaching_it() {
     let mesh = Mesh::new().await;
-    let quick_reach = PoolConfig {
-        connect_timeout: Duration::from_millis(200),
-        answer_timeout: Duration::from_secs(5),
-        ..PoolConfig::default()
+    // A tunnel to the upstream the gateway reaches in 300 ms.
+    let slow_tunnel = |connect_timeout, answer_timeout| {
+        let (client, _) = mesh.client(PoolConfig {
+            connect_timeout,
+            answer_timeout,
+            ..PoolConfig::default()
+        });
+        async move {
+            client
+                .connect(
+                    mesh.gateway.addr,
+                    GATEWAY_TD,
+                    "slow.test:7",
+                    &TunnelMeta::default(),
+                )
+                .await
+        }
     };
-    let (client, _) = mesh.client(quick_reach);
-    let mut tunnel = client
-        .connect(
-            mesh.gateway.addr,
-            GATEWAY_TD,
-            "slow.test:7",
-            &TunnelMeta::default(),
-        )
+    let mut tunnel = slow_tunnel(Duration::from_millis(200), Duration::from_secs(5))
         .await
         .expect("a 300 ms answer is within the answer timeout");
     tunnel.write_all(b"ping").await.unwrap();
@@ -937,19 +943,7 @@ async fn d2_the_gateways_answer_is_waited_for_apart_from_reaching_it() {
     tunnel.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"ping");
 
-    let impatient = PoolConfig {
-        connect_timeout: Duration::from_secs(5),
-        answer_timeout: Duration::from_millis(100),
-        ..PoolConfig::default()
-    };
-    let (client, _) = mesh.client(impatient);
-    let err = client
-        .connect(
-            mesh.gateway.addr,
-            GATEWAY_TD,
-            "slow.test:7",
-            &TunnelMeta::default(),
-        )
+    let err = slow_tunnel(Duration::from_secs(5), Duration::from_millis(100))
         .await
         .expect_err("a 300 ms answer is past a 100 ms answer timeout");
     assert!(

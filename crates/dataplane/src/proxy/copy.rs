@@ -67,9 +67,9 @@ struct Half {
 
 impl Half {
     fn new(size: usize) -> Self {
-        Half {
+        let mut half = Half {
             size: size.max(FIRST_READ),
-            next: FIRST_BUFFER.clamp(FIRST_READ, size.max(FIRST_READ)),
+            next: 0,
             buf: None,
             pos: 0,
             cap: 0,
@@ -78,7 +78,14 @@ impl Half {
             needs_flush: false,
             done: false,
             total: 0,
-        }
+        };
+        half.next = half.first_buffer();
+        half
+    }
+
+    /// A bulk flow's first buffer: [`FIRST_BUFFER`], within the cap.
+    fn first_buffer(&self) -> usize {
+        FIRST_BUFFER.clamp(FIRST_READ, self.size)
     }
 
     /// Whether a buffer is held now.
@@ -130,7 +137,7 @@ impl Half {
                             // Quiet: no buffer, and a bulk flow that
                             // starts again starts small.
                             self.buf = None;
-                            self.next = FIRST_BUFFER.clamp(FIRST_READ, self.size);
+                            self.next = self.first_buffer();
                         }
                         return Poll::Pending;
                     }

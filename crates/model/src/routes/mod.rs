@@ -295,6 +295,11 @@ pub fn compile(
                 continue; // not a parent kind meshpeer handles
             };
             let field = format!("spec.parentRefs[{i}]");
+            // An L7 finding about this parent.
+            let finding = |message: String| {
+                Diagnostic::new(cluster, Rule::L7, Severity::Error, obj.clone(), message)
+                    .with_field(field.clone())
+            };
             // Some rules usable: accepted, partially invalid; none (and
             // some were written): not accepted.
             let accepted = match found {
@@ -313,16 +318,9 @@ pub fn compile(
                         .map(|(_, m)| m.as_str())
                         .collect::<Vec<_>>()
                         .join("; ");
-                    diags.push(
-                        Diagnostic::new(
-                            cluster,
-                            Rule::L7,
-                            Severity::Error,
-                            obj.clone(),
-                            format!("rules left out (the others are routed): {message}"),
-                        )
-                        .with_field(field.clone()),
-                    );
+                    diags.push(finding(format!(
+                        "rules left out (the others are routed): {message}"
+                    )));
                     conditions.push(condition(
                         "Accepted",
                         true,
@@ -346,19 +344,10 @@ pub fn compile(
                     route,
                 )),
                 Err((reason, message)) => {
-                    diags.push(
-                        Diagnostic::new(
-                            cluster,
-                            Rule::L7,
-                            Severity::Error,
-                            obj.clone(),
-                            format!(
-                                "not accepted for its parent {}: {message}",
-                                parent_name(parent, key)
-                            ),
-                        )
-                        .with_field(field.clone()),
-                    );
+                    diags.push(finding(format!(
+                        "not accepted for its parent {}: {message}",
+                        parent_name(parent, key)
+                    )));
                     conditions.push(condition("Accepted", false, reason, message, route));
                 }
             }
