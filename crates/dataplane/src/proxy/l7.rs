@@ -445,7 +445,7 @@ async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Respons
     let uri = req.uri().clone();
     // One view of the catalog for the whole request.
     let state = ctx.state.borrow().clone();
-    let (res, outcome) = route(req, ctx, &state, frontend).await;
+    let (res, outcome) = route(req, &uri, ctx, &state, frontend).await;
     let me = &state.feed.catalog.cluster.name;
     let elapsed = started.elapsed();
     count(conn, ctx, &state, &outcome);
@@ -559,8 +559,11 @@ fn count(conn: &Conn, ctx: &Ctx, state: &DataplaneState, outcome: &Outcome) {
     });
 }
 
+/// Routes `req`, whose URI as the client sent it is `uri` (kept while its
+/// head is edited).
 async fn route(
     mut req: Request<Incoming>,
+    uri: &Uri,
     ctx: &Arc<Ctx>,
     state: &DataplaneState,
     frontend: &Frontend,
@@ -589,8 +592,6 @@ async fn route(
         );
     };
     outcome.route = format!("{}#{}", rule.route, rule.rule);
-    // The request's URI, kept while its head is edited (a shared copy).
-    let uri = req.uri().clone();
     let (path, query) = (uri.path(), uri.query());
     let mut response_edits: Vec<&HeaderEdit> = Vec::new();
     let mut mirrors = Vec::new();
