@@ -594,7 +594,12 @@ impl Core {
     /// holds then, so a start-up does not log findings that the first sync
     /// clears. The catalog (page, `check`, `status`) has it all along.
     pub(crate) fn log_new_diagnostics(&mut self, before: &[meshpeer_model::Diagnostic]) {
-        let waiting = self.waiting_for_first_sync(SystemTime::now());
+        let now = SystemTime::now();
+        let waiting = self.waiting_for_first_sync(now);
+        // A set, not a scan per diagnostic: a batch costs what the
+        // findings number, not its square.
+        let before: std::collections::HashSet<&meshpeer_model::Diagnostic> =
+            before.iter().collect();
         let new: Vec<meshpeer_model::Diagnostic> = self
             .catalog
             .diagnostics
@@ -609,23 +614,22 @@ impl Core {
                 log_diagnostic(&d);
             }
         }
-        self.log_deferred_diagnostics(SystemTime::now());
+        self.log_deferred_diagnostics(now);
     }
 
     /// Logs the deferred diagnostics that still hold, once no linked peer
-    /// is awaited any more; says how many were logged.
-    pub(crate) fn log_deferred_diagnostics(&mut self, now: SystemTime) -> usize {
+    /// is awaited any more.
+    pub(crate) fn log_deferred_diagnostics(&mut self, now: SystemTime) {
         if self.deferred_diagnostics.is_empty() || self.waiting_for_first_sync(now) {
-            return 0;
+            return;
         }
-        let mut logged = 0;
+        let current: std::collections::HashSet<&meshpeer_model::Diagnostic> =
+            self.catalog.diagnostics.iter().collect();
         for d in std::mem::take(&mut self.deferred_diagnostics) {
-            if self.catalog.diagnostics.contains(&d) {
+            if current.contains(&d) {
                 log_diagnostic(&d);
-                logged += 1;
             }
         }
-        logged
     }
 
     /// Some linked peer has not sent its first state since the start, and
