@@ -61,6 +61,10 @@ pub struct ProxyConfig {
     /// interval once a request has come, and closed when a ping goes
     /// unanswered as long.
     pub header_timeout: Duration,
+    /// Time a client of an L7 port may go without sending a byte of a
+    /// request body it has begun; then the request is answered 408 and the
+    /// connection closed (B5).
+    pub body_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -74,6 +78,7 @@ impl Default for ProxyConfig {
             resolve_timeout: Duration::from_secs(2),
             max_lookups: 64,
             header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
         }
     }
 }

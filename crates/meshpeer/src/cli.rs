@@ -492,6 +492,11 @@ pub(crate) struct ProxyArgs {
     /// interval.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub(crate) header_timeout: Duration,
+    /// How long a client of a routed (L7) port may pause while sending a
+    /// request body; then the request is answered 408 and the connection
+    /// closed (SPEC B5).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub(crate) body_timeout: Duration,
     /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).
     #[arg(long)]
     pub(crate) capture_cluster_ips: bool,

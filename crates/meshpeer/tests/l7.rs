@@ -1224,6 +1224,59 @@ async fn b5_l7_clients_that_send_no_whole_request_head_in_time_are_closed() {
     assert!(got.contains("reviews-v1/cluster1"), "{got}");
 }
 
+/// B5 on L7 ports: a client that begins a request body and stops is
+/// answered 408 once the body timeout passes, and its connection closed,
+/// whether the body was to be read whole (a declared length up to 64 KiB),
+/// streamed (a longer one) or chunked; a client that pauses for less than
+/// the timeout between pieces is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b5_l7_a_client_that_stops_sending_its_request_body_is_answered_408_and_closed() {
+    use tokio::io::AsyncWriteExt;
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.body_timeout = Some(Duration::from_millis(800));
+    let b = Bookinfo::start_with(mesh).await;
+    let vip = b.route(&seed_route(), 2).await;
+    let head = |more: &str| format!("POST / HTTP/1.1\r\nHost: {REVIEWS}:8000\r\n{more}\r\n");
+    let stalls = [
+        ("read whole", head("Content-Length: 10\r\n") + "abc"),
+        (
+            "streamed",
+            head("Content-Length: 200000\r\n") + &"x".repeat(1000),
+        ),
+        (
+            "chunked",
+            head("Transfer-Encoding: chunked\r\n") + "3\r\nabc\r\n",
+        ),
+    ];
+    let mut stalled = Vec::new();
+    for (what, bytes) in &stalls {
+        let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+        s.write_all(bytes.as_bytes()).await.unwrap();
+        stalled.push((what, s));
+    }
+    for (what, s) in &mut stalled {
+        let got = String::from_utf8_lossy(&closed(s).await).into_owned();
+        assert!(got.starts_with("HTTP/1.1 408"), "{what}: {got}");
+        assert!(
+            got.contains("no byte of the request body for 800ms"),
+            "{what}: {got}"
+        );
+    }
+    // Pauses shorter than the timeout: each piece starts the clock again.
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+    s.write_all(head("Content-Length: 9\r\nConnection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    for piece in ["pay", "loa", "d!!"] {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(piece.as_bytes()).await.unwrap();
+    }
+    let got = String::from_utf8_lossy(&closed(&mut s).await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+    assert!(got.contains("payloa"), "{got}");
+    b.mesh.shutdown().await;
+}
+
 /// Sends `request` as written on a new connection to `vip`; the answer's
 /// status line and headers.
 async fn raw_exchange(vip: SocketAddr, request: &str) -> String {

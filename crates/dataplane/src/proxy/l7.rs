@@ -40,7 +40,7 @@ use crate::hbone::TunnelMeta;
 use crate::pick::Dest;
 use crate::state::DataplaneState;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+type ProxyBody = BoxBody<Bytes, BoxError>;
 type Backends = Client<Connector, ProxyBody>;
 
 /// A request as the route table matches it.
@@ -193,6 +193,97 @@ struct Connector {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body its client stopped sending (B5).
+#[derive(Debug)]
+struct BodyTimeout(Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the client sent no byte of the request body for {:?}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// Whether `e` or an error under it is a [`BodyTimeout`].
+fn body_timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimeout> {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<BodyTimeout>() {
+            return Some(t);
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// A client's request body that fails with [`BodyTimeout`] when no frame
+/// comes for `limit` (B5): a client that begins a body and stops holds a
+/// request, and a backend connection, no longer than that.
+struct Paced {
+    inner: Incoming,
+    limit: Duration,
+    /// Armed while the body waits for its client.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
+}
+
+impl Paced {
+    fn new(inner: Incoming, limit: Duration) -> Paced {
+        Paced {
+            inner,
+            limit,
+            timer: None,
+            waiting: false,
+        }
+    }
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // A new wait starts the clock again.
+                if !this.waiting {
+                    this.waiting = true;
+                    timer.as_mut().reset(deadline);
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(this.limit).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl tower::Service<Uri> for Connector {
     type Response = Io;
@@ -734,34 +825,40 @@ async fn route(
     // mirror.
     let (replay, mut streamed): (Option<Bytes>, Option<ProxyBody>) = if body.is_end_stream() {
         (Some(Bytes::new()), None)
-    } else if body
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n <= MAX_REPLAYED_BODY)
-    {
-        match Limited::new(body, MAX_REPLAYED_BODY as usize)
-            .collect()
-            .await
-        {
-            Ok(b) => (Some(b.to_bytes()), None),
-            Err(e) => {
-                outcome.status = StatusCode::BAD_REQUEST;
-                outcome.why = Some(format!("the request body could not be read: {e}"));
-                return (
-                    local(
-                        StatusCode::BAD_REQUEST,
-                        "the request body could not be read",
-                    ),
-                    outcome,
-                );
-            }
-        }
     } else {
-        for m in &mirrors {
-            debug!(mirror = %m.target.name(), "not mirrored: the request body is streamed");
+        let body = Paced::new(body, ctx.config.body_timeout);
+        if body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_REPLAYED_BODY)
+        {
+            match Limited::new(body, MAX_REPLAYED_BODY as usize)
+                .collect()
+                .await
+            {
+                Ok(b) => (Some(b.to_bytes()), None),
+                Err(e) => {
+                    if let Some(t) = body_timed_out(&*e) {
+                        return too_slow(t, outcome);
+                    }
+                    outcome.status = StatusCode::BAD_REQUEST;
+                    outcome.why = Some(format!("the request body could not be read: {e}"));
+                    return (
+                        local(
+                            StatusCode::BAD_REQUEST,
+                            "the request body could not be read",
+                        ),
+                        outcome,
+                    );
+                }
+            }
+        } else {
+            for m in &mirrors {
+                debug!(mirror = %m.target.name(), "not mirrored: the request body is streamed");
+            }
+            mirrors.clear();
+            (None, Some(body.boxed()))
         }
-        mirrors.clear();
-        (None, Some(body.boxed()))
     };
     let attempts = if replay.is_some() {
         1 + rule.retries
@@ -841,6 +938,9 @@ async fn route(
                 return (respond(res, &response_edits, &mut outcome), outcome);
             }
             Err(e) => {
+                if let Some(t) = body_timed_out(&e) {
+                    return too_slow(t, outcome);
+                }
                 last_error = error_chain(&e);
                 // Connect failures and refused streams never reached the
                 // backend; an idempotent request (its body, if any, read
@@ -872,6 +972,18 @@ async fn route(
     )
 }
 
+/// The answer to a client that stopped sending its request body (B5):
+/// 408, and the connection closes (the rest of the body is not awaited).
+fn too_slow(t: &BodyTimeout, mut outcome: Outcome) -> (Response<ProxyBody>, Outcome) {
+    let text = t.to_string();
+    let mut res = local(StatusCode::REQUEST_TIMEOUT, &text);
+    res.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    outcome.status = StatusCode::REQUEST_TIMEOUT;
+    outcome.why = Some(text);
+    (res, outcome)
+}
+
 fn respond(
     res: Response<Incoming>,
     edits: &[&HeaderEdit],
@@ -883,7 +995,7 @@ fn respond(
     for e in edits {
         apply_headers(e, &mut parts.headers);
     }
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -61,6 +61,7 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     cfg.dns.max_tcp_connections = args.dns_max_tcp_connections;
     cfg.proxy.resolve_timeout = args.resolve_timeout;
     cfg.proxy.header_timeout = args.header_timeout;
+    cfg.proxy.body_timeout = args.body_timeout;
     cfg.state.capture_cluster_ips = args.capture_cluster_ips;
     cfg.state.locality = match (&args.region, &args.zone) {
         (Some(region), Some(zone)) => Some(Locality::new(region, zone)),

@@ -288,6 +288,7 @@ pub(crate) struct Mesh {
     pub(crate) max_attempts: usize,
     /// The proxies' L7 header timeout (B5); the default when `None`.
     pub(crate) header_timeout: Option<Duration>,
+    pub(crate) body_timeout: Option<Duration>,
     /// The controllers' `--grace` (5 s unless a test sets it).
     pub(crate) grace: Duration,
     /// When set, proxies and gateways report their flow counts this often
@@ -440,6 +441,7 @@ impl Mesh {
             relays: BTreeMap::new(),
             max_attempts: ProxyConfig::default().max_attempts,
             header_timeout: None,
+            body_timeout: None,
             grace: Duration::from_secs(5),
             report_interval: None,
             shared_td: None,
@@ -596,6 +598,9 @@ impl Mesh {
                 header_timeout: self
                     .header_timeout
                     .unwrap_or(ProxyConfig::default().header_timeout),
+                body_timeout: self
+                    .body_timeout
+                    .unwrap_or(ProxyConfig::default().body_timeout),
                 ..ProxyConfig::default()
             };
             c.proxy = Some(
