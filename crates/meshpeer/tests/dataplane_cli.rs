@@ -1116,3 +1116,77 @@ fn l2_unresolved_route_backends_are_logged_once_the_linked_peers_synced_or_the_g
         1
     );
 }
+
+/// G7 for upstream Istio, in the controller as in `render`: a global
+/// service with endpoints of no known Pod (bookinfo's EndpointSlices come
+/// without their Pods) cannot have their ServiceAccounts in the entry's
+/// subjectAltNames, which ztunnel checks; the controller (upstream by
+/// default) logs the warning once and lists it with its findings; with
+/// `--istio-flavor solo` (no such names) it says nothing of it.
+#[test]
+fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_istio() {
+    meshpeer_identity::install_default_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let cacerts = certs(tmp.path(), "cluster1");
+    // A copy: the controller writes its output into the folder.
+    let dir = tmp.path().join("cluster1");
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bookinfo/cluster1");
+    for entry in std::fs::read_dir(&example).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let gap = "productpage.bookinfo.mesh.internal: endpoints in cluster1 have no known Pod";
+    let mut ctl = spawn_controller(&dir, &cacerts, &[]);
+    let up = ctl.wait_for("its API address", |m| {
+        m == "API listening (status, catalog, metrics)"
+    });
+    let api = up["fields"]["address"].as_str().unwrap().to_owned();
+    let warned = ctl.wait_for("the identity gap", |m| m.contains(gap));
+    assert_eq!(warned["fields"]["rule"], "G7", "{warned}");
+    assert_eq!(warned["level"], "WARN", "{warned}");
+    let status = http_get(&api, "/v1/status");
+    let body = status.split_once("\r\n\r\n").unwrap().1;
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    let listed: Vec<&serde_json::Value> = doc["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["rule"] == "G7")
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["severity"], "warning", "{listed:#?}");
+    assert!(
+        listed[0]["message"].as_str().unwrap().starts_with(gap),
+        "{listed:#?}"
+    );
+    drop(ctl);
+
+    let mut solo = spawn_controller(&dir, &cacerts, &["--istio-flavor", "solo"]);
+    let up = solo.wait_for("its API address", |m| {
+        m == "API listening (status, catalog, metrics)"
+    });
+    let api = up["fields"]["address"].as_str().unwrap().to_owned();
+    // Once the catalog holds productpage, its findings are final.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let doc = loop {
+        let status = http_get(&api, "/v1/status");
+        let body = status.split_once("\r\n\r\n").unwrap().1;
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        if doc["globalServices"].as_u64().unwrap_or(0) > 0 {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "no catalog: {doc}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !doc["diagnostics"].to_string().contains("no known Pod"),
+        "{doc}"
+    );
+    assert!(
+        !solo
+            .seen
+            .iter()
+            .any(|v| v.to_string().contains("no known Pod"))
+    );
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use imbl::ordmap::DiffItem;
 use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
+use meshpeer_model::render::upstream::identity_gap;
 use meshpeer_model::trust::{
     REASON_HOSTNAME_REFUSED, REASON_SEGMENT_NOT_DEFINED, REASON_SEGMENT_PIN_MISMATCH,
 };
@@ -95,6 +96,11 @@ pub(crate) struct Core {
     /// sent its first state: logged once every linked peer has (or the
     /// grace period is over), if they still hold.
     pub(crate) deferred_diagnostics: Vec<meshpeer_model::Diagnostic>,
+    /// For the upstream flavor (`None` for solo's), per global hostname,
+    /// the G7 warning that some of its endpoints carry no ServiceAccount
+    /// (render's [`identity_gap`](meshpeer_model::render::upstream::identity_gap)),
+    /// kept by what changed and shown with the catalog's findings.
+    pub(crate) identity_gaps: Option<BTreeMap<String, meshpeer_model::Diagnostic>>,
     pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
     pub(crate) output_error: watch::Receiver<Option<String>>,
     pub(crate) snapshot_dirty: bool,
@@ -247,21 +253,49 @@ impl Core {
             seconds: 0.0,
         };
         self.pending_exported = 0;
-        let next = Arc::new(self.cataloguer.catalog().clone());
-        self.account(&Arc::clone(&self.catalog), &next);
-        self.catalog = next;
+        let mut next = self.cataloguer.catalog().clone();
+        let old = Arc::clone(&self.catalog);
+        self.account(&old, &next);
+        if let Some(gaps) = self.identity_gaps.as_ref().filter(|g| !g.is_empty()) {
+            next.diagnostics.extend(gaps.values().cloned());
+            next.diagnostics.sort();
+        }
+        self.catalog = Arc::new(next);
     }
 
-    /// Keeps `contributed` and `imported` in step with a new catalog, by
-    /// what changed.
+    /// Keeps `contributed`, `imported` and the identity gaps in step with
+    /// a new catalog, by what changed.
     fn account(&mut self, old: &GlobalCatalog, new: &GlobalCatalog) {
+        let me = &new.cluster.name;
+        let relabel = me != &old.cluster.name;
         for item in old.services.diff(&new.services) {
-            match item {
-                DiffItem::Add(_, s) => self.count(s, true),
-                DiffItem::Remove(_, s) => self.count(s, false),
+            let (host, now) = match item {
+                DiffItem::Add(host, s) => {
+                    self.count(s, true);
+                    (host, Some(s))
+                }
+                DiffItem::Remove(host, s) => {
+                    self.count(s, false);
+                    (host, None)
+                }
                 DiffItem::Update { old, new } => {
                     self.count(old.1, false);
                     self.count(new.1, true);
+                    (new.0, Some(new.1))
+                }
+            };
+            if let Some(gaps) = &mut self.identity_gaps {
+                match now.and_then(|s| identity_gap(me, s)) {
+                    Some(d) => gaps.insert(host.clone(), d),
+                    None => gaps.remove(host),
+                };
+            }
+        }
+        // The findings name the cluster that reports them.
+        if relabel && let Some(gaps) = &mut self.identity_gaps {
+            for (host, d) in gaps.iter_mut() {
+                if let Some(fresh) = new.services.get(host).and_then(|s| identity_gap(me, s)) {
+                    *d = fresh;
                 }
             }
         }

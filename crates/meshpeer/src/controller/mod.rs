@@ -364,6 +364,8 @@ impl Controller {
             started: std::time::SystemTime::now(),
             callers_settled: false,
             deferred_diagnostics: Vec::new(),
+            identity_gaps: (istio_flavor == meshpeer_model::render::IstioFlavor::Upstream)
+                .then(std::collections::BTreeMap::new),
             sink_tx,
             output_error: error_rx,
             snapshot_dirty: false,

@@ -121,34 +121,39 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// against the entry's `subjectAltNames`, so tunnels to those endpoints
 /// would fail; a G7 warning says so.
 pub fn identity_gaps(catalog: &GlobalCatalog) -> Vec<crate::Diagnostic> {
-    let mut out = Vec::new();
-    for svc in catalog.services.values() {
-        let unknown: Vec<&str> = svc
-            .contributions
-            .iter()
-            .filter(|c| {
-                c.service
-                    .endpoints()
-                    .any(|(_, e)| e.service_account.is_empty())
-            })
-            .map(|c| c.cluster.as_str())
-            .collect();
-        if unknown.is_empty() {
-            continue;
-        }
-        out.push(crate::Diagnostic::new(
-            &catalog.cluster.name,
-            crate::Rule::G7,
-            crate::Severity::Warning,
-            crate::ObjectRef::service(&svc.namespace, &svc.name),
-            format!(
-                "{}: endpoints in {} have no known Pod, so their ServiceAccounts are not in the entry's subjectAltNames; ztunnel checks double HBONE's inner TLS against those names and would refuse them (export Pods with the EndpointSlices, or add the identities by hand)",
-                svc.hostname,
-                unknown.join(", ")
-            ),
-        ));
+    catalog
+        .services
+        .values()
+        .filter_map(|svc| identity_gap(&catalog.cluster.name, svc))
+        .collect()
+}
+
+/// [`identity_gaps`] of one global service, as cluster `me` reports it.
+pub fn identity_gap(me: &str, svc: &crate::GlobalService) -> Option<crate::Diagnostic> {
+    let unknown: Vec<&str> = svc
+        .contributions
+        .iter()
+        .filter(|c| {
+            c.service
+                .endpoints()
+                .any(|(_, e)| e.service_account.is_empty())
+        })
+        .map(|c| c.cluster.as_str())
+        .collect();
+    if unknown.is_empty() {
+        return None;
     }
-    out
+    Some(crate::Diagnostic::new(
+        me,
+        crate::Rule::G7,
+        crate::Severity::Warning,
+        crate::ObjectRef::service(&svc.namespace, &svc.name),
+        format!(
+            "{}: endpoints in {} have no known Pod, so their ServiceAccounts are not in the entry's subjectAltNames; ztunnel checks double HBONE's inner TLS against those names and would refuse them (export Pods with the EndpointSlices, or add the identities by hand)",
+            svc.hostname,
+            unknown.join(", ")
+        ),
+    ))
 }
 
 /// The prefix of the WorkloadEntries of a flat network's peer Pods.
