@@ -14,7 +14,9 @@
 //!    each; a burst of 1,000 changes spread over them; time until every
 //!    cluster's catalog shows every change.
 //!
-//! Scale with `SERVICES`, `ENDPOINTS`, `CLUSTERS` (env).
+//! Scale with `SERVICES`, `ENDPOINTS`, `CLUSTERS` (env); `FLAVOR=solo`
+//! renders Solo's ServiceEntries instead of upstream Istio's (the default:
+//! ServiceEntries and a WorkloadEntry per endpoint).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -127,6 +129,9 @@ async fn start(
         "127.0.0.1:0".parse().unwrap(),
     );
     cfg.vip_range = format!("10.{}.0.0/16", 100 + n).parse().unwrap();
+    if std::env::var("FLAVOR").is_ok_and(|f| f == "solo") {
+        cfg.istio_flavor = meshpeer_model::render::IstioFlavor::Solo;
+    }
     let controller = Controller::start(cfg).await.unwrap();
     (controller, tx)
 }

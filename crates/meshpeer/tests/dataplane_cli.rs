@@ -1117,12 +1117,13 @@ fn l2_unresolved_route_backends_are_logged_once_the_linked_peers_synced_or_the_g
     );
 }
 
-/// G7 for upstream Istio, in the controller as in `render`: a global
-/// service with endpoints of no known Pod (bookinfo's EndpointSlices come
-/// without their Pods) cannot have their ServiceAccounts in the entry's
+/// G7 for upstream Istio, in the controller as in `render`: global
+/// services with endpoints of no known Pod (bookinfo's EndpointSlices come
+/// without their Pods) cannot have their ServiceAccounts in the entries'
 /// subjectAltNames, which ztunnel checks; the controller (upstream by
-/// default) logs the warning once and lists it with its findings; with
-/// `--istio-flavor solo` (no such names) it says nothing of it.
+/// default) logs one warning per exporting cluster, once, and lists it
+/// with its findings; with `--istio-flavor solo` (no such names) it says
+/// nothing of it.
 #[test]
 fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_istio() {
     meshpeer_identity::install_default_provider();
@@ -1136,7 +1137,7 @@ fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_is
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
-    let gap = "productpage.bookinfo.mesh.internal: endpoints in cluster1 have no known Pod";
+    let gap = "global services have endpoints in cluster cluster1 of no known Pod";
     let mut ctl = spawn_controller(&dir, &cacerts, &[]);
     let up = ctl.wait_for("its API address", |m| {
         m == "API listening (status, catalog, metrics)"
@@ -1156,9 +1157,21 @@ fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_is
         .collect();
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["severity"], "warning", "{listed:#?}");
+    assert_eq!(listed[0]["object"]["kind"], "cluster", "{listed:#?}");
+    assert_eq!(listed[0]["object"]["name"], "cluster1", "{listed:#?}");
     assert!(
         listed[0]["message"].as_str().unwrap().starts_with(gap),
         "{listed:#?}"
+    );
+    // Logged once.
+    assert_eq!(
+        ctl.seen
+            .iter()
+            .filter(|v| v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(gap)))
+            .count(),
+        1
     );
     drop(ctl);
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use imbl::ordmap::DiffItem;
 use meshpeer_model::engine::{CatalogEngine, ExportEngine, OwnChanges};
-use meshpeer_model::render::upstream::identity_gap;
+use meshpeer_model::render::upstream::{cluster_identity_gap, clusters_without_identity};
 use meshpeer_model::trust::{
     REASON_HOSTNAME_REFUSED, REASON_SEGMENT_NOT_DEFINED, REASON_SEGMENT_PIN_MISMATCH,
 };
@@ -96,11 +96,10 @@ pub(crate) struct Core {
     /// sent its first state: logged once every linked peer has (or the
     /// grace period is over), if they still hold.
     pub(crate) deferred_diagnostics: Vec<meshpeer_model::Diagnostic>,
-    /// For the upstream flavor (`None` for solo's), per global hostname,
-    /// the G7 warning that some of its endpoints carry no ServiceAccount
-    /// (render's [`identity_gap`](meshpeer_model::render::upstream::identity_gap)),
-    /// kept by what changed and shown with the catalog's findings.
-    pub(crate) identity_gaps: Option<BTreeMap<String, meshpeer_model::Diagnostic>>,
+    /// For the upstream flavor (`None` for solo's): the global services
+    /// with endpoints that carry no ServiceAccount, kept by what changed,
+    /// for a G7 warning per exporting cluster.
+    pub(crate) identity_gaps: Option<IdentityGaps>,
     pub(crate) sink_tx: watch::Sender<Arc<SinkJob>>,
     pub(crate) output_error: watch::Receiver<Option<String>>,
     pub(crate) snapshot_dirty: bool,
@@ -256,9 +255,13 @@ impl Core {
         let mut next = self.cataloguer.catalog().clone();
         let old = Arc::clone(&self.catalog);
         self.account(&old, &next);
-        if let Some(gaps) = self.identity_gaps.as_ref().filter(|g| !g.is_empty()) {
-            next.diagnostics.extend(gaps.values().cloned());
-            next.diagnostics.sort();
+        if let Some(gaps) = &self.identity_gaps {
+            // One finding per cluster: a few at most, put in order.
+            for cluster in gaps.by_cluster.keys() {
+                let d = cluster_identity_gap(&next.cluster.name, cluster);
+                let at = next.diagnostics.binary_search(&d).unwrap_or_else(|i| i);
+                next.diagnostics.insert(at, d);
+            }
         }
         self.catalog = Arc::new(next);
     }
@@ -266,8 +269,6 @@ impl Core {
     /// Keeps `contributed`, `imported` and the identity gaps in step with
     /// a new catalog, by what changed.
     fn account(&mut self, old: &GlobalCatalog, new: &GlobalCatalog) {
-        let me = &new.cluster.name;
-        let relabel = me != &old.cluster.name;
         for item in old.services.diff(&new.services) {
             let (host, now) = match item {
                 DiffItem::Add(host, s) => {
@@ -285,18 +286,11 @@ impl Core {
                 }
             };
             if let Some(gaps) = &mut self.identity_gaps {
-                match now.and_then(|s| identity_gap(me, s)) {
-                    Some(d) => gaps.insert(host.clone(), d),
-                    None => gaps.remove(host),
-                };
-            }
-        }
-        // The findings name the cluster that reports them.
-        if relabel && let Some(gaps) = &mut self.identity_gaps {
-            for (host, d) in gaps.iter_mut() {
-                if let Some(fresh) = new.services.get(host).and_then(|s| identity_gap(me, s)) {
-                    *d = fresh;
-                }
+                gaps.set(
+                    host,
+                    now.map(|s| clusters_without_identity(s))
+                        .unwrap_or_default(),
+                );
             }
         }
     }
@@ -629,6 +623,12 @@ impl Core {
     /// clears. The catalog (page, `check`, `status`) has it all along.
     pub(crate) fn log_new_diagnostics(&mut self, before: &[meshpeer_model::Diagnostic]) {
         let now = SystemTime::now();
+        // Most batches change no finding: compared in place, without a
+        // copy or a hash.
+        if before == self.catalog.diagnostics.as_slice() {
+            self.log_deferred_diagnostics(now);
+            return;
+        }
         let waiting = self.waiting_for_first_sync(now);
         // A set, not a scan per diagnostic: a batch costs what the
         // findings number, not its square.
@@ -682,5 +682,80 @@ fn log_diagnostic(d: &meshpeer_model::Diagnostic) {
             warn!(rule = %d.rule, "{d}")
         }
         meshpeer_model::Severity::Info => info!(rule = %d.rule, "{d}"),
+    }
+}
+
+/// Global services whose endpoints include some of no known Pod (so of no
+/// known ServiceAccount), by exporting cluster and by hostname: changed
+/// per changed service, in the time of its contributions.
+#[derive(Default)]
+pub(crate) struct IdentityGaps {
+    pub(crate) by_cluster: BTreeMap<String, std::collections::BTreeSet<String>>,
+    by_host: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl IdentityGaps {
+    /// `host`'s clusters with such endpoints are now `clusters`.
+    fn set(&mut self, host: &str, clusters: Vec<&str>) {
+        for c in self.by_host.remove(host).unwrap_or_default() {
+            if let Some(hosts) = self.by_cluster.get_mut(&c) {
+                hosts.remove(host);
+                if hosts.is_empty() {
+                    self.by_cluster.remove(&c);
+                }
+            }
+        }
+        if clusters.is_empty() {
+            return;
+        }
+        for c in &clusters {
+            self.by_cluster
+                .entry((*c).to_owned())
+                .or_default()
+                .insert(host.to_owned());
+        }
+        self.by_host.insert(
+            host.to_owned(),
+            clusters.into_iter().map(str::to_owned).collect(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdentityGaps;
+
+    fn clusters(g: &IdentityGaps) -> Vec<(&str, Vec<&str>)> {
+        g.by_cluster
+            .iter()
+            .map(|(c, hosts)| (c.as_str(), hosts.iter().map(String::as_str).collect()))
+            .collect()
+    }
+
+    /// G7: a cluster has its finding while some service still has such
+    /// endpoints there, and loses it with the last one.
+    #[test]
+    fn g7_identity_gaps_follow_each_service_and_go_with_the_last() {
+        let mut g = IdentityGaps::default();
+        g.set("a.ns.mesh.internal", vec!["c1", "c2"]);
+        g.set("b.ns.mesh.internal", vec!["c2"]);
+        assert_eq!(
+            clusters(&g),
+            [
+                ("c1", vec!["a.ns.mesh.internal"]),
+                ("c2", vec!["a.ns.mesh.internal", "b.ns.mesh.internal"])
+            ]
+        );
+        // a's endpoints in c1 gain their Pods: c1 has no gap left.
+        g.set("a.ns.mesh.internal", vec!["c2"]);
+        assert_eq!(
+            clusters(&g),
+            [("c2", vec!["a.ns.mesh.internal", "b.ns.mesh.internal"])]
+        );
+        // Both services go (or are fixed): nothing is left.
+        g.set("a.ns.mesh.internal", vec![]);
+        g.set("b.ns.mesh.internal", vec![]);
+        assert!(g.by_cluster.is_empty());
+        assert!(g.by_host.is_empty());
     }
 }

@@ -365,7 +365,7 @@ impl Controller {
             callers_settled: false,
             deferred_diagnostics: Vec::new(),
             identity_gaps: (istio_flavor == meshpeer_model::render::IstioFlavor::Upstream)
-                .then(std::collections::BTreeMap::new),
+                .then(self::core::IdentityGaps::default),
             sink_tx,
             output_error: error_rx,
             snapshot_dirty: false,
@@ -428,9 +428,10 @@ impl Controller {
                 core.publish_export();
                 // Let the peering streams send the new export first.
                 tokio::task::yield_now().await;
-                let before = core.catalog.diagnostics.clone();
+                // The catalog before, shared, not its findings copied.
+                let before = Arc::clone(&core.catalog);
                 core.recompute();
-                core.log_new_diagnostics(&before);
+                core.log_new_diagnostics(&before.diagnostics);
             }
             core.stop_links();
         }));

@@ -130,16 +130,7 @@ pub fn identity_gaps(catalog: &GlobalCatalog) -> Vec<crate::Diagnostic> {
 
 /// [`identity_gaps`] of one global service, as cluster `me` reports it.
 pub fn identity_gap(me: &str, svc: &crate::GlobalService) -> Option<crate::Diagnostic> {
-    let unknown: Vec<&str> = svc
-        .contributions
-        .iter()
-        .filter(|c| {
-            c.service
-                .endpoints()
-                .any(|(_, e)| e.service_account.is_empty())
-        })
-        .map(|c| c.cluster.as_str())
-        .collect();
+    let unknown = clusters_without_identity(svc);
     if unknown.is_empty() {
         return None;
     }
@@ -154,6 +145,37 @@ pub fn identity_gap(me: &str, svc: &crate::GlobalService) -> Option<crate::Diagn
             unknown.join(", ")
         ),
     ))
+}
+
+/// The clusters whose endpoints of `svc` include some of no known Pod
+/// (no ServiceAccount).
+pub fn clusters_without_identity(svc: &crate::GlobalService) -> Vec<&str> {
+    svc.contributions
+        .iter()
+        .filter(|c| {
+            c.service
+                .endpoints()
+                .any(|(_, e)| e.service_account.is_empty())
+        })
+        .map(|c| c.cluster.as_str())
+        .collect()
+}
+
+/// The G7 warning a controller gives, once per exporting cluster, while
+/// some global services have endpoints of no known Pod in `cluster`: one
+/// finding per cluster, not per service, so that a mesh of many such
+/// services costs its findings list nothing more (`render` names the
+/// services one by one).
+pub fn cluster_identity_gap(me: &str, cluster: &str) -> crate::Diagnostic {
+    crate::Diagnostic::new(
+        me,
+        crate::Rule::G7,
+        crate::Severity::Warning,
+        crate::ObjectRef::cluster(cluster),
+        format!(
+            "global services have endpoints in cluster {cluster} of no known Pod, so their ServiceAccounts are not in the entries' subjectAltNames; ztunnel checks double HBONE's inner TLS against those names and would refuse them (`meshpeer render --istio-flavor upstream` names the services; export Pods with the EndpointSlices, or add the identities by hand)"
+        ),
+    )
 }
 
 /// The prefix of the WorkloadEntries of a flat network's peer Pods.
