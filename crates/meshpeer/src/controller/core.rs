@@ -270,27 +270,25 @@ impl Core {
     /// a new catalog, by what changed.
     fn account(&mut self, old: &GlobalCatalog, new: &GlobalCatalog) {
         for item in old.services.diff(&new.services) {
-            let (host, now) = match item {
+            let (host, was, now) = match item {
                 DiffItem::Add(host, s) => {
                     self.count(s, true);
-                    (host, Some(s))
+                    (host, None, Some(s))
                 }
                 DiffItem::Remove(host, s) => {
                     self.count(s, false);
-                    (host, None)
+                    (host, Some(s), None)
                 }
                 DiffItem::Update { old, new } => {
                     self.count(old.1, false);
                     self.count(new.1, true);
-                    (new.0, Some(new.1))
+                    (new.0, Some(old.1), Some(new.1))
                 }
             };
             if let Some(gaps) = &mut self.identity_gaps {
-                gaps.set(
-                    host,
-                    now.map(|s| clusters_without_identity(s))
-                        .unwrap_or_default(),
-                );
+                let was = was.map(|s| clusters_without_identity(s));
+                let now = now.map(|s| clusters_without_identity(s));
+                gaps.change(host, &was.unwrap_or_default(), &now.unwrap_or_default());
             }
         }
     }
@@ -686,38 +684,31 @@ fn log_diagnostic(d: &meshpeer_model::Diagnostic) {
 }
 
 /// Global services whose endpoints include some of no known Pod (so of no
-/// known ServiceAccount), by exporting cluster and by hostname: changed
-/// per changed service, in the time of its contributions.
+/// known ServiceAccount), by exporting cluster: changed per changed
+/// service, in the time of its contributions.
 #[derive(Default)]
 pub(crate) struct IdentityGaps {
     pub(crate) by_cluster: BTreeMap<String, std::collections::BTreeSet<String>>,
-    by_host: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl IdentityGaps {
-    /// `host`'s clusters with such endpoints are now `clusters`.
-    fn set(&mut self, host: &str, clusters: Vec<&str>) {
-        for c in self.by_host.remove(host).unwrap_or_default() {
-            if let Some(hosts) = self.by_cluster.get_mut(&c) {
+    /// `host`'s clusters with such endpoints were `was` (its previous
+    /// version's) and are now `now`.
+    fn change(&mut self, host: &str, was: &[&str], now: &[&str]) {
+        for c in was {
+            if let Some(hosts) = self.by_cluster.get_mut(*c) {
                 hosts.remove(host);
                 if hosts.is_empty() {
-                    self.by_cluster.remove(&c);
+                    self.by_cluster.remove(*c);
                 }
             }
         }
-        if clusters.is_empty() {
-            return;
-        }
-        for c in &clusters {
+        for c in now {
             self.by_cluster
                 .entry((*c).to_owned())
                 .or_default()
                 .insert(host.to_owned());
         }
-        self.by_host.insert(
-            host.to_owned(),
-            clusters.into_iter().map(str::to_owned).collect(),
-        );
     }
 }
 
@@ -737,8 +728,8 @@ mod tests {
     #[test]
     fn g7_identity_gaps_follow_each_service_and_go_with_the_last() {
         let mut g = IdentityGaps::default();
-        g.set("a.ns.mesh.internal", vec!["c1", "c2"]);
-        g.set("b.ns.mesh.internal", vec!["c2"]);
+        g.change("a.ns.mesh.internal", &[], &["c1", "c2"]);
+        g.change("b.ns.mesh.internal", &[], &["c2"]);
         assert_eq!(
             clusters(&g),
             [
@@ -747,15 +738,14 @@ mod tests {
             ]
         );
         // a's endpoints in c1 gain their Pods: c1 has no gap left.
-        g.set("a.ns.mesh.internal", vec!["c2"]);
+        g.change("a.ns.mesh.internal", &["c1", "c2"], &["c2"]);
         assert_eq!(
             clusters(&g),
             [("c2", vec!["a.ns.mesh.internal", "b.ns.mesh.internal"])]
         );
         // Both services go (or are fixed): nothing is left.
-        g.set("a.ns.mesh.internal", vec![]);
-        g.set("b.ns.mesh.internal", vec![]);
+        g.change("a.ns.mesh.internal", &["c2"], &[]);
+        g.change("b.ns.mesh.internal", &["c2"], &[]);
         assert!(g.by_cluster.is_empty());
-        assert!(g.by_host.is_empty());
     }
 }

@@ -129,7 +129,7 @@ pub fn identity_gaps(catalog: &GlobalCatalog) -> Vec<crate::Diagnostic> {
 }
 
 /// [`identity_gaps`] of one global service, as cluster `me` reports it.
-pub fn identity_gap(me: &str, svc: &crate::GlobalService) -> Option<crate::Diagnostic> {
+fn identity_gap(me: &str, svc: &crate::GlobalService) -> Option<crate::Diagnostic> {
     let unknown = clusters_without_identity(svc);
     if unknown.is_empty() {
         return None;
