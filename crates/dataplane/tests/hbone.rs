@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_lc_rs::digest::{Context as Sha, SHA256};
 use bytes::Bytes;
 use meshpeer_dataplane::hbone::{
-    ClientTls, HboneClient, HboneError, HboneMetrics, PoolConfig, RefusalLabels, Refuse,
+    ClientTls, HboneClient, HboneError, HboneMetrics, PoolConfig, RefusalLabels, Refuse, Tunnel,
     TunnelHandler, TunnelLabels, TunnelMeta, TunnelRequest, Upstream, serve,
 };
 use meshpeer_identity::{
@@ -467,6 +467,19 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A tunnel to the upstream that greets and then holds its connection
+/// open (`hold.test`), its greeting read.
+async fn held_tunnel(client: &HboneClient, gateway: SocketAddr) -> Tunnel {
+    let mut tunnel = client
+        .connect(gateway, GATEWAY_TD, "hold.test:9", &TunnelMeta::default())
+        .await
+        .unwrap();
+    let mut line = [0u8; 5];
+    tunnel.read_exact(&mut line).await.unwrap();
+    assert_eq!(&line, b"held\n");
+    tunnel
+}
+
 async fn echo_once(client: &HboneClient, gateway: SocketAddr, payload: &[u8]) {
     let mut tunnel = client
         .connect(gateway, GATEWAY_TD, "echo.test:7", &TunnelMeta::default())
@@ -750,13 +763,7 @@ async fn d2_a_caller_that_ends_its_side_then_cancels_closes_cleanly() {
     let (client, _) = mesh.client(PoolConfig::default());
     let gw = mesh.gateway.addr;
     let gw_metrics = mesh.gateway.metrics.clone();
-    let mut tunnel = client
-        .connect(gw, GATEWAY_TD, "hold.test:9", &TunnelMeta::default())
-        .await
-        .unwrap();
-    let mut line = [0u8; 5];
-    tunnel.read_exact(&mut line).await.unwrap();
-    assert_eq!(&line, b"held\n");
+    let mut tunnel = held_tunnel(&client, gw).await;
     tunnel.write_all(b"request").await.unwrap();
     tunnel.shutdown().await.unwrap();
     // The upstream saw the whole request, then EOF; it stays open.
@@ -784,13 +791,7 @@ async fn d2_a_caller_that_cancels_without_ending_its_side_is_counted_cancelled_n
     let gw = mesh.gateway.addr;
     let gw_metrics = mesh.gateway.metrics.clone();
     for n in 1..=3u64 {
-        let mut tunnel = client
-            .connect(gw, GATEWAY_TD, "hold.test:9", &TunnelMeta::default())
-            .await
-            .unwrap();
-        let mut line = [0u8; 5];
-        tunnel.read_exact(&mut line).await.unwrap();
-        drop(tunnel);
+        drop(held_tunnel(&client, gw).await);
         wait_until("the gateway counts the cancel", || {
             closed(&gw_metrics, "inbound", "cancelled") == n
         })

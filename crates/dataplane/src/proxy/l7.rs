@@ -210,16 +210,16 @@ impl std::fmt::Display for BodyTimeout {
 
 impl std::error::Error for BodyTimeout {}
 
-/// Whether `e` or an error under it is a [`BodyTimeout`].
+/// `e` and the errors under it, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |s| s.source())
+}
+
+/// The [`BodyTimeout`] that is `e` or lies under it.
 fn body_timed_out<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTimeout> {
-    let mut source = Some(e);
-    while let Some(s) = source {
-        if let Some(t) = s.downcast_ref::<BodyTimeout>() {
-            return Some(t);
-        }
-        source = s.source();
-    }
-    None
+    causes(e).find_map(|s| s.downcast_ref::<BodyTimeout>())
 }
 
 /// A client's request body that fails with [`BodyTimeout`] when no frame
@@ -999,27 +999,17 @@ fn respond(
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    causes(e)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(h2) = s.downcast_ref::<h2::Error>()
-            && h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    causes(e).any(|s| {
+        s.downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
 }
 
 /// Sends a copy of a request (its head, and its body read whole) to a
