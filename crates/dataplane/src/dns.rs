@@ -9,7 +9,8 @@
 //! - `handler`: the request handler: local answers, negative answers, relaying.
 //! - `fast`: plain UDP queries for our names answered from the datagram.
 //! - `forward`: the exchange with the upstream over UDP/TCP, bounded in number.
-//! - `udp`, `tcp`: the listeners (hickory's framing; our loops, bounded: SPEC B5).
+//! - `udp`, `tcp`: the listeners (UDP on a thread of its own; TCP with
+//!   hickory's framing; our loops, bounded: SPEC B5).
 //! - `metrics`: `dns_queries_total{result}`, `dns_tcp_listener_...`.
 
 mod fast;
@@ -89,8 +90,9 @@ impl DnsConfig {
 
 /// A running DNS server (UDP and TCP). Dropping it stops it too, without waiting.
 pub struct DnsServer {
-    /// The UDP and TCP listeners' tasks; aborted on drop.
-    udp: AbortOnDrop,
+    /// The UDP listener's thread and the TCP listener's task; both stop on
+    /// drop.
+    udp: udp::UdpServer,
     tcp: AbortOnDrop,
     local_addr: SocketAddr,
     /// Dropped on shutdown: forwards still waiting for the upstream stop.
@@ -139,7 +141,7 @@ impl DnsServer {
             forwards: Arc::new(Semaphore::new(config.max_forwards.max(1))),
         };
         let idle = TCP_IDLE_TIMEOUT.max(worst + Duration::from_secs(1));
-        let udp = AbortOnDrop(tokio::spawn(udp::serve(udp, handler.clone())));
+        let udp = udp::UdpServer::start(udp, handler.clone())?;
         let tcp = AbortOnDrop(tokio::spawn(tcp::serve(tcp, handler, gate, idle)));
         info!(
             %local_addr,
@@ -166,13 +168,10 @@ impl DnsServer {
     /// Stops accepting queries, drops in-flight forwards and waits for the sockets
     /// to be closed.
     pub async fn shutdown(self) {
-        for task in [&self.udp, &self.tcp] {
-            task.0.abort();
-        }
-        let DnsServer { udp, tcp, .. } = self;
-        for mut task in [udp, tcp] {
-            let _ = (&mut task.0).await;
-        }
+        let DnsServer { udp, mut tcp, .. } = self;
+        tcp.0.abort();
+        udp.stop().await;
+        let _ = (&mut tcp.0).await;
         info!(local_addr = %self.local_addr, "dns server stopped");
     }
 }

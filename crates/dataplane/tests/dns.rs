@@ -909,6 +909,33 @@ async fn d1_shutdown_frees_the_port() {
     TcpListener::bind(addr).await.expect("tcp port still taken");
 }
 
+/// A forward still waiting for its upstream does not keep the port: the
+/// UDP thread stops, and the answer on its way is dropped with the server.
+#[tokio::test]
+async fn d1_shutdown_frees_the_port_with_a_forward_in_flight() {
+    let dead = DeadUpstream::start().await;
+    let proxy = Proxy::start(table(), Some(dead.addr), Duration::from_secs(30)).await;
+    let addr = proxy.addr();
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client
+        .send_to(&query(7, "example.org.", RecordType::A, false), addr)
+        .await
+        .unwrap();
+    // The query reached the upstream: the forward is in flight.
+    tokio::time::timeout(DEADLINE, async {
+        while dead.asked() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the query was never forwarded");
+    tokio::time::timeout(DEADLINE, proxy.server.shutdown())
+        .await
+        .expect("shutdown hung");
+    UdpSocket::bind(addr).await.expect("udp port still taken");
+    TcpListener::bind(addr).await.expect("tcp port still taken");
+}
+
 #[tokio::test]
 async fn d1_listen_on_a_fixed_port() {
     let (udp, tcp) = bind_pair().await;
