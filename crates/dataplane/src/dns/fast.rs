@@ -108,15 +108,17 @@ pub(crate) fn answer(query: &[u8], table: &DnsTable, ttl: u32, recursion: bool) 
         }
     }
     if let Some(zone) = soa {
-        let mut rdata = Vec::with_capacity(2 * zone.len() + 40);
-        push_name(&mut rdata, &["ns", zone]);
-        push_name(&mut rdata, &["hostmaster", zone]);
-        for v in [1, 3600, 600, 86400, ttl] {
-            rdata.extend_from_slice(&u32::to_be_bytes(v));
-        }
         push_name(&mut out, &[zone]);
-        record_head(&mut out, TYPE_SOA, ttl, rdata.len());
-        out.extend_from_slice(&rdata);
+        // The data length is known once the data is written.
+        record_head(&mut out, TYPE_SOA, ttl, 0);
+        let start = out.len();
+        push_name(&mut out, &["ns", zone]);
+        push_name(&mut out, &["hostmaster", zone]);
+        for v in [1, 3600, 600, 86400, ttl] {
+            out.extend_from_slice(&u32::to_be_bytes(v));
+        }
+        let len = u16::try_from(out.len() - start).unwrap_or(0).to_be_bytes();
+        out[start - 2..start].copy_from_slice(&len);
     }
     if let Some(payload) = q.edns {
         // OPT: root owner, type, payload size as class, extended code 0,

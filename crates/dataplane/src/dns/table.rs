@@ -159,7 +159,12 @@ impl DnsTable {
         let Some(zone) = zone else {
             return Lookup::Foreign;
         };
-        if name.len() == zone.len() || self.names.has_below(&name.to_ascii_lowercase()) {
+        let lower = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(name)
+        };
+        if name.len() == zone.len() || self.names.has_below(&lower) {
             Lookup::Exists { zone }
         } else {
             Lookup::NxDomain { zone }
