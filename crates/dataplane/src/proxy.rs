@@ -31,6 +31,7 @@ mod copy;
 mod dial;
 mod l7;
 mod manual;
+mod shards;
 
 /// Settings of a proxy.
 #[derive(Clone, Debug)]
@@ -65,6 +66,10 @@ pub struct ProxyConfig {
     /// request body it has begun; then the request is answered 408 and the
     /// connection closed (B5).
     pub body_timeout: Duration,
+    /// Event loops (threads) serving the connections of routed (L7)
+    /// ports, each with its own pools of backend connections; 0 serves
+    /// them on the shared runtime.
+    pub l7_workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +84,7 @@ impl Default for ProxyConfig {
             max_lookups: 64,
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            l7_workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         }
     }
 }
@@ -95,16 +101,26 @@ struct Ctx {
     refusal_log: LogLimit,
     /// Permits for host-name lookups in flight.
     lookups: Arc<tokio::sync::Semaphore>,
-    /// L7 (section 11): clients to backends, made on first use, and the
-    /// route tables with their patterns compiled.
-    l7: std::sync::OnceLock<l7::Clients>,
+    /// L7 (section 11): the event loops serving routed ports, clients to
+    /// backends made on first use (one per loop, and one for the shared
+    /// runtime), and the route tables with their patterns compiled.
+    loops: Option<shards::Shards>,
+    l7: Vec<std::sync::OnceLock<l7::Clients>>,
     tables: l7::TableCache,
     this: std::sync::Weak<Ctx>,
 }
 
 impl Ctx {
+    /// The clients of the loop the caller runs on (so that a backend
+    /// connection is driven where its requests come from), else those of
+    /// the shared runtime.
     fn l7_clients(&self) -> &l7::Clients {
-        self.l7.get_or_init(|| l7::Clients::new(self.this.clone()))
+        let i = self
+            .loops
+            .as_ref()
+            .and_then(shards::Shards::current)
+            .map_or(0, |i| i + 1);
+        self.l7[i].get_or_init(|| l7::Clients::new(self.this.clone()))
     }
 
     /// The route table of a frontend, when its port is routed at L7 (L6).
@@ -146,6 +162,17 @@ impl Proxy {
         metrics: Arc<DataplaneMetrics>,
     ) -> Proxy {
         let health = Arc::new(Health::new(config.ejection_base, config.ejection_cap));
+        let loops = match config.l7_workers {
+            0 => None,
+            n => match shards::Shards::start(n) {
+                Ok(loops) => Some(loops),
+                Err(e) => {
+                    warn!(error = %e, workers = n, "cannot start the L7 event loops; routed ports are served on the shared runtime");
+                    None
+                }
+            },
+        };
+        let clients = 1 + loops.as_ref().map_or(0, shards::Shards::len);
         let ctx = Arc::new_cyclic(|this| Ctx {
             state: state.clone(),
             hbone,
@@ -154,7 +181,8 @@ impl Proxy {
             config,
             metrics,
             refusal_log: LogLimit::default(),
-            l7: std::sync::OnceLock::new(),
+            loops,
+            l7: (0..clients).map(|_| std::sync::OnceLock::new()).collect(),
             tables: l7::TableCache::default(),
             this: this.clone(),
         });
@@ -305,7 +333,13 @@ async fn accept_loop(listener: TcpListener, local: SocketAddr, ctx: Arc<Ctx>) {
             Ok((conn, peer)) => {
                 let ctx = Arc::clone(&ctx);
                 let span = info_span!("conn", %peer, dst = %local);
-                tokio::spawn(handle(conn, peer, local, ctx).instrument(span));
+                let state = ctx.state.borrow().clone();
+                match l7_frontend(&ctx, &state, local) {
+                    Some(frontend) => serve_l7(conn, peer, local, ctx, frontend, span),
+                    None => {
+                        tokio::spawn(handle(conn, peer, local, ctx, state).instrument(span));
+                    }
+                }
             }
             Err(e) => {
                 warn!(%local, error = %e, "accept failed");
@@ -345,14 +379,52 @@ impl From<&str> for NoDest {
         NoDest::from(why.to_owned())
     }
 }
-async fn handle(mut inbound: TcpStream, peer: SocketAddr, local: SocketAddr, ctx: Arc<Ctx>) {
+/// Serves a connection to a routed port (L6) on the next event loop, or
+/// on the shared runtime when there are none.
+fn serve_l7(
+    conn: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<Ctx>,
+    frontend: l7::Frontend,
+    span: tracing::Span,
+) {
+    let _ = conn.set_nodelay(true);
+    let Some(loops) = &ctx.loops else {
+        tokio::spawn(l7::serve(conn, peer, local, ctx, frontend).instrument(span));
+        return;
+    };
+    // The socket is registered again with the loop's own reactor.
+    let conn = match conn.into_std() {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(%peer, %local, error = %e, "cannot hand the connection to an L7 loop");
+            return;
+        }
+    };
+    let task = {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            match TcpStream::from_std(conn) {
+                Ok(conn) => l7::serve(conn, peer, local, ctx, frontend).await,
+                Err(e) => warn!(error = %e, "an L7 loop cannot take the connection"),
+            }
+        }
+    };
+    loops.spawn(task.instrument(span));
+}
+
+/// Serves a connection to a port without routes: to a destination picked
+/// now, its bytes copied both ways (L4).
+async fn handle(
+    mut inbound: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    ctx: Arc<Ctx>,
+    state: Arc<DataplaneState>,
+) {
     let started = StdInstant::now();
     let _ = inbound.set_nodelay(true);
-    let state = ctx.state.borrow().clone();
-    if let Some(frontend) = l7_frontend(&ctx, &state, local) {
-        l7::serve(inbound, peer, local, ctx, frontend).await;
-        return;
-    }
     // The global service, for the flow counters (manual entries are not
     // cross-cluster flows).
     let mut global: Option<String> = None;

@@ -497,6 +497,11 @@ pub(crate) struct ProxyArgs {
     /// closed (SPEC B5).
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub(crate) body_timeout: Duration,
+    /// Event loops (threads) serving the connections of routed (L7) ports,
+    /// each with its own pool of backend connections (default: one per
+    /// core); 0 serves them on the shared runtime with the L4 ports.
+    #[arg(long, value_name = "N")]
+    pub(crate) l7_workers: Option<usize>,
     /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).
     #[arg(long)]
     pub(crate) capture_cluster_ips: bool,

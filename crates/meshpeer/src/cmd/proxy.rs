@@ -62,6 +62,9 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     cfg.proxy.resolve_timeout = args.resolve_timeout;
     cfg.proxy.header_timeout = args.header_timeout;
     cfg.proxy.body_timeout = args.body_timeout;
+    if let Some(n) = args.l7_workers {
+        cfg.proxy.l7_workers = n;
+    }
     cfg.state.capture_cluster_ips = args.capture_cluster_ips;
     cfg.state.locality = match (&args.region, &args.zone) {
         (Some(region), Some(zone)) => Some(Locality::new(region, zone)),
