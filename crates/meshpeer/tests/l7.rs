@@ -460,6 +460,62 @@ fn all_to(svc: &str) -> String {
     format!("  - backendRefs: [{}]\n", hostname_ref(svc))
 }
 
+/// This process's threads named `l7-loop-<i>`: (thread id, time on CPU in
+/// ns, from the scheduler's statistics).
+fn l7_loops() -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with("l7-loop-") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let ns = stat.split_whitespace().next().unwrap().parse().unwrap();
+        out.push((dir.file_name().unwrap().to_string_lossy().into_owned(), ns));
+    }
+    out
+}
+
+/// L6: routed ports are served on the proxy's event loops (their threads
+/// do the work), and with `--l7-workers 0` on the shared runtime, with the
+/// same answers either way (seed 001's route, HTTP/1.1 and HTTP/2, a
+/// backend in the other cluster over HBONE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_routed_ports_are_served_on_the_event_loops_or_without_them_on_the_shared_runtime() {
+    for workers in [0, 3] {
+        let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+        mesh.l7_workers = Some(workers);
+        let b = Bookinfo::start_with(mesh).await;
+        let vip = b.route(&seed_route(), 2).await;
+        // Two proxies, `workers` loops each.
+        let before = l7_loops();
+        assert_eq!(before.len(), 2 * workers, "{before:?}");
+        for h2 in [false, true] {
+            let c = client(h2);
+            for _ in 0..20 {
+                let jason = get(&c, vip, "/", &[("end-user", "jason")]).await;
+                assert_eq!((jason.status, jason.name()), (200, "reviews-v2/cluster2"));
+                let other = get(&c, vip, "/", &[]).await;
+                assert_eq!((other.status, other.name()), (200, "reviews-v1/cluster1"));
+            }
+        }
+        if workers > 0 {
+            let cpu = |loops: &[(String, u64)]| loops.iter().map(|(_, ns)| ns).sum::<u64>();
+            let after = l7_loops();
+            assert!(
+                cpu(&after) > cpu(&before),
+                "the loops did not serve the requests: {before:?} -> {after:?}"
+            );
+        }
+        drop(b);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l3_path_method_query_and_header_matches_in_gateway_api_precedence() {
     let b = Bookinfo::start().await;

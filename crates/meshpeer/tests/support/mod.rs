@@ -289,6 +289,8 @@ pub(crate) struct Mesh {
     /// The proxies' L7 header timeout (B5); the default when `None`.
     pub(crate) header_timeout: Option<Duration>,
     pub(crate) body_timeout: Option<Duration>,
+    /// The proxies' L7 event loops; the default (one per core) when `None`.
+    pub(crate) l7_workers: Option<usize>,
     /// The controllers' `--grace` (5 s unless a test sets it).
     pub(crate) grace: Duration,
     /// When set, proxies and gateways report their flow counts this often
@@ -442,6 +444,7 @@ impl Mesh {
             max_attempts: ProxyConfig::default().max_attempts,
             header_timeout: None,
             body_timeout: None,
+            l7_workers: None,
             grace: Duration::from_secs(5),
             report_interval: None,
             shared_td: None,
@@ -601,6 +604,7 @@ impl Mesh {
                 body_timeout: self
                     .body_timeout
                     .unwrap_or(ProxyConfig::default().body_timeout),
+                l7_workers: self.l7_workers.unwrap_or(ProxyConfig::default().l7_workers),
                 ..ProxyConfig::default()
             };
             c.proxy = Some(
