@@ -331,12 +331,12 @@ async fn accept_loop(listener: TcpListener, local: SocketAddr, ctx: Arc<Ctx>) {
     loop {
         match listener.accept().await {
             Ok((conn, peer)) => {
-                let ctx = Arc::clone(&ctx);
                 let span = info_span!("conn", %peer, dst = %local);
                 let state = ctx.state.borrow().clone();
                 match l7_frontend(&ctx, &state, local) {
-                    Some(frontend) => serve_l7(conn, peer, local, ctx, frontend, span),
+                    Some(frontend) => serve_l7(conn, peer, local, &ctx, frontend, span),
                     None => {
+                        let ctx = Arc::clone(&ctx);
                         tokio::spawn(handle(conn, peer, local, ctx, state).instrument(span));
                     }
                 }
@@ -385,12 +385,13 @@ fn serve_l7(
     conn: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    ctx: Arc<Ctx>,
+    ctx: &Arc<Ctx>,
     frontend: l7::Frontend,
     span: tracing::Span,
 ) {
     let _ = conn.set_nodelay(true);
     let Some(loops) = &ctx.loops else {
+        let ctx = Arc::clone(ctx);
         tokio::spawn(l7::serve(conn, peer, local, ctx, frontend).instrument(span));
         return;
     };
@@ -403,7 +404,7 @@ fn serve_l7(
         }
     };
     let task = {
-        let ctx = Arc::clone(&ctx);
+        let ctx = Arc::clone(ctx);
         async move {
             match TcpStream::from_std(conn) {
                 Ok(conn) => l7::serve(conn, peer, local, ctx, frontend).await,

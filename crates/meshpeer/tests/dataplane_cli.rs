@@ -70,7 +70,6 @@ impl Proc {
         }
     }
 
-    /// The first log line (from now on) whose message satisfies `pred`.
     /// How many of the lines logged so far (those read, and those waiting
     /// to be) have a message that contains `text`.
     fn times_logged(&mut self, text: &str) -> usize {
@@ -87,6 +86,7 @@ impl Proc {
             .count()
     }
 
+    /// The first log line (from now on) whose message satisfies `pred`.
     fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> Value {
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -121,6 +121,14 @@ impl Proc {
             .map(|v| v.to_string())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The address of a controller's API, once it has logged it.
+    fn api_address(&mut self) -> String {
+        let up = self.wait_for("its API address", |m| {
+            m == "API listening (status, catalog, metrics)"
+        });
+        Proc::field(&up, "address")
     }
 
     fn field(v: &Value, name: &str) -> String {
@@ -302,6 +310,14 @@ fn example_copy(tmp: &Path, example: &str) -> PathBuf {
         std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
     }
     dir
+}
+
+/// The JSON body of a GET of `path` at `addr` (null when there is none
+/// yet, or it is not JSON).
+fn get_json(addr: &str, path: &str) -> Value {
+    let answer = http_get(addr, path);
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
 /// A whole HTTP/1.1 GET response (connection closed by the server).
@@ -1149,16 +1165,11 @@ fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_is
     let dir = example_copy(tmp.path(), "bookinfo");
     let gap = "global services have endpoints in cluster cluster1 of no known Pod";
     let mut ctl = spawn_controller(&dir, &cacerts, &[]);
-    let up = ctl.wait_for("its API address", |m| {
-        m == "API listening (status, catalog, metrics)"
-    });
-    let api = up["fields"]["address"].as_str().unwrap().to_owned();
+    let api = ctl.api_address();
     let warned = ctl.wait_for("the identity gap", |m| m.contains(gap));
     assert_eq!(warned["fields"]["rule"], "G7", "{warned}");
     assert_eq!(warned["level"], "WARN", "{warned}");
-    let status = http_get(&api, "/v1/status");
-    let body = status.split_once("\r\n\r\n").unwrap().1;
-    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    let doc = get_json(&api, "/v1/status");
     let listed: Vec<&serde_json::Value> = doc["diagnostics"]
         .as_array()
         .unwrap()
@@ -1177,16 +1188,11 @@ fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_is
     drop(ctl);
 
     let mut solo = spawn_controller(&dir, &cacerts, &["--istio-flavor", "solo"]);
-    let up = solo.wait_for("its API address", |m| {
-        m == "API listening (status, catalog, metrics)"
-    });
-    let api = up["fields"]["address"].as_str().unwrap().to_owned();
+    let api = solo.api_address();
     // Once the catalog holds productpage, its findings are final.
     let deadline = Instant::now() + Duration::from_secs(20);
     let doc = loop {
-        let status = http_get(&api, "/v1/status");
-        let body = status.split_once("\r\n\r\n").unwrap().1;
-        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        let doc = get_json(&api, "/v1/status");
         if doc["globalServices"].as_u64().unwrap_or(0) > 0 {
             break doc;
         }
