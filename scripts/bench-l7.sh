@@ -13,6 +13,9 @@
 #                   match, a response header set, a Hostname backend): every
 #                   request parsed, matched and sent over a pooled
 #                   connection to an endpoint picked by the T-rules.
+#   proxy L7, hyper  the same, the proxy restarted with `--l7-http1 hyper`:
+#                   hyper serves every request, not the proxy's own
+#                   HTTP/1.1 exchange (the path it replaces).
 # Two file-mode clusters on loopback (scripts/lib/bench-mesh.sh); the
 # endpoints are cluster1's own (the plain hop, no HBONE).
 #
@@ -147,15 +150,32 @@ curl -s -D - -o /dev/null "$L4_URL" | grep -qi '^x-routed: yes' || {
   echo "the route never applied" >&2
   exit 1
 }
-PROXY_PID=$(pgrep -f "$BIN proxy" | head -1)
 for c in 1 64; do
   if [ "$c" = 64 ] && [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
     perf record -q -g -p "$PROXY_PID" -o "$WORK/perf-l7.data" -- sleep 4 >/dev/null 2>&1 &
   fi
   row "proxy L7 (HTTPRoute)" "$L4_URL" "$c"
 done
+# Which exchange served them (the proxy's metrics).
+curl -s http://127.0.0.1:15090/metrics | grep -E 'http1_(direct_requests|handoffs)_total' \
+  | sed 's/^/  # /' || true
+ACCESS_LINES=$(grep -c '"request"' "$(log proxy1)" || true)
+
+# The same route, hyper serving every request.
+kill "$PROXY_PID"
+wait "$PROXY_PID" 2>/dev/null || true
+mv "$(log proxy1)" "$WORK/proxy1-direct.log"
+proxy_start --l7-http1 hyper
+wait_for "$(log proxy1)" "proxy running" "proxy1 (--l7-http1 hyper)"
+for _ in $(seq 1 100); do
+  curl -s -D - -o /dev/null "$L4_URL" | grep -qi '^x-routed: yes' && break
+  sleep 0.1
+done
+for c in 1 64; do
+  row "proxy L7, hyper" "$L4_URL" "$c"
+done
 echo
-grep -c '"request"' "$(log proxy1)" | sed 's/^/proxy access-log lines: /'
+echo "proxy access-log lines: $ACCESS_LINES (own exchange run)"
 if [ -f "$WORK/perf-l7.data" ]; then
   echo
   echo "perf profile of the proxy, L7 at 64 connections (self time, top 60):"

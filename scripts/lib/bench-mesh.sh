@@ -115,6 +115,15 @@ while True:
 EOF
 }
 
+# cluster1's proxy, with any extra arguments given; its metrics at
+# 127.0.0.1:15090 and its pid in PROXY_PID.
+proxy_start() { # extra proxy args...
+  start proxy1 proxy --controller "$GW1:15013" --root-cert "$WORK/root/root-cert.pem" \
+    --token-file "$WORK/proxy1.token" --trust-domain cluster1 --dns-listen 127.0.0.1:0 \
+    --allow-endpoints $POD1 --log-format json --metrics 127.0.0.1:15090 "$@"
+  PROXY_PID=$!
+}
+
 mesh_start() {
 cluster 1 $POD1
 cluster 2 $POD2
@@ -148,9 +157,7 @@ for n in 1 2; do
     --token-file "$WORK/gw$n.token" --trust-domain cluster$n --listen "$gw:15008" \
     --allow-endpoints "$pod" --log-format json
 done
-start proxy1 proxy --controller "$GW1:15013" --root-cert "$WORK/root/root-cert.pem" \
-  --token-file "$WORK/proxy1.token" --trust-domain cluster1 --dns-listen 127.0.0.1:0 \
-  --allow-endpoints $POD1 --log-format json
+proxy_start
 for p in gateway1 gateway2; do wait_for "$(log $p)" "gateway running" "$p"; done
 wait_for "$(log proxy1)" "proxy running" "proxy1"
 # The proxy's DNS port, from its "proxy running" log line.

@@ -75,6 +75,14 @@ pub struct DataplaneMetrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// L7 request duration to the response head (L8).
     pub http_request_seconds: Histogram,
+    /// L7 requests the proxy exchanged itself, HTTP/1.1 without a body
+    /// (L6).
+    pub http1_direct: Counter,
+    /// L7 client connections handed to hyper for the rest of their life,
+    /// by the reason of the first request the proxy's own HTTP/1.1
+    /// exchange did not take (`http2`, `body`, `upgrade`, `version`,
+    /// `filter`, `http2_backend`, ...).
+    pub http1_handoffs: Family<ReasonLabels, Counter>,
 }
 
 impl Default for DataplaneMetrics {
@@ -92,6 +100,8 @@ impl Default for DataplaneMetrics {
             flows: crate::flows::Flows::default(),
             http_requests: Family::default(),
             http_request_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
+            http1_direct: Counter::default(),
+            http1_handoffs: Family::default(),
         }
     }
 }
@@ -165,6 +175,16 @@ impl DataplaneMetrics {
             "L7 request duration to the response head",
             m.http_request_seconds.clone(),
         );
+        r.register(
+            "http1_direct_requests",
+            "L7 HTTP/1.1 requests without a body that the proxy exchanged itself",
+            m.http1_direct.clone(),
+        );
+        r.register(
+            "http1_handoffs",
+            "L7 client connections handed to hyper, by the reason of the first request the proxy's own HTTP/1.1 exchange did not take",
+            m.http1_handoffs.clone(),
+        );
         std::sync::Arc::new(m)
     }
 
@@ -215,6 +235,14 @@ impl DataplaneMetrics {
 
     pub(crate) fn endpoint_refusal(&self, reason: &str) {
         self.endpoint_refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn http1_handoff(&self, reason: &str) {
+        self.http1_handoffs
             .get_or_create(&ReasonLabels {
                 reason: reason.to_owned(),
             })

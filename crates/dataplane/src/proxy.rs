@@ -29,6 +29,7 @@ use meshpeer_model::Locality;
 
 mod copy;
 mod dial;
+mod h1;
 mod l7;
 mod manual;
 mod shards;
@@ -70,6 +71,11 @@ pub struct ProxyConfig {
     /// ports, each with its own pools of backend connections; 0 serves
     /// them on the shared runtime.
     pub l7_workers: usize,
+    /// Serves HTTP/1.1 requests without a body on routed ports with the
+    /// proxy's own exchange (`h1`), handing a connection to hyper at the
+    /// first request it does not take; false: hyper serves every
+    /// connection.
+    pub l7_direct_http1: bool,
 }
 
 impl Default for ProxyConfig {
@@ -85,6 +91,7 @@ impl Default for ProxyConfig {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             l7_workers: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            l7_direct_http1: true,
         }
     }
 }

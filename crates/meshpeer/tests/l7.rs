@@ -1355,3 +1355,490 @@ async fn raw_exchange(vip: SocketAddr, request: &str) -> String {
         .expect("no answer within the deadline");
     String::from_utf8_lossy(&got).into_owned()
 }
+
+/// The value of a counter in cluster1's proxy metrics: the sum of the
+/// samples whose line starts with `series` (a name, and labels if given).
+fn counter(b: &Bookinfo, series: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &b.mesh.cluster("cluster1").registry)
+        .unwrap();
+    text.lines()
+        .filter(|l| l.contains(series) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// One HTTP/1.1 answer read from `s` (`more` holds bytes read past the
+/// previous one): its head, and its body (framed by Content-Length, else
+/// until the connection closes); `None` once the connection has closed.
+async fn read_answer(
+    s: &mut tokio::net::TcpStream,
+    more: &mut Vec<u8>,
+) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let fill = async |s: &mut tokio::net::TcpStream, more: &mut Vec<u8>| -> bool {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(WITHIN, s.read(&mut buf))
+            .await
+            .expect("no answer within the deadline")
+            .unwrap_or(0);
+        more.extend_from_slice(&buf[..n]);
+        n > 0
+    };
+    let end = loop {
+        if let Some(i) = more.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(s, more).await {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&more[..end]).into_owned();
+    more.drain(..end);
+    let length = head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    match length {
+        Some(n) => {
+            while more.len() < n {
+                assert!(fill(s, more).await, "the answer ended early: {head}");
+            }
+            let body = String::from_utf8_lossy(&more[..n]).into_owned();
+            more.drain(..n);
+            Some((head, body))
+        }
+        None if head.starts_with("HTTP/1.1 1") || head.contains(" 204 ") => {
+            Some((head, String::new()))
+        }
+        None => {
+            while fill(s, more).await {}
+            Some((
+                head,
+                String::from_utf8_lossy(&std::mem::take(more)).into_owned(),
+            ))
+        }
+    }
+}
+
+/// L6: HTTP/1.1 requests without a body are exchanged by the proxy itself
+/// (counted), and a connection is handed to hyper, its bytes read so far
+/// with it, at its first request that is not such: a body, HTTP/2's
+/// preface, HTTP/1.0; on one connection, requests before and after the
+/// hand-over are answered in order, as are pipelined ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_http1_requests_without_a_body_are_exchanged_by_the_proxy_and_the_rest_handed_to_hyper()
+{
+    use tokio::io::AsyncWriteExt;
+    let b = Bookinfo::start().await;
+    let vip = b.route(&seed_route(), 2).await;
+    let direct = || counter(&b, "http1_direct_requests_total");
+    let handed = |why: &str| counter(&b, &format!("http1_handoffs_total{{reason=\"{why}\"}}"));
+    assert_eq!(direct(), 0);
+
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+    let mut more = Vec::new();
+    let host = format!("Host: {REVIEWS}:8000\r\n");
+    let ask = async |s: &mut tokio::net::TcpStream, more: &mut Vec<u8>, req: String| {
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (head, body) = read_answer(s, more).await.expect("an answer");
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (head, body)
+    };
+    let (head, body) = ask(
+        &mut s,
+        &mut more,
+        format!("GET /one?x=1 HTTP/1.1\r\n{host}end-user: jason\r\n\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body["name"], "reviews-v2/cluster2");
+    assert_eq!(
+        (body["path"].as_str(), body["query"].as_str()),
+        (Some("/one"), Some("x=1"))
+    );
+    let (_, body) = ask(
+        &mut s,
+        &mut more,
+        format!("GET /two HTTP/1.1\r\n{host}\r\n"),
+    )
+    .await;
+    assert_eq!(body["name"], "reviews-v1/cluster1");
+    assert_eq!(direct(), 2);
+    // A body: hyper from here on, on the same connection.
+    let (head, body) = ask(
+        &mut s,
+        &mut more,
+        format!("POST /three HTTP/1.1\r\n{host}end-user: jason\r\nContent-Length: 5\r\n\r\nhello"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(
+        (body["name"].as_str(), body["body"].as_str()),
+        (Some("reviews-v2/cluster2"), Some("hello"))
+    );
+    assert_eq!(handed("body"), 1);
+    let (_, body) = ask(
+        &mut s,
+        &mut more,
+        format!("GET /four HTTP/1.1\r\n{host}\r\n"),
+    )
+    .await;
+    assert_eq!(
+        (body["name"].as_str(), body["path"].as_str()),
+        (Some("reviews-v1/cluster1"), Some("/four"))
+    );
+    assert_eq!(direct(), 2, "hyper serves the connection once handed over");
+
+    // Pipelined: answered in order, the last asks to close.
+    let mut p = tokio::net::TcpStream::connect(vip).await.unwrap();
+    p.write_all(
+        format!(
+            "GET /p1 HTTP/1.1\r\n{host}\r\nGET /p2 HTTP/1.1\r\n{host}end-user: jason\r\n\r\nGET /p3 HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut more = Vec::new();
+    let mut got = Vec::new();
+    while let Some((head, body)) = read_answer(&mut p, &mut more).await {
+        let body: Value = serde_json::from_str(&body).unwrap();
+        got.push((
+            body["path"].as_str().unwrap().to_owned(),
+            body["name"].as_str().unwrap().to_owned(),
+        ));
+        if got.len() == 3 {
+            assert!(head.contains("connection: close\r\n"), "{head}");
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            ("/p1", "reviews-v1/cluster1"),
+            ("/p2", "reviews-v2/cluster2"),
+            ("/p3", "reviews-v1/cluster1")
+        ]
+        .map(|(p, n)| (p.to_owned(), n.to_owned()))
+    );
+    assert_eq!(direct(), 5);
+
+    // HTTP/2 and HTTP/1.0: hyper's from the first byte.
+    let a = get(&client(true), vip, "/", &[]).await;
+    assert_eq!((a.status, a.name()), (200, "reviews-v1/cluster1"));
+    assert_eq!(handed("http2"), 1);
+    let mut old = tokio::net::TcpStream::connect(vip).await.unwrap();
+    let (head, body) = ask(
+        &mut old,
+        &mut Vec::new(),
+        format!("GET /old HTTP/1.0\r\n{host}\r\n"),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+    assert_eq!(body["version"], "HTTP/1.1");
+    assert_eq!(handed("version"), 1);
+    assert_eq!(direct(), 5);
+    b.mesh.shutdown().await;
+}
+
+/// B7, L6: request shapes that read two ways (two lengths, a length and
+/// chunked, a folded line, a name some servers take for a framing header)
+/// are refused or framed one way, never passed to a backend as a request
+/// the client is not answered for: the backend counts exactly the
+/// requests the client gets answers from it for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b7_request_smuggling_shapes_reach_no_backend_as_an_unanswered_request() {
+    use tokio::io::AsyncWriteExt;
+    let b = Bookinfo::start().await;
+    let vip = b.route(&seed_route(), 2).await;
+    let v1 = &b.backends["reviews-v1/cluster1"];
+    let h = format!("Host: {REVIEWS}:8000\r\n");
+    let smuggled = format!("GET /smuggled HTTP/1.1\r\n{h}\r\n");
+    let cases = [
+        (
+            "two lengths",
+            format!(
+                "GET / HTTP/1.1\r\n{h}Content-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            Some(400),
+        ),
+        (
+            "length and chunked",
+            format!(
+                "POST / HTTP/1.1\r\n{h}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+            None,
+        ),
+        (
+            "chunked, then a length of 0",
+            format!(
+                "GET / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+                smuggled.len()
+            ),
+            None,
+        ),
+        (
+            "an underscore for a hyphen",
+            format!(
+                "GET / HTTP/1.1\r\n{h}Transfer_Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+                smuggled.len()
+            ),
+            Some(400),
+        ),
+        (
+            "a folded line",
+            format!("GET / HTTP/1.1\r\n{h}X-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n{smuggled}"),
+            Some(400),
+        ),
+        (
+            "a space before the colon",
+            format!(
+                "GET / HTTP/1.1\r\n{h}Content-Length : {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            Some(400),
+        ),
+        (
+            "a signed length",
+            format!("GET / HTTP/1.1\r\n{h}Content-Length: +0\r\n\r\n{smuggled}"),
+            Some(400),
+        ),
+    ];
+    for (what, raw, first_status) in cases {
+        let hits = v1.hits.load(Ordering::Relaxed);
+        let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+        // A last request asks to close: every answer is read by then
+        // (hyper closes a connection whose client half-closes).
+        s.write_all(raw.as_bytes()).await.unwrap();
+        s.write_all(format!("GET /last HTTP/1.1\r\n{h}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut more = Vec::new();
+        let mut answers = Vec::new();
+        while let Some((head, body)) = read_answer(&mut s, &mut more).await {
+            answers.push((head, body));
+        }
+        assert!(!answers.is_empty(), "{what}: no answer");
+        if let Some(status) = first_status {
+            assert!(
+                answers[0].0.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{what}: {answers:?}"
+            );
+        }
+        let from_backend = answers
+            .iter()
+            .filter(|(head, _)| head.contains("x-backend: reviews-v1/cluster1"))
+            .count();
+        assert_eq!(
+            v1.hits.load(Ordering::Relaxed) - hits,
+            from_backend,
+            "{what}: the backend got a request the client was not answered for: {answers:?}"
+        );
+        for (_, body) in &answers {
+            if body.contains("/smuggled") {
+                // Only as a request of its own, answered as such.
+                let v: Value = serde_json::from_str(body).unwrap();
+                assert!(
+                    v["path"] == "/smuggled"
+                        || v["body"].as_str().unwrap_or_default().contains("/smuggled"),
+                    "{what}: {body}"
+                );
+            }
+        }
+    }
+    b.mesh.shutdown().await;
+}
+
+/// A backend that answers as it is told by the request's path, over raw
+/// HTTP/1.1: `/inject` with a second, unasked answer after its own;
+/// `/both` with a length and chunked; `/conflict` with two lengths;
+/// `/close` framed by closing; anything else plainly. It counts the
+/// connections it accepts.
+async fn raw_backend(addr: SocketAddr) -> (Arc<AtomicUsize>, JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                    got.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let answer = match path.as_str() {
+                        "/inject" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst\
+                                      HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\ninjected"
+                            .to_owned(),
+                        "/both" => "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned(),
+                        "/conflict" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_owned(),
+                        "/close" => "HTTP/1.1 200 OK\r\n\r\nuntil the end".to_owned(),
+                        p => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{p}", p.len()),
+                    };
+                    if s.write_all(answer.as_bytes()).await.is_err() || path == "/close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (accepted, task)
+}
+
+/// B7, L6: a backend's answers are framed strictly on the proxy's own
+/// exchange: bytes after an answer's end are never taken for the answer
+/// to a later request (the connection is not used again), chunked framing
+/// wins over a length, two lengths that disagree fail the request (503
+/// once retried), an answer framed by closing is passed on and the
+/// client's connection closed after it; a clean answer's connection is
+/// used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b7_backend_answers_are_framed_strictly_and_a_connection_with_bytes_left_is_not_used_again()
+{
+    use tokio::io::AsyncWriteExt;
+    // One event loop: one pool of backend connections.
+    let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+    mesh.l7_workers = Some(1);
+    let b = Bookinfo::start_with(mesh).await;
+    let c1 = b.mesh.cluster("cluster1");
+    let ip = c1.pod_ip(9);
+    c1.write(
+        "raw.yaml",
+        &service_with("bookinfo", "raw", &[GLOBAL], &[], &[("raw-0", &ip, &[])]),
+    );
+    let (accepted, _task) = raw_backend(format!("{ip}:8080").parse().unwrap()).await;
+    c1.wait_route("raw.bookinfo.mesh.internal", 8000, &["cluster1"])
+        .await;
+    let vip = b.route(&route_named("reviews", &all_to("raw")), 1).await;
+    let h = format!("Host: {REVIEWS}:8000\r\n");
+    let ask = async |path: &str| {
+        let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\n{h}Connection: close\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        read_answer(&mut s, &mut Vec::new())
+            .await
+            .expect("an answer")
+    };
+    let (head, body) = ask("/plain").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(body, "/plain");
+    let (_, body) = ask("/again").await;
+    assert_eq!(body, "/again");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        1,
+        "a clean answer's connection is used again"
+    );
+
+    let (_, body) = ask("/inject").await;
+    assert_eq!(body, "first");
+    let (head, body) = ask("/next").await;
+    assert_eq!(body, "/next", "{head}");
+    assert!(!head.contains("X-Injected"), "{head}");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        2,
+        "bytes were left: a new connection"
+    );
+
+    let (head, body) = ask("/both").await;
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+    assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n");
+    let (head, body) = ask("/conflict").await;
+    assert!(head.starts_with("HTTP/1.1 503 "), "{head}");
+    assert!(body.contains("Content-Length headers disagree"), "{body}");
+    let (head, body) = ask("/close").await;
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    assert_eq!(body, "until the end");
+    b.mesh.shutdown().await;
+}
+
+/// L6: the proxy's own HTTP/1.1 exchange answers as hyper does
+/// (`--l7-http1 hyper`): the same statuses, backends, requests as the
+/// backends get them, and answer headers, for matches, header edits,
+/// retries on 503, unmatched requests, HEAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_the_proxys_own_http1_exchange_answers_as_hyper_does() {
+    let rules = "  - matches: [{path: {type: PathPrefix, value: /none}, headers: [{name: never, value: x}]}]
+    backendRefs: [{group: networking.istio.io, kind: Hostname, name: reviews-v2.bookinfo.mesh.internal, port: 8000}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-set, value: one}]
+        add: [{name: x-add, value: two}]
+        remove: [x-remove]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: x-resp, value: 'yes'}]
+        remove: [content-type]
+    backendRefs: [{group: networking.istio.io, kind: Hostname, name: reviews-v1.bookinfo.mesh.internal, port: 8000}]
+";
+    let mut seen = Vec::new();
+    for hyper_only in [false, true] {
+        let mut mesh = Mesh::new(&["cluster1", "cluster2"]);
+        mesh.l7_hyper_only = hyper_only;
+        let b = Bookinfo::start_with(mesh).await;
+        let vip = b.route(&route_named("reviews", rules), 2).await;
+        let c = client(false);
+        let mut answers = Vec::new();
+        for (method, path, headers) in [
+            (
+                "GET",
+                "/a?q=1&r=2",
+                vec![
+                    ("x-set", "client"),
+                    ("x-add", "client"),
+                    ("x-remove", "gone"),
+                    ("connection", "x-private"),
+                    ("x-private", "1"),
+                ],
+            ),
+            ("GET", "/flaky", vec![]),
+            ("GET", "/flaky", vec![]),
+            ("GET", "/status/503", vec![]),
+            ("DELETE", "/status/404", vec![]),
+            ("HEAD", "/b", vec![]),
+            ("OPTIONS", "/c", vec![("x-many", "1"), ("x-many", "2")]),
+        ] {
+            let a = send(&c, vip, method, path, &headers).await;
+            let mut headers: Vec<(String, String)> = a
+                .headers
+                .iter()
+                .filter(|(n, _)| *n != "date")
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            headers.sort();
+            answers.push((method, path, a.status, a.body.clone(), headers));
+        }
+        assert_eq!(
+            counter(&b, "http1_direct_requests_total"),
+            if hyper_only { 0 } else { 7 }
+        );
+        seen.push(answers);
+        b.mesh.shutdown().await;
+    }
+    for (direct, hyper) in seen[0].iter().zip(&seen[1]) {
+        assert_eq!(direct, hyper);
+    }
+}

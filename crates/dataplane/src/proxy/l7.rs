@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::BoxBody;
@@ -26,7 +26,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshpeer_model::routes::{
-    BackendTarget, HeaderEdit, PathEdit, PathMatch, Redirect, RouteFilter, RouteRule, RouteTable,
+    BackendTarget, HeaderEdit, PathEdit, PathMatch, Redirect, RouteBackend, RouteFilter, RouteRule,
+    RouteTable,
 };
 use prometheus_client::metrics::counter::Counter;
 
@@ -157,15 +158,17 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 /// What the access log and the metrics say of the upstream connection a
 /// response came over (set by the connector, read from the response).
 #[derive(Clone, Debug)]
-struct Upstream {
-    cluster: String,
-    dest: String,
+pub(super) struct Upstream {
+    pub(super) cluster: String,
+    pub(super) dest: String,
 }
 
 /// Clients to backends, one per protocol, pooling per backend name.
 pub(super) struct Clients {
     h1: Backends,
     h2: Backends,
+    /// Idle HTTP/1.1 connections of the proxy's own exchange (`h1`).
+    pub(super) h1_direct: Arc<super::h1::Pool>,
 }
 
 impl Clients {
@@ -181,6 +184,7 @@ impl Clients {
         Clients {
             h1: build(false),
             h2: build(true),
+            h1_direct: super::h1::Pool::new(),
         }
     }
 }
@@ -192,7 +196,7 @@ struct Connector {
     ctx: Weak<Ctx>,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body its client stopped sending (B5).
 #[derive(Debug)]
@@ -298,42 +302,56 @@ impl tower::Service<Uri> for Connector {
         let ctx = self.ctx.clone();
         Box::pin(async move {
             let ctx = ctx.upgrade().ok_or("the proxy stopped")?;
-            let host = uri.host().ok_or("no backend in the URI")?.to_owned();
+            let host = uri.host().ok_or("no backend in the URI")?;
             let port = uri.port_u16().ok_or("no backend port in the URI")?;
-            let state = ctx.state.borrow().clone();
-            if let Ok(ip) = host
-                .trim_matches(|c| c == '[' || c == ']')
-                .parse::<IpAddr>()
-            {
-                // A ClusterIP: dialled as any direct endpoint is, under the
-                // endpoint policy (P5) and the connect timeout.
-                let dest = Dest::Direct {
-                    addr: SocketAddr::new(ip, port),
-                    cluster: state.feed.catalog.cluster.name.clone(),
-                    name: String::new(),
-                };
-                return match connect_dest(&ctx, &state, &dest, &TunnelMeta::default()).await {
-                    Ok(s) => Ok(Io {
-                        io: TokioIo::new(s),
-                        upstream: Upstream {
-                            cluster: dest.cluster().to_owned(),
-                            dest: SocketAddr::new(ip, port).to_string(),
-                        },
-                    }),
-                    Err(DialError::Refused(e) | DialError::Failed(e)) => Err(e.into()),
-                };
-            }
-            match connect_global(&ctx, &state, &host, port, None).await {
-                Ok((s, chosen)) => Ok(Io {
-                    io: TokioIo::new(s),
-                    upstream: Upstream {
-                        cluster: chosen.cluster,
-                        dest: chosen.dest,
-                    },
-                }),
-                Err(e) => Err(e.why.into()),
-            }
+            let (io, upstream) = dial(&ctx, host, port).await?;
+            Ok(Io {
+                io: TokioIo::new(io),
+                upstream,
+            })
         })
+    }
+}
+
+/// Opens a connection to a backend: a global hostname (T-rules, failover,
+/// HBONE across networks) or an address (a ClusterIP).
+pub(super) async fn dial(
+    ctx: &Arc<Ctx>,
+    host: &str,
+    port: u16,
+) -> Result<(Box<dyn Stream>, Upstream), BoxError> {
+    let state = ctx.state.borrow().clone();
+    if let Ok(ip) = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
+        // A ClusterIP: dialled as any direct endpoint is, under the
+        // endpoint policy (P5) and the connect timeout.
+        let dest = Dest::Direct {
+            addr: SocketAddr::new(ip, port),
+            cluster: state.feed.catalog.cluster.name.clone(),
+            name: String::new(),
+        };
+        return match connect_dest(ctx, &state, &dest, &TunnelMeta::default()).await {
+            Ok(s) => Ok((
+                s,
+                Upstream {
+                    cluster: dest.cluster().to_owned(),
+                    dest: SocketAddr::new(ip, port).to_string(),
+                },
+            )),
+            Err(DialError::Refused(e) | DialError::Failed(e)) => Err(e.into()),
+        };
+    }
+    match connect_global(ctx, &state, host, port, None).await {
+        Ok((s, chosen)) => Ok((
+            s,
+            Upstream {
+                cluster: chosen.cluster,
+                dest: chosen.dest,
+            },
+        )),
+        Err(e) => Err(e.why.into()),
     }
 }
 
@@ -410,13 +428,13 @@ pub(super) struct Frontend {
 }
 
 /// One client connection at L7.
-struct Conn {
-    frontend: Frontend,
+pub(super) struct Conn {
+    pub(super) frontend: Frontend,
     peer: SocketAddr,
     /// The address the client connected to.
     local: SocketAddr,
     /// A request has come (its head was read).
-    served: AtomicBool,
+    pub(super) served: AtomicBool,
     /// The counters its last request counted into: a connection's requests
     /// mostly count into the same ones, found again without building their
     /// labels.
@@ -434,9 +452,11 @@ struct Counted {
     flow: Option<Counter>,
 }
 
-/// Serves one client connection at L7 until it closes.
+/// Serves one client connection at L7 until it closes: with the proxy's
+/// own HTTP/1.1 exchange (`h1`) as long as its requests take it, then with
+/// hyper.
 pub(super) async fn serve(
-    inbound: TcpStream,
+    mut inbound: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     ctx: Arc<Ctx>,
@@ -449,6 +469,20 @@ pub(super) async fn serve(
         counters: Mutex::new(None),
         served: AtomicBool::new(false),
     });
+    let first = if ctx.config.l7_direct_http1 {
+        let mut buf = BytesMut::with_capacity(4096);
+        match super::h1::serve(&mut inbound, &conn, &ctx, &mut buf).await {
+            super::h1::Next::Done => return,
+            super::h1::Next::Hyper(why) => {
+                debug!(reason = why, "connection handed to hyper");
+                ctx.metrics.http1_handoff(why);
+                buf.freeze()
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    let inbound = super::h1::Rewind::new(first, inbound);
     let limit = ctx.config.header_timeout;
     let service = {
         let conn = Arc::clone(&conn);
@@ -514,16 +548,71 @@ fn full(bytes: Bytes) -> ProxyBody {
 const MAX_REPLAYED_BODY: u64 = 64 * 1024;
 
 /// What one request did, for the access log and metrics.
-struct Outcome {
-    status: StatusCode,
+pub(super) struct Outcome {
+    pub(super) status: StatusCode,
     /// The global service of a `Hostname` backend.
-    service: Option<String>,
-    backend: String,
-    cluster: String,
-    endpoint: String,
-    route: String,
-    attempts: u32,
-    why: Option<String>,
+    pub(super) service: Option<String>,
+    pub(super) backend: String,
+    pub(super) cluster: String,
+    pub(super) endpoint: String,
+    pub(super) route: String,
+    pub(super) attempts: u32,
+    pub(super) why: Option<String>,
+}
+
+impl Outcome {
+    /// A request no rule has matched yet.
+    pub(super) fn unmatched() -> Outcome {
+        Outcome {
+            status: StatusCode::NOT_FOUND,
+            service: None,
+            backend: String::new(),
+            cluster: String::new(),
+            endpoint: String::new(),
+            route: String::new(),
+            attempts: 0,
+            why: None,
+        }
+    }
+}
+
+/// Whether a header name is one that some servers read as
+/// `Content-Length` or `Transfer-Encoding` (an underscore for a hyphen)
+/// without being it. A backend that did would frame the request otherwise
+/// than the proxy does, and take what follows it for its body (request
+/// smuggling), so such a request is refused.
+pub(super) fn ambiguous_framing(name: &[u8]) -> bool {
+    [&b"content-length"[..], b"transfer-encoding"]
+        .iter()
+        .any(|f| {
+            name.len() == f.len()
+                && name.contains(&b'_')
+                && name
+                    .iter()
+                    .zip(f.iter())
+                    .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
+        })
+}
+
+/// The text of the 400 that answers a request with such a header.
+pub(super) fn ambiguous_text(name: &str) -> String {
+    format!(
+        "header {name} is refused: some servers read it as {}, and would frame the request otherwise",
+        if name.len() == "content-length".len() {
+            "Content-Length"
+        } else {
+            "Transfer-Encoding"
+        }
+    )
+}
+
+/// The text of the 404 that answers a request no rule of `frontend`
+/// matches.
+pub(super) fn unmatched_text(frontend: &Frontend) -> String {
+    format!(
+        "no route of {}:{} matches this request",
+        frontend.host, frontend.port
+    )
 }
 
 async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Response<ProxyBody> {
@@ -537,9 +626,36 @@ async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Respons
     // One view of the catalog for the whole request.
     let state = ctx.state.borrow().clone();
     let (res, outcome) = route(req, &uri, ctx, &state, frontend).await;
+    let host = host.as_ref().and_then(|h| h.to_str().ok());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    record(
+        conn,
+        ctx,
+        &state,
+        started,
+        method.as_str(),
+        &Authority(host, uri.authority().map(|a| a.as_str()), frontend),
+        path,
+        &outcome,
+    );
+    res
+}
+
+/// Counts a request and writes its access-log line (L8).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record(
+    conn: &Conn,
+    ctx: &Ctx,
+    state: &DataplaneState,
+    started: Instant,
+    method: &str,
+    authority: &Authority<'_>,
+    path: &str,
+    outcome: &Outcome,
+) {
     let me = &state.feed.catalog.cluster.name;
     let elapsed = started.elapsed();
-    count(conn, ctx, &state, &outcome);
+    count(conn, ctx, state, outcome);
     ctx.metrics
         .http_request_seconds
         .observe(elapsed.as_secs_f64());
@@ -550,9 +666,9 @@ async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Respons
                 let mut line = crate::access_log::JsonLine::info("request");
                 line.display("src", conn.peer)
                     .str("src_cluster", me)
-                    .str("method", method.as_str())
-                    .display("authority", Authority(host.as_ref(), &uri, frontend))
-                    .str("path", uri.path_and_query().map_or("/", |p| p.as_str()))
+                    .str("method", method)
+                    .display("authority", authority)
+                    .str("path", path)
                     .u64("status", u64::from(outcome.status.as_u16()))
                     .str("route", &outcome.route)
                     .str("backend", &outcome.backend)
@@ -568,9 +684,9 @@ async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Respons
             None => info!(
                 src = %conn.peer,
                 src_cluster = %me,
-                method = %method,
-                authority = %Authority(host.as_ref(), &uri, frontend),
-                path = uri.path_and_query().map_or("/", |p| p.as_str()),
+                method,
+                authority = %authority,
+                path,
                 status = outcome.status.as_u16(),
                 route = %outcome.route,
                 backend = %outcome.backend,
@@ -583,18 +699,20 @@ async fn request(req: Request<Incoming>, conn: &Conn, ctx: &Arc<Ctx>) -> Respons
             ),
         }
     }
-    res
 }
 
 /// The authority a request named: its Host header, else its URI's, else
 /// the frontend's.
-struct Authority<'a>(Option<&'a HeaderValue>, &'a Uri, &'a Frontend);
+pub(super) struct Authority<'a>(
+    pub(super) Option<&'a str>,
+    pub(super) Option<&'a str>,
+    pub(super) &'a Frontend,
+);
 
 impl std::fmt::Display for Authority<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.0.and_then(|h| h.to_str().ok()), self.1.authority()) {
-            (Some(h), _) => f.write_str(h),
-            (None, Some(a)) => f.write_str(a.as_str()),
+        match (self.0, self.1) {
+            (Some(h), _) | (None, Some(h)) => f.write_str(h),
             (None, None) => write!(f, "{}:{}", self.2.host, self.2.port),
         }
     }
@@ -650,6 +768,66 @@ fn count(conn: &Conn, ctx: &Ctx, state: &DataplaneState, outcome: &Outcome) {
     });
 }
 
+/// A backend of `rule` picked by weight (L2); none when the weights sum
+/// to 0.
+pub(super) fn pick(rule: &RouteRule) -> Option<&RouteBackend> {
+    let total: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut pick = fastrand::u64(0..total);
+    rule.backends.iter().find(|b| {
+        let hit = pick < u64::from(b.weight);
+        pick = pick.saturating_sub(u64::from(b.weight));
+        hit
+    })
+}
+
+fn no_backend(mut outcome: Outcome) -> (Response<ProxyBody>, Outcome) {
+    outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
+    outcome.why = Some(NO_BACKEND.into());
+    (
+        local(StatusCode::INTERNAL_SERVER_ERROR, NO_BACKEND_TEXT),
+        outcome,
+    )
+}
+
+pub(super) const NO_BACKEND: &str = "the rule has no backend";
+pub(super) const NO_BACKEND_TEXT: &str = "the route's rule has no backend";
+
+/// Where `backend` is reached: its authority (`host:port`) and whether it
+/// speaks HTTP/2; or, for a backend that does not resolve, the text of
+/// the 500 that answers (`outcome` says why).
+pub(super) fn target(
+    state: &DataplaneState,
+    backend: &RouteBackend,
+    outcome: &mut Outcome,
+) -> Result<(String, bool), String> {
+    outcome.backend = backend.target.name();
+    match &backend.target {
+        BackendTarget::Unresolved { reason, .. } => {
+            outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
+            outcome.why = Some(reason.clone());
+            Err(format!(
+                "backend {} does not resolve: {reason}",
+                backend.target.name()
+            ))
+        }
+        BackendTarget::Global { hostname, port } => {
+            outcome.service = Some(hostname.clone());
+            let h2 = state
+                .service(hostname)
+                .and_then(|s| s.ports.iter().find(|p| p.number == *port))
+                .is_some_and(|p| p.protocol != "HTTP");
+            Ok((format!("{hostname}:{port}"), h2))
+        }
+        BackendTarget::ClusterIp { ip, port, .. } => {
+            let ip: IpAddr = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            Ok((SocketAddr::new(ip, *port).to_string(), false))
+        }
+    }
+}
+
 /// Routes `req`, whose URI as the client sent it is `uri` (kept while its
 /// head is edited).
 async fn route(
@@ -659,26 +837,21 @@ async fn route(
     state: &DataplaneState,
     frontend: &Frontend,
 ) -> (Response<ProxyBody>, Outcome) {
-    let mut outcome = Outcome {
-        status: StatusCode::NOT_FOUND,
-        service: None,
-        backend: String::new(),
-        cluster: String::new(),
-        endpoint: String::new(),
-        route: String::new(),
-        attempts: 0,
-        why: None,
-    };
+    let mut outcome = Outcome::unmatched();
+    if let Some(name) = req
+        .headers()
+        .keys()
+        .find(|n| ambiguous_framing(n.as_str().as_bytes()))
+    {
+        let text = ambiguous_text(name.as_str());
+        outcome.status = StatusCode::BAD_REQUEST;
+        outcome.why = Some(text.clone());
+        return (local(StatusCode::BAD_REQUEST, &text), outcome);
+    }
     let Some(rule) = frontend.table.find(&Matched(&req)) else {
         outcome.why = Some("no rule matches".into());
         return (
-            local(
-                StatusCode::NOT_FOUND,
-                &format!(
-                    "no route of {}:{} matches this request",
-                    frontend.host, frontend.port
-                ),
-            ),
+            local(StatusCode::NOT_FOUND, &unmatched_text(frontend)),
             outcome,
         );
     };
@@ -707,56 +880,12 @@ async fn route(
         }
     }
     // A backend by weight (L2).
-    let total: u64 = rule.backends.iter().map(|b| u64::from(b.weight)).sum();
-    if total == 0 {
-        outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
-        outcome.why = Some("the rule has no backend".into());
-        return (
-            local(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the route's rule has no backend",
-            ),
-            outcome,
-        );
-    }
-    let mut pick = fastrand::u64(0..total);
-    let backend = rule
-        .backends
-        .iter()
-        .find(|b| {
-            let hit = pick < u64::from(b.weight);
-            pick = pick.saturating_sub(u64::from(b.weight));
-            hit
-        })
-        .unwrap_or(&rule.backends[0]);
-    outcome.backend = backend.target.name();
-    let (authority, h2) = match &backend.target {
-        BackendTarget::Unresolved { reason, .. } => {
-            outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
-            outcome.why = Some(reason.clone());
-            return (
-                local(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!(
-                        "backend {} does not resolve: {reason}",
-                        backend.target.name()
-                    ),
-                ),
-                outcome,
-            );
-        }
-        BackendTarget::Global { hostname, port } => {
-            outcome.service = Some(hostname.clone());
-            let h2 = state
-                .service(hostname)
-                .and_then(|s| s.ports.iter().find(|p| p.number == *port))
-                .is_some_and(|p| p.protocol != "HTTP");
-            (format!("{hostname}:{port}"), h2)
-        }
-        BackendTarget::ClusterIp { ip, port, .. } => {
-            let ip: IpAddr = ip.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
-            (SocketAddr::new(ip, *port).to_string(), false)
-        }
+    let Some(backend) = pick(rule) else {
+        return no_backend(outcome);
+    };
+    let (authority, h2) = match target(state, backend, &mut outcome) {
+        Ok(t) => t,
+        Err(text) => return (local(outcome.status, &text), outcome),
     };
     for f in &backend.filters {
         match f {
@@ -1128,6 +1257,21 @@ mod tests {
         assert_eq!(replace_prefix("/foo", "/", "/foo"), "/");
         assert_eq!(replace_prefix("/", "/v2", "/x"), "/v2/x");
         assert_eq!(replace_prefix("/foo", "/bar/", "/foo/baz"), "/bar/baz");
+    }
+
+    #[test]
+    fn b7_names_read_as_framing_headers_elsewhere_are_ambiguous() {
+        for name in ["content_length", "Transfer_Encoding", "TRANSFER_encoding"] {
+            assert!(ambiguous_framing(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "x_content_len",
+            "x-user_id",
+        ] {
+            assert!(!ambiguous_framing(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

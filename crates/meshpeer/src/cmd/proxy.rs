@@ -65,6 +65,7 @@ async fn run_async(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.l7_workers {
         cfg.proxy.l7_workers = n;
     }
+    cfg.proxy.l7_direct_http1 = args.l7_http1 == "direct";
     cfg.state.capture_cluster_ips = args.capture_cluster_ips;
     cfg.state.locality = match (&args.region, &args.zone) {
         (Some(region), Some(zone)) => Some(Locality::new(region, zone)),

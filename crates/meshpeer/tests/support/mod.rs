@@ -291,6 +291,8 @@ pub(crate) struct Mesh {
     pub(crate) body_timeout: Option<Duration>,
     /// The proxies' L7 event loops; the default (one per core) when `None`.
     pub(crate) l7_workers: Option<usize>,
+    /// The proxies serve HTTP/1.1 with hyper alone (`--l7-http1 hyper`).
+    pub(crate) l7_hyper_only: bool,
     /// The controllers' `--grace` (5 s unless a test sets it).
     pub(crate) grace: Duration,
     /// When set, proxies and gateways report their flow counts this often
@@ -445,6 +447,7 @@ impl Mesh {
             header_timeout: None,
             body_timeout: None,
             l7_workers: None,
+            l7_hyper_only: false,
             grace: Duration::from_secs(5),
             report_interval: None,
             shared_td: None,
@@ -605,6 +608,7 @@ impl Mesh {
                     .body_timeout
                     .unwrap_or(ProxyConfig::default().body_timeout),
                 l7_workers: self.l7_workers.unwrap_or(ProxyConfig::default().l7_workers),
+                l7_direct_http1: !self.l7_hyper_only,
                 ..ProxyConfig::default()
             };
             c.proxy = Some(
