@@ -115,7 +115,8 @@ while True:
 EOF
 }
 
-# cluster1's proxy, with any extra arguments given; its metrics at
+# cluster1's proxy, with any extra arguments given (mesh_start gives it
+# $PROXY_ARGS); its metrics at
 # 127.0.0.1:15090 and its pid in PROXY_PID.
 proxy_start() { # extra proxy args...
   start proxy1 proxy --controller "$GW1:15013" --root-cert "$WORK/root/root-cert.pem" \
@@ -157,7 +158,8 @@ for n in 1 2; do
     --token-file "$WORK/gw$n.token" --trust-domain cluster$n --listen "$gw:15008" \
     --allow-endpoints "$pod" --log-format json
 done
-proxy_start
+# shellcheck disable=SC2086 # PROXY_ARGS: extra arguments, split as words.
+proxy_start ${PROXY_ARGS:-}
 for p in gateway1 gateway2; do wait_for "$(log $p)" "gateway running" "$p"; done
 wait_for "$(log proxy1)" "proxy running" "proxy1"
 # The proxy's DNS port, from its "proxy running" log line.

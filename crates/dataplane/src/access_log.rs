@@ -79,27 +79,38 @@ impl JsonLine {
     /// client's address and the address it connected to, as the proxy's
     /// connection span names them), and hands it to `sink`.
     pub(crate) fn finish(
-        mut self,
+        self,
         target: &str,
         peer: impl std::fmt::Display,
         dst: impl std::fmt::Display,
         sink: fn(&[u8]),
     ) {
+        self.finish_in(target, &conn_span(peer, dst), sink);
+    }
+
+    /// [`JsonLine::finish`] with the span written before ([`conn_span`]):
+    /// a connection's requests share it.
+    pub(crate) fn finish_in(mut self, target: &str, span: &str, sink: fn(&[u8])) {
         self.buf.push_str("},\"target\":");
         self.string(target);
         self.buf.push_str(",\"span\":");
-        let start = self.buf.len();
-        self.buf.push_str("{\"dst\":\"");
-        let _ = write!(Escaping(&mut self.buf), "{dst}");
-        self.buf.push_str("\",\"peer\":\"");
-        let _ = write!(Escaping(&mut self.buf), "{peer}");
-        self.buf.push_str("\",\"name\":\"conn\"}");
-        let end = self.buf.len();
+        self.buf.push_str(span);
         self.buf.push_str(",\"spans\":[");
-        self.buf.extend_from_within(start..end);
+        self.buf.push_str(span);
         self.buf.push_str("]}\n");
         sink(self.buf.as_bytes());
     }
+}
+
+/// The JSON of a connection's span, as [`JsonLine::finish`] writes it.
+pub(crate) fn conn_span(peer: impl std::fmt::Display, dst: impl std::fmt::Display) -> String {
+    let mut s = String::with_capacity(96);
+    s.push_str("{\"dst\":\"");
+    let _ = write!(Escaping(&mut s), "{dst}");
+    s.push_str("\",\"peer\":\"");
+    let _ = write!(Escaping(&mut s), "{peer}");
+    s.push_str("\",\"name\":\"conn\"}");
+    s
 }
 
 /// Escapes what is written through it as the inside of a JSON string.
@@ -107,6 +118,10 @@ struct Escaping<'a>(&'a mut String);
 
 impl std::fmt::Write for Escaping<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+            self.0.push_str(s);
+            return Ok(());
+        }
         let mut start = 0;
         for (i, b) in s.bytes().enumerate() {
             let esc = match b {
@@ -134,18 +149,38 @@ impl std::fmt::Write for Escaping<'_> {
 /// `t` as `tracing`'s JSON lines write it: RFC 3339, UTC, microseconds
 /// (`2026-12-07T03:20:01.123456Z`).
 fn rfc3339_micros(t: SystemTime, out: &mut String) {
+    thread_local! {
+        /// The second last written, and its text up to the fraction.
+        static SECOND: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = meshpeer_identity::civil_from_days(days as i64);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let (y, m, day) = meshpeer_identity::civil_from_days(days as i64);
+            second.1.clear();
+            let _ = write!(
+                second.1,
+                "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60,
+            );
+            second.0 = secs;
+        }
+        out.push_str(&second.1);
+    });
+    let mut micros = d.subsec_micros();
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+    out.push('Z');
 }
 
 #[cfg(test)]

@@ -435,6 +435,9 @@ pub(super) struct Conn {
     local: SocketAddr,
     /// A request has come (its head was read).
     pub(super) served: AtomicBool,
+    /// For the access log's JSON lines: the client's address, and the
+    /// connection's span, written once.
+    logged: std::sync::OnceLock<(String, String)>,
     /// The counters its last request counted into: a connection's requests
     /// mostly count into the same ones, found again without building their
     /// labels.
@@ -468,6 +471,7 @@ pub(super) async fn serve(
         local,
         counters: Mutex::new(None),
         served: AtomicBool::new(false),
+        logged: std::sync::OnceLock::new(),
     });
     let first = if ctx.config.l7_direct_http1 {
         let mut buf = BytesMut::with_capacity(4096);
@@ -663,8 +667,14 @@ pub(super) fn record(
         let duration_ms = elapsed.as_millis() as u64;
         match crate::access_log::json_sink() {
             Some(sink) => {
+                let (src, span) = conn.logged.get_or_init(|| {
+                    (
+                        conn.peer.to_string(),
+                        crate::access_log::conn_span(conn.peer, conn.local),
+                    )
+                });
                 let mut line = crate::access_log::JsonLine::info("request");
-                line.display("src", conn.peer)
+                line.str("src", src)
                     .str("src_cluster", me)
                     .str("method", method)
                     .display("authority", authority)
@@ -679,7 +689,7 @@ pub(super) fn record(
                 if let Some(why) = &outcome.why {
                     line.str("why", why);
                 }
-                line.finish(module_path!(), conn.peer, conn.local, sink);
+                line.finish_in(module_path!(), span, sink);
             }
             None => info!(
                 src = %conn.peer,
