@@ -75,8 +75,8 @@ pub struct DataplaneMetrics {
     pub http_requests: Family<HttpLabels, Counter>,
     /// L7 request duration to the response head (L8).
     pub http_request_seconds: Histogram,
-    /// L7 requests the proxy exchanged itself, HTTP/1.1 without a body
-    /// (L6).
+    /// L7 requests the proxy exchanged itself: HTTP/1.1, without a body
+    /// or with one of a declared length up to 64 KiB (L6).
     pub http1_direct: Counter,
     /// L7 client connections handed to hyper for the rest of their life,
     /// by the reason of the first request the proxy's own HTTP/1.1
@@ -177,7 +177,7 @@ impl DataplaneMetrics {
         );
         r.register(
             "http1_direct_requests",
-            "L7 HTTP/1.1 requests without a body that the proxy exchanged itself",
+            "L7 HTTP/1.1 requests (no body, or one of a declared length up to 64 KiB) the proxy exchanged itself",
             m.http1_direct.clone(),
         );
         r.register(

@@ -71,10 +71,10 @@ pub struct ProxyConfig {
     /// ports, each with its own pools of backend connections; 0 serves
     /// them on the shared runtime.
     pub l7_workers: usize,
-    /// Serves HTTP/1.1 requests without a body on routed ports with the
-    /// proxy's own exchange (`h1`), handing a connection to hyper at the
-    /// first request it does not take; false: hyper serves every
-    /// connection.
+    /// Serves HTTP/1.1 requests without a body, or with one of a declared
+    /// length up to 64 KiB, on routed ports with the proxy's own exchange
+    /// (`h1`), handing a connection to hyper at the first request it does
+    /// not take; false: hyper serves every connection.
     pub l7_direct_http1: bool,
 }
 

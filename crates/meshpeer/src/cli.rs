@@ -502,10 +502,11 @@ pub(crate) struct ProxyArgs {
     /// core); 0 serves them on the shared runtime with the L4 ports.
     #[arg(long, value_name = "N")]
     pub(crate) l7_workers: Option<usize>,
-    /// How routed (L7) ports serve HTTP/1.1 requests without a body:
-    /// `direct`, with the proxy's own exchange, a connection handed to
-    /// hyper at its first request that does not fit (a body, an upgrade,
-    /// HTTP/1.0, a redirect, ...); `hyper`, every connection with hyper.
+    /// How routed (L7) ports serve HTTP/1.1 requests without a body or
+    /// with a small one of declared length: `direct`, with the proxy's own
+    /// exchange, a connection handed to hyper at its first request that
+    /// does not fit (a chunked body, an upgrade, HTTP/1.0, a redirect,
+    /// ...); `hyper`, every connection with hyper.
     #[arg(long, value_name = "HOW", default_value = "direct", value_parser = ["direct", "hyper"])]
     pub(crate) l7_http1: String,
     /// Also capture the ClusterIP:port of taken-over Services (SPEC K1).

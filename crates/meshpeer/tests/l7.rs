@@ -1032,7 +1032,10 @@ async fn l4_request_mirrors_send_a_copy_whose_answer_is_dropped() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // A request with a body (of a declared length up to 64 KiB): the
-    // mirror gets the same body.
+    // mirror gets the same body. On a new connection, so that the proxy's
+    // own exchange reads the body before it finds the mirror and hands
+    // the connection, head and body, to hyper (L6).
+    let c = client(false);
     let req = Request::builder()
         .method("POST")
         .uri(format!("http://{vip}/status/201"))
@@ -1422,10 +1425,10 @@ async fn read_answer(
     }
 }
 
-/// L6: HTTP/1.1 requests without a body are exchanged by the proxy itself
-/// (counted), and a connection is handed to hyper, its bytes read so far
-/// with it, at its first request that is not such: a body, HTTP/2's
-/// preface, HTTP/1.0; on one connection, requests before and after the
+/// L6: HTTP/1.1 requests without a body, or with one of a declared length,
+/// are exchanged by the proxy itself (counted), and a connection is handed
+/// to hyper, its bytes read so far with it, at its first request that is
+/// not such: a chunked body, HTTP/2's preface, HTTP/1.0; on one connection, requests before and after the
 /// hand-over are answered in order, as are pipelined ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l6_http1_requests_without_a_body_are_exchanged_by_the_proxy_and_the_rest_handed_to_hyper()
@@ -1466,7 +1469,7 @@ async fn l6_http1_requests_without_a_body_are_exchanged_by_the_proxy_and_the_res
     .await;
     assert_eq!(body["name"], "reviews-v1/cluster1");
     assert_eq!(direct(), 2);
-    // A body: hyper from here on, on the same connection.
+    // A body of a declared length: read whole, sent with it.
     let (head, body) = ask(
         &mut s,
         &mut more,
@@ -1478,18 +1481,34 @@ async fn l6_http1_requests_without_a_body_are_exchanged_by_the_proxy_and_the_res
         (body["name"].as_str(), body["body"].as_str()),
         (Some("reviews-v2/cluster2"), Some("hello"))
     );
+    assert_eq!(body["headers"]["content-length"], json!(["5"]));
+    assert_eq!(direct(), 3);
+    // A chunked body: hyper from here on, on the same connection.
+    let (head, body) = ask(
+        &mut s,
+        &mut more,
+        format!(
+            "POST /four HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(
+        (body["name"].as_str(), body["body"].as_str()),
+        (Some("reviews-v1/cluster1"), Some("abc"))
+    );
     assert_eq!(handed("body"), 1);
     let (_, body) = ask(
         &mut s,
         &mut more,
-        format!("GET /four HTTP/1.1\r\n{host}\r\n"),
+        format!("GET /five HTTP/1.1\r\n{host}\r\n"),
     )
     .await;
     assert_eq!(
         (body["name"].as_str(), body["path"].as_str()),
-        (Some("reviews-v1/cluster1"), Some("/four"))
+        (Some("reviews-v1/cluster1"), Some("/five"))
     );
-    assert_eq!(direct(), 2, "hyper serves the connection once handed over");
+    assert_eq!(direct(), 3, "hyper serves the connection once handed over");
 
     // Pipelined: answered in order, the last asks to close.
     let mut p = tokio::net::TcpStream::connect(vip).await.unwrap();
@@ -1522,7 +1541,7 @@ async fn l6_http1_requests_without_a_body_are_exchanged_by_the_proxy_and_the_res
         ]
         .map(|(p, n)| (p.to_owned(), n.to_owned()))
     );
-    assert_eq!(direct(), 5);
+    assert_eq!(direct(), 6);
 
     // HTTP/2 and HTTP/1.0: hyper's from the first byte.
     let a = get(&client(true), vip, "/", &[]).await;
@@ -1538,7 +1557,7 @@ async fn l6_http1_requests_without_a_body_are_exchanged_by_the_proxy_and_the_res
     assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
     assert_eq!(body["version"], "HTTP/1.1");
     assert_eq!(handed("version"), 1);
-    assert_eq!(direct(), 5);
+    assert_eq!(direct(), 6);
     b.mesh.shutdown().await;
 }
 
@@ -1776,7 +1795,7 @@ async fn b7_backend_answers_are_framed_strictly_and_a_connection_with_bytes_left
 /// L6: the proxy's own HTTP/1.1 exchange answers as hyper does
 /// (`--l7-http1 hyper`): the same statuses, backends, requests as the
 /// backends get them, and answer headers, for matches, header edits,
-/// retries on 503, unmatched requests, HEAD.
+/// retries on 503, unmatched requests, HEAD, a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn l6_the_proxys_own_http1_exchange_answers_as_hyper_does() {
     let rules = "  - matches: [{path: {type: PathPrefix, value: /none}, headers: [{name: never, value: x}]}]
@@ -1831,9 +1850,36 @@ async fn l6_the_proxys_own_http1_exchange_answers_as_hyper_does() {
             headers.sort();
             answers.push((method, path, a.status, a.body.clone(), headers));
         }
+        // A body of a declared length, declared twice.
+        let mut raw = tokio::net::TcpStream::connect(vip).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(
+            &mut raw,
+            format!(
+                "POST /e?x=1 HTTP/1.1\r\nHost: {REVIEWS}:8000\r\nContent-Length: 7\r\ncontent-length: 7\r\nx-remove: 1\r\n\r\npayload"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (head, body) = read_answer(&mut raw, &mut Vec::new()).await.unwrap();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().unwrap()[9..12].parse().unwrap();
+        let mut headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_owned()))
+            .filter(|(n, _)| n != "date")
+            .collect();
+        headers.sort();
+        answers.push((
+            "POST",
+            "/e",
+            status,
+            serde_json::from_str(&body).unwrap(),
+            headers,
+        ));
         assert_eq!(
             counter(&b, "http1_direct_requests_total"),
-            if hyper_only { 0 } else { 7 }
+            if hyper_only { 0 } else { 8 }
         );
         seen.push(answers);
         b.mesh.shutdown().await;

@@ -1,22 +1,25 @@
 //! The proxy's own HTTP/1.1 exchange on routed ports (L6). The common
-//! request (HTTP/1.1, origin form, no body, a rule that needs no more than
-//! matches, header edits, a backend by weight, timeouts and retries) is
-//! read with httparse, written to a pooled HTTP/1.1 connection to its
-//! backend, and the answer copied back, all on the client connection's own
-//! task: no task per backend connection, no channel between them, no
-//! request and response objects built and taken apart again. That was
-//! where hyper's server and client spent most of the proxy's user time
-//! (BENCHMARKS.md, L7).
+//! request (HTTP/1.1, origin form, no body or one of a declared length up
+//! to 64 KiB, a rule that needs no more than matches, header edits, a
+//! backend by weight, timeouts and retries) is read with httparse, written
+//! to a pooled HTTP/1.1 connection to its backend, and the answer copied
+//! back, all on the client connection's own task: no task per backend
+//! connection, no channel between them, no request and response objects
+//! built and taken apart again. That was where hyper's server and client
+//! spent most of the proxy's user time (BENCHMARKS.md, L7).
 //!
 //! Anything else hands the connection, with every byte read so far, to
 //! hyper for the rest of its life (`l7::serve`), which serves it as it
-//! always did: HTTP/2, a request with a body, an upgrade, HTTP/1.0, a
-//! request in absolute form, a head httparse does not take whole, a rule
-//! with a redirect, rewrite or mirror, an HTTP/2 backend. So the framing
-//! rules that matter against request smuggling stay simple here: a head
-//! is taken only when it cannot carry a body (no `Transfer-Encoding`, and
-//! every `Content-Length` exactly `0`) and names exactly one `Host`; every
-//! other shape goes to hyper before a byte of it is sent on.
+//! always did: HTTP/2, a chunked or longer body, `Expect`, an upgrade,
+//! HTTP/1.0, a request in absolute form, a head httparse does not take
+//! whole, a rule with a redirect, rewrite or mirror, an HTTP/2 backend. So
+//! the framing rules that matter against request smuggling stay simple
+//! here: a head is taken only when its body's length is plain (no
+//! `Transfer-Encoding`; every `Content-Length` the same number, written in
+//! canonical decimal) and it names exactly one `Host`; every other shape
+//! goes to hyper before a byte of it is sent on. The body is read whole
+//! (each piece within the body timeout, B5) and sent with one
+//! `Content-Length` of the proxy's.
 //!
 //! Answers from backends are framed strictly too: `Transfer-Encoding`
 //! whose last coding is `chunked` (any `Content-Length` beside it is
@@ -122,7 +125,7 @@ pub(super) async fn serve(
                 }
             }
         };
-        match exchange(io, conn, ctx, head, &mut out).await {
+        match exchange(io, conn, ctx, buf, head, &mut out).await {
             Ok(Then::KeepAlive) => {}
             Ok(Then::Close) => return Next::Done,
             Ok(Then::Hyper(why, head)) => {
@@ -149,6 +152,9 @@ struct Head {
     headers: Vec<((usize, usize), (usize, usize))>,
     /// The client asked for the connection to close after this request.
     close: bool,
+    /// The body's declared length, and whether it was declared.
+    body: usize,
+    length: bool,
 }
 
 type Span = (usize, usize);
@@ -204,6 +210,8 @@ impl Head {
             target,
             headers: spans,
             close: shape.close,
+            body: shape.body,
+            length: shape.length,
         }))
     }
 
@@ -230,6 +238,10 @@ impl Head {
 #[derive(Debug, PartialEq, Eq)]
 struct Shape {
     close: bool,
+    /// The body's length, from `Content-Length` (none: 0).
+    body: usize,
+    /// The head has a `Content-Length` header.
+    length: bool,
 }
 
 impl Shape {
@@ -248,6 +260,7 @@ impl Shape {
         }
         let mut hosts = 0;
         let mut close = false;
+        let mut length: Option<usize> = None;
         for h in headers {
             let name = h.name;
             if name.eq_ignore_ascii_case("host") {
@@ -255,10 +268,13 @@ impl Shape {
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 return Err("body");
             } else if name.eq_ignore_ascii_case("content-length") {
-                // Only a body that is declared empty, every time.
-                if h.value != b"0" {
+                // One length in canonical decimal, the same every time,
+                // small enough to be read whole (and sent again).
+                let n = declared_length(h.value).ok_or("body")?;
+                if length.is_some_and(|l| l != n) {
                     return Err("body");
                 }
+                length = Some(n);
             } else if name.eq_ignore_ascii_case("upgrade") {
                 return Err("upgrade");
             } else if name.eq_ignore_ascii_case("expect") {
@@ -276,8 +292,24 @@ impl Shape {
         if hosts != 1 {
             return Err("host");
         }
-        Ok(Shape { close })
+        Ok(Shape {
+            close,
+            body: length.unwrap_or(0),
+            length: length.is_some(),
+        })
     }
+}
+
+/// A `Content-Length` value the proxy's exchange takes: digits only, no
+/// leading zero, at most [`l7::MAX_REPLAYED_BODY`].
+fn declared_length(value: &[u8]) -> Option<usize> {
+    let canonical = match value {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.len() < 6 && rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    let n: usize = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (canonical && n as u64 <= l7::MAX_REPLAYED_BODY).then_some(n)
 }
 
 /// The comma-separated tokens of a header value, trimmed.
@@ -403,13 +435,47 @@ async fn exchange(
     io: &mut TcpStream,
     conn: &Conn,
     ctx: &Arc<Ctx>,
-    head: Head,
+    buf: &mut BytesMut,
+    mut head: Head,
     out: &mut Vec<u8>,
 ) -> io::Result<Then> {
     let started = Instant::now();
     let frontend = &conn.frontend;
     let state = ctx.state.borrow().clone();
     let mut outcome = Outcome::unmatched();
+    // The body first, read whole (it may be sent more than once), each
+    // piece within the body timeout (B5): whatever the answer, the next
+    // request starts after it.
+    let limit = ctx.config.body_timeout;
+    while buf.len() < head.body {
+        buf.reserve(head.body - buf.len());
+        match tokio::time::timeout(limit, io.read_buf(buf)).await {
+            Ok(Ok(0)) => return Ok(Then::Close),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                conn.served.store(true, Ordering::Relaxed);
+                let text = l7::BodyTimeout(limit).to_string();
+                outcome.status = StatusCode::REQUEST_TIMEOUT;
+                outcome.why = Some(text.clone());
+                head.close = true;
+                return finish(io, conn, ctx, &state, started, &head, &outcome, out, &text).await;
+            }
+        }
+    }
+    let body = buf.split_to(head.body).freeze();
+    // Hyper's from here: the head and the body go back before the rest.
+    let handoff = |why: &'static str, head: Head| {
+        let bytes = if body.is_empty() {
+            head.bytes
+        } else {
+            let mut all = BytesMut::with_capacity(head.bytes.len() + body.len());
+            all.extend_from_slice(&head.bytes);
+            all.extend_from_slice(&body);
+            all.freeze()
+        };
+        Ok(Then::Hyper(why, bytes))
+    };
     if let Some((name, _)) = head.headers().find(|(n, _)| l7::ambiguous_framing(n)) {
         let text = l7::ambiguous_text(&String::from_utf8_lossy(name));
         outcome.status = StatusCode::BAD_REQUEST;
@@ -429,7 +495,7 @@ async fn exchange(
                 | RouteFilter::RequestMirror(_)
         )
     }) {
-        return Ok(Then::Hyper("filter", head.bytes));
+        return handoff("filter", head);
     }
     outcome.route = format!("{}#{}", rule.route, rule.rule);
     let Some(backend) = l7::pick(rule) else {
@@ -455,17 +521,14 @@ async fn exchange(
         }
     };
     if h2 {
-        return Ok(Then::Hyper("http2_backend", head.bytes));
+        return handoff("http2_backend", head);
     }
     ctx.metrics.http1_direct.inc();
     conn.served.store(true, Ordering::Relaxed);
 
     // The request as the backend gets it.
     let connection = connection_names(head.headers());
-    let mut headers: Vec<(&[u8], &[u8])> = head
-        .headers()
-        .filter(|(n, _)| !hop_by_hop(n, &connection))
-        .collect();
+    let mut headers: Vec<(&[u8], &[u8])> = head.headers().collect();
     let mut answer_edits: Vec<&HeaderEdit> = Vec::new();
     for f in rule.filters.iter().chain(&backend.filters) {
         match f {
@@ -474,7 +537,11 @@ async fn exchange(
             _ => {}
         }
     }
-    let mut request = Vec::with_capacity(head.bytes.len() + 64);
+    // As on hyper's path, edits come first and connection-level headers
+    // go after them; the framing is the proxy's.
+    headers
+        .retain(|(n, _)| !hop_by_hop(n, &connection) && !n.eq_ignore_ascii_case(b"content-length"));
+    let mut request = Vec::with_capacity(head.bytes.len() + head.body + 64);
     request.extend_from_slice(head.method().as_bytes());
     request.push(b' ');
     request.extend_from_slice(head.target.as_str().as_bytes());
@@ -487,7 +554,16 @@ async fn exchange(
     for (n, v) in &headers {
         push_header(&mut request, n, v);
     }
+    if head.length {
+        // One length, however many times the client declared it.
+        push_header(
+            &mut request,
+            b"content-length",
+            head.body.to_string().as_bytes(),
+        );
+    }
     request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(&body);
 
     let clients = ctx.l7_clients();
     let pool = &clients.h1_direct;
@@ -870,6 +946,13 @@ impl Answer {
             .collect();
         for e in edits {
             edit(&mut headers, e);
+        }
+        if framed {
+            // The framing is the proxy's, whatever an edit set.
+            headers.retain(|(n, _)| {
+                !n.eq_ignore_ascii_case(b"content-length")
+                    && !n.eq_ignore_ascii_case(b"transfer-encoding")
+            });
         }
         let mut date = false;
         for (n, v) in &headers {
@@ -1399,10 +1482,46 @@ mod tests {
         for raw in taken {
             let head = parse(raw).unwrap().unwrap_or_else(|| panic!("{raw:?}"));
             assert!(!head.close, "{raw:?}");
+            assert_eq!(head.body, 0, "{raw:?}");
+        }
+        // A body of a length declared once (or the same each time), in
+        // canonical decimal, at most 64 KiB: read whole, then sent.
+        for (raw, n) in [
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+                3,
+            ),
+            (
+                "PUT / HTTP/1.1\r\nHost: a\r\ncontent-length: 5\r\nContent-Length: 5\r\n\r\n",
+                5,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n",
+                65536,
+            ),
+        ] {
+            let head = parse(raw).unwrap().unwrap_or_else(|| panic!("{raw:?}"));
+            assert_eq!((head.body, head.length), (n, true), "{raw:?}");
         }
         let refused = [
             (
-                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n",
+                "body",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
+                "body",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 03\r\n\r\nabc",
+                "body",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
+                "body",
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
                 "body",
             ),
             (

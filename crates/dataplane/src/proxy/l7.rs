@@ -200,7 +200,7 @@ pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body its client stopped sending (B5).
 #[derive(Debug)]
-struct BodyTimeout(Duration);
+pub(super) struct BodyTimeout(pub(super) Duration);
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -549,7 +549,7 @@ fn full(bytes: Bytes) -> ProxyBody {
 
 /// The largest request body read whole so that it can be sent again
 /// (retries, L5) or copied (mirrors, L4); a longer one is streamed once.
-const MAX_REPLAYED_BODY: u64 = 64 * 1024;
+pub(super) const MAX_REPLAYED_BODY: u64 = 64 * 1024;
 
 /// What one request did, for the access log and metrics.
 pub(super) struct Outcome {
