@@ -1151,8 +1151,8 @@ fn l2_unresolved_route_backends_are_logged_once_the_linked_peers_synced_or_the_g
 }
 
 /// G7 for upstream Istio, in the controller as in `render`: global
-/// services with endpoints of no known Pod (bookinfo's EndpointSlices come
-/// without their Pods) cannot have their ServiceAccounts in the entries'
+/// services with endpoints of no known Pod (bookinfo's EndpointSlices, its
+/// Pods taken out) cannot have their ServiceAccounts in the entries'
 /// subjectAltNames, which ztunnel checks; the controller (upstream by
 /// default) logs one warning per exporting cluster, once, and lists it
 /// with its findings; with `--istio-flavor solo` (no such names) it says
@@ -1163,6 +1163,13 @@ fn g7_the_controller_warns_of_endpoints_without_a_known_identity_for_upstream_is
     let tmp = tempfile::tempdir().unwrap();
     let cacerts = certs(tmp.path(), "cluster1");
     let dir = example_copy(tmp.path(), "bookinfo");
+    let path = dir.join("bookinfo.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without_pods: Vec<&str> = text
+        .split("\n---\n")
+        .filter(|doc| !doc.lines().any(|l| l == "kind: Pod"))
+        .collect();
+    std::fs::write(&path, without_pods.join("\n---\n")).unwrap();
     let gap = "global services have endpoints in cluster cluster1 of no known Pod";
     let mut ctl = spawn_controller(&dir, &cacerts, &[]);
     let api = ctl.api_address();

@@ -133,11 +133,10 @@ pub fn scale(
             .as_ref()
             .is_some_and(|v| v["kind"] == STASHED_ENDPOINT)
     });
-    if running.is_empty()
-        && (stashed_endpoints || !slice_endpoints(&files, namespace, deployment).is_empty())
-    {
-        // Endpoints given as EndpointSlices (Bookinfo's example): scale those.
-        let scaled = scale_slices(&mut files, &mut stash, namespace, deployment, replicas)?;
+    if stashed_endpoints || !slice_endpoints(&files, namespace, deployment).is_empty() {
+        // Endpoints given as EndpointSlices (Bookinfo's example): scale
+        // those, and the Pods they name with them.
+        let scaled = scale_slices(dir, &mut files, &mut stash, namespace, deployment, replicas)?;
         save_stash(&stash_path, &stash)?;
         return Ok(scaled);
     }
@@ -241,9 +240,11 @@ fn slice_endpoints(
     out
 }
 
-/// Scaling when a Deployment's pods appear only as EndpointSlice endpoints:
-/// endpoints leave their slice into the stash, and come back to it.
+/// Scaling when a Deployment's pods appear as EndpointSlice endpoints:
+/// endpoints leave their slice into the stash, and come back to it; the
+/// Pods they name leave and come back with them.
 fn scale_slices(
+    dir: &Path,
     files: &mut BTreeMap<PathBuf, Vec<Doc>>,
     stash: &mut Vec<Doc>,
     namespace: &str,
@@ -260,6 +261,28 @@ fn scale_slices(
         for (p, i, k, pod) in current {
             if leaving.contains(&pod) {
                 gone.entry((p, i)).or_default().push(k);
+            }
+        }
+        // Their Pods go too: an endpoint of no known Pod has no identity
+        // (G7).
+        for (p, docs) in files.iter_mut() {
+            let before = docs.len();
+            let mut i = 0;
+            while i < docs.len() {
+                let leaves = docs[i].value.as_ref().is_some_and(|v| {
+                    is(v, "Pod", namespace, None)
+                        && v["metadata"]["name"]
+                            .as_str()
+                            .is_some_and(|n| leaving.iter().any(|l| l == n))
+                });
+                if leaves {
+                    stash.push(docs.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if docs.len() != before {
+                touched.push(p.clone());
             }
         }
         for ((p, i), ks) in gone {
@@ -302,7 +325,18 @@ fn scale_slices(
             }
         }
         let mut kept = Vec::new();
+        let mut pods_back = Vec::new();
         for d in stash.drain(..) {
+            let pod_back = d.value.as_ref().is_some_and(|v| {
+                is(v, "Pod", namespace, None)
+                    && v["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| returning.iter().any(|r| r == n))
+            });
+            if pod_back {
+                pods_back.push(d);
+                continue;
+            }
             let back = stashed_pod(&d).is_some_and(|p| returning.contains(&p));
             if !back {
                 kept.push(d);
@@ -335,6 +369,13 @@ fn scale_slices(
             touched.push(p);
         }
         *stash = kept;
+        if !pods_back.is_empty() {
+            // Back in a file of their own, as the Pod path brings pods back.
+            let path = dir.join(format!("scaled-{namespace}-{deployment}.yaml"));
+            let docs = files.entry(path.clone()).or_default();
+            docs.extend(pods_back);
+            touched.push(path);
+        }
         if replicas > before && touched.is_empty() {
             bail!(
                 "Deployment {namespace}/{deployment} has {before} endpoint(s) and none scaled away to bring back"
@@ -344,8 +385,12 @@ fn scale_slices(
     touched.sort();
     touched.dedup();
     for p in touched {
-        if let Some(docs) = files.get(&p) {
-            write_atomic(&p, &join(docs))?;
+        match files.get(&p) {
+            Some(docs) if docs.is_empty() => {
+                fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+            Some(docs) => write_atomic(&p, &join(docs))?,
+            None => {}
         }
     }
     let after = pods_of(&slice_endpoints(files, namespace, deployment)).len();
@@ -625,6 +670,51 @@ mod tests {
         let slice = snap.endpoint_slices.values().next().unwrap();
         assert_eq!(slice.endpoints.len(), 2);
         assert!(!dir.path().join(".meshpeer/scaled/b.pp-v1.yaml").exists());
+    }
+
+    /// The Pods an EndpointSlice names leave and come back with their
+    /// endpoints (an endpoint of no known Pod has no identity, G7); other
+    /// Pods stay.
+    #[test]
+    fn scaling_endpoint_slices_moves_their_pods_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = |name: &str, app: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: b, labels: {{app: {app}}}}}\n\
+                 spec: {{serviceAccountName: sa-{app}, containers: [{{name: c, image: i}}]}}\n\
+                 status: {{phase: Running, podIP: 10.0.0.1}}\n"
+            )
+        };
+        let text = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: pp-v1, namespace: b}}\nspec:\n  selector: {{matchLabels: {{app: pp}}}}\n---\n\
+            apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: pp-x, namespace: b}}\naddressType: IPv4\n\
+            endpoints:\n- addresses: [10.0.0.1]\n  targetRef: {{kind: Pod, name: pp-v1-abc-1}}\n- addresses: [10.0.0.9]\n  targetRef: {{kind: Pod, name: other-1}}\nports: [{{port: 9080}}]\n---\n{}---\n{}",
+            pod("pp-v1-abc-1", "pp"),
+            pod("other-1", "other")
+        );
+        fs::write(dir.path().join("b.yaml"), text).unwrap();
+        fs::write(dir.path().join("cluster.yaml"), "name: c1\n").unwrap();
+        let pods = |dir: &Path| {
+            let snap = meshpeer_store::load_cluster_dir(dir).unwrap();
+            let slice = snap.endpoint_slices.values().next().unwrap();
+            let mut pods: Vec<String> = snap.pods.keys().map(|k| k.name.clone()).collect();
+            pods.sort();
+            (slice.endpoints.len(), pods)
+        };
+        let scaled = scale(dir.path(), "b", "pp-v1", 0).unwrap();
+        assert_eq!((scaled.before, scaled.after), (1, 0));
+        assert_eq!(pods(dir.path()), (1, vec!["other-1".to_owned()]));
+        let scaled = scale(dir.path(), "b", "pp-v1", 1).unwrap();
+        assert_eq!((scaled.before, scaled.after), (0, 1));
+        assert_eq!(
+            pods(dir.path()),
+            (2, vec!["other-1".to_owned(), "pp-v1-abc-1".to_owned()])
+        );
+        assert!(!dir.path().join(".meshpeer/scaled/b.pp-v1.yaml").exists());
+        // Down again: the Pod leaves the file it came back to, which goes.
+        scale(dir.path(), "b", "pp-v1", 0).unwrap();
+        assert_eq!(pods(dir.path()), (1, vec!["other-1".to_owned()]));
+        assert!(!dir.path().join("scaled-b-pp-v1.yaml").exists());
     }
 
     #[test]
