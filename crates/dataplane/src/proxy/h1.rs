@@ -573,33 +573,22 @@ async fn exchange(
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     );
     let is_head = head.method() == "HEAD";
-    let per_try = rule.timeouts.backend_request_ms.map(Duration::from_millis);
-    let overall = rule.timeouts.request_ms.map(Duration::from_millis);
-    let deadline = overall.map(|d| tokio::time::Instant::now() + d);
+    let deadlines = l7::Deadlines::new(rule);
     let mut last_error = String::new();
+    // A 503 read whole, kept in case no later attempt does better; then
+    // the answer to relay: its head, its backend connection (none for a
+    // kept one), its body if read before.
     let mut kept: Option<(Answer, Vec<u8>)> = None;
+    let mut chosen: Option<(Answer, Option<Upconn>, Vec<u8>)> = None;
     for attempt in 1..=attempts {
         outcome.attempts = attempt;
-        let limit = match (per_try, deadline) {
-            (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
-            (Some(p), None) => Some(tokio::time::Instant::now() + p),
-            (None, Some(d)) => Some(d),
-            (None, None) => None,
-        };
         let call = send(ctx, pool, &authority, &request, is_head);
-        let result = match limit {
+        let result = match deadlines.attempt() {
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let overall_done = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                    last_error = format!(
-                        "no answer within the {} timeout",
-                        if overall_done {
-                            "request"
-                        } else {
-                            "backendRequest"
-                        }
-                    );
+                    let (why, overall_done) = deadlines.expired();
+                    last_error = why;
                     if overall_done || attempt == attempts {
                         outcome.status = StatusCode::GATEWAY_TIMEOUT;
                         outcome.why = Some(last_error.clone());
@@ -648,22 +637,8 @@ async fn exchange(
                     kept = Some((answer, body));
                     continue;
                 }
-                return relay(
-                    io,
-                    conn,
-                    ctx,
-                    &state,
-                    started,
-                    &head,
-                    &mut outcome,
-                    out,
-                    answer,
-                    Some(up),
-                    &answer_edits,
-                    Vec::new(),
-                    (pool, &authority),
-                )
-                .await;
+                chosen = Some((answer, Some(up), Vec::new()));
+                break;
             }
             Err(e) => {
                 last_error = e.why;
@@ -675,7 +650,7 @@ async fn exchange(
             }
         }
     }
-    if let Some((answer, body)) = kept {
+    if let Some((answer, up, body)) = chosen.or(kept.map(|(a, b)| (a, None, b))) {
         return relay(
             io,
             conn,
@@ -686,7 +661,7 @@ async fn exchange(
             &mut outcome,
             out,
             answer,
-            None,
+            up,
             &answer_edits,
             body,
             (pool, &authority),

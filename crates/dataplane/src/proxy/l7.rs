@@ -838,6 +838,43 @@ pub(super) fn target(
     }
 }
 
+/// A request's timeouts under its rule (L5): each attempt's
+/// (`backendRequest`) and the whole's (`request`, retries included).
+pub(super) struct Deadlines {
+    per_try: Option<Duration>,
+    overall: Option<tokio::time::Instant>,
+}
+
+impl Deadlines {
+    /// The deadlines of a request starting now.
+    pub(super) fn new(rule: &RouteRule) -> Deadlines {
+        let overall = rule.timeouts.request_ms.map(Duration::from_millis);
+        Deadlines {
+            per_try: rule.timeouts.backend_request_ms.map(Duration::from_millis),
+            overall: overall.map(|d| tokio::time::Instant::now() + d),
+        }
+    }
+
+    /// When an attempt starting now must have its answer, if ever.
+    pub(super) fn attempt(&self) -> Option<tokio::time::Instant> {
+        let per_try = self.per_try.map(|p| tokio::time::Instant::now() + p);
+        match (per_try, self.overall) {
+            (Some(p), Some(d)) => Some(p.min(d)),
+            (p, d) => p.or(d),
+        }
+    }
+
+    /// Why an attempt that timed out failed, and whether the whole
+    /// request's time is up too.
+    pub(super) fn expired(&self) -> (String, bool) {
+        let overall = self
+            .overall
+            .is_some_and(|d| tokio::time::Instant::now() >= d);
+        let which = if overall { "request" } else { "backendRequest" };
+        (format!("no answer within the {which} timeout"), overall)
+    }
+}
+
 /// Routes `req`, whose URI as the client sent it is `uri` (kept while its
 /// head is edited).
 async fn route(
@@ -1011,9 +1048,7 @@ async fn route(
             mirror(client, &parts, &m.target, bytes.clone());
         }
     }
-    let per_try = rule.timeouts.backend_request_ms.map(Duration::from_millis);
-    let overall = rule.timeouts.request_ms.map(Duration::from_millis);
-    let deadline = overall.map(|d| tokio::time::Instant::now() + d);
+    let deadlines = Deadlines::new(rule);
     let mut last_error = String::new();
     let mut last_response = None;
     let idempotent = parts.method.is_idempotent();
@@ -1035,25 +1070,12 @@ async fn route(
         let Some(head) = head else { break };
         let req = Request::from_parts(head, body);
         let call = client.request(req);
-        let limit = match (per_try, deadline) {
-            (Some(p), Some(d)) => Some((tokio::time::Instant::now() + p).min(d)),
-            (Some(p), None) => Some(tokio::time::Instant::now() + p),
-            (None, Some(d)) => Some(d),
-            (None, None) => None,
-        };
-        let result = match limit {
+        let result = match deadlines.attempt() {
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let overall_done = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-                    last_error = format!(
-                        "no answer within the {} timeout",
-                        if overall_done {
-                            "request"
-                        } else {
-                            "backendRequest"
-                        }
-                    );
+                    let (why, overall_done) = deadlines.expired();
+                    last_error = why;
                     if overall_done || attempt == attempts {
                         outcome.status = StatusCode::GATEWAY_TIMEOUT;
                         outcome.why = Some(last_error.clone());
