@@ -439,9 +439,16 @@ async fn exchange(
     mut head: Head,
     out: &mut Vec<u8>,
 ) -> io::Result<Then> {
-    let started = Instant::now();
     let frontend = &conn.frontend;
     let state = ctx.state.borrow().clone();
+    let mut ex = Answering {
+        io,
+        conn,
+        ctx,
+        state: &state,
+        started: Instant::now(),
+        out,
+    };
     let mut outcome = Outcome::unmatched();
     // The body first, read whole (it may be sent more than once), each
     // piece within the body timeout (B5): whatever the answer, the next
@@ -449,7 +456,7 @@ async fn exchange(
     let limit = ctx.config.body_timeout;
     while buf.len() < head.body {
         buf.reserve(head.body - buf.len());
-        match tokio::time::timeout(limit, io.read_buf(buf)).await {
+        match tokio::time::timeout(limit, ex.io.read_buf(buf)).await {
             Ok(Ok(0)) => return Ok(Then::Close),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
@@ -459,7 +466,7 @@ async fn exchange(
                 outcome.status = StatusCode::REQUEST_TIMEOUT;
                 outcome.why = Some(text.clone());
                 head.close = true;
-                return finish(io, conn, ctx, &state, started, &head, &outcome, out, &text).await;
+                return ex.local(&head, &outcome, &text).await;
             }
         }
     }
@@ -480,12 +487,12 @@ async fn exchange(
         let text = l7::ambiguous_text(&String::from_utf8_lossy(name));
         outcome.status = StatusCode::BAD_REQUEST;
         outcome.why = Some(text.clone());
-        return finish(io, conn, ctx, &state, started, &head, &outcome, out, &text).await;
+        return ex.local(&head, &outcome, &text).await;
     }
     let Some(rule) = frontend.table.find(&head) else {
         outcome.why = Some("no rule matches".into());
         let text = l7::unmatched_text(frontend);
-        return finish(io, conn, ctx, &state, started, &head, &outcome, out, &text).await;
+        return ex.local(&head, &outcome, &text).await;
     };
     if rule.filters.iter().any(|f| {
         matches!(
@@ -501,23 +508,12 @@ async fn exchange(
     let Some(backend) = l7::pick(rule) else {
         outcome.status = StatusCode::INTERNAL_SERVER_ERROR;
         outcome.why = Some(l7::NO_BACKEND.into());
-        return finish(
-            io,
-            conn,
-            ctx,
-            &state,
-            started,
-            &head,
-            &outcome,
-            out,
-            l7::NO_BACKEND_TEXT,
-        )
-        .await;
+        return ex.local(&head, &outcome, l7::NO_BACKEND_TEXT).await;
     };
     let (authority, h2) = match l7::target(&state, backend, &mut outcome) {
         Ok(t) => t,
         Err(text) => {
-            return finish(io, conn, ctx, &state, started, &head, &outcome, out, &text).await;
+            return ex.local(&head, &outcome, &text).await;
         }
     };
     if h2 {
@@ -592,18 +588,7 @@ async fn exchange(
                     if overall_done || attempt == attempts {
                         outcome.status = StatusCode::GATEWAY_TIMEOUT;
                         outcome.why = Some(last_error.clone());
-                        return finish(
-                            io,
-                            conn,
-                            ctx,
-                            &state,
-                            started,
-                            &head,
-                            &outcome,
-                            out,
-                            &last_error,
-                        )
-                        .await;
+                        return ex.local(&head, &outcome, &last_error).await;
                     }
                     continue;
                 }
@@ -651,22 +636,17 @@ async fn exchange(
         }
     }
     if let Some((answer, up, body)) = chosen.or(kept.map(|(a, b)| (a, None, b))) {
-        return relay(
-            io,
-            conn,
-            ctx,
-            &state,
-            started,
-            &head,
-            &mut outcome,
-            out,
-            answer,
-            up,
-            &answer_edits,
-            body,
-            (pool, &authority),
-        )
-        .await;
+        return ex
+            .relay(
+                &head,
+                &mut outcome,
+                answer,
+                up,
+                &answer_edits,
+                body,
+                (pool, &authority),
+            )
+            .await;
     }
     outcome.status = StatusCode::SERVICE_UNAVAILABLE;
     outcome.why = Some(last_error.clone());
@@ -674,7 +654,7 @@ async fn exchange(
         "backend {} did not answer: {last_error}",
         backend.target.name()
     );
-    finish(io, conn, ctx, &state, started, &head, &outcome, out, &text).await
+    ex.local(&head, &outcome, &text).await
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -684,72 +664,113 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Records a request (L8).
-#[allow(clippy::too_many_arguments)]
-fn record(
-    conn: &Conn,
-    ctx: &Ctx,
-    state: &crate::state::DataplaneState,
+/// What answering a request needs: the client connection, the view of
+/// the catalog the request was routed with, when it began.
+struct Answering<'a> {
+    io: &'a mut TcpStream,
+    conn: &'a Conn,
+    ctx: &'a Ctx,
+    state: &'a crate::state::DataplaneState,
     started: Instant,
-    head: &Head,
-    outcome: &Outcome,
-) {
-    let host = head.header("host").and_then(text);
-    l7::record(
-        conn,
-        ctx,
-        state,
-        started,
-        head.method(),
-        &Authority(host, None, &conn.frontend),
-        head.target.as_str(),
-        outcome,
-    );
+    out: &'a mut Vec<u8>,
 }
 
-/// Answers a request from the proxy itself (`outcome.status`, and `text`),
-/// as hyper's path does, and records it.
-#[allow(clippy::too_many_arguments)]
-async fn finish(
-    io: &mut TcpStream,
-    conn: &Conn,
-    ctx: &Ctx,
-    state: &crate::state::DataplaneState,
-    started: Instant,
-    head: &Head,
-    outcome: &Outcome,
-    out: &mut Vec<u8>,
-    text: &str,
-) -> io::Result<Then> {
-    conn.served.store(true, Ordering::Relaxed);
-    record(conn, ctx, state, started, head, outcome);
-    let status = outcome.status;
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
-    push_header(
-        out,
-        b"content-length",
-        (text.len() + 1).to_string().as_bytes(),
-    );
-    push_date(out);
-    if head.close {
-        out.extend_from_slice(b"connection: close\r\n");
+impl Answering<'_> {
+    /// Records a request (L8).
+    fn record(&self, head: &Head, outcome: &Outcome) {
+        let host = head.header("host").and_then(text);
+        l7::record(
+            self.conn,
+            self.ctx,
+            self.state,
+            self.started,
+            head.method(),
+            &Authority(host, None, &self.conn.frontend),
+            head.target.as_str(),
+            outcome,
+        );
     }
-    out.extend_from_slice(b"\r\n");
-    if head.method() != "HEAD" {
-        out.extend_from_slice(text.as_bytes());
-        out.push(b'\n');
+
+    /// Answers a request from the proxy itself (`outcome.status`, and
+    /// `text`), as hyper's path does, and records it.
+    async fn local(&mut self, head: &Head, outcome: &Outcome, text: &str) -> io::Result<Then> {
+        self.conn.served.store(true, Ordering::Relaxed);
+        self.record(head, outcome);
+        let status = outcome.status;
+        let out = &mut *self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+        push_header(
+            out,
+            b"content-length",
+            (text.len() + 1).to_string().as_bytes(),
+        );
+        push_date(out);
+        if head.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if head.method() != "HEAD" {
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'\n');
+        }
+        self.io.write_all(out).await?;
+        Ok(if head.close {
+            Then::Close
+        } else {
+            Then::KeepAlive
+        })
     }
-    io.write_all(out).await?;
-    Ok(if head.close {
-        Then::Close
-    } else {
-        Then::KeepAlive
-    })
+
+    /// Sends an answer to the client: its head as edited, its body copied
+    /// from `up` (or `kept`, read before); records the request, and gives
+    /// the backend connection back when it may be used again.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &mut self,
+        head: &Head,
+        outcome: &mut Outcome,
+        answer: Answer,
+        up: Option<Upconn>,
+        edits: &[&HeaderEdit],
+        kept: Vec<u8>,
+        (pool, authority): (&Pool, &str),
+    ) -> io::Result<Then> {
+        outcome.status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        // Recorded at the answer's head, as on hyper's path.
+        self.record(head, outcome);
+        let close = head.close || matches!(answer.body, Body::UntilClose);
+        let (io, out) = (&mut *self.io, &mut *self.out);
+        out.clear();
+        answer.write_head(out, edits, close);
+        match up {
+            Some(mut up) if !answer.kept => {
+                let mut reader = answer.body.clone();
+                // What came with the head goes out with it.
+                reader.take(&mut up.buf, out).map_err(invalid)?;
+                while reader.more() {
+                    if out.len() >= PIECE {
+                        io.write_all(out).await?;
+                        out.clear();
+                    }
+                    if !reader.next(&mut up, out).await? {
+                        break;
+                    }
+                }
+                io.write_all(out).await?;
+                up.done(pool, authority, answer.reusable);
+            }
+            _ => {
+                out.extend_from_slice(&kept);
+                io.write_all(out).await?;
+            }
+        }
+        Ok(if close { Then::Close } else { Then::KeepAlive })
+    }
 }
 
 fn push_date(out: &mut Vec<u8>) {
@@ -767,56 +788,6 @@ fn push_date(out: &mut Vec<u8>) {
         }
         push_header(out, b"date", d.1.as_bytes());
     });
-}
-
-/// Sends an answer to the client: its head as edited, its body copied
-/// from `up` (or `kept`, read before); records the request, and gives the
-/// backend connection back when it may be used again.
-#[allow(clippy::too_many_arguments)]
-async fn relay(
-    io: &mut TcpStream,
-    conn: &Conn,
-    ctx: &Ctx,
-    state: &crate::state::DataplaneState,
-    started: Instant,
-    head: &Head,
-    outcome: &mut Outcome,
-    out: &mut Vec<u8>,
-    answer: Answer,
-    up: Option<Upconn>,
-    edits: &[&HeaderEdit],
-    kept: Vec<u8>,
-    (pool, authority): (&Pool, &str),
-) -> io::Result<Then> {
-    outcome.status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    // Recorded at the answer's head, as on hyper's path.
-    record(conn, ctx, state, started, head, outcome);
-    let close = head.close || matches!(answer.body, Body::UntilClose);
-    out.clear();
-    answer.write_head(out, edits, close);
-    match up {
-        Some(mut up) if !answer.kept => {
-            let mut reader = answer.body.clone();
-            // What came with the head goes out with it.
-            reader.take(&mut up.buf, out).map_err(invalid)?;
-            while reader.more() {
-                if out.len() >= PIECE {
-                    io.write_all(out).await?;
-                    out.clear();
-                }
-                if !reader.next(&mut up, out).await? {
-                    break;
-                }
-            }
-            io.write_all(out).await?;
-            up.done(pool, authority, answer.reusable);
-        }
-        _ => {
-            out.extend_from_slice(&kept);
-            io.write_all(out).await?;
-        }
-    }
-    Ok(if close { Then::Close } else { Then::KeepAlive })
 }
 
 fn invalid(why: &'static str) -> io::Error {
