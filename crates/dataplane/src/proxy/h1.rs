@@ -1401,6 +1401,8 @@ impl AsyncWrite for Rewind {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn parse(raw: &str) -> Result<Option<Head>, &'static str> {
@@ -1809,5 +1811,121 @@ mod tests {
         }
         assert_eq!(pool.idle(), MAX_IDLE);
         assert!(pool.take("c:80").is_none());
+    }
+
+    /// A header line of a request head for the properties below: names
+    /// that frame a body, in any case and with look-alikes, and values
+    /// that read as lengths or codings, or almost.
+    fn header_line() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("Host".to_owned()),
+            Just("host".to_owned()),
+            Just("Content-Length".to_owned()),
+            Just("content-LENGTH".to_owned()),
+            Just("Transfer-Encoding".to_owned()),
+            Just("transfer-encoding".to_owned()),
+            Just("Transfer_Encoding".to_owned()),
+            Just("Connection".to_owned()),
+            Just("Upgrade".to_owned()),
+            Just("Expect".to_owned()),
+            "[a-zA-Z-]{1,12}",
+        ];
+        let value = prop_oneof![
+            "[1-9][0-9]{0,2}",
+            "[0-9]{1,7}",
+            Just("0".to_owned()),
+            Just("5".to_owned()),
+            Just("chunked".to_owned()),
+            Just("close".to_owned()),
+            Just("0, 0".to_owned()),
+            Just(" 5 ".to_owned()),
+            Just("+5".to_owned()),
+            "[ -~]{0,12}",
+        ];
+        (
+            name,
+            prop_oneof![Just(": "), Just(":"), Just(" : "), Just(":\t")],
+            value,
+        )
+            .prop_map(|(n, sep, v)| format!("{n}{sep}{v}"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+        /// B7: any bytes: no panic; a head is either taken whole from the
+        /// front of the buffer or left there untouched; chunked framing
+        /// and answer heads likewise never panic.
+        #[test]
+        fn b7_the_exchanges_parsers_take_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            match Head::parse(&mut buf) {
+                Ok(Some(head)) => {
+                    prop_assert!(bytes.starts_with(&head.bytes));
+                    prop_assert_eq!(head.bytes.len() + buf.len(), bytes.len());
+                }
+                Ok(None) | Err(_) => prop_assert_eq!(&buf[..], &bytes[..]),
+            }
+            if let Ok(n) = Chunks::default().feed(&bytes) {
+                prop_assert!(n <= bytes.len());
+            }
+            let mut answer = BytesMut::from(&bytes[..]);
+            if let Ok(Some(a)) = Answer::parse(&mut answer, false) {
+                prop_assert!(a.bytes.len() + answer.len() <= bytes.len());
+            }
+        }
+
+        /// L6, B7 (request smuggling): a head the proxy's own exchange takes
+        /// has no `Transfer-Encoding`, exactly one `Host`, and every
+        /// `Content-Length` it has is the one length it reads, in plain
+        /// digits; checked here on the head's own lines, apart from the
+        /// parser, over heads built of framing headers and look-alikes.
+        #[test]
+        fn l6_b7_a_head_taken_frames_its_body_one_way_only(
+            method in prop_oneof![Just("GET"), Just("POST"), Just("HEAD"), Just("PUT")],
+            hosts in 0..3usize,
+            lengths in proptest::collection::vec(
+                (prop_oneof![Just("Content-Length"), Just("content-length")], prop_oneof![Just("0"), Just("5"), Just("7"), Just("05"), Just("5, 5")]),
+                0..3,
+            ),
+            lines in proptest::collection::vec(header_line(), 0..4),
+            lf_only in any::<bool>(),
+            rot in 0..8usize,
+        ) {
+            let eol = if lf_only { "\n" } else { "\r\n" };
+            let mut raw = format!("{method} /p HTTP/1.1{eol}");
+            let mut lines = lines;
+            lines.extend((0..hosts).map(|i| format!("Host: h{i}")));
+            lines.extend(lengths.iter().map(|(n, v)| format!("{n}: {v}")));
+            // In an order of the case's.
+            let n = lines.len();
+            if n > 0 {
+                lines.rotate_left(rot % n);
+            }
+            for l in &lines {
+                raw.push_str(l);
+                raw.push_str(eol);
+            }
+            raw.push_str(eol);
+            let mut buf = BytesMut::from(raw.as_bytes());
+            let Ok(Some(head)) = Head::parse(&mut buf) else {
+                return Ok(());
+            };
+            let fields: Vec<(String, String)> = raw
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim_end().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            prop_assert!(!fields.iter().any(|(n, _)| n == "transfer-encoding"), "{raw:?}");
+            prop_assert_eq!(fields.iter().filter(|(n, _)| n == "host").count(), 1, "{:?}", raw);
+            for (n, v) in &fields {
+                if n == "content-length" {
+                    prop_assert!(v.bytes().all(|b| b.is_ascii_digit()), "{raw:?}");
+                    prop_assert_eq!(v.parse::<usize>().ok(), Some(head.body), "{:?}", raw);
+                }
+            }
+            prop_assert_eq!(head.length, fields.iter().any(|(n, _)| n == "content-length"));
+        }
     }
 }
