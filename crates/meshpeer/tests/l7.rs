@@ -1670,6 +1670,17 @@ async fn b7_request_smuggling_shapes_reach_no_backend_as_an_unanswered_request()
     b.mesh.shutdown().await;
 }
 
+/// A body of 1 MiB, of lines that say where they are.
+static BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let mut s = String::with_capacity(1 << 20);
+    let mut i = 0;
+    while s.len() < (1 << 20) - 16 {
+        s.push_str(&format!("{i:015}\n"));
+        i += 1;
+    }
+    s
+});
+
 /// A backend that answers as it is told by the request's path, over raw
 /// HTTP/1.1: `/inject` with a second, unasked answer after its own;
 /// `/both` with a length and chunked; `/conflict` with two lengths;
@@ -1707,6 +1718,15 @@ async fn raw_backend(addr: SocketAddr) -> (Arc<AtomicUsize>, JoinHandle<()>) {
                         "/both" => "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_owned(),
                         "/conflict" => "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_owned(),
                         "/close" => "HTTP/1.1 200 OK\r\n\r\nuntil the end".to_owned(),
+                        "/big" => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}", BIG.len(), BIG.as_str()),
+                        "/big-chunked" => {
+                            let mut a = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned();
+                            for piece in BIG.as_bytes().chunks(300_000) {
+                                a.push_str(&format!("{:x}\r\n{}\r\n", piece.len(), std::str::from_utf8(piece).unwrap()));
+                            }
+                            a.push_str("0\r\n\r\n");
+                            a
+                        }
                         p => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{p}", p.len()),
                     };
                     if s.write_all(answer.as_bytes()).await.is_err() || path == "/close" {
@@ -1725,7 +1745,8 @@ async fn raw_backend(addr: SocketAddr) -> (Arc<AtomicUsize>, JoinHandle<()>) {
 /// wins over a length, two lengths that disagree fail the request (503
 /// once retried), an answer framed by closing is passed on and the
 /// client's connection closed after it; a clean answer's connection is
-/// used again.
+/// used again, after long answers too (1 MiB, by length and chunked,
+/// copied in pieces and whole).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b7_backend_answers_are_framed_strictly_and_a_connection_with_bytes_left_is_not_used_again()
 {
@@ -1774,6 +1795,44 @@ async fn b7_backend_answers_are_framed_strictly_and_a_connection_with_bytes_left
         accepted.load(Ordering::Relaxed),
         2,
         "bytes were left: a new connection"
+    );
+
+    // Long answers, copied in pieces, whole; the connection is used again
+    // after each.
+    let (head, body) = ask("/big").await;
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", BIG.len())),
+        "{head}"
+    );
+    assert!(
+        body == *BIG,
+        "a long answer came changed ({} bytes)",
+        body.len()
+    );
+    let (head, body) = ask("/big-chunked").await;
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    let mut rest = body.as_str();
+    let mut whole = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size, 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        whole.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    assert!(
+        whole == *BIG,
+        "a long chunked answer came changed ({} bytes)",
+        whole.len()
+    );
+    let (_, body) = ask("/after").await;
+    assert_eq!(body, "/after");
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        2,
+        "the connection was used again"
     );
 
     let (head, body) = ask("/both").await;

@@ -62,6 +62,8 @@ const MAX_ANSWER_HEADERS: usize = 100;
 const MAX_KEPT_BODY: usize = 64 * 1024;
 /// Answer bodies are copied in pieces of up to this many bytes.
 const PIECE: usize = 64 * 1024;
+/// A client connection's buffers are let go, once idle, above this.
+const KEPT_BUFFER: usize = 32 * 1024;
 /// Idle backend connections kept per backend, and for how long.
 const MAX_IDLE: usize = 64;
 const IDLE_FOR: Duration = Duration::from_secs(90);
@@ -126,7 +128,16 @@ pub(super) async fn serve(
             }
         };
         match exchange(io, conn, ctx, buf, head, &mut out).await {
-            Ok(Then::KeepAlive) => {}
+            Ok(Then::KeepAlive) => {
+                // An idle connection keeps small buffers, whatever its
+                // last answer needed.
+                if out.capacity() > KEPT_BUFFER {
+                    out = Vec::with_capacity(4096);
+                }
+                if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
+                    *buf = BytesMut::with_capacity(4096);
+                }
+            }
             Ok(Then::Close) => return Next::Done,
             Ok(Then::Hyper(why, head)) => {
                 // The head goes back in front of what follows it.
@@ -1294,7 +1305,10 @@ impl Pool {
         None
     }
 
-    fn put(&self, authority: &str, up: Upconn) {
+    fn put(&self, authority: &str, mut up: Upconn) {
+        if up.buf.capacity() > KEPT_BUFFER {
+            up.buf = BytesMut::new();
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = idle.get_mut(authority) {
             if list.len() < MAX_IDLE {
