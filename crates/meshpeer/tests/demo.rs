@@ -359,14 +359,21 @@ fn r1_httpbin_replays_seed_004() {
             .cloned()
             .unwrap_or_default()
     };
+    // A request that failed while cluster1's pod was going (`none`) was
+    // counted where the proxy tried it, which the client cannot tell.
+    let failed = went.remove("none").unwrap_or(0);
     for (to, n) in &went {
         demo.until(
-            &format!("cluster1's proxy reports {n} connections to {to}"),
+            &format!(
+                "cluster1's proxy reports {n} connections to {to} (and up to {failed} failed)"
+            ),
             || flow("cluster1", "proxy", "cluster1", to)["connections"].as_u64(),
-            |c| *c == Some(*n),
+            |c| c.is_some_and(|c| c >= *n && c <= *n + failed),
         );
     }
-    let crossed = went["cluster2"];
+    let crossed = flow("cluster1", "proxy", "cluster1", "cluster2")["connections"]
+        .as_u64()
+        .unwrap_or_default();
     demo.until(
         "cluster2's gateway reports the same connections",
         || flow("cluster2", "gateway", "cluster1", "cluster2")["connections"].as_u64(),

@@ -522,7 +522,7 @@ impl Core {
             refused: RefusedView::of(&self.service),
             output_error: self.output_error.borrow().clone(),
             output_held: self.hold.entries().len(),
-            diagnostics: self.catalog.diagnostics.clone(),
+            diagnostics: crate::controller::view::Findings::of(&self.catalog),
             recompute: self.last_step.clone(),
         }
     }

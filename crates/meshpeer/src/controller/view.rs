@@ -47,10 +47,48 @@ pub struct Status {
     /// contribute to them sync again (or the grace period ends).
     #[serde(default)]
     pub output_held: usize,
-    pub diagnostics: Vec<Diagnostic>,
+    /// The catalog's findings (shared with it: a status is published on
+    /// every change, and copying every finding each time would make a
+    /// batch cost what the findings number).
+    pub diagnostics: Findings,
     /// What the last recomputation cost (SPEC I1).
     #[serde(default)]
     pub recompute: RecomputeStats,
+}
+
+/// The findings of a catalog, held with it; written and read as their
+/// list.
+#[derive(Clone, Debug, Default)]
+pub struct Findings(Arc<GlobalCatalog>);
+
+impl Findings {
+    pub fn of(catalog: &Arc<GlobalCatalog>) -> Findings {
+        Findings(Arc::clone(catalog))
+    }
+}
+
+impl std::ops::Deref for Findings {
+    type Target = [Diagnostic];
+
+    fn deref(&self) -> &[Diagnostic] {
+        &self.0.diagnostics
+    }
+}
+
+impl Serialize for Findings {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.diagnostics.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Findings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Findings, D::Error> {
+        let diagnostics = Vec::<Diagnostic>::deserialize(d)?;
+        Ok(Findings(Arc::new(GlobalCatalog {
+            diagnostics,
+            ..GlobalCatalog::default()
+        })))
+    }
 }
 
 /// What one recomputation of the export and catalog touched (SPEC I1: it
@@ -218,5 +256,44 @@ impl RefusedView {
                 message: r.message,
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod findings_tests {
+    use meshpeer_model::{ObjectRef, Rule, Severity};
+
+    use super::*;
+
+    /// I1 (cost follows the change): a status holds its catalog's findings,
+    /// not a copy of them, and still writes and reads them as the list the
+    /// API has always served.
+    #[test]
+    fn i1_a_status_shares_its_findings_with_the_catalog_and_writes_them_as_a_list() {
+        let catalog = Arc::new(GlobalCatalog {
+            diagnostics: vec![Diagnostic::new(
+                "cluster1",
+                Rule::G7,
+                Severity::Warning,
+                ObjectRef::new("service", Some("ns"), "svc"),
+                "a finding",
+            )],
+            ..GlobalCatalog::default()
+        });
+        let status = Status {
+            diagnostics: Findings::of(&catalog),
+            ..Status::default()
+        };
+        assert!(std::ptr::eq(
+            status.diagnostics.as_ptr(),
+            catalog.diagnostics.as_ptr()
+        ));
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["diagnostics"],
+            serde_json::to_value(&catalog.diagnostics).unwrap()
+        );
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(&*back.diagnostics, &catalog.diagnostics[..]);
     }
 }
