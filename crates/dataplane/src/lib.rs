@@ -22,4 +22,5 @@ pub mod metrics;
 pub mod pick;
 pub mod proxy;
 pub mod report;
+mod rewind;
 pub mod state;

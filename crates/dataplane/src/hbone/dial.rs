@@ -2,14 +2,12 @@
 //! HTTP/2 handshake.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::client::{Connection, SendRequest};
 use meshpeer_identity::{ALPN_H2, Refusal, refusal_reason_io};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -17,6 +15,7 @@ use tokio_rustls::client::TlsStream;
 use super::client::{ClientTls, ClusterTls};
 use super::pool::Key;
 use super::{HboneError, PoolConfig, wire};
+use crate::rewind::Rewind;
 
 /// The transport of a pooled connection.
 pub(crate) type ClientIo = Rewind<TlsStream<BufReader<TcpStream>>>;
@@ -79,10 +78,7 @@ pub(crate) async fn dial(
         Ok(_) => {}
         Err(err) => return Err(handshake_failure(key, err)),
     }
-    let io = Rewind {
-        prefix: first.freeze(),
-        inner: stream,
-    };
+    let io = Rewind::new(first.freeze(), stream);
     wire::client_builder(config)
         .handshake(io)
         .await
@@ -105,79 +101,5 @@ fn handshake_failure(key: &Key, err: io::Error) -> HboneError {
             gateway: key.gateway,
             source: err,
         }
-    }
-}
-
-/// A stream with bytes already read from it put back in front.
-pub(crate) struct Rewind<T> {
-    prefix: Bytes,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    #[tokio::test]
-    async fn rewind_replays_the_prefix_then_reads_on() {
-        let (mut a, b) = tokio::io::duplex(64);
-        a.write_all(b" world").await.unwrap();
-        drop(a);
-        let mut rewind = Rewind {
-            prefix: Bytes::from_static(b"hello"),
-            inner: b,
-        };
-        let mut out = String::new();
-        rewind.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
     }
 }

@@ -40,7 +40,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 use meshpeer_model::routes::{HeaderEdit, RouteFilter};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
@@ -139,14 +139,7 @@ pub(super) async fn serve(
                 }
             }
             Ok(Then::Close) => return Next::Done,
-            Ok(Then::Hyper(why, head)) => {
-                // The head goes back in front of what follows it.
-                let mut all = BytesMut::with_capacity(head.len() + buf.len());
-                all.extend_from_slice(&head);
-                all.extend_from_slice(buf);
-                *buf = all;
-                return Next::Hyper(why);
-            }
+            Ok(Then::Hyper(why)) => return Next::Hyper(why),
             Err(e) => {
                 debug!(error = %e, "client connection ended");
                 return Next::Done;
@@ -158,9 +151,9 @@ pub(super) async fn serve(
 /// A request head taken whole from the buffer: where its parts lie.
 struct Head {
     bytes: Bytes,
-    method: (usize, usize),
+    method: Span,
     target: http::uri::PathAndQuery,
-    headers: Vec<((usize, usize), (usize, usize))>,
+    headers: Vec<(Span, Span)>,
     /// The client asked for the connection to close after this request.
     close: bool,
     /// The body's declared length, and whether it was declared.
@@ -169,6 +162,35 @@ struct Head {
 }
 
 type Span = (usize, usize);
+
+/// Where each header's name and value lie in `whole`.
+fn header_spans(whole: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Span, Span)> {
+    headers
+        .iter()
+        .map(|h| (span(whole, h.name.as_bytes()), span(whole, h.value)))
+        .collect()
+}
+
+/// The headers whose places [`header_spans`] gave, in `bytes`.
+fn fields<'a>(
+    bytes: &'a [u8],
+    spans: &'a [(Span, Span)],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    spans
+        .iter()
+        .map(|(n, v)| (&bytes[n.0..n.1], &bytes[v.0..v.1]))
+}
+
+/// Puts bytes taken from the front of `buf` back there, in order.
+fn put_back(buf: &mut BytesMut, taken: &[&[u8]]) {
+    let len = taken.iter().map(|t| t.len()).sum::<usize>() + buf.len();
+    let mut all = BytesMut::with_capacity(len);
+    for t in taken {
+        all.extend_from_slice(t);
+    }
+    all.extend_from_slice(buf);
+    *buf = all;
+}
 
 fn span(whole: &[u8], part: &[u8]) -> Span {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
@@ -193,11 +215,7 @@ impl Head {
         let method = span(whole, req.method.unwrap_or_default().as_bytes());
         let target = span(whole, req.path.unwrap_or_default().as_bytes());
         let shape = Shape::of(req.version, req.method.unwrap_or_default(), req.headers)?;
-        let spans = req
-            .headers
-            .iter()
-            .map(|h| (span(whole, h.name.as_bytes()), span(whole, h.value)))
-            .collect();
+        let spans = header_spans(whole, req.headers);
         let bytes = buf.split_to(len).freeze();
         // The target as http reads it: one that would read differently
         // (a fragment, a byte it does not take) is hyper's to answer.
@@ -209,9 +227,7 @@ impl Head {
                     pq
                 }
                 _ => {
-                    let mut back = BytesMut::from(&bytes[..]);
-                    back.extend_from_slice(buf);
-                    *buf = back;
+                    put_back(buf, &[&bytes]);
                     return Err("target");
                 }
             };
@@ -232,9 +248,7 @@ impl Head {
     }
 
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.headers
-            .iter()
-            .map(|(n, v)| (&self.bytes[n.0..n.1], &self.bytes[v.0..v.1]))
+        fields(&self.bytes, &self.headers)
     }
 
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -365,22 +379,12 @@ impl meshpeer_model::routes::Request for Head {
     }
 }
 
-/// Headers never forwarded either way (RFC 9110 7.6.1), besides those a
-/// `Connection` header names; the same as hyper's path drops.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-];
-
+/// Whether a header is never forwarded either way: hyper's path's list
+/// (RFC 9110 7.6.1), or one a `Connection` header names.
 fn hop_by_hop(name: &[u8], connection: &[&[u8]]) -> bool {
-    HOP_BY_HOP
+    l7::HOP_BY_HOP
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        .any(|h| name.eq_ignore_ascii_case(h.as_str().as_bytes()))
         || connection.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
@@ -436,9 +440,9 @@ fn edit<'a>(headers: &mut Vec<(&'a [u8], &'a [u8])>, e: &'a HeaderEdit) {
 enum Then {
     KeepAlive,
     Close,
-    /// Hyper is to have the connection from this request (its head given
-    /// back) on.
-    Hyper(&'static str, Bytes),
+    /// Hyper is to have the connection from this request (given back to
+    /// the buffer) on, for the reason given.
+    Hyper(&'static str),
 }
 
 /// One request: routed, sent, answered.
@@ -472,7 +476,6 @@ async fn exchange(
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => {
-                conn.served.store(true, Ordering::Relaxed);
                 let text = l7::BodyTimeout(limit).to_string();
                 outcome.status = StatusCode::REQUEST_TIMEOUT;
                 outcome.why = Some(text.clone());
@@ -483,16 +486,9 @@ async fn exchange(
     }
     let body = buf.split_to(head.body).freeze();
     // Hyper's from here: the head and the body go back before the rest.
-    let handoff = |why: &'static str, head: Head| {
-        let bytes = if body.is_empty() {
-            head.bytes
-        } else {
-            let mut all = BytesMut::with_capacity(head.bytes.len() + body.len());
-            all.extend_from_slice(&head.bytes);
-            all.extend_from_slice(&body);
-            all.freeze()
-        };
-        Ok(Then::Hyper(why, bytes))
+    let mut handoff = |why: &'static str, head: &Head| {
+        put_back(buf, &[&head.bytes, &body]);
+        Ok(Then::Hyper(why))
     };
     if let Some((name, _)) = head.headers().find(|(n, _)| l7::ambiguous_framing(n)) {
         let text = l7::ambiguous_text(&String::from_utf8_lossy(name));
@@ -513,7 +509,7 @@ async fn exchange(
                 | RouteFilter::RequestMirror(_)
         )
     }) {
-        return handoff("filter", head);
+        return handoff("filter", &head);
     }
     outcome.route = format!("{}#{}", rule.route, rule.rule);
     let Some(backend) = l7::pick(rule) else {
@@ -528,7 +524,7 @@ async fn exchange(
         }
     };
     if h2 {
-        return handoff("http2_backend", head);
+        return handoff("http2_backend", &head);
     }
     ctx.metrics.http1_direct.inc();
     conn.served.store(true, Ordering::Relaxed);
@@ -575,10 +571,8 @@ async fn exchange(
     let clients = ctx.l7_clients();
     let pool = &clients.h1_direct;
     let attempts = 1 + rule.retries;
-    let idempotent = matches!(
-        head.method(),
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    );
+    let idempotent =
+        http::Method::from_bytes(head.method().as_bytes()).is_ok_and(|m| m.is_idempotent());
     let is_head = head.method() == "HEAD";
     let deadlines = l7::Deadlines::new(rule);
     let mut last_error = String::new();
@@ -594,9 +588,9 @@ async fn exchange(
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let (why, overall_done) = deadlines.expired();
+                    let (why, give_up) = deadlines.expired(attempt == attempts);
                     last_error = why;
-                    if overall_done || attempt == attempts {
+                    if give_up {
                         outcome.status = StatusCode::GATEWAY_TIMEOUT;
                         outcome.why = Some(last_error.clone());
                         return ex.local(&head, &outcome, &last_error).await;
@@ -629,7 +623,6 @@ async fn exchange(
                     }
                     let mut answer = answer;
                     answer.body = Body::Length(body.len() as u64);
-                    answer.kept = true;
                     kept = Some((answer, body));
                     continue;
                 }
@@ -661,10 +654,7 @@ async fn exchange(
     }
     outcome.status = StatusCode::SERVICE_UNAVAILABLE;
     outcome.why = Some(last_error.clone());
-    let text = format!(
-        "backend {} did not answer: {last_error}",
-        backend.target.name()
-    );
+    let text = l7::unanswered_text(backend, &last_error);
     ex.local(&head, &outcome, &text).await
 }
 
@@ -759,7 +749,7 @@ impl Answering<'_> {
         out.clear();
         answer.write_head(out, edits, close);
         match up {
-            Some(mut up) if !answer.kept => {
+            Some(mut up) => {
                 let mut reader = answer.body.clone();
                 // What came with the head goes out with it.
                 reader.take(&mut up.buf, out).map_err(invalid)?;
@@ -775,7 +765,7 @@ impl Answering<'_> {
                 io.write_all(out).await?;
                 up.done(pool, authority, answer.reusable);
             }
-            _ => {
+            None => {
                 out.extend_from_slice(&kept);
                 io.write_all(out).await?;
             }
@@ -816,8 +806,6 @@ struct Answer {
     /// The backend connection may carry another request after this
     /// answer's body.
     reusable: bool,
-    /// The body was read before (a 503 kept for later).
-    kept: bool,
 }
 
 impl Answer {
@@ -851,11 +839,7 @@ impl Answer {
                 && !connection_names(res.headers.iter().map(|h| (h.name.as_bytes(), h.value)))
                     .iter()
                     .any(|t| t.eq_ignore_ascii_case(b"close"));
-            let spans = res
-                .headers
-                .iter()
-                .map(|h| (span(whole, h.name.as_bytes()), span(whole, h.value)))
-                .collect();
+            let spans = header_spans(whole, res.headers);
             let bytes = buf.split_to(len).freeze();
             return Ok(Some(Answer {
                 status,
@@ -864,15 +848,12 @@ impl Answer {
                 headers: spans,
                 reusable: keep_alive && !matches!(body, Body::UntilClose),
                 body,
-                kept: false,
             }));
         }
     }
 
     fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.headers
-            .iter()
-            .map(|(n, v)| (&self.bytes[n.0..n.1], &self.bytes[v.0..v.1]))
+        fields(&self.bytes, &self.headers)
     }
 
     /// The head as the client gets it: hop-by-hop headers dropped, the
@@ -896,10 +877,7 @@ impl Answer {
         let framed = !matches!(self.body, Body::Empty);
         let mut headers: Vec<(&[u8], &[u8])> = self
             .headers()
-            .filter(|(n, _)| {
-                let length = framed && n.eq_ignore_ascii_case(b"content-length");
-                !(length || hop_by_hop(n, &connection))
-            })
+            .filter(|(n, _)| !hop_by_hop(n, &connection))
             .collect();
         for e in edits {
             edit(&mut headers, e);
@@ -1355,64 +1333,6 @@ fn still_open(io: &mut Box<dyn Stream>) -> bool {
     matches!(Pin::new(io).poll_read(&mut cx, &mut rb), Poll::Pending)
 }
 
-/// A client connection handed to hyper, the bytes read from it first.
-pub(super) struct Rewind {
-    first: Bytes,
-    io: TcpStream,
-}
-
-impl Rewind {
-    pub(super) fn new(first: Bytes, io: TcpStream) -> Rewind {
-        Rewind { first, io }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.first.is_empty() {
-            let n = self.first.len().min(buf.remaining());
-            buf.put_slice(&self.first[..n]);
-            self.first.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -1759,27 +1679,6 @@ mod tests {
             got,
             want.map(|(n, v)| (n.to_owned(), v.to_owned())).to_vec()
         );
-    }
-
-    #[tokio::test]
-    async fn l6_a_connection_handed_to_hyper_reads_the_bytes_taken_first() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(b" world").await.unwrap();
-            let mut back = Vec::new();
-            s.read_to_end(&mut back).await.unwrap();
-            back
-        });
-        let (io, _) = listener.accept().await.unwrap();
-        let mut r = Rewind::new(Bytes::from_static(b"hello"), io);
-        let mut got = vec![0u8; 11];
-        r.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello world");
-        r.write_all(b"ok").await.unwrap();
-        r.shutdown().await.unwrap();
-        assert_eq!(client.await.unwrap(), b"ok");
     }
 
     #[tokio::test]

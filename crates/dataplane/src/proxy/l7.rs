@@ -126,7 +126,7 @@ fn apply_headers(edit: &HeaderEdit, headers: &mut http::HeaderMap) {
 
 /// Connection-level headers, never forwarded (RFC 9110 7.6.1; HTTP/2
 /// refuses them).
-const HOP_BY_HOP: [HeaderName; 7] = [
+pub(super) const HOP_BY_HOP: [HeaderName; 7] = [
     http::header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -486,7 +486,7 @@ pub(super) async fn serve(
     } else {
         Bytes::new()
     };
-    let inbound = super::h1::Rewind::new(first, inbound);
+    let inbound = crate::rewind::Rewind::new(first, inbound);
     let limit = ctx.config.header_timeout;
     let service = {
         let conn = Arc::clone(&conn);
@@ -864,14 +864,18 @@ impl Deadlines {
         }
     }
 
-    /// Why an attempt that timed out failed, and whether the whole
-    /// request's time is up too.
-    pub(super) fn expired(&self) -> (String, bool) {
+    /// Why an attempt that timed out failed, and whether the request is
+    /// answered 504 now: its whole time is up, or it was the `last`
+    /// attempt.
+    pub(super) fn expired(&self, last: bool) -> (String, bool) {
         let overall = self
             .overall
             .is_some_and(|d| tokio::time::Instant::now() >= d);
         let which = if overall { "request" } else { "backendRequest" };
-        (format!("no answer within the {which} timeout"), overall)
+        (
+            format!("no answer within the {which} timeout"),
+            overall || last,
+        )
     }
 }
 
@@ -1074,9 +1078,9 @@ async fn route(
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(r) => r,
                 Err(_) => {
-                    let (why, overall_done) = deadlines.expired();
+                    let (why, give_up) = deadlines.expired(attempt == attempts);
                     last_error = why;
-                    if overall_done || attempt == attempts {
+                    if give_up {
                         outcome.status = StatusCode::GATEWAY_TIMEOUT;
                         outcome.why = Some(last_error.clone());
                         return (local(StatusCode::GATEWAY_TIMEOUT, &last_error), outcome);
@@ -1124,12 +1128,18 @@ async fn route(
     (
         local(
             StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "backend {} did not answer: {last_error}",
-                backend.target.name()
-            ),
+            &unanswered_text(backend, &last_error),
         ),
         outcome,
+    )
+}
+
+/// The text of the 503 that answers a request no attempt got an answer
+/// for.
+pub(super) fn unanswered_text(backend: &RouteBackend, last_error: &str) -> String {
+    format!(
+        "backend {} did not answer: {last_error}",
+        backend.target.name()
     )
 }
 
