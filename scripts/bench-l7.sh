@@ -20,7 +20,15 @@
 # endpoints are cluster1's own (the plain hop, no HBONE).
 #
 # Usage: scripts/bench-l7.sh
-# Knobs: DURATION (5s per run), MESHPEER_BIN (default
+# The L7 rows run in rounds (ROUNDS, 3): nginx and the proxy one right
+# after the other in each, then a summary of medians and of the rounds'
+# ratios to nginx, so that a slow spell of a shared machine does not fall
+# on one path only. Every meshpeer process runs in its own session (as
+# nginx does once it daemonizes): with the kernel's autogroups on, the
+# scheduler shares the CPU between sessions first, and a proxy in the
+# script's session would share wrk's.
+#
+# Knobs: DURATION (5s per run), ROUNDS (3), MESHPEER_BIN (default
 # target/release/meshpeer, built when missing), RUST_LOG (info: the
 # proxy's access log is on, one line per request), KEEP=1 keeps the work
 # folder, PERF=1 records a `perf` profile of the proxy during the L7 run at
@@ -30,6 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 PATH=$PATH:/usr/sbin
 
 SVC_PORT=8080 PORT_NAME=http
@@ -43,7 +52,7 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "wrk:     $(wrk --version 2>&1 | head -1)"
 echo "nginx:   $(nginx -v 2>&1)"
 echo "meshpeer: $BIN (RUST_LOG=${RUST_LOG:-info})"
-echo "command: DURATION=$DURATION scripts/bench-l7.sh"
+echo "command: DURATION=$DURATION ROUNDS=$ROUNDS scripts/bench-l7.sh"
 echo
 
 mesh_start
@@ -150,18 +159,45 @@ curl -s -D - -o /dev/null "$L4_URL" | grep -qi '^x-routed: yes' || {
   echo "the route never applied" >&2
   exit 1
 }
+# The L7 rows in rounds: each round measures nginx (without and with its
+# access log) and the proxy one right after the other, each round starting
+# at the next of them, so that a slow spell of a shared machine falls on
+# all of them alike; the summary gives
+# each path's median and the median of the rounds' ratios to nginx.
+echo
+echo "L7, $ROUNDS rounds (nginx and the proxy one after the other in each):"
+printf '| path | connections | round | requests/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|\n'
+round_row() { # name url connections round
+  local r p50 p99 e
+  read -r r p50 p99 e < <(measure "$2" "$3")
+  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$3" "$4" "$r" "$p50" "$p99" "$e"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$3" "$4" "$r" "$p50" "$p99" >>"$WORK/rounds.tsv"
+}
 for c in 1 64; do
-  if [ "$c" = 64 ] && [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
-    perf record -q -g -p "$PROXY_PID" -o "$WORK/perf-l7.data" -- sleep 4 >/dev/null 2>&1 &
-  fi
-  row "proxy L7 (HTTPRoute)" "$L4_URL" "$c"
+  for round in $(seq 1 "$ROUNDS"); do
+    # Each round starts at the next path: none is always measured first,
+    # nor always right after the other's log was written.
+    for i in 0 1 2; do
+      case $(( (i + round - 1) % 3 )) in
+        0) round_row nginx "http://127.0.0.1:15321/small.txt" "$c" "$round" ;;
+        1) round_row "nginx, access log" "http://127.0.0.1:15322/small.txt" "$c" "$round" ;;
+        2)
+          if [ "$c" = 64 ] && [ "$round" = 1 ] && [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null 2>&1; then
+            perf record -q -g -p "$PROXY_PID" -o "$WORK/perf-l7.data" -- sleep 4 >/dev/null 2>&1 &
+          fi
+          round_row "proxy L7 (HTTPRoute)" "$L4_URL" "$c" "$round"
+          ;;
+      esac
+    done
+  done
 done
 # Which exchange served them (the proxy's metrics).
 curl -s http://127.0.0.1:15090/metrics | grep -E 'http1_(direct_requests|handoffs)_total' \
   | sed 's/^/  # /' || true
 ACCESS_LINES=$(grep -c '"request"' "$(log proxy1)" || true)
 
-# The same route, hyper serving every request.
+# The same route, hyper serving every request (the path the proxy's own
+# exchange replaced), next to nginx again.
 kill "$PROXY_PID"
 wait "$PROXY_PID" 2>/dev/null || true
 mv "$(log proxy1)" "$WORK/proxy1-direct.log"
@@ -172,8 +208,31 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 for c in 1 64; do
-  row "proxy L7, hyper" "$L4_URL" "$c"
+  round_row nginx "http://127.0.0.1:15321/small.txt" "$c" h
+  round_row "proxy L7, hyper" "$L4_URL" "$c" h
 done
+
+echo
+echo "L7 summary: medians over the rounds; x nginx is the median of each round's ratio to nginx in that round:"
+python3 - "$WORK/rounds.tsv" <<'PY'
+import statistics, sys, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+by = collections.defaultdict(dict)
+for name, c, rnd, rps, p50, p99 in rows:
+    by[(c, rnd)][name] = (float(rps), float(p50), float(p99))
+print("| path | connections | rounds | requests/s (median) | p50 ms | p99 ms | x nginx |")
+print("|---|---|---|---|---|---|---|")
+for c in ("1", "64"):
+    for name in ("nginx", "nginx, access log", "proxy L7 (HTTPRoute)", "proxy L7, hyper"):
+        runs = [(r, by[(c, r)][name]) for (cc, r) in by if cc == c and name in by[(c, r)]]
+        if not runs:
+            continue
+        ratios = [v[0] / by[(c, r)]["nginx"][0] for r, v in runs if "nginx" in by[(c, r)]]
+        med = lambda i: statistics.median(v[i] for _, v in runs)
+        print("| %s | %s | %d | %d | %.3f | %.3f | %.2f (%.2f-%.2f) |" % (
+            name, c, len(runs), med(0), med(1), med(2),
+            statistics.median(ratios), min(ratios), max(ratios)))
+PY
 echo
 echo "proxy access-log lines: $ACCESS_LINES (own exchange run)"
 if [ -f "$WORK/perf-l7.data" ]; then

@@ -25,7 +25,7 @@ log() { echo "$WORK/$1.log"; }
 start() { # name args...
   local name=$1
   shift
-  RUST_LOG=${RUST_LOG:-info} "$BIN" "$@" >"$(log "$name")" 2>&1 &
+  RUST_LOG=${RUST_LOG:-info} setsid "$BIN" "$@" >"$(log "$name")" 2>&1 &
   PIDS+=($!)
 }
 wait_for() { # file pattern what

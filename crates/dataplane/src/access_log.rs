@@ -26,6 +26,79 @@ pub(crate) fn json_sink() -> Option<fn(&[u8])> {
     SINK.get().copied()
 }
 
+/// A line's buffer at most kept for the thread's next line.
+const KEPT_LINE: usize = 4096;
+
+/// Held lines handed on once this many bytes wait ...
+const HOLD_BYTES: usize = 16 * 1024;
+/// ... or once the first has waited this long.
+const HOLD_TIME: std::time::Duration = std::time::Duration::from_millis(2);
+
+thread_local! {
+    /// The thread's line buffer, used again line after line.
+    static LINE: std::cell::Cell<String> = const { std::cell::Cell::new(String::new()) };
+    /// The lines of a thread that holds them ([`hold_on_this_thread`]).
+    static HELD: std::cell::RefCell<Option<Held>> = const { std::cell::RefCell::new(None) };
+}
+
+struct Held {
+    lines: Vec<u8>,
+    /// When the first of `lines` was held.
+    since: std::time::Instant,
+    /// Where they go.
+    sink: Option<fn(&[u8])>,
+}
+
+/// From now on, this thread's lines are held and handed to the sink
+/// together: when the thread is about to sleep ([`release`], which its
+/// runtime's park hook calls), when [`HOLD_BYTES`] wait, or when the first
+/// has waited [`HOLD_TIME`]. An L7 loop then takes the sink's lock, and
+/// writes to the buffer every loop writes to, once a batch instead of once
+/// a request: each of those moves a cache line between cores.
+pub(crate) fn hold_on_this_thread() {
+    HELD.with(|h| {
+        h.borrow_mut().get_or_insert_with(|| Held {
+            lines: Vec::with_capacity(HOLD_BYTES + 1024),
+            since: std::time::Instant::now(),
+            sink: None,
+        });
+    });
+}
+
+/// Hands the lines this thread holds to the sink.
+pub(crate) fn release() {
+    HELD.with(|h| {
+        if let Some(held) = h.borrow_mut().as_mut()
+            && !held.lines.is_empty()
+            && let Some(sink) = held.sink
+        {
+            sink(&held.lines);
+            held.lines.clear();
+        }
+    });
+}
+
+/// Writes a finished line: held when the thread holds its lines, else
+/// handed to the sink now.
+fn emit(line: &[u8], sink: fn(&[u8])) {
+    HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some(held) => {
+            let now = std::time::Instant::now();
+            if held.lines.is_empty() {
+                held.since = now;
+            }
+            // One sink a process (set once, `set_json_sink`).
+            held.sink = Some(sink);
+            held.lines.extend_from_slice(line);
+            if held.lines.len() >= HOLD_BYTES || now.duration_since(held.since) >= HOLD_TIME {
+                sink(&held.lines);
+                held.lines.clear();
+            }
+        }
+        None => sink(line),
+    });
+}
+
 /// A JSON log line being written.
 pub(crate) struct JsonLine {
     buf: String,
@@ -34,7 +107,9 @@ pub(crate) struct JsonLine {
 impl JsonLine {
     /// Starts an `INFO` line with `message`.
     pub(crate) fn info(message: &str) -> JsonLine {
-        let mut buf = String::with_capacity(640);
+        let mut buf = LINE.take();
+        buf.clear();
+        buf.reserve(640);
         buf.push_str("{\"timestamp\":\"");
         rfc3339_micros(SystemTime::now(), &mut buf);
         buf.push_str("\",\"level\":\"INFO\",\"fields\":{\"message\":");
@@ -59,7 +134,7 @@ impl JsonLine {
 
     pub(crate) fn u64(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        self.buf.push_str(itoa::Buffer::new().format(value));
         self
     }
 
@@ -98,7 +173,10 @@ impl JsonLine {
         self.buf.push_str(",\"spans\":[");
         self.buf.push_str(span);
         self.buf.push_str("]}\n");
-        sink(self.buf.as_bytes());
+        emit(self.buf.as_bytes(), sink);
+        if self.buf.capacity() <= KEPT_LINE {
+            LINE.set(self.buf);
+        }
     }
 }
 
@@ -220,6 +298,78 @@ mod tests {
         let span = serde_json::json!({"dst": "[::1]:80", "peer": "10.0.0.1:5000", "name": "conn"});
         assert_eq!(v["span"], span);
         assert_eq!(v["spans"], serde_json::json!([span]));
+    }
+
+    static BATCHES: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+    fn collect(lines: &[u8]) {
+        BATCHES.lock().unwrap().push(lines.to_vec());
+    }
+
+    fn write(path: &str) {
+        let mut line = JsonLine::info("request");
+        line.str("path", path);
+        line.finish_in("t", "{}", collect);
+    }
+
+    fn paths(batch: &[u8]) -> Vec<String> {
+        batch
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+                v["fields"]["path"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// An L7 loop holds its lines: they go out together, in order, when
+    /// it releases them (before it sleeps), once `HOLD_BYTES` wait, or
+    /// once the first has waited `HOLD_TIME`; none is lost or repeated.
+    #[test]
+    fn l8_held_lines_go_out_in_order_when_released_many_or_old() {
+        std::thread::spawn(|| {
+            hold_on_this_thread();
+            let batches = || std::mem::take(&mut *BATCHES.lock().unwrap());
+            write("/a");
+            write("/b");
+            assert!(batches().is_empty(), "held until released");
+            release();
+            let got = batches();
+            assert_eq!(got.len(), 1);
+            assert_eq!(paths(&got[0]), ["/a", "/b"]);
+            release();
+            assert!(batches().is_empty(), "nothing held twice");
+
+            // Many: one batch once HOLD_BYTES wait, the rest held.
+            let mut n = 0;
+            while batches_len() == 0 {
+                write(&format!("/{n}"));
+                n += 1;
+            }
+            let got = batches();
+            let expected: Vec<String> = (0..n).map(|i| format!("/{i}")).collect();
+            assert_eq!(paths(&got[0]), expected);
+            assert!(got[0].len() >= HOLD_BYTES, "{}", got[0].len());
+
+            // Old: the next line takes the one held too long with it.
+            write("/old");
+            HELD.with(|h| {
+                let mut h = h.borrow_mut();
+                let held = h.as_mut().unwrap();
+                held.since = std::time::Instant::now().checked_sub(HOLD_TIME).unwrap();
+            });
+            write("/new");
+            let got = batches();
+            assert_eq!(got.len(), 1);
+            assert_eq!(paths(&got[0]), ["/old", "/new"]);
+        })
+        .join()
+        .unwrap();
+
+        fn batches_len() -> usize {
+            BATCHES.lock().unwrap().len()
+        }
     }
 
     #[test]

@@ -23,4 +23,5 @@ pub mod pick;
 pub mod proxy;
 pub mod report;
 mod rewind;
+pub mod sharded;
 pub mod state;

@@ -73,11 +73,12 @@ pub struct DataplaneMetrics {
     pub flows: crate::flows::Flows,
     /// L7 requests (L8).
     pub http_requests: Family<HttpLabels, Counter>,
-    /// L7 request duration to the response head (L8).
-    pub http_request_seconds: Histogram,
+    /// L7 request duration to the response head (L8); written by every
+    /// request on every loop, so in per-thread slots.
+    pub http_request_seconds: crate::sharded::Histogram,
     /// L7 requests the proxy exchanged itself: HTTP/1.1, without a body
     /// or with one of a declared length up to 64 KiB (L6).
-    pub http1_direct: Counter,
+    pub http1_direct: crate::sharded::Counter,
     /// L7 client connections handed to hyper for the rest of their life,
     /// by the reason of the first request the proxy's own HTTP/1.1
     /// exchange did not take (`http2`, `body`, `upgrade`, `version`,
@@ -99,8 +100,10 @@ impl Default for DataplaneMetrics {
             names_outside_zones: Gauge::default(),
             flows: crate::flows::Flows::default(),
             http_requests: Family::default(),
-            http_request_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
-            http1_direct: Counter::default(),
+            http_request_seconds: crate::sharded::Histogram::new(exponential_buckets(
+                0.000_1, 2.0, 18,
+            )),
+            http1_direct: crate::sharded::Counter::default(),
             http1_handoffs: Family::default(),
         }
     }

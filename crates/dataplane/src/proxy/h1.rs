@@ -88,7 +88,10 @@ pub(super) async fn serve(
     ctx: &Arc<Ctx>,
     buf: &mut BytesMut,
 ) -> Next {
+    // The answers to the client, and the requests to backends: buffers
+    // used again request after request.
     let mut out = Vec::with_capacity(4096);
+    let mut request = Vec::with_capacity(1024);
     loop {
         // A request head, within the header timeout (B5).
         let deadline = tokio::time::Instant::now() + ctx.config.header_timeout;
@@ -127,12 +130,15 @@ pub(super) async fn serve(
                 }
             }
         };
-        match exchange(io, conn, ctx, buf, head, &mut out).await {
+        match exchange(io, conn, ctx, buf, head, &mut out, &mut request).await {
             Ok(Then::KeepAlive) => {
                 // An idle connection keeps small buffers, whatever its
-                // last answer needed.
+                // last exchange needed.
                 if out.capacity() > KEPT_BUFFER {
                     out = Vec::with_capacity(4096);
+                }
+                if request.capacity() > KEPT_BUFFER {
+                    request = Vec::with_capacity(1024);
                 }
                 if buf.is_empty() && buf.capacity() > KEPT_BUFFER {
                     *buf = BytesMut::with_capacity(4096);
@@ -453,9 +459,11 @@ async fn exchange(
     buf: &mut BytesMut,
     mut head: Head,
     out: &mut Vec<u8>,
+    request: &mut Vec<u8>,
 ) -> io::Result<Then> {
     let frontend = &conn.frontend;
-    let state = ctx.state.borrow().clone();
+    let clients = ctx.l7_clients();
+    let state = clients.state(ctx);
     let mut ex = Answering {
         io,
         conn,
@@ -544,7 +552,8 @@ async fn exchange(
     // go after them; the framing is the proxy's.
     headers
         .retain(|(n, _)| !hop_by_hop(n, &connection) && !n.eq_ignore_ascii_case(b"content-length"));
-    let mut request = Vec::with_capacity(head.bytes.len() + head.body + 64);
+    request.clear();
+    request.reserve(head.bytes.len() + head.body + 64);
     request.extend_from_slice(head.method().as_bytes());
     request.push(b' ');
     request.extend_from_slice(head.target.as_str().as_bytes());
@@ -552,23 +561,22 @@ async fn exchange(
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(b"host")) {
         // As hyper's client does: the authority it is sent to.
         let host = authority.strip_suffix(":80").unwrap_or(&authority);
-        push_header(&mut request, b"host", host.as_bytes());
+        push_header(request, b"host", host.as_bytes());
     }
     for (n, v) in &headers {
-        push_header(&mut request, n, v);
+        push_header(request, n, v);
     }
     if head.length {
         // One length, however many times the client declared it.
         push_header(
-            &mut request,
+            request,
             b"content-length",
-            head.body.to_string().as_bytes(),
+            itoa::Buffer::new().format(head.body).as_bytes(),
         );
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(&body);
 
-    let clients = ctx.l7_clients();
     let pool = &clients.h1_direct;
     let attempts = 1 + rule.retries;
     let idempotent =
@@ -583,7 +591,7 @@ async fn exchange(
     let mut chosen: Option<(Answer, Option<Upconn>, Vec<u8>)> = None;
     for attempt in 1..=attempts {
         outcome.attempts = attempt;
-        let call = send(ctx, pool, &authority, &request, is_head);
+        let call = send(ctx, pool, &authority, request, is_head);
         let result = match deadlines.attempt() {
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(r) => r,
@@ -676,27 +684,34 @@ struct Answering<'a> {
     out: &'a mut Vec<u8>,
 }
 
-impl Answering<'_> {
-    /// Records a request (L8).
-    fn record(&self, head: &Head, outcome: &Outcome) {
-        let host = head.header("host").and_then(text);
-        l7::record(
-            self.conn,
-            self.ctx,
-            self.state,
-            self.started,
-            head.method(),
-            &Authority(host, None, &self.conn.frontend),
-            head.target.as_str(),
-            outcome,
-        );
-    }
+/// Records a request (L8).
+fn record(
+    conn: &Conn,
+    ctx: &Ctx,
+    state: &crate::state::DataplaneState,
+    elapsed: std::time::Duration,
+    head: &Head,
+    outcome: &Outcome,
+) {
+    let host = head.header("host").and_then(text);
+    l7::record(
+        conn,
+        ctx,
+        state,
+        elapsed,
+        head.method(),
+        &Authority(host, None, &conn.frontend),
+        head.target.as_str(),
+        outcome,
+    );
+}
 
+impl Answering<'_> {
     /// Answers a request from the proxy itself (`outcome.status`, and
     /// `text`), as hyper's path does, and records it.
     async fn local(&mut self, head: &Head, outcome: &Outcome, text: &str) -> io::Result<Then> {
         self.conn.served.store(true, Ordering::Relaxed);
-        self.record(head, outcome);
+        let elapsed = self.started.elapsed();
         let status = outcome.status;
         let out = &mut *self.out;
         out.clear();
@@ -708,7 +723,7 @@ impl Answering<'_> {
         push_header(
             out,
             b"content-length",
-            (text.len() + 1).to_string().as_bytes(),
+            itoa::Buffer::new().format(text.len() + 1).as_bytes(),
         );
         push_date(out);
         if head.close {
@@ -719,7 +734,11 @@ impl Answering<'_> {
             out.extend_from_slice(text.as_bytes());
             out.push(b'\n');
         }
-        self.io.write_all(out).await?;
+        let written = self.io.write_all(out).await;
+        // Recorded once the answer is out, whether or not it could be
+        // written: the client does not wait on the line.
+        record(self.conn, self.ctx, self.state, elapsed, head, outcome);
+        written?;
         Ok(if head.close {
             Then::Close
         } else {
@@ -742,34 +761,52 @@ impl Answering<'_> {
         (pool, authority): (&Pool, &str),
     ) -> io::Result<Then> {
         outcome.status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
-        // Recorded at the answer's head, as on hyper's path.
-        self.record(head, outcome);
+        let outcome = &*outcome;
+        // Recorded once the answer's first piece is out (the whole of a
+        // small answer; the head of a long one, as on hyper's path), or
+        // once writing it failed: the client does not wait on the line.
+        // Its time is to the answer's head, as on hyper's path.
+        let elapsed = self.started.elapsed();
+        let (conn, ctx, state) = (self.conn, self.ctx, self.state);
+        let mut recorded = false;
+        let mut log = || {
+            if !std::mem::replace(&mut recorded, true) {
+                record(conn, ctx, state, elapsed, head, outcome);
+            }
+        };
         let close = head.close || matches!(answer.body, Body::UntilClose);
         let (io, out) = (&mut *self.io, &mut *self.out);
         out.clear();
         answer.write_head(out, edits, close);
-        match up {
-            Some(mut up) => {
-                let mut reader = answer.body.clone();
-                // What came with the head goes out with it.
-                reader.take(&mut up.buf, out).map_err(invalid)?;
-                while reader.more() {
-                    if out.len() >= PIECE {
-                        io.write_all(out).await?;
-                        out.clear();
+        let written: io::Result<()> = async {
+            match up {
+                Some(mut up) => {
+                    let mut reader = answer.body.clone();
+                    // What came with the head goes out with it.
+                    reader.take(&mut up.buf, out).map_err(invalid)?;
+                    while reader.more() {
+                        if out.len() >= PIECE {
+                            io.write_all(out).await?;
+                            out.clear();
+                            log();
+                        }
+                        if !reader.next(&mut up, out).await? {
+                            break;
+                        }
                     }
-                    if !reader.next(&mut up, out).await? {
-                        break;
-                    }
+                    io.write_all(out).await?;
+                    up.done(pool, authority, answer.reusable);
                 }
-                io.write_all(out).await?;
-                up.done(pool, authority, answer.reusable);
+                None => {
+                    out.extend_from_slice(&kept);
+                    io.write_all(out).await?;
+                }
             }
-            None => {
-                out.extend_from_slice(&kept);
-                io.write_all(out).await?;
-            }
+            Ok(())
         }
+        .await;
+        log();
+        written?;
         Ok(if close { Then::Close } else { Then::KeepAlive })
     }
 }
@@ -860,7 +897,7 @@ impl Answer {
     /// route's edits applied, framed again.
     fn write_head(&self, out: &mut Vec<u8>, edits: &[&HeaderEdit], close: bool) {
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(self.status.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
         out.push(b' ');
         let reason = &self.bytes[self.reason.0..self.reason.1];
         if reason.is_empty() {
@@ -899,7 +936,13 @@ impl Answer {
         }
         match &self.body {
             Body::Empty | Body::UntilClose => {}
-            Body::Length(n) => push_header(out, b"content-length", n.to_string().as_bytes()),
+            Body::Length(n) => {
+                push_header(
+                    out,
+                    b"content-length",
+                    itoa::Buffer::new().format(*n).as_bytes(),
+                );
+            }
             Body::Chunked(_) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
         if close {

@@ -42,6 +42,8 @@ impl Shards {
         for index in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // The access-log lines a loop holds go out before it sleeps.
+                .on_thread_park(crate::access_log::release)
                 .build()?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
@@ -49,8 +51,10 @@ impl Shards {
                 .name(format!("l7-loop-{index}"))
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some((id, index))));
+                    crate::access_log::hold_on_this_thread();
                     // Until the set is dropped (its sender with it).
                     let _ = runtime.block_on(stopped);
+                    crate::access_log::release();
                     // Connections still open are dropped with their tasks;
                     // lookups on blocking threads are not waited for.
                     runtime.shutdown_background();
@@ -137,6 +141,41 @@ mod tests {
             tokio::time::timeout(DEADLINE, rx).await.unwrap().unwrap(),
             None
         );
+    }
+
+    static LINES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+    fn keep(lines: &[u8]) {
+        LINES.lock().unwrap().extend_from_slice(lines);
+    }
+
+    /// A loop holds its access-log lines (L8) and hands them on before it
+    /// sleeps: a line written by a request, with nothing after it, is out
+    /// once the loop has nothing more to do.
+    #[tokio::test]
+    async fn l8_a_loop_hands_on_its_held_lines_before_it_sleeps() {
+        let shards = Shards::start(1).unwrap();
+        let (tx, rx) = oneshot::channel();
+        shards.spawn(async move {
+            let mut line = crate::access_log::JsonLine::info("request");
+            line.str("path", "/held");
+            line.finish_in("t", "{}", keep);
+            // Still held: the loop has not slept since.
+            let held = !String::from_utf8_lossy(&LINES.lock().unwrap()).contains("/held");
+            tx.send(held).unwrap();
+        });
+        assert!(
+            tokio::time::timeout(DEADLINE, rx).await.unwrap().unwrap(),
+            "the loop holds its lines while it runs"
+        );
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !String::from_utf8_lossy(&LINES.lock().unwrap()).contains("/held") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle loop never handed its line on"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Dropping the set stops its loops: a task still waiting there is
