@@ -32,23 +32,52 @@ use crate::cli::{ControllerConnArgs, LogFormat};
 const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn";
 
 pub(crate) fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (targets, env) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let registry = tracing_subscriber::registry().with(targets).with(env);
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(crate::log_writer::BatchedStderr);
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => registry.with(layer).init(),
         LogFormat::Json => {
-            builder.json().init();
+            registry.with(layer.json()).init();
             // The L7 access log writes its JSON lines itself (L8).
             meshpeer_dataplane::access_log::set_json_sink(|line| {
                 use std::io::Write;
                 let _ = crate::log_writer::LineWriter.write_all(line);
             });
         }
+    }
+}
+
+/// The filter of `RUST_LOG` (else [`DEFAULT_LOG_FILTER`]): targets and
+/// levels only are a static filter (`Targets`), whose answer for each call
+/// site is kept; span and field filters (`[span{field=value}]`) need an
+/// `EnvFilter`, which takes a lock every thread shares each time a span is
+/// entered or left, on every poll of a connection's task (each such lock
+/// moves a cache line between cores). A `RUST_LOG` neither reads is
+/// ignored (the default applies), as it always was.
+fn log_filter(
+    rust_log: Option<&str>,
+) -> (
+    Option<tracing_subscriber::filter::Targets>,
+    Option<tracing_subscriber::EnvFilter>,
+) {
+    let directives = rust_log
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .unwrap_or(DEFAULT_LOG_FILTER);
+    if !directives.contains(['[', '{'])
+        && let Ok(targets) = directives.parse::<tracing_subscriber::filter::Targets>()
+    {
+        return (Some(targets), None);
+    }
+    match tracing_subscriber::EnvFilter::try_new(directives) {
+        Ok(env) => (None, Some(env)),
+        Err(_) => log_filter(Some(DEFAULT_LOG_FILTER)),
     }
 }
 
@@ -483,4 +512,40 @@ async fn metrics(State(t): State<TelemetryState>) -> Response {
         out,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    /// `RUST_LOG` of targets and levels is a static filter that reads it
+    /// as `EnvFilter` did; span filters keep `EnvFilter`; what neither
+    /// reads, or nothing, is the default.
+    #[test]
+    fn o7_rust_log_of_targets_and_levels_is_a_static_filter_that_reads_it_the_same() {
+        let on = |t: &tracing_subscriber::filter::Targets, target: &str, level: Level| {
+            t.would_enable(target, &level)
+        };
+        for rust_log in [None, Some(""), Some("  "), Some("info,=x=y==")] {
+            let (targets, env) = log_filter(rust_log);
+            let targets = targets.expect("the default is static");
+            assert!(env.is_none());
+            assert!(on(&targets, "meshpeer_dataplane::proxy::l7", Level::INFO));
+            assert!(!on(&targets, "meshpeer_dataplane::proxy::l7", Level::DEBUG));
+            assert!(!on(&targets, "hickory_server::server", Level::INFO));
+            assert!(on(&targets, "hickory_server::server", Level::WARN));
+        }
+        let (targets, _) = log_filter(Some("warn,meshpeer_dataplane::proxy=debug"));
+        let targets = targets.unwrap();
+        assert!(on(&targets, "meshpeer_dataplane::proxy::h1", Level::DEBUG));
+        assert!(!on(&targets, "meshpeer_dataplane::dns", Level::INFO));
+        assert!(on(&targets, "meshpeer::cmd", Level::WARN));
+        let (targets, env) = log_filter(Some("info,[conn{peer=1.2.3.4:5}]=debug"));
+        assert!(
+            targets.is_none() && env.is_some(),
+            "span filters need EnvFilter"
+        );
+    }
 }
