@@ -1851,6 +1851,101 @@ async fn b7_backend_answers_are_framed_strictly_and_a_connection_with_bytes_left
     b.mesh.shutdown().await;
 }
 
+/// L6: an answer the backend streams (a first event, the rest later) goes
+/// on to the client as it comes through the proxy's own exchange: the
+/// client has the first event while the backend still holds the rest, and
+/// the backend sends the rest only once the client has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l6_a_streamed_answer_reaches_the_client_as_it_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Bookinfo::start_with(Mesh::new(&["cluster1", "cluster2"])).await;
+    let c1 = b.mesh.cluster("cluster1");
+    let ip = c1.pod_ip(9);
+    c1.write(
+        "stream.yaml",
+        &service_with(
+            "bookinfo",
+            "stream",
+            &[GLOBAL],
+            &[],
+            &[("stream-0", &ip, &[])],
+        ),
+    );
+    let listener = TcpListener::bind(format!("{ip}:8080")).await.unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
+    let _backend = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n",
+                    )
+                    .await;
+                gate.notified().await;
+                let _ = s.write_all(b"5\r\nlast\n\r\n0\r\n\r\n").await;
+            });
+        }
+    });
+    c1.wait_route("stream.bookinfo.mesh.internal", 8000, &["cluster1"])
+        .await;
+    let vip = b.route(&route_named("reviews", &all_to("stream")), 1).await;
+    let direct = counter(&b, "http1_direct_requests_total");
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+    s.write_all(format!("GET /events HTTP/1.1\r\nHost: {REVIEWS}:8000\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let first = async {
+        while !String::from_utf8_lossy(&got).contains("first\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WITHIN, first)
+        .await
+        .expect("the first event was held back until the answer's end");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    release.notify_one();
+    let rest = async {
+        while !String::from_utf8_lossy(&got).ends_with("0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(WITHIN, rest).await.expect("the rest");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("6\r\nfirst\n\r\n5\r\nlast\n\r\n0\r\n\r\n"),
+        "{text}"
+    );
+    assert_eq!(
+        counter(&b, "http1_direct_requests_total"),
+        direct + 1,
+        "the proxy's own exchange served it"
+    );
+    b.mesh.shutdown().await;
+}
+
 /// L6: the proxy's own HTTP/1.1 exchange answers as hyper does
 /// (`--l7-http1 hyper`): the same statuses, backends, requests as the
 /// backends get them, and answer headers, for matches, header edits,

@@ -37,6 +37,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 use meshpeer_model::routes::{HeaderEdit, RouteFilter};
@@ -790,7 +791,22 @@ impl Answering<'_> {
                             out.clear();
                             log();
                         }
-                        if !reader.next(&mut up, out).await? {
+                        // What has come goes out before waiting for more:
+                        // a streamed answer (events, progress) is not held
+                        // back. A read that would wait is dropped unstarted
+                        // (reading is cancel-safe) and made again.
+                        let more = match reader.next(&mut up, out).now_or_never() {
+                            Some(more) => more?,
+                            None => {
+                                if !out.is_empty() {
+                                    io.write_all(out).await?;
+                                    out.clear();
+                                    log();
+                                }
+                                reader.next(&mut up, out).await?
+                            }
+                        };
+                        if !more {
                             break;
                         }
                     }
