@@ -11,7 +11,8 @@ use prometheus_client::registry::Registry;
 pub struct ConnLabels {
     /// `outbound` (proxy) or `inbound` (gateway).
     pub direction: String,
-    /// `ok`, `reset`, `no_endpoint`, `refused`.
+    /// `ok`, `reset`, `no_endpoint`, `refused`; for L7 clients also
+    /// `header_timeout` and `invalid_request`.
     pub outcome: String,
 }
 

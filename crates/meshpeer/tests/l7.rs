@@ -1670,6 +1670,57 @@ async fn b7_request_smuggling_shapes_reach_no_backend_as_an_unanswered_request()
     b.mesh.shutdown().await;
 }
 
+/// B7: a request head that is not HTTP/1.1 (a space in a header's name,
+/// a folded line, a bad method token) is answered 400 by the proxy with a
+/// text that says what is wrong and what is allowed, and the connection
+/// closed; no backend gets anything, and the proxy counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b7_a_request_head_that_is_not_http1_gets_a_400_saying_what_is_wrong() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Bookinfo::start().await;
+    let vip = b.route(&seed_route(), 2).await;
+    let v1 = &b.backends["reviews-v1/cluster1"];
+    let h = format!("Host: {REVIEWS}:8000\r\n");
+    let cases = [
+        (
+            format!("GET / HTTP/1.1\r\n{h}Bad Header: v\r\n\r\n"),
+            "invalid header name",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\n{h}X-A: 1\r\n folded: 2\r\n\r\n"),
+            "invalid header name",
+        ),
+        (format!("G(T / HTTP/1.1\r\n{h}\r\n"), "invalid token"),
+    ];
+    let refused = || counter(&b, "outcome=\"invalid_request\"");
+    for (i, (raw, why)) in cases.iter().enumerate() {
+        let hits = v1.hits.load(Ordering::Relaxed);
+        let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        // Pipelined after it: never served.
+        s.write_all(format!("GET /next HTTP/1.1\r\n{h}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(WITHIN, s.read_to_end(&mut got))
+            .await
+            .expect("the connection was not closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(
+            text.contains(&format!("the request is not valid HTTP/1.1: {why};")),
+            "{text}"
+        );
+        assert!(text.contains("then header lines `Name: value`"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer: {text}");
+        assert_eq!(v1.hits.load(Ordering::Relaxed), hits, "{text}");
+        assert_eq!(refused(), i as u64 + 1);
+    }
+    b.mesh.shutdown().await;
+}
+
 /// A body of 1 MiB, of lines that say where they are.
 static BIG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let mut s = String::with_capacity(1 << 20);

@@ -108,6 +108,10 @@ pub(super) async fn serve(
                         Ok(Some(head)) => break head,
                         Ok(None) if buf.len() > MAX_HEAD => return Next::Hyper("head_size"),
                         Ok(None) => {}
+                        Err("invalid") => {
+                            refuse_invalid(io, ctx, buf).await;
+                            return Next::Done;
+                        }
                         Err(why) => return Next::Hyper(why),
                     }
                 }
@@ -453,6 +457,53 @@ enum Then {
 }
 
 /// One request: routed, sent, answered.
+/// Answers a request head that is not HTTP/1.1 (httparse, which hyper
+/// uses too, cannot read it) with a 400 that says what is wrong and what
+/// is allowed, where hyper's answer has no body; then closes, reading
+/// what else the client sends for a moment so that the answer is not lost
+/// to a reset.
+async fn refuse_invalid(io: &mut TcpStream, ctx: &Ctx, buf: &mut BytesMut) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let why = match httparse::Request::new(&mut headers).parse(buf) {
+        Err(e) => e.to_string(),
+        Ok(_) => "unreadable".to_owned(),
+    };
+    debug!(error = %why, "a request head that is not HTTP/1.1");
+    ctx.metrics.connection("inbound", "invalid_request");
+    let text = format!(
+        "the request is not valid HTTP/1.1: {why}; a request is a line `METHOD /path HTTP/1.1` \
+         then header lines `Name: value` (a token, a colon straight after it, no line folding), \
+         each ending in CRLF, then an empty line\n"
+    );
+    let mut out = Vec::with_capacity(256 + text.len());
+    out.extend_from_slice(
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n",
+    );
+    push_header(
+        &mut out,
+        b"content-length",
+        itoa::Buffer::new().format(text.len()).as_bytes(),
+    );
+    push_date(&mut out);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(text.as_bytes());
+    if io.write_all(&out).await.is_err() || io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut left = MAX_HEAD * 4;
+        buf.clear();
+        while left > 0 {
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+            buf.clear();
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
 async fn exchange(
     io: &mut TcpStream,
     conn: &Conn,
