@@ -16,6 +16,9 @@
 #   proxy L7, hyper  the same, the proxy restarted with `--l7-http1 hyper`:
 #                   hyper serves every request, not the proxy's own
 #                   HTTP/1.1 exchange (the path it replaces).
+#   nginx, h2c / proxy L7, h2c  HTTP/2 clients (prior knowledge) with
+#                   h2load, one stream at a time per connection; HTTP/1.1
+#                   to the pod.
 # Two file-mode clusters on loopback (scripts/lib/bench-mesh.sh); the
 # endpoints are cluster1's own (the plain hop, no HBONE).
 #
@@ -32,7 +35,7 @@
 # target/release/meshpeer, built when missing), RUST_LOG (info: the
 # proxy's access log is on, one line per request), KEEP=1 keeps the work
 # folder, PERF=1 records a `perf` profile of the proxy during the L7 run at
-# 64 connections (report printed at the end). Installs wrk and nginx when
+# 64 connections (report printed at the end). Installs wrk, nginx and h2load when
 # missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +48,7 @@ SVC_PORT=8080 PORT_NAME=http
 # shellcheck source=scripts/lib/bench-mesh.sh
 source scripts/lib/bench-mesh.sh
 need wrk nginx curl python3
+command -v h2load >/dev/null 2>&1 || need nghttp2-client
 mesh_build
 ulimit -n "$(ulimit -Hn)"
 
@@ -87,6 +91,18 @@ nginx_start reverse-proxy "  keepalive_requests 1000000;
   server {
     listen 127.0.0.1:15322 backlog=4096;
     access_log $WORK/reverse-proxy/access.log json buffer=64k flush=1s;
+    location / {
+      proxy_pass http://pod;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header Host \$http_host;
+    }
+  }
+  # HTTP/2 from the client (prior knowledge, as the proxy's L7 ports take
+  # it), HTTP/1.1 kept alive to the pod.
+  server {
+    listen 127.0.0.1:15323 http2 backlog=4096;
+    http2_max_requests 1000000;
     location / {
       proxy_pass http://pod;
       proxy_http_version 1.1;
@@ -191,6 +207,48 @@ for c in 1 64; do
     done
   done
 done
+# HTTP/2 clients (prior knowledge; one stream at a time per connection,
+# as the HTTP/1.1 rows), measured with h2load, nginx and the proxy one
+# after the other in each round. The proxy serves HTTP/2 clients with
+# hyper, its backend connections HTTP/1.1 from hyper's pool.
+# "requests/s mean_ms errors" of one h2load run.
+measure_h2() { # url connections
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  h2load -D "${DURATION%s}" -c "$2" -t "$threads" -m 1 "$1" 2>&1 | python3 -c '
+import re, sys
+text = sys.stdin.read()
+rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text).group(1))
+m = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+r = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed, (\d+) errored", text)
+s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+errors = int(r.group(1)) + int(r.group(2)) + int(s.group(3)) + int(s.group(4))
+print("%d %.3f %d" % (rps, ms(m.group(1)), errors))
+'
+}
+h2_row() { # name url connections round
+  local r mean e
+  read -r r mean e < <(measure_h2 "$2" "$3")
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "$3" "$4" "$r" "$mean" "$e"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$3" "$4" "$r" "$mean" "-1" >>"$WORK/rounds.tsv"
+}
+echo
+echo "HTTP/2 clients (h2c prior knowledge, h2load -m 1), $ROUNDS rounds:"
+printf '| path | connections | round | requests/s | mean ms | errors |\n|---|---|---|---|---|---|\n'
+for c in 1 64; do
+  for round in $(seq 1 "$ROUNDS"); do
+    if [ $((round % 2)) = 1 ]; then
+      h2_row "nginx, h2c" "http://127.0.0.1:15323/small.txt" "$c" "$round"
+      h2_row "proxy L7, h2c" "$L4_URL" "$c" "$round"
+    else
+      h2_row "proxy L7, h2c" "$L4_URL" "$c" "$round"
+      h2_row "nginx, h2c" "http://127.0.0.1:15323/small.txt" "$c" "$round"
+    fi
+  done
+done
+
 # Which exchange served them (the proxy's metrics).
 curl -s http://127.0.0.1:15090/metrics | grep -E 'http1_(direct_requests|handoffs)_total' \
   | sed 's/^/  # /' || true
@@ -213,7 +271,7 @@ for c in 1 64; do
 done
 
 echo
-echo "L7 summary: medians over the rounds; x nginx is the median of each round's ratio to nginx in that round:"
+echo "L7 summary: medians over the rounds; x nginx is the median of each round's ratio to nginx in that round (h2c rows: to nginx, h2c; their p50 column is the mean, and they have no p99):"
 python3 - "$WORK/rounds.tsv" <<'PY'
 import statistics, sys, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
@@ -223,18 +281,21 @@ for name, c, rnd, rps, p50, p99 in rows:
 print("| path | connections | rounds | requests/s (median) | p50 ms | p99 ms | x nginx |")
 print("|---|---|---|---|---|---|---|")
 for c in ("1", "64"):
-    for name in ("nginx", "nginx, access log", "proxy L7 (HTTPRoute)", "proxy L7, hyper"):
+    for name in ("nginx", "nginx, access log", "proxy L7 (HTTPRoute)", "proxy L7, hyper",
+                 "nginx, h2c", "proxy L7, h2c"):
+        base = "nginx, h2c" if "h2c" in name else "nginx"
         runs = [(r, by[(c, r)][name]) for (cc, r) in by if cc == c and name in by[(c, r)]]
         if not runs:
             continue
-        ratios = [v[0] / by[(c, r)]["nginx"][0] for r, v in runs if "nginx" in by[(c, r)]]
+        ratios = [v[0] / by[(c, r)][base][0] for r, v in runs if base in by[(c, r)]]
         med = lambda i: statistics.median(v[i] for _, v in runs)
-        print("| %s | %s | %d | %d | %.3f | %.3f | %.2f (%.2f-%.2f) |" % (
-            name, c, len(runs), med(0), med(1), med(2),
+        p99 = "-" if med(2) < 0 else "%.3f" % med(2)
+        print("| %s | %s | %d | %d | %.3f | %s | %.2f (%.2f-%.2f) |" % (
+            name, c, len(runs), med(0), med(1), p99,
             statistics.median(ratios), min(ratios), max(ratios)))
 PY
 echo
-echo "proxy access-log lines: $ACCESS_LINES (own exchange run)"
+echo "proxy access-log lines: $ACCESS_LINES (the own-exchange and h2c rows)"
 if [ -f "$WORK/perf-l7.data" ]; then
   echo
   echo "perf profile of the proxy, L7 at 64 connections (self time, top 60):"
