@@ -108,11 +108,11 @@ pub(super) async fn serve(
                         Ok(Some(head)) => break head,
                         Ok(None) if buf.len() > MAX_HEAD => return Next::Hyper("head_size"),
                         Ok(None) => {}
-                        Err("invalid") => {
-                            refuse_invalid(io, ctx, buf).await;
+                        Err(Unfit::Invalid(e)) => {
+                            refuse_invalid(io, ctx, buf, e).await;
                             return Next::Done;
                         }
-                        Err(why) => return Next::Hyper(why),
+                        Err(Unfit::Hyper(why)) => return Next::Hyper(why),
                     }
                 }
             }
@@ -208,24 +208,33 @@ fn span(whole: &[u8], part: &[u8]) -> Span {
     (start, start + part.len())
 }
 
+/// Why the exchange does not take a head (`buf` is left as it was).
+#[derive(Debug)]
+enum Unfit {
+    /// hyper is to have it, for this reason (a `http1_handoffs` label).
+    Hyper(&'static str),
+    /// It is not HTTP/1.1 at all: answered 400 ([`refuse_invalid`]).
+    Invalid(httparse::Error),
+}
+
 impl Head {
     /// A whole head at the front of `buf`, taken from it; `None` when it
-    /// has not all come; `Err` (the reason) when hyper is to have it,
-    /// with `buf` as it was.
-    fn parse(buf: &mut BytesMut) -> Result<Option<Head>, &'static str> {
+    /// has not all come; `Err` when the exchange does not take it, with
+    /// `buf` as it was.
+    fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Unfit> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(buf) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err("headers"),
-            // hyper answers 400 to what it cannot parse either.
-            Err(_) => return Err("invalid"),
+            Err(httparse::Error::TooManyHeaders) => return Err(Unfit::Hyper("headers")),
+            Err(e) => return Err(Unfit::Invalid(e)),
         };
         let whole: &[u8] = buf;
         let method = span(whole, req.method.unwrap_or_default().as_bytes());
         let target = span(whole, req.path.unwrap_or_default().as_bytes());
-        let shape = Shape::of(req.version, req.method.unwrap_or_default(), req.headers)?;
+        let shape = Shape::of(req.version, req.method.unwrap_or_default(), req.headers)
+            .map_err(Unfit::Hyper)?;
         let spans = header_spans(whole, req.headers);
         let bytes = buf.split_to(len).freeze();
         // The target as http reads it: one that would read differently
@@ -239,7 +248,7 @@ impl Head {
                 }
                 _ => {
                     put_back(buf, &[&bytes]);
-                    return Err("target");
+                    return Err(Unfit::Hyper("target"));
                 }
             };
         Ok(Some(Head {
@@ -462,31 +471,16 @@ enum Then {
 /// is allowed, where hyper's answer has no body; then closes, reading
 /// what else the client sends for a moment so that the answer is not lost
 /// to a reset.
-async fn refuse_invalid(io: &mut TcpStream, ctx: &Ctx, buf: &mut BytesMut) {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let why = match httparse::Request::new(&mut headers).parse(buf) {
-        Err(e) => e.to_string(),
-        Ok(_) => "unreadable".to_owned(),
-    };
+async fn refuse_invalid(io: &mut TcpStream, ctx: &Ctx, buf: &mut BytesMut, why: httparse::Error) {
     debug!(error = %why, "a request head that is not HTTP/1.1");
     ctx.metrics.connection("inbound", "invalid_request");
     let text = format!(
         "the request is not valid HTTP/1.1: {why}; a request is a line `METHOD /path HTTP/1.1` \
          then header lines `Name: value` (a token, a colon straight after it, no line folding), \
-         each ending in CRLF, then an empty line\n"
+         each ending in CRLF, then an empty line"
     );
     let mut out = Vec::with_capacity(256 + text.len());
-    out.extend_from_slice(
-        b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n",
-    );
-    push_header(
-        &mut out,
-        b"content-length",
-        itoa::Buffer::new().format(text.len()).as_bytes(),
-    );
-    push_date(&mut out);
-    out.extend_from_slice(b"connection: close\r\n\r\n");
-    out.extend_from_slice(text.as_bytes());
+    plain_answer(&mut out, StatusCode::BAD_REQUEST, &text, true, true);
     if io.write_all(&out).await.is_err() || io.shutdown().await.is_err() {
         return;
     }
@@ -620,11 +614,7 @@ async fn exchange(
     }
     if head.length {
         // One length, however many times the client declared it.
-        push_header(
-            request,
-            b"content-length",
-            itoa::Buffer::new().format(head.body).as_bytes(),
-        );
+        push_length(request, head.body);
     }
     request.extend_from_slice(b"\r\n");
     request.extend_from_slice(&body);
@@ -718,6 +708,36 @@ async fn exchange(
     ex.local(&head, &outcome, &text).await
 }
 
+/// An answer of the proxy's own: `status`, and `text` and a newline as
+/// its body (sent when `body`; a HEAD's answer has none, with the same
+/// length), closing the connection when `close`.
+fn plain_answer(out: &mut Vec<u8>, status: StatusCode, text: &str, close: bool, body: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+    push_length(out, text.len() + 1);
+    push_date(out);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if body {
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'\n');
+    }
+}
+
+/// A `content-length` header of `n`.
+fn push_length(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    push_header(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
+}
+
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -764,28 +784,15 @@ impl Answering<'_> {
     async fn local(&mut self, head: &Head, outcome: &Outcome, text: &str) -> io::Result<Then> {
         self.conn.served.store(true, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
-        let status = outcome.status;
         let out = &mut *self.out;
         out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
-        push_header(
+        plain_answer(
             out,
-            b"content-length",
-            itoa::Buffer::new().format(text.len() + 1).as_bytes(),
+            outcome.status,
+            text,
+            head.close,
+            head.method() != "HEAD",
         );
-        push_date(out);
-        if head.close {
-            out.extend_from_slice(b"connection: close\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if head.method() != "HEAD" {
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'\n');
-        }
         let written = self.io.write_all(out).await;
         // Recorded once the answer is out, whether or not it could be
         // written: the client does not wait on the line.
@@ -1004,11 +1011,7 @@ impl Answer {
         match &self.body {
             Body::Empty | Body::UntilClose => {}
             Body::Length(n) => {
-                push_header(
-                    out,
-                    b"content-length",
-                    itoa::Buffer::new().format(*n).as_bytes(),
-                );
+                push_length(out, *n);
             }
             Body::Chunked(_) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         }
@@ -1449,6 +1452,8 @@ mod tests {
 
     use super::*;
 
+    /// [`Head::parse`], a head not taken named by its reason (`invalid`
+    /// for one that is not HTTP/1.1).
     fn parse(raw: &str) -> Result<Option<Head>, &'static str> {
         let mut buf = BytesMut::from(raw.as_bytes());
         let before = buf.clone();
@@ -1456,7 +1461,10 @@ mod tests {
         if got.is_err() {
             assert_eq!(buf, before, "a head hyper is to have stays in the buffer");
         }
-        got
+        got.map_err(|unfit| match unfit {
+            Unfit::Hyper(why) => why,
+            Unfit::Invalid(_) => "invalid",
+        })
     }
 
     /// L6, B7: only heads that cannot carry a body, with one Host, in
