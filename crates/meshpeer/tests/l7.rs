@@ -1673,7 +1673,8 @@ async fn b7_request_smuggling_shapes_reach_no_backend_as_an_unanswered_request()
 /// B7: a request head that is not HTTP/1.1 (a space in a header's name,
 /// a folded line, a bad method token) is answered 400 by the proxy with a
 /// text that says what is wrong and what is allowed, and the connection
-/// closed; no backend gets anything, and the proxy counts it.
+/// closed; no backend gets anything, and the proxy counts it. A client
+/// that goes on sending after it (B5) does not keep the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b7_a_request_head_that_is_not_http1_gets_a_400_saying_what_is_wrong() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1718,6 +1719,36 @@ async fn b7_a_request_head_that_is_not_http1_gets_a_400_saying_what_is_wrong() {
         assert_eq!(v1.hits.load(Ordering::Relaxed), hits, "{text}");
         assert_eq!(refused(), i as u64 + 1);
     }
+
+    // B5: a client that goes on sending after its bad head (a flood, or a
+    // slow drip) does not keep the connection: it is closed once 64 KiB
+    // more came or a second passed, and the 400 is read first.
+    let mut s = tokio::net::TcpStream::connect(vip).await.unwrap();
+    s.write_all(cases[0].0.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let flood = tokio::spawn(async move {
+        let chunk = vec![b'x'; 4096];
+        let mut sent = 0usize;
+        while wr.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+            if sent > 64 << 20 {
+                break;
+            }
+        }
+        sent
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(WITHIN, rd.read_to_end(&mut got))
+        .await
+        .expect("a flooding client kept its connection")
+        .ok();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    let sent = tokio::time::timeout(WITHIN, flood)
+        .await
+        .expect("the flood was never refused")
+        .unwrap();
+    assert!(sent < 64 << 20, "the proxy read {sent} bytes after the 400");
     b.mesh.shutdown().await;
 }
 
